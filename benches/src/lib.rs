@@ -1,0 +1,1 @@
+//! criterion benchmarks of shmring (see the `benches` targets).

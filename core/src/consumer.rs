@@ -1,0 +1,456 @@
+//! The consumer handle: copy and zero-copy receives, draining, blocking variants.
+
+use crate::error::{Error, Result};
+use crate::layout::FLAG_REDELIVERED;
+use crate::region::{DataRange, Memory};
+use crate::segment::Membership;
+use crate::sync::Ordering::Relaxed;
+use crate::wait::{self, WaitStrategy, Waiter};
+use crate::{mpmc, spsc};
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Flags a received frame carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrameFlags(u32);
+
+impl FrameFlags {
+    /// No flag.
+    pub const NONE: FrameFlags = FrameFlags(0);
+    /// The frame was handed to a consumer that died (or was dropped uncleanly) before releasing
+    /// it: this process may be seeing it a second time. Delivery is at-least-once; a frame
+    /// seen twice is always flagged the second time.
+    pub const REDELIVERED: FrameFlags = FrameFlags(FLAG_REDELIVERED as u32);
+
+    fn from_bits(bits: u8) -> FrameFlags {
+        FrameFlags(u32::from(bits) & Self::REDELIVERED.0)
+    }
+
+    /// The flag bits, as the C ABI carries them.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: FrameFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether [`FrameFlags::REDELIVERED`] is set.
+    pub fn is_redelivered(self) -> bool {
+        self.contains(FrameFlags::REDELIVERED)
+    }
+}
+
+/// What [`Consumer::recv`] copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes of the frame, copied to the start of the buffer.
+    pub len: usize,
+    /// The frame's flags.
+    pub flags: FrameFlags,
+}
+
+#[derive(Debug)]
+enum Ring {
+    Spsc(spsc::ConsumerCore),
+    /// `outstanding`: the position of a frame handed out as a [`Frame`] and not released
+    /// (released on the next read if the `Frame` was leaked).
+    Mpmc {
+        core: mpmc::ConsumerCore,
+        outstanding: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Token {
+    payload: DataRange,
+    flags: u8,
+    /// MPMC position; unused for SPSC.
+    pos: u64,
+}
+
+/// The receiving end of a channel, SPSC or MPMC.
+///
+/// A `Consumer` owns one entry of the channel's consumer table from
+/// [`Segment::consumer`](crate::Segment::consumer) until it is dropped. It is `Send` but not
+/// `Sync`. Receives come in `try_*`, `*_timeout` and blocking forms, like the
+/// [`Producer`](crate::Producer)'s sends, and in three shapes:
+///
+/// * [`recv`](Consumer::recv) copies the next frame into a buffer;
+/// * [`read`](Consumer::read) lends it in place as a [`Frame`], released when dropped;
+/// * [`drain`](Consumer::try_drain) hands up to N frames to a closure and releases them with one
+///   store.
+#[derive(Debug)]
+pub struct Consumer {
+    mem: Arc<Memory>,
+    ring: Ring,
+    membership: Membership,
+    wait: WaitStrategy,
+    light: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Consumer {
+    pub(crate) fn new(mem: Arc<Memory>, membership: Membership) -> Result<Consumer> {
+        let ring = match mem.geometry().kind {
+            crate::Kind::Spsc => Ring::Spsc(spsc::ConsumerCore::attach(&mem)?),
+            crate::Kind::Mpmc => Ring::Mpmc {
+                core: mpmc::ConsumerCore::new(membership.index()),
+                outstanding: None,
+            },
+        };
+        let me = membership.participant(&mem);
+        // Relaxed: our own counters, continued from a predecessor's.
+        let (frames, bytes) = (me.frames.load(Relaxed), me.bytes.load(Relaxed));
+        Ok(Consumer {
+            light: wait::light_waker(),
+            mem,
+            ring,
+            membership,
+            wait: WaitStrategy::default(),
+            frames,
+            bytes,
+        })
+    }
+
+    /// The largest frame this channel carries: a buffer this long fits every frame.
+    pub fn max_frame_size(&self) -> usize {
+        self.mem.geometry().max_frame_size as usize
+    }
+
+    /// How blocking calls wait (default [`WaitStrategy::Park`]).
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait
+    }
+
+    /// Sets how blocking calls wait.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// The index of this consumer in the channel's consumer table.
+    pub fn index(&self) -> u32 {
+        self.membership.index()
+    }
+
+    /// Takes the next frame, leaving it unreleased. `fits`: fail with `BufferTooSmall`, leaving
+    /// the frame in the ring, if it is longer. `mark`: record it as delivered first (SPSC).
+    #[inline]
+    fn take(&mut self, fits: Option<usize>, mark: bool) -> Result<Token> {
+        match &mut self.ring {
+            Ring::Spsc(core) => {
+                let peeked = core.try_peek(&self.mem)?;
+                let len = peeked.payload().len();
+                if let Some(cap) = fits.filter(|&cap| len > cap) {
+                    return Err(Error::BufferTooSmall { needed: len, cap });
+                }
+                core.take(&self.mem, &peeked, mark);
+                Ok(Token {
+                    payload: peeked.payload(),
+                    flags: peeked.flags(),
+                    pos: 0,
+                })
+            }
+            Ring::Mpmc { core, outstanding } => {
+                if let Some(pos) = outstanding.take() {
+                    core.release(&self.mem, pos);
+                }
+                loop {
+                    let pos = core.try_take(&self.mem, 1, fits)?.position(0);
+                    match core.slot(&self.mem, pos) {
+                        Ok(mpmc::Slot::Frame { payload, flags }) => {
+                            return Ok(Token {
+                                payload,
+                                flags,
+                                pos,
+                            });
+                        }
+                        Ok(mpmc::Slot::Skip) => core.release(&self.mem, pos),
+                        Err(e) => {
+                            core.release(&self.mem, pos);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases what `take` took (SPSC: everything taken so far) and wakes a waiting producer.
+    #[inline]
+    fn release(&mut self, token: Token) {
+        match &mut self.ring {
+            Ring::Spsc(core) => core.release(&self.mem),
+            Ring::Mpmc { core, .. } => core.release(&self.mem, token.pos),
+        }
+        self.frames += 1;
+        self.bytes += token.payload.len() as u64;
+        self.finish();
+    }
+
+    /// Publishes the counters and wakes a producer waiting for room.
+    #[inline]
+    fn finish(&mut self) {
+        let me = self.membership.participant(&self.mem);
+        // Relaxed: statistics, read without synchronisation.
+        me.frames.store(self.frames, Relaxed);
+        me.bytes.store(self.bytes, Relaxed);
+        wait::notify(self.mem.consumer_line(), self.light);
+    }
+
+    /// Retries `op` while it returns `WouldBlock`, waiting between attempts.
+    fn blocking<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut op: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        match op(self) {
+            Err(Error::WouldBlock(_)) => {}
+            other => return other,
+        }
+        let mem = Arc::clone(&self.mem);
+        let mut waiter = Waiter::new(self.wait, mem.producer_line(), timeout);
+        loop {
+            waiter.wait()?;
+            match op(self) {
+                Err(Error::WouldBlock(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    #[inline]
+    fn try_recv_inner(&mut self, buf: &mut [u8]) -> Result<Received> {
+        let token = self.take(Some(buf.len()), false)?;
+        self.mem.copy_out(token.payload, buf);
+        self.release(token);
+        Ok(Received {
+            len: token.payload.len(),
+            flags: FrameFlags::from_bits(token.flags),
+        })
+    }
+
+    /// Copies the next frame into `buf` and releases it, without waiting. A frame longer than
+    /// `buf` is left in the ring and reported as [`Error::BufferTooSmall`] with its length.
+    #[inline]
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Received> {
+        self.try_recv_inner(buf)
+    }
+
+    /// Copies the next frame into `buf`, waiting as long as the ring is empty.
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Received> {
+        self.blocking(None, |c| c.try_recv_inner(buf))
+    }
+
+    /// Copies the next frame into `buf`, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Received> {
+        self.blocking(Some(timeout), |c| c.try_recv_inner(buf))
+    }
+
+    fn frame(&mut self, token: Token) -> Frame<'_> {
+        if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
+            *outstanding = Some(token.pos);
+        }
+        Frame {
+            consumer: self,
+            token,
+        }
+    }
+
+    /// Lends the next frame in place, without waiting. The frame stays in the ring until the
+    /// [`Frame`] is dropped or [`Frame::release`]d; until then this consumer cannot read
+    /// another (the borrow checker sees to it).
+    #[inline]
+    pub fn try_read(&mut self) -> Result<Frame<'_>> {
+        let token = self.take(None, true)?;
+        Ok(self.frame(token))
+    }
+
+    /// Lends the next frame in place, waiting as long as the ring is empty.
+    pub fn read(&mut self) -> Result<Frame<'_>> {
+        let token = self.blocking(None, |c| c.take(None, true))?;
+        Ok(self.frame(token))
+    }
+
+    /// Lends the next frame in place, waiting at most `timeout`.
+    pub fn read_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
+        let token = self.blocking(Some(timeout), |c| c.take(None, true))?;
+        Ok(self.frame(token))
+    }
+
+    fn try_drain_inner<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(&[u8], FrameFlags),
+    {
+        let mut n = 0;
+        match &mut self.ring {
+            Ring::Spsc(core) => {
+                let mem = &*self.mem;
+                while n < max {
+                    let peeked = match core.try_peek(mem) {
+                        Ok(p) => p,
+                        Err(e) if n == 0 => return Err(e),
+                        Err(_) => break,
+                    };
+                    core.take(mem, &peeked, true);
+                    // SAFETY: the frame was taken and is not released before the callback
+                    // returns; the producer does not write it until then.
+                    let bytes = unsafe { mem.slice(peeked.payload()) };
+                    self.bytes += bytes.len() as u64;
+                    n += 1;
+                    f(bytes, FrameFlags::from_bits(peeked.flags()));
+                }
+                // One release for the whole batch (if `f` panicked, the next release covers it).
+                core.release(mem);
+            }
+            Ring::Mpmc { core, outstanding } => {
+                let mem = &*self.mem;
+                if let Some(pos) = outstanding.take() {
+                    core.release(mem, pos);
+                }
+                while n < max {
+                    let taken = match core.try_take(mem, (max - n) as u64, None) {
+                        Ok(t) => t,
+                        Err(e) if n == 0 => return Err(e),
+                        Err(_) => break,
+                    };
+                    // Releases what the callback has not finished with, even if it panics.
+                    let mut guard = MpmcRelease {
+                        core,
+                        mem,
+                        next: taken.position(0),
+                        end: taken.position(0) + taken.count(),
+                    };
+                    while guard.next < guard.end {
+                        let pos = guard.next;
+                        match guard.core.slot(mem, pos) {
+                            Ok(mpmc::Slot::Frame { payload, flags }) => {
+                                // SAFETY: the slot was taken and is released only after the
+                                // callback returns (by the guard).
+                                let bytes = unsafe { mem.slice(payload) };
+                                self.bytes += bytes.len() as u64;
+                                n += 1;
+                                f(bytes, FrameFlags::from_bits(flags));
+                            }
+                            Ok(mpmc::Slot::Skip) => {}
+                            Err(e) => {
+                                drop(guard);
+                                self.frames += n as u64;
+                                self.finish();
+                                return if n == 0 { Err(e) } else { Ok(n) };
+                            }
+                        }
+                        guard.next += 1;
+                        guard.core.release(mem, pos);
+                    }
+                }
+            }
+        }
+        self.frames += n as u64;
+        self.finish();
+        Ok(n)
+    }
+
+    /// Hands up to `max` waiting frames, in order, to `f(bytes, flags)`, then releases them all
+    /// at once; returns how many. Does not wait: `WouldBlock` if the ring is empty.
+    pub fn try_drain<F>(&mut self, max: usize, mut f: F) -> Result<usize>
+    where
+        F: FnMut(&[u8], FrameFlags),
+    {
+        self.try_drain_inner(max, &mut f)
+    }
+
+    /// Like [`try_drain`](Consumer::try_drain), but first waits as long as the ring is empty.
+    pub fn drain<F>(&mut self, max: usize, mut f: F) -> Result<usize>
+    where
+        F: FnMut(&[u8], FrameFlags),
+    {
+        self.blocking(None, |c| c.try_drain_inner(max, &mut f))
+    }
+
+    /// Like [`try_drain`](Consumer::try_drain), but first waits at most `timeout` for a frame.
+    pub fn drain_timeout<F>(&mut self, max: usize, timeout: Duration, mut f: F) -> Result<usize>
+    where
+        F: FnMut(&[u8], FrameFlags),
+    {
+        self.blocking(Some(timeout), |c| c.try_drain_inner(max, &mut f))
+    }
+}
+
+/// Releases the rest of an MPMC batch on drop.
+struct MpmcRelease<'a> {
+    core: &'a mut mpmc::ConsumerCore,
+    mem: &'a Memory,
+    next: u64,
+    end: u64,
+}
+
+impl Drop for MpmcRelease<'_> {
+    fn drop(&mut self) {
+        while self.next < self.end {
+            self.core.release(self.mem, self.next);
+            self.next += 1;
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        match &mut self.ring {
+            // Frames read through a leaked `Frame` are released: they were delivered.
+            Ring::Spsc(core) => core.release(&self.mem),
+            Ring::Mpmc { core, outstanding } => {
+                if let Some(pos) = outstanding.take() {
+                    core.release(&self.mem, pos);
+                }
+            }
+        }
+        self.membership.leave(&self.mem);
+    }
+}
+
+/// A frame lent in place by [`Consumer::read`]: dereferences to its bytes. Dropping it (or
+/// [`Frame::release`]) gives its space back to the producer.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    consumer: &'a mut Consumer,
+    token: Token,
+}
+
+impl Frame<'_> {
+    /// The frame's flags.
+    pub fn flags(&self) -> FrameFlags {
+        FrameFlags::from_bits(self.token.flags)
+    }
+
+    /// Whether the frame may have been seen by a consumer that died before releasing it.
+    pub fn is_redelivered(&self) -> bool {
+        self.flags().is_redelivered()
+    }
+
+    /// Releases the frame (what dropping it does).
+    pub fn release(self) {}
+}
+
+impl Deref for Frame<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the frame was taken by this consumer and is released only when the Frame
+        // drops; the producer does not write its bytes before that. The Frame borrows the
+        // consumer mutably, so this process has no writable reference into it.
+        unsafe { self.consumer.mem.slice(self.token.payload) }
+    }
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        if let Ring::Mpmc { outstanding, .. } = &mut self.consumer.ring {
+            *outstanding = None;
+        }
+        self.consumer.release(self.token);
+    }
+}

@@ -1,0 +1,915 @@
+//! Every offset, size and constant of a shmring segment, and the one function that validates a
+//! segment header. Nothing else in the crate computes an offset into shared memory.
+//!
+//! A segment is one shared-memory object (a POSIX `shm_open` object or a `memfd`). Everything in
+//! it is in the host's byte order. It holds offsets, never pointers, so every process may map it
+//! at a different address.
+//!
+//! ```text
+//!  offset                                                      size
+//!  0      +-----------------------------------------------+
+//!         | SegmentHeader: magic, version, state, kind,   |   256   written once by the creator,
+//!         | sizes, offsets, creator, checksum             |         then only `state` changes
+//!  256    +-----------------------------------------------+
+//!         | producer CursorLine                            |   128   written by producers
+//!  384    +-----------------------------------------------+
+//!         | consumer CursorLine                            |   128   written by consumers
+//!  512    +-----------------------------------------------+
+//!         | Participant[max_producers]                     | 128 * P  one line per producer
+//!         | Participant[max_consumers]                     | 128 * C  one line per consumer
+//!         +-----------------------------------------------+  (padded to a 4096-byte boundary)
+//!  data   | data region                                    | data_len
+//!         |   SPSC: byte ring of variable-length records   |
+//!         |   MPMC: `slots` fixed-size slots               |
+//!         +-----------------------------------------------+  total_size
+//! ```
+//!
+//! Every block that a process writes on the data path sits on its own 128-byte line: two 64-byte
+//! cache lines, because Intel's adjacent-line prefetcher fetches lines in pairs and would
+//! otherwise recreate false sharing across a 64-byte boundary (crossbeam's `CachePadded` gives
+//! the same reason). The figure is fixed here, not taken from the target, so that C and Python
+//! readers see the same bytes.
+//!
+//! # Cursor line (128 bytes)
+//!
+//! ```text
+//!   0        8        16       20       24                                   128
+//!  +--------+--------+--------+--------+-------------------------------------+
+//!  |position|  aux   |waiters | futex  |           (unused, zero)            |
+//!  +--------+--------+--------+--------+-------------------------------------+
+//! ```
+//! * producer line: `position` is the SPSC tail (published after every publish; consumers never
+//!   read it on the data path) or the MPMC enqueue position; `waiters`/`futex` belong to
+//!   consumers sleeping until data arrives.
+//! * consumer line: `position` is the SPSC head (bytes released) or the MPMC dequeue position;
+//!   `aux` is the SPSC *delivered* position (frames below it were handed to the application,
+//!   perhaps not yet released, and are flagged redelivered if read again by a successor);
+//!   `waiters`/`futex` belong to producers sleeping until space frees up.
+//!
+//! # SPSC record (8-byte aligned, contiguous)
+//!
+//! ```text
+//!   0                   32       40       48                64
+//!  +-------------------+--------+--------+-----------------+----------------------+
+//!  |   length (u32)    |  type  | flags  |  lap tag (u16)  | payload (length) ... | pad to 8
+//!  +-------------------+--------+--------+-----------------+----------------------+
+//!   \______________ header: one u64, stored last with Release ______________/
+//! ```
+//! The header word is zero until the record is committed: a consumer polls the header of the next
+//! record instead of the producer's tail, so a small frame crosses between cores in one
+//! cache-line transfer. A record never wraps: when it does not fit before the end of the ring,
+//! the producer first writes a `PADDING` record up to the end. Before publishing, the producer
+//! zeroes the header word just after the last record it wrote (the *next* header), so a consumer
+//! can never mistake stale bytes of an earlier lap for a header; for that the producer always
+//! keeps 8 bytes free ahead of its tail. The lap tag is `(position >> log2(capacity)) as u16`,
+//! a check that the header belongs to the lap the consumer is on.
+//!
+//! # MPMC slot (`slot_stride` bytes, a multiple of 64)
+//!
+//! ```text
+//!   0        8        16
+//!  +--------+--------+-----------------------------+
+//!  |  seq   | header |  payload (max_frame_size)   |
+//!  +--------+--------+-----------------------------+
+//! ```
+//! `seq` is the per-slot sequence of Vyukov's bounded queue: `seq == pos` means free for the
+//! producer of position `pos`, `seq == pos + 1` committed for the consumer of `pos`, and the
+//! consumer sets it to `pos + slots` on release. `header` uses the record header encoding (lap
+//! tag unused, zero).
+//!
+//! # Participant (128 bytes, one per admitted producer or consumer)
+//!
+//! ```text
+//!   0        8        16       24       32                                   128
+//!  +--------+--------+--------+--------+-------------------------------------+
+//!  | owner  | claim  | frames | bytes  |           (unused, zero)            |
+//!  +--------+--------+--------+--------+-------------------------------------+
+//! ```
+//! `owner` is zero when free, else `incarnation << 32 | pid`. `claim` records, before the CAS
+//! that takes them, the MPMC positions a participant is taking: `first << 8 | count`. A
+//! coordinator that sees the owner dead can then tell exactly which slots it held (see
+//! ARCHITECTURE.md, "Failure model"). `frames` and `bytes` are the participant's own counters.
+
+use crate::error::Error;
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// `b"shmring\0"` read as a native-endian `u64`: the first eight bytes of every segment.
+pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
+/// Bumped on any change to the bytes described in this module.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Size of the segment header block.
+pub const HEADER_SIZE: usize = 256;
+/// Padding of every block written on the data path (two 64-byte cache lines).
+pub const LINE: usize = 128;
+/// The hardware cache line, for prefetch arithmetic.
+pub const CACHE_LINE: usize = 64;
+/// Alignment of the data region.
+pub const DATA_ALIGN: usize = 4096;
+
+/// Offset of the producer cursor line.
+pub const PRODUCER_LINE: usize = HEADER_SIZE;
+/// Offset of the consumer cursor line.
+pub const CONSUMER_LINE: usize = PRODUCER_LINE + LINE;
+/// Offset of the participant table.
+pub const PARTICIPANTS: usize = CONSUMER_LINE + LINE;
+
+/// `SegmentHeader::state` while the creator is still writing the segment.
+pub const STATE_INITIALISING: u32 = 0;
+/// `SegmentHeader::state` once the segment may be used (stored with Release).
+pub const STATE_READY: u32 = 1;
+
+/// Size of an SPSC record header.
+pub const RECORD_HEADER: usize = 8;
+/// Alignment of SPSC records.
+pub const RECORD_ALIGN: usize = 8;
+/// Smallest SPSC ring, in bytes.
+pub const MIN_SPSC_CAPACITY: u64 = 64;
+/// Largest ring (SPSC bytes, or MPMC slots times stride), in bytes.
+pub const MAX_DATA_LEN: u64 = 1 << 40;
+/// Largest frame, in bytes.
+pub const MAX_FRAME_SIZE: u32 = 1 << 30;
+
+/// Offset of `seq` in an MPMC slot.
+pub const SLOT_SEQ: usize = 0;
+/// Offset of the header word in an MPMC slot.
+pub const SLOT_HEADER_WORD: usize = 8;
+/// Offset of the payload in an MPMC slot.
+pub const SLOT_PAYLOAD: usize = 16;
+/// Fewest MPMC slots.
+pub const MIN_SLOTS: u64 = 2;
+/// Most MPMC producers or consumers.
+pub const MAX_PARTICIPANTS: u32 = 1024;
+
+/// Largest number of positions one claim record can describe.
+pub const MAX_CLAIM_COUNT: u64 = 255;
+/// Positions at or past this value cannot be written in a claim record; a ring whose cursor
+/// reaches it reports `Corrupted` (at 10^9 frames a second it takes over two years).
+pub const MAX_POSITION: u64 = 1 << 56;
+
+/// The kind of ring a segment holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Kind {
+    /// One producer, one consumer, variable-length records in a byte ring.
+    Spsc = 1,
+    /// Many producers, many consumers, fixed-size slots; each frame goes to one consumer.
+    Mpmc = 2,
+}
+
+impl Kind {
+    fn from_u32(v: u32) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Spsc),
+            2 => Some(Kind::Mpmc),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Spsc => "spsc",
+            Kind::Mpmc => "mpmc",
+        })
+    }
+}
+
+/// The first 256 bytes of a segment. Plain integers: it is written once, before `state` turns
+/// `STATE_READY`, and read by copying it out (see `region::read_header`); `state` alone is
+/// accessed atomically, through `region`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// [`STATE_INITIALISING`] or [`STATE_READY`].
+    pub state: u32,
+    /// A [`Kind`] as `u32`.
+    pub kind: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// Bytes of the whole segment.
+    pub total_size: u64,
+    /// SPSC: bytes of the ring; MPMC: number of slots. A power of two.
+    pub capacity: u64,
+    /// Largest frame payload, bytes.
+    pub max_frame_size: u32,
+    /// MPMC: bytes per slot; SPSC: zero.
+    pub slot_stride: u32,
+    /// Entries of the producer participant table.
+    pub max_producers: u32,
+    /// Entries of the consumer participant table.
+    pub max_consumers: u32,
+    /// Offset of the producer cursor line.
+    pub producer_line: u64,
+    /// Offset of the consumer cursor line.
+    pub consumer_line: u64,
+    /// Offset of the participant table.
+    pub participants: u64,
+    /// Offset of the data region.
+    pub data: u64,
+    /// Bytes of the data region.
+    pub data_len: u64,
+    /// Process that created the segment.
+    pub creator_pid: u32,
+    /// Permission bits the segment was created with.
+    pub mode: u32,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Opaque number chosen by the creator (a coordinator numbers a channel's incarnations).
+    pub generation: u64,
+    /// FNV-1a 64 of the fields above, with `state` counted as zero.
+    pub checksum: u64,
+    /// Zero.
+    pub reserved: [u64; 16],
+}
+
+/// Offset of `SegmentHeader::state` (the only header field accessed atomically).
+pub const STATE_OFFSET: usize = std::mem::offset_of!(SegmentHeader, state);
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<SegmentHeader>() == HEADER_SIZE);
+    assert!(offset_of!(SegmentHeader, magic) == 0);
+    assert!(offset_of!(SegmentHeader, layout_version) == 8);
+    assert!(STATE_OFFSET == 12);
+    assert!(offset_of!(SegmentHeader, kind) == 16);
+    assert!(offset_of!(SegmentHeader, total_size) == 24);
+    assert!(offset_of!(SegmentHeader, capacity) == 32);
+    assert!(offset_of!(SegmentHeader, max_frame_size) == 40);
+    assert!(offset_of!(SegmentHeader, slot_stride) == 44);
+    assert!(offset_of!(SegmentHeader, max_producers) == 48);
+    assert!(offset_of!(SegmentHeader, max_consumers) == 52);
+    assert!(offset_of!(SegmentHeader, producer_line) == 56);
+    assert!(offset_of!(SegmentHeader, data) == 80);
+    assert!(offset_of!(SegmentHeader, data_len) == 88);
+    assert!(offset_of!(SegmentHeader, creator_pid) == 96);
+    assert!(offset_of!(SegmentHeader, created_unix_ns) == 104);
+    assert!(offset_of!(SegmentHeader, generation) == 112);
+    assert!(offset_of!(SegmentHeader, checksum) == 120);
+};
+
+impl SegmentHeader {
+    /// FNV-1a 64 over every field before `checksum`, in order, with `state` as zero.
+    pub fn compute_checksum(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.u64(self.magic);
+        h.u32(self.layout_version);
+        h.u32(0); // state changes after the checksum is written
+        h.u32(self.kind);
+        h.u32(self.flags);
+        h.u64(self.total_size);
+        h.u64(self.capacity);
+        h.u32(self.max_frame_size);
+        h.u32(self.slot_stride);
+        h.u32(self.max_producers);
+        h.u32(self.max_consumers);
+        h.u64(self.producer_line);
+        h.u64(self.consumer_line);
+        h.u64(self.participants);
+        h.u64(self.data);
+        h.u64(self.data_len);
+        h.u32(self.creator_pid);
+        h.u32(self.mode);
+        h.u64(self.created_unix_ns);
+        h.u64(self.generation);
+        h.0
+    }
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_ne_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_ne_bytes());
+    }
+}
+
+/// A cursor and the futex that sleepers on its owner's progress wait on. See the module docs.
+#[repr(C, align(128))]
+pub struct CursorLine {
+    /// SPSC tail or head; MPMC enqueue or dequeue position.
+    pub position: AtomicU64,
+    /// SPSC consumer line: delivered position. Otherwise zero.
+    pub aux: AtomicU64,
+    /// Number of parties asleep (or about to sleep) on `futex`.
+    pub waiters: AtomicU32,
+    /// Event count: bumped by the owner of this line before it wakes sleepers.
+    pub futex: AtomicU32,
+}
+
+/// One admitted producer or consumer. See the module docs.
+#[repr(C, align(128))]
+pub struct Participant {
+    /// Zero when free, else `incarnation << 32 | pid`.
+    pub owner: AtomicU64,
+    /// `first << 8 | count` of the MPMC positions being taken; zero when none was ever taken.
+    pub claim: AtomicU64,
+    /// Frames this participant sent or received.
+    pub frames: AtomicU64,
+    /// Payload bytes this participant sent or received.
+    pub bytes: AtomicU64,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<CursorLine>() == LINE && align_of::<CursorLine>() == LINE);
+    assert!(offset_of!(CursorLine, position) == 0);
+    assert!(offset_of!(CursorLine, aux) == 8);
+    assert!(offset_of!(CursorLine, waiters) == 16);
+    assert!(offset_of!(CursorLine, futex) == 20);
+    assert!(size_of::<Participant>() == LINE && align_of::<Participant>() == LINE);
+    assert!(offset_of!(Participant, owner) == 0);
+    assert!(offset_of!(Participant, claim) == 8);
+    assert!(offset_of!(Participant, frames) == 16);
+    assert!(offset_of!(Participant, bytes) == 24);
+};
+
+/// Record types (bits 32..40 of a record header). Zero means "not committed".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordType {
+    /// A frame.
+    Data = 1,
+    /// Filler up to the end of the SPSC ring; the frame that did not fit follows at offset 0.
+    Padding = 2,
+    /// Space given up by an aborted claim (MPMC) or a repair; consumers step over it.
+    Skip = 3,
+}
+
+/// Header flag: the frame was handed to a consumer that died before releasing it.
+pub const FLAG_REDELIVERED: u8 = 1;
+
+/// A decoded record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Payload length in bytes.
+    pub len: u32,
+    /// The record type; `None` for a value that is no known type.
+    pub ty: Option<RecordType>,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Lap tag (SPSC) or zero (MPMC).
+    pub tag: u16,
+}
+
+/// Packs a record header word. Never zero, since `ty` is never zero.
+#[inline(always)]
+pub const fn encode_header(len: u32, ty: RecordType, flags: u8, tag: u16) -> u64 {
+    (len as u64) | ((ty as u64) << 32) | ((flags as u64) << 40) | ((tag as u64) << 48)
+}
+
+/// Unpacks a non-zero record header word.
+#[inline(always)]
+pub const fn decode_header(word: u64) -> RecordHeader {
+    let ty = match (word >> 32) as u8 {
+        1 => Some(RecordType::Data),
+        2 => Some(RecordType::Padding),
+        3 => Some(RecordType::Skip),
+        _ => None,
+    };
+    RecordHeader {
+        len: word as u32,
+        ty,
+        flags: (word >> 40) as u8,
+        tag: (word >> 48) as u16,
+    }
+}
+
+/// Bytes an SPSC record with `len` payload bytes occupies: header plus payload, rounded up to 8.
+#[inline(always)]
+pub const fn record_size(len: usize) -> usize {
+    (RECORD_HEADER + len + (RECORD_ALIGN - 1)) & !(RECORD_ALIGN - 1)
+}
+
+/// Lap tag of an SPSC position.
+#[inline(always)]
+pub const fn lap_tag(pos: u64, capacity_log2: u32) -> u16 {
+    (pos >> capacity_log2) as u16
+}
+
+/// Packs an MPMC claim record.
+#[inline(always)]
+pub const fn encode_claim(first: u64, count: u64) -> u64 {
+    (first << 8) | count
+}
+
+/// Unpacks an MPMC claim record into `(first, count)`.
+#[inline(always)]
+pub const fn decode_claim(word: u64) -> (u64, u64) {
+    (word >> 8, word & 0xff)
+}
+
+/// Packs a participant owner word.
+#[inline(always)]
+pub const fn encode_owner(pid: u32, incarnation: u32) -> u64 {
+    ((incarnation as u64) << 32) | pid as u64
+}
+
+/// Unpacks a participant owner word into `(pid, incarnation)`.
+#[inline(always)]
+pub const fn decode_owner(word: u64) -> (u32, u32) {
+    (word as u32, (word >> 32) as u32)
+}
+
+/// Which participant table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A producer.
+    Producer,
+    /// A consumer.
+    Consumer,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        })
+    }
+}
+
+/// The shape of a channel as a user asks for it. Sizes are rounded as [`Geometry::new`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// SPSC or MPMC.
+    pub kind: Kind,
+    /// Bytes of frame storage, rounded up to a power of two. For MPMC this buys
+    /// `capacity / max_frame_size` slots (rounded up to a power of two, at least 2).
+    pub capacity: u64,
+    /// Largest frame in bytes.
+    pub max_frame_size: u32,
+    /// Producers admitted at once (SPSC: 1).
+    pub max_producers: u32,
+    /// Consumers admitted at once (SPSC: 1).
+    pub max_consumers: u32,
+    /// Permission bits of the shared-memory object (e.g. `0o600`).
+    pub mode: u32,
+}
+
+impl ChannelConfig {
+    /// An SPSC channel: 1 MiB ring, frames up to 64 KiB, mode 0600.
+    pub const fn spsc() -> ChannelConfig {
+        ChannelConfig {
+            kind: Kind::Spsc,
+            capacity: 1 << 20,
+            max_frame_size: 64 << 10,
+            max_producers: 1,
+            max_consumers: 1,
+            mode: 0o600,
+        }
+    }
+
+    /// An MPMC channel: 1 MiB of frame storage in 1 KiB frames (1024 slots), up to 16
+    /// producers and 16 consumers, mode 0600.
+    pub const fn mpmc() -> ChannelConfig {
+        ChannelConfig {
+            kind: Kind::Mpmc,
+            capacity: 1 << 20,
+            max_frame_size: 1 << 10,
+            max_producers: 16,
+            max_consumers: 16,
+            mode: 0o600,
+        }
+    }
+
+    /// The defaults of `kind`.
+    pub const fn new(kind: Kind) -> ChannelConfig {
+        match kind {
+            Kind::Spsc => ChannelConfig::spsc(),
+            Kind::Mpmc => ChannelConfig::mpmc(),
+        }
+    }
+
+    /// Sets [`ChannelConfig::capacity`].
+    pub const fn capacity(mut self, bytes: u64) -> ChannelConfig {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Sets [`ChannelConfig::max_frame_size`].
+    pub const fn max_frame_size(mut self, bytes: u32) -> ChannelConfig {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Sets [`ChannelConfig::max_producers`].
+    pub const fn max_producers(mut self, n: u32) -> ChannelConfig {
+        self.max_producers = n;
+        self
+    }
+
+    /// Sets [`ChannelConfig::max_consumers`].
+    pub const fn max_consumers(mut self, n: u32) -> ChannelConfig {
+        self.max_consumers = n;
+        self
+    }
+
+    /// Sets [`ChannelConfig::mode`].
+    pub const fn mode(mut self, mode: u32) -> ChannelConfig {
+        self.mode = mode;
+        self
+    }
+}
+
+/// The validated shape of a segment: every size and offset, computed in one place. Each process
+/// keeps its own copy and never re-reads these values from shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// SPSC or MPMC.
+    pub kind: Kind,
+    /// SPSC: ring bytes; MPMC: slots. A power of two.
+    pub capacity: u64,
+    /// `log2(capacity)`.
+    pub capacity_log2: u32,
+    /// Largest frame payload.
+    pub max_frame_size: u32,
+    /// MPMC bytes per slot; zero for SPSC.
+    pub slot_stride: u32,
+    /// Producer table entries.
+    pub max_producers: u32,
+    /// Consumer table entries.
+    pub max_consumers: u32,
+    /// Offset of the data region.
+    pub data: usize,
+    /// Bytes of the data region.
+    pub data_len: usize,
+    /// Bytes of the segment.
+    pub total_size: usize,
+}
+
+const fn align_up(v: u64, a: u64) -> u64 {
+    (v + a - 1) & !(a - 1)
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+impl Geometry {
+    /// Computes the geometry of a new channel.
+    ///
+    /// * SPSC: the ring is `capacity` rounded up to a power of two (at least
+    ///   [`MIN_SPSC_CAPACITY`]), and must hold two records of the largest frame, so that a
+    ///   largest frame always fits after at most one padding record.
+    /// * MPMC: `slots = capacity / max_frame_size` rounded up to a power of two, at least
+    ///   [`MIN_SLOTS`]; each slot is `16 + max_frame_size` bytes rounded up to 64, so producers
+    ///   writing neighbouring slots never share a cache line.
+    pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
+        if cfg.max_frame_size > MAX_FRAME_SIZE {
+            return Err(invalid(format!(
+                "max_frame_size {} exceeds the limit of {MAX_FRAME_SIZE} bytes",
+                cfg.max_frame_size
+            )));
+        }
+        if cfg.capacity == 0 || cfg.capacity > MAX_DATA_LEN {
+            return Err(invalid(format!(
+                "capacity {} must be between 1 and {MAX_DATA_LEN} bytes",
+                cfg.capacity
+            )));
+        }
+        if cfg.mode & !0o777 != 0 {
+            return Err(invalid(format!(
+                "mode {:o} has bits outside 0o777",
+                cfg.mode
+            )));
+        }
+        match cfg.kind {
+            Kind::Spsc => {
+                if cfg.max_producers != 1 || cfg.max_consumers != 1 {
+                    return Err(invalid(format!(
+                        "an SPSC channel has exactly one producer and one consumer (got max_producers {}, max_consumers {})",
+                        cfg.max_producers, cfg.max_consumers
+                    )));
+                }
+                let capacity = cfg.capacity.max(MIN_SPSC_CAPACITY).next_power_of_two();
+                let need = 2 * record_size(cfg.max_frame_size as usize) as u64;
+                if need > capacity {
+                    return Err(invalid(format!(
+                        "an SPSC ring must hold two records of the largest frame: max_frame_size {} needs capacity of at least {} bytes (got {})",
+                        cfg.max_frame_size,
+                        need.next_power_of_two(),
+                        cfg.capacity
+                    )));
+                }
+                Geometry::build(Kind::Spsc, capacity, cfg.max_frame_size, 0, 1, 1)
+            }
+            Kind::Mpmc => {
+                for (what, n) in [
+                    ("max_producers", cfg.max_producers),
+                    ("max_consumers", cfg.max_consumers),
+                ] {
+                    if n == 0 || n > MAX_PARTICIPANTS {
+                        return Err(invalid(format!(
+                            "{what} {n} must be between 1 and {MAX_PARTICIPANTS}"
+                        )));
+                    }
+                }
+                let stride = align_up(SLOT_PAYLOAD as u64 + u64::from(cfg.max_frame_size), 64);
+                let per_slot = u64::from(cfg.max_frame_size.max(1));
+                let slots = cfg
+                    .capacity
+                    .div_ceil(per_slot)
+                    .max(MIN_SLOTS)
+                    .next_power_of_two();
+                if slots.saturating_mul(stride) > MAX_DATA_LEN {
+                    return Err(invalid(format!(
+                        "{slots} slots of {stride} bytes exceed the limit of {MAX_DATA_LEN} bytes"
+                    )));
+                }
+                Geometry::build(
+                    Kind::Mpmc,
+                    slots,
+                    cfg.max_frame_size,
+                    stride as u32,
+                    cfg.max_producers,
+                    cfg.max_consumers,
+                )
+            }
+        }
+    }
+
+    fn build(
+        kind: Kind,
+        capacity: u64,
+        max_frame_size: u32,
+        slot_stride: u32,
+        max_producers: u32,
+        max_consumers: u32,
+    ) -> Result<Geometry, Error> {
+        let participants_len = (max_producers as u64 + max_consumers as u64) * LINE as u64;
+        let data = align_up(PARTICIPANTS as u64 + participants_len, DATA_ALIGN as u64);
+        let data_len = match kind {
+            Kind::Spsc => capacity,
+            Kind::Mpmc => capacity * u64::from(slot_stride),
+        };
+        let total = data + data_len;
+        let to_usize = |v: u64| {
+            usize::try_from(v)
+                .map_err(|_| invalid(format!("a segment of {v} bytes does not fit in memory")))
+        };
+        Ok(Geometry {
+            kind,
+            capacity,
+            capacity_log2: capacity.trailing_zeros(),
+            max_frame_size,
+            slot_stride,
+            max_producers,
+            max_consumers,
+            data: to_usize(data)?,
+            data_len: to_usize(data_len)?,
+            total_size: to_usize(total)?,
+        })
+    }
+
+    /// `capacity - 1`: masks a position to its offset (SPSC) or slot index (MPMC).
+    #[inline(always)]
+    pub fn mask(&self) -> u64 {
+        self.capacity - 1
+    }
+
+    /// Offset of participant `index` of `role`, if the table has that entry.
+    #[inline]
+    pub fn participant_offset(&self, role: Role, index: u32) -> Option<usize> {
+        let (base, n) = match role {
+            Role::Producer => (0, self.max_producers),
+            Role::Consumer => (self.max_producers, self.max_consumers),
+        };
+        (index < n).then(|| PARTICIPANTS + (base + index) as usize * LINE)
+    }
+
+    /// The header a creator writes for this geometry, checksum included, `state` initialising.
+    pub fn header(
+        &self,
+        creator_pid: u32,
+        mode: u32,
+        created_unix_ns: u64,
+        generation: u64,
+    ) -> SegmentHeader {
+        let mut h = SegmentHeader {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            state: STATE_INITIALISING,
+            kind: self.kind as u32,
+            flags: 0,
+            total_size: self.total_size as u64,
+            capacity: self.capacity,
+            max_frame_size: self.max_frame_size,
+            slot_stride: self.slot_stride,
+            max_producers: self.max_producers,
+            max_consumers: self.max_consumers,
+            producer_line: PRODUCER_LINE as u64,
+            consumer_line: CONSUMER_LINE as u64,
+            participants: PARTICIPANTS as u64,
+            data: self.data as u64,
+            data_len: self.data_len as u64,
+            creator_pid,
+            mode,
+            created_unix_ns,
+            generation,
+            checksum: 0,
+            reserved: [0; 16],
+        };
+        h.checksum = h.compute_checksum();
+        h
+    }
+
+    /// Validates a header copied out of a segment whose mapping is `mapped_len` bytes long.
+    ///
+    /// Checks, in order: magic, layout version, checksum, kind, that the sizes are ones
+    /// [`Geometry::new`] could have produced, and that every offset the header states equals
+    /// the one computed here and lies inside the mapping. The state is the caller's business.
+    pub fn from_header(h: &SegmentHeader, mapped_len: usize) -> Result<Geometry, Error> {
+        if h.magic != MAGIC {
+            return Err(Error::Incompatible(format!(
+                "not a shmring segment (magic {:#018x}, expected {MAGIC:#018x})",
+                h.magic
+            )));
+        }
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(Error::Incompatible(format!(
+                "segment layout version {} is not the {LAYOUT_VERSION} this library speaks",
+                h.layout_version
+            )));
+        }
+        let sum = h.compute_checksum();
+        if h.checksum != sum {
+            return Err(Error::Corrupted(format!(
+                "segment header checksum {:#018x} does not match its contents ({sum:#018x})",
+                h.checksum
+            )));
+        }
+        let kind = Kind::from_u32(h.kind)
+            .ok_or_else(|| Error::Corrupted(format!("unknown channel kind {}", h.kind)))?;
+        if !h.capacity.is_power_of_two() {
+            return Err(Error::Corrupted(format!(
+                "capacity {} is not a power of two",
+                h.capacity
+            )));
+        }
+        let expect = match kind {
+            Kind::Spsc => {
+                let cfg = ChannelConfig {
+                    kind,
+                    capacity: h.capacity,
+                    max_frame_size: h.max_frame_size,
+                    max_producers: h.max_producers,
+                    max_consumers: h.max_consumers,
+                    mode: h.mode & 0o777,
+                };
+                Geometry::new(&cfg)
+            }
+            Kind::Mpmc => {
+                let stride = align_up(SLOT_PAYLOAD as u64 + u64::from(h.max_frame_size), 64);
+                if u64::from(h.slot_stride) != stride || h.capacity < MIN_SLOTS {
+                    return Err(Error::Corrupted(format!(
+                        "MPMC slot stride {} or slot count {} is inconsistent with max_frame_size {}",
+                        h.slot_stride, h.capacity, h.max_frame_size
+                    )));
+                }
+                if h.max_frame_size > MAX_FRAME_SIZE
+                    || h.capacity.saturating_mul(stride) > MAX_DATA_LEN
+                    || h.max_producers == 0
+                    || h.max_producers > MAX_PARTICIPANTS
+                    || h.max_consumers == 0
+                    || h.max_consumers > MAX_PARTICIPANTS
+                {
+                    return Err(Error::Corrupted(format!(
+                        "MPMC sizes out of range (slots {}, max_frame_size {}, producers {}, consumers {})",
+                        h.capacity, h.max_frame_size, h.max_producers, h.max_consumers
+                    )));
+                }
+                Geometry::build(
+                    kind,
+                    h.capacity,
+                    h.max_frame_size,
+                    h.slot_stride,
+                    h.max_producers,
+                    h.max_consumers,
+                )
+            }
+        }
+        .map_err(|e| Error::Corrupted(format!("segment header describes an impossible channel: {e}")))?;
+        let stated = (
+            h.producer_line,
+            h.consumer_line,
+            h.participants,
+            h.data,
+            h.data_len,
+            h.total_size,
+        );
+        let computed = (
+            PRODUCER_LINE as u64,
+            CONSUMER_LINE as u64,
+            PARTICIPANTS as u64,
+            expect.data as u64,
+            expect.data_len as u64,
+            expect.total_size as u64,
+        );
+        if stated != computed {
+            return Err(Error::Corrupted(format!(
+                "segment offsets (producer line, consumer line, participants, data, data_len, total) {stated:?} differ from the layout's {computed:?}"
+            )));
+        }
+        if expect.total_size > mapped_len {
+            return Err(Error::Corrupted(format!(
+                "segment claims {} bytes but only {mapped_len} are mapped",
+                expect.total_size
+            )));
+        }
+        Ok(expect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_roundtrip_and_checksum() {
+        let g = Geometry::new(&ChannelConfig::spsc()).unwrap();
+        let h = g.header(42, 0o600, 7, 3);
+        assert_eq!(Geometry::from_header(&h, g.total_size).unwrap(), g);
+        let mut bad = h;
+        bad.capacity *= 2;
+        assert!(matches!(
+            Geometry::from_header(&bad, g.total_size * 4),
+            Err(Error::Corrupted(_))
+        ));
+        let mut v = h;
+        v.layout_version = 99;
+        assert!(matches!(
+            Geometry::from_header(&v, g.total_size),
+            Err(Error::Incompatible(_))
+        ));
+        assert!(matches!(
+            Geometry::from_header(&h, g.total_size - 1),
+            Err(Error::Corrupted(_))
+        ));
+    }
+
+    #[test]
+    fn state_does_not_enter_the_checksum() {
+        let g = Geometry::new(&ChannelConfig::mpmc()).unwrap();
+        let mut h = g.header(1, 0o600, 0, 0);
+        h.state = STATE_READY;
+        assert_eq!(Geometry::from_header(&h, g.total_size).unwrap(), g);
+    }
+
+    #[test]
+    fn spsc_sizes() {
+        let g = Geometry::new(&ChannelConfig::spsc().capacity(1000).max_frame_size(100)).unwrap();
+        assert_eq!(g.capacity, 1024);
+        assert_eq!(g.data % DATA_ALIGN, 0);
+        assert!(Geometry::new(&ChannelConfig::spsc().capacity(256).max_frame_size(200)).is_err());
+        assert!(Geometry::new(&ChannelConfig::spsc().max_producers(2)).is_err());
+        assert!(Geometry::new(&ChannelConfig::spsc().mode(0o1777)).is_err());
+    }
+
+    #[test]
+    fn mpmc_sizes() {
+        let g = Geometry::new(&ChannelConfig::mpmc()).unwrap();
+        assert_eq!(g.capacity, 1024);
+        assert_eq!(g.slot_stride, 1088);
+        let g = Geometry::new(&ChannelConfig::mpmc().capacity(100).max_frame_size(48)).unwrap();
+        assert_eq!((g.capacity, g.slot_stride), (4, 64));
+        let g = Geometry::new(&ChannelConfig::mpmc().capacity(1).max_frame_size(0)).unwrap();
+        assert_eq!(g.capacity, MIN_SLOTS);
+        assert!(Geometry::new(&ChannelConfig::mpmc().max_consumers(0)).is_err());
+    }
+
+    #[test]
+    fn record_encoding() {
+        let w = encode_header(1234, RecordType::Data, FLAG_REDELIVERED, 0xbeef);
+        assert_ne!(w, 0);
+        let h = decode_header(w);
+        assert_eq!(h.len, 1234);
+        assert_eq!(h.ty, Some(RecordType::Data));
+        assert_eq!(h.flags, FLAG_REDELIVERED);
+        assert_eq!(h.tag, 0xbeef);
+        assert_eq!(decode_header(0x0009_0000_0000).ty, None);
+        assert_eq!(record_size(0), 8);
+        assert_eq!(record_size(1), 16);
+        assert_eq!(record_size(56), 64);
+        assert_eq!(record_size(64), 72);
+        assert_eq!(decode_claim(encode_claim(1 << 50, 7)), (1 << 50, 7));
+        assert_eq!(decode_owner(encode_owner(77, 3)), (77, 3));
+    }
+}

@@ -1,0 +1,493 @@
+//! The MPMC ring: Dmitry Vyukov's bounded MPMC queue over fixed-size slots, each frame delivered
+//! to exactly one consumer, with claim records that make crash repair exact.
+//!
+//! Slot format in `layout` ("MPMC slot"). With `S` slots, position `p` lives in slot `p % S`, and
+//! the slot's `seq` says whose turn it is:
+//!
+//! | `seq`         | meaning                                                    |
+//! |---------------|------------------------------------------------------------|
+//! | `p`           | free: the producer of position `p` may write it            |
+//! | `p + 1`       | committed: the consumer of position `p` may read it        |
+//! | `p + S`       | released: free for the producer of position `p + S`        |
+//!
+//! * **Claim** (producer): load the enqueue position `p` (Relaxed), load `seq(p)` (**Acquire**,
+//!   pairs with the consumer's Release in *Release*: the previous reader is done with the
+//!   bytes). If `seq == p`, write the claim record `p << 8 | n` into this producer's participant
+//!   line, then CAS the enqueue position from `p` to `p + n` (**Release** on success, so a
+//!   coordinator that loads the position with Acquire also sees the claim record). A batch of
+//!   `n` takes consecutive free slots with one CAS.
+//! * **Commit**: store the header word (Relaxed), then `seq = p + 1` (**Release**, pairs with the
+//!   consumer's Acquire of `seq`). An aborted claim is committed as a `Skip` record: the
+//!   position is gone once the CAS succeeded, so it is handed on empty.
+//! * **Read** (consumer): the same with the dequeue position, `seq == p + 1` (**Acquire**) and
+//!   the claim record in the consumer's participant line.
+//! * **Release**: `seq = p + S` (**Release**, pairs with the next producer's Acquire of `seq`).
+//!
+//! The claim records are what step 2's coordinator uses after a death: a slot of position `p`
+//! stuck at `seq == p` (or `p + 1`) whose position the cursor has passed, covered by a dead
+//! participant's claim record and by no live one's, was taken by the dead one. No timeout is
+//! involved. Positions are 64-bit and never wrap in practice; one at or past
+//! [`MAX_POSITION`](crate::layout::MAX_POSITION) is reported as corruption because it could not
+//! be written into a claim record.
+
+use crate::error::{Error, Result};
+use crate::layout::{
+    MAX_CLAIM_COUNT, MAX_POSITION, Participant, RecordType, SLOT_PAYLOAD, decode_header,
+    encode_claim, encode_header,
+};
+use crate::region::{DataRange, Memory};
+use crate::sync::AtomicU64;
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+
+/// A try_ call gives up with `WouldBlock("contended")` after this many lost CAS races (each one
+/// means another participant made progress). Keeps a hostile writer that keeps moving the cursor
+/// from holding a non-blocking call forever.
+const MAX_CAS_RETRIES: u32 = 1 << 16;
+
+/// Sets every slot free for its first lap: `seq(i) = i`. Done by the creator before the segment
+/// turns ready (and by the loom model's memory).
+pub(crate) fn initialise(mem: &Memory) {
+    for i in 0..mem.geometry().capacity {
+        // Relaxed: the segment is published to other processes by the Release of its state.
+        mem.slot_seq(i).store(i, Relaxed);
+    }
+}
+
+fn corrupted(what: impl Into<String>) -> Error {
+    Error::Corrupted(what.into())
+}
+
+/// Which turn of a slot a side waits for: producers want `seq == p`, consumers `seq == p + 1`.
+#[derive(Clone, Copy)]
+enum Turn {
+    Produce,
+    Consume,
+}
+
+/// Takes up to `max` consecutive positions from `cursor` whose slots are at `turn`, recording
+/// the claim in `me` before the CAS. Returns the first position and the count.
+///
+/// With `fits: Some(cap)` (consumers only), a first frame longer than `cap` is not taken:
+/// `BufferTooSmall` is returned and the frame stays in the ring. Its header is read before the
+/// CAS; if the slot changed hands meanwhile the CAS fails and the check is repeated.
+#[inline]
+fn take(
+    mem: &Memory,
+    cursor: &AtomicU64,
+    me: &Participant,
+    turn: Turn,
+    max: u64,
+    fits: Option<usize>,
+) -> Result<(u64, u64)> {
+    let max = max.clamp(1, MAX_CLAIM_COUNT);
+    let offset = match turn {
+        Turn::Produce => 0,
+        Turn::Consume => 1,
+    };
+    // Relaxed: only a guess; the Acquire of `seq` below is what orders the slot's bytes.
+    let mut pos = cursor.load(Relaxed);
+    let mut retries = 0;
+    loop {
+        if pos >= MAX_POSITION {
+            return Err(corrupted(format!(
+                "MPMC position {pos} is past the largest a claim record can hold"
+            )));
+        }
+        // Acquire: pairs with the Release stores of `seq` in `commit_slot` / `release_slot`.
+        let seq = mem.slot_seq(pos).load(Acquire);
+        let diff = seq.wrapping_sub(pos + offset) as i64;
+        if diff == 0 {
+            if let Some(cap) = fits {
+                // Relaxed: ordered after the producer's store by the Acquire of `seq` above.
+                let h = decode_header(mem.slot_header(pos).load(Relaxed));
+                if h.ty == Some(RecordType::Data) && h.len as usize > cap {
+                    // Recheck that the slot is still this position's before reporting it.
+                    if cursor.load(Relaxed) == pos {
+                        return Err(Error::BufferTooSmall {
+                            needed: h.len as usize,
+                            cap,
+                        });
+                    }
+                    pos = cursor.load(Relaxed);
+                    continue;
+                }
+            }
+            let mut n = 1;
+            // Acquire: as above, for every further slot of the batch.
+            while n < max && mem.slot_seq(pos + n).load(Acquire) == pos + n + offset {
+                n += 1;
+            }
+            // Relaxed: published by the Release of the CAS that follows.
+            me.claim.store(encode_claim(pos, n), Relaxed);
+            // Release on success: a coordinator that Acquire-loads the cursor sees the claim.
+            match cursor.compare_exchange_weak(pos, pos + n, Release, Relaxed) {
+                Ok(_) => return Ok((pos, n)),
+                Err(now) => pos = now,
+            }
+        } else if diff < 0 {
+            return Err(Error::WouldBlock(match turn {
+                Turn::Produce => "full",
+                Turn::Consume => "empty",
+            }));
+        } else {
+            // The slot is ahead of `pos`: someone took `pos` after our load. The Acquire above
+            // makes the CAS that moved the cursor past `pos` visible now, so an unchanged
+            // cursor means the slot lies.
+            let now = cursor.load(Relaxed);
+            if now == pos {
+                return Err(corrupted(format!(
+                    "slot sequence {seq} is ahead of cursor position {pos}"
+                )));
+            }
+            pos = now;
+        }
+        retries += 1;
+        if retries > MAX_CAS_RETRIES {
+            return Err(Error::WouldBlock("contended"));
+        }
+    }
+}
+
+/// A committed or aborted write: the slot's header, then `seq = pos + 1`.
+#[inline(always)]
+fn commit_slot(mem: &Memory, pos: u64, header: u64) {
+    // Relaxed: published by the Release below.
+    mem.slot_header(pos).store(header, Relaxed);
+    // Release: pairs with the consumer's Acquire of `seq` in `take`.
+    mem.slot_seq(pos).store(pos + 1, Release);
+}
+
+/// Positions taken by a producer: `count` slots starting at `first`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claimed {
+    first: u64,
+    count: u64,
+}
+
+impl Claimed {
+    /// Number of slots taken.
+    pub(crate) fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `i`-th position of the claim.
+    pub(crate) fn position(&self, i: u64) -> u64 {
+        debug_assert!(i < self.count);
+        self.first + i
+    }
+}
+
+/// The payload bytes of the slot of `pos`, `len` long (`len <= max_frame_size`).
+#[inline(always)]
+pub(crate) fn payload(mem: &Memory, pos: u64, len: usize) -> Result<DataRange> {
+    mem.range(mem.slot_start(pos) + SLOT_PAYLOAD, len)
+        .ok_or_else(|| corrupted("slot outside the data region"))
+}
+
+/// Producer side: claims slots, commits or aborts them.
+#[derive(Debug)]
+pub(crate) struct ProducerCore {
+    index: u32,
+}
+
+impl ProducerCore {
+    /// Producer `index` of the participant table (already owned by the caller).
+    pub(crate) fn new(index: u32) -> ProducerCore {
+        ProducerCore { index }
+    }
+
+    fn me<'m>(&self, mem: &'m Memory) -> &'m Participant {
+        mem.participant(crate::layout::Role::Producer, self.index)
+            .expect("participant index was checked on attach")
+    }
+
+    /// Takes up to `max` free slots for frames of up to `len` bytes.
+    #[inline]
+    pub(crate) fn try_claim(&mut self, mem: &Memory, len: usize, max: u64) -> Result<Claimed> {
+        let limit = mem.geometry().max_frame_size as usize;
+        if len > limit {
+            return Err(Error::FrameTooLarge { len, max: limit });
+        }
+        let cursor = &mem.producer_line().position;
+        let (first, count) = take(mem, cursor, self.me(mem), Turn::Produce, max, None)?;
+        Ok(Claimed { first, count })
+    }
+
+    /// Commits position `pos` of a claim as a frame of `len` bytes.
+    #[inline]
+    pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize, flags: u8) {
+        debug_assert!(len <= mem.geometry().max_frame_size as usize);
+        commit_slot(
+            mem,
+            pos,
+            encode_header(len as u32, RecordType::Data, flags, 0),
+        );
+    }
+
+    /// Gives up position `pos` of a claim: consumers will step over it.
+    #[inline]
+    pub(crate) fn abort(&mut self, mem: &Memory, pos: u64) {
+        commit_slot(mem, pos, encode_header(0, RecordType::Skip, 0, 0));
+    }
+}
+
+/// A slot a consumer took: a frame, or nothing to deliver (a skip).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slot {
+    /// A frame: its payload and `FLAG_*` bits.
+    Frame {
+        /// The payload bytes.
+        payload: DataRange,
+        /// `FLAG_*` bits.
+        flags: u8,
+    },
+    /// An aborted or repaired position.
+    Skip,
+}
+
+/// Consumer side: takes committed slots, releases them.
+#[derive(Debug)]
+pub(crate) struct ConsumerCore {
+    index: u32,
+}
+
+impl ConsumerCore {
+    /// Consumer `index` of the participant table (already owned by the caller).
+    pub(crate) fn new(index: u32) -> ConsumerCore {
+        ConsumerCore { index }
+    }
+
+    fn me<'m>(&self, mem: &'m Memory) -> &'m Participant {
+        mem.participant(crate::layout::Role::Consumer, self.index)
+            .expect("participant index was checked on attach")
+    }
+
+    /// Takes up to `max` committed slots; with `fits`, see [`take`].
+    #[inline]
+    pub(crate) fn try_take(
+        &mut self,
+        mem: &Memory,
+        max: u64,
+        fits: Option<usize>,
+    ) -> Result<Claimed> {
+        let cursor = &mem.consumer_line().position;
+        let (first, count) = take(mem, cursor, self.me(mem), Turn::Consume, max, fits)?;
+        Ok(Claimed { first, count })
+    }
+
+    /// What the slot of a taken position holds. A slot with a bad header is reported as
+    /// corrupted; the caller must still release it, so the ring does not wedge.
+    #[inline]
+    pub(crate) fn slot(&self, mem: &Memory, pos: u64) -> Result<Slot> {
+        // Relaxed: ordered after the producer's store by the Acquire of `seq` in `take`.
+        let word = mem.slot_header(pos).load(Relaxed);
+        let h = decode_header(word);
+        match h.ty {
+            Some(RecordType::Data) if h.len <= mem.geometry().max_frame_size => Ok(Slot::Frame {
+                payload: payload(mem, pos, h.len as usize)?,
+                flags: h.flags,
+            }),
+            Some(RecordType::Skip) => Ok(Slot::Skip),
+            _ => Err(corrupted(format!(
+                "bad slot header {word:#018x} at position {pos} (type {:?}, length {}, max frame {})",
+                h.ty,
+                h.len,
+                mem.geometry().max_frame_size
+            ))),
+        }
+    }
+
+    /// Releases the slot of `pos`: free for the producer one lap later.
+    #[inline]
+    pub(crate) fn release(&mut self, mem: &Memory, pos: u64) {
+        // Release: pairs with the producer's Acquire of `seq` in `take`.
+        mem.slot_seq(pos)
+            .store(pos + mem.geometry().capacity, Release);
+    }
+}
+
+/// Frames committed and not yet taken, as a statistic: the cursors are read without
+/// synchronisation and the difference clamped to `[0, slots]`.
+pub(crate) fn depth_slots(mem: &Memory) -> u64 {
+    let deq = mem.consumer_line().position.load(Relaxed);
+    let enq = mem.producer_line().position.load(Relaxed);
+    enq.saturating_sub(deq).min(mem.geometry().capacity)
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of claim/commit/consume. Roles in spawned threads, main only joins (loom
+    //! issue #392); each test asserts that the outcomes it is about were all reached.
+    use super::*;
+    use crate::layout::{ChannelConfig, Geometry, Role, decode_claim};
+    use loom::sync::Arc;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    type Shared<T> = std::sync::Arc<Mutex<T>>;
+
+    fn memory(slots: u64, producers: u32, consumers: u32) -> Arc<Memory> {
+        let cfg = ChannelConfig::mpmc()
+            .capacity(slots * 8)
+            .max_frame_size(8)
+            .max_producers(producers)
+            .max_consumers(consumers);
+        Arc::new(Memory::new(Geometry::new(&cfg).unwrap()))
+    }
+
+    fn send(p: &mut ProducerCore, mem: &Memory, v: u64) -> bool {
+        match p.try_claim(mem, 8, 1) {
+            Ok(c) => {
+                let pos = c.position(0);
+                mem.copy_in(payload(mem, pos, 8).unwrap(), &v.to_ne_bytes());
+                p.commit(mem, pos, 8, 0);
+                true
+            }
+            Err(Error::WouldBlock(_)) => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn recv(c: &mut ConsumerCore, mem: &Memory) -> Option<Option<u64>> {
+        match c.try_take(mem, 1, None) {
+            Ok(t) => {
+                let pos = t.position(0);
+                let got = match c.slot(mem, pos).unwrap() {
+                    Slot::Frame { payload, .. } => {
+                        let mut b = [0u8; 8];
+                        mem.copy_out(payload, &mut b);
+                        Some(u64::from_ne_bytes(b))
+                    }
+                    Slot::Skip => None,
+                };
+                c.release(mem, pos);
+                Some(got)
+            }
+            Err(Error::WouldBlock(_)) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Two producers race for one slot of a two-slot ring while a consumer drains: each frame
+    /// arrives exactly once, whole, and the claim records name the positions each took.
+    #[test]
+    fn two_producers_one_consumer() {
+        let orders = Shared::new(Mutex::new(HashSet::new()));
+        let orders2 = orders.clone();
+        loom::model(move || {
+            let mem = memory(2, 2, 1);
+            let mut handles = Vec::new();
+            for id in 0..2u64 {
+                let m = mem.clone();
+                handles.push(loom::thread::spawn(move || {
+                    let mut p = ProducerCore::new(id as u32);
+                    while !send(&mut p, &m, 100 + id) {
+                        loom::thread::yield_now();
+                    }
+                    let (first, count) = decode_claim(
+                        m.participant(Role::Producer, id as u32)
+                            .unwrap()
+                            .claim
+                            .load(Relaxed),
+                    );
+                    assert_eq!(count, 1);
+                    first
+                }));
+            }
+            let m = mem.clone();
+            let orders = orders2.clone();
+            let consumer = loom::thread::spawn(move || {
+                let mut c = ConsumerCore::new(0);
+                let mut got = Vec::new();
+                while got.len() < 2 {
+                    match recv(&mut c, &m) {
+                        Some(Some(v)) => got.push(v),
+                        Some(None) => panic!("unexpected skip"),
+                        None => loom::thread::yield_now(),
+                    }
+                }
+                got
+            });
+            let firsts: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let got = consumer.join().unwrap();
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![100, 101]);
+            let mut positions = firsts.clone();
+            positions.sort();
+            assert_eq!(
+                positions,
+                vec![0, 1],
+                "claim records must name distinct positions"
+            );
+            // The frame at position 0 is the first received.
+            let first_sender = firsts.iter().position(|&f| f == 0).unwrap() as u64;
+            assert_eq!(got[0], 100 + first_sender);
+            orders.lock().unwrap().insert(got);
+        });
+        let orders = orders.lock().unwrap();
+        assert_eq!(
+            orders.len(),
+            2,
+            "both producers must win the first slot in some execution"
+        );
+    }
+
+    /// One producer, two consumers on a two-slot ring with an aborted claim in between: the
+    /// skip and the frame are each consumed exactly once, and each consumer wins the frame in
+    /// some execution. Consumers make a bounded number of attempts; a drainer spawned after
+    /// they are joined takes what is left.
+    #[test]
+    fn one_producer_two_consumers_with_abort() {
+        let winners = Shared::new(Mutex::new(HashSet::new()));
+        let winners2 = winners.clone();
+        loom::model(move || {
+            let mem = memory(2, 1, 2);
+            let m = mem.clone();
+            let producer = loom::thread::spawn(move || {
+                let mut p = ProducerCore::new(0);
+                let c = p.try_claim(&m, 8, 1).unwrap();
+                p.abort(&m, c.position(0));
+                assert!(send(&mut p, &m, 7), "a two-slot ring has room for two");
+            });
+            let consumers: Vec<_> = (0..2u32)
+                .map(|id| {
+                    let m = mem.clone();
+                    loom::thread::spawn(move || {
+                        let mut c = ConsumerCore::new(id);
+                        let mut got = Vec::new();
+                        for _ in 0..2 {
+                            match recv(&mut c, &m) {
+                                Some(slot) => got.push(slot),
+                                None => loom::thread::yield_now(),
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            producer.join().unwrap();
+            let mut taken: Vec<Vec<Option<u64>>> =
+                consumers.into_iter().map(|h| h.join().unwrap()).collect();
+            let m = mem.clone();
+            let drainer = loom::thread::spawn(move || {
+                let mut c = ConsumerCore::new(0);
+                let mut got = Vec::new();
+                while let Some(slot) = recv(&mut c, &m) {
+                    got.push(slot);
+                }
+                got
+            });
+            taken.push(drainer.join().unwrap());
+            let all: Vec<Option<u64>> = taken.iter().flatten().copied().collect();
+            assert_eq!(all.len(), 2, "two positions, each consumed once: {taken:?}");
+            assert_eq!(all.iter().flatten().collect::<Vec<_>>(), vec![&7]);
+            let winner = taken.iter().position(|t| t.contains(&Some(7))).unwrap();
+            winners2.lock().unwrap().insert(winner);
+        });
+        let winners = winners.lock().unwrap();
+        assert!(
+            winners.contains(&0) && winners.contains(&1),
+            "each consumer must win the frame in some execution: {winners:?}"
+        );
+    }
+}

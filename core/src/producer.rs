@@ -1,0 +1,424 @@
+//! The producer handle: copy and zero-copy sends, batches, blocking variants.
+
+use crate::error::{Error, Result};
+use crate::region::{DataRange, Memory};
+use crate::segment::Membership;
+use crate::wait::{self, WaitStrategy, Waiter};
+use crate::{mpmc, spsc};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+enum Ring {
+    Spsc(spsc::ProducerCore),
+    Mpmc(mpmc::ProducerCore),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Token {
+    Spsc(spsc::Claimed),
+    Mpmc { pos: u64, payload: DataRange },
+}
+
+impl Token {
+    fn payload(&self) -> DataRange {
+        match self {
+            Token::Spsc(c) => c.payload(),
+            Token::Mpmc { payload, .. } => *payload,
+        }
+    }
+}
+
+/// The sending end of a channel, SPSC or MPMC.
+///
+/// A `Producer` owns one entry of the channel's producer table from
+/// [`Segment::producer`](crate::Segment::producer) until it is dropped. It is `Send` (it may move
+/// to another thread) but not `Sync`: one thread sends through it at a time.
+///
+/// Every send comes in three forms: `try_*` never waits and returns
+/// [`Error::WouldBlock`] when the ring is full; `*_timeout` waits up to a duration and returns
+/// [`Error::TimedOut`]; the plain form waits as long as it takes. How it waits is the handle's
+/// [`WaitStrategy`].
+///
+/// ```
+/// use shmring::{ChannelConfig, Segment};
+///
+/// let seg = Segment::anonymous(&ChannelConfig::spsc())?;
+/// let mut tx = seg.producer()?;
+/// let mut rx = seg.consumer()?;
+///
+/// tx.send(b"hello")?;                       // copy
+/// let mut claim = tx.claim(5)?;             // zero-copy: write in place...
+/// claim.copy_from_slice(b"world");
+/// claim.commit();                           // ...then publish
+///
+/// let mut buf = [0u8; 64];
+/// let got = rx.recv(&mut buf)?;
+/// assert_eq!(&buf[..got.len], b"hello");
+/// let frame = rx.read()?;                   // zero-copy view
+/// assert_eq!(&*frame, b"world");
+/// # Ok::<(), shmring::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Producer {
+    mem: Arc<Memory>,
+    ring: Ring,
+    membership: Membership,
+    wait: WaitStrategy,
+    light: bool,
+    batching: bool,
+    dirty: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Producer {
+    pub(crate) fn new(mem: Arc<Memory>, membership: Membership) -> Result<Producer> {
+        let ring = match mem.geometry().kind {
+            crate::Kind::Spsc => Ring::Spsc(spsc::ProducerCore::attach(&mem)?),
+            crate::Kind::Mpmc => Ring::Mpmc(mpmc::ProducerCore::new(membership.index())),
+        };
+        let me = membership.participant(&mem);
+        // Relaxed: our own counters, continued from a predecessor's.
+        let (frames, bytes) = (
+            me.frames.load(crate::sync::Ordering::Relaxed),
+            me.bytes.load(crate::sync::Ordering::Relaxed),
+        );
+        Ok(Producer {
+            light: wait::light_waker(),
+            mem,
+            ring,
+            membership,
+            wait: WaitStrategy::default(),
+            batching: false,
+            dirty: false,
+            frames,
+            bytes,
+        })
+    }
+
+    /// The largest frame this channel carries.
+    pub fn max_frame_size(&self) -> usize {
+        self.mem.geometry().max_frame_size as usize
+    }
+
+    /// How blocking calls wait (default [`WaitStrategy::Park`]).
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait
+    }
+
+    /// Sets how blocking calls wait.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// The index of this producer in the channel's producer table.
+    pub fn index(&self) -> u32 {
+        self.membership.index()
+    }
+
+    #[inline]
+    fn try_claim_token(&mut self, len: usize) -> Result<Token> {
+        match &mut self.ring {
+            Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
+            Ring::Mpmc(core) => {
+                let pos = core.try_claim(&self.mem, len, 1)?.position(0);
+                Ok(Token::Mpmc {
+                    pos,
+                    payload: mpmc::payload(&self.mem, pos, len)?,
+                })
+            }
+        }
+    }
+
+    #[inline]
+    fn commit_token(&mut self, token: Token, len: usize) {
+        match (&mut self.ring, token) {
+            (Ring::Spsc(core), Token::Spsc(c)) => core.commit(&self.mem, c, len),
+            (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, 0),
+            _ => unreachable!("a token always comes from this producer's ring"),
+        }
+        self.frames += 1;
+        self.bytes += len as u64;
+        self.dirty = true;
+        if !self.batching {
+            self.publish();
+        }
+    }
+
+    fn abort_token(&mut self, token: Token) {
+        if let (Ring::Mpmc(core), Token::Mpmc { pos, .. }) = (&mut self.ring, token) {
+            // The position is taken for good: hand it on as a skip.
+            core.abort(&self.mem, pos);
+            self.dirty = true;
+        }
+        // SPSC: nothing was written for the record; any padding before it stays staged.
+        if !self.batching {
+            self.publish();
+        }
+    }
+
+    /// Makes staged frames visible and wakes a sleeping consumer.
+    #[inline]
+    fn publish(&mut self) {
+        if let Ring::Spsc(core) = &mut self.ring {
+            self.dirty |= core.publish(&self.mem);
+        }
+        if std::mem::take(&mut self.dirty) {
+            let me = self.membership.participant(&self.mem);
+            // Relaxed: statistics, read without synchronisation.
+            me.frames.store(self.frames, crate::sync::Ordering::Relaxed);
+            me.bytes.store(self.bytes, crate::sync::Ordering::Relaxed);
+            wait::notify(self.mem.producer_line(), self.light);
+        }
+    }
+
+    /// Retries `op` while it returns `WouldBlock`, waiting between attempts.
+    fn blocking<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut op: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        match op(self) {
+            Err(Error::WouldBlock(_)) => {}
+            other => return other,
+        }
+        // Staged frames must be visible before we wait, or the consumer cannot free space.
+        self.publish();
+        let mem = Arc::clone(&self.mem);
+        let mut waiter = Waiter::new(self.wait, mem.consumer_line(), timeout);
+        loop {
+            waiter.wait()?;
+            match op(self) {
+                Err(Error::WouldBlock(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    #[inline]
+    fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
+        let token = self.try_claim_token(frame.len())?;
+        self.mem.copy_in(token.payload(), frame);
+        self.commit_token(token, frame.len());
+        Ok(())
+    }
+
+    /// Sends a copy of `frame` if the ring has room, without waiting.
+    #[inline]
+    pub fn try_send(&mut self, frame: &[u8]) -> Result<()> {
+        self.try_send_inner(frame)
+    }
+
+    /// Sends a copy of `frame`, waiting as long as the ring is full.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        self.blocking(None, |p| p.try_send_inner(frame))
+    }
+
+    /// Sends a copy of `frame`, waiting at most `timeout` for room.
+    pub fn send_timeout(&mut self, frame: &[u8], timeout: Duration) -> Result<()> {
+        self.blocking(Some(timeout), |p| p.try_send_inner(frame))
+    }
+
+    /// Reserves `len` bytes in the ring without waiting; write the frame into the returned
+    /// [`Claim`] and commit it. Nothing is visible to consumers before the commit.
+    #[inline]
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
+        let token = self.try_claim_token(len)?;
+        Ok(Claim::new(self, token))
+    }
+
+    /// Reserves `len` bytes, waiting as long as the ring is full.
+    pub fn claim(&mut self, len: usize) -> Result<Claim<'_>> {
+        let token = self.blocking(None, |p| p.try_claim_token(len))?;
+        Ok(Claim::new(self, token))
+    }
+
+    /// Reserves `len` bytes, waiting at most `timeout`.
+    pub fn claim_timeout(&mut self, len: usize, timeout: Duration) -> Result<Claim<'_>> {
+        let token = self.blocking(Some(timeout), |p| p.try_claim_token(len))?;
+        Ok(Claim::new(self, token))
+    }
+
+    /// Starts a batch: frames sent or committed through the returned guard become visible
+    /// together, with one publish, when it is dropped or [`Batch::publish`]ed. A blocking call
+    /// inside the batch publishes what is staged before it waits.
+    ///
+    /// ```
+    /// # use shmring::{ChannelConfig, Segment};
+    /// # let seg = Segment::anonymous(&ChannelConfig::spsc())?;
+    /// # let (mut tx, mut rx) = (seg.producer()?, seg.consumer()?);
+    /// let mut batch = tx.batch();
+    /// batch.try_send(b"one")?;
+    /// batch.try_claim(3)?.commit();
+    /// assert_eq!(batch.len(), 2);
+    /// batch.publish();
+    /// assert_eq!(rx.try_drain(10, |_frame, _flags| {})?, 2);
+    /// # Ok::<(), shmring::Error>(())
+    /// ```
+    pub fn batch(&mut self) -> Batch<'_> {
+        self.batching = true;
+        let start = self.frames;
+        Batch {
+            producer: self,
+            start,
+        }
+    }
+
+    /// Sends as many leading frames of `frames` as fit now, with one publish, and returns how
+    /// many were sent. Fails only if the first frame cannot be sent (`WouldBlock` when full);
+    /// an error on a later frame ends the batch early, and the next call meets it again.
+    pub fn try_send_batch<'f, I>(&mut self, frames: I) -> Result<usize>
+    where
+        I: IntoIterator<Item = &'f [u8]>,
+    {
+        let mut batch = self.batch();
+        let mut sent = 0;
+        for frame in frames {
+            match batch.try_send_inner(frame) {
+                Ok(()) => sent += 1,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends every frame of `frames`, publishing once at the end (and before each wait for
+    /// room). On an error, the frames before the failing one have been sent.
+    pub fn send_batch<'f, I>(&mut self, frames: I) -> Result<()>
+    where
+        I: IntoIterator<Item = &'f [u8]>,
+    {
+        let mut batch = self.batch();
+        for frame in frames {
+            batch.send(frame)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.batching = false;
+        self.publish();
+        self.membership.leave(&self.mem);
+    }
+}
+
+/// Space reserved in the ring by [`Producer::try_claim`] and friends: dereferences to the
+/// `len` bytes to write. [`Claim::commit`] publishes them as one frame; dropping the claim (or
+/// [`Claim::abort`]) gives the space back without sending anything.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    token: Token,
+    done: bool,
+}
+
+impl<'a> Claim<'a> {
+    fn new(producer: &'a mut Producer, token: Token) -> Claim<'a> {
+        Claim {
+            producer,
+            token,
+            done: false,
+        }
+    }
+
+    /// Publishes the whole claimed space as one frame (staged until the batch ends, in a
+    /// batch).
+    pub fn commit(mut self) {
+        self.done = true;
+        let len = self.token.payload().len();
+        self.producer.commit_token(self.token, len);
+    }
+
+    /// Publishes the first `len` bytes as one frame. `len` may be smaller than the claim (a
+    /// claim for the largest frame, trimmed to what was written); a larger `len` is an
+    /// `InvalidArgument` error and the claim is aborted.
+    pub fn commit_len(mut self, len: usize) -> Result<()> {
+        let claimed = self.token.payload().len();
+        if len > claimed {
+            return Err(Error::InvalidArgument(format!(
+                "cannot commit {len} bytes of a {claimed}-byte claim"
+            )));
+        }
+        self.done = true;
+        self.producer.commit_token(self.token, len);
+        Ok(())
+    }
+
+    /// Gives the space back without sending anything (what dropping the claim does).
+    pub fn abort(self) {}
+}
+
+impl Deref for Claim<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the ring protocol gives the claimed range to this producer alone until it is
+        // committed or aborted, and the claim borrows the producer mutably, so no other claim
+        // or frame of this process overlaps it.
+        unsafe { self.producer.mem.slice(self.token.payload()) }
+    }
+}
+
+impl DerefMut for Claim<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for deref; `&mut self` makes this the only reference into the range.
+        unsafe { self.producer.mem.slice_mut(self.token.payload()) }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.producer.abort_token(self.token);
+        }
+    }
+}
+
+/// A batch of frames published together; see [`Producer::batch`]. Dereferences to the
+/// [`Producer`], so every send and claim method works inside it.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    producer: &'a mut Producer,
+    start: u64,
+}
+
+impl Batch<'_> {
+    /// Frames committed in this batch so far.
+    pub fn len(&self) -> usize {
+        (self.producer.frames - self.start) as usize
+    }
+
+    /// Whether nothing was committed in this batch yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes the batch (what dropping it does).
+    pub fn publish(self) {}
+}
+
+impl Deref for Batch<'_> {
+    type Target = Producer;
+
+    fn deref(&self) -> &Producer {
+        self.producer
+    }
+}
+
+impl DerefMut for Batch<'_> {
+    fn deref_mut(&mut self) -> &mut Producer {
+        self.producer
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.producer.batching = false;
+        self.producer.publish();
+    }
+}

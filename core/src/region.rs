@@ -1,0 +1,383 @@
+//! Typed access to the memory of a validated segment: the one place where an offset becomes a
+//! pointer.
+//!
+//! The ring algorithms (`spsc`, `mpmc`) never touch a raw pointer; they ask a [`Memory`] for the
+//! cursor lines, the participants, a record or slot word by *position*, and for checked byte
+//! ranges of the data region. There are two implementations with the same methods:
+//!
+//! * normally, a [`Memory`] views a mapping (`memmap2::MmapRaw`) of a segment whose header was
+//!   validated by `layout::Geometry::from_header`;
+//! * under `--cfg loom` it is a set of heap-allocated loom atomics (payload bytes are modelled as
+//!   relaxed atomic words, so loom sees a payload read that is not ordered after its write as a
+//!   stale value and the test's byte comparison fails).
+//!
+//! Every accessor is in bounds by construction: words are reached by masking a position with the
+//! local (never shared) geometry, and byte ranges go through [`Memory::range`], which checks them.
+
+#[cfg(not(loom))]
+use crate::layout::CACHE_LINE;
+use crate::layout::{self, CursorLine, Geometry, Participant, Role, SLOT_HEADER_WORD, SLOT_SEQ};
+use crate::sync::AtomicU64;
+
+/// A checked byte range of the data region. Only [`Memory::range`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataRange {
+    off: usize,
+    len: usize,
+}
+
+impl DataRange {
+    /// Length in bytes.
+    #[inline(always)]
+    pub(crate) fn len(self) -> usize {
+        self.len
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) use mapped::{Memory, read_header, state, write_header};
+
+#[cfg(loom)]
+pub(crate) use heap::Memory;
+
+/// Byte offset of the word of an SPSC position: masked to the ring, rounded down to 8.
+#[inline(always)]
+fn record_offset(geo: &Geometry, pos: u64) -> usize {
+    (pos & geo.mask() & !7) as usize
+}
+
+/// Byte offset of the MPMC slot of a position. `(pos & mask) < slots` and
+/// `slots * slot_stride == data_len`, so the whole slot lies in the data region.
+#[inline(always)]
+fn slot_offset(geo: &Geometry, pos: u64) -> usize {
+    (pos & geo.mask()) as usize * geo.slot_stride as usize
+}
+
+#[cfg(not(loom))]
+mod mapped {
+    use super::*;
+    use crate::layout::{HEADER_SIZE, STATE_OFFSET, SegmentHeader};
+    use crate::sync::AtomicU32;
+    use memmap2::MmapRaw;
+    use std::ptr::NonNull;
+
+    /// A validated segment mapping.
+    pub(crate) struct Memory {
+        base: NonNull<u8>,
+        data: NonNull<u8>,
+        geo: Geometry,
+        // Keeps the mapping alive for as long as `base` is used.
+        _map: MmapRaw,
+    }
+
+    impl std::fmt::Debug for Memory {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Memory")
+                .field("geometry", &self.geo)
+                .finish_non_exhaustive()
+        }
+    }
+
+    // SAFETY: `Memory` is a view of shared memory that every process and thread accesses
+    // concurrently by design; all mutation goes through atomics or through byte ranges whose
+    // exclusive use the ring protocols arbitrate. The raw pointers are not tied to a thread.
+    unsafe impl Send for Memory {}
+    // SAFETY: as for `Send`: `&Memory` only hands out atomics and checked ranges.
+    unsafe impl Sync for Memory {}
+
+    /// Copies the header out of a mapping of at least `HEADER_SIZE` bytes; `None` if shorter.
+    pub(crate) fn read_header(map: &MmapRaw) -> Option<SegmentHeader> {
+        if map.len() < HEADER_SIZE {
+            return None;
+        }
+        // SAFETY: the mapping is at least HEADER_SIZE bytes long and page-aligned, so the read is
+        // in bounds and aligned; every bit pattern is a valid SegmentHeader (plain integers).
+        // Another process may write the header concurrently (it is untrusted): a volatile copy
+        // takes whatever bytes are there, and the caller validates the copy, never the original.
+        Some(unsafe { std::ptr::read_volatile(map.as_ptr() as *const SegmentHeader) })
+    }
+
+    /// Writes the header of a segment this process has just created and nobody uses yet.
+    pub(crate) fn write_header(map: &MmapRaw, h: &SegmentHeader) {
+        assert!(map.len() >= HEADER_SIZE, "mapping shorter than a header");
+        // SAFETY: in bounds and aligned as in `read_header`. Until the state turns READY no
+        // process reads anything but `state`, which this write leaves at INITIALISING.
+        unsafe { std::ptr::write_volatile(map.as_mut_ptr() as *mut SegmentHeader, *h) }
+    }
+
+    /// The `state` word of a mapping of at least `HEADER_SIZE` bytes.
+    pub(crate) fn state(map: &MmapRaw) -> &AtomicU32 {
+        assert!(map.len() >= HEADER_SIZE, "mapping shorter than a header");
+        // SAFETY: STATE_OFFSET is 4-aligned (asserted in layout) and inside the header; the
+        // mapping lives as long as the returned reference; AtomicU32 has the layout of u32.
+        unsafe { &*(map.as_ptr().add(STATE_OFFSET) as *const AtomicU32) }
+    }
+
+    impl Memory {
+        /// Views `map`, whose header has been validated into `geo`.
+        pub(crate) fn new(map: MmapRaw, geo: Geometry) -> Memory {
+            assert!(
+                map.len() >= geo.total_size,
+                "mapping shorter than its validated geometry"
+            );
+            let base = NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
+            // SAFETY: geo.data < geo.total_size <= map.len(), so the result is in the mapping.
+            let data = unsafe { base.add(geo.data) };
+            Memory {
+                base,
+                data,
+                geo,
+                _map: map,
+            }
+        }
+
+        /// # Safety
+        /// `off` must be `T`-aligned and `off + size_of::<T>()` at most `total_size`; `T` must be
+        /// made of atomics (valid for any bit pattern, shared by design).
+        #[inline(always)]
+        unsafe fn at<T>(&self, off: usize) -> &T {
+            debug_assert!(off.is_multiple_of(std::mem::align_of::<T>()));
+            debug_assert!(off + std::mem::size_of::<T>() <= self.geo.total_size);
+            // SAFETY: guaranteed by the caller; the mapping lives as long as `self`.
+            unsafe { &*(self.base.as_ptr().add(off) as *const T) }
+        }
+
+        /// The validated geometry (a local copy).
+        #[inline(always)]
+        pub(crate) fn geometry(&self) -> &Geometry {
+            &self.geo
+        }
+
+        /// The header's `state` word.
+        pub(crate) fn state(&self) -> &AtomicU32 {
+            // SAFETY: STATE_OFFSET is 4-aligned and inside the header of every segment.
+            unsafe { self.at(STATE_OFFSET) }
+        }
+
+        /// The producer cursor line.
+        #[inline(always)]
+        pub(crate) fn producer_line(&self) -> &CursorLine {
+            // SAFETY: PRODUCER_LINE is 128-aligned and inside the header area of every segment.
+            unsafe { self.at(layout::PRODUCER_LINE) }
+        }
+
+        /// The consumer cursor line.
+        #[inline(always)]
+        pub(crate) fn consumer_line(&self) -> &CursorLine {
+            // SAFETY: CONSUMER_LINE is 128-aligned and inside the header area of every segment.
+            unsafe { self.at(layout::CONSUMER_LINE) }
+        }
+
+        /// A participant entry, if the table has it.
+        #[inline]
+        pub(crate) fn participant(&self, role: Role, index: u32) -> Option<&Participant> {
+            let off = self.geo.participant_offset(role, index)?;
+            // SAFETY: participant_offset only returns 128-aligned offsets of existing entries,
+            // all of which lie before the data region.
+            Some(unsafe { self.at(off) })
+        }
+
+        /// The header word of the SPSC record at `pos`.
+        #[inline(always)]
+        pub(crate) fn record_word(&self, pos: u64) -> &AtomicU64 {
+            let off = record_offset(&self.geo, pos);
+            // SAFETY: off is 8-aligned and below data_len (a power of two, at least 64).
+            unsafe { self.at(self.geo.data + off) }
+        }
+
+        /// The sequence word of the MPMC slot of `pos`.
+        #[inline(always)]
+        pub(crate) fn slot_seq(&self, pos: u64) -> &AtomicU64 {
+            // SAFETY: the slot lies in the data region (see slot_offset); strides are multiples
+            // of 64, so the word is aligned.
+            unsafe { self.at(self.geo.data + slot_offset(&self.geo, pos) + SLOT_SEQ) }
+        }
+
+        /// The header word of the MPMC slot of `pos`.
+        #[inline(always)]
+        pub(crate) fn slot_header(&self, pos: u64) -> &AtomicU64 {
+            // SAFETY: as for slot_seq.
+            unsafe { self.at(self.geo.data + slot_offset(&self.geo, pos) + SLOT_HEADER_WORD) }
+        }
+
+        /// Data-region offset of the MPMC slot of `pos`.
+        #[inline(always)]
+        pub(crate) fn slot_start(&self, pos: u64) -> usize {
+            slot_offset(&self.geo, pos)
+        }
+
+        /// Checks that `[off, off + len)` lies inside the data region.
+        #[inline(always)]
+        pub(crate) fn range(&self, off: usize, len: usize) -> Option<DataRange> {
+            (off <= self.geo.data_len && len <= self.geo.data_len - off)
+                .then_some(DataRange { off, len })
+        }
+
+        /// Copies `src` to the start of `r`.
+        #[inline(always)]
+        pub(crate) fn copy_in(&self, r: DataRange, src: &[u8]) {
+            let n = src.len().min(r.len);
+            // SAFETY: r lies in the data region (checked when it was made) and n <= r.len; src
+            // is a distinct local buffer, so the two do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.as_ptr().add(r.off), n) }
+        }
+
+        /// Copies the start of `r` into `dst`.
+        #[inline(always)]
+        pub(crate) fn copy_out(&self, r: DataRange, dst: &mut [u8]) {
+            let n = dst.len().min(r.len);
+            // SAFETY: as for copy_in, in the other direction.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.data.as_ptr().add(r.off), dst.as_mut_ptr(), n)
+            }
+        }
+
+        /// The bytes of `r`.
+        ///
+        /// # Safety
+        /// No `&mut` to an overlapping range may exist in this process while the slice lives:
+        /// the ring protocol must give this process the range for reading.
+        #[inline(always)]
+        pub(crate) unsafe fn slice(&self, r: DataRange) -> &[u8] {
+            // SAFETY: in bounds (checked when r was made); exclusivity is the caller's promise.
+            // Bytes in shared memory are always initialised.
+            unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(r.off), r.len) }
+        }
+
+        /// The bytes of `r`, writable.
+        ///
+        /// # Safety
+        /// No other reference to an overlapping range may exist in this process while the
+        /// slice lives: the ring protocol must give this process the range for writing.
+        #[allow(clippy::mut_from_ref)]
+        #[inline(always)]
+        pub(crate) unsafe fn slice_mut(&self, r: DataRange) -> &mut [u8] {
+            // SAFETY: as for slice, with exclusive access promised by the caller.
+            unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr().add(r.off), r.len) }
+        }
+
+        /// Hints the CPU to fetch the cache lines of `[off, off + len)` of the data region.
+        #[inline(always)]
+        pub(crate) fn prefetch(&self, off: usize, len: usize) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let end = off.saturating_add(len).min(self.geo.data_len);
+                let mut at = off & !(CACHE_LINE - 1);
+                while at < end {
+                    // SAFETY: at < data_len, so the address is inside the mapping; a prefetch
+                    // never faults and changes no memory.
+                    unsafe {
+                        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                        _mm_prefetch::<_MM_HINT_T0>(self.data.as_ptr().add(at) as *const i8);
+                    }
+                    at += CACHE_LINE;
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (off, len);
+        }
+    }
+}
+
+#[cfg(loom)]
+mod heap {
+    use super::*;
+    use crate::sync::{AtomicU32, Ordering};
+
+    /// The loom stand-in for a segment: the same parts, as heap-allocated loom atomics.
+    pub(crate) struct Memory {
+        geo: Geometry,
+        producer: CursorLine,
+        consumer: CursorLine,
+        participants: Vec<Participant>,
+        words: Vec<AtomicU64>,
+    }
+
+    fn line() -> CursorLine {
+        CursorLine {
+            position: AtomicU64::new(0),
+            aux: AtomicU64::new(0),
+            waiters: AtomicU32::new(0),
+            futex: AtomicU32::new(0),
+        }
+    }
+
+    impl Memory {
+        /// A zeroed model segment of geometry `geo`, initialised as `segment` initialises one.
+        pub(crate) fn new(geo: Geometry) -> Memory {
+            let n = (geo.max_producers + geo.max_consumers) as usize;
+            let m = Memory {
+                geo,
+                producer: line(),
+                consumer: line(),
+                participants: (0..n)
+                    .map(|_| Participant {
+                        owner: AtomicU64::new(0),
+                        claim: AtomicU64::new(0),
+                        frames: AtomicU64::new(0),
+                        bytes: AtomicU64::new(0),
+                    })
+                    .collect(),
+                words: (0..geo.data_len / 8).map(|_| AtomicU64::new(0)).collect(),
+            };
+            if geo.kind == crate::layout::Kind::Mpmc {
+                crate::mpmc::initialise(&m);
+            }
+            m
+        }
+
+        pub(crate) fn geometry(&self) -> &Geometry {
+            &self.geo
+        }
+        pub(crate) fn producer_line(&self) -> &CursorLine {
+            &self.producer
+        }
+        pub(crate) fn consumer_line(&self) -> &CursorLine {
+            &self.consumer
+        }
+        pub(crate) fn participant(&self, role: Role, index: u32) -> Option<&Participant> {
+            let i = match role {
+                Role::Producer => index,
+                Role::Consumer => self.geo.max_producers + index,
+            };
+            self.geo.participant_offset(role, index)?;
+            self.participants.get(i as usize)
+        }
+        pub(crate) fn record_word(&self, pos: u64) -> &AtomicU64 {
+            &self.words[record_offset(&self.geo, pos) / 8]
+        }
+        pub(crate) fn slot_seq(&self, pos: u64) -> &AtomicU64 {
+            &self.words[(slot_offset(&self.geo, pos) + SLOT_SEQ) / 8]
+        }
+        pub(crate) fn slot_header(&self, pos: u64) -> &AtomicU64 {
+            &self.words[(slot_offset(&self.geo, pos) + SLOT_HEADER_WORD) / 8]
+        }
+        pub(crate) fn slot_start(&self, pos: u64) -> usize {
+            slot_offset(&self.geo, pos)
+        }
+        pub(crate) fn range(&self, off: usize, len: usize) -> Option<DataRange> {
+            (off <= self.geo.data_len && len <= self.geo.data_len - off)
+                .then_some(DataRange { off, len })
+        }
+        /// Payloads start 8-aligned and own their last word, so whole-word stores are exact.
+        pub(crate) fn copy_in(&self, r: DataRange, src: &[u8]) {
+            assert_eq!(r.off % 8, 0);
+            for (i, chunk) in src[..src.len().min(r.len)].chunks(8).enumerate() {
+                let mut w = [0u8; 8];
+                w[..chunk.len()].copy_from_slice(chunk);
+                self.words[r.off / 8 + i].store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            }
+        }
+        pub(crate) fn copy_out(&self, r: DataRange, dst: &mut [u8]) {
+            assert_eq!(r.off % 8, 0);
+            let n = dst.len().min(r.len);
+            for (i, chunk) in dst[..n].chunks_mut(8).enumerate() {
+                let w = self.words[r.off / 8 + i]
+                    .load(Ordering::Relaxed)
+                    .to_ne_bytes();
+                chunk.copy_from_slice(&w[..chunk.len()]);
+            }
+        }
+        pub(crate) fn prefetch(&self, _off: usize, _len: usize) {}
+    }
+}
