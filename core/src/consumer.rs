@@ -96,7 +96,13 @@ pub struct Consumer {
 impl Consumer {
     pub(crate) fn new(mem: Arc<Memory>, membership: Membership) -> Result<Consumer> {
         let ring = match mem.geometry().kind {
-            crate::Kind::Spsc => Ring::Spsc(spsc::ConsumerCore::attach(&mem)?),
+            crate::Kind::Spsc => match spsc::ConsumerCore::attach(&mem) {
+                Ok(core) => Ring::Spsc(core),
+                Err(e) => {
+                    membership.leave(&mem);
+                    return Err(e);
+                }
+            },
             crate::Kind::Mpmc => Ring::Mpmc {
                 core: mpmc::ConsumerCore::new(membership.index()),
                 outstanding: None,

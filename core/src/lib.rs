@@ -59,6 +59,9 @@ mod sys;
 #[cfg(not(loom))]
 mod wait;
 
+#[cfg(all(test, not(loom)))]
+mod tests;
+
 pub use error::{Error, Result};
 pub use layout::{ChannelConfig, Geometry, Kind};
 

@@ -76,7 +76,13 @@ pub struct Producer {
 impl Producer {
     pub(crate) fn new(mem: Arc<Memory>, membership: Membership) -> Result<Producer> {
         let ring = match mem.geometry().kind {
-            crate::Kind::Spsc => Ring::Spsc(spsc::ProducerCore::attach(&mem)?),
+            crate::Kind::Spsc => match spsc::ProducerCore::attach(&mem) {
+                Ok(core) => Ring::Spsc(core),
+                Err(e) => {
+                    membership.leave(&mem);
+                    return Err(e);
+                }
+            },
             crate::Kind::Mpmc => Ring::Mpmc(mpmc::ProducerCore::new(membership.index())),
         };
         let me = membership.participant(&mem);

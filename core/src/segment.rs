@@ -56,7 +56,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// ```
 #[derive(Clone)]
 pub struct Segment {
-    mem: Arc<Memory>,
+    pub(crate) mem: Arc<Memory>,
     name: Option<Arc<str>>,
 }
 
