@@ -1,0 +1,474 @@
+//! Helper program of the multi-process tests: one producer or consumer role per process.
+//!
+//! Every blocking call has a timeout, so a helper never hangs: it exits non-zero instead. A
+//! helper ends with one summary line of `key=value` words on standard output.
+
+use shmring::{Error, Segment, WaitStrategy};
+use shmring_tests::{
+    FNV_START, Rng, check_mpmc_frame, die_with_parent, fill, fnv, mpmc_frame, spsc_frame, spsc_len,
+};
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+/// Longest any single blocking call of a helper may wait.
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: shmring-peer ROLE ARGS...
+  spsc-produce NAME COUNT SEED WAIT        send COUNT frames of stream SEED
+  spsc-consume NAME COUNT SEED WAIT        receive and check them
+  mpmc-produce NAME ID COUNT WAIT          send COUNT frames tagged with ID
+  mpmc-consume NAME OUTFILE WAIT           receive until a zero-length frame, log (id, seq)
+  pingpong NAME_IN NAME_OUT ROUNDS WAIT US echo ROUNDS frames from NAME_IN to NAME_OUT,
+                                           sleeping US microseconds before each echo
+  strict-produce NAME COUNT SEED WAIT      send under seccomp strict mode (no system calls)
+  strict-consume NAME COUNT SEED WAIT      receive and check under seccomp strict mode
+  victim NAME producer|consumer MILLIS     use the channel while it is being scribbled on
+WAIT is spin, yield or park."
+    );
+    exit(2)
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("shmring-peer: {msg}");
+    exit(1)
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage())
+}
+
+fn wait_arg(args: &[String], i: usize) -> WaitStrategy {
+    match args.get(i).map(String::as_str) {
+        Some("spin") => WaitStrategy::Spin,
+        Some("yield") => WaitStrategy::Yield,
+        Some("park") => WaitStrategy::Park,
+        _ => usage(),
+    }
+}
+
+fn open(name: &str) -> Segment {
+    Segment::open(name).unwrap_or_else(|e| fail(format!("opening {name}: {e}")))
+}
+
+fn main() {
+    die_with_parent();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("spsc-produce") => spsc_produce(&args),
+        Some("spsc-consume") => spsc_consume(&args),
+        Some("mpmc-produce") => mpmc_produce(&args),
+        Some("mpmc-consume") => mpmc_consume(&args),
+        Some("pingpong") => pingpong(&args),
+        Some("strict-produce") => strict::produce(&args),
+        Some("strict-consume") => strict::consume(&args),
+        Some("victim") => victim(&args),
+        _ => usage(),
+    }
+}
+
+/// Sends frames through every producer API, chosen at random per frame: copy, zero-copy, and
+/// batches of 2-5.
+fn spsc_produce(args: &[String]) {
+    let (name, count, seed): (String, u64, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+    let seg = open(&name);
+    let mut tx = seg.producer().unwrap_or_else(|e| fail(e));
+    tx.set_wait_strategy(wait_arg(args, 4));
+    let max = tx.max_frame_size();
+    let (mut sum, mut bytes, mut seq) = (FNV_START, 0u64, 0u64);
+    let mut buf = Vec::with_capacity(max);
+    let mut api = Rng::new(seed ^ 0xA11);
+    while seq < count {
+        match api.below(10) {
+            0..=6 => {
+                spsc_frame(seed, seq, max, &mut buf);
+                tx.send_timeout(&buf, OP_TIMEOUT)
+                    .unwrap_or_else(|e| fail(format!("send {seq}: {e}")));
+                (sum, bytes, seq) = (fnv(sum, &buf), bytes + buf.len() as u64, seq + 1);
+            }
+            7 | 8 => {
+                let len = spsc_len(seed, seq, max);
+                let mut claim = tx
+                    .claim_timeout(len, OP_TIMEOUT)
+                    .unwrap_or_else(|e| fail(format!("claim {seq}: {e}")));
+                fill(seed, seq, &mut claim);
+                sum = fnv(sum, &claim);
+                claim.commit();
+                (bytes, seq) = (bytes + len as u64, seq + 1);
+            }
+            _ => {
+                let k = 2 + api.below(4);
+                let mut batch = tx.batch();
+                for _ in 0..k.min(count - seq) {
+                    spsc_frame(seed, seq, max, &mut buf);
+                    batch
+                        .send_timeout(&buf, OP_TIMEOUT)
+                        .unwrap_or_else(|e| fail(format!("batch send {seq}: {e}")));
+                    (sum, bytes, seq) = (fnv(sum, &buf), bytes + buf.len() as u64, seq + 1);
+                }
+            }
+        }
+    }
+    println!("frames={count} bytes={bytes} checksum={sum}");
+}
+
+/// Receives through every consumer API, checking each frame byte for byte.
+fn spsc_consume(args: &[String]) {
+    let (name, count, seed): (String, u64, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+    let seg = open(&name);
+    let mut rx = seg.consumer().unwrap_or_else(|e| fail(e));
+    rx.set_wait_strategy(wait_arg(args, 4));
+    let max = rx.max_frame_size();
+    let (mut sum, mut bytes, mut seq) = (FNV_START, 0u64, 0u64);
+    let mut want = Vec::with_capacity(max);
+    let mut buf = vec![0u8; max];
+    let mut api = Rng::new(seed ^ 0xC0);
+    let mut check = |seq: u64, got: &[u8], redelivered: bool, sum: &mut u64, bytes: &mut u64| {
+        spsc_frame(seed, seq, max, &mut want);
+        if got != &want[..] || redelivered {
+            fail(format!(
+                "frame {seq}: got {} bytes, expected {} (redelivered: {redelivered})",
+                got.len(),
+                want.len()
+            ));
+        }
+        *sum = fnv(*sum, got);
+        *bytes += got.len() as u64;
+    };
+    while seq < count {
+        match api.below(10) {
+            0..=5 => {
+                let r = rx
+                    .recv_timeout(&mut buf, OP_TIMEOUT)
+                    .unwrap_or_else(|e| fail(format!("recv {seq}: {e}")));
+                check(
+                    seq,
+                    &buf[..r.len],
+                    r.flags.is_redelivered(),
+                    &mut sum,
+                    &mut bytes,
+                );
+                seq += 1;
+            }
+            6 | 7 => {
+                let f = rx
+                    .read_timeout(OP_TIMEOUT)
+                    .unwrap_or_else(|e| fail(format!("read {seq}: {e}")));
+                check(seq, &f, f.is_redelivered(), &mut sum, &mut bytes);
+                seq += 1;
+            }
+            _ => {
+                let max_n = (1 + api.below(8)).min(count - seq) as usize;
+                let first = seq;
+                let n = rx
+                    .drain_timeout(max_n, OP_TIMEOUT, |f, flags| {
+                        check(seq, f, flags.is_redelivered(), &mut sum, &mut bytes);
+                        seq += 1;
+                    })
+                    .unwrap_or_else(|e| fail(format!("drain at {seq}: {e}")));
+                assert_eq!(seq - first, n as u64);
+            }
+        }
+    }
+    println!("frames={count} bytes={bytes} checksum={sum}");
+}
+
+fn mpmc_produce(args: &[String]) {
+    let (name, id, count): (String, u32, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+    let seg = open(&name);
+    let mut tx = seg.producer().unwrap_or_else(|e| fail(e));
+    tx.set_wait_strategy(wait_arg(args, 4));
+    let max = tx.max_frame_size();
+    let mut buf = Vec::with_capacity(max);
+    let mut api = Rng::new(u64::from(id));
+    let mut seq = 0;
+    while seq < count {
+        if api.below(4) == 0 {
+            let len = {
+                mpmc_frame(id, seq, max, &mut buf);
+                buf.len()
+            };
+            let mut claim = tx
+                .claim_timeout(max, OP_TIMEOUT)
+                .unwrap_or_else(|e| fail(format!("claim {seq}: {e}")));
+            claim[..len].copy_from_slice(&buf);
+            claim.commit_len(len).unwrap_or_else(|e| fail(e));
+            seq += 1;
+        } else {
+            let k = (1 + api.below(4)).min(count - seq);
+            let frames: Vec<Vec<u8>> = (seq..seq + k)
+                .map(|s| {
+                    let mut f = Vec::new();
+                    mpmc_frame(id, s, max, &mut f);
+                    f
+                })
+                .collect();
+            tx.send_batch(frames.iter().map(|f| &f[..]))
+                .unwrap_or_else(|e| fail(format!("send {seq}: {e}")));
+            seq += k;
+        }
+    }
+    println!("frames={count}");
+}
+
+/// Receives until a zero-length frame; writes (producer id u32, seq u64) of every frame, in the
+/// order received, to OUTFILE.
+fn mpmc_consume(args: &[String]) {
+    let (name, out): (String, String) = (arg(args, 1), arg(args, 2));
+    let seg = open(&name);
+    let mut rx = seg.consumer().unwrap_or_else(|e| fail(e));
+    rx.set_wait_strategy(wait_arg(args, 3));
+    let max = rx.max_frame_size();
+    let mut log = Vec::new();
+    let mut api = Rng::new(std::process::id().into());
+    let mut stop = false;
+    let mut n = 0u64;
+    let mut take = |f: &[u8], redelivered: bool, log: &mut Vec<u8>| -> bool {
+        if f.is_empty() {
+            return true;
+        }
+        if redelivered {
+            fail("a frame was flagged redelivered, but no consumer died");
+        }
+        let (id, seq) = check_mpmc_frame(f, max).unwrap_or_else(|e| fail(e));
+        log.extend_from_slice(&id.to_le_bytes());
+        log.extend_from_slice(&seq.to_le_bytes());
+        n += 1;
+        false
+    };
+    while !stop {
+        if api.below(3) == 0 {
+            // Drain one at a time, so a zero-length frame is never taken past.
+            rx.drain_timeout(1, OP_TIMEOUT, |f, flags| {
+                stop = take(f, flags.is_redelivered(), &mut log)
+            })
+            .unwrap_or_else(|e| fail(format!("drain: {e}")));
+        } else {
+            let f = rx
+                .read_timeout(OP_TIMEOUT)
+                .unwrap_or_else(|e| fail(format!("read: {e}")));
+            stop = take(&f, f.is_redelivered(), &mut log);
+        }
+    }
+    std::fs::write(&out, &log).unwrap_or_else(|e| fail(format!("writing {out}: {e}")));
+    println!("frames={n}");
+}
+
+/// Echoes frames from one channel to another; used with the park strategy, a lost wake-up
+/// stops the exchange and a timeout reports it. Sleeping before each echo makes the other side
+/// outlast its spin phase and park.
+fn pingpong(args: &[String]) {
+    let (a, b, rounds): (String, String, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+    let wait = wait_arg(args, 4);
+    let delay = Duration::from_micros(arg(args, 5));
+    let (sa, sb) = (open(&a), open(&b));
+    let mut rx = sa.consumer().unwrap_or_else(|e| fail(e));
+    let mut tx = sb.producer().unwrap_or_else(|e| fail(e));
+    rx.set_wait_strategy(wait);
+    tx.set_wait_strategy(wait);
+    let mut buf = [0u8; 64];
+    for i in 0..rounds {
+        let r = rx
+            .recv_timeout(&mut buf, Duration::from_secs(2))
+            .unwrap_or_else(|e| fail(format!("round {i}: no ping: {e}")));
+        std::thread::sleep(delay);
+        tx.send_timeout(&buf[..r.len], OP_TIMEOUT)
+            .unwrap_or_else(|e| fail(format!("round {i}: {e}")));
+    }
+    println!("rounds={rounds}");
+}
+
+/// Uses one side of a channel whose memory another process scribbles on, for MILLIS ms, with
+/// 5 ms timeouts. Counts outcomes; a call that overruns its timeout by over 2 s is a hang, and
+/// a watchdog thread aborts the process (a non-zero exit the test reports).
+fn victim(args: &[String]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (name, role, millis): (String, String, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+    let seg = open(&name);
+    static CALL_START: AtomicU64 = AtomicU64::new(0);
+    let epoch = Instant::now();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let start = CALL_START.load(Ordering::Relaxed);
+            let now = epoch.elapsed().as_micros() as u64;
+            if start != 0 && now.saturating_sub(start) > 2_000_000 {
+                eprintln!("shmring-peer: a call with a 5 ms timeout has run for over 2 s: hang");
+                exit(3);
+            }
+        }
+    });
+    let timeout = Duration::from_millis(5);
+    let end = Instant::now() + Duration::from_millis(millis);
+    let mut counts = std::collections::BTreeMap::<&'static str, u64>::new();
+    let mut rng = Rng::new(u64::from(std::process::id()));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut max_call = Duration::ZERO;
+    let classify = |r: Result<(), Error>| match r {
+        Ok(()) => "ok",
+        Err(Error::Corrupted(_)) => "corrupted",
+        Err(Error::TimedOut(_)) => "timed_out",
+        Err(Error::WouldBlock(_)) => "would_block",
+        Err(Error::FrameTooLarge { .. }) => "too_large",
+        Err(Error::BufferTooSmall { .. }) => "too_small",
+        Err(e) => fail(format!("unexpected error: {e}")),
+    };
+    println!("ready");
+    match role.as_str() {
+        "producer" => {
+            let mut tx = match seg.producer() {
+                Ok(tx) => tx,
+                Err(e) => fail(format!("attach: {e}")),
+            };
+            let max = tx.max_frame_size();
+            while Instant::now() < end {
+                let len = rng.below(max as u64 + 1) as usize;
+                let t = Instant::now();
+                CALL_START.store(epoch.elapsed().as_micros() as u64 | 1, Ordering::Relaxed);
+                let r = match rng.below(4) {
+                    0 => tx.try_send(&buf[..len]),
+                    1 => tx.claim_timeout(len, timeout).map(|c| c.commit()),
+                    2 => tx
+                        .try_send_batch([&buf[..len / 2], &buf[..len / 3]])
+                        .map(drop),
+                    _ => tx.send_timeout(&buf[..len], timeout),
+                };
+                CALL_START.store(0, Ordering::Relaxed);
+                max_call = max_call.max(t.elapsed());
+                *counts.entry(classify(r)).or_default() += 1;
+            }
+        }
+        "consumer" => {
+            let mut rx = match seg.consumer() {
+                Ok(rx) => rx,
+                Err(e) => fail(format!("attach: {e}")),
+            };
+            while Instant::now() < end {
+                let t = Instant::now();
+                CALL_START.store(epoch.elapsed().as_micros() as u64 | 1, Ordering::Relaxed);
+                let r = match rng.below(4) {
+                    0 => rx.try_recv(&mut buf).map(drop),
+                    1 => rx.read_timeout(timeout).map(|f| {
+                        std::hint::black_box(f.iter().fold(0u8, |a, &b| a ^ b));
+                    }),
+                    2 => rx
+                        .drain_timeout(8, timeout, |f, _| {
+                            std::hint::black_box(f.len());
+                        })
+                        .map(drop),
+                    _ => rx.recv_timeout(&mut buf, timeout).map(drop),
+                };
+                CALL_START.store(0, Ordering::Relaxed);
+                max_call = max_call.max(t.elapsed());
+                *counts.entry(classify(r)).or_default() += 1;
+            }
+        }
+        _ => usage(),
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("{} max_call_us={}", summary.join(" "), max_call.as_micros());
+}
+
+/// Roles that run their data path under seccomp strict mode, where any system call but read,
+/// write, exit and sigreturn kills the process with SIGKILL. Setup (opening the segment,
+/// allocating buffers) happens before; the result is written with write(2) and the process
+/// ends with exit(2), both allowed.
+mod strict {
+    use super::*;
+
+    fn enter() {
+        // SAFETY: prctl with integer arguments.
+        let r = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_STRICT) };
+        if r != 0 {
+            fail(format!(
+                "cannot enter seccomp strict mode: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+
+    /// Writes `key=value` words without allocating, then exits the thread (the only one).
+    fn report_and_exit(words: &[(&str, u64)]) -> ! {
+        let mut out = [0u8; 256];
+        let mut n = 0;
+        for (i, (k, v)) in words.iter().enumerate() {
+            if i > 0 {
+                out[n] = b' ';
+                n += 1;
+            }
+            out[n..n + k.len()].copy_from_slice(k.as_bytes());
+            n += k.len();
+            out[n] = b'=';
+            n += 1;
+            let mut digits = [0u8; 20];
+            let (mut v, mut d) = (*v, 0);
+            loop {
+                digits[d] = b'0' + (v % 10) as u8;
+                d += 1;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            for i in (0..d).rev() {
+                out[n] = digits[i];
+                n += 1;
+            }
+        }
+        out[n] = b'\n';
+        // SAFETY: write(2) of a live stack buffer, then exit(2) of this thread, the process's
+        // only one; both are allowed in strict mode and touch no Rust state.
+        unsafe {
+            libc::write(1, out.as_ptr().cast(), n + 1);
+            libc::syscall(libc::SYS_exit, 0);
+        }
+        unreachable!("exit returned")
+    }
+
+    pub(super) fn produce(args: &[String]) {
+        let (name, count, seed): (String, u64, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+        let seg = open(&name);
+        let mut tx = seg.producer().unwrap_or_else(|e| fail(e));
+        tx.set_wait_strategy(wait_arg(args, 4));
+        let max = tx.max_frame_size();
+        let mut buf = vec![0u8; max];
+        enter();
+        let mut sum = FNV_START;
+        for seq in 0..count {
+            let len = spsc_len(seed, seq, max);
+            fill(seed, seq, &mut buf[..len]);
+            // No timeout: a deadline would read the clock. A hang here is the test's watchdog's.
+            if tx.send(&buf[..len]).is_err() {
+                report_and_exit(&[("error_at", seq)]);
+            }
+            sum = fnv(sum, &buf[..len]);
+        }
+        report_and_exit(&[("frames", count), ("checksum", sum)]);
+    }
+
+    pub(super) fn consume(args: &[String]) {
+        let (name, count, seed): (String, u64, u64) = (arg(args, 1), arg(args, 2), arg(args, 3));
+        let seg = open(&name);
+        let mut rx = seg.consumer().unwrap_or_else(|e| fail(e));
+        rx.set_wait_strategy(wait_arg(args, 4));
+        let max = rx.max_frame_size();
+        let (mut buf, mut want) = (vec![0u8; max], vec![0u8; max]);
+        enter();
+        let mut sum = FNV_START;
+        for seq in 0..count {
+            let Ok(r) = rx.recv(&mut buf) else {
+                report_and_exit(&[("error_at", seq)]);
+            };
+            let len = spsc_len(seed, seq, max);
+            fill(seed, seq, &mut want[..len]);
+            if r.len != len || buf[..len] != want[..len] {
+                report_and_exit(&[("mismatch_at", seq)]);
+            }
+            sum = fnv(sum, &buf[..len]);
+        }
+        report_and_exit(&[("frames", count), ("checksum", sum)]);
+    }
+}
