@@ -2,10 +2,10 @@
 
 use crate::error::{Error, Result};
 use crate::layout::FLAG_REDELIVERED;
-use crate::region::{DataRange, Memory};
+use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::sync::Ordering::Relaxed;
-use crate::wait::{self, WaitStrategy, Waiter};
+use crate::wait::{self, Line, WaitStrategy, Waiter};
 use crate::{mpmc, spsc};
 use std::ops::Deref;
 use std::sync::Arc;
@@ -207,7 +207,9 @@ impl Consumer {
         wait::notify(self.mem.consumer_line(), self.light);
     }
 
-    /// Retries `op` while it returns `WouldBlock`, waiting between attempts.
+    /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
+    /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
+    /// so that a spinning wait notices the other side within a pause and a load.
     fn blocking<T>(
         &mut self,
         timeout: Option<Duration>,
@@ -217,10 +219,12 @@ impl Consumer {
             Err(Error::WouldBlock(_)) => {}
             other => return other,
         }
-        let mem = Arc::clone(&self.mem);
-        let mut waiter = Waiter::new(self.wait, mem.producer_line(), timeout);
+        let mut waiter = Waiter::new(self.wait, timeout);
         loop {
-            waiter.wait()?;
+            {
+                let watch = self.watch();
+                waiter.wait_until(&self.mem, Line::Producer, || watch.ready())?;
+            }
             match op(self) {
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,
@@ -228,14 +232,34 @@ impl Consumer {
         }
     }
 
+    /// What to spin on while the ring is empty.
+    #[inline(always)]
+    fn watch(&self) -> Watch<'_> {
+        match &self.ring {
+            Ring::Spsc(core) => core.watch(&self.mem),
+            Ring::Mpmc { core, .. } => core.watch(&self.mem),
+        }
+    }
+
     #[inline]
     fn try_recv_inner(&mut self, buf: &mut [u8]) -> Result<Received> {
-        let token = self.take(Some(buf.len()), false)?;
-        self.mem.copy_out(token.payload, buf);
-        self.release(token);
+        let (len, flags) = match &mut self.ring {
+            Ring::Spsc(core) => core.try_recv(&self.mem, buf)?,
+            Ring::Mpmc { .. } => {
+                let token = self.take(Some(buf.len()), false)?;
+                self.mem.copy_out(token.payload, buf);
+                if let Ring::Mpmc { core, .. } = &mut self.ring {
+                    core.release(&self.mem, token.pos);
+                }
+                (token.payload.len(), token.flags)
+            }
+        };
+        self.frames += 1;
+        self.bytes += len as u64;
+        self.finish();
         Ok(Received {
-            len: token.payload.len(),
-            flags: FrameFlags::from_bits(token.flags),
+            len,
+            flags: FrameFlags::from_bits(flags),
         })
     }
 

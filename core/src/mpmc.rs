@@ -35,7 +35,7 @@ use crate::layout::{
     MAX_CLAIM_COUNT, MAX_POSITION, Participant, RecordType, SLOT_PAYLOAD, decode_header,
     encode_claim, encode_header,
 };
-use crate::region::{DataRange, Memory};
+use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::AtomicU64;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 
@@ -148,6 +148,20 @@ fn take(
     }
 }
 
+/// What a side that found the ring full (producer) or empty (consumer) watches: the sequence
+/// word of the slot at the cursor's position, until it reaches that side's turn (or passes it,
+/// when others took the position meanwhile).
+#[inline(always)]
+fn watch<'m>(mem: &'m Memory, cursor: &AtomicU64, turn: Turn) -> Watch<'m> {
+    // Relaxed: only a hint; `take` re-reads everything it relies on.
+    let pos = cursor.load(Relaxed);
+    let offset = match turn {
+        Turn::Produce => 0,
+        Turn::Consume => 1,
+    };
+    Watch::new(mem.slot_seq(pos), Until::Reached(pos + offset))
+}
+
 /// A committed or aborted write: the slot's header, then `seq = pos + 1`.
 #[inline(always)]
 fn commit_slot(mem: &Memory, pos: u64, header: u64) {
@@ -213,6 +227,24 @@ impl ProducerCore {
         Ok(Claimed { first, count })
     }
 
+    /// What a producer that found the ring full watches (see [`watch`]).
+    #[inline(always)]
+    pub(crate) fn watch<'m>(&self, mem: &'m Memory) -> Watch<'m> {
+        watch(mem, &mem.producer_line().position, Turn::Produce)
+    }
+
+    /// Sends a copy of `frame`: claim one slot, then the payload, header and sequence stores
+    /// back to back (the header word is computed before the copy).
+    #[inline]
+    pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8]) -> Result<()> {
+        let pos = self.try_claim(mem, frame.len(), 1)?.position(0);
+        let header = encode_header(frame.len() as u32, RecordType::Data, 0, 0);
+        let bytes = payload(mem, pos, frame.len())?;
+        mem.copy_in(bytes, frame);
+        commit_slot(mem, pos, header);
+        Ok(())
+    }
+
     /// Commits position `pos` of a claim as a frame of `len` bytes.
     #[inline]
     pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize, flags: u8) {
@@ -273,6 +305,12 @@ impl ConsumerCore {
         let cursor = &mem.consumer_line().position;
         let (first, count) = take(mem, cursor, self.me(mem), Turn::Consume, max, fits)?;
         Ok(Claimed { first, count })
+    }
+
+    /// What a consumer that found the ring empty watches (see [`watch`]).
+    #[inline(always)]
+    pub(crate) fn watch<'m>(&self, mem: &'m Memory) -> Watch<'m> {
+        watch(mem, &mem.consumer_line().position, Turn::Consume)
     }
 
     /// What the slot of a taken position holds. A slot with a bad header is reported as

@@ -1,9 +1,9 @@
 //! The producer handle: copy and zero-copy sends, batches, blocking variants.
 
 use crate::error::{Error, Result};
-use crate::region::{DataRange, Memory};
+use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
-use crate::wait::{self, WaitStrategy, Waiter};
+use crate::wait::{self, Line, WaitStrategy, Waiter};
 use crate::{mpmc, spsc};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -171,6 +171,12 @@ impl Producer {
         if let Ring::Spsc(core) = &mut self.ring {
             self.dirty |= core.publish(&self.mem);
         }
+        self.announce();
+    }
+
+    /// After frames became visible: publishes the counters and wakes a sleeping consumer.
+    #[inline]
+    fn announce(&mut self) {
         if std::mem::take(&mut self.dirty) {
             let me = self.membership.participant(&self.mem);
             // Relaxed: statistics, read without synchronisation.
@@ -180,7 +186,9 @@ impl Producer {
         }
     }
 
-    /// Retries `op` while it returns `WouldBlock`, waiting between attempts.
+    /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
+    /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
+    /// so that a spinning wait notices the other side within a pause and a load.
     fn blocking<T>(
         &mut self,
         timeout: Option<Duration>,
@@ -192,10 +200,12 @@ impl Producer {
         }
         // Staged frames must be visible before we wait, or the consumer cannot free space.
         self.publish();
-        let mem = Arc::clone(&self.mem);
-        let mut waiter = Waiter::new(self.wait, mem.consumer_line(), timeout);
+        let mut waiter = Waiter::new(self.wait, timeout);
         loop {
-            waiter.wait()?;
+            {
+                let watch = self.watch();
+                waiter.wait_until(&self.mem, Line::Consumer, || watch.ready())?;
+            }
             match op(self) {
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,
@@ -203,11 +213,27 @@ impl Producer {
         }
     }
 
+    /// What to spin on while the ring is full.
+    #[inline(always)]
+    fn watch(&self) -> Watch<'_> {
+        match &self.ring {
+            Ring::Spsc(core) => core.watch(&self.mem),
+            Ring::Mpmc(core) => core.watch(&self.mem),
+        }
+    }
+
     #[inline]
     fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
-        let token = self.try_claim_token(frame.len())?;
-        self.mem.copy_in(token.payload(), frame);
-        self.commit_token(token, frame.len());
+        match &mut self.ring {
+            Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching)?,
+            Ring::Mpmc(core) => core.try_send(&self.mem, frame)?,
+        }
+        self.frames += 1;
+        self.bytes += frame.len() as u64;
+        self.dirty = true;
+        if !self.batching {
+            self.announce();
+        }
         Ok(())
     }
 

@@ -37,6 +37,59 @@ impl DataRange {
 #[cfg(not(loom))]
 pub(crate) use mapped::{Memory, read_header, state, write_header};
 
+/// What a blocked call watches between attempts: one shared word and the condition under which
+/// the ring may have become ready. Spinning on it is one load and a compare (plus a prefetch
+/// for an SPSC consumer), the tightest loop there is: a heavier poll, one that calls out and
+/// builds an error per iteration, measured up to twice the round-trip time for records that
+/// fill whole cache lines (ARCHITECTURE.md, "Waiting").
+pub(crate) struct Watch<'m> {
+    word: &'m AtomicU64,
+    until: Until,
+    prefetch: Option<(&'m Memory, usize, usize)>,
+}
+
+/// When a watched word means "try again".
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Until {
+    /// The word differs from this value.
+    Changed(u64),
+    /// The word has reached this value (wrapping comparison, as for sequence numbers).
+    Reached(u64),
+}
+
+impl<'m> Watch<'m> {
+    /// Watches `word` until `until`.
+    #[inline(always)]
+    pub(crate) fn new(word: &'m AtomicU64, until: Until) -> Watch<'m> {
+        Watch {
+            word,
+            until,
+            prefetch: None,
+        }
+    }
+
+    /// Also prefetches `[off, off + len)` of `mem`'s data region on every check.
+    #[inline(always)]
+    pub(crate) fn prefetching(mut self, mem: &'m Memory, off: usize, len: usize) -> Watch<'m> {
+        self.prefetch = Some((mem, off, len));
+        self
+    }
+
+    /// Whether the ring may be ready. Relaxed: a hint; the operation retried after it decides.
+    #[inline(always)]
+    pub(crate) fn ready(&self) -> bool {
+        let v = self.word.load(crate::sync::Ordering::Relaxed);
+        let ready = match self.until {
+            Until::Changed(stale) => v != stale,
+            Until::Reached(target) => v.wrapping_sub(target) as i64 >= 0,
+        };
+        if !ready && let Some((mem, off, len)) = self.prefetch {
+            mem.prefetch(off, len);
+        }
+        ready
+    }
+}
+
 #[cfg(loom)]
 pub(crate) use heap::Memory;
 

@@ -23,7 +23,7 @@ use crate::layout::{
     CACHE_LINE, FLAG_REDELIVERED, RECORD_HEADER, RecordType, decode_header, encode_header, lap_tag,
     record_size,
 };
-use crate::region::{DataRange, Memory};
+use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 
 /// The most cache lines the consumer prefetches ahead while it waits for a record.
@@ -154,6 +154,42 @@ impl ProducerCore {
         })
     }
 
+    /// Sends a copy of `frame` as one record. With `publish` and nothing staged (the common
+    /// case), everything is computed first and the stores follow back to back: payload, zeroed
+    /// next header, header. A polling consumer that takes the record's cache line back between
+    /// the payload and the header makes the producer fetch it again, so that window is kept to
+    /// the copy itself (see ARCHITECTURE.md, "Cache-line transfers"). Otherwise the record is
+    /// staged, and published now if `publish`.
+    #[inline]
+    pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8], publish: bool) -> Result<()> {
+        let claim = self.try_claim(mem, frame.len())?;
+        let word = encode_header(
+            frame.len() as u32,
+            RecordType::Data,
+            0,
+            lap_tag(claim.pos, mem.geometry().capacity_log2),
+        );
+        let end = claim.pos + record_size(frame.len()) as u64;
+        if publish && self.staged.is_none() {
+            mem.copy_in(claim.payload, frame);
+            // Relaxed: made visible by the Release below (as in `publish`).
+            mem.record_word(end).store(0, Relaxed);
+            // Release: pairs with the Acquire header load in `ConsumerCore::try_peek`.
+            mem.record_word(claim.pos).store(word, Release);
+            self.tail = end;
+            // Relaxed: as in `publish`.
+            mem.producer_line().position.store(end, Relaxed);
+            return Ok(());
+        }
+        mem.copy_in(claim.payload, frame);
+        self.stage(mem, claim.pos, word);
+        self.tail = end;
+        if publish {
+            self.publish(mem);
+        }
+        Ok(())
+    }
+
     /// Commits the first `len` bytes (at most the claimed length) of `claim` as one frame,
     /// staged for the next [`ProducerCore::publish`].
     #[inline]
@@ -168,6 +204,16 @@ impl ProducerCore {
         );
         self.stage(mem, claim.pos, word);
         self.tail = claim.pos + record_size(len) as u64;
+    }
+
+    /// What a producer that found the ring full watches: the consumer's head, until it moves
+    /// from the value `try_claim` last loaded.
+    #[inline(always)]
+    pub(crate) fn watch<'m>(&self, mem: &'m Memory) -> Watch<'m> {
+        Watch::new(
+            &mem.consumer_line().position,
+            Until::Changed(self.head_cache),
+        )
     }
 
     /// Stores a header word of a record in the current batch. The first one is held back for
@@ -270,8 +316,9 @@ impl ConsumerCore {
         let line = mem.consumer_line();
         // Relaxed: the consumer line is only written by consumers, and a predecessor is gone.
         let head = line.position.load(Relaxed);
-        let delivered = line.aux.load(Relaxed);
-        if !head.is_multiple_of(8) || delivered < head || delivered - head > geo.capacity {
+        // A delivered mark below the head is stale (copying receives do not update it).
+        let delivered = line.aux.load(Relaxed).max(head);
+        if !head.is_multiple_of(8) || delivered - head > geo.capacity {
             return Err(corrupted(format!(
                 "SPSC consumer cursors out of order: head {head}, delivered {delivered}"
             )));
@@ -330,25 +377,51 @@ impl ConsumerCore {
         }
     }
 
-    /// Called with the ring empty at `read_pos`: frees padding stepped over if no frame is out,
-    /// and prefetches the lines the next record will occupy if it is as long as the last one.
-    /// Polling its header then brings those lines in alongside the header's (see
-    /// ARCHITECTURE.md, "Cache-line transfers").
+    /// Called with the ring empty at `read_pos`: frees padding stepped over if no frame is out.
     #[inline(always)]
     fn on_empty(&mut self, mem: &Memory) {
         if !self.in_flight && self.read_pos != self.head {
             self.store_head(mem);
         }
+        self.prefetch_next(mem);
+    }
+
+    /// What a consumer that found the ring empty watches: the header word at the read
+    /// position, until it is non-zero, prefetching the lines the next record is predicted to
+    /// occupy (see `prefetch_next`).
+    #[inline(always)]
+    pub(crate) fn watch<'m>(&self, mem: &'m Memory) -> Watch<'m> {
+        let w = Watch::new(mem.record_word(self.read_pos), Until::Changed(0));
+        match self.predicted_lines(mem) {
+            Some((off, len)) => w.prefetching(mem, off, len),
+            None => w,
+        }
+    }
+
+    /// Prefetches the lines past the header's that the next record will occupy if it is as
+    /// long as the last one, so that polling its header brings them in alongside the header's
+    /// line instead of after it (see ARCHITECTURE.md, "Cache-line transfers").
+    #[inline(always)]
+    fn prefetch_next(&self, mem: &Memory) {
+        if let Some((off, len)) = self.predicted_lines(mem) {
+            mem.prefetch(off, len);
+        }
+    }
+
+    /// The data-region bytes, past the header's cache line, of a record at the read position
+    /// as long as the last one; `None` if it would fit in the header's line (or wrap).
+    #[inline(always)]
+    fn predicted_lines(&self, mem: &Memory) -> Option<(usize, usize)> {
         let geo = mem.geometry();
         let off = (self.read_pos & geo.mask()) as usize;
         let first_line_end = (off | (CACHE_LINE - 1)) + 1;
         let end = off + self.last_size;
-        if end > first_line_end && end <= geo.capacity as usize {
-            mem.prefetch(
+        (end > first_line_end && end <= geo.capacity as usize).then(|| {
+            (
                 first_line_end,
                 (end - first_line_end).min(PREFETCH_LINES * CACHE_LINE),
-            );
-        }
+            )
+        })
     }
 
     /// Takes the frame `peeked` (the one `try_peek` just returned). With `mark_delivered`, first
@@ -376,14 +449,29 @@ impl ConsumerCore {
     #[inline(always)]
     fn store_head(&mut self, mem: &Memory) {
         self.head = self.read_pos;
-        let line = mem.consumer_line();
-        if self.delivered < self.head {
-            // Keep delivered >= head, so a successor's attach check holds. Relaxed as in take.
-            self.delivered = self.head;
-            line.aux.store(self.head, Relaxed);
-        }
         // Release: pairs with the Acquire head loads in `ProducerCore::{try_claim, attach}`.
-        line.position.store(self.head, Release);
+        mem.consumer_line().position.store(self.head, Release);
+    }
+
+    /// Copies the next frame into `buf` and releases it: `try_peek`, the copy, then the head
+    /// store, with nothing marked delivered (a frame copied out is only released once the copy
+    /// is complete, so a successor never needs to flag it). Returns its length and flags.
+    #[inline]
+    pub(crate) fn try_recv(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
+        let peeked = self.try_peek(mem)?;
+        let len = peeked.payload.len();
+        if len > buf.len() {
+            return Err(Error::BufferTooSmall {
+                needed: len,
+                cap: buf.len(),
+            });
+        }
+        mem.copy_out(peeked.payload, buf);
+        self.last_size = (peeked.end - self.read_pos) as usize;
+        self.read_pos = peeked.end;
+        self.in_flight = false;
+        self.store_head(mem);
+        Ok((len, peeked.flags))
     }
 }
 

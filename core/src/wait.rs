@@ -28,11 +28,12 @@
 
 use crate::error::{Error, Result};
 use crate::layout::CursorLine;
+use crate::region::Memory;
 use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::sync::{compiler_fence, fence, spin_hint};
 use crate::sys;
 use crossbeam_utils::Backoff;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How a blocking call waits while the ring is not ready.
@@ -49,6 +50,9 @@ pub enum WaitStrategy {
     #[default]
     Park,
 }
+
+/// Rounds of a busy-spin between two looks at the clock (only when there is a deadline).
+const SPIN_CHECK_EVERY: u32 = 256;
 
 /// Longest single sleep of a sleeper whose `membarrier` is unavailable: it cannot be sure of
 /// being woken, so it re-checks at least this often.
@@ -117,61 +121,100 @@ fn wake(line: &CursorLine) {
     sys::futex_wake_all(&line.futex);
 }
 
-/// One blocked call's waiting state. Created after the first attempt found the ring not ready;
-/// [`Waiter::wait`] is called between attempts.
-pub(crate) struct Waiter<'a> {
-    strategy: WaitStrategy,
-    line: &'a CursorLine,
-    timeout: Option<Duration>,
-    deadline: Option<Instant>,
-    backoff: Backoff,
-    spins: u32,
-    announced: bool,
+/// Which cursor line a waiter sleeps on: the line of the side it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// Consumers wait for data on the producer line.
+    Producer,
+    /// Producers wait for room on the consumer line.
+    Consumer,
+}
+
+impl Line {
+    #[inline(always)]
+    fn of(self, mem: &Memory) -> &CursorLine {
+        match self {
+            Line::Producer => mem.producer_line(),
+            Line::Consumer => mem.consumer_line(),
+        }
+    }
+}
+
+/// A waiter counted in a line's `waiters`; holds the memory so that it can leave even if the
+/// blocked call unwinds.
+struct Parked {
+    mem: Arc<Memory>,
+    line: Line,
     seen: u32,
 }
 
-impl<'a> Waiter<'a> {
-    /// Waits on `line` (the other side's cursor line) for at most `timeout` (`None`: forever).
-    pub(crate) fn new(
-        strategy: WaitStrategy,
-        line: &'a CursorLine,
-        timeout: Option<Duration>,
-    ) -> Self {
+/// One blocked call's waiting state. Created after the first attempt found the ring not ready;
+/// [`Waiter::wait_until`] runs between attempts. Spinning and yielding touch nothing shared;
+/// only parking announces itself (and takes a reference to the memory).
+pub(crate) struct Waiter {
+    strategy: WaitStrategy,
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    backoff: Backoff,
+    parked: Option<Parked>,
+}
+
+impl Waiter {
+    /// A waiter that gives up after `timeout` (`None`: never).
+    pub(crate) fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Self {
         Waiter {
             strategy,
-            line,
             timeout,
             deadline: timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future)),
             backoff: Backoff::new(),
-            spins: 0,
-            announced: false,
-            seen: 0,
+            parked: None,
         }
     }
 
-    /// Waits a little. The caller retries its operation after each call. `Err(TimedOut)` once
-    /// the deadline has passed.
-    pub(crate) fn wait(&mut self) -> Result<()> {
+    /// Waits, by the strategy, until `ready()` (a cheap look at one word of the ring; see
+    /// `region::Watch`) says that the side owning `line` may have made progress. `Err(TimedOut)`
+    /// once the deadline has passed.
+    ///
+    /// The spinning loop holds nothing but the check and the spin hint (the clock is read
+    /// every [`SPIN_CHECK_EVERY`] rounds, and only with a deadline): a poll that does more per
+    /// round notices the other side later and, for records filling whole cache lines, takes
+    /// the line back from a producer still writing it (ARCHITECTURE.md, "Waiting").
+    #[inline(always)]
+    pub(crate) fn wait_until(
+        &mut self,
+        mem: &Arc<Memory>,
+        line: Line,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<()> {
         match self.strategy {
-            WaitStrategy::Spin => {
-                spin_hint();
-                self.spins = self.spins.wrapping_add(1);
-                if self.spins.is_multiple_of(64) {
+            WaitStrategy::Spin => loop {
+                for _ in 0..SPIN_CHECK_EVERY {
+                    if ready() {
+                        return Ok(());
+                    }
+                    spin_hint();
+                }
+                self.check_deadline()?;
+            },
+            WaitStrategy::Yield => loop {
+                if ready() {
+                    return Ok(());
+                }
+                self.backoff.snooze();
+                self.check_deadline()?;
+            },
+            WaitStrategy::Park => loop {
+                if ready() {
+                    return Ok(());
+                }
+                if self.backoff.is_completed() {
+                    // Announces first (then `ready` is re-checked), sleeps on later rounds.
+                    self.park(mem, line)?;
+                } else {
+                    self.backoff.snooze();
                     self.check_deadline()?;
                 }
-                Ok(())
-            }
-            WaitStrategy::Yield => {
-                self.backoff.snooze();
-                self.check_deadline()
-            }
-            WaitStrategy::Park => {
-                if !self.backoff.is_completed() {
-                    self.backoff.snooze();
-                    return self.check_deadline();
-                }
-                self.park()
-            }
+            },
         }
     }
 
@@ -184,22 +227,29 @@ impl<'a> Waiter<'a> {
         }
     }
 
-    fn park(&mut self) -> Result<()> {
+    #[cold]
+    #[inline(never)]
+    fn park(&mut self, mem: &Arc<Memory>, line: Line) -> Result<()> {
         let barriers = barriers();
-        if !self.announced {
+        let Some(parked) = &mut self.parked else {
+            let l = line.of(mem);
             // Relaxed increment, then a SeqCst fence: the store-buffer pattern with the waker's
             // fence in `notify` (or with its compiler barrier plus our membarrier below).
-            self.line.waiters.fetch_add(1, Relaxed);
+            l.waiters.fetch_add(1, Relaxed);
             fence(SeqCst);
-            self.announced = true;
             // Acquire: pairs with the Release increment in `wake`.
-            self.seen = self.line.futex.load(Acquire);
+            let seen = l.futex.load(Acquire);
             if barriers.global {
                 sys::membarrier_global();
             }
+            self.parked = Some(Parked {
+                mem: Arc::clone(mem),
+                line,
+                seen,
+            });
             // The caller re-checks the ring before the first sleep.
             return Ok(());
-        }
+        };
         let remaining = match self.deadline {
             Some(d) => {
                 let now = Instant::now();
@@ -215,18 +265,19 @@ impl<'a> Waiter<'a> {
         } else {
             Some(remaining.map_or(FALLBACK_SLEEP, |r| r.min(FALLBACK_SLEEP)))
         };
-        sys::futex_wait(&self.line.futex, self.seen, limit);
+        let futex = &parked.line.of(&parked.mem).futex;
+        sys::futex_wait(futex, parked.seen, limit);
         // Acquire: as above; read before the caller's next re-check.
-        self.seen = self.line.futex.load(Acquire);
+        parked.seen = futex.load(Acquire);
         Ok(())
     }
 }
 
-impl Drop for Waiter<'_> {
+impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.announced {
+        if let Some(p) = &self.parked {
             // Relaxed: a waker that still sees us costs one spurious FUTEX_WAKE, nothing more.
-            self.line.waiters.fetch_sub(1, Relaxed);
+            p.line.of(&p.mem).waiters.fetch_sub(1, Relaxed);
         }
     }
 }
