@@ -280,6 +280,15 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// A duration in nanoseconds, in the unit that keeps it short.
+fn duration(ns: u64) -> String {
+    match ns {
+        0..10_000 => format!("{ns} ns"),
+        10_000..10_000_000 => format!("{:.1} us", ns as f64 / 1e3),
+        _ => format!("{:.1} ms", ns as f64 / 1e6),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -411,19 +420,17 @@ fn parent(o: Options) {
 
     println!("all rounds together:");
     println!(
-        "{:<22}{:>9}{:>9}{:>9}{:>10}{:>10}",
+        "{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}",
         "", "p50", "p90", "p99", "p99.9", "max"
     );
     let row = |name: &str, h: &Histogram<u64>| {
-        println!(
-            "{:<22}{:>6} ns{:>6} ns{:>6} ns{:>7} ns{:>7} ns",
-            name,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max()
-        )
+        let cells: String = [0.5, 0.9, 0.99, 0.999]
+            .iter()
+            .map(|&q| h.value_at_quantile(q))
+            .chain([h.max()])
+            .map(|v| format!("{:>10}", duration(v)))
+            .collect();
+        println!("{name:<22}{cells}");
     };
     row("atomic floor", &floor_all);
     for (i, p) in PAYLOADS.iter().enumerate() {
