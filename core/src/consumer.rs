@@ -143,9 +143,9 @@ impl Consumer {
     }
 
     /// Takes the next frame, leaving it unreleased. `fits`: fail with `BufferTooSmall`, leaving
-    /// the frame in the ring, if it is longer. `mark`: record it as delivered first (SPSC).
+    /// the frame in the ring, if it is longer.
     #[inline]
-    fn take(&mut self, fits: Option<usize>, mark: bool) -> Result<Token> {
+    fn take(&mut self, fits: Option<usize>) -> Result<Token> {
         match &mut self.ring {
             Ring::Spsc(core) => {
                 let peeked = core.try_peek(&self.mem)?;
@@ -153,7 +153,7 @@ impl Consumer {
                 if let Some(cap) = fits.filter(|&cap| len > cap) {
                     return Err(Error::BufferTooSmall { needed: len, cap });
                 }
-                core.take(&self.mem, &peeked, mark);
+                core.take(&self.mem, &peeked);
                 Ok(Token {
                     payload: peeked.payload(),
                     flags: peeked.flags(),
@@ -246,7 +246,7 @@ impl Consumer {
         let (len, flags) = match &mut self.ring {
             Ring::Spsc(core) => core.try_recv(&self.mem, buf)?,
             Ring::Mpmc { .. } => {
-                let token = self.take(Some(buf.len()), false)?;
+                let token = self.take(Some(buf.len()))?;
                 self.mem.copy_out(token.payload, buf);
                 if let Ring::Mpmc { core, .. } = &mut self.ring {
                     core.release(&self.mem, token.pos);
@@ -295,19 +295,19 @@ impl Consumer {
     /// another (the borrow checker sees to it).
     #[inline]
     pub fn try_read(&mut self) -> Result<Frame<'_>> {
-        let token = self.take(None, true)?;
+        let token = self.take(None)?;
         Ok(self.frame(token))
     }
 
     /// Lends the next frame in place, waiting as long as the ring is empty.
     pub fn read(&mut self) -> Result<Frame<'_>> {
-        let token = self.blocking(None, |c| c.take(None, true))?;
+        let token = self.blocking(None, |c| c.take(None))?;
         Ok(self.frame(token))
     }
 
     /// Lends the next frame in place, waiting at most `timeout`.
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
-        let token = self.blocking(Some(timeout), |c| c.take(None, true))?;
+        let token = self.blocking(Some(timeout), |c| c.take(None))?;
         Ok(self.frame(token))
     }
 
@@ -325,7 +325,7 @@ impl Consumer {
                         Err(e) if n == 0 => return Err(e),
                         Err(_) => break,
                     };
-                    core.take(mem, &peeked, true);
+                    core.take(mem, &peeked);
                     // SAFETY: the frame was taken and is not released before the callback
                     // returns; the producer does not write it until then.
                     let bytes = unsafe { mem.slice(peeked.payload()) };
@@ -430,8 +430,9 @@ impl Drop for MpmcRelease<'_> {
 impl Drop for Consumer {
     fn drop(&mut self) {
         match &mut self.ring {
-            // Frames read through a leaked `Frame` are released: they were delivered.
-            Ring::Spsc(core) => core.release(&self.mem),
+            // Gives back all space consumed, including frames read through a leaked `Frame`
+            // (they were delivered).
+            Ring::Spsc(core) => core.release_all(&self.mem),
             Ring::Mpmc { core, outstanding } => {
                 if let Some(pos) = outstanding.take() {
                     core.release(&self.mem, pos);

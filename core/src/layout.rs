@@ -33,18 +33,20 @@
 //! # Cursor line (128 bytes)
 //!
 //! ```text
-//!   0        8        16       20       24                                   128
-//!  +--------+--------+--------+--------+-------------------------------------+
-//!  |position|  aux   |waiters | futex  |           (unused, zero)            |
-//!  +--------+--------+--------+--------+-------------------------------------+
+//!   0        8        12       16                                            128
+//!  +--------+--------+--------+----------------------------------------------+
+//!  |position|waiters | futex  |                (unused, zero)                |
+//!  +--------+--------+--------+----------------------------------------------+
 //! ```
 //! * producer line: `position` is the SPSC tail (published after every publish; consumers never
 //!   read it on the data path) or the MPMC enqueue position; `waiters`/`futex` belong to
 //!   consumers sleeping until data arrives.
 //! * consumer line: `position` is the SPSC head (bytes released) or the MPMC dequeue position;
-//!   `aux` is the SPSC *delivered* position (frames below it were handed to the application,
-//!   perhaps not yet released, and are flagged redelivered if read again by a successor);
 //!   `waiters`/`futex` belong to producers sleeping until space frees up.
+//!
+//! A cursor line holds nothing but what the other side reads: a producer waiting on a full
+//! ring spins on the consumer line, so a store there that it does not need would cost the
+//! consumer a cache-line transfer.
 //!
 //! # SPSC record (8-byte aligned, contiguous)
 //!
@@ -80,15 +82,28 @@
 //! # Participant (128 bytes, one per admitted producer or consumer)
 //!
 //! ```text
-//!   0        8        16       24       32                                   128
-//!  +--------+--------+--------+--------+-------------------------------------+
-//!  | owner  | claim  | frames | bytes  |           (unused, zero)            |
-//!  +--------+--------+--------+--------+-------------------------------------+
+//!   0        8        16       24       32       40                          128
+//!  +--------+--------+--------+--------+--------+----------------------------+
+//!  | owner  | claim  | frames | bytes  |released|       (unused, zero)       |
+//!  +--------+--------+--------+--------+--------+----------------------------+
 //! ```
-//! `owner` is zero when free, else `incarnation << 32 | pid`. `claim` records, before the CAS
-//! that takes them, the MPMC positions a participant is taking: `first << 8 | count`. A
-//! coordinator that sees the owner dead can then tell exactly which slots it held (see
-//! ARCHITECTURE.md, "Failure model"). `frames` and `bytes` are the participant's own counters.
+//! `owner` is zero when free, else `incarnation << 32 | pid`. `claim` says what the participant
+//! has taken and not released:
+//! * MPMC producer or consumer: the positions it is taking, `first << 8 | count`, written before
+//!   the CAS that takes them;
+//! * SPSC consumer: its *delivered* position: frames in `[released, delivered)` were handed to
+//!   the application and not released; a successor flags them redelivered;
+//! * SPSC producer: unused (zero); the producer's state is the tail and the records.
+//!
+//! `released` is the SPSC consumer's true position: everything before it was consumed. The
+//! consumer line's head publishes it to the producer lazily (in batches of a quarter ring, and
+//! whenever the ring is found empty), because a producer waiting on a full ring polls the head
+//! and a store there per frame would cost a cache-line transfer per frame; a successor resumes
+//! at `released`. Values below the head are stale.
+//!
+//! A coordinator that sees the owner dead can tell exactly what it held (ARCHITECTURE.md,
+//! "Failure model"). `frames` and `bytes` are the participant's own counters. Each entry is on
+//! its own 128-byte line, written by its owner alone.
 
 use crate::error::Error;
 use crate::sync::{AtomicU32, AtomicU64};
@@ -305,8 +320,6 @@ impl Fnv {
 pub struct CursorLine {
     /// SPSC tail or head; MPMC enqueue or dequeue position.
     pub position: AtomicU64,
-    /// SPSC consumer line: delivered position. Otherwise zero.
-    pub aux: AtomicU64,
     /// Number of parties asleep (or about to sleep) on `futex`.
     pub waiters: AtomicU32,
     /// Event count: bumped by the owner of this line before it wakes sleepers.
@@ -318,12 +331,15 @@ pub struct CursorLine {
 pub struct Participant {
     /// Zero when free, else `incarnation << 32 | pid`.
     pub owner: AtomicU64,
-    /// `first << 8 | count` of the MPMC positions being taken; zero when none was ever taken.
+    /// MPMC: `first << 8 | count` of the positions being taken (zero before the first);
+    /// SPSC consumer: the delivered position; SPSC producer: zero.
     pub claim: AtomicU64,
     /// Frames this participant sent or received.
     pub frames: AtomicU64,
     /// Payload bytes this participant sent or received.
     pub bytes: AtomicU64,
+    /// SPSC consumer: the position up to which frames were released; otherwise zero.
+    pub released: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -331,14 +347,14 @@ const _: () = {
     use std::mem::{align_of, offset_of, size_of};
     assert!(size_of::<CursorLine>() == LINE && align_of::<CursorLine>() == LINE);
     assert!(offset_of!(CursorLine, position) == 0);
-    assert!(offset_of!(CursorLine, aux) == 8);
-    assert!(offset_of!(CursorLine, waiters) == 16);
-    assert!(offset_of!(CursorLine, futex) == 20);
+    assert!(offset_of!(CursorLine, waiters) == 8);
+    assert!(offset_of!(CursorLine, futex) == 12);
     assert!(size_of::<Participant>() == LINE && align_of::<Participant>() == LINE);
     assert!(offset_of!(Participant, owner) == 0);
     assert!(offset_of!(Participant, claim) == 8);
     assert!(offset_of!(Participant, frames) == 16);
     assert!(offset_of!(Participant, bytes) == 24);
+    assert!(offset_of!(Participant, released) == 32);
 };
 
 /// Record types (bits 32..40 of a record header). Zero means "not committed".

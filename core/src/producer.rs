@@ -141,7 +141,7 @@ impl Producer {
     #[inline]
     fn commit_token(&mut self, token: Token, len: usize) {
         match (&mut self.ring, token) {
-            (Ring::Spsc(core), Token::Spsc(c)) => core.commit(&self.mem, c, len),
+            (Ring::Spsc(core), Token::Spsc(c)) => core.commit(&self.mem, c, len, !self.batching),
             (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, 0),
             _ => unreachable!("a token always comes from this producer's ring"),
         }
@@ -149,6 +149,7 @@ impl Producer {
         self.bytes += len as u64;
         self.dirty = true;
         if !self.batching {
+            // SPSC published in `commit` (unless padding was staged before it); MPMC at once.
             self.publish();
         }
     }

@@ -349,7 +349,6 @@ mod heap {
     fn line() -> CursorLine {
         CursorLine {
             position: AtomicU64::new(0),
-            aux: AtomicU64::new(0),
             waiters: AtomicU32::new(0),
             futex: AtomicU32::new(0),
         }
@@ -369,6 +368,7 @@ mod heap {
                         claim: AtomicU64::new(0),
                         frames: AtomicU64::new(0),
                         bytes: AtomicU64::new(0),
+                        released: AtomicU64::new(0),
                     })
                     .collect(),
                 words: (0..geo.data_len / 8).map(|_| AtomicU64::new(0)).collect(),

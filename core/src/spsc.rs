@@ -20,8 +20,8 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    CACHE_LINE, FLAG_REDELIVERED, RECORD_HEADER, RecordType, decode_header, encode_header, lap_tag,
-    record_size,
+    CACHE_LINE, FLAG_REDELIVERED, Participant, RECORD_HEADER, RecordType, Role, decode_header,
+    encode_header, lap_tag, record_size,
 };
 use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
@@ -154,12 +154,8 @@ impl ProducerCore {
         })
     }
 
-    /// Sends a copy of `frame` as one record. With `publish` and nothing staged (the common
-    /// case), everything is computed first and the stores follow back to back: payload, zeroed
-    /// next header, header. A polling consumer that takes the record's cache line back between
-    /// the payload and the header makes the producer fetch it again, so that window is kept to
-    /// the copy itself (see ARCHITECTURE.md, "Cache-line transfers"). Otherwise the record is
-    /// staged, and published now if `publish`.
+    /// Sends a copy of `frame` as one record, published at once if `publish` (see `put`).
+    /// Everything is computed before the copy, so that the stores follow it back to back.
     #[inline]
     pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8], publish: bool) -> Result<()> {
         let claim = self.try_claim(mem, frame.len())?;
@@ -170,40 +166,50 @@ impl ProducerCore {
             lap_tag(claim.pos, mem.geometry().capacity_log2),
         );
         let end = claim.pos + record_size(frame.len()) as u64;
-        if publish && self.staged.is_none() {
-            mem.copy_in(claim.payload, frame);
-            // Relaxed: made visible by the Release below (as in `publish`).
-            mem.record_word(end).store(0, Relaxed);
-            // Release: pairs with the Acquire header load in `ConsumerCore::try_peek`.
-            mem.record_word(claim.pos).store(word, Release);
-            self.tail = end;
-            // Relaxed: as in `publish`.
-            mem.producer_line().position.store(end, Relaxed);
-            return Ok(());
-        }
         mem.copy_in(claim.payload, frame);
-        self.stage(mem, claim.pos, word);
-        self.tail = end;
-        if publish {
-            self.publish(mem);
-        }
+        self.put(mem, claim.pos, word, end, publish);
         Ok(())
     }
 
     /// Commits the first `len` bytes (at most the claimed length) of `claim` as one frame,
-    /// staged for the next [`ProducerCore::publish`].
+    /// published at once if `publish` (see `put`).
     #[inline]
-    pub(crate) fn commit(&mut self, mem: &Memory, claim: Claimed, len: usize) {
+    pub(crate) fn commit(&mut self, mem: &Memory, claim: Claimed, len: usize, publish: bool) {
         debug_assert!(len <= claim.payload.len() && claim.pos == self.tail);
-        let geo = mem.geometry();
         let word = encode_header(
             len as u32,
             RecordType::Data,
             0,
-            lap_tag(claim.pos, geo.capacity_log2),
+            lap_tag(claim.pos, mem.geometry().capacity_log2),
         );
-        self.stage(mem, claim.pos, word);
-        self.tail = claim.pos + record_size(len) as u64;
+        let end = claim.pos + record_size(len) as u64;
+        self.put(mem, claim.pos, word, end, publish);
+    }
+
+    /// Adds the record at `pos` (header `word`, ending at `end`) to the ring. With `publish`
+    /// and nothing staged (the common case) it is published on the spot, with no code between
+    /// the payload and the stores that publish it: zeroed next header, then header. A polling
+    /// consumer that takes the record's cache line back between the payload and the header
+    /// makes the producer fetch it again, so that window is kept to the copy itself
+    /// (ARCHITECTURE.md, "Cache-line transfers"). Otherwise it is staged, and the whole batch
+    /// published if `publish`.
+    #[inline(always)]
+    fn put(&mut self, mem: &Memory, pos: u64, word: u64, end: u64, publish: bool) {
+        if publish && self.staged.is_none() {
+            // Relaxed: made visible by the Release below (as in `publish`).
+            mem.record_word(end).store(0, Relaxed);
+            // Release: pairs with the Acquire header load in `ConsumerCore::try_peek`.
+            mem.record_word(pos).store(word, Release);
+            self.tail = end;
+            // Relaxed: as in `publish`.
+            mem.producer_line().position.store(end, Relaxed);
+        } else {
+            self.stage(mem, pos, word);
+            self.tail = end;
+            if publish {
+                self.publish(mem);
+            }
+        }
     }
 
     /// What a producer that found the ring full watches: the consumer's head, until it moves
@@ -301,10 +307,14 @@ pub(crate) struct ConsumerCore {
     /// Frames that start below this position were handed to a predecessor that did not release
     /// them: they are flagged redelivered.
     redeliver_below: u64,
-    /// The delivered mark last stored in the consumer line.
+    /// The delivered mark last stored in the consumer's participant entry.
     delivered: u64,
     /// Whether frames were taken and not yet released.
     in_flight: bool,
+    /// Released bytes are published (the head stored) once this many have accumulated, or
+    /// when the ring is found empty: a producer waiting on a full ring polls the head, and a
+    /// store per frame would cost the consumer a cache-line transfer per frame.
+    release_batch: u64,
     /// Size of the last record consumed: the guess for the next one's (prefetch).
     last_size: usize,
 }
@@ -313,22 +323,25 @@ impl ConsumerCore {
     /// Takes over the consumer side of `mem`, resuming exactly where a predecessor stopped.
     pub(crate) fn attach(mem: &Memory) -> Result<ConsumerCore> {
         let geo = mem.geometry();
-        let line = mem.consumer_line();
-        // Relaxed: the consumer line is only written by consumers, and a predecessor is gone.
-        let head = line.position.load(Relaxed);
-        // A delivered mark below the head is stale (copying receives do not update it).
-        let delivered = line.aux.load(Relaxed).max(head);
-        if !head.is_multiple_of(8) || delivered - head > geo.capacity {
+        // Relaxed: the consumer line and entry are only written by the consumer, and a
+        // predecessor is gone.
+        let head = mem.consumer_line().position.load(Relaxed);
+        // Marks below the head are stale (the head is published after them).
+        let released = me(mem).released.load(Relaxed).max(head);
+        let delivered = me(mem).claim.load(Relaxed).max(released);
+        if !head.is_multiple_of(8) || !released.is_multiple_of(8) || delivered - head > geo.capacity
+        {
             return Err(corrupted(format!(
-                "SPSC consumer cursors out of order: head {head}, delivered {delivered}"
+                "SPSC consumer cursors out of order: head {head}, released {released}, delivered {delivered}"
             )));
         }
         Ok(ConsumerCore {
-            read_pos: head,
+            read_pos: released,
             head,
             redeliver_below: delivered,
             delivered,
             in_flight: false,
+            release_batch: (geo.capacity / 4).max(RECORD_HEADER as u64),
             last_size: 0,
         })
     }
@@ -424,26 +437,43 @@ impl ConsumerCore {
         })
     }
 
-    /// Takes the frame `peeked` (the one `try_peek` just returned). With `mark_delivered`, first
-    /// records in shared memory that it is being handed out, so that a successor flags it
-    /// redelivered if this process dies before releasing it.
+    /// Takes the frame `peeked` (the one `try_peek` just returned), first recording in the
+    /// consumer's participant entry that it is being handed out, so that a successor flags it
+    /// redelivered if this process dies before the head passes it.
     #[inline]
-    pub(crate) fn take(&mut self, mem: &Memory, peeked: &Peeked, mark_delivered: bool) {
-        if mark_delivered && peeked.end > self.delivered {
+    pub(crate) fn take(&mut self, mem: &Memory, peeked: &Peeked) {
+        if peeked.end > self.delivered {
             self.delivered = peeked.end;
-            // Relaxed: read only by a successor after this process is gone.
-            mem.consumer_line().aux.store(peeked.end, Relaxed);
+            // Relaxed: read only by a successor after this process is gone. The entry is this
+            // consumer's own line, which nobody polls.
+            me(mem).claim.store(peeked.end, Relaxed);
         }
         self.last_size = (peeked.end - self.read_pos) as usize;
         self.read_pos = peeked.end;
         self.in_flight = true;
     }
 
-    /// Releases every frame taken so far: their space may be reused by the producer.
+    /// Releases every frame taken so far: records the consumer's position in its entry, and
+    /// gives the space back to the producer in batches (`release_batch`), in full whenever the
+    /// ring is found empty, or with `release_all`.
     #[inline]
     pub(crate) fn release(&mut self, mem: &Memory) {
         self.in_flight = false;
-        self.store_head(mem);
+        // Relaxed: read only by a successor after this process is gone.
+        me(mem).released.store(self.read_pos, Relaxed);
+        if self.read_pos - self.head >= self.release_batch {
+            self.store_head(mem);
+        }
+    }
+
+    /// Releases everything taken and gives all of its space back now (the handle is closing).
+    pub(crate) fn release_all(&mut self, mem: &Memory) {
+        self.in_flight = false;
+        // Relaxed: as in `release`.
+        me(mem).released.store(self.read_pos, Relaxed);
+        if self.read_pos != self.head {
+            self.store_head(mem);
+        }
     }
 
     #[inline(always)]
@@ -453,9 +483,8 @@ impl ConsumerCore {
         mem.consumer_line().position.store(self.head, Release);
     }
 
-    /// Copies the next frame into `buf` and releases it: `try_peek`, the copy, then the head
-    /// store, with nothing marked delivered (a frame copied out is only released once the copy
-    /// is complete, so a successor never needs to flag it). Returns its length and flags.
+    /// Copies the next frame into `buf` and releases it: `try_peek`, `take`, the copy, then
+    /// `release`. Returns its length and flags.
     #[inline]
     pub(crate) fn try_recv(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
         let peeked = self.try_peek(mem)?;
@@ -466,13 +495,19 @@ impl ConsumerCore {
                 cap: buf.len(),
             });
         }
+        self.take(mem, &peeked);
         mem.copy_out(peeked.payload, buf);
-        self.last_size = (peeked.end - self.read_pos) as usize;
-        self.read_pos = peeked.end;
-        self.in_flight = false;
-        self.store_head(mem);
+        self.release(mem);
         Ok((len, peeked.flags))
     }
+}
+
+/// The SPSC consumer's participant entry (an SPSC channel has one), where it keeps its
+/// delivered mark.
+#[inline(always)]
+fn me(mem: &Memory) -> &Participant {
+    mem.participant(Role::Consumer, 0)
+        .expect("an SPSC segment has one consumer entry")
 }
 
 /// Bytes in the ring between the consumer's head and the producer's published tail, as a
@@ -513,8 +548,7 @@ mod loom_tests {
         match p.try_claim(mem, data.len()) {
             Ok(c) => {
                 mem.copy_in(c.payload(), data);
-                p.commit(mem, c, data.len());
-                p.publish(mem);
+                p.commit(mem, c, data.len(), true);
                 true
             }
             Err(Error::WouldBlock(_)) => false,
@@ -527,7 +561,7 @@ mod loom_tests {
             Ok(p) => {
                 let mut out = vec![0; p.payload().len()];
                 mem.copy_out(p.payload(), &mut out);
-                c.take(mem, &p, false);
+                c.take(mem, &p);
                 c.release(mem);
                 Some(out)
             }
@@ -624,7 +658,7 @@ mod loom_tests {
                 for i in 0..2u8 {
                     let c = p.try_claim(&m1, 8).unwrap();
                     m1.copy_in(c.payload(), &frame(i, 8));
-                    p.commit(&m1, c, 8);
+                    p.commit(&m1, c, 8, false);
                 }
                 p.publish(&m1);
             });

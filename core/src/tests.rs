@@ -104,7 +104,12 @@ fn spsc_attach_rejects_inconsistent_cursors() {
     assert!(matches!(seg.producer(), Err(Error::Corrupted(_))));
     assert!(matches!(seg.consumer(), Err(Error::Corrupted(_))));
     seg.mem.consumer_line().position.store(0, Relaxed);
-    seg.mem.consumer_line().aux.store(1 << 40, Relaxed); // delivered far beyond the ring
+    // A delivered mark far beyond the ring.
+    seg.mem
+        .participant(Role::Consumer, 0)
+        .unwrap()
+        .claim
+        .store(1 << 40, Relaxed);
     assert!(matches!(seg.consumer(), Err(Error::Corrupted(_))));
 }
 
@@ -159,4 +164,51 @@ fn mpmc_corrupt_slot_is_reported_and_released() {
         tx.try_send(b"more").unwrap();
         assert_eq!(&*rx.try_read().unwrap(), b"more");
     }
+}
+
+#[test]
+fn spsc_head_is_published_in_batches_and_when_the_ring_is_empty() {
+    let seg = spsc(); // 4096-byte ring: the head is published every 1024 bytes
+    let (mut tx, mut rx) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    for i in 0..100u8 {
+        tx.try_send(&[i; 8]).unwrap(); // 16-byte records
+    }
+    let head = || seg.mem.consumer_line().position.load(Relaxed);
+    let released = || {
+        seg.mem
+            .participant(Role::Consumer, 0)
+            .unwrap()
+            .released
+            .load(Relaxed)
+    };
+    let mut buf = [0u8; 8];
+    for _ in 0..10 {
+        rx.try_recv(&mut buf).unwrap();
+    }
+    assert_eq!(
+        (head(), released()),
+        (0, 160),
+        "released privately, head not yet published"
+    );
+    for _ in 10..70 {
+        rx.try_recv(&mut buf).unwrap();
+    }
+    assert_eq!(head(), 1024, "published once a quarter ring was released");
+    for _ in 70..100 {
+        rx.try_recv(&mut buf).unwrap();
+    }
+    assert!(head() < 1600);
+    assert!(rx.try_recv(&mut buf).is_err());
+    assert_eq!(head(), 1600, "an empty ring publishes everything");
+    // A successor of a consumer that died between batches resumes at its released position.
+    tx.try_send(&[200; 8]).unwrap();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!((head(), released()), (1600, 1616));
+    std::mem::forget(rx);
+    evict(&seg, Role::Consumer, 0);
+    let mut rx = seg.consumer().unwrap();
+    assert!(
+        rx.try_recv(&mut buf).is_err(),
+        "the received frame is not delivered again"
+    );
 }
