@@ -77,12 +77,17 @@ struct Tx<'a> {
 impl Tx<'_> {
     fn send(&mut self, v: Variant, payload: &[u8]) {
         let size = (8 + payload.len() + 7) & !7;
-        while self.tail + size + 16 - self.head_cache > CAP {
+        let pad = if (self.tail & MASK) + size > CAP {
+            CAP - (self.tail & MASK)
+        } else {
+            0
+        };
+        // The record, any padding before it, and the zeroed next header must fit.
+        while self.tail + pad + size + 8 - self.head_cache > CAP {
             self.head_cache = self.r.head.0.load(Acquire) as usize;
             std::hint::spin_loop();
         }
-        if (self.tail & MASK) + size > CAP {
-            let pad = CAP - (self.tail & MASK);
+        if pad > 0 {
             word(self.r, self.tail + pad).store(0, Relaxed);
             word(self.r, self.tail).store((pad - 8) as u64 | 2 << 32, Release);
             self.tail += pad;

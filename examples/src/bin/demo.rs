@@ -8,7 +8,7 @@
 //! virtual CPUs of a cloud machine move between host cores from run to run. Then it streams
 //! frames one way for a throughput figure.
 //!
-//! Usage: demo [--rounds N] [--iterations N] [--cpus A,B] [--quick]
+//! Usage: demo [--rounds N] [--iterations N] [--frames N] [--cpus A,B] [--quick]
 
 use hdrhistogram::Histogram;
 use shmring::{ChannelConfig, Consumer, Producer, Segment, WaitStrategy};
@@ -58,6 +58,7 @@ fn parse() -> Options {
         match a.as_str() {
             "--rounds" => o.rounds = num("--rounds").max(1) as usize,
             "--iterations" => o.iterations = num("--iterations").max(1),
+            "--frames" => o.stream_frames = num("--frames").max(1),
             "--quick" => {
                 o.rounds = 3;
                 o.iterations = 20_000;
@@ -73,7 +74,7 @@ fn parse() -> Options {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: demo [--rounds N] [--iterations N] [--cpus A,B] [--quick]\n\
+                    "usage: demo [--rounds N] [--iterations N] [--frames N] [--cpus A,B] [--quick]\n\
                      Measures shmring round trips against a one-cache-line atomic ping-pong\n\
                      between the same two processes, then one-way throughput."
                 );
@@ -147,7 +148,7 @@ fn child(base: &str, cpu: Option<usize>) {
     if let Some(cpu) = cpu {
         pin(cpu);
     }
-    let ctl = map_control(&format!("/dev/shm/{base}.ctl"), false);
+    let ctl = map_control(&format!("/dev/shm/shmring-{base}.ctl"), false);
     let mut rx = Segment::open(&format!("{base}-ping"))
         .and_then(|s| s.consumer())
         .unwrap_or_else(|e| die(&format!("child: {e}")));
@@ -306,21 +307,21 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = Segment::unlink(&format!("{}-ping", self.0));
         let _ = Segment::unlink(&format!("{}-pong", self.0));
-        let _ = std::fs::remove_file(format!("/dev/shm/{}.ctl", self.0));
+        let _ = std::fs::remove_file(format!("/dev/shm/shmring-{}.ctl", self.0));
     }
 }
 
 fn parent(o: Options) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = o.cpus.or((cpus >= 2).then_some((0, 1)));
-    let base = format!("shmring-demo-{}", std::process::id());
+    let base = format!("demo-{}", std::process::id());
     let _cleanup = Cleanup(base.clone());
     let cfg = ChannelConfig::spsc().capacity(1 << 20).max_frame_size(4096);
     let ping =
         Segment::create(&format!("{base}-ping"), &cfg).unwrap_or_else(|e| die(&e.to_string()));
     let pong =
         Segment::create(&format!("{base}-pong"), &cfg).unwrap_or_else(|e| die(&e.to_string()));
-    let ctl = map_control(&format!("/dev/shm/{base}.ctl"), true);
+    let ctl = map_control(&format!("/dev/shm/shmring-{base}.ctl"), true);
     let mut tx = ping.producer().unwrap();
     let mut rx = pong.consumer().unwrap();
     tx.set_wait_strategy(WaitStrategy::Spin);

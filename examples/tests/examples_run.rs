@@ -1,0 +1,80 @@
+//! The examples run as the README says: the demo (with tiny counts) and a producer/consumer
+//! pair over a named channel. Each process is killed if it outlives its limit.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `cmd` to completion, killing it (and failing) after `limit`.
+fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start example");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{cmd:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn demo_runs_and_reports() {
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_demo")).args([
+            "--rounds",
+            "1",
+            "--iterations",
+            "2000",
+            "--frames",
+            "20000",
+        ]),
+        Duration::from_secs(120),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in ["atomic floor", "shmring spsc 64 B", "median", "M frames/s"] {
+        assert!(
+            text.contains(needle),
+            "demo output lacks {needle:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn producer_and_consumer_talk() {
+    let name = format!("example-{}", std::process::id());
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_consumer"));
+    consumer
+        .arg(&name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let consumer = consumer.spawn().unwrap();
+    let producer = run(
+        Command::new(env!("CARGO_BIN_EXE_producer")).args([&name, "5"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        producer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&producer.stderr)
+    );
+    let out = consumer.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("hello #5 from pid"), "{text}");
+    assert!(text.contains("consumer: 5 frames"), "{text}");
+    assert!(String::from_utf8_lossy(&producer.stdout).contains("5 frames delivered"));
+}
