@@ -62,6 +62,11 @@ mod wait;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
+/// The README's Rust example, compiled and run as a doctest.
+#[cfg(all(doctest, not(loom)))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
+
 pub use error::{Error, Result};
 pub use layout::{ChannelConfig, Geometry, Kind};
 
