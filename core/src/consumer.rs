@@ -207,6 +207,18 @@ impl Consumer {
         wait::notify(self.mem.consumer_line(), self.light);
     }
 
+    /// Passes `r` through; if it is `WouldBlock` and finding the ring empty gave space back
+    /// (SPSC), wakes a producer that may be asleep waiting for it.
+    #[inline]
+    fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let (Err(Error::WouldBlock(_)), Ring::Spsc(core)) = (&r, &mut self.ring)
+            && core.take_freed()
+        {
+            wait::notify(self.mem.consumer_line(), self.light);
+        }
+        r
+    }
+
     /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
     /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
     /// so that a spinning wait notices the other side within a pause and a load.
@@ -215,7 +227,8 @@ impl Consumer {
         timeout: Option<Duration>,
         mut op: impl FnMut(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        match op(self) {
+        let first = op(self);
+        match self.settle(first) {
             Err(Error::WouldBlock(_)) => {}
             other => return other,
         }
@@ -225,7 +238,8 @@ impl Consumer {
                 let watch = self.watch();
                 waiter.wait_until(&self.mem, Line::Producer, || watch.ready())?;
             }
-            match op(self) {
+            let r = op(self);
+            match self.settle(r) {
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,
             }
@@ -267,7 +281,8 @@ impl Consumer {
     /// `buf` is left in the ring and reported as [`Error::BufferTooSmall`] with its length.
     #[inline]
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Received> {
-        self.try_recv_inner(buf)
+        let r = self.try_recv_inner(buf);
+        self.settle(r)
     }
 
     /// Copies the next frame into `buf`, waiting as long as the ring is empty.
@@ -295,7 +310,8 @@ impl Consumer {
     /// another (the borrow checker sees to it).
     #[inline]
     pub fn try_read(&mut self) -> Result<Frame<'_>> {
-        let token = self.take(None)?;
+        let r = self.take(None);
+        let token = self.settle(r)?;
         Ok(self.frame(token))
     }
 
@@ -390,7 +406,8 @@ impl Consumer {
     where
         F: FnMut(&[u8], FrameFlags),
     {
-        self.try_drain_inner(max, &mut f)
+        let r = self.try_drain_inner(max, &mut f);
+        self.settle(r)
     }
 
     /// Like [`try_drain`](Consumer::try_drain), but first waits as long as the ring is empty.
@@ -432,7 +449,10 @@ impl Drop for Consumer {
         match &mut self.ring {
             // Gives back all space consumed, including frames read through a leaked `Frame`
             // (they were delivered).
-            Ring::Spsc(core) => core.release_all(&self.mem),
+            Ring::Spsc(core) => {
+                core.release_all(&self.mem);
+                wait::notify(self.mem.consumer_line(), self.light);
+            }
             Ring::Mpmc { core, outstanding } => {
                 if let Some(pos) = outstanding.take() {
                     core.release(&self.mem, pos);

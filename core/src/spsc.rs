@@ -315,6 +315,9 @@ pub(crate) struct ConsumerCore {
     /// when the ring is found empty: a producer waiting on a full ring polls the head, and a
     /// store per frame would cost the consumer a cache-line transfer per frame.
     release_batch: u64,
+    /// Set when finding the ring empty published the head: a producer waiting for room must
+    /// be woken (see `take_freed`).
+    freed: bool,
     /// Size of the last record consumed: the guess for the next one's (prefetch).
     last_size: usize,
 }
@@ -342,6 +345,7 @@ impl ConsumerCore {
             delivered,
             in_flight: false,
             release_batch: (geo.capacity / 4).max(RECORD_HEADER as u64),
+            freed: false,
             last_size: 0,
         })
     }
@@ -390,11 +394,13 @@ impl ConsumerCore {
         }
     }
 
-    /// Called with the ring empty at `read_pos`: frees padding stepped over if no frame is out.
+    /// Called with the ring empty at `read_pos`: gives back all space released but not yet
+    /// published (and padding stepped over), if no frame is out.
     #[inline(always)]
     fn on_empty(&mut self, mem: &Memory) {
         if !self.in_flight && self.read_pos != self.head {
             self.store_head(mem);
+            self.freed = true;
         }
         self.prefetch_next(mem);
     }
@@ -464,6 +470,14 @@ impl ConsumerCore {
         if self.read_pos - self.head >= self.release_batch {
             self.store_head(mem);
         }
+    }
+
+    /// Whether finding the ring empty gave space back since the last call. The caller wakes a
+    /// producer that may be asleep waiting for exactly that space: a record behind padding can
+    /// need the whole ring, which only an empty, fully published ring has.
+    #[inline(always)]
+    pub(crate) fn take_freed(&mut self) -> bool {
+        std::mem::take(&mut self.freed)
     }
 
     /// Releases everything taken and gives all of its space back now (the handle is closing).

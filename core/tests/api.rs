@@ -366,3 +366,35 @@ fn threads_exchange_with_every_wait_strategy() {
         }
     }
 }
+
+/// A producer parked for space that only an empty, fully released ring can give (a padding
+/// record plus a largest record) must be woken when the consumer finds the ring empty and gives
+/// back its last, unbatched space; otherwise both sides sleep forever.
+#[test]
+fn parked_producer_is_woken_when_the_consumer_empties_the_ring() {
+    let seg =
+        Segment::anonymous(&ChannelConfig::spsc().capacity(4096).max_frame_size(2040)).unwrap();
+    let mut tx = seg.producer().unwrap();
+    let mut rx = seg.consumer().unwrap();
+    tx.set_wait_strategy(WaitStrategy::Park);
+    rx.set_wait_strategy(WaitStrategy::Park);
+    let producer = std::thread::spawn(move || {
+        for len in [2040usize, 8, 2040] {
+            // The third needs 2032 bytes of padding + 2048 + 8: the whole ring.
+            tx.send_timeout(&vec![len as u8; len], Duration::from_secs(10))
+                .unwrap();
+        }
+    });
+    let mut buf = vec![0u8; 2040];
+    for len in [2040usize, 8, 2040] {
+        // Slow enough that the producer is asleep in FUTEX_WAIT, not spinning.
+        std::thread::sleep(Duration::from_millis(100));
+        // The producer waits up to 10 s: if it sleeps through the space it needs, this 2 s
+        // timeout expires first.
+        let got = rx
+            .recv_timeout(&mut buf, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("frame of {len} bytes never came: {e}"));
+        assert_eq!(got.len, len);
+    }
+    producer.join().unwrap();
+}
