@@ -232,7 +232,11 @@ impl Consumer {
             Err(Error::WouldBlock(_)) => {}
             other => return other,
         }
-        let mut waiter = Waiter::new(self.wait, timeout);
+        let mut waiter = Waiter::new(
+            self.wait,
+            timeout,
+            (self.membership.role(), self.membership.index()),
+        );
         loop {
             {
                 let watch = self.watch();

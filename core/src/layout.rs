@@ -9,12 +9,14 @@
 //!  offset                                                      size
 //!  0      +-----------------------------------------------+
 //!         | SegmentHeader: magic, version, state, kind,   |   256   written once by the creator,
-//!         | sizes, offsets, creator, checksum             |         then only `state` changes
+//!         | sizes, offsets, creator, owner, checksum      |         then only `state` changes
 //!  256    +-----------------------------------------------+
 //!         | producer CursorLine                            |   128   written by producers
 //!  384    +-----------------------------------------------+
 //!         | consumer CursorLine                            |   128   written by consumers
 //!  512    +-----------------------------------------------+
+//!         | RepairLine                                     |   128   written by the coordinator
+//!  640    +-----------------------------------------------+
 //!         | Participant[max_producers]                     | 128 * P  one line per producer
 //!         | Participant[max_consumers]                     | 128 * C  one line per consumer
 //!         +-----------------------------------------------+  (padded to a 4096-byte boundary)
@@ -82,15 +84,19 @@
 //! # Participant (128 bytes, one per admitted producer or consumer)
 //!
 //! ```text
-//!   0        8        16       24       32       40                          128
-//!  +--------+--------+--------+--------+--------+----------------------------+
-//!  | owner  | claim  | frames | bytes  |released|       (unused, zero)       |
-//!  +--------+--------+--------+--------+--------+----------------------------+
+//!   0        8        16       24       32       40   44   48         56                  128
+//!  +--------+--------+--------+--------+--------+----+----+----------+-------------------+
+//!  | owner  | claim  | frames | bytes  |released|park|  0 |start_time|  (unused, zero)   |
+//!  +--------+--------+--------+--------+--------+----+----+----------+-------------------+
 //! ```
-//! `owner` is zero when free, else `incarnation << 32 | pid`. `claim` says what the participant
-//! has taken and not released:
-//! * MPMC producer or consumer: the positions it is taking, `first << 8 | count`, written before
-//!   the CAS that takes them;
+//! `owner` is zero when free, else `incarnation << 32 | pid`. `start_time` is the owner's
+//! process start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`): with the pid it
+//! names the process even after the pid is reused, so a coordinator that adopts a segment can
+//! tell a live owner from a dead one. `claim` says what the participant has taken and not
+//! released:
+//! * MPMC producer or consumer: the positions it is taking, `first << 8 | count`, written
+//!   (Release) before the CAS that takes them, and cleared when an attempt ends without taking
+//!   anything, so a record that covers a position stuck in the ring is the holder's;
 //! * SPSC consumer: its *delivered* position: frames in `[released, delivered)` were handed to
 //!   the application and not released; a successor flags them redelivered;
 //! * SPSC producer: unused (zero); the producer's state is the tail and the records.
@@ -101,9 +107,31 @@
 //! and a store there per frame would cost a cache-line transfer per frame; a successor resumes
 //! at `released`. Values below the head are stale.
 //!
-//! A coordinator that sees the owner dead can tell exactly what it held (ARCHITECTURE.md,
-//! "Failure model"). `frames` and `bytes` are the participant's own counters. Each entry is on
-//! its own 128-byte line, written by its owner alone.
+//! `park` ([`PARKED_NONE`], [`PARKED_ON_PRODUCER`], [`PARKED_ON_CONSUMER`]) says that the
+//! owner is counted in that cursor line's `waiters`: set after its increment, cleared before its
+//! decrement, so a coordinator that finds a dead owner's entry parked takes the count back
+//! (a death between the two stores leaves one spurious count: a wasted `FUTEX_WAKE` per
+//! publish, never a lost wake-up).
+//!
+//! `frames` and `bytes` are the participant's own counters. Each entry is on its own 128-byte
+//! line, written by its owner alone (and by the coordinator once the owner is dead). A
+//! coordinator that sees the owner dead can tell exactly what it held (ARCHITECTURE.md,
+//! "Failure model").
+//!
+//! # Repair line (128 bytes)
+//!
+//! ```text
+//!   0        8        16       24          32        40                                128
+//!  +--------+--------+--------+-----------+---------+----------------------------------+
+//!  | owner  | claim  |repairs |redelivered| skipped |          (unused, zero)          |
+//!  +--------+--------+--------+-----------+---------+----------------------------------+
+//! ```
+//! The coordinator's own entry. `owner` is the pid of the coordinator that adopted the segment.
+//! `claim` is an MPMC claim record (as a producer's) of the position the coordinator is taking
+//! to deliver a dead consumer's frame again; a coordinator that adopts the segment finishes
+//! whatever its dead predecessor's claim left half done. The counters count repairs (dead
+//! participants whose entries were freed), frames delivered again, and positions turned into
+//! skip records; they live here so that they survive a restart of the coordinator.
 
 use crate::error::Error;
 use crate::sync::{AtomicU32, AtomicU64};
@@ -111,7 +139,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"shmring\0"` read as a native-endian `u64`: the first eight bytes of every segment.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
 /// Bumped on any change to the bytes described in this module.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -126,8 +154,10 @@ pub const DATA_ALIGN: usize = 4096;
 pub const PRODUCER_LINE: usize = HEADER_SIZE;
 /// Offset of the consumer cursor line.
 pub const CONSUMER_LINE: usize = PRODUCER_LINE + LINE;
+/// Offset of the repair line: the coordinator's own entry (see the module docs).
+pub const REPAIR_LINE: usize = CONSUMER_LINE + LINE;
 /// Offset of the participant table.
-pub const PARTICIPANTS: usize = CONSUMER_LINE + LINE;
+pub const PARTICIPANTS: usize = REPAIR_LINE + LINE;
 
 /// `SegmentHeader::state` while the creator is still writing the segment.
 pub const STATE_INITIALISING: u32 = 0;
@@ -163,7 +193,8 @@ pub const MAX_CLAIM_COUNT: u64 = 255;
 pub const MAX_POSITION: u64 = 1 << 56;
 
 /// The kind of ring a segment holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u32)]
 pub enum Kind {
     /// One producer, one consumer, variable-length records in a byte ring.
@@ -237,10 +268,15 @@ pub struct SegmentHeader {
     pub created_unix_ns: u64,
     /// Opaque number chosen by the creator (a coordinator numbers a channel's incarnations).
     pub generation: u64,
+    /// The channel owner's user id (the creating process's, unless a coordinator created it on
+    /// someone's behalf); `mode` applies to it.
+    pub owner_uid: u32,
+    /// The channel owner's group id.
+    pub owner_gid: u32,
     /// FNV-1a 64 of the fields above, with `state` counted as zero.
     pub checksum: u64,
     /// Zero.
-    pub reserved: [u64; 16],
+    pub reserved: [u64; 15],
 }
 
 /// Offset of `SegmentHeader::state` (the only header field accessed atomically).
@@ -265,7 +301,9 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, creator_pid) == 96);
     assert!(offset_of!(SegmentHeader, created_unix_ns) == 104);
     assert!(offset_of!(SegmentHeader, generation) == 112);
-    assert!(offset_of!(SegmentHeader, checksum) == 120);
+    assert!(offset_of!(SegmentHeader, owner_uid) == 120);
+    assert!(offset_of!(SegmentHeader, owner_gid) == 124);
+    assert!(offset_of!(SegmentHeader, checksum) == 128);
 };
 
 impl SegmentHeader {
@@ -292,6 +330,8 @@ impl SegmentHeader {
         h.u32(self.mode);
         h.u64(self.created_unix_ns);
         h.u64(self.generation);
+        h.u32(self.owner_uid);
+        h.u32(self.owner_gid);
         h.0
     }
 }
@@ -331,7 +371,7 @@ pub struct CursorLine {
 pub struct Participant {
     /// Zero when free, else `incarnation << 32 | pid`.
     pub owner: AtomicU64,
-    /// MPMC: `first << 8 | count` of the positions being taken (zero before the first);
+    /// MPMC: `first << 8 | count` of the positions being taken (count zero: none);
     /// SPSC consumer: the delivered position; SPSC producer: zero.
     pub claim: AtomicU64,
     /// Frames this participant sent or received.
@@ -340,6 +380,34 @@ pub struct Participant {
     pub bytes: AtomicU64,
     /// SPSC consumer: the position up to which frames were released; otherwise zero.
     pub released: AtomicU64,
+    /// `PARKED_*`: the cursor line whose `waiters` count the owner is in.
+    pub parked: AtomicU32,
+    /// Zero.
+    pub reserved: AtomicU32,
+    /// The owner's process start time (clock ticks since boot), zero if unknown.
+    pub start_time: AtomicU64,
+}
+
+/// `Participant::parked`: not counted in any line's waiters.
+pub const PARKED_NONE: u32 = 0;
+/// `Participant::parked`: counted in the producer line's waiters (a consumer waiting for data).
+pub const PARKED_ON_PRODUCER: u32 = 1;
+/// `Participant::parked`: counted in the consumer line's waiters (a producer waiting for room).
+pub const PARKED_ON_CONSUMER: u32 = 2;
+
+/// The coordinator's entry. See the module docs.
+#[repr(C, align(128))]
+pub struct RepairLine {
+    /// Pid of the coordinator that adopted the segment (zero: none yet).
+    pub owner: AtomicU64,
+    /// MPMC claim record of the position the coordinator is taking (count zero: none).
+    pub claim: AtomicU64,
+    /// Dead participants whose entries were repaired and freed.
+    pub repairs: AtomicU64,
+    /// Frames delivered again because their consumer died holding them.
+    pub redelivered: AtomicU64,
+    /// Positions a dead producer took and never committed, turned into skip records.
+    pub skipped: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -355,6 +423,15 @@ const _: () = {
     assert!(offset_of!(Participant, frames) == 16);
     assert!(offset_of!(Participant, bytes) == 24);
     assert!(offset_of!(Participant, released) == 32);
+    assert!(offset_of!(Participant, parked) == 40);
+    assert!(offset_of!(Participant, start_time) == 48);
+    assert!(size_of::<RepairLine>() == LINE && align_of::<RepairLine>() == LINE);
+    assert!(offset_of!(RepairLine, owner) == 0);
+    assert!(offset_of!(RepairLine, claim) == 8);
+    assert!(offset_of!(RepairLine, repairs) == 16);
+    assert!(offset_of!(RepairLine, redelivered) == 24);
+    assert!(offset_of!(RepairLine, skipped) == 32);
+    assert!(REPAIR_LINE + LINE == PARTICIPANTS);
 };
 
 /// Record types (bits 32..40 of a record header). Zero means "not committed".
@@ -445,7 +522,8 @@ pub const fn decode_owner(word: u64) -> (u32, u32) {
 }
 
 /// Which participant table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A producer.
     Producer,
@@ -463,7 +541,7 @@ impl std::fmt::Display for Role {
 }
 
 /// The shape of a channel as a user asks for it. Sizes are rounded as [`Geometry::new`] says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelConfig {
     /// SPSC or MPMC.
     pub kind: Kind,
@@ -542,6 +620,37 @@ impl ChannelConfig {
     pub const fn mode(mut self, mode: u32) -> ChannelConfig {
         self.mode = mode;
         self
+    }
+}
+
+/// Who made a segment, when, and for whom: the header fields that are not its shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The creating process.
+    pub creator_pid: u32,
+    /// Permission bits of the channel.
+    pub mode: u32,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// The creator's number for this incarnation of the channel.
+    pub generation: u64,
+    /// The channel owner's user id.
+    pub owner_uid: u32,
+    /// The channel owner's group id.
+    pub owner_gid: u32,
+}
+
+impl Origin {
+    /// The origin fields of a header.
+    pub fn of(h: &SegmentHeader) -> Origin {
+        Origin {
+            creator_pid: h.creator_pid,
+            mode: h.mode,
+            created_unix_ns: h.created_unix_ns,
+            generation: h.generation,
+            owner_uid: h.owner_uid,
+            owner_gid: h.owner_gid,
+        }
     }
 }
 
@@ -712,13 +821,7 @@ impl Geometry {
     }
 
     /// The header a creator writes for this geometry, checksum included, `state` initialising.
-    pub fn header(
-        &self,
-        creator_pid: u32,
-        mode: u32,
-        created_unix_ns: u64,
-        generation: u64,
-    ) -> SegmentHeader {
+    pub fn header(&self, origin: &Origin) -> SegmentHeader {
         let mut h = SegmentHeader {
             magic: MAGIC,
             layout_version: LAYOUT_VERSION,
@@ -736,12 +839,14 @@ impl Geometry {
             participants: PARTICIPANTS as u64,
             data: self.data as u64,
             data_len: self.data_len as u64,
-            creator_pid,
-            mode,
-            created_unix_ns,
-            generation,
+            creator_pid: origin.creator_pid,
+            mode: origin.mode,
+            created_unix_ns: origin.created_unix_ns,
+            generation: origin.generation,
+            owner_uid: origin.owner_uid,
+            owner_gid: origin.owner_gid,
             checksum: 0,
-            reserved: [0; 16],
+            reserved: [0; 15],
         };
         h.checksum = h.compute_checksum();
         h
@@ -861,7 +966,22 @@ mod tests {
     #[test]
     fn header_roundtrip_and_checksum() {
         let g = Geometry::new(&ChannelConfig::spsc()).unwrap();
-        let h = g.header(42, 0o600, 7, 3);
+        let origin = Origin {
+            creator_pid: 42,
+            mode: 0o600,
+            created_unix_ns: 7,
+            generation: 3,
+            owner_uid: 1000,
+            owner_gid: 100,
+        };
+        let h = g.header(&origin);
+        assert_eq!(Origin::of(&h), origin);
+        let mut other_owner = h;
+        other_owner.owner_uid = 0;
+        assert!(matches!(
+            Geometry::from_header(&other_owner, g.total_size),
+            Err(Error::Corrupted(_))
+        ));
         assert_eq!(Geometry::from_header(&h, g.total_size).unwrap(), g);
         let mut bad = h;
         bad.capacity *= 2;
@@ -884,7 +1004,7 @@ mod tests {
     #[test]
     fn state_does_not_enter_the_checksum() {
         let g = Geometry::new(&ChannelConfig::mpmc()).unwrap();
-        let mut h = g.header(1, 0o600, 0, 0);
+        let mut h = g.header(&Origin::default());
         h.state = STATE_READY;
         assert_eq!(Geometry::from_header(&h, g.total_size).unwrap(), g);
     }

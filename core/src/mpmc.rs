@@ -64,12 +64,28 @@ enum Turn {
     Consume,
 }
 
+impl Turn {
+    /// `seq - p` when the slot of position `p` is this side's.
+    #[inline(always)]
+    fn offset(self) -> u64 {
+        match self {
+            Turn::Produce => 0,
+            Turn::Consume => 1,
+        }
+    }
+}
+
 /// Takes up to `max` consecutive positions from `cursor` whose slots are at `turn`, recording
 /// the claim in `me` before the CAS. Returns the first position and the count.
 ///
 /// With `fits: Some(cap)` (consumers only), a first frame longer than `cap` is not taken:
 /// `BufferTooSmall` is returned and the frame stays in the ring. Its header is read before the
 /// CAS; if the slot changed hands meanwhile the CAS fails and the check is repeated.
+///
+/// A call that wrote a claim record and then takes nothing (its CAS lost, then the ring was
+/// found full or empty) clears the record again: a claim record that covers a position is
+/// then either its holder's or one about to be rewritten, which is what the coordinator's
+/// repair relies on (`repair.rs`).
 #[inline]
 fn take(
     mem: &Memory,
@@ -79,11 +95,27 @@ fn take(
     max: u64,
     fits: Option<usize>,
 ) -> Result<(u64, u64)> {
+    let mut wrote_claim = false;
+    let r = take_loop(mem, cursor, me, turn, max, fits, &mut wrote_claim);
+    if r.is_err() && wrote_claim {
+        // Release: pairs with the Acquire in `repair::covered`, like the record it replaces.
+        me.claim.store(encode_claim(0, 0), Release);
+    }
+    r
+}
+
+#[inline(always)]
+fn take_loop(
+    mem: &Memory,
+    cursor: &AtomicU64,
+    me: &Participant,
+    turn: Turn,
+    max: u64,
+    fits: Option<usize>,
+    wrote_claim: &mut bool,
+) -> Result<(u64, u64)> {
     let max = max.clamp(1, MAX_CLAIM_COUNT);
-    let offset = match turn {
-        Turn::Produce => 0,
-        Turn::Consume => 1,
-    };
+    let offset = turn.offset();
     // Relaxed: only a guess; the Acquire of `seq` below is what orders the slot's bytes.
     let mut pos = cursor.load(Relaxed);
     let mut retries = 0;
@@ -117,8 +149,11 @@ fn take(
             while n < max && mem.slot_seq(pos + n).load(Acquire) == pos + n + offset {
                 n += 1;
             }
-            // Relaxed: published by the Release of the CAS that follows.
-            me.claim.store(encode_claim(pos, n), Relaxed);
+            // Release: pairs with the Acquire in `repair::covered`: a coordinator that sees
+            // this record also sees everything this participant did before (its commits and
+            // releases of earlier positions). Also published by the CAS's Release.
+            me.claim.store(encode_claim(pos, n), Release);
+            *wrote_claim = true;
             // Release on success: a coordinator that Acquire-loads the cursor sees the claim.
             match cursor.compare_exchange_weak(pos, pos + n, Release, Relaxed) {
                 Ok(_) => return Ok((pos, n)),
@@ -155,16 +190,12 @@ fn take(
 fn watch<'m>(mem: &'m Memory, cursor: &AtomicU64, turn: Turn) -> Watch<'m> {
     // Relaxed: only a hint; `take` re-reads everything it relies on.
     let pos = cursor.load(Relaxed);
-    let offset = match turn {
-        Turn::Produce => 0,
-        Turn::Consume => 1,
-    };
-    Watch::new(mem.slot_seq(pos), Until::Reached(pos + offset))
+    Watch::new(mem.slot_seq(pos), Until::Reached(pos + turn.offset()))
 }
 
 /// A committed or aborted write: the slot's header, then `seq = pos + 1`.
 #[inline(always)]
-fn commit_slot(mem: &Memory, pos: u64, header: u64) {
+pub(crate) fn commit_slot(mem: &Memory, pos: u64, header: u64) {
     // Relaxed: published by the Release below.
     mem.slot_header(pos).store(header, Relaxed);
     // Release: pairs with the consumer's Acquire of `seq` in `take`.

@@ -201,7 +201,11 @@ impl Producer {
         }
         // Staged frames must be visible before we wait, or the consumer cannot free space.
         self.publish();
-        let mut waiter = Waiter::new(self.wait, timeout);
+        let mut waiter = Waiter::new(
+            self.wait,
+            timeout,
+            (self.membership.role(), self.membership.index()),
+        );
         loop {
             {
                 let watch = self.watch();

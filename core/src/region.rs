@@ -16,7 +16,9 @@
 
 #[cfg(not(loom))]
 use crate::layout::CACHE_LINE;
-use crate::layout::{self, CursorLine, Geometry, Participant, Role, SLOT_HEADER_WORD, SLOT_SEQ};
+use crate::layout::{
+    self, CursorLine, Geometry, Participant, RepairLine, Role, SLOT_HEADER_WORD, SLOT_SEQ,
+};
 use crate::sync::AtomicU64;
 
 /// A checked byte range of the data region. Only [`Memory::range`] makes one.
@@ -221,6 +223,12 @@ mod mapped {
             unsafe { self.at(layout::CONSUMER_LINE) }
         }
 
+        /// The repair line (the coordinator's entry).
+        pub(crate) fn repair_line(&self) -> &RepairLine {
+            // SAFETY: REPAIR_LINE is 128-aligned and inside the header area of every segment.
+            unsafe { self.at(layout::REPAIR_LINE) }
+        }
+
         /// A participant entry, if the table has it.
         #[inline]
         pub(crate) fn participant(&self, role: Role, index: u32) -> Option<&Participant> {
@@ -285,6 +293,21 @@ mod mapped {
             }
         }
 
+        /// Copies the bytes of `src` to the start of `dst`, both in the data region (they may
+        /// overlap).
+        pub(crate) fn copy_within(&self, src: DataRange, dst: DataRange) {
+            let n = src.len.min(dst.len);
+            // SAFETY: both ranges lie in the data region (checked when they were made) and
+            // n is at most either length; `copy` allows overlap.
+            unsafe {
+                std::ptr::copy(
+                    self.data.as_ptr().add(src.off),
+                    self.data.as_ptr().add(dst.off),
+                    n,
+                )
+            }
+        }
+
         /// The bytes of `r`.
         ///
         /// # Safety
@@ -342,6 +365,7 @@ mod heap {
         geo: Geometry,
         producer: CursorLine,
         consumer: CursorLine,
+        repair: RepairLine,
         participants: Vec<Participant>,
         words: Vec<AtomicU64>,
     }
@@ -362,6 +386,13 @@ mod heap {
                 geo,
                 producer: line(),
                 consumer: line(),
+                repair: RepairLine {
+                    owner: AtomicU64::new(0),
+                    claim: AtomicU64::new(0),
+                    repairs: AtomicU64::new(0),
+                    redelivered: AtomicU64::new(0),
+                    skipped: AtomicU64::new(0),
+                },
                 participants: (0..n)
                     .map(|_| Participant {
                         owner: AtomicU64::new(0),
@@ -369,6 +400,9 @@ mod heap {
                         frames: AtomicU64::new(0),
                         bytes: AtomicU64::new(0),
                         released: AtomicU64::new(0),
+                        parked: AtomicU32::new(0),
+                        reserved: AtomicU32::new(0),
+                        start_time: AtomicU64::new(0),
                     })
                     .collect(),
                 words: (0..geo.data_len / 8).map(|_| AtomicU64::new(0)).collect(),
@@ -387,6 +421,9 @@ mod heap {
         }
         pub(crate) fn consumer_line(&self) -> &CursorLine {
             &self.consumer
+        }
+        pub(crate) fn repair_line(&self) -> &RepairLine {
+            &self.repair
         }
         pub(crate) fn participant(&self, role: Role, index: u32) -> Option<&Participant> {
             let i = match role {
@@ -430,6 +467,11 @@ mod heap {
                     .to_ne_bytes();
                 chunk.copy_from_slice(&w[..chunk.len()]);
             }
+        }
+        pub(crate) fn copy_within(&self, src: DataRange, dst: DataRange) {
+            let mut buf = vec![0u8; src.len.min(dst.len)];
+            self.copy_out(src, &mut buf);
+            self.copy_in(dst, &buf);
         }
         pub(crate) fn prefetch(&self, _off: usize, _len: usize) {}
     }

@@ -326,18 +326,11 @@ impl ConsumerCore {
     /// Takes over the consumer side of `mem`, resuming exactly where a predecessor stopped.
     pub(crate) fn attach(mem: &Memory) -> Result<ConsumerCore> {
         let geo = mem.geometry();
-        // Relaxed: the consumer line and entry are only written by the consumer, and a
-        // predecessor is gone.
-        let head = mem.consumer_line().position.load(Relaxed);
-        // Marks below the head are stale (the head is published after them).
-        let released = me(mem).released.load(Relaxed).max(head);
-        let delivered = me(mem).claim.load(Relaxed).max(released);
-        if !head.is_multiple_of(8) || !released.is_multiple_of(8) || delivered - head > geo.capacity
-        {
-            return Err(corrupted(format!(
-                "SPSC consumer cursors out of order: head {head}, released {released}, delivered {delivered}"
-            )));
-        }
+        let Marks {
+            head,
+            released,
+            delivered,
+        } = Marks::load(mem, me(mem))?;
         Ok(ConsumerCore {
             read_pos: released,
             head,
@@ -514,6 +507,74 @@ impl ConsumerCore {
         self.release(mem);
         Ok((len, peeked.flags))
     }
+}
+
+/// Where a consumer stands, as recorded in shared memory: the published head, the released
+/// position (`>= head`) and the delivered mark (`>= released`), checked.
+struct Marks {
+    head: u64,
+    released: u64,
+    delivered: u64,
+}
+
+impl Marks {
+    /// Reads the marks of the consumer whose entry is `entry` (an SPSC channel has one).
+    fn load(mem: &Memory, entry: &Participant) -> Result<Marks> {
+        // Relaxed: the consumer line and entry are written only by the consumer, and whoever
+        // reads them here has taken over from it (its predecessor is gone).
+        let head = mem.consumer_line().position.load(Relaxed);
+        // Marks below the head are stale (the head is published after them).
+        let released = entry.released.load(Relaxed).max(head);
+        let delivered = entry.claim.load(Relaxed).max(released);
+        if !head.is_multiple_of(8)
+            || !released.is_multiple_of(8)
+            || delivered - head > mem.geometry().capacity
+        {
+            return Err(corrupted(format!(
+                "SPSC consumer cursors out of order: head {head}, released {released}, delivered {delivered}"
+            )));
+        }
+        Ok(Marks {
+            head,
+            released,
+            delivered,
+        })
+    }
+}
+
+/// For the repair of a dead consumer: publishes the head up to the position it released, so
+/// the producer gets back the space of everything consumed (the dead consumer published it
+/// lazily). Returns the released and delivered positions: a successor resumes at the first
+/// and flags frames before the second redelivered.
+pub(crate) fn publish_released(mem: &Memory, entry: &Participant) -> Result<(u64, u64)> {
+    let m = Marks::load(mem, entry)?;
+    if m.released > m.head {
+        // Release: pairs with the Acquire head loads in `ProducerCore::{try_claim, attach}`, as
+        // the consumer's own `store_head` does.
+        mem.consumer_line().position.store(m.released, Release);
+    }
+    Ok((m.released, m.delivered))
+}
+
+/// Counts the frames (data records) in `[from, to)`, a range of records that were committed.
+pub(crate) fn count_frames(mem: &Memory, from: u64, to: u64) -> Result<u64> {
+    let mut pos = from;
+    let mut n = 0;
+    while pos < to {
+        // Acquire: pairs with the Release that published the record.
+        let word = mem.record_word(pos).load(Acquire);
+        if word == 0 {
+            return Err(corrupted(format!(
+                "no record at position {pos}, below the delivered mark {to}"
+            )));
+        }
+        pos += check_record(mem, pos, word)? as u64;
+        n += u64::from(decode_header(word).ty == Some(RecordType::Data));
+        if pos - from > mem.geometry().capacity {
+            return Err(corrupted("delivered records span more than the ring"));
+        }
+    }
+    Ok(n)
 }
 
 /// The SPSC consumer's participant entry (an SPSC channel has one), where it keeps its

@@ -27,7 +27,7 @@
 //! `SHMRING_MEMBARRIER=0` in the environment forces both fallbacks on a process.
 
 use crate::error::{Error, Result};
-use crate::layout::CursorLine;
+use crate::layout::{CursorLine, PARKED_NONE, PARKED_ON_CONSUMER, PARKED_ON_PRODUCER, Participant, Role};
 use crate::region::Memory;
 use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::sync::{compiler_fence, fence, spin_hint};
@@ -138,6 +138,14 @@ impl Line {
             Line::Consumer => mem.consumer_line(),
         }
     }
+
+    /// The `Participant::parked` value of a waiter counted on this line.
+    fn parked_code(self) -> u32 {
+        match self {
+            Line::Producer => PARKED_ON_PRODUCER,
+            Line::Consumer => PARKED_ON_CONSUMER,
+        }
+    }
 }
 
 /// A waiter counted in a line's `waiters`; holds the memory so that it can leave even if the
@@ -148,11 +156,20 @@ struct Parked {
     seen: u32,
 }
 
+impl Parked {
+    /// The waiter's own participant entry, where it says on which line it is counted.
+    fn entry(&self, who: (Role, u32)) -> Option<&Participant> {
+        self.mem.participant(who.0, who.1)
+    }
+}
+
 /// One blocked call's waiting state. Created after the first attempt found the ring not ready;
 /// [`Waiter::wait_until`] runs between attempts. Spinning and yielding touch nothing shared;
 /// only parking announces itself (and takes a reference to the memory).
 pub(crate) struct Waiter {
     strategy: WaitStrategy,
+    /// The waiting handle's participant entry (role, index).
+    who: (Role, u32),
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     backoff: Backoff,
@@ -160,10 +177,11 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    /// A waiter that gives up after `timeout` (`None`: never).
-    pub(crate) fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Self {
+    /// A waiter for the handle holding entry `who`, giving up after `timeout` (`None`: never).
+    pub(crate) fn new(strategy: WaitStrategy, timeout: Option<Duration>, who: (Role, u32)) -> Self {
         Waiter {
             strategy,
+            who,
             timeout,
             deadline: timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future)),
             backoff: Backoff::new(),
@@ -237,16 +255,23 @@ impl Waiter {
             // fence in `notify` (or with its compiler barrier plus our membarrier below).
             l.waiters.fetch_add(1, Relaxed);
             fence(SeqCst);
+            let parked = Parked {
+                mem: Arc::clone(mem),
+                line,
+                seen: 0,
+            };
+            // Relaxed: read by a coordinator only after this process died (repair.rs). Set
+            // after the increment, cleared before the decrement: a death in between leaves one
+            // spurious count, never a missing one.
+            if let Some(e) = parked.entry(self.who) {
+                e.parked.store(line.parked_code(), Relaxed);
+            }
             // Acquire: pairs with the Release increment in `wake`.
             let seen = l.futex.load(Acquire);
             if barriers.global {
                 sys::membarrier_global();
             }
-            self.parked = Some(Parked {
-                mem: Arc::clone(mem),
-                line,
-                seen,
-            });
+            self.parked = Some(Parked { seen, ..parked });
             // The caller re-checks the ring before the first sleep.
             return Ok(());
         };
@@ -276,6 +301,10 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         if let Some(p) = &self.parked {
+            // Relaxed: as in `park`.
+            if let Some(e) = p.entry(self.who) {
+                e.parked.store(PARKED_NONE, Relaxed);
+            }
             // Relaxed: a waker that still sees us costs one spurious FUTEX_WAKE, nothing more.
             p.line.of(&p.mem).waiters.fetch_sub(1, Relaxed);
         }
