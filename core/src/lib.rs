@@ -45,13 +45,20 @@ mod error;
 pub mod layout;
 mod mpmc;
 mod region;
+mod repair;
 mod spsc;
 mod sync;
 
 #[cfg(not(loom))]
+mod client;
+#[cfg(not(loom))]
 mod consumer;
 #[cfg(not(loom))]
+mod coordinator;
+#[cfg(not(loom))]
 mod producer;
+#[cfg(not(loom))]
+pub mod protocol;
 #[cfg(not(loom))]
 mod segment;
 #[cfg(not(loom))]
@@ -68,10 +75,18 @@ mod tests;
 pub struct ReadmeExample;
 
 pub use error::{Error, Result};
-pub use layout::{ChannelConfig, Geometry, Kind};
+pub use layout::{ChannelConfig, Geometry, Kind, Origin, Role};
 
 #[cfg(not(loom))]
+pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
+#[cfg(not(loom))]
 pub use consumer::{Consumer, Frame, FrameFlags, Received};
+#[cfg(not(loom))]
+pub use coordinator::{
+    Coordinator, CoordinatorConfig, DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path,
+};
+#[cfg(not(loom))]
+pub use protocol::{ChannelInfo, ChannelStats, ParticipantInfo};
 #[cfg(not(loom))]
 pub use producer::{Batch, Claim, Producer};
 #[cfg(not(loom))]

@@ -4,8 +4,8 @@
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::layout::{
-    self, ChannelConfig, Geometry, Kind, Participant, Role, STATE_INITIALISING, STATE_READY,
-    decode_owner, encode_owner,
+    self, ChannelConfig, Geometry, Kind, Origin, Participant, Role, STATE_INITIALISING,
+    STATE_READY, decode_owner, encode_claim, encode_owner,
 };
 use crate::producer::Producer;
 use crate::region::{self, Memory};
@@ -58,6 +58,16 @@ pub fn validate_name(name: &str) -> Result<()> {
 pub struct Segment {
     pub(crate) mem: Arc<Memory>,
     name: Option<Arc<str>>,
+    origin: Origin,
+    /// Set on segments handed out by a coordinator: told when a handle closes.
+    lease: Option<Arc<dyn Lease>>,
+}
+
+/// Told when a handle on a segment handed out by a coordinator closes, so that the client can
+/// tell the coordinator (see `client.rs`).
+pub(crate) trait Lease: Send + Sync {
+    /// The handle holding entry `index` of `role`, admitted with owner word `owner`, closed.
+    fn closed(&self, role: Role, index: u32, owner: u64);
 }
 
 impl std::fmt::Debug for Segment {
@@ -85,15 +95,44 @@ impl Segment {
     /// `config.mode`. Fails with `AlreadyExists` if the name is taken.
     pub fn create(name: &str, config: &ChannelConfig) -> Result<Segment> {
         validate_name(name)?;
+        let owner = (sys::euid(), sys::egid());
+        let (seg, _fd) = Segment::create_object(&sys::object_name(name), config, 0, owner)?;
+        Ok(Segment {
+            name: Some(name.into()),
+            ..seg
+        })
+    }
+
+    /// Creates the shared-memory object `object` (a full object name, `/...`) for a channel of
+    /// shape `config` owned by `owner` (uid, gid), and returns it with its descriptor.
+    pub(crate) fn create_object(
+        object: &std::ffi::CStr,
+        config: &ChannelConfig,
+        generation: u64,
+        owner: (u32, u32),
+    ) -> Result<(Segment, OwnedFd)> {
         let geo = Geometry::new(config)?;
-        let fd = sys::shm_create(name, config.mode)?;
-        match Segment::initialise(&fd, geo, config.mode, 0) {
-            Ok(mem) => Ok(Segment {
-                mem,
-                name: Some(name.into()),
-            }),
+        let fd = sys::shm_create(object, config.mode)?;
+        let origin = Origin {
+            creator_pid: sys::pid(),
+            mode: config.mode,
+            created_unix_ns: sys::now_unix_ns(),
+            generation,
+            owner_uid: owner.0,
+            owner_gid: owner.1,
+        };
+        match Segment::initialise(&fd, geo, &origin) {
+            Ok(mem) => Ok((
+                Segment {
+                    mem,
+                    name: None,
+                    origin,
+                    lease: None,
+                },
+                fd,
+            )),
             Err(e) => {
-                let _ = sys::shm_unlink(name);
+                let _ = sys::shm_unlink(object);
                 Err(e)
             }
         }
@@ -105,23 +144,33 @@ impl Segment {
     pub fn anonymous(config: &ChannelConfig) -> Result<Segment> {
         let geo = Geometry::new(config)?;
         let fd = sys::memfd()?;
-        let mem = Segment::initialise(&fd, geo, config.mode, 0)?;
-        Ok(Segment { mem, name: None })
+        let origin = Origin {
+            creator_pid: sys::pid(),
+            mode: config.mode,
+            created_unix_ns: sys::now_unix_ns(),
+            generation: 0,
+            owner_uid: sys::euid(),
+            owner_gid: sys::egid(),
+        };
+        let mem = Segment::initialise(&fd, geo, &origin)?;
+        Ok(Segment {
+            mem,
+            name: None,
+            origin,
+            lease: None,
+        })
     }
 
     /// Sizes, maps and initialises a fresh object; turns it ready last.
-    fn initialise(fd: &OwnedFd, geo: Geometry, mode: u32, generation: u64) -> Result<Arc<Memory>> {
+    fn initialise(fd: &OwnedFd, geo: Geometry, origin: &Origin) -> Result<Arc<Memory>> {
         sys::set_len(fd, geo.total_size)?;
         let map = map(fd, geo.total_size)?;
-        region::write_header(
-            &map,
-            &geo.header(sys::pid(), mode, sys::now_unix_ns(), generation),
-        );
+        region::write_header(&map, &geo.header(origin));
         let mem = Memory::new(map, geo);
         if geo.kind == Kind::Mpmc {
             mpmc::initialise(&mem);
         }
-        // Release: pairs with the Acquire in `open`; everything written above is visible to a
+        // Release: pairs with the Acquire in `attach`; everything written above is visible to a
         // process that sees the segment ready.
         mem.state().store(STATE_READY, Release);
         Ok(Arc::new(mem))
@@ -141,16 +190,26 @@ impl Segment {
     /// layout version, and `Corrupted` if its header is inconsistent.
     pub fn open_timeout(name: &str, timeout: Duration) -> Result<Segment> {
         validate_name(name)?;
-        let fd = sys::shm_open(name)?;
+        let fd = sys::shm_open(&sys::object_name(name))?;
+        let seg = Segment::attach(&fd, name, timeout)?;
+        Ok(Segment {
+            name: Some(name.into()),
+            ..seg
+        })
+    }
+
+    /// Maps and validates the segment of `fd` (`label` names it in errors), waiting up to
+    /// `timeout` for its creator to finish initialising it.
+    pub(crate) fn attach(fd: &OwnedFd, label: &str, timeout: Duration) -> Result<Segment> {
         let deadline = Instant::now() + timeout;
         let not_ready = |what: &str| {
             Error::Unavailable(format!(
-                "segment {name:?} {what} after {timeout:?}; its creator may have died while creating it"
+                "segment {label:?} {what} after {timeout:?}; its creator may have died while creating it"
             ))
         };
         // The creator sizes the object right after creating it: wait for that.
         let len = loop {
-            let len = sys::file_len(&fd)?;
+            let len = sys::file_len(fd)?;
             if len >= layout::HEADER_SIZE {
                 break len;
             }
@@ -159,7 +218,7 @@ impl Segment {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        let map = map(&fd, len)?;
+        let map = map(fd, len)?;
         loop {
             // Acquire: pairs with the Release in `initialise`.
             match region::state(&map).load(Acquire) {
@@ -170,25 +229,36 @@ impl Segment {
                 STATE_INITIALISING => return Err(not_ready("is still being initialised")),
                 other => {
                     return Err(Error::Corrupted(format!(
-                        "segment {name:?} is in unknown state {other}"
+                        "segment {label:?} is in unknown state {other}"
                     )));
                 }
             }
         }
         let header = region::read_header(&map).expect("mapping holds a header");
         let geo = Geometry::from_header(&header, len)
-            .map_err(|e| prefix(e, &format!("segment {name:?}")))?;
+            .map_err(|e| prefix(e, &format!("segment {label:?}")))?;
         Ok(Segment {
             mem: Arc::new(Memory::new(map, geo)),
-            name: Some(name.into()),
+            name: None,
+            origin: Origin::of(&header),
+            lease: None,
         })
+    }
+
+    /// This segment, with `name`, telling `lease` when a handle closes.
+    pub(crate) fn leased(self, name: &str, lease: Arc<dyn Lease>) -> Segment {
+        Segment {
+            name: Some(name.into()),
+            lease: Some(lease),
+            ..self
+        }
     }
 
     /// Removes a segment's name. Processes that have it mapped keep using it; the memory is
     /// freed when the last one unmaps it.
     pub fn unlink(name: &str) -> Result<()> {
         validate_name(name)?;
-        sys::shm_unlink(name)
+        sys::shm_unlink(&sys::object_name(name))
     }
 
     /// The segment's name (`None` for an anonymous segment).
@@ -206,6 +276,11 @@ impl Segment {
         self.mem.geometry().kind
     }
 
+    /// Who created the segment, when, for which owner, and with which permission bits.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
     /// Takes a free entry of the producer table and returns a producer handle on it; `Busy` if
     /// every entry is taken (an SPSC channel has one).
     pub fn producer(&self) -> Result<Producer> {
@@ -220,32 +295,70 @@ impl Segment {
         Consumer::new(Arc::clone(&self.mem), m)
     }
 
+    /// A handle on entry `index` of `role`, which a coordinator admitted this process to with
+    /// owner word `owner`.
+    pub(crate) fn adopt_producer(&self, index: u32, owner: u64) -> Result<Producer> {
+        let m = Membership::adopt(&self.mem, Role::Producer, index, owner, self.lease.clone())?;
+        Producer::new(Arc::clone(&self.mem), m)
+    }
+
+    /// As [`Segment::adopt_producer`], for a consumer.
+    pub(crate) fn adopt_consumer(&self, index: u32, owner: u64) -> Result<Consumer> {
+        let m = Membership::adopt(&self.mem, Role::Consumer, index, owner, self.lease.clone())?;
+        Consumer::new(Arc::clone(&self.mem), m)
+    }
+
     /// A snapshot of the channel's counters, read without stopping anyone.
     pub fn stats(&self) -> SegmentStats {
         let geo = self.mem.geometry();
-        let table = |role, n| {
-            (0..n)
-                .filter_map(|i| {
-                    let p = self.mem.participant(role, i)?;
-                    // Relaxed: statistics.
-                    let (pid, _) = decode_owner(p.owner.load(Relaxed));
-                    (pid != 0).then(|| ParticipantStats {
-                        index: i,
-                        pid,
-                        frames: p.frames.load(Relaxed),
-                        bytes: p.bytes.load(Relaxed),
-                    })
-                })
-                .collect()
-        };
-        SegmentStats {
+        let mut stats = SegmentStats {
             depth: match geo.kind {
                 Kind::Spsc => spsc::depth_bytes(&self.mem),
                 Kind::Mpmc => mpmc::depth_slots(&self.mem),
             },
-            producers: table(Role::Producer, geo.max_producers),
-            consumers: table(Role::Consumer, geo.max_consumers),
+            ..SegmentStats::default()
+        };
+        for (role, n) in [
+            (Role::Producer, geo.max_producers),
+            (Role::Consumer, geo.max_consumers),
+        ] {
+            for index in 0..n {
+                let Some(p) = self.mem.participant(role, index) else {
+                    continue;
+                };
+                // Relaxed: statistics.
+                let (pid, _) = decode_owner(p.owner.load(Relaxed));
+                let (frames, bytes) = (p.frames.load(Relaxed), p.bytes.load(Relaxed));
+                let (total_frames, total_bytes, table) = match role {
+                    Role::Producer => (
+                        &mut stats.frames_in,
+                        &mut stats.bytes_in,
+                        &mut stats.producers,
+                    ),
+                    Role::Consumer => (
+                        &mut stats.frames_out,
+                        &mut stats.bytes_out,
+                        &mut stats.consumers,
+                    ),
+                };
+                *total_frames = total_frames.wrapping_add(frames);
+                *total_bytes = total_bytes.wrapping_add(bytes);
+                if pid != 0 {
+                    table.push(ParticipantStats {
+                        index,
+                        pid,
+                        frames,
+                        bytes,
+                    });
+                }
+            }
         }
+        let r = self.mem.repair_line();
+        // Relaxed: statistics.
+        stats.repairs = r.repairs.load(Relaxed);
+        stats.redelivered = r.redelivered.load(Relaxed);
+        stats.skipped = r.skipped.load(Relaxed);
+        stats
     }
 }
 
@@ -257,8 +370,9 @@ fn prefix(e: Error, what: &str) -> Error {
     }
 }
 
-/// Counters of a channel; see [`Segment::stats`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Counters of a channel; see [`Segment::stats`]. The totals add up every entry of a table,
+/// so they count what every participant that ever held an entry did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SegmentStats {
     /// Bytes (SPSC, headers and padding included) or frames (MPMC) in the ring.
     pub depth: u64,
@@ -266,6 +380,20 @@ pub struct SegmentStats {
     pub producers: Vec<ParticipantStats>,
     /// The admitted consumers.
     pub consumers: Vec<ParticipantStats>,
+    /// Frames sent.
+    pub frames_in: u64,
+    /// Payload bytes sent.
+    pub bytes_in: u64,
+    /// Frames received.
+    pub frames_out: u64,
+    /// Payload bytes received.
+    pub bytes_out: u64,
+    /// Dead participants whose entries a coordinator repaired and freed.
+    pub repairs: u64,
+    /// Frames delivered again because their consumer died holding them.
+    pub redelivered: u64,
+    /// Positions a dead producer took and never committed, turned into skip records.
+    pub skipped: u64,
 }
 
 /// One participant's counters.
@@ -282,53 +410,133 @@ pub struct ParticipantStats {
 }
 
 /// An entry of a participant table held by a handle.
-#[derive(Debug)]
 pub(crate) struct Membership {
     role: Role,
     index: u32,
     owner: u64,
+    lease: Option<Arc<dyn Lease>>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("role", &self.role)
+            .field("index", &self.index)
+            .field("owner", &self.owner)
+            .field("leased", &self.lease.is_some())
+            .finish()
+    }
+}
+
+/// Takes the first free entry of `role`'s table for process `pid` (started at `start_time`,
+/// clock ticks since boot), returning its index and owner word. MPMC entries start with no
+/// claim record. `Busy` if every entry is taken.
+pub(crate) fn take_entry(mem: &Memory, role: Role, pid: u32, start_time: u64) -> Result<(u32, u64)> {
+    let geo = mem.geometry();
+    let n = match role {
+        Role::Producer => geo.max_producers,
+        Role::Consumer => geo.max_consumers,
+    };
+    let mut holders = Vec::new();
+    for index in 0..n {
+        let p = mem
+            .participant(role, index)
+            .expect("index below the table size");
+        // Relaxed: a guess, confirmed by the CAS.
+        let cur = p.owner.load(Relaxed);
+        let (holder, incarnation) = decode_owner(cur);
+        if holder != 0 {
+            holders.push(holder);
+            continue;
+        }
+        let owner = encode_owner(pid, incarnation.wrapping_add(1));
+        // Acquire: pairs with the Release in `free_entry`, so a predecessor's writes to the ring
+        // and cursors happen before ours.
+        if p.owner
+            .compare_exchange(cur, owner, Acquire, Relaxed)
+            .is_ok()
+        {
+            // Relaxed: read by a coordinator that adopts the segment, to tell a live owner
+            // from a dead one whose pid was reused.
+            p.start_time.store(start_time, Relaxed);
+            if geo.kind == Kind::Mpmc {
+                // Release: pairs with the Acquire in `repair::covered`. A free entry holds no
+                // position, so whatever record it kept is stale.
+                p.claim.store(encode_claim(0, 0), Release);
+            }
+            return Ok((index, owner));
+        }
+    }
+    holders.truncate(8);
+    Err(Error::Busy(format!(
+        "every {role} entry of this {} channel is taken (by pids {holders:?})",
+        geo.kind
+    )))
+}
+
+/// Frees entry `index` of `role` if its owner word is still `owner`. Returns whether it did.
+pub(crate) fn free_entry(mem: &Memory, role: Role, index: u32, owner: u64) -> bool {
+    let Some(p) = mem.participant(role, index) else {
+        return false;
+    };
+    let (_, incarnation) = decode_owner(owner);
+    // Release: pairs with the Acquire in `take_entry` and `Membership::adopt`.
+    p.owner
+        .compare_exchange(owner, encode_owner(0, incarnation), Release, Relaxed)
+        .is_ok()
 }
 
 impl Membership {
-    /// Takes the first free entry of `role`'s table.
+    /// Takes the first free entry of `role`'s table for this process.
     fn join(mem: &Memory, role: Role) -> Result<Membership> {
-        let geo = mem.geometry();
-        let n = match role {
-            Role::Producer => geo.max_producers,
-            Role::Consumer => geo.max_consumers,
+        let (index, owner) = take_entry(mem, role, sys::pid(), sys::own_start_time())?;
+        Ok(Membership {
+            role,
+            index,
+            owner,
+            lease: None,
+        })
+    }
+
+    /// Takes over entry `index` of `role`, which a coordinator admitted this process to with
+    /// owner word `owner`.
+    fn adopt(
+        mem: &Memory,
+        role: Role,
+        index: u32,
+        owner: u64,
+        lease: Option<Arc<dyn Lease>>,
+    ) -> Result<Membership> {
+        let p = mem.participant(role, index).ok_or_else(|| {
+            Error::Corrupted(format!("the coordinator admitted us to {role} entry {index}, which the segment does not have"))
+        })?;
+        // Acquire: pairs with the Release in `free_entry` through the coordinator's CAS in
+        // `take_entry` (a read-modify-write continues the release sequence).
+        let now = p.owner.load(Acquire);
+        let m = Membership {
+            role,
+            index,
+            owner,
+            lease,
         };
-        let pid = sys::pid();
-        let mut holders = Vec::new();
-        for index in 0..n {
-            let p = mem
-                .participant(role, index)
-                .expect("index below the table size");
-            // Relaxed: a guess, confirmed by the CAS.
-            let cur = p.owner.load(Relaxed);
-            let (holder, incarnation) = decode_owner(cur);
-            if holder != 0 {
-                holders.push(holder);
-                continue;
+        if now != owner {
+            let (pid, _) = decode_owner(now);
+            if let Some(lease) = &m.lease {
+                lease.closed(role, index, owner);
             }
-            let owner = encode_owner(pid, incarnation.wrapping_add(1));
-            // Acquire: pairs with the Release in `leave`, so a predecessor's writes to the ring
-            // and cursors happen before ours.
-            if p.owner
-                .compare_exchange(cur, owner, Acquire, Relaxed)
-                .is_ok()
-            {
-                return Ok(Membership { role, index, owner });
-            }
+            return Err(Error::Busy(format!(
+                "{role} entry {index} was admitted to us but is held by pid {pid} now"
+            )));
         }
-        holders.truncate(8);
-        Err(Error::Busy(format!(
-            "every {role} entry of this {} channel is taken (by pids {holders:?})",
-            geo.kind
-        )))
+        Ok(m)
     }
 
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+
+    pub(crate) fn role(&self) -> Role {
+        self.role
     }
 
     pub(crate) fn participant<'m>(&self, mem: &'m Memory) -> &'m Participant {
@@ -336,15 +544,11 @@ impl Membership {
             .expect("index was checked on join")
     }
 
-    /// Frees the entry, if it is still ours.
+    /// Frees the entry, if it is still ours, and tells the coordinator that admitted it.
     pub(crate) fn leave(&self, mem: &Memory) {
-        let (_, incarnation) = decode_owner(self.owner);
-        // Release: pairs with the Acquire in `join`.
-        let _ = self.participant(mem).owner.compare_exchange(
-            self.owner,
-            encode_owner(0, incarnation),
-            Release,
-            Relaxed,
-        );
+        free_entry(mem, self.role, self.index, self.owner);
+        if let Some(lease) = &self.lease {
+            lease.closed(self.role, self.index, self.owner);
+        }
     }
 }

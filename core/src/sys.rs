@@ -6,7 +6,7 @@ use crate::sync::AtomicU32;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -15,36 +15,116 @@ pub(crate) fn object_name(name: &str) -> CString {
     CString::new(format!("/shmring-{name}")).expect("segment names are validated to have no NUL")
 }
 
-/// Creates a new shared-memory object with exactly the permission bits `mode` (the umask does
-/// not apply). Fails with `AlreadyExists` if one of that name exists.
-pub(crate) fn shm_create(name: &str, mode: u32) -> Result<OwnedFd> {
-    let obj = object_name(name);
+/// Creates a new shared-memory object `obj` (`/name`) with exactly the permission bits `mode`
+/// (the umask does not apply). Fails with `AlreadyExists` if one of that name exists.
+pub(crate) fn shm_create(obj: &CStr, mode: u32) -> Result<OwnedFd> {
     let perm = Mode::from_bits_truncate(mode as nix::libc::mode_t);
-    let fd = nix::sys::mman::shm_open(
-        obj.as_c_str(),
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
-        perm,
-    )
-    .map_err(|e| Error::os(format!("creating shared-memory object {obj:?}"), e))?;
+    let fd = nix::sys::mman::shm_open(obj, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, perm)
+        .map_err(|e| Error::os(format!("creating shared-memory object {obj:?}"), e))?;
     if let Err(e) = nix::sys::stat::fchmod(&fd, perm) {
-        let _ = nix::sys::mman::shm_unlink(obj.as_c_str());
+        let _ = nix::sys::mman::shm_unlink(obj);
         return Err(Error::os(format!("setting mode {mode:o} on {obj:?}"), e));
     }
     Ok(fd)
 }
 
 /// Opens an existing shared-memory object for reading and writing.
-pub(crate) fn shm_open(name: &str) -> Result<OwnedFd> {
-    let obj = object_name(name);
-    nix::sys::mman::shm_open(obj.as_c_str(), OFlag::O_RDWR, Mode::empty())
+pub(crate) fn shm_open(obj: &CStr) -> Result<OwnedFd> {
+    nix::sys::mman::shm_open(obj, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| Error::os(format!("opening shared-memory object {obj:?}"), e))
 }
 
 /// Removes the name of a shared-memory object; existing mappings stay valid.
-pub(crate) fn shm_unlink(name: &str) -> Result<()> {
-    let obj = object_name(name);
-    nix::sys::mman::shm_unlink(obj.as_c_str())
+pub(crate) fn shm_unlink(obj: &CStr) -> Result<()> {
+    nix::sys::mman::shm_unlink(obj)
         .map_err(|e| Error::os(format!("removing shared-memory object {obj:?}"), e))
+}
+
+/// The names (without the leading `/`) of the shared-memory objects that start with `prefix`.
+pub(crate) fn shm_list(prefix: &str) -> Result<Vec<String>> {
+    let dir = std::fs::read_dir("/dev/shm")
+        .map_err(|e| Error::os("listing /dev/shm (shmring needs it mounted as a tmpfs)", e))?;
+    Ok(dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect())
+}
+
+/// Gives a shared-memory object to user `uid` and group `gid` (only root may give it away).
+pub(crate) fn fchown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
+    nix::unistd::fchown(
+        fd,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(|e| Error::os(format!("giving a shared-memory object to uid {uid} gid {gid}"), e))
+}
+
+/// This process's effective user id.
+pub(crate) fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// This process's effective group id.
+pub(crate) fn egid() -> u32 {
+    nix::unistd::getegid().as_raw()
+}
+
+/// What `/proc/<pid>/stat` says of a process: its start time (clock ticks since boot) and
+/// whether it has exited (a zombie, or gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    /// Field 22, `starttime`.
+    pub start_time: u64,
+    /// State `Z` or `X`: the process has exited and is waiting to be reaped.
+    pub exited: bool,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if there is no such process.
+pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat(&text)
+}
+
+/// Parses the text of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and may
+/// hold spaces and parentheses itself, so the fields are counted from the last `)`.
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?; // field 3
+    let start_time = fields.nth(18)?.parse().ok()?; // field 22
+    Some(ProcStat {
+        start_time,
+        exited: matches!(state, "Z" | "X" | "x"),
+    })
+}
+
+/// This process's start time (clock ticks since boot), or zero if `/proc` cannot tell.
+pub(crate) fn own_start_time() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| proc_stat(pid()).map_or(0, |s| s.start_time))
+}
+
+/// A pidfd for process `pid` (`pidfd_open`), readable once the process has exited.
+pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Error::os(
+            format!("pidfd_open({pid})"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
+/// Whether the process of a pidfd has exited (its pidfd is readable), without waiting.
+pub(crate) fn pidfd_exited(fd: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// An anonymous shared-memory file (`memfd_create`), shared with forked children and passable
@@ -162,4 +242,156 @@ pub(crate) fn membarrier_register() -> bool {
 /// returning once they all have (Linux 4.16+).
 pub(crate) fn membarrier_global() -> bool {
     membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)
+}
+
+/// The credentials of the process at the other end of a Unix socket, as the kernel recorded
+/// them when it connected (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerCred {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The peer's credentials.
+pub(crate) fn peer_cred(sock: &impl std::os::fd::AsFd) -> Result<PeerCred> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let c = getsockopt(sock, PeerCredentials)
+        .map_err(|e| Error::os("reading a client's credentials (SO_PEERCRED)", e))?;
+    Ok(PeerCred {
+        pid: c.pid() as u32,
+        uid: c.uid(),
+        gid: c.gid(),
+    })
+}
+
+/// A pidfd for the peer process: `SO_PEERPIDFD` (Linux 6.5+, immune to pid reuse), else
+/// `pidfd_open` of the `SO_PEERCRED` pid.
+pub(crate) fn peer_pidfd(sock: &impl std::os::fd::AsFd, pid: u32) -> Result<OwnedFd> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
+    match getsockopt(sock, PeerPidfd) {
+        Ok(fd) => Ok(fd),
+        Err(_) => pidfd_open(pid),
+    }
+}
+
+/// The supplementary groups of process `pid` (`Groups:` of `/proc/<pid>/status`); empty if
+/// they cannot be read.
+pub(crate) fn supplementary_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("Groups:"))?;
+            Some(
+                line["Groups:".len()..]
+                    .split_ascii_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Sends `bytes` on a stream socket without blocking and without SIGPIPE, with `fd` as
+/// `SCM_RIGHTS` ancillary data if given. Returns how many bytes went out.
+pub(crate) fn send_nonblocking(
+    sock: &impl std::os::fd::AsRawFd,
+    bytes: &[u8],
+    fd: Option<std::os::fd::RawFd>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [std::io::IoSlice::new(bytes)];
+    let fds: Vec<std::os::fd::RawFd> = fd.into_iter().collect();
+    let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&fds)]
+    };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Sends all of `bytes` on a stream socket, blocking as the socket is set (its send timeout
+/// applies), without SIGPIPE if the peer is gone.
+pub(crate) fn send_all(sock: &impl std::os::fd::AsRawFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{MsgFlags, send};
+    while !bytes.is_empty() {
+        match send(sock.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Receives into `buf` from a stream socket (blocking as the socket is set), collecting any
+/// descriptors sent as `SCM_RIGHTS` into `fds` (close-on-exec). Returns the bytes read.
+pub(crate) fn recv_with_fds(
+    sock: &impl std::os::fd::AsRawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{FromRawFd, RawFd};
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel installed this descriptor in our table for this message;
+                // nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Takes an exclusive, non-blocking `flock` on `file`; `None` if another process holds it.
+pub(crate) fn try_lock(file: std::fs::File) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::os("locking the namespace", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_of_odd_command_names() {
+        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let s = parse_proc_stat(line).unwrap();
+        assert_eq!(s.start_time, 987654);
+        assert!(!s.exited);
+        let zombie = "77 (x) Z 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 55 0 0";
+        assert!(parse_proc_stat(zombie).unwrap().exited);
+        assert!(parse_proc_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn own_process_is_alive_with_a_start_time() {
+        let s = proc_stat(pid()).unwrap();
+        assert!(!s.exited);
+        assert_eq!(s.start_time, own_start_time());
+        assert!(s.start_time > 0);
+    }
 }

@@ -1,0 +1,459 @@
+//! `shmring`: inspect and manage the channels of a shmring coordinator.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use shmring::{
+    ChannelConfig, ChannelInfo, ChannelStats, Client, DEFAULT_NAMESPACE, Kind, Role, SOCKET_ENV,
+    default_socket_path,
+};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Inspect and manage the channels of a shmring coordinator (shmringd).
+#[derive(Parser, Debug)]
+#[command(name = "shmring", version)]
+struct Args {
+    /// The coordinator's socket [default: $SHMRING_SOCKET, else the namespace's default socket]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The namespace whose default socket to use
+    #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Print JSON instead of text (one object; `watch` prints one per line)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the channels
+    List,
+    /// Show one channel: shape, depth, traffic, rates, participants, repairs
+    Stat {
+        /// Channel name
+        channel: String,
+    },
+    /// Refreshing view of every channel (or the ones named), like top
+    Watch {
+        /// Channels to show [default: all]
+        channels: Vec<String>,
+        /// Seconds between refreshes
+        #[arg(long, default_value = "1")]
+        interval: f64,
+        /// Stop after this many refreshes [default: run until interrupted]
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Create a channel owned by you
+    Create {
+        /// Channel name: 1 to 64 characters of [A-Za-z0-9._-]
+        channel: String,
+        /// spsc (one producer, one consumer, variable-length frames) or mpmc (many of each,
+        /// fixed-size slots, each frame to one consumer)
+        #[arg(long, value_enum, default_value = "spsc")]
+        kind: KindArg,
+        /// Bytes of frame storage (suffixes K, M, G), rounded up to a power of two
+        /// [default: 1M]
+        #[arg(long, value_parser = parse_size)]
+        capacity: Option<u64>,
+        /// Largest frame in bytes (suffixes K, M) [default: 64K for spsc, 1K for mpmc]
+        #[arg(long, value_parser = parse_size)]
+        max_frame_size: Option<u64>,
+        /// Producers admitted at once (mpmc) [default: 16]
+        #[arg(long)]
+        max_producers: Option<u32>,
+        /// Consumers admitted at once (mpmc) [default: 16]
+        #[arg(long)]
+        max_consumers: Option<u32>,
+        /// Permission bits in octal, as for a file: 600 (you only), 660 (your group), 666
+        #[arg(long, default_value = "600", value_parser = parse_mode)]
+        mode: u32,
+    },
+    /// Delete a channel (its owner or root only)
+    Delete {
+        /// Channel name
+        channel: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KindArg {
+    Spsc,
+    Mpmc,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode between 000 and 777"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (a number, optionally with K, M or G)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn rate(per_s: f64) -> String {
+    match per_s {
+        r if r >= 1e6 => format!("{:.2} M/s", r / 1e6),
+        r if r >= 1e3 => format!("{:.1} k/s", r / 1e3),
+        r => format!("{r:.0} /s"),
+    }
+}
+
+fn depth(info: &ChannelInfo) -> String {
+    match info.kind {
+        Kind::Spsc => bytes(info.depth),
+        Kind::Mpmc => format!("{} frames", info.depth),
+    }
+}
+
+fn capacity_text(info: &ChannelInfo) -> String {
+    match info.kind {
+        Kind::Spsc => bytes(info.capacity_bytes),
+        Kind::Mpmc => format!("{} slots", info.slots),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shmring: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn connect(args: &Args) -> shmring::Result<Client> {
+    let socket = args.socket.clone().or_else(|| {
+        // An explicit --namespace picks that namespace's default socket over SHMRING_SOCKET.
+        (args.namespace != DEFAULT_NAMESPACE || std::env::var_os(SOCKET_ENV).is_none())
+            .then(|| default_socket_path(&args.namespace))
+    });
+    Client::connect(socket.as_deref())
+}
+
+fn run(args: &Args) -> shmring::Result<()> {
+    let client = connect(args)?;
+    let out = &mut std::io::stdout().lock();
+    let w = |e: std::io::Error| shmring::Error::Io {
+        context: "writing to standard output".into(),
+        source: e,
+    };
+    match &args.command {
+        Command::List => {
+            let channels = client.list()?;
+            if args.json {
+                writeln!(out, "{}", json(&channels)).map_err(w)?;
+            } else {
+                print_list(out, &channels).map_err(w)?;
+            }
+        }
+        Command::Stat { channel } => {
+            let s = client.stats(channel)?;
+            if args.json {
+                writeln!(out, "{}", json(&s)).map_err(w)?;
+            } else {
+                print_stat(out, &s).map_err(w)?;
+            }
+        }
+        Command::Watch {
+            channels,
+            interval,
+            count,
+        } => watch(&client, args.json, channels, *interval, *count)?,
+        Command::Create {
+            channel,
+            kind,
+            capacity,
+            max_frame_size,
+            max_producers,
+            max_consumers,
+            mode,
+        } => {
+            let mut cfg = match kind {
+                KindArg::Spsc => ChannelConfig::spsc(),
+                KindArg::Mpmc => ChannelConfig::mpmc(),
+            }
+            .mode(*mode);
+            if let Some(c) = capacity {
+                cfg = cfg.capacity(*c);
+            }
+            if let Some(m) = max_frame_size {
+                cfg = cfg.max_frame_size(u32::try_from(*m).map_err(|_| {
+                    shmring::Error::InvalidArgument(format!("max frame size {m} is too large"))
+                })?);
+            }
+            if let Some(n) = max_producers {
+                cfg = cfg.max_producers(*n);
+            }
+            if let Some(n) = max_consumers {
+                cfg = cfg.max_consumers(*n);
+            }
+            let info = client.create(channel, &cfg)?;
+            if args.json {
+                writeln!(out, "{}", json(&info)).map_err(w)?;
+            } else {
+                writeln!(
+                    out,
+                    "created {} channel {}: {}, frames up to {}, mode {:03o}, generation {}",
+                    info.kind,
+                    info.name,
+                    capacity_text(&info),
+                    bytes(u64::from(info.max_frame_size)),
+                    info.mode,
+                    info.generation
+                )
+                .map_err(w)?;
+            }
+        }
+        Command::Delete { channel } => {
+            client.delete(channel)?;
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({ "deleted": channel })).map_err(w)?;
+            } else {
+                writeln!(out, "deleted {channel}").map_err(w)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("protocol types serialise to JSON")
+}
+
+fn print_list(out: &mut impl Write, channels: &[ChannelInfo]) -> std::io::Result<()> {
+    if channels.is_empty() {
+        return writeln!(out, "no channels");
+    }
+    writeln!(
+        out,
+        "{:<24} {:<5} {:>12} {:>10} {:>5} {:>5} {:>14} {:>5} {:>6}",
+        "CHANNEL", "KIND", "CAPACITY", "MAX FRAME", "PROD", "CONS", "DEPTH", "MODE", "OWNER"
+    )?;
+    for c in channels {
+        writeln!(
+            out,
+            "{:<24} {:<5} {:>12} {:>10} {:>2}/{:<2} {:>2}/{:<2} {:>14} {:>5} {:>6}",
+            c.name,
+            c.kind.to_string(),
+            capacity_text(c),
+            bytes(u64::from(c.max_frame_size)),
+            c.producers,
+            c.max_producers,
+            c.consumers,
+            c.max_consumers,
+            depth(c),
+            format!("{:03o}", c.mode),
+            c.owner_uid
+        )?;
+    }
+    Ok(())
+}
+
+fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
+    let i = &s.info;
+    writeln!(out, "channel     {} ({}, generation {})", i.name, i.kind, i.generation)?;
+    writeln!(
+        out,
+        "capacity    {} ({} of storage), frames up to {}",
+        capacity_text(i),
+        bytes(i.capacity_bytes),
+        bytes(u64::from(i.max_frame_size))
+    )?;
+    writeln!(
+        out,
+        "access      owner uid {} gid {}, mode {:03o}",
+        i.owner_uid, i.owner_gid, i.mode
+    )?;
+    writeln!(out, "depth       {}", depth(i))?;
+    writeln!(
+        out,
+        "in          {} frames, {}  ({})",
+        s.frames_in,
+        bytes(s.bytes_in),
+        rate(s.rate_in)
+    )?;
+    writeln!(
+        out,
+        "out         {} frames, {}  ({})",
+        s.frames_out,
+        bytes(s.bytes_out),
+        rate(s.rate_out)
+    )?;
+    writeln!(
+        out,
+        "repairs     {} dead participants repaired, {} frames redelivered, {} positions skipped",
+        s.repairs, s.redelivered, s.skipped
+    )?;
+    writeln!(
+        out,
+        "participants {} of {} producers, {} of {} consumers",
+        i.producers, i.max_producers, i.consumers, i.max_consumers
+    )?;
+    if !s.participants.is_empty() {
+        writeln!(
+            out,
+            "  {:<9} {:>5} {:>8} {:>14} {:>12}",
+            "ROLE", "ENTRY", "PID", "FRAMES", "BYTES"
+        )?;
+        for p in &s.participants {
+            writeln!(
+                out,
+                "  {:<9} {:>5} {:>8} {:>14} {:>12}",
+                p.role.to_string(),
+                p.index,
+                p.pid,
+                p.frames,
+                bytes(p.bytes)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn watch(
+    client: &Client,
+    as_json: bool,
+    names: &[String],
+    interval: f64,
+    count: Option<u64>,
+) -> shmring::Result<()> {
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(shmring::Error::InvalidArgument(format!(
+            "--interval {interval} must be a positive number of seconds"
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut n = 0;
+    loop {
+        let names: Vec<String> = if names.is_empty() {
+            client.list()?.into_iter().map(|c| c.name).collect()
+        } else {
+            names.to_vec()
+        };
+        let mut stats = Vec::new();
+        for name in &names {
+            match client.stats(name) {
+                Ok(s) => stats.push(s),
+                // Deleted between the list and the stat, or not ours to read: left out.
+                Err(shmring::Error::NotFound(_) | shmring::Error::PermissionDenied(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let written = if as_json {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "time": now, "channels": stats })
+            )
+        } else {
+            print_watch(&mut out, client, &stats)
+        };
+        if written.and_then(|()| out.flush()).is_err() {
+            return Ok(()); // standard output closed (a pipe to `head`, say)
+        }
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs_f64(interval));
+    }
+}
+
+fn print_watch(out: &mut impl Write, client: &Client, stats: &[ChannelStats]) -> std::io::Result<()> {
+    // Clear the screen and home the cursor, as top does.
+    write!(out, "\x1b[2J\x1b[H")?;
+    writeln!(
+        out,
+        "shmring watch: {} on {}   (Ctrl-C to quit)\n",
+        client.namespace().unwrap_or_default(),
+        client.socket_path().display()
+    )?;
+    writeln!(
+        out,
+        "{:<24} {:<5} {:>14} {:>11} {:>11} {:>14} {:>14} {:>5} {:>5} {:>7}",
+        "CHANNEL", "KIND", "DEPTH", "IN", "OUT", "FRAMES IN", "FRAMES OUT", "PROD", "CONS", "REPAIRS"
+    )?;
+    for s in stats {
+        let producers = s.participants.iter().filter(|p| p.role == Role::Producer).count();
+        writeln!(
+            out,
+            "{:<24} {:<5} {:>14} {:>11} {:>11} {:>14} {:>14} {:>5} {:>5} {:>7}",
+            s.info.name,
+            s.info.kind.to_string(),
+            depth(&s.info),
+            rate(s.rate_in),
+            rate(s.rate_out),
+            s.frames_in,
+            s.frames_out,
+            producers,
+            s.participants.len() - producers,
+            s.repairs
+        )?;
+    }
+    if stats.is_empty() {
+        writeln!(out, "no channels")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_modes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12q").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("666"), Ok(0o666));
+        assert!(parse_mode("800").is_err());
+        assert!(parse_mode("1777").is_err());
+        assert_eq!(bytes(1 << 20), "1 MiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(100), "100 B");
+    }
+}

@@ -1,0 +1,82 @@
+//! `shmringd`: the shmring coordinator daemon. Creates channels, admits producers and
+//! consumers, watches them and repairs what a crashed one left behind. Stops on SIGTERM,
+//! SIGINT or SIGHUP.
+
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use shmring::{Coordinator, CoordinatorConfig, DEFAULT_NAMESPACE};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The shmring coordinator: serves one namespace of shared-memory channels on a Unix socket.
+///
+/// Producers and consumers keep exchanging frames while it is down; a restarted shmringd
+/// adopts the namespace's channels. On SIGTERM, SIGINT or SIGHUP it removes its socket and
+/// (unless --keep-channels) its channels' shared memory.
+#[derive(Parser, Debug)]
+#[command(name = "shmringd", version)]
+struct Args {
+    /// Socket to listen on [default: $XDG_RUNTIME_DIR/shmring/NAMESPACE.sock, else
+    /// /tmp/shmring-UID/NAMESPACE.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Namespace served (channels' segments are /dev/shm/shmring.NAMESPACE@UID.*)
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Permission bits of the socket, in octal: 666 lets every user connect (each channel's
+    /// own mode still decides who is admitted)
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Leave the channels' shared memory in place on exit, for the next shmringd to adopt
+    #[arg(long)]
+    keep_channels: bool,
+    /// Log level: error, warn, info, debug or trace
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode between 000 and 777"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    // Blocked before the coordinator's thread starts, so that it inherits the mask and the
+    // signals wait for `sigwait` here.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    if let Err(e) = signals.thread_block() {
+        eprintln!("shmringd: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config = CoordinatorConfig {
+        namespace: args.namespace,
+        socket: args.socket,
+        socket_mode: args.socket_mode,
+        keep_channels: args.keep_channels,
+    };
+    let coordinator = match Coordinator::start(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shmringd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match signals.wait() {
+        Ok(sig) => tracing::info!(signal = %sig, "stopping"),
+        Err(e) => tracing::error!(error = %e, "sigwait failed; stopping"),
+    }
+    coordinator.stop();
+    ExitCode::SUCCESS
+}

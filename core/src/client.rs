@@ -1,0 +1,413 @@
+//! The client: a process's connection to its coordinator, through which it creates, opens and
+//! inspects channels.
+
+use crate::consumer::Consumer;
+use crate::coordinator::{DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path};
+use crate::error::{Error, Result};
+use crate::layout::{ChannelConfig, Role};
+use crate::producer::Producer;
+use crate::protocol::{
+    self, ChannelInfo, ChannelStats, FrameReader, HELLO_ACCEPTED, HELLO_INCOMPATIBLE, MAX_REPLY,
+    PROTOCOL_VERSION, Reply, Request,
+};
+use crate::segment::{Lease, Segment};
+use crate::sys;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a client waits for the coordinator to answer a request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to a coordinator (`shmringd`, or one embedded with
+/// [`Coordinator::start`](crate::Coordinator::start)).
+///
+/// The coordinator owns the channels: it creates their segments, admits producers and
+/// consumers (an SPSC channel one of each at a time), checks permissions, and repairs what a
+/// process that dies leaves behind. The handles it hands out are the ordinary [`Producer`] and
+/// [`Consumer`]; once open they never talk to the coordinator on the data path.
+///
+/// A `Client` is `Send` and `Sync`; handles keep its connection open for as long as they live.
+/// Requests reconnect by themselves after a coordinator restart. A handle belongs to the
+/// process that opened it: a child forked afterwards opens its own (the client notices the
+/// fork and reconnects as the child).
+///
+/// ```
+/// # use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig};
+/// # let dir = std::env::temp_dir().join(format!("shmring-doc-client-{}", std::process::id()));
+/// # let ns = format!("doc-client-{}", std::process::id());
+/// # let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(dir.join("c.sock")))?;
+/// # unsafe { std::env::set_var("SHMRING_SOCKET", coord.socket_path()) };
+/// // SHMRING_SOCKET, or the default socket, names the coordinator.
+/// let client = Client::connect(None)?;
+/// client.create("orders", &ChannelConfig::mpmc().max_frame_size(256))?;
+/// let mut worker = client.consumer("orders")?;
+/// let mut feed = client.producer("orders")?;
+/// feed.send(b"buy 100")?;
+/// let mut buf = [0u8; 256];
+/// let got = worker.recv(&mut buf)?;
+/// assert_eq!(&buf[..got.len], b"buy 100");
+/// let stats = client.stats("orders")?;
+/// assert_eq!((stats.frames_in, stats.frames_out), (1, 1));
+/// # drop((feed, worker, client));
+/// # coord.stop();
+/// # std::fs::remove_dir(&dir).ok();
+/// # Ok::<(), shmring::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("socket", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    timeout: Duration,
+    conn: Mutex<Option<Conn>>,
+}
+
+/// One connection, made by process `pid`.
+struct Conn {
+    stream: UnixStream,
+    reader: FrameReader,
+    fds: Vec<OwnedFd>,
+    pid: u32,
+    namespace: String,
+    /// Replies still to come for requests sent without waiting (closes).
+    unread: usize,
+}
+
+fn unavailable(path: &Path, e: &std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied(format!(
+            "connecting to the coordinator at {}: {e}",
+            path.display()
+        )),
+        _ => Error::Unavailable(format!(
+            "no coordinator answers at {} ({e}): start `shmringd`, embed one with \
+             Coordinator::start, or set {SOCKET_ENV} to its socket",
+            path.display()
+        )),
+    }
+}
+
+impl Conn {
+    fn open(path: &Path, timeout: Duration) -> Result<Conn> {
+        let stream = UnixStream::connect(path).map_err(|e| unavailable(path, &e))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| Error::os("configuring the coordinator connection", e))?;
+        let mut conn = Conn {
+            stream,
+            reader: FrameReader::new(MAX_REPLY),
+            fds: Vec::new(),
+            pid: sys::pid(),
+            namespace: String::new(),
+            unread: 0,
+        };
+        conn.send(&protocol::client_hello(PROTOCOL_VERSION), path)?;
+        let hello = conn.read_frame(path)?;
+        match protocol::parse_server_hello(&hello) {
+            Some((_, HELLO_ACCEPTED, namespace)) => {
+                conn.namespace = namespace;
+                Ok(conn)
+            }
+            Some((v, HELLO_INCOMPATIBLE, text)) => Err(Error::Incompatible(format!(
+                "coordinator at {} speaks protocol {v}, this library {PROTOCOL_VERSION}: {text}",
+                path.display()
+            ))),
+            Some((_, _, text)) => Err(Error::Incompatible(format!(
+                "coordinator at {} refused the hello: {text}",
+                path.display()
+            ))),
+            None => Err(Error::Incompatible(format!(
+                "{} is not a shmring coordinator's socket",
+                path.display()
+            ))),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
+        sys::send_all(&self.stream, bytes).map_err(|e| unavailable(path, &e))
+    }
+
+    fn read_frame(&mut self, path: &Path) -> Result<Vec<u8>> {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match self.reader.next_frame() {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(len) => {
+                    return Err(Error::Incompatible(format!(
+                        "the coordinator sent a {len}-byte reply, over the limit of {MAX_REPLY}"
+                    )));
+                }
+            }
+            match sys::recv_with_fds(&self.stream, &mut buf, &mut self.fds) {
+                Ok(0) => {
+                    return Err(Error::Unavailable(format!(
+                        "the coordinator at {} closed the connection",
+                        path.display()
+                    )));
+                }
+                Ok(n) => self.reader.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Error::Unavailable(format!(
+                        "the coordinator at {} did not answer in time",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(unavailable(path, &e)),
+            }
+        }
+    }
+
+    /// Reads the replies owed for requests sent without waiting.
+    fn catch_up(&mut self, path: &Path) -> Result<()> {
+        while self.unread > 0 {
+            self.read_frame(path)?;
+            self.unread -= 1;
+            self.fds.clear();
+        }
+        Ok(())
+    }
+
+    /// Whether the coordinator closed this connection (it restarted, or dropped us). Nothing
+    /// is owed on a healthy connection, so anything readable means it is gone.
+    fn is_closed(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+}
+
+impl Shared {
+    /// The connection, (re)made if missing, closed by the coordinator, or inherited from the
+    /// process this one was forked from.
+    fn conn<'a>(&self, slot: &'a mut Option<Conn>) -> Result<&'a mut Conn> {
+        let stale = match slot {
+            Some(c) => c.pid != sys::pid() || c.catch_up(&self.path).is_err() || c.is_closed(),
+            None => true,
+        };
+        if stale {
+            *slot = None;
+            *slot = Some(Conn::open(&self.path, self.timeout)?);
+        }
+        Ok(slot.as_mut().expect("set above"))
+    }
+
+    /// Sends `req` and returns the reply, with the descriptor that came with it.
+    fn request(&self, req: &Request) -> Result<(Reply, Option<OwnedFd>)> {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.exchange(&mut slot, req);
+        if r.is_err() {
+            // In an unknown state (a reply may be half read): start afresh next time.
+            *slot = None;
+        }
+        r
+    }
+
+    fn exchange(&self, slot: &mut Option<Conn>, req: &Request) -> Result<(Reply, Option<OwnedFd>)> {
+        let conn = self.conn(slot)?;
+        conn.send(&protocol::encode(req), &self.path)?;
+        let payload = conn.read_frame(&self.path)?;
+        let reply: Reply = protocol::decode(&payload)?;
+        let fd = if conn.fds.is_empty() {
+            None
+        } else {
+            Some(conn.fds.remove(0))
+        };
+        conn.fds.clear();
+        if let Reply::Error { code, message } = reply {
+            return Err(code.into_error(message));
+        }
+        Ok((reply, fd))
+    }
+
+    /// Sends `req` without waiting for its reply (read before the next request's).
+    fn tell(&self, req: &Request) {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = match self.conn(&mut slot) {
+            Ok(conn) => match conn.send(&protocol::encode(req), &self.path) {
+                Ok(()) => {
+                    conn.unread += 1;
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if !sent {
+            *slot = None;
+        }
+    }
+}
+
+/// Tells the coordinator when a handle it admitted closes.
+struct Registration {
+    shared: Arc<Shared>,
+    channel: String,
+}
+
+impl Lease for Registration {
+    fn closed(&self, role: Role, index: u32, owner: u64) {
+        // Best effort: the handle has freed its entry already; this only keeps the
+        // coordinator's books. A coordinator that is down learns it on adoption.
+        self.shared.tell(&Request::Close {
+            name: self.channel.clone(),
+            role,
+            index,
+            owner,
+        });
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Incompatible(format!("unexpected reply from the coordinator: {reply:?}"))
+}
+
+impl Client {
+    /// Connects to the coordinator listening on `socket`; with `None`, on the socket named by
+    /// the `SHMRING_SOCKET` environment variable, else on the default namespace's
+    /// ([`default_socket_path`]).
+    ///
+    /// Fails with `Unavailable` when no coordinator answers (the message says how to start
+    /// one), `PermissionDenied` when the socket is not this user's to use, and `Incompatible`
+    /// when the coordinator speaks another protocol version.
+    pub fn connect(socket: Option<&Path>) -> Result<Client> {
+        Client::connect_with_timeout(socket, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// As [`Client::connect`], waiting at most `timeout` for each answer of the coordinator.
+    pub fn connect_with_timeout(socket: Option<&Path>, timeout: Duration) -> Result<Client> {
+        let path = match socket {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os(SOCKET_ENV) {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                _ => default_socket_path(DEFAULT_NAMESPACE),
+            },
+        };
+        let conn = Conn::open(&path, timeout)?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                path,
+                timeout,
+                conn: Mutex::new(Some(conn)),
+            }),
+        })
+    }
+
+    /// The socket this client talks to.
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The namespace the coordinator serves.
+    pub fn namespace(&self) -> Result<String> {
+        let mut slot = self.shared.conn.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.shared.conn(&mut slot)?.namespace.clone())
+    }
+
+    /// Creates a channel owned by this process's user, with `config.mode` as its permission
+    /// bits. Fails with `AlreadyExists` if the name is taken, `InvalidArgument` for a bad name
+    /// (`[A-Za-z0-9._-]{1,64}`) or shape.
+    pub fn create(&self, name: &str, config: &ChannelConfig) -> Result<ChannelInfo> {
+        match self.shared.request(&Request::Create {
+            name: name.to_string(),
+            config: *config,
+        })? {
+            (Reply::Channel(info), _) => Ok(info),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a channel (its owner or root only). Processes using it keep their handles; no
+    /// one new is admitted.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        match self.shared.request(&Request::Delete {
+            name: name.to_string(),
+        })? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Every channel of the namespace.
+    pub fn list(&self) -> Result<Vec<ChannelInfo>> {
+        match self.shared.request(&Request::List)? {
+            (Reply::Channels(c), _) => Ok(c),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// One channel's counters (needs read permission).
+    pub fn stats(&self, name: &str) -> Result<ChannelStats> {
+        match self.shared.request(&Request::Stats {
+            name: name.to_string(),
+        })? {
+            (Reply::Stats(s), _) => Ok(s),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks to be admitted to `name` as `role`; returns the segment and the entry.
+    fn open(&self, name: &str, role: Role) -> Result<(Segment, u32, u64)> {
+        let (reply, fd) = self.shared.request(&Request::Open {
+            name: name.to_string(),
+            role,
+        })?;
+        let (index, owner) = match reply {
+            Reply::Opened { index, owner } => (index, owner),
+            other => return Err(unexpected(other)),
+        };
+        let lease: Arc<dyn Lease> = Arc::new(Registration {
+            shared: Arc::clone(&self.shared),
+            channel: name.to_string(),
+        });
+        let Some(fd) = fd else {
+            lease.closed(role, index, owner);
+            return Err(Error::Incompatible(
+                "the coordinator admitted us but sent no segment descriptor".into(),
+            ));
+        };
+        match Segment::attach(&fd, name, crate::DEFAULT_OPEN_TIMEOUT) {
+            Ok(seg) => Ok((seg.leased(name, lease), index, owner)),
+            Err(e) => {
+                lease.closed(role, index, owner);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens `name` as a producer. `Busy` when the channel admits no more producers (an SPSC
+    /// channel admits one at a time), `PermissionDenied` when its mode excludes this user.
+    pub fn producer(&self, name: &str) -> Result<Producer> {
+        let (seg, index, owner) = self.open(name, Role::Producer)?;
+        seg.adopt_producer(index, owner)
+    }
+
+    /// Opens `name` as a consumer. An SPSC consumer resumes exactly where the previous one
+    /// stopped; frames a dead predecessor was handed and never released come first, flagged
+    /// redelivered.
+    pub fn consumer(&self, name: &str) -> Result<Consumer> {
+        let (seg, index, owner) = self.open(name, Role::Consumer)?;
+        seg.adopt_consumer(index, owner)
+    }
+}

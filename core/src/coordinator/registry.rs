@@ -1,0 +1,785 @@
+//! What the coordinator knows: its channels, the client processes it watches, who was admitted
+//! where, and the repairs under way. Answers requests and repairs after deaths; the socket side
+//! is `server.rs`.
+
+use crate::error::{Error, Result};
+use crate::layout::{ChannelConfig, Geometry, Kind, Origin, Role, decode_owner};
+use crate::protocol::{
+    ChannelInfo, ChannelStats, ParticipantInfo, Reply, Request, validate_channel_name,
+};
+use crate::repair::{self, Repaired};
+use crate::segment::{Segment, free_entry, take_entry};
+use crate::sync::Ordering::Relaxed;
+use crate::{sys, wait};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+/// Most channels one coordinator serves.
+pub(super) const MAX_CHANNELS: usize = 4096;
+
+/// Epoll tokens of pidfds carry this bit; the rest is the pid.
+pub(super) const PIDFD_TOKEN: u64 = 1 << 63;
+
+/// Who sent a request: the kernel's record of the connecting process.
+#[derive(Clone, Debug)]
+pub(super) struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// An entry of a channel's participant table that the coordinator admitted a process to (or
+/// found held when it adopted the segment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Admission {
+    channel: String,
+    generation: u64,
+    role: Role,
+    index: u32,
+    owner: u64,
+}
+
+/// A client process: watched through its pidfd while it has a connection or holds an entry.
+struct Proc {
+    pidfd: OwnedFd,
+    start_time: u64,
+    conns: usize,
+    admissions: Vec<Admission>,
+}
+
+/// A dead participant's entry waiting for its repair to finish.
+#[derive(Clone, Debug)]
+struct Dead {
+    role: Role,
+    index: u32,
+    owner: u64,
+    pid: u32,
+    since: Instant,
+}
+
+/// One channel.
+struct Channel {
+    object: CString,
+    seg: Segment,
+    fd: OwnedFd,
+    dead: Vec<Dead>,
+    rate: Rate,
+}
+
+/// Frame rates over the last sampling interval.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    at: Instant,
+    frames_in: u64,
+    frames_out: u64,
+    per_s_in: f64,
+    per_s_out: f64,
+}
+
+/// The coordinator's state.
+pub(super) struct Registry {
+    namespace: String,
+    prefix: String,
+    channels: BTreeMap<String, Channel>,
+    procs: HashMap<u32, Proc>,
+    next_generation: u64,
+}
+
+/// The prefix of the object names of a namespace's segments: `shmring.<namespace>@<euid>.`;
+/// each segment is `<prefix><generation>.<channel>`. The uid keeps two users' namespaces of the
+/// same name apart in the one `/dev/shm`.
+pub(super) fn object_prefix(namespace: &str) -> String {
+    format!("shmring.{namespace}@{}.", sys::euid())
+}
+
+/// The name of the lock file of a namespace, in `/dev/shm` beside its segments.
+pub(super) fn lock_name(namespace: &str) -> String {
+    format!("{}lock", object_prefix(namespace))
+}
+
+fn token_of(pid: u32) -> u64 {
+    PIDFD_TOKEN | u64::from(pid)
+}
+
+/// Whether process `pid`, which started at `start_time` (zero: unknown), is alive; if so, a
+/// pidfd that will tell when it exits.
+fn live_pidfd(pid: u32, start_time: u64) -> Option<OwnedFd> {
+    let same = |s: sys::ProcStat| !s.exited && (start_time == 0 || s.start_time == start_time);
+    if pid == 0 || !same(sys::proc_stat(pid)?) {
+        return None;
+    }
+    let fd = sys::pidfd_open(pid).ok()?;
+    // Checked again now that the pidfd pins the process: the pid may have been reused between
+    // the first look and pidfd_open.
+    (same(sys::proc_stat(pid)?) && !sys::pidfd_exited(&fd)).then_some(fd)
+}
+
+/// Whether `peer` may access a channel of `origin` for `want` (a mask of 4 = read, 2 = write),
+/// by the owner/group/other bits of its mode, as for a file; root may do anything.
+fn permits(peer: &Peer, origin: &Origin, want: u32) -> bool {
+    if peer.uid == 0 {
+        return true;
+    }
+    let shift = if peer.uid == origin.owner_uid {
+        6
+    } else if peer.gid == origin.owner_gid || peer.groups.contains(&origin.owner_gid) {
+        3
+    } else {
+        0
+    };
+    (origin.mode >> shift) & want == want
+}
+
+impl Registry {
+    pub(super) fn new(namespace: &str) -> Registry {
+        Registry {
+            namespace: namespace.to_string(),
+            prefix: object_prefix(namespace),
+            channels: BTreeMap::new(),
+            procs: HashMap::new(),
+            next_generation: 1,
+        }
+    }
+
+    /// Adopts the namespace's segments left by a previous coordinator: validates each, keeps
+    /// the newest generation of every channel, removes what cannot be used, watches the live
+    /// owners of entries and repairs what the dead ones left.
+    pub(super) fn adopt(&mut self, epoll: &Epoll) -> Result<()> {
+        let lock = lock_name(&self.namespace);
+        let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        for obj in sys::shm_list(&self.prefix)? {
+            if obj == lock {
+                continue;
+            }
+            let parsed = obj[self.prefix.len()..]
+                .split_once('.')
+                .and_then(|(g, name)| Some((g.parse::<u64>().ok()?, name.to_string())))
+                .filter(|(_, name)| validate_channel_name(name).is_ok());
+            let Some((generation, name)) = parsed else {
+                tracing::warn!(object = %obj, "removing a segment whose name is not <generation>.<channel>");
+                self.remove_object(&obj);
+                continue;
+            };
+            self.next_generation = self.next_generation.max(generation + 1);
+            match newest.get(&name) {
+                Some((g, old)) if *g > generation => {
+                    tracing::warn!(object = %obj, newer = %old, "removing an older generation of a channel");
+                    self.remove_object(&obj);
+                }
+                Some((_, old)) => {
+                    tracing::warn!(object = %old, newer = %obj, "removing an older generation of a channel");
+                    let old = old.clone();
+                    self.remove_object(&old);
+                    newest.insert(name, (generation, obj));
+                }
+                None => {
+                    newest.insert(name, (generation, obj));
+                }
+            }
+        }
+        for (name, (generation, obj)) in newest {
+            match self.adopt_one(epoll, &name, generation, &obj) {
+                Ok(()) => tracing::info!(channel = %name, generation, "adopted"),
+                Err(e) => {
+                    tracing::warn!(object = %obj, error = %e, "removing a segment that cannot be adopted");
+                    self.remove_object(&obj);
+                }
+            }
+        }
+        self.repair_pending();
+        Ok(())
+    }
+
+    fn adopt_one(&mut self, epoll: &Epoll, name: &str, generation: u64, obj: &str) -> Result<()> {
+        let object = CString::new(format!("/{obj}")).expect("listed names hold no NUL");
+        let fd = sys::shm_open(&object)?;
+        // A segment still initialising was being created when the previous coordinator died.
+        let seg = Segment::attach(&fd, obj, Duration::ZERO)?;
+        if seg.origin().generation != generation {
+            return Err(Error::Corrupted(format!(
+                "its header says generation {}, its name {generation}",
+                seg.origin().generation
+            )));
+        }
+        let mem = &seg.mem;
+        // Relaxed: information only (who adopted the segment).
+        mem.repair_line()
+            .owner
+            .store(u64::from(sys::pid()), Relaxed);
+        let geo = *mem.geometry();
+        let mut dead = Vec::new();
+        for (role, n) in [
+            (Role::Producer, geo.max_producers),
+            (Role::Consumer, geo.max_consumers),
+        ] {
+            for index in 0..n {
+                let p = mem.participant(role, index).expect("index below the table size");
+                // Relaxed: the coordinator is the only one admitting; the owners' own stores
+                // to the entry are not needed to decide liveness.
+                let owner = p.owner.load(Relaxed);
+                let (pid, _) = decode_owner(owner);
+                if pid == 0 {
+                    continue;
+                }
+                let start_time = p.start_time.load(Relaxed);
+                let adm = Admission {
+                    channel: name.to_string(),
+                    generation,
+                    role,
+                    index,
+                    owner,
+                };
+                if let Some(proc) = self.procs.get_mut(&pid)
+                    && (proc.start_time == start_time || start_time == 0)
+                {
+                    proc.admissions.push(adm);
+                    continue;
+                }
+                match live_pidfd(pid, start_time) {
+                    Some(pidfd) => {
+                        epoll
+                            .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token_of(pid)))
+                            .map_err(|e| Error::os("watching a process", e))?;
+                        self.procs.insert(
+                            pid,
+                            Proc {
+                                pidfd,
+                                start_time,
+                                conns: 0,
+                                admissions: vec![adm],
+                            },
+                        );
+                    }
+                    None => dead.push(Dead {
+                        role,
+                        index,
+                        owner,
+                        pid,
+                        since: Instant::now(),
+                    }),
+                }
+            }
+        }
+        let is_dead =
+            |role: Role, i: u32| dead.iter().any(|d: &Dead| d.role == role && d.index == i);
+        let finished = repair::finish_repair_claim(mem, &is_dead)?;
+        repair::count(mem, &finished, false);
+        let stats = seg.stats();
+        self.channels.insert(
+            name.to_string(),
+            Channel {
+                object,
+                fd,
+                dead,
+                rate: Rate {
+                    at: Instant::now(),
+                    frames_in: stats.frames_in,
+                    frames_out: stats.frames_out,
+                    per_s_in: 0.0,
+                    per_s_out: 0.0,
+                },
+                seg,
+            },
+        );
+        if finished.pending {
+            // The dead coordinator's claim is retried with the first repair pass.
+            tracing::info!(channel = %name, "a dead coordinator's repair claim is pending");
+        }
+        Ok(())
+    }
+
+    fn remove_object(&self, obj: &str) {
+        let object = CString::new(format!("/{obj}")).expect("listed names hold no NUL");
+        if let Err(e) = sys::shm_unlink(&object) {
+            tracing::warn!(object = %obj, error = %e, "cannot remove segment");
+        }
+    }
+
+    /// Unlinks every channel's segment (the namespace is shutting down).
+    pub(super) fn remove_all(&mut self) {
+        for (name, ch) in std::mem::take(&mut self.channels) {
+            if let Err(e) = sys::shm_unlink(&ch.object) {
+                tracing::warn!(channel = %name, error = %e, "cannot remove segment");
+            }
+        }
+    }
+
+    /// A client process connected. Returns the pidfd to watch if the process is new.
+    pub(super) fn connected(&mut self, epoll: &Epoll, pid: u32, pidfd: OwnedFd) -> Result<()> {
+        let start_time = sys::proc_stat(pid).map_or(0, |s| s.start_time);
+        if let Some(p) = self.procs.get(&pid)
+            && p.start_time != start_time
+        {
+            // The pid was reused: the process we knew by it is gone.
+            self.exited(epoll, pid);
+        }
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.conns += 1;
+            return Ok(());
+        }
+        epoll
+            .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token_of(pid)))
+            .map_err(|e| Error::os("watching a client process", e))?;
+        self.procs.insert(
+            pid,
+            Proc {
+                pidfd,
+                start_time,
+                conns: 1,
+                admissions: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A connection of process `pid` closed. The process stays watched while it holds entries.
+    pub(super) fn disconnected(&mut self, epoll: &Epoll, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.conns = p.conns.saturating_sub(1);
+        }
+        self.forget_if_idle(epoll, pid);
+    }
+
+    fn forget_if_idle(&mut self, epoll: &Epoll, pid: u32) {
+        if let Some(p) = self.procs.get(&pid)
+            && p.conns == 0
+            && p.admissions.is_empty()
+        {
+            let _ = epoll.delete(&p.pidfd);
+            self.procs.remove(&pid);
+        }
+    }
+
+    /// Process `pid` exited (its pidfd became readable): every entry it held is repaired.
+    pub(super) fn exited(&mut self, epoll: &Epoll, pid: u32) {
+        let Some(p) = self.procs.remove(&pid) else {
+            return;
+        };
+        let _ = epoll.delete(&p.pidfd);
+        let now = Instant::now();
+        for a in p.admissions {
+            let Some(ch) = self.channels.get_mut(&a.channel) else {
+                continue;
+            };
+            if ch.seg.origin().generation != a.generation {
+                continue;
+            }
+            tracing::info!(channel = %a.channel, role = %a.role, index = a.index, pid, "participant died");
+            ch.dead.push(Dead {
+                role: a.role,
+                index: a.index,
+                owner: a.owner,
+                pid,
+                since: now,
+            });
+        }
+        self.repair_pending();
+    }
+
+    /// Whether some repair could not finish yet.
+    pub(super) fn has_pending(&self) -> bool {
+        self.channels.values().any(|c| !c.dead.is_empty())
+    }
+
+    /// Runs the repairs of every channel with dead entries.
+    pub(super) fn repair_pending(&mut self) {
+        for (name, ch) in &mut self.channels {
+            if !ch.dead.is_empty() {
+                repair_channel(name, ch);
+            }
+        }
+    }
+
+    /// Samples every channel's frame counters (called about once a second).
+    pub(super) fn sample_rates(&mut self) {
+        let now = Instant::now();
+        for ch in self.channels.values_mut() {
+            let s = ch.seg.stats();
+            let dt = now.duration_since(ch.rate.at).as_secs_f64();
+            if dt > 0.0 {
+                ch.rate = Rate {
+                    at: now,
+                    frames_in: s.frames_in,
+                    frames_out: s.frames_out,
+                    per_s_in: s.frames_in.wrapping_sub(ch.rate.frames_in) as f64 / dt,
+                    per_s_out: s.frames_out.wrapping_sub(ch.rate.frames_out) as f64 / dt,
+                };
+            }
+        }
+    }
+
+    /// Answers a request. A reply may carry a descriptor to send with it.
+    pub(super) fn handle(
+        &mut self,
+        epoll: &Epoll,
+        peer: &Peer,
+        req: Request,
+    ) -> (Reply, Option<OwnedFd>) {
+        let r = match req {
+            Request::Create { name, config } => self
+                .create(peer, &name, &config)
+                .map(|info| (Reply::Channel(info), None)),
+            Request::Open { name, role } => self
+                .open(epoll, peer, &name, role)
+                .map(|(index, owner, fd)| (Reply::Opened { index, owner }, Some(fd))),
+            Request::Close {
+                name,
+                role,
+                index,
+                owner,
+            } => {
+                self.close(epoll, peer, &name, role, index, owner);
+                Ok((Reply::Done, None))
+            }
+            Request::Delete { name } => self.delete(peer, &name).map(|()| (Reply::Done, None)),
+            Request::List => Ok((
+                Reply::Channels(
+                    self.channels
+                        .iter()
+                        .map(|(name, ch)| info(name, &ch.seg))
+                        .collect(),
+                ),
+                None,
+            )),
+            Request::Stats { name } => self
+                .stats(peer, &name)
+                .map(|s| (Reply::Stats(s), None)),
+        };
+        r.unwrap_or_else(|e| {
+            let (code, message) = crate::protocol::ErrorCode::of(&e);
+            (Reply::Error { code, message }, None)
+        })
+    }
+
+    fn channel(&self, name: &str) -> Result<&Channel> {
+        validate_channel_name(name)?;
+        self.channels.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no channel {name:?} in namespace {:?} (create it first: `shmring create {name}`)",
+                self.namespace
+            ))
+        })
+    }
+
+    fn create(&mut self, peer: &Peer, name: &str, config: &ChannelConfig) -> Result<ChannelInfo> {
+        validate_channel_name(name)?;
+        if let Some(ch) = self.channels.get(name) {
+            return Err(Error::AlreadyExists(format!(
+                "channel {name:?} exists (generation {}); delete it first to change its shape",
+                ch.seg.origin().generation
+            )));
+        }
+        if self.channels.len() >= MAX_CHANNELS {
+            return Err(Error::Busy(format!(
+                "namespace {:?} has {MAX_CHANNELS} channels, the most one coordinator serves",
+                self.namespace
+            )));
+        }
+        Geometry::new(config)?;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let object = CString::new(format!("/{}{generation}.{name}", self.prefix))
+            .expect("validated names hold no NUL");
+        let (seg, fd) =
+            Segment::create_object(&object, config, generation, (peer.uid, peer.gid))?;
+        if sys::euid() == 0
+            && peer.uid != 0
+            && let Err(e) = sys::fchown(&fd, peer.uid, peer.gid)
+        {
+            tracing::warn!(channel = %name, error = %e, "cannot give the segment to its owner");
+        }
+        // Relaxed: information only.
+        seg.mem
+            .repair_line()
+            .owner
+            .store(u64::from(sys::pid()), Relaxed);
+        let stats = seg.stats();
+        let info = info(name, &seg);
+        tracing::info!(channel = %name, kind = %config.kind, generation, uid = peer.uid, mode = format_args!("{:o}", config.mode), "created");
+        self.channels.insert(
+            name.to_string(),
+            Channel {
+                object,
+                seg,
+                fd,
+                dead: Vec::new(),
+                rate: Rate {
+                    at: Instant::now(),
+                    frames_in: stats.frames_in,
+                    frames_out: stats.frames_out,
+                    per_s_in: 0.0,
+                    per_s_out: 0.0,
+                },
+            },
+        );
+        Ok(info)
+    }
+
+    fn open(
+        &mut self,
+        epoll: &Epoll,
+        peer: &Peer,
+        name: &str,
+        role: Role,
+    ) -> Result<(u32, u64, OwnedFd)> {
+        let ch = self.channel(name)?;
+        let origin = ch.seg.origin();
+        if !permits(peer, &origin, 6) {
+            return Err(Error::PermissionDenied(format!(
+                "channel {name:?} (owner uid {}, gid {}, mode {:o}) does not admit uid {} gid {}",
+                origin.owner_uid, origin.owner_gid, origin.mode, peer.uid, peer.gid
+            )));
+        }
+        let generation = origin.generation;
+        let start_time = self
+            .procs
+            .get(&peer.pid)
+            .map_or(0, |p| p.start_time);
+        let mem = std::sync::Arc::clone(&ch.seg.mem);
+        let taken = match take_entry(&mem, role, peer.pid, start_time) {
+            Err(Error::Busy(_)) => {
+                // A holder may have died a moment ago, its pidfd event not yet handled.
+                self.reap_holders(epoll, name, role);
+                take_entry(&mem, role, peer.pid, start_time)
+            }
+            other => other,
+        };
+        let (index, owner) = taken.map_err(|e| match e {
+            Error::Busy(m) => {
+                let pending = self
+                    .channels
+                    .get(name)
+                    .is_some_and(|c| c.dead.iter().any(|d| d.role == role));
+                Error::Busy(if pending {
+                    format!("{m}; a dead {role}'s entry is being repaired: try again shortly")
+                } else {
+                    format!("channel {name:?}: {m}")
+                })
+            }
+            other => other,
+        })?;
+        let fd = self.channels[name]
+            .fd
+            .try_clone()
+            .map_err(|e| Error::os("duplicating a segment descriptor", e));
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => {
+                free_entry(&mem, role, index, owner);
+                return Err(e);
+            }
+        };
+        match self.procs.get_mut(&peer.pid) {
+            Some(p) => p.admissions.push(Admission {
+                channel: name.to_string(),
+                generation,
+                role,
+                index,
+                owner,
+            }),
+            None => {
+                // Not watched (cannot happen for a connected client): do not admit blind.
+                free_entry(&mem, role, index, owner);
+                return Err(Error::Unavailable(format!(
+                    "pid {} is not being watched",
+                    peer.pid
+                )));
+            }
+        }
+        tracing::debug!(channel = %name, role = %role, index, pid = peer.pid, "admitted");
+        Ok((index, owner, fd))
+    }
+
+    /// Handles the deaths of holders of `role` entries of channel `name` whose pidfds are
+    /// readable but not yet seen by the event loop.
+    fn reap_holders(&mut self, epoll: &Epoll, name: &str, role: Role) {
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| {
+                p.admissions
+                    .iter()
+                    .any(|a| a.channel == name && a.role == role)
+                    && sys::pidfd_exited(&p.pidfd)
+            })
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in gone {
+            self.exited(epoll, pid);
+        }
+    }
+
+    fn close(&mut self, epoll: &Epoll, peer: &Peer, name: &str, role: Role, index: u32, owner: u64) {
+        let Some(p) = self.procs.get_mut(&peer.pid) else {
+            return;
+        };
+        let before = p.admissions.len();
+        p.admissions
+            .retain(|a| !(a.channel == name && a.role == role && a.index == index && a.owner == owner));
+        if p.admissions.len() != before
+            && let Some(ch) = self.channels.get(name)
+        {
+            // The handle freed the entry itself; this covers one that could not.
+            free_entry(&ch.seg.mem, role, index, owner);
+        }
+        self.forget_if_idle(epoll, peer.pid);
+    }
+
+    fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {
+        let ch = self.channel(name)?;
+        let origin = ch.seg.origin();
+        if peer.uid != 0 && peer.uid != origin.owner_uid {
+            return Err(Error::PermissionDenied(format!(
+                "channel {name:?} belongs to uid {}; only its owner or root may delete it",
+                origin.owner_uid
+            )));
+        }
+        let ch = self.channels.remove(name).expect("looked up above");
+        sys::shm_unlink(&ch.object)?;
+        for p in self.procs.values_mut() {
+            p.admissions
+                .retain(|a| !(a.channel == name && a.generation == origin.generation));
+        }
+        tracing::info!(channel = %name, generation = origin.generation, "deleted");
+        Ok(())
+    }
+
+    fn stats(&self, peer: &Peer, name: &str) -> Result<ChannelStats> {
+        let ch = self.channel(name)?;
+        if !permits(peer, &ch.seg.origin(), 4) {
+            return Err(Error::PermissionDenied(format!(
+                "channel {name:?} is not readable by uid {}",
+                peer.uid
+            )));
+        }
+        let s = ch.seg.stats();
+        let participants = s
+            .producers
+            .iter()
+            .map(|p| (Role::Producer, p))
+            .chain(s.consumers.iter().map(|p| (Role::Consumer, p)))
+            .map(|(role, p)| ParticipantInfo {
+                role,
+                index: p.index,
+                pid: p.pid,
+                frames: p.frames,
+                bytes: p.bytes,
+            })
+            .collect();
+        Ok(ChannelStats {
+            info: info(name, &ch.seg),
+            frames_in: s.frames_in,
+            bytes_in: s.bytes_in,
+            frames_out: s.frames_out,
+            bytes_out: s.bytes_out,
+            rate_in: ch.rate.per_s_in,
+            rate_out: ch.rate.per_s_out,
+            participants,
+            repairs: s.repairs,
+            redelivered: s.redelivered,
+            skipped: s.skipped,
+        })
+    }
+}
+
+/// Repairs what a channel's dead participants left, freeing each entry once its repair is
+/// complete, and wakes whoever sleeps on the channel so that they look again.
+fn repair_channel(name: &str, ch: &mut Channel) {
+    let mem = std::sync::Arc::clone(&ch.seg.mem);
+    let known: Vec<(Role, u32)> = ch.dead.iter().map(|d| (d.role, d.index)).collect();
+    let is_dead = |role: Role, i: u32| known.contains(&(role, i));
+    let mut progress = false;
+    ch.dead.retain(|d| {
+        let Some(entry) = mem.participant(d.role, d.index) else {
+            return false;
+        };
+        // Relaxed: only the coordinator admits; the dead owner cannot change it.
+        if entry.owner.load(Relaxed) != d.owner {
+            return false; // the handle closed (and freed it) before the process died
+        }
+        let done = match repair::repair_participant(&mem, d.role, d.index, &is_dead) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(channel = %name, role = %d.role, index = d.index, error = %e,
+                    "cannot repair a dead participant's entry: freeing it as it is");
+                Repaired::default()
+            }
+        };
+        progress |= done != Repaired::default();
+        if done.pending {
+            repair::count(&mem, &done, false);
+            return true;
+        }
+        free_entry(&mem, d.role, d.index, d.owner);
+        repair::count(&mem, &done, true);
+        progress = true;
+        tracing::info!(
+            channel = %name, role = %d.role, index = d.index, pid = d.pid,
+            skipped = done.skipped, redelivered = done.redelivered,
+            after_us = d.since.elapsed().as_micros() as u64,
+            "repaired"
+        );
+        false
+    });
+    if progress {
+        // Sleepers re-check: consumers may have skips or redelivered frames to take, producers
+        // may have room.
+        wait::notify(mem.producer_line(), false);
+        wait::notify(mem.consumer_line(), false);
+    }
+}
+
+/// `list`'s view of a channel.
+fn info(name: &str, seg: &Segment) -> ChannelInfo {
+    let geo = seg.geometry();
+    let origin = seg.origin();
+    let s = seg.stats();
+    ChannelInfo {
+        name: name.to_string(),
+        kind: geo.kind,
+        capacity_bytes: geo.data_len as u64,
+        slots: if geo.kind == Kind::Mpmc { geo.capacity } else { 0 },
+        max_frame_size: geo.max_frame_size,
+        max_producers: geo.max_producers,
+        max_consumers: geo.max_consumers,
+        mode: origin.mode,
+        owner_uid: origin.owner_uid,
+        owner_gid: origin.owner_gid,
+        generation: origin.generation,
+        created_unix_ns: origin.created_unix_ns,
+        producers: s.producers.len() as u32,
+        consumers: s.consumers.len() as u32,
+        depth: s.depth,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_bits_apply_as_for_files() {
+        let origin = Origin {
+            owner_uid: 1000,
+            owner_gid: 100,
+            mode: 0o640,
+            ..Origin::default()
+        };
+        let peer = |uid, gid, groups: Vec<u32>| Peer {
+            pid: 1,
+            uid,
+            gid,
+            groups,
+        };
+        assert!(permits(&peer(1000, 5, vec![]), &origin, 6));
+        assert!(permits(&peer(0, 0, vec![]), &origin, 6));
+        assert!(permits(&peer(2000, 100, vec![]), &origin, 4));
+        assert!(!permits(&peer(2000, 100, vec![]), &origin, 6));
+        assert!(permits(&peer(2000, 7, vec![100]), &origin, 4));
+        assert!(!permits(&peer(2000, 7, vec![]), &origin, 4));
+    }
+}

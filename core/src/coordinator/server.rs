@@ -1,0 +1,413 @@
+//! The coordinator's event loop: one thread, one epoll set holding the listening socket, every
+//! client connection, every watched process's pidfd and a stop socket. Nothing blocks: reads
+//! and writes are non-blocking with per-connection buffers, so a slow or hostile client cannot
+//! delay the repair of another's channel.
+
+use super::registry::{PIDFD_TOKEN, Peer, Registry};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    self, ErrorCode, FrameReader, HELLO_ACCEPTED, HELLO_INCOMPATIBLE, HELLO_NOT_A_HELLO,
+    MAX_REQUEST, PROTOCOL_VERSION, Reply, Request,
+};
+use crate::sys;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
+const FIRST_CONN: u64 = 2;
+
+/// Most client connections at once.
+const MAX_CONNECTIONS: usize = 4096;
+/// Most reply bytes queued for one client before it is dropped as not reading.
+const MAX_QUEUED: usize = 16 << 20;
+/// How often frame rates are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How soon a pending repair is tried again.
+const RETRY_PENDING: u16 = 1; // ms
+
+/// A reply waiting to be written, with the descriptor to attach to its first byte.
+struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+    fd: Option<OwnedFd>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    peer: Peer,
+    reader: FrameReader,
+    greeted: bool,
+    out: VecDeque<Outgoing>,
+    queued: usize,
+    /// Close once the queued replies are written (after a protocol violation).
+    closing: bool,
+    /// EPOLLOUT is registered.
+    writing: bool,
+}
+
+pub(super) struct Server {
+    epoll: Epoll,
+    listener: UnixListener,
+    stop: UnixStream,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    pub(super) registry: Registry,
+    namespace: String,
+}
+
+fn interest(write: bool) -> EpollFlags {
+    let base = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+    if write {
+        base | EpollFlags::EPOLLOUT
+    } else {
+        base
+    }
+}
+
+impl Server {
+    /// A server over a bound, listening socket; adopts the namespace's existing segments.
+    pub(super) fn new(
+        listener: UnixListener,
+        stop: UnixStream,
+        namespace: &str,
+    ) -> Result<Server> {
+        let epoll = Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|e| Error::os("creating an epoll set", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::os("configuring the control socket", e))?;
+        stop.set_nonblocking(true)
+            .map_err(|e| Error::os("configuring the stop socket", e))?;
+        epoll
+            .add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
+            .map_err(|e| Error::os("watching the control socket", e))?;
+        epoll
+            .add(&stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
+            .map_err(|e| Error::os("watching the stop socket", e))?;
+        let mut registry = Registry::new(namespace);
+        registry.adopt(&epoll)?;
+        Ok(Server {
+            epoll,
+            listener,
+            stop,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN,
+            registry,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    /// Serves until the stop socket becomes readable (or is closed).
+    pub(super) fn run(&mut self) {
+        let mut events = vec![EpollEvent::empty(); 256];
+        let mut next_sample = Instant::now() + SAMPLE_EVERY;
+        loop {
+            let timeout = if self.registry.has_pending() {
+                EpollTimeout::from(RETRY_PENDING)
+            } else {
+                let ms = next_sample
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(u128::from(u16::MAX)) as u16;
+                EpollTimeout::from(ms)
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed; the coordinator stops");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept(),
+                    STOP => {
+                        let mut b = [0u8; 16];
+                        match (&self.stop).read(&mut b) {
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                            _ => return,
+                        }
+                    }
+                    t if t & PIDFD_TOKEN != 0 => {
+                        let pid = (t & !PIDFD_TOKEN) as u32;
+                        self.registry.exited(&self.epoll, pid);
+                        // Connections the dead process shared with a forked child speak with
+                        // its credentials: close them (the child's client reconnects).
+                        let ids: Vec<u64> = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.peer.pid == pid)
+                            .map(|(&id, _)| id)
+                            .collect();
+                        for id in ids {
+                            self.drop_conn(id);
+                        }
+                    }
+                    id => self.conn_event(id, ev.events()),
+                }
+            }
+            if self.registry.has_pending() {
+                self.registry.repair_pending();
+            }
+            if Instant::now() >= next_sample {
+                self.registry.sample_rates();
+                next_sample = Instant::now() + SAMPLE_EVERY;
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            if self.conns.len() >= MAX_CONNECTIONS {
+                tracing::warn!("refusing a client: {MAX_CONNECTIONS} connections are open");
+                continue;
+            }
+            if let Err(e) = self.admit_conn(stream) {
+                tracing::warn!(error = %e, "dropping a client connection");
+            }
+        }
+    }
+
+    fn admit_conn(&mut self, stream: UnixStream) -> Result<()> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::os("configuring a client connection", e))?;
+        let cred = sys::peer_cred(&stream)?;
+        let pidfd = sys::peer_pidfd(&stream, cred.pid)?;
+        let peer = Peer {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+            groups: sys::supplementary_groups(cred.pid),
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.epoll
+            .add(&stream, EpollEvent::new(interest(false), id))
+            .map_err(|e| Error::os("watching a client connection", e))?;
+        if let Err(e) = self.registry.connected(&self.epoll, peer.pid, pidfd) {
+            let _ = self.epoll.delete(&stream);
+            return Err(e);
+        }
+        tracing::debug!(pid = peer.pid, uid = peer.uid, "client connected");
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                peer,
+                reader: FrameReader::new(MAX_REQUEST),
+                greeted: false,
+                out: VecDeque::new(),
+                queued: 0,
+                closing: false,
+                writing: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn conn_event(&mut self, id: u64, flags: EpollFlags) {
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(id);
+        }
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP)
+        {
+            self.read(id);
+        }
+        if flags.contains(EpollFlags::EPOLLERR) {
+            self.drop_conn(id);
+        }
+    }
+
+    /// Reads what the client sent and answers every complete request.
+    fn read(&mut self, id: u64) {
+        let mut buf = [0u8; 16 << 10];
+        let mut eof = false;
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            match (&c.stream).read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    if !c.closing {
+                        c.reader.push(&buf[..n]);
+                    }
+                    self.process(id);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            self.drop_conn(id);
+        }
+    }
+
+    /// Answers the complete frames buffered for connection `id`.
+    fn process(&mut self, id: u64) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if c.closing {
+                return;
+            }
+            let payload = match c.reader.next_frame() {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(len) => {
+                    let text = format!(
+                        "control message of {len} bytes exceeds the limit of {MAX_REQUEST} bytes"
+                    );
+                    tracing::warn!(pid = c.peer.pid, "{text}; closing the connection");
+                    let greeted = c.greeted;
+                    if greeted {
+                        self.reply_error(id, ErrorCode::InvalidArgument, text);
+                    } else {
+                        self.queue(id, protocol::server_hello(HELLO_NOT_A_HELLO, &text), None);
+                    }
+                    self.close_after_flush(id);
+                    return;
+                }
+            };
+            if !c.greeted {
+                self.hello(id, &payload);
+                continue;
+            }
+            let peer = c.peer.clone();
+            match protocol::decode::<Request>(&payload) {
+                Ok(req) => {
+                    let (reply, fd) = self.registry.handle(&self.epoll, &peer, req);
+                    self.queue(id, protocol::encode(&reply), fd);
+                }
+                Err(e) => {
+                    tracing::warn!(pid = peer.pid, error = %e, "malformed request; closing the connection");
+                    self.reply_error(id, ErrorCode::Incompatible, e.to_string());
+                    self.close_after_flush(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn hello(&mut self, id: u64, payload: &[u8]) {
+        match protocol::parse_client_hello(payload) {
+            Some(PROTOCOL_VERSION) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.greeted = true;
+                }
+                let ns = self.namespace.clone();
+                self.queue(id, protocol::server_hello(HELLO_ACCEPTED, &ns), None);
+            }
+            Some(v) => {
+                let text = format!(
+                    "the client speaks control protocol version {v}, this coordinator speaks \
+                     {PROTOCOL_VERSION}: use a shmring library and shmringd of the same release"
+                );
+                self.queue(id, protocol::server_hello(HELLO_INCOMPATIBLE, &text), None);
+                self.close_after_flush(id);
+            }
+            None => {
+                let text = "expected a shmring hello (\"shmring\\0\" and a protocol version)";
+                self.queue(id, protocol::server_hello(HELLO_NOT_A_HELLO, text), None);
+                self.close_after_flush(id);
+            }
+        }
+    }
+
+    fn reply_error(&mut self, id: u64, code: ErrorCode, message: String) {
+        self.queue(id, protocol::encode(&Reply::Error { code, message }), None);
+    }
+
+    fn close_after_flush(&mut self, id: u64) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.closing = true;
+        }
+        self.flush(id);
+    }
+
+    fn queue(&mut self, id: u64, bytes: Vec<u8>, fd: Option<OwnedFd>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.queued += bytes.len();
+        if c.queued > MAX_QUEUED {
+            tracing::warn!(pid = c.peer.pid, "client does not read its replies; closing");
+            self.drop_conn(id);
+            return;
+        }
+        c.out.push_back(Outgoing {
+            bytes,
+            sent: 0,
+            fd,
+        });
+        self.flush(id);
+    }
+
+    /// Writes queued replies until done or the socket is full (then waits for EPOLLOUT).
+    fn flush(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while let Some(front) = c.out.front_mut() {
+            let fd = front.fd.as_ref().map(|f| f.as_raw_fd());
+            match sys::send_nonblocking(&c.stream, &front.bytes[front.sent..], fd) {
+                Ok(n) => {
+                    front.sent += n;
+                    front.fd = None; // travelled with the first byte
+                    if front.sent == front.bytes.len() {
+                        c.queued -= front.bytes.len();
+                        c.out.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(id);
+                    return;
+                }
+            }
+        }
+        let want_write = !c.out.is_empty();
+        if want_write != c.writing {
+            c.writing = want_write;
+            let mut ev = EpollEvent::new(interest(want_write), id);
+            let _ = self.epoll.modify(&c.stream, &mut ev);
+        }
+        if c.out.is_empty() && c.closing {
+            self.drop_conn(id);
+        }
+    }
+
+    fn drop_conn(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            let _ = self.epoll.delete(&c.stream);
+            self.registry.disconnected(&self.epoll, c.peer.pid);
+            tracing::debug!(pid = c.peer.pid, "client disconnected");
+        }
+    }
+}

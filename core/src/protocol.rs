@@ -1,0 +1,476 @@
+//! The control protocol between clients and the coordinator (`shmringd` or an embedded
+//! [`Coordinator`](crate::Coordinator)), over a Unix stream socket.
+//!
+//! Every message is a *frame*: a little-endian `u32` length, then that many bytes. The first
+//! frame each way is a **hello** in a fixed format that no version will change, so that a
+//! client and a coordinator of different protocol versions always understand each other well
+//! enough to say so:
+//!
+//! ```text
+//! client hello:  "shmring\0" | version: u32 LE
+//! server hello:  "shmring\0" | version: u32 LE | status: u8 | text (UTF-8)
+//!                status 0: accepted, text = the namespace
+//!                status 1: incompatible versions, text = what to do
+//!                status 2: not a hello, text = what was expected
+//! ```
+//!
+//! After an accepted hello the client sends [`Request`]s and gets exactly one [`Reply`] each,
+//! in order, encoded with postcard. A [`Reply::Opened`] carries the channel's shared-memory
+//! descriptor as `SCM_RIGHTS` ancillary data on its first byte. A request over
+//! [`MAX_REQUEST`] bytes, or one that does not decode, gets a [`Reply::Error`] and the
+//! connection is closed; the coordinator never panics on any input.
+
+use crate::error::Error;
+use crate::layout::{ChannelConfig, Kind, Role};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this library speaks. Bumped on any incompatible change to
+/// [`Request`] or [`Reply`]; the hello format never changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first eight bytes of both hellos.
+pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
+
+/// Largest request frame a coordinator accepts, in bytes.
+pub const MAX_REQUEST: usize = 64 << 10;
+
+/// Largest reply frame a client accepts, in bytes.
+pub const MAX_REPLY: usize = 4 << 20;
+
+/// Longest channel name.
+pub const MAX_CHANNEL_NAME: usize = 64;
+
+/// Longest namespace name.
+pub const MAX_NAMESPACE: usize = 32;
+
+/// Checks a channel name: 1 to [`MAX_CHANNEL_NAME`] characters of `[A-Za-z0-9._-]`, not `.`
+/// or `..`.
+pub fn validate_channel_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "channel name {name:?} must be 1 to {MAX_CHANNEL_NAME} characters of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+/// Checks a namespace name: 1 to [`MAX_NAMESPACE`] characters of `[A-Za-z0-9_-]` (no dots: a
+/// namespace is the first dot-separated part of its segments' object names).
+pub fn validate_namespace(ns: &str) -> Result<(), Error> {
+    let ok = !ns.is_empty()
+        && ns.len() <= MAX_NAMESPACE
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "namespace {ns:?} must be 1 to {MAX_NAMESPACE} characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// What a client asks of the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Create a channel owned by the caller.
+    Create {
+        /// Channel name.
+        name: String,
+        /// Its shape and permission bits.
+        config: ChannelConfig,
+    },
+    /// Admit the caller as a producer or consumer; answered with [`Reply::Opened`].
+    Open {
+        /// Channel name.
+        name: String,
+        /// The role asked for.
+        role: Role,
+    },
+    /// The caller's handle on an entry it was admitted to has closed.
+    Close {
+        /// Channel name.
+        name: String,
+        /// The handle's role.
+        role: Role,
+        /// Its entry.
+        index: u32,
+        /// The owner word it was admitted with.
+        owner: u64,
+    },
+    /// Remove a channel (its owner or root only).
+    Delete {
+        /// Channel name.
+        name: String,
+    },
+    /// Describe every channel.
+    List,
+    /// Counters of one channel.
+    Stats {
+        /// Channel name.
+        name: String,
+    },
+}
+
+/// The coordinator's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Done (close, delete).
+    Done,
+    /// The channel created.
+    Channel(ChannelInfo),
+    /// Admitted: the segment's descriptor travels with this reply.
+    Opened {
+        /// The entry admitted to.
+        index: u32,
+        /// Its owner word.
+        owner: u64,
+    },
+    /// Every channel.
+    Channels(Vec<ChannelInfo>),
+    /// One channel's counters.
+    Stats(ChannelStats),
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// The failures a coordinator reports; each becomes the [`Error`] variant of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// [`Error::NotFound`].
+    NotFound,
+    /// [`Error::AlreadyExists`].
+    AlreadyExists,
+    /// [`Error::PermissionDenied`].
+    PermissionDenied,
+    /// [`Error::Busy`].
+    Busy,
+    /// [`Error::InvalidArgument`].
+    InvalidArgument,
+    /// [`Error::Corrupted`].
+    Corrupted,
+    /// [`Error::Incompatible`] (also: a request that does not decode).
+    Incompatible,
+    /// [`Error::Unavailable`].
+    Unavailable,
+    /// [`Error::Io`] and anything else.
+    Io,
+}
+
+impl ErrorCode {
+    /// The code for an error, and its message.
+    pub fn of(e: &Error) -> (ErrorCode, String) {
+        let code = match e {
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::Busy(_) => ErrorCode::Busy,
+            Error::InvalidArgument(_) | Error::FrameTooLarge { .. } => ErrorCode::InvalidArgument,
+            Error::Corrupted(_) => ErrorCode::Corrupted,
+            Error::Incompatible(_) => ErrorCode::Incompatible,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::Io,
+        };
+        let message = match e {
+            Error::NotFound(m)
+            | Error::AlreadyExists(m)
+            | Error::PermissionDenied(m)
+            | Error::Busy(m)
+            | Error::InvalidArgument(m)
+            | Error::Corrupted(m)
+            | Error::Incompatible(m)
+            | Error::Unavailable(m) => m.clone(),
+            other => other.to_string(),
+        };
+        (code, message)
+    }
+
+    /// The error a client returns for this code and message.
+    pub fn into_error(self, message: String) -> Error {
+        let m = format!("coordinator: {message}");
+        match self {
+            ErrorCode::NotFound => Error::NotFound(m),
+            ErrorCode::AlreadyExists => Error::AlreadyExists(m),
+            ErrorCode::PermissionDenied => Error::PermissionDenied(m),
+            ErrorCode::Busy => Error::Busy(m),
+            ErrorCode::InvalidArgument => Error::InvalidArgument(m),
+            ErrorCode::Corrupted => Error::Corrupted(m),
+            ErrorCode::Incompatible => Error::Incompatible(m),
+            ErrorCode::Unavailable => Error::Unavailable(m),
+            ErrorCode::Io => Error::Io {
+                context: m,
+                source: std::io::Error::other("reported by the coordinator"),
+            },
+        }
+    }
+}
+
+/// A channel as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// Channel name.
+    pub name: String,
+    /// SPSC or MPMC.
+    pub kind: Kind,
+    /// Bytes of frame storage (the ring, or every slot).
+    pub capacity_bytes: u64,
+    /// MPMC: number of slots; SPSC: zero.
+    pub slots: u64,
+    /// Largest frame.
+    pub max_frame_size: u32,
+    /// Producers admitted at once.
+    pub max_producers: u32,
+    /// Consumers admitted at once.
+    pub max_consumers: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner's user id.
+    pub owner_uid: u32,
+    /// Owner's group id.
+    pub owner_gid: u32,
+    /// The coordinator's number for this incarnation of the channel.
+    pub generation: u64,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Producers admitted now.
+    pub producers: u32,
+    /// Consumers admitted now.
+    pub consumers: u32,
+    /// Frames waiting (MPMC) or bytes waiting, headers and padding included (SPSC).
+    pub depth: u64,
+}
+
+/// One admitted participant, as `stat` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Producer or consumer.
+    pub role: Role,
+    /// Entry in its table.
+    pub index: u32,
+    /// Process holding it.
+    pub pid: u32,
+    /// Frames it sent or received.
+    pub frames: u64,
+    /// Payload bytes it sent or received.
+    pub bytes: u64,
+}
+
+/// A channel's counters, as `stat` shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    /// The channel.
+    pub info: ChannelInfo,
+    /// Frames sent, by every producer that ever held an entry.
+    pub frames_in: u64,
+    /// Payload bytes sent.
+    pub bytes_in: u64,
+    /// Frames received.
+    pub frames_out: u64,
+    /// Payload bytes received.
+    pub bytes_out: u64,
+    /// Frames sent per second, over the coordinator's last sampling interval (about 1 s).
+    pub rate_in: f64,
+    /// Frames received per second, likewise.
+    pub rate_out: f64,
+    /// The admitted participants.
+    pub participants: Vec<ParticipantInfo>,
+    /// Dead participants whose entries were repaired and freed.
+    pub repairs: u64,
+    /// Frames delivered again because their consumer died holding them.
+    pub redelivered: u64,
+    /// Positions a dead producer took and never committed, turned into skip records.
+    pub skipped: u64,
+}
+
+/// Prefixes `payload` with its length.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Encodes a message as a frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    frame(&postcard::to_stdvec(msg).expect("protocol messages always serialise"))
+}
+
+/// Decodes a message from a frame's payload.
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Error> {
+    postcard::from_bytes(payload)
+        .map_err(|e| Error::Incompatible(format!("control message does not decode: {e}")))
+}
+
+/// The client's hello frame.
+pub fn client_hello(version: u32) -> Vec<u8> {
+    let mut p = HELLO_MAGIC.to_vec();
+    p.extend_from_slice(&version.to_le_bytes());
+    frame(&p)
+}
+
+/// Reads a client hello's version; `None` if the payload is not a hello.
+pub fn parse_client_hello(payload: &[u8]) -> Option<u32> {
+    let rest = payload.strip_prefix(&HELLO_MAGIC[..])?;
+    Some(u32::from_le_bytes(rest.try_into().ok()?))
+}
+
+/// Status byte of a server hello.
+pub const HELLO_ACCEPTED: u8 = 0;
+/// Status byte of a server hello refusing a client of another protocol version.
+pub const HELLO_INCOMPATIBLE: u8 = 1;
+/// Status byte of a server hello answering something that was not a hello.
+pub const HELLO_NOT_A_HELLO: u8 = 2;
+
+/// The server's hello frame.
+pub fn server_hello(status: u8, text: &str) -> Vec<u8> {
+    let mut p = HELLO_MAGIC.to_vec();
+    p.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    p.push(status);
+    p.extend_from_slice(text.as_bytes());
+    frame(&p)
+}
+
+/// Reads a server hello: the server's version, status and text.
+pub fn parse_server_hello(payload: &[u8]) -> Option<(u32, u8, String)> {
+    let rest = payload.strip_prefix(&HELLO_MAGIC[..])?;
+    if rest.len() < 5 {
+        return None;
+    }
+    let version = u32::from_le_bytes(rest[..4].try_into().ok()?);
+    Some((
+        version,
+        rest[4],
+        String::from_utf8_lossy(&rest[5..]).into_owned(),
+    ))
+}
+
+/// Splits a byte stream into frames. Bytes are pushed as they arrive; complete frames are
+/// popped. A frame longer than the limit is an error (the stream cannot be resynchronised).
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl FrameReader {
+    /// A reader of frames up to `limit` bytes.
+    pub fn new(limit: usize) -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The length a frame at the front declares, if its length word is complete.
+    fn declared(&self) -> Option<usize> {
+        let word: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(word) as usize)
+    }
+
+    /// Takes the next complete frame's payload. `Ok(None)`: more bytes are needed;
+    /// `Err(len)`: the next frame declares `len` bytes, over the limit.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, usize> {
+        let Some(len) = self.declared() else {
+            return Ok(None);
+        };
+        if len > self.limit {
+            return Err(len);
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let payload = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(payload))
+    }
+
+    /// Bytes received and not yet part of a returned frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellos_round_trip_and_reject_strangers() {
+        let h = client_hello(7);
+        let mut r = FrameReader::new(MAX_REQUEST);
+        r.push(&h);
+        let p = r.next_frame().unwrap().unwrap();
+        assert_eq!(parse_client_hello(&p), Some(7));
+        assert_eq!(parse_client_hello(b"GET / HTTP/1.1"), None);
+        assert_eq!(parse_client_hello(&p[..p.len() - 1]), None);
+        let s = server_hello(HELLO_INCOMPATIBLE, "upgrade");
+        let mut r = FrameReader::new(MAX_REPLY);
+        r.push(&s);
+        let p = r.next_frame().unwrap().unwrap();
+        assert_eq!(
+            parse_server_hello(&p),
+            Some((PROTOCOL_VERSION, HELLO_INCOMPATIBLE, "upgrade".into()))
+        );
+    }
+
+    #[test]
+    fn frames_split_anywhere_and_oversize_is_refused() {
+        let msg = encode(&Request::Open {
+            name: "prices".into(),
+            role: Role::Consumer,
+        });
+        let mut r = FrameReader::new(MAX_REQUEST);
+        for b in msg.iter().chain(msg.iter()) {
+            r.push(std::slice::from_ref(b));
+        }
+        for _ in 0..2 {
+            let p = r.next_frame().unwrap().unwrap();
+            assert_eq!(
+                decode::<Request>(&p).unwrap(),
+                Request::Open {
+                    name: "prices".into(),
+                    role: Role::Consumer
+                }
+            );
+        }
+        assert_eq!(r.next_frame(), Ok(None));
+        r.push(&(MAX_REQUEST as u32 + 1).to_le_bytes());
+        assert_eq!(r.next_frame(), Err(MAX_REQUEST + 1));
+        assert!(matches!(
+            decode::<Request>(&[200, 1, 2]),
+            Err(Error::Incompatible(_))
+        ));
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "prices.v2", "md_feed-1", &"x".repeat(64)] {
+            validate_channel_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65), "é"] {
+            assert!(validate_channel_name(bad).is_err(), "{bad:?}");
+        }
+        validate_namespace("default").unwrap();
+        assert!(validate_namespace("a.b").is_err());
+    }
+}
