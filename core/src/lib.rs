@@ -83,12 +83,13 @@ pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
 pub use consumer::{Consumer, Frame, FrameFlags, Received};
 #[cfg(not(loom))]
 pub use coordinator::{
-    Coordinator, CoordinatorConfig, DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path,
+    Coordinator, CoordinatorConfig, DEFAULT_MAX_CHANNEL_BYTES, DEFAULT_NAMESPACE, SOCKET_ENV,
+    default_socket_path,
 };
 #[cfg(not(loom))]
-pub use protocol::{ChannelInfo, ChannelStats, ParticipantInfo};
-#[cfg(not(loom))]
 pub use producer::{Batch, Claim, Producer};
+#[cfg(not(loom))]
+pub use protocol::{ChannelInfo, ChannelStats, ParticipantInfo};
 #[cfg(not(loom))]
 pub use segment::{
     DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN, ParticipantStats, Segment, SegmentStats, validate_name,

@@ -259,10 +259,7 @@ fn enqueue_again(mem: &Memory, pos: u64, len: usize, header: u64) -> Result<bool
         // over after this one dies.
         claim.store(encode_claim(q, 1), Release);
         // Release on success: as in `mpmc::take`.
-        if cursor
-            .compare_exchange(q, q + 1, Release, Relaxed)
-            .is_err()
-        {
+        if cursor.compare_exchange(q, q + 1, Release, Relaxed).is_err() {
             continue;
         }
         if in_place {
@@ -328,8 +325,7 @@ pub fn finish_repair_claim(mem: &Memory, is_dead: &dyn Fn(Role, u32) -> bool) ->
         // position whose slot is still held): finish the move.
         // Relaxed: ordered by the Acquire of `seq` above.
         let h = decode_header(mem.slot_header(q).load(Relaxed));
-        let header = if h.ty == Some(RecordType::Data) && h.len <= mem.geometry().max_frame_size
-        {
+        let header = if h.ty == Some(RecordType::Data) && h.len <= mem.geometry().max_frame_size {
             encode_header(h.len, RecordType::Data, h.flags | FLAG_REDELIVERED, 0)
         } else {
             encode_header(0, RecordType::Skip, 0, 0)
@@ -352,4 +348,303 @@ pub fn count(mem: &Memory, done: &Repaired, freed: bool) {
     }
     r.redelivered.fetch_add(done.redelivered, Relaxed);
     r.skipped.fetch_add(done.skipped, Relaxed);
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Repair racing live participants. A "dead" participant's thread runs until it stops (its
+    //! death); the coordinator's thread starts once it has been joined, as the real one starts
+    //! after the kernel reports the death. In the concurrent phase every thread makes a bounded
+    //! number of attempts (retry loops would make loom's paths unbounded); threads spawned after
+    //! that phase finish the work alone and check the outcome. Main only joins and spawns (loom
+    //! issue #392); each test asserts that the interleavings it is about were reached.
+    use super::*;
+    use crate::error::Error;
+    use crate::layout::{ChannelConfig, FLAG_REDELIVERED, Geometry, encode_owner};
+    use crate::mpmc::{ConsumerCore, ProducerCore, Slot, payload};
+    use loom::sync::Arc;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    type Shared<T> = std::sync::Arc<Mutex<T>>;
+
+    /// An MPMC model segment with every entry owned (so each counts as live unless dead).
+    fn memory(slots: u64, producers: u32, consumers: u32) -> Arc<Memory> {
+        let cfg = ChannelConfig::mpmc()
+            .capacity(slots * 8)
+            .max_frame_size(8)
+            .max_producers(producers)
+            .max_consumers(consumers);
+        let mem = Memory::new(Geometry::new(&cfg).unwrap());
+        for (role, n) in [(Role::Producer, producers), (Role::Consumer, consumers)] {
+            for i in 0..n {
+                let p = mem.participant(role, i).unwrap();
+                p.owner.store(encode_owner(100 + i, 1), Relaxed);
+            }
+        }
+        Arc::new(mem)
+    }
+
+    fn try_send(p: &mut ProducerCore, mem: &Memory, v: u64) -> bool {
+        match p.try_claim(mem, 8, 1) {
+            Ok(c) => {
+                let pos = c.position(0);
+                mem.copy_in(payload(mem, pos, 8).unwrap(), &v.to_ne_bytes());
+                p.commit(mem, pos, 8, 0);
+                true
+            }
+            Err(Error::WouldBlock(_)) => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Takes one position if there is one: `(pos, Some((value, flags)))` for a frame,
+    /// `(pos, None)` for a skip.
+    fn try_take(c: &mut ConsumerCore, mem: &Memory) -> Option<(u64, Option<(u64, u8)>)> {
+        match c.try_take(mem, 1, None) {
+            Ok(t) => {
+                let pos = t.position(0);
+                Some(match c.slot(mem, pos).unwrap() {
+                    Slot::Frame { payload, flags } => {
+                        let mut b = [0u8; 8];
+                        mem.copy_out(payload, &mut b);
+                        (pos, Some((u64::from_ne_bytes(b), flags)))
+                    }
+                    Slot::Skip => (pos, None),
+                })
+            }
+            Err(Error::WouldBlock(_)) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Everything left in the ring, released: (frames, skips).
+    fn drain(c: &mut ConsumerCore, mem: &Memory) -> (Vec<(u64, u8)>, usize) {
+        let (mut frames, mut skips) = (Vec::new(), 0);
+        while let Some((pos, f)) = try_take(c, mem) {
+            c.release(mem, pos);
+            match f {
+                Some(f) => frames.push(f),
+                None => skips += 1,
+            }
+        }
+        (frames, skips)
+    }
+
+    fn repair_once(mem: &Memory, role: Role, index: u32) -> Repaired {
+        let is_dead = move |r: Role, i: u32| r == role && i == index;
+        repair_participant(mem, role, index, &is_dead).unwrap()
+    }
+
+    /// A producer dies holding a claim; its repair races a live producer taking the other slot
+    /// (whose lost CAS can leave its claim record over the dead one's position for a moment).
+    /// Afterwards the dead position is a skip and the live frame arrives exactly once.
+    #[test]
+    fn dead_producer_claim_is_skipped_while_a_producer_runs() {
+        let seen = Shared::new(Mutex::new(HashSet::new()));
+        let seen2 = seen.clone();
+        loom::model(move || {
+            let mem = memory(2, 2, 1);
+            let m = mem.clone();
+            let dead = loom::thread::spawn(move || {
+                let mut p = ProducerCore::new(0);
+                p.try_claim(&m, 8, 1).unwrap().position(0)
+            });
+            let m = mem.clone();
+            let live = loom::thread::spawn(move || {
+                assert!(
+                    try_send(&mut ProducerCore::new(1), &m, 7),
+                    "two slots, two claims"
+                );
+            });
+            let dead_pos = dead.join().unwrap();
+            let m = mem.clone();
+            let coord = loom::thread::spawn(move || repair_once(&m, Role::Producer, 0));
+            let first = coord.join().unwrap();
+            live.join().unwrap();
+            let m = mem.clone();
+            let finish = loom::thread::spawn(move || {
+                let mut done = first;
+                if first.pending {
+                    done = repair_once(&m, Role::Producer, 0);
+                    assert!(!done.pending, "nothing live covers the position any more");
+                }
+                (done, drain(&mut ConsumerCore::new(0), &m))
+            });
+            let (done, (frames, skips)) = finish.join().unwrap();
+            assert_eq!(
+                (done.skipped, skips),
+                (1, 1),
+                "the dead position, skipped once"
+            );
+            assert_eq!(frames, vec![(7, 0)], "the live frame, once, unflagged");
+            seen2.lock().unwrap().insert((dead_pos, first.pending));
+        });
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.contains(&(0, false)) && seen.contains(&(1, false)),
+            "each producer takes position 0 in some execution: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|&(_, pending)| pending),
+            "the repair never met a live claim over the dead position: {seen:?}"
+        );
+    }
+
+    /// A producer that lost the race for a position and died before its next claim leaves a
+    /// stale record over the winner's position. While the live winner has not committed, the
+    /// position looks stuck: the repair must leave it alone (pending), never skip over it. The
+    /// winner goes on to its next position, so its record can stop covering the first between
+    /// the repair's two looks at the slot: the second look sees the commit.
+    #[test]
+    fn a_stale_claim_of_a_dead_producer_never_skips_a_live_position() {
+        let seen = Shared::new(Mutex::new(HashSet::new()));
+        let seen2 = seen.clone();
+        loom::model(move || {
+            let mem = memory(2, 2, 1);
+            let m = mem.clone();
+            let dead = loom::thread::spawn(move || {
+                // What `mpmc::take` leaves when its CAS for position 0 lost and it then died.
+                let me = m.participant(Role::Producer, 0).unwrap();
+                me.claim.store(encode_claim(0, 1), Release);
+            });
+            dead.join().unwrap();
+            let m = mem.clone();
+            let live = loom::thread::spawn(move || {
+                let mut p = ProducerCore::new(1);
+                assert!(try_send(&mut p, &m, 7) && try_send(&mut p, &m, 8));
+            });
+            let m = mem.clone();
+            let coord = loom::thread::spawn(move || repair_once(&m, Role::Producer, 0));
+            let first = coord.join().unwrap();
+            live.join().unwrap();
+            let m = mem.clone();
+            let finish = loom::thread::spawn(move || {
+                let done = repair_once(&m, Role::Producer, 0);
+                (done, drain(&mut ConsumerCore::new(0), &m))
+            });
+            let (done, (frames, skips)) = finish.join().unwrap();
+            assert_eq!(
+                first.skipped + done.skipped,
+                0,
+                "nothing of the dead was stuck"
+            );
+            assert!(!done.pending);
+            assert_eq!((frames, skips), (vec![(7, 0), (8, 0)], 0));
+            seen2.lock().unwrap().insert(first.pending);
+        });
+        assert!(
+            seen.lock().unwrap().contains(&true),
+            "the repair never looked while the live producer held the position"
+        );
+    }
+
+    /// A consumer dies holding one of two frames; its repair races a live consumer taking and
+    /// releasing. The live consumer's frames and the final drain hold both frames exactly
+    /// once, the held one flagged redelivered.
+    #[test]
+    fn dead_consumer_frame_is_redelivered_while_a_consumer_runs() {
+        let seen = Shared::new(Mutex::new(HashSet::new()));
+        let seen2 = seen.clone();
+        loom::model(move || {
+            let mem = memory(2, 1, 2);
+            let mut p = ProducerCore::new(0);
+            assert!(try_send(&mut p, &mem, 1) && try_send(&mut p, &mem, 2));
+            let m = mem.clone();
+            // The dead consumer may find nothing: the live one can take both frames first.
+            let dead = loom::thread::spawn(move || try_take(&mut ConsumerCore::new(0), &m));
+            let m = mem.clone();
+            let live = loom::thread::spawn(move || {
+                let mut c = ConsumerCore::new(1);
+                let mut got = Vec::new();
+                for _ in 0..2 {
+                    if let Some((pos, f)) = try_take(&mut c, &m) {
+                        c.release(&m, pos);
+                        got.extend(f);
+                    }
+                }
+                got
+            });
+            let held = dead.join().unwrap().map(|(_, f)| f.expect("frames only").0);
+            let m = mem.clone();
+            let coord = loom::thread::spawn(move || repair_once(&m, Role::Consumer, 0));
+            let first = coord.join().unwrap();
+            let mut got = live.join().unwrap();
+            let m = mem.clone();
+            let finish = loom::thread::spawn(move || {
+                let mut done = first;
+                if first.pending {
+                    done = repair_once(&m, Role::Consumer, 0);
+                    assert!(!done.pending, "the live consumer freed its slot");
+                }
+                (done, drain(&mut ConsumerCore::new(1), &m))
+            });
+            let (done, (rest, skips)) = finish.join().unwrap();
+            got.extend(rest);
+            got.sort();
+            assert_eq!(skips, 0);
+            let want = match held {
+                Some(h) => {
+                    assert_eq!(done.redelivered, 1);
+                    let mut w = vec![(h, FLAG_REDELIVERED), (3 - h, 0)];
+                    w.sort();
+                    w
+                }
+                None => {
+                    assert_eq!(done, Repaired::default(), "nothing was held");
+                    vec![(1, 0), (2, 0)]
+                }
+            };
+            assert_eq!(got, want, "both frames once, a held one flagged");
+            seen2.lock().unwrap().insert((held, first.pending));
+        });
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().any(|&(h, _)| h == Some(1)) && seen.iter().any(|&(h, _)| h == Some(2)),
+            "the dead consumer holds either frame in some execution: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|&(_, pending)| pending),
+            "the repair never found the ring full: {seen:?}"
+        );
+    }
+
+    /// A consumer dies holding a frame of a four-slot ring; its redelivery races a producer
+    /// for the enqueue position. Both frames arrive once, only the held one flagged.
+    #[test]
+    fn redelivery_races_a_producer_for_the_enqueue_position() {
+        let seen = Shared::new(Mutex::new(HashSet::new()));
+        let seen2 = seen.clone();
+        loom::model(move || {
+            let mem = memory(4, 1, 2);
+            assert!(try_send(&mut ProducerCore::new(0), &mem, 1));
+            let m = mem.clone();
+            let dead = loom::thread::spawn(move || {
+                try_take(&mut ConsumerCore::new(0), &m).expect("a frame waits")
+            });
+            dead.join().unwrap();
+            let m = mem.clone();
+            let producer = loom::thread::spawn(move || {
+                assert!(try_send(&mut ProducerCore::new(0), &m, 2), "room for it");
+            });
+            let m = mem.clone();
+            let coord = loom::thread::spawn(move || repair_once(&m, Role::Consumer, 0));
+            let done = coord.join().unwrap();
+            producer.join().unwrap();
+            let m = mem.clone();
+            let check = loom::thread::spawn(move || drain(&mut ConsumerCore::new(1), &m));
+            let (got, skips) = check.join().unwrap();
+            assert!(!done.pending && done.redelivered == 1 && skips == 0);
+            let order: Vec<u64> = got.iter().map(|f| f.0).collect();
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![(1, FLAG_REDELIVERED), (2, 0)]);
+            seen2.lock().unwrap().insert(order);
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.len(),
+            2,
+            "each wins the enqueue position in some execution: {seen:?}"
+        );
+    }
 }

@@ -57,7 +57,12 @@ pub(crate) fn fchown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
         Some(nix::unistd::Uid::from_raw(uid)),
         Some(nix::unistd::Gid::from_raw(gid)),
     )
-    .map_err(|e| Error::os(format!("giving a shared-memory object to uid {uid} gid {gid}"), e))
+    .map_err(|e| {
+        Error::os(
+            format!("giving a shared-memory object to uid {uid} gid {gid}"),
+            e,
+        )
+    })
 }
 
 /// This process's effective user id.
@@ -136,10 +141,23 @@ pub(crate) fn memfd() -> Result<OwnedFd> {
 }
 
 /// Sets the size of a freshly created object.
+///
+/// The memory is allocated now (`fallocate`), not on first touch: a tmpfs too full for the
+/// segment fails here with an error, where a sparse file would kill a process with SIGBUS on
+/// the first access to a page that cannot be had.
 pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> Result<()> {
-    let len = nix::libc::off_t::try_from(len)
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let bytes = nix::libc::off_t::try_from(len)
         .map_err(|_| Error::InvalidArgument(format!("segment size {len} is too large")))?;
-    nix::unistd::ftruncate(fd, len).map_err(|e| Error::os("sizing shared-memory object", e))
+    match fallocate(fd, FallocateFlags::empty(), 0, bytes) {
+        Ok(()) => Ok(()),
+        Err(Errno::ENOSPC) => Err(Error::Unavailable(format!(
+            "no room for a segment of {len} bytes in /dev/shm (see `df -h /dev/shm`)"
+        ))),
+        Err(Errno::EOPNOTSUPP) => nix::unistd::ftruncate(fd, bytes)
+            .map_err(|e| Error::os("sizing shared-memory object", e)),
+        Err(e) => Err(Error::os("allocating shared-memory object", e)),
+    }
 }
 
 /// The size of an object.
@@ -378,7 +396,8 @@ mod tests {
 
     #[test]
     fn proc_stat_of_odd_command_names() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let line =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         let s = parse_proc_stat(line).unwrap();
         assert_eq!(s.start_time, 987654);
         assert!(!s.exited);

@@ -107,7 +107,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn bytes(n: u64) -> String {
@@ -288,7 +289,11 @@ fn print_list(out: &mut impl Write, channels: &[ChannelInfo]) -> std::io::Result
 
 fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
     let i = &s.info;
-    writeln!(out, "channel     {} ({}, generation {})", i.name, i.kind, i.generation)?;
+    writeln!(
+        out,
+        "channel     {} ({}, generation {})",
+        i.name, i.kind, i.generation
+    )?;
     writeln!(
         out,
         "capacity    {} ({} of storage), frames up to {}",
@@ -399,7 +404,11 @@ fn watch(
     }
 }
 
-fn print_watch(out: &mut impl Write, client: &Client, stats: &[ChannelStats]) -> std::io::Result<()> {
+fn print_watch(
+    out: &mut impl Write,
+    client: &Client,
+    stats: &[ChannelStats],
+) -> std::io::Result<()> {
     // Clear the screen and home the cursor, as top does.
     write!(out, "\x1b[2J\x1b[H")?;
     writeln!(
@@ -411,10 +420,23 @@ fn print_watch(out: &mut impl Write, client: &Client, stats: &[ChannelStats]) ->
     writeln!(
         out,
         "{:<24} {:<5} {:>14} {:>11} {:>11} {:>14} {:>14} {:>5} {:>5} {:>7}",
-        "CHANNEL", "KIND", "DEPTH", "IN", "OUT", "FRAMES IN", "FRAMES OUT", "PROD", "CONS", "REPAIRS"
+        "CHANNEL",
+        "KIND",
+        "DEPTH",
+        "IN",
+        "OUT",
+        "FRAMES IN",
+        "FRAMES OUT",
+        "PROD",
+        "CONS",
+        "REPAIRS"
     )?;
     for s in stats {
-        let producers = s.participants.iter().filter(|p| p.role == Role::Producer).count();
+        let producers = s
+            .participants
+            .iter()
+            .filter(|p| p.role == Role::Producer)
+            .count();
         writeln!(
             out,
             "{:<24} {:<5} {:>14} {:>11} {:>11} {:>14} {:>14} {:>5} {:>5} {:>7}",

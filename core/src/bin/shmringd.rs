@@ -30,6 +30,9 @@ struct Args {
     /// Leave the channels' shared memory in place on exit, for the next shmringd to adopt
     #[arg(long)]
     keep_channels: bool,
+    /// Largest channel (segment) a client may create, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = shmring::DEFAULT_MAX_CHANNEL_BYTES)]
+    max_channel_bytes: u64,
     /// Log level: error, warn, info, debug or trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing::Level,
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         socket: args.socket,
         socket_mode: args.socket_mode,
         keep_channels: args.keep_channels,
+        max_channel_bytes: args.max_channel_bytes,
     };
     let coordinator = match Coordinator::start(config) {
         Ok(c) => c,

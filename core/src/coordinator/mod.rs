@@ -53,7 +53,14 @@ pub struct CoordinatorConfig {
     /// Leave the channels' segments in place when stopping, for the next coordinator to adopt
     /// (default: a stopping coordinator removes them).
     pub keep_channels: bool,
+    /// Largest segment a client may have created, in bytes (default [`DEFAULT_MAX_CHANNEL_BYTES`]):
+    /// any user who can reach the socket can create channels, and each one's memory is
+    /// allocated in `/dev/shm` up front.
+    pub max_channel_bytes: u64,
 }
+
+/// Default of [`CoordinatorConfig::max_channel_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_CHANNEL_BYTES: u64 = 1 << 30;
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -62,6 +69,7 @@ impl Default for CoordinatorConfig {
             socket: None,
             socket_mode: 0o600,
             keep_channels: false,
+            max_channel_bytes: DEFAULT_MAX_CHANNEL_BYTES,
         }
     }
 }
@@ -90,6 +98,12 @@ impl CoordinatorConfig {
     /// Sets [`CoordinatorConfig::keep_channels`].
     pub fn keep_channels(mut self, keep: bool) -> CoordinatorConfig {
         self.keep_channels = keep;
+        self
+    }
+
+    /// Sets [`CoordinatorConfig::max_channel_bytes`].
+    pub fn max_channel_bytes(mut self, bytes: u64) -> CoordinatorConfig {
+        self.max_channel_bytes = bytes;
         self
     }
 }
@@ -144,31 +158,28 @@ impl Coordinator {
             )));
         }
         let lock = lock_namespace(&config.namespace)?;
-        let socket = match &config.socket {
-            Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    make_dir(dir, false)?;
+        let lock_path = Path::new("/dev/shm").join(registry::lock_name(&config.namespace));
+        let started = Coordinator::listen(&config).and_then(|(socket, listener)| {
+            let (stop_tx, stop_rx) =
+                UnixStream::pair().map_err(|e| Error::os("creating the stop socket", e))?;
+            match server::Server::new(listener, stop_rx, &config) {
+                Ok(server) => Ok((socket, stop_tx, server)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&socket);
+                    Err(e)
                 }
-                p.clone()
             }
-            None => {
-                let dir = default_socket_dir();
-                make_dir(&dir, true)?;
-                default_socket_path(&config.namespace)
-            }
-        };
-        let listener = bind(&socket, config.socket_mode)?;
-        let (stop_tx, stop_rx) =
-            UnixStream::pair().map_err(|e| Error::os("creating the stop socket", e))?;
-        let mut server = match server::Server::new(listener, stop_rx, &config.namespace) {
+        });
+        let (socket, stop_tx, mut server) = match started {
             Ok(s) => s,
             Err(e) => {
-                let _ = std::fs::remove_file(&socket);
+                let _ = std::fs::remove_file(&lock_path);
                 return Err(e);
             }
         };
         let keep = config.keep_channels;
         let (ns, path) = (config.namespace.clone(), socket.clone());
+        let cleanup = [socket.clone(), lock_path.clone()];
         let thread = std::thread::Builder::new()
             .name(format!("shmring-coordinator-{}", config.namespace))
             .spawn(move || {
@@ -181,17 +192,40 @@ impl Coordinator {
                 drop(server);
                 // Removed while still held, so a coordinator starting now either fails to lock
                 // the old file or creates and locks a new one.
-                let _ = std::fs::remove_file(Path::new("/dev/shm").join(registry::lock_name(&ns)));
+                let _ = std::fs::remove_file(&lock_path);
                 drop(lock);
                 tracing::info!(namespace = %ns, "coordinator stopped");
             })
-            .map_err(|e| Error::os("starting the coordinator thread", e))?;
+            .map_err(|e| {
+                for p in &cleanup {
+                    let _ = std::fs::remove_file(p);
+                }
+                Error::os("starting the coordinator thread", e)
+            })?;
         Ok(Coordinator {
             socket,
             namespace: config.namespace,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// Makes the socket's directory and binds the socket.
+    fn listen(config: &CoordinatorConfig) -> Result<(PathBuf, UnixListener)> {
+        let socket = match &config.socket {
+            Some(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    make_dir(dir, false)?;
+                }
+                p.clone()
+            }
+            None => {
+                make_dir(&default_socket_dir(), true)?;
+                default_socket_path(&config.namespace)
+            }
+        };
+        let listener = bind(&socket, config.socket_mode)?;
+        Ok((socket, listener))
     }
 
     /// The socket clients connect to.

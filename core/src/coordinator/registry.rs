@@ -87,6 +87,7 @@ pub(super) struct Registry {
     channels: BTreeMap<String, Channel>,
     procs: HashMap<u32, Proc>,
     next_generation: u64,
+    max_channel_bytes: u64,
 }
 
 /// The prefix of the object names of a namespace's segments: `shmring.<namespace>@<euid>.`;
@@ -135,13 +136,14 @@ fn permits(peer: &Peer, origin: &Origin, want: u32) -> bool {
 }
 
 impl Registry {
-    pub(super) fn new(namespace: &str) -> Registry {
+    pub(super) fn new(namespace: &str, max_channel_bytes: u64) -> Registry {
         Registry {
             namespace: namespace.to_string(),
             prefix: object_prefix(namespace),
             channels: BTreeMap::new(),
             procs: HashMap::new(),
             next_generation: 1,
+            max_channel_bytes,
         }
     }
 
@@ -217,7 +219,9 @@ impl Registry {
             (Role::Consumer, geo.max_consumers),
         ] {
             for index in 0..n {
-                let p = mem.participant(role, index).expect("index below the table size");
+                let p = mem
+                    .participant(role, index)
+                    .expect("index below the table size");
                 // Relaxed: the coordinator is the only one admitting; the owners' own stores
                 // to the entry are not needed to decide liveness.
                 let owner = p.owner.load(Relaxed);
@@ -445,9 +449,7 @@ impl Registry {
                 ),
                 None,
             )),
-            Request::Stats { name } => self
-                .stats(peer, &name)
-                .map(|s| (Reply::Stats(s), None)),
+            Request::Stats { name } => self.stats(peer, &name).map(|s| (Reply::Stats(s), None)),
         };
         r.unwrap_or_else(|e| {
             let (code, message) = crate::protocol::ErrorCode::of(&e);
@@ -479,13 +481,19 @@ impl Registry {
                 self.namespace
             )));
         }
-        Geometry::new(config)?;
+        let geo = Geometry::new(config)?;
+        if geo.total_size as u64 > self.max_channel_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "a channel of this shape takes {} bytes, over this coordinator's limit of {} \
+                 (shmringd --max-channel-bytes)",
+                geo.total_size, self.max_channel_bytes
+            )));
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         let object = CString::new(format!("/{}{generation}.{name}", self.prefix))
             .expect("validated names hold no NUL");
-        let (seg, fd) =
-            Segment::create_object(&object, config, generation, (peer.uid, peer.gid))?;
+        let (seg, fd) = Segment::create_object(&object, config, generation, (peer.uid, peer.gid))?;
         if sys::euid() == 0
             && peer.uid != 0
             && let Err(e) = sys::fchown(&fd, peer.uid, peer.gid)
@@ -535,10 +543,7 @@ impl Registry {
             )));
         }
         let generation = origin.generation;
-        let start_time = self
-            .procs
-            .get(&peer.pid)
-            .map_or(0, |p| p.start_time);
+        let start_time = self.procs.get(&peer.pid).map_or(0, |p| p.start_time);
         let mem = std::sync::Arc::clone(&ch.seg.mem);
         let taken = match take_entry(&mem, role, peer.pid, start_time) {
             Err(Error::Busy(_)) => {
@@ -613,13 +618,22 @@ impl Registry {
         }
     }
 
-    fn close(&mut self, epoll: &Epoll, peer: &Peer, name: &str, role: Role, index: u32, owner: u64) {
+    fn close(
+        &mut self,
+        epoll: &Epoll,
+        peer: &Peer,
+        name: &str,
+        role: Role,
+        index: u32,
+        owner: u64,
+    ) {
         let Some(p) = self.procs.get_mut(&peer.pid) else {
             return;
         };
         let before = p.admissions.len();
-        p.admissions
-            .retain(|a| !(a.channel == name && a.role == role && a.index == index && a.owner == owner));
+        p.admissions.retain(|a| {
+            !(a.channel == name && a.role == role && a.index == index && a.owner == owner)
+        });
         if p.admissions.len() != before
             && let Some(ch) = self.channels.get(name)
         {
@@ -742,7 +756,11 @@ fn info(name: &str, seg: &Segment) -> ChannelInfo {
         name: name.to_string(),
         kind: geo.kind,
         capacity_bytes: geo.data_len as u64,
-        slots: if geo.kind == Kind::Mpmc { geo.capacity } else { 0 },
+        slots: if geo.kind == Kind::Mpmc {
+            geo.capacity
+        } else {
+            0
+        },
         max_frame_size: geo.max_frame_size,
         max_producers: geo.max_producers,
         max_consumers: geo.max_consumers,

@@ -75,8 +75,9 @@ impl Server {
     pub(super) fn new(
         listener: UnixListener,
         stop: UnixStream,
-        namespace: &str,
+        config: &super::CoordinatorConfig,
     ) -> Result<Server> {
+        let namespace = config.namespace.as_str();
         let epoll = Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::os("creating an epoll set", e))?;
         listener
@@ -90,7 +91,7 @@ impl Server {
         epoll
             .add(&stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
             .map_err(|e| Error::os("watching the stop socket", e))?;
-        let mut registry = Registry::new(namespace);
+        let mut registry = Registry::new(namespace, config.max_channel_bytes);
         registry.adopt(&epoll)?;
         Ok(Server {
             epoll,
@@ -226,8 +227,7 @@ impl Server {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
         }
-        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP)
-        {
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
             self.read(id);
         }
         if flags.contains(EpollFlags::EPOLLERR) {
@@ -356,15 +356,14 @@ impl Server {
         };
         c.queued += bytes.len();
         if c.queued > MAX_QUEUED {
-            tracing::warn!(pid = c.peer.pid, "client does not read its replies; closing");
+            tracing::warn!(
+                pid = c.peer.pid,
+                "client does not read its replies; closing"
+            );
             self.drop_conn(id);
             return;
         }
-        c.out.push_back(Outgoing {
-            bytes,
-            sent: 0,
-            fd,
-        });
+        c.out.push_back(Outgoing { bytes, sent: 0, fd });
         self.flush(id);
     }
 
