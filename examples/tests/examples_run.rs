@@ -1,5 +1,6 @@
 //! The examples run as the README says: the demo (with tiny counts) and a producer/consumer
-//! pair over a named channel. Each process is killed if it outlives its limit.
+//! pair through a coordinator (embedded here, found through `SHMRING_SOCKET`). Each process is
+//! killed if it outlives its limit.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,14 @@ fn demo_runs_and_reports() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for needle in ["atomic floor", "shmring spsc 64 B", "median", "M frames/s"] {
+    for needle in [
+        "coordinator embedded",
+        "atomic floor",
+        "shmring spsc 64 B",
+        "median",
+        "M frames/s",
+        "the coordinator counted",
+    ] {
         assert!(
             text.contains(needle),
             "demo output lacks {needle:?}:\n{text}"
@@ -51,15 +59,23 @@ fn demo_runs_and_reports() {
 
 #[test]
 fn producer_and_consumer_talk() {
-    let name = format!("example-{}", std::process::id());
+    let ns = format!("example-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    let socket = dir.join("coordinator.sock");
+    let coordinator =
+        shmring::Coordinator::start(shmring::CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
+    let name = "greetings";
     let mut consumer = Command::new(env!("CARGO_BIN_EXE_consumer"));
     consumer
-        .arg(&name)
+        .arg(name)
+        .env("SHMRING_SOCKET", &socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let consumer = consumer.spawn().unwrap();
     let producer = run(
-        Command::new(env!("CARGO_BIN_EXE_producer")).args([&name, "5"]),
+        Command::new(env!("CARGO_BIN_EXE_producer"))
+            .args([name, "5"])
+            .env("SHMRING_SOCKET", &socket),
         Duration::from_secs(60),
     );
     assert!(
@@ -77,4 +93,6 @@ fn producer_and_consumer_talk() {
     assert!(text.contains("hello #5 from pid"), "{text}");
     assert!(text.contains("consumer: 5 frames"), "{text}");
     assert!(String::from_utf8_lossy(&producer.stdout).contains("5 frames delivered"));
+    coordinator.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,6 +5,8 @@
 //! * [`Watchdog`]: every test that could hang runs under one; on expiry it kills the test's
 //!   helper processes, unlinks its segments and fails the test instead of hanging.
 //! * [`serial`]: multi-process tests take this lock so they do not oversubscribe the cores.
+//! * [`SharedFile`], [`FrameLog`]: what a helper records there is in the page cache the moment
+//!   it is stored, so it survives the helper's SIGKILL (crash tests read it afterwards).
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -282,6 +284,21 @@ impl Helper {
         }
     }
 
+    /// Kills the helper with SIGKILL and collects how it ended: `Err` with its output if it
+    /// had already exited by itself (a helper of the crash tests only ends by being killed).
+    pub fn kill(mut self) -> Result<(), Output> {
+        let already = matches!(self.child.try_wait(), Ok(Some(_)));
+        if !already {
+            let _ = self.child.kill();
+        }
+        let out = self.wait();
+        use std::os::unix::process::ExitStatusExt;
+        if already || out.status.signal() != Some(libc::SIGKILL) {
+            return Err(out);
+        }
+        Ok(())
+    }
+
     /// Waits for the helper to end and collects its output.
     pub fn wait(mut self) -> Output {
         use std::io::Read;
@@ -352,4 +369,209 @@ pub fn field(line: &str, key: &str) -> Option<u64> {
 pub fn die_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+/// A file mapped shared into the process, viewed as 64-bit words. Stores land in the page
+/// cache at once: a process killed right after a store has still made it.
+pub struct SharedFile {
+    ptr: *mut u64,
+    words: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for SharedFile {}
+// SAFETY: as for Send.
+unsafe impl Sync for SharedFile {}
+
+impl SharedFile {
+    /// Creates (or truncates) `path` to `words` zeroed words (a sparse file) and maps it.
+    pub fn create(path: &std::path::Path, words: usize) -> SharedFile {
+        let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        f.set_len((words * 8) as u64).unwrap();
+        drop(f);
+        SharedFile::open(path)
+    }
+
+    /// Maps an existing file.
+    pub fn open(path: &std::path::Path) -> SharedFile {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let len = f.metadata().unwrap().len() as usize;
+        assert!(
+            len >= 8 && len.is_multiple_of(8),
+            "{}: {len} bytes",
+            path.display()
+        );
+        // SAFETY: a fresh shared mapping of a file we hold open; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap {}", path.display());
+        SharedFile {
+            ptr: ptr.cast(),
+            words: len / 8,
+        }
+    }
+
+    /// Word `i`.
+    pub fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < self.words, "word {i} of a {}-word file", self.words);
+        // SAFETY: in bounds (asserted), 8-aligned (the mapping is page-aligned); AtomicU64 has
+        // the layout of u64 and the mapping lives as long as self.
+        unsafe { &*(self.ptr.add(i) as *const AtomicU64) }
+    }
+
+    /// Its size in words.
+    pub fn words(&self) -> usize {
+        self.words
+    }
+}
+
+impl Drop for SharedFile {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `open`; no reference outlives self.
+        unsafe { libc::munmap(self.ptr.cast(), self.words * 8) };
+    }
+}
+
+/// One received frame as a consumer recorded it: its producer incarnation, its sequence
+/// number, and whether it came flagged redelivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// The producer incarnation that sent it.
+    pub incarnation: u32,
+    /// Its sequence number in that incarnation's stream.
+    pub seq: u64,
+    /// Flagged redelivered.
+    pub redelivered: bool,
+}
+
+/// A log of received frames in a [`SharedFile`]: word 0 counts the entries, each entry is
+/// two words (incarnation | redelivered << 32, seq), written before the count that covers it.
+pub struct FrameLog(SharedFile);
+
+impl FrameLog {
+    /// A new log with room for `entries`.
+    pub fn create(path: &std::path::Path, entries: usize) -> FrameLog {
+        FrameLog(SharedFile::create(path, 1 + 2 * entries))
+    }
+
+    /// An existing log.
+    pub fn open(path: &std::path::Path) -> FrameLog {
+        FrameLog(SharedFile::open(path))
+    }
+
+    /// Appends an entry; `false` if the log is full.
+    pub fn append(&self, e: Logged) -> bool {
+        let n = self.0.word(0).load(Ordering::Relaxed) as usize;
+        if 1 + 2 * (n + 1) > self.0.words() {
+            return false;
+        }
+        let tag = u64::from(e.incarnation) | (u64::from(e.redelivered) << 32);
+        self.0.word(1 + 2 * n).store(tag, Ordering::Relaxed);
+        self.0.word(2 + 2 * n).store(e.seq, Ordering::Relaxed);
+        self.0.word(0).store(n as u64 + 1, Ordering::Release);
+        true
+    }
+
+    /// The entries recorded.
+    pub fn entries(&self) -> Vec<Logged> {
+        let n = self.0.word(0).load(Ordering::Acquire) as usize;
+        (0..n)
+            .map(|i| {
+                let tag = self.0.word(1 + 2 * i).load(Ordering::Relaxed);
+                Logged {
+                    incarnation: tag as u32,
+                    redelivered: tag >> 32 != 0,
+                    seq: self.0.word(2 + 2 * i).load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// How many entries are recorded.
+    pub fn len(&self) -> u64 {
+        self.0.word(0).load(Ordering::Acquire)
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the crash tests check of a run: `committed[inc]` frames of each producer incarnation
+/// saw their send return; `delivered` is every frame any consumer recorded. Every committed
+/// frame was delivered; each incarnation's delivered sequence numbers have no gap; a frame
+/// delivered more than once came flagged redelivered every time but at most once. Returns a
+/// summary, or what is wrong.
+pub fn check_delivery(
+    committed: &std::collections::HashMap<u32, u64>,
+    delivered: &[Logged],
+) -> Result<String, String> {
+    use std::collections::HashMap;
+    let mut seen: HashMap<u32, Vec<(u32, u32)>> = HashMap::new(); // per seq: (plain, flagged)
+    for d in delivered {
+        let Some(&n) = committed.get(&d.incarnation) else {
+            return Err(format!(
+                "frame of unknown producer incarnation {}",
+                d.incarnation
+            ));
+        };
+        let v = seen.entry(d.incarnation).or_default();
+        // A producer may have committed one frame more than it recorded (killed in between).
+        if d.seq > n {
+            return Err(format!(
+                "incarnation {} recorded {n} commits but frame {} was delivered",
+                d.incarnation, d.seq
+            ));
+        }
+        if v.len() <= d.seq as usize {
+            v.resize(d.seq as usize + 1, (0, 0));
+        }
+        let slot = &mut v[d.seq as usize];
+        if d.redelivered {
+            slot.1 += 1;
+        } else {
+            slot.0 += 1;
+        }
+    }
+    let (mut frames, mut duplicates, mut flagged) = (0u64, 0u64, 0u64);
+    for (&inc, &n) in committed {
+        let v = seen.remove(&inc).unwrap_or_default();
+        if (v.len() as u64) < n {
+            return Err(format!(
+                "incarnation {inc}: {n} frames committed, only {} delivered (first missing: {})",
+                v.len(),
+                v.len()
+            ));
+        }
+        for (seq, &(plain, redelivered)) in v.iter().enumerate() {
+            if plain + redelivered == 0 {
+                return Err(format!("incarnation {inc}: frame {seq} missing (a gap)"));
+            }
+            if plain > 1 {
+                return Err(format!(
+                    "incarnation {inc}: frame {seq} delivered {plain} times unflagged"
+                ));
+            }
+            frames += 1;
+            duplicates += u64::from(plain + redelivered - 1);
+            flagged += u64::from(redelivered);
+        }
+    }
+    Ok(format!(
+        "frames={frames} duplicates={duplicates} flagged_redelivered={flagged}"
+    ))
 }

@@ -1,7 +1,9 @@
 //! shmring demo: two processes exchange frames, and the demo says how fast.
 //!
-//! The parent creates two SPSC channels (`ping`, `pong`) and a small control file, and starts
-//! itself again as the child. The child opens the channels by name and echoes every frame. The
+//! The parent runs a coordinator on one of its threads (embedded mode: no daemon to start),
+//! creates two SPSC channels through it (`ping`, `pong`) and a small control file, and starts
+//! itself again as the child. The child connects to the coordinator, is admitted to the
+//! channels, and echoes every frame. The
 //! parent measures round trips (send one frame, receive the echo), pinned to two CPUs, in
 //! interleaved rounds against the physical floor: the same two processes bouncing one cache
 //! line with plain atomics. Each round reports its own ratio to the floor, because the two
@@ -11,7 +13,9 @@
 //! Usage: demo [--rounds N] [--iterations N] [--frames N] [--cpus A,B] [--quick]
 
 use hdrhistogram::Histogram;
-use shmring::{ChannelConfig, Consumer, Producer, Segment, WaitStrategy};
+use shmring::{
+    ChannelConfig, Client, Consumer, Coordinator, CoordinatorConfig, Producer, WaitStrategy,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -91,10 +95,16 @@ fn die(msg: &str) -> ! {
     std::process::exit(2)
 }
 
+/// Like `die`, once the coordinator runs: unwinds, so that stopping it removes the channels.
+fn fatal(msg: &str) -> ! {
+    eprintln!("demo: {msg}");
+    std::panic::resume_unwind(Box::new(()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
-        child(&args[2], args[3].parse().ok());
+        child(&args[2], &args[3], args[4].parse().ok());
         return;
     }
     parent(parse());
@@ -144,16 +154,18 @@ fn spin_until(word: &AtomicU64, value: u64) {
     }
 }
 
-fn child(base: &str, cpu: Option<usize>) {
+fn child(socket: &str, control: &str, cpu: Option<usize>) {
     if let Some(cpu) = cpu {
         pin(cpu);
     }
-    let ctl = map_control(&format!("/dev/shm/shmring-{base}.ctl"), false);
-    let mut rx = Segment::open(&format!("{base}-ping"))
-        .and_then(|s| s.consumer())
+    let ctl = map_control(control, false);
+    let client = Client::connect(Some(std::path::Path::new(socket)))
         .unwrap_or_else(|e| die(&format!("child: {e}")));
-    let mut tx = Segment::open(&format!("{base}-pong"))
-        .and_then(|s| s.producer())
+    let mut rx = client
+        .consumer("ping")
+        .unwrap_or_else(|e| die(&format!("child: {e}")));
+    let mut tx = client
+        .producer("pong")
         .unwrap_or_else(|e| die(&format!("child: {e}")));
     rx.set_wait_strategy(WaitStrategy::Spin);
     tx.set_wait_strategy(WaitStrategy::Spin);
@@ -300,14 +312,17 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Removes the demo's files when dropped, also when it panics.
-struct Cleanup(String);
+/// Removes the demo's files when dropped, also when it panics (the coordinator removes the
+/// channels when it stops).
+struct Cleanup {
+    control: String,
+    dir: std::path::PathBuf,
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Segment::unlink(&format!("{}-ping", self.0));
-        let _ = Segment::unlink(&format!("{}-pong", self.0));
-        let _ = std::fs::remove_file(format!("/dev/shm/shmring-{}.ctl", self.0));
+        let _ = std::fs::remove_file(&self.control);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -315,21 +330,35 @@ fn parent(o: Options) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = o.cpus.or((cpus >= 2).then_some((0, 1)));
     let base = format!("demo-{}", std::process::id());
-    let _cleanup = Cleanup(base.clone());
+    let cleanup = Cleanup {
+        control: format!("/dev/shm/shmring-{base}.ctl"),
+        dir: std::env::temp_dir().join(format!("shmring-{base}")),
+    };
+    // The coordinator runs on a thread of this process: no daemon to start.
+    let socket = cleanup.dir.join("coordinator.sock");
+    let coordinator = Coordinator::start(CoordinatorConfig::new(&base).socket(&socket))
+        .unwrap_or_else(|e| die(&format!("starting the coordinator: {e}")));
+    let die = fatal;
+    let client = Client::connect(Some(&socket)).unwrap_or_else(|e| die(&e.to_string()));
     let cfg = ChannelConfig::spsc().capacity(1 << 20).max_frame_size(4096);
-    let ping =
-        Segment::create(&format!("{base}-ping"), &cfg).unwrap_or_else(|e| die(&e.to_string()));
-    let pong =
-        Segment::create(&format!("{base}-pong"), &cfg).unwrap_or_else(|e| die(&e.to_string()));
-    let ctl = map_control(&format!("/dev/shm/shmring-{base}.ctl"), true);
-    let mut tx = ping.producer().unwrap();
-    let mut rx = pong.consumer().unwrap();
+    for name in ["ping", "pong"] {
+        client
+            .create(name, &cfg)
+            .unwrap_or_else(|e| die(&e.to_string()));
+    }
+    let ctl = map_control(&cleanup.control, true);
+    let mut tx = client
+        .producer("ping")
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let mut rx = client
+        .consumer("pong")
+        .unwrap_or_else(|e| die(&e.to_string()));
     tx.set_wait_strategy(WaitStrategy::Spin);
     rx.set_wait_strategy(WaitStrategy::Spin);
 
     let busy = busy_fraction(Duration::from_millis(300));
     let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child.arg("--child").arg(&base);
+    child.arg("--child").arg(&socket).arg(&cleanup.control);
     child.arg(placement.map_or("-".to_string(), |(_, b)| b.to_string()));
     let mut child = child
         .spawn()
@@ -337,6 +366,10 @@ fn parent(o: Options) {
     let pinned = placement.is_some_and(|(a, _)| pin(a));
 
     println!("shmring demo: two processes exchanging frames over shared memory");
+    println!(
+        "coordinator embedded in the parent (namespace {base}, socket {}); channels ping and pong created through it",
+        socket.display()
+    );
     println!(
         "machine: {}, {cpus} CPUs, Linux {}; parent pid {} {}, child pid {}{}",
         cpu_model(),
@@ -462,4 +495,11 @@ fn parent(o: Options) {
     if !status.success() {
         die(&format!("the child exited with {status}"));
     }
+    let stats = client.stats("ping").unwrap_or_else(|e| die(&e.to_string()));
+    println!(
+        "\nthe coordinator counted {} frames into ping and {} out; stopping it removes the channels",
+        stats.frames_in, stats.frames_out
+    );
+    drop((tx, rx, client));
+    coordinator.stop();
 }

@@ -1,30 +1,34 @@
-//! Sends frames over a named shmring channel to `consumer`, started in another terminal.
+//! Sends frames over a channel of a running coordinator to `consumer`, started in another
+//! terminal.
 //!
+//!     cargo run --release --bin shmringd &                # the coordinator
 //!     cargo run --release --bin producer -- [CHANNEL] [COUNT]
 //!
-//! Creates the channel (replacing a stale one of that name), sends COUNT frames (default 10)
-//! and a final empty frame, waits up to 10 s for the consumer to take them, and removes the
-//! channel's name.
+//! Creates the channel (or uses the one of that name), sends COUNT frames (default 10) and a
+//! final empty frame, waits up to 10 s for the consumer to take them, and deletes the channel
+//! if it created it. The coordinator is found at `SHMRING_SOCKET`, else at the default socket.
 
-use shmring::{ChannelConfig, Segment, WaitStrategy};
+use shmring::{ChannelConfig, Client, Error, WaitStrategy};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-fn main() -> Result<(), shmring::Error> {
+fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "hello".into());
     let count: u32 = args.next().and_then(|c| c.parse().ok()).unwrap_or(10);
 
-    let _ = Segment::unlink(&name); // a channel left by an earlier run
-    let seg = Segment::create(
-        &name,
-        &ChannelConfig::spsc()
-            .capacity(64 << 10)
-            .max_frame_size(1024),
-    )?;
-    let mut tx = seg.producer()?;
+    let client = Client::connect(None)?;
+    let config = ChannelConfig::spsc()
+        .capacity(64 << 10)
+        .max_frame_size(1024);
+    let created = match client.create(&name, &config) {
+        Ok(_) => true,
+        Err(Error::AlreadyExists(_)) => false,
+        Err(e) => return Err(e),
+    };
+    let mut tx = client.producer(&name)?;
     tx.set_wait_strategy(WaitStrategy::Park); // sleep, not spin, while the ring is full
-    println!("producer: channel {name:?} created; start `consumer {name}` to read it");
+    println!("producer: sending on channel {name:?}; start `consumer {name}` to read it");
 
     for i in 1..=count {
         if i % 2 == 1 {
@@ -48,15 +52,18 @@ fn main() -> Result<(), shmring::Error> {
     tx.send(&[])?; // an empty frame says "that's all"
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while seg.stats().depth > 0 && Instant::now() < deadline {
+    while client.stats(&name)?.info.depth > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let left = seg.stats().depth;
-    Segment::unlink(&name)?;
+    let left = client.stats(&name)?.info.depth;
+    drop(tx);
+    if created {
+        client.delete(&name)?;
+    }
     if left > 0 {
-        println!("producer: no consumer took the frames within 10 s; channel removed");
+        println!("producer: no consumer took the frames within 10 s");
     } else {
-        println!("producer: {count} frames delivered; channel removed");
+        println!("producer: {count} frames delivered");
     }
     Ok(())
 }

@@ -25,6 +25,18 @@ fn usage() -> ! {
   strict-produce NAME COUNT SEED WAIT      send under seccomp strict mode (no system calls)
   strict-consume NAME COUNT SEED WAIT      receive and check under seccomp strict mode
   victim NAME producer|consumer MILLIS     use the channel while it is being scribbled on
+  daemon SOCKET NAMESPACE                  run a coordinator until SIGTERM (prints ready)
+  client-produce SOCKET CHANNEL INC COMMITS WAIT
+                                           open a producer through the coordinator and send
+                                           frames of incarnation INC until killed, counting
+                                           returned sends in the shared file COMMITS
+  client-consume SOCKET CHANNEL LOG WAIT   open a consumer through the coordinator and record
+                                           every frame in the shared file LOG before
+                                           releasing it, until killed
+  hold-claim SOCKET CHANNEL                claim a slot, print held, wait to be killed
+  hold-frame SOCKET CHANNEL                read a frame, print its length, wait to be killed
+  park SOCKET CHANNEL                      wait for a frame, parked, to be killed
+  as-user UID GID SOCKET PRIVATE PUBLIC    drop to UID/GID, then try the two channels
 WAIT is spin, yield or park."
     );
     exit(2)
@@ -66,6 +78,13 @@ fn main() {
         Some("strict-produce") => strict::produce(&args),
         Some("strict-consume") => strict::consume(&args),
         Some("victim") => victim(&args),
+        Some("daemon") => coordinated::daemon(&args),
+        Some("client-produce") => coordinated::produce(&args),
+        Some("client-consume") => coordinated::consume(&args),
+        Some("hold-claim") => coordinated::hold_claim(&args),
+        Some("hold-frame") => coordinated::hold_frame(&args),
+        Some("park") => coordinated::park(&args),
+        Some("as-user") => coordinated::as_user(&args),
         _ => usage(),
     }
 }
@@ -470,5 +489,231 @@ mod strict {
             sum = fnv(sum, &buf[..len]);
         }
         report_and_exit(&[("frames", count), ("checksum", sum)]);
+    }
+}
+
+/// Roles that go through a coordinator: the daemon itself, and producers and consumers that
+/// are admitted by it and get killed by the crash tests.
+mod coordinated {
+    use super::*;
+    use shmring::{Client, Coordinator, CoordinatorConfig};
+    use shmring_tests::{FrameLog, Logged, SharedFile};
+    use std::io::Write;
+    use std::path::Path;
+
+    fn client(socket: &str) -> Client {
+        Client::connect(Some(Path::new(socket))).unwrap_or_else(|e| fail(e))
+    }
+
+    /// Opens through the coordinator, retrying while the channel is busy: a killed
+    /// predecessor's entry is free once the coordinator has repaired it.
+    fn admitted<T>(what: &str, mut open: impl FnMut() -> Result<T, Error>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match open() {
+                Ok(h) => return h,
+                Err(Error::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => fail(format!("opening {what}: {e}")),
+            }
+        }
+    }
+
+    pub(super) fn daemon(args: &[String]) {
+        let (socket, ns): (String, String) = (arg(args, 1), arg(args, 2));
+        // SAFETY: sigset manipulation and sigprocmask on this (the only) thread, before the
+        // coordinator's thread starts and inherits the mask.
+        let set = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            set
+        };
+        let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket))
+            .unwrap_or_else(|e| fail(e));
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        let mut sig = 0;
+        // SAFETY: waits for a signal of a valid set.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        coord.stop();
+    }
+
+    pub(super) fn produce(args: &[String]) {
+        let (socket, channel, inc, commits): (String, String, u32, String) =
+            (arg(args, 1), arg(args, 2), arg(args, 3), arg(args, 4));
+        let commits = SharedFile::open(Path::new(&commits));
+        let c = client(&socket);
+        let mut tx = admitted(&channel, || c.producer(&channel));
+        tx.set_wait_strategy(wait_arg(args, 5));
+        let max = tx.max_frame_size();
+        let mut rng = Rng::new(u64::from(inc));
+        let mut buf = Vec::with_capacity(max);
+        let mut seq = 0u64;
+        println!("producing");
+        let _ = std::io::stdout().flush();
+        loop {
+            mpmc_frame(inc, seq, max, &mut buf);
+            let r = if rng.below(2) == 0 {
+                tx.send_timeout(&buf, Duration::from_millis(200))
+            } else {
+                tx.claim_timeout(buf.len(), Duration::from_millis(200))
+                    .map(|mut claim| {
+                        claim.copy_from_slice(&buf);
+                        if rng.below(16) == 0 {
+                            // Hold the claim a while: a kill now leaves it uncommitted.
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        claim.commit();
+                    })
+            };
+            match r {
+                Ok(()) => {
+                    seq += 1;
+                    commits
+                        .word(0)
+                        .store(seq, std::sync::atomic::Ordering::Release);
+                }
+                Err(Error::TimedOut(_)) => continue, // no consumer right now
+                Err(e) => fail(format!("send {seq}: {e}")),
+            }
+            if seq.is_multiple_of(8) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+
+    pub(super) fn consume(args: &[String]) {
+        let (socket, channel, log): (String, String, String) =
+            (arg(args, 1), arg(args, 2), arg(args, 3));
+        let log = FrameLog::open(Path::new(&log));
+        let c = client(&socket);
+        let mut rx = admitted(&channel, || c.consumer(&channel));
+        rx.set_wait_strategy(wait_arg(args, 4));
+        let max = rx.max_frame_size();
+        let mut rng = Rng::new(u64::from(std::process::id()));
+        println!("consuming");
+        let _ = std::io::stdout().flush();
+        loop {
+            let f = match rx.read_timeout(Duration::from_millis(200)) {
+                Ok(f) => f,
+                Err(Error::TimedOut(_)) => continue,
+                Err(e) => fail(format!("read: {e}")),
+            };
+            let (incarnation, seq) = check_mpmc_frame(&f, max).unwrap_or_else(|e| fail(e));
+            let entry = Logged {
+                incarnation,
+                seq,
+                redelivered: f.is_redelivered(),
+            };
+            if !log.append(entry) {
+                fail("the frame log is full");
+            }
+            if rng.below(16) == 0 {
+                // Hold the frame a while: a kill now leaves it read and unreleased.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            drop(f);
+        }
+    }
+
+    pub(super) fn hold_claim(args: &[String]) {
+        let (socket, channel): (String, String) = (arg(args, 1), arg(args, 2));
+        let c = client(&socket);
+        let mut tx = c.producer(&channel).unwrap_or_else(|e| fail(e));
+        let mut claim = tx.try_claim(8).unwrap_or_else(|e| fail(e));
+        claim.copy_from_slice(b"never!!!");
+        println!("held");
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(600));
+        fail("was not killed");
+    }
+
+    pub(super) fn hold_frame(args: &[String]) {
+        let (socket, channel): (String, String) = (arg(args, 1), arg(args, 2));
+        let c = client(&socket);
+        let mut rx = c.consumer(&channel).unwrap_or_else(|e| fail(e));
+        let f = rx.read_timeout(OP_TIMEOUT).unwrap_or_else(|e| fail(e));
+        println!("held {}", String::from_utf8_lossy(&f));
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(600));
+        fail("was not killed");
+    }
+
+    pub(super) fn park(args: &[String]) {
+        let (socket, channel): (String, String) = (arg(args, 1), arg(args, 2));
+        let c = client(&socket);
+        let mut rx = c.consumer(&channel).unwrap_or_else(|e| fail(e));
+        rx.set_wait_strategy(WaitStrategy::Park);
+        println!("parking");
+        let _ = std::io::stdout().flush();
+        let _ = rx.read_timeout(Duration::from_secs(600));
+        fail("was not killed");
+    }
+
+    /// Drops to another user, then reports, one `key=value` word each, what the coordinator
+    /// let it do with a 0600 and a 0666 channel of root's.
+    pub(super) fn as_user(args: &[String]) {
+        let (uid, gid, socket, private, public): (u32, u32, String, String, String) = (
+            arg(args, 1),
+            arg(args, 2),
+            arg(args, 3),
+            arg(args, 4),
+            arg(args, 5),
+        );
+        // SAFETY: plain system calls with integer arguments; this process has one thread.
+        let dropped = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(gid) == 0
+                && libc::setuid(uid) == 0
+        };
+        if !dropped {
+            fail(format!(
+                "cannot become uid {uid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let c = client(&socket);
+        let verdict = |r: Result<(), Error>| match r {
+            Ok(()) => "ok".to_string(),
+            Err(Error::PermissionDenied(_)) => "denied".to_string(),
+            Err(e) => format!("error:{}", e.to_string().replace(' ', "_")),
+        };
+        let mut out = Vec::new();
+        out.push(format!(
+            "private_open={}",
+            verdict(c.producer(&private).map(drop))
+        ));
+        out.push(format!(
+            "private_stat={}",
+            verdict(c.stats(&private).map(drop))
+        ));
+        let public_send = c
+            .producer(&public)
+            .and_then(|mut tx| tx.send_timeout(b"from another user", OP_TIMEOUT));
+        out.push(format!("public_send={}", verdict(public_send)));
+        out.push(format!("public_delete={}", verdict(c.delete(&public))));
+        let direct = std::fs::read_dir("/dev/shm")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(|e| e.ok()).find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(&format!(".{private}"))
+                })
+            })
+            .map(|e| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(e.path())
+                    .map(drop)
+                    .map_err(|e| Error::PermissionDenied(e.to_string()))
+            })
+            .unwrap_or_else(|| Err(Error::NotFound("no segment".into())));
+        out.push(format!("private_direct={}", verdict(direct)));
+        println!("{}", out.join(" "));
     }
 }

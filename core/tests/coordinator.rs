@@ -1,0 +1,323 @@
+//! The coordinator and client in one process: channels' life cycle, admission, errors, the
+//! protocol's hello, restart with adoption, and cleanup. Crash repair needs processes that die:
+//! it is tested in `tests/` with helper processes.
+
+#![cfg(not(loom))]
+
+use shmring::protocol::{self, FrameReader, HELLO_INCOMPATIBLE, HELLO_NOT_A_HELLO};
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Kind, Role};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Aborts the test process if a test runs past `secs` (a hang fails instead of stalling CI).
+struct Watchdog(std::sync::mpsc::Sender<()>);
+
+fn watchdog(what: &'static str, secs: u64) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(Duration::from_secs(secs))
+        {
+            eprintln!("watchdog: {what} still running after {secs} s: aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(tx)
+}
+
+/// A namespace and socket no other test uses.
+fn place() -> (String, PathBuf) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let ns = format!("t{}-{n}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    (ns, dir.join("coordinator.sock"))
+}
+
+fn start(ns: &str, socket: &PathBuf) -> Coordinator {
+    Coordinator::start(CoordinatorConfig::new(ns).socket(socket)).expect("coordinator starts")
+}
+
+fn segments_of(ns: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("shmring.{ns}@")))
+        .collect()
+}
+
+const T: Duration = Duration::from_secs(5);
+
+#[test]
+fn channels_carry_frames_and_count_them() {
+    let _dog = watchdog("channels_carry_frames_and_count_them", 60);
+    let (ns, sock) = place();
+    let coord = start(&ns, &sock);
+    let client = Client::connect(Some(&sock)).unwrap();
+    assert_eq!(client.namespace().unwrap(), ns);
+    for (name, cfg) in [
+        (
+            "s",
+            ChannelConfig::spsc().capacity(4096).max_frame_size(256),
+        ),
+        (
+            "m",
+            ChannelConfig::mpmc().capacity(4096).max_frame_size(256),
+        ),
+    ] {
+        let info = client.create(name, &cfg).unwrap();
+        assert_eq!((info.name.as_str(), info.kind), (name, cfg.kind));
+        let mut tx = client.producer(name).unwrap();
+        let mut rx = client.consumer(name).unwrap();
+        for i in 0..100u32 {
+            tx.send_timeout(&i.to_le_bytes(), T).unwrap();
+            let f = rx.read_timeout(T).unwrap();
+            assert_eq!(&*f, &i.to_le_bytes());
+            assert!(!f.is_redelivered());
+        }
+        let s = client.stats(name).unwrap();
+        assert_eq!((s.frames_in, s.frames_out), (100, 100));
+        assert_eq!((s.bytes_in, s.bytes_out), (400, 400));
+        assert_eq!(s.participants.len(), 2);
+        assert!(s.participants.iter().all(|p| p.pid == std::process::id()));
+        assert_eq!((s.repairs, s.redelivered, s.skipped), (0, 0, 0));
+    }
+    let names: Vec<String> = client.list().unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["m", "s"]);
+    assert_eq!(segments_of(&ns).len(), 3, "two segments and the lock");
+    drop(client);
+    coord.stop();
+    assert!(segments_of(&ns).is_empty(), "{:?}", segments_of(&ns));
+    assert!(!sock.exists());
+}
+
+#[test]
+fn spsc_admits_one_of_each_and_mpmc_up_to_its_maximum() {
+    let _dog = watchdog("admission", 60);
+    let (ns, sock) = place();
+    let coord = start(&ns, &sock);
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("s", &ChannelConfig::spsc()).unwrap();
+    client
+        .create(
+            "m",
+            &ChannelConfig::mpmc().max_producers(2).max_consumers(3),
+        )
+        .unwrap();
+
+    let tx = client.producer("s").unwrap();
+    let e = client.producer("s").unwrap_err();
+    assert!(matches!(e, Error::Busy(_)), "{e}");
+    let rx = client.consumer("s").unwrap();
+    assert!(matches!(client.consumer("s"), Err(Error::Busy(_))));
+    drop(tx);
+    let _tx = client.producer("s").expect("a freed entry admits again");
+    drop(rx);
+    let _rx = client.consumer("s").unwrap();
+
+    let producers: Vec<_> = (0..2).map(|_| client.producer("m").unwrap()).collect();
+    assert!(matches!(client.producer("m"), Err(Error::Busy(_))));
+    let consumers: Vec<_> = (0..3).map(|_| client.consumer("m").unwrap()).collect();
+    assert!(matches!(client.consumer("m"), Err(Error::Busy(_))));
+    let mut idx: Vec<u32> = consumers.iter().map(|c| c.index()).collect();
+    idx.sort();
+    assert_eq!(idx, [0, 1, 2]);
+    let s = client.stats("m").unwrap();
+    assert_eq!(
+        s.participants
+            .iter()
+            .filter(|p| p.role == Role::Producer)
+            .count(),
+        2
+    );
+    drop((producers, consumers));
+    // Closing handles tell the coordinator; the entries are free again.
+    assert_eq!(client.stats("m").unwrap().participants.len(), 0);
+    drop((client, _tx, _rx));
+    coord.stop();
+}
+
+#[test]
+fn errors_name_the_problem_and_the_remedy() {
+    let _dog = watchdog("errors", 60);
+    let (ns, sock) = place();
+    match Client::connect(Some(&sock)) {
+        Err(Error::Unavailable(m)) => assert!(m.contains("shmringd"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let coord = start(&ns, &sock);
+    let client = Client::connect(Some(&sock)).unwrap();
+    assert!(matches!(
+        client.create("a/b", &ChannelConfig::spsc()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        client.create(
+            "x",
+            &ChannelConfig::spsc().capacity(128).max_frame_size(4096)
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
+    match client.producer("missing") {
+        Err(Error::NotFound(m)) => assert!(m.contains("shmring create missing"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    client.create("x", &ChannelConfig::spsc()).unwrap();
+    assert!(matches!(
+        client.create("x", &ChannelConfig::mpmc()),
+        Err(Error::AlreadyExists(_))
+    ));
+    // A second coordinator for the namespace, or on the socket, is refused.
+    match Coordinator::start(CoordinatorConfig::new(&ns).socket(sock.with_extension("2"))) {
+        Err(Error::AlreadyExists(m)) => assert!(m.contains("already served"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let (other_ns, _) = place();
+    match Coordinator::start(CoordinatorConfig::new(&other_ns).socket(&sock)) {
+        Err(Error::AlreadyExists(m)) => assert!(m.contains("already listening"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Coordinator::start(CoordinatorConfig::new("bad.ns")),
+        Err(Error::InvalidArgument(_))
+    ));
+    drop(client);
+    coord.stop();
+    assert!(segments_of(&other_ns).is_empty());
+}
+
+#[test]
+fn deleted_channels_keep_serving_their_users_and_come_back_new() {
+    let _dog = watchdog("delete", 60);
+    let (ns, sock) = place();
+    let coord = start(&ns, &sock);
+    let client = Client::connect(Some(&sock)).unwrap();
+    let g1 = client
+        .create("c", &ChannelConfig::spsc())
+        .unwrap()
+        .generation;
+    let mut tx = client.producer("c").unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    client.delete("c").unwrap();
+    assert!(matches!(client.stats("c"), Err(Error::NotFound(_))));
+    assert!(matches!(client.delete("c"), Err(Error::NotFound(_))));
+    tx.send_timeout(b"still here", T).unwrap();
+    assert_eq!(&*rx.read_timeout(T).unwrap(), b"still here");
+    let g2 = client
+        .create("c", &ChannelConfig::mpmc())
+        .unwrap()
+        .generation;
+    assert!(g2 > g1);
+    assert_eq!(client.stats("c").unwrap().info.kind, Kind::Mpmc);
+    drop((tx, rx, client));
+    coord.stop();
+    assert!(segments_of(&ns).is_empty());
+}
+
+#[test]
+fn hello_of_another_version_or_a_stranger_is_answered_then_closed() {
+    let _dog = watchdog("hello", 60);
+    let (ns, sock) = place();
+    let coord = start(&ns, &sock);
+    let read_reply = |s: &mut UnixStream| {
+        let mut r = FrameReader::new(protocol::MAX_REPLY);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(p) = r.next_frame().unwrap() {
+                return p;
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before answering");
+            r.push(&buf[..n]);
+        }
+    };
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(&protocol::client_hello(protocol::PROTOCOL_VERSION + 1))
+        .unwrap();
+    let (v, status, text) = protocol::parse_server_hello(&read_reply(&mut s)).unwrap();
+    assert_eq!(
+        (v, status),
+        (protocol::PROTOCOL_VERSION, HELLO_INCOMPATIBLE)
+    );
+    assert!(text.contains("same release"), "{text}");
+    assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0, "then closed");
+
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(&protocol::frame(b"GET / HTTP/1.1\r\n\r\n"))
+        .unwrap();
+    let (_, status, _) = protocol::parse_server_hello(&read_reply(&mut s)).unwrap();
+    assert_eq!(status, HELLO_NOT_A_HELLO);
+    assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0);
+    // Meanwhile a well-behaved client is served.
+    Client::connect(Some(&sock)).unwrap().list().unwrap();
+    coord.stop();
+}
+
+/// A coordinator that stops keeping its channels, and a new one on the namespace: the data path
+/// went on without it, the new one adopts the channel with its live participants, and a closed
+/// handle's entry is free again through the new coordinator.
+#[test]
+fn a_new_coordinator_adopts_the_channels_of_the_last() {
+    let _dog = watchdog("adopt", 60);
+    let (ns, sock) = place();
+    let coord = Coordinator::start(
+        CoordinatorConfig::new(&ns)
+            .socket(&sock)
+            .keep_channels(true),
+    )
+    .unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    let g = client
+        .create("feed", &ChannelConfig::mpmc().max_frame_size(64))
+        .unwrap()
+        .generation;
+    let mut tx = client.producer("feed").unwrap();
+    let mut rx = client.consumer("feed").unwrap();
+    tx.send_timeout(b"before", T).unwrap();
+    coord.stop();
+    assert!(!sock.exists());
+    assert_eq!(
+        segments_of(&ns).len(),
+        1,
+        "the channel stays, the lock goes"
+    );
+
+    tx.send_timeout(b"between", T).unwrap();
+    assert_eq!(&*rx.read_timeout(T).unwrap(), b"before");
+
+    let coord = start(&ns, &sock);
+    let s = client
+        .stats("feed")
+        .expect("the client reconnects by itself");
+    assert_eq!(s.info.generation, g);
+    assert_eq!(s.participants.len(), 2, "live participants were adopted");
+    assert_eq!(s.repairs, 0);
+    drop(rx);
+    let mut rx = client.consumer("feed").expect("the closed entry is free");
+    assert_eq!(&*rx.read_timeout(T).unwrap(), b"between");
+    let g2 = client
+        .create("other", &ChannelConfig::spsc())
+        .unwrap()
+        .generation;
+    assert!(g2 > g, "generations keep counting up after adoption");
+    drop((tx, rx, client));
+    coord.stop();
+    assert!(segments_of(&ns).is_empty(), "{:?}", segments_of(&ns));
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let _dog = watchdog("stale socket", 60);
+    let (ns, sock) = place();
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // a dead coordinator's
+    assert!(sock.exists());
+    let coord = start(&ns, &sock);
+    Client::connect(Some(&sock)).unwrap().list().unwrap();
+    coord.stop();
+}

@@ -1,0 +1,576 @@
+//! Crash repair: producer and consumer processes admitted by a coordinator are SIGKILLed, and
+//! the channel must lose nothing committed, deliver duplicates only flagged, and never wedge.
+//! Also the coordinator itself is SIGKILLed mid-stream and restarted.
+//!
+//! The coordinator runs embedded in the test process (except where it is the one killed);
+//! producers and consumers are `shmring-peer` helpers recording what they committed and
+//! received in shared files that survive their deaths. Every test runs under a watchdog.
+
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Kind};
+use shmring_tests::{
+    FrameLog, Helper, Logged, Rng, SharedFile, Watchdog, check_delivery, check_mpmc_frame, serial,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+fn peer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shmring-peer"))
+}
+
+/// A scratch directory, a namespace and a socket for one test.
+struct Place {
+    dir: PathBuf,
+    ns: String,
+    sock: PathBuf,
+}
+
+impl Place {
+    fn new(tag: &str) -> Place {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let ns = format!(
+            "{tag}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("coordinator.sock");
+        Place { dir, ns, sock }
+    }
+
+    fn coordinator(&self) -> Coordinator {
+        Coordinator::start(CoordinatorConfig::new(&self.ns).socket(&self.sock)).unwrap()
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(Some(&self.sock)).unwrap()
+    }
+
+    fn segments(&self) -> Vec<String> {
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&format!("shmring.{}@", self.ns)))
+            .collect()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_role(dog: &Watchdog, place: &Place, args: &[&str]) -> Helper {
+    let mut cmd = peer();
+    cmd.arg(args[0]).arg(&place.sock).args(&args[1..]);
+    dog.spawn(&mut cmd)
+}
+
+/// Waits until the coordinator shows no participant of `channel` (every dead one repaired).
+fn wait_until_vacant(client: &Client, channel: &str) {
+    let deadline = Instant::now() + T;
+    loop {
+        let s = client.stats(channel).unwrap();
+        if s.participants.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries still held 10 s after their owners died: {:?}",
+            s.participants
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Drains `channel` through a fresh consumer until it stays empty; returns what it read.
+fn drain(client: &Client, channel: &str) -> Vec<Logged> {
+    let mut rx = client.consumer(channel).unwrap();
+    let max = rx.max_frame_size();
+    let mut got = Vec::new();
+    loop {
+        match rx.read_timeout(Duration::from_millis(300)) {
+            Ok(f) => {
+                let (incarnation, seq) = check_mpmc_frame(&f, max).unwrap();
+                got.push(Logged {
+                    incarnation,
+                    seq,
+                    redelivered: f.is_redelivered(),
+                });
+            }
+            Err(Error::TimedOut(_)) => break,
+            Err(e) => panic!("draining: {e}"),
+        }
+    }
+    got
+}
+
+/// An MPMC producer killed while holding a claim: the consumers, stuck at its position, move
+/// on once the coordinator turns it into a skip. Prints the time from SIGKILL to the next frame
+/// arriving.
+#[test]
+fn dead_producer_claim_becomes_a_skip() {
+    let _serial = serial();
+    let dog = Watchdog::new(
+        "dead_producer_claim_becomes_a_skip",
+        Duration::from_secs(120),
+    );
+    let place = Place::new("skip");
+    let coord = place.coordinator();
+    let client = place.client();
+    client
+        .create(
+            "c",
+            &ChannelConfig::mpmc().capacity(1024).max_frame_size(64),
+        )
+        .unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    let mut tx = client.producer("c").unwrap();
+    let mut times = Vec::new();
+    for round in 0..10u8 {
+        let mut holder = spawn_role(&dog, &place, &["hold-claim", "c"]);
+        holder.expect_line("held");
+        tx.send_timeout(&[round], T).unwrap();
+        assert!(
+            matches!(rx.try_read(), Err(Error::WouldBlock(_))),
+            "the consumer waits at the held position"
+        );
+        let killed = Instant::now();
+        holder.kill().expect("the holder was still holding");
+        let f = rx.read_timeout(T).expect("the channel flows again");
+        times.push(killed.elapsed());
+        assert_eq!(&*f, &[round]);
+        assert!(!f.is_redelivered());
+    }
+    let s = client.stats("c").unwrap();
+    assert_eq!((s.repairs, s.skipped, s.redelivered), (10, 10, 0));
+    report("mpmc producer killed holding a claim", &mut times);
+    drop((tx, rx, client));
+    coord.stop();
+    dog.check();
+    assert!(place.segments().is_empty());
+}
+
+/// An MPMC consumer killed while holding a frame: the frame is delivered again, flagged.
+#[test]
+fn dead_consumer_frame_is_delivered_again() {
+    let _serial = serial();
+    let dog = Watchdog::new(
+        "dead_consumer_frame_is_delivered_again",
+        Duration::from_secs(120),
+    );
+    let place = Place::new("redeliver");
+    let coord = place.coordinator();
+    let client = place.client();
+    // Two slots: the second round's frame goes into the held slot's next lap (moved in place).
+    client
+        .create(
+            "c",
+            &ChannelConfig::mpmc().capacity(2 * 64).max_frame_size(64),
+        )
+        .unwrap();
+    let mut tx = client.producer("c").unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    let mut times = Vec::new();
+    for round in 0..10u8 {
+        let (a, b) = ([b'a', b'0' + round], [b'b', b'0' + round]);
+        tx.send_timeout(&a, T).unwrap();
+        let mut holder = spawn_role(&dog, &place, &["hold-frame", "c"]);
+        holder.expect_line(&format!("held a{round}"));
+        tx.send_timeout(&b, T).unwrap();
+        let killed = Instant::now();
+        holder.kill().expect("the holder was still holding");
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let f = rx.read_timeout(T).expect("both frames arrive");
+            if got.is_empty() {
+                times.push(killed.elapsed());
+            }
+            got.push((f.to_vec(), f.is_redelivered()));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(a.to_vec(), true), (b.to_vec(), false)],
+            "round {round}"
+        );
+        assert!(matches!(rx.try_read(), Err(Error::WouldBlock(_))));
+    }
+    let s = client.stats("c").unwrap();
+    assert_eq!((s.repairs, s.redelivered, s.skipped), (10, 10, 0));
+    report("mpmc consumer killed holding a frame", &mut times);
+    drop((tx, rx, client));
+    coord.stop();
+    dog.check();
+}
+
+/// An SPSC consumer killed holding a frame: its successor resumes exactly there, the held
+/// frame first and flagged, nothing it had released delivered again.
+#[test]
+fn spsc_consumer_successor_resumes_where_the_dead_one_stopped() {
+    let _serial = serial();
+    let dog = Watchdog::new("spsc_consumer_successor", Duration::from_secs(120));
+    let place = Place::new("resume");
+    let coord = place.coordinator();
+    let client = place.client();
+    client
+        .create(
+            "c",
+            &ChannelConfig::spsc().capacity(4096).max_frame_size(64),
+        )
+        .unwrap();
+    let mut tx = client.producer("c").unwrap();
+    let mut times = Vec::new();
+    let mut next = 0u32;
+    for _ in 0..10 {
+        for i in next..next + 3 {
+            tx.send_timeout(format!("{i}").as_bytes(), T).unwrap();
+        }
+        let mut holder = spawn_role(&dog, &place, &["hold-frame", "c"]);
+        holder.expect_line(&format!("held {next}"));
+        let killed = Instant::now();
+        holder.kill().expect("the holder was still holding");
+        // The entry is free once the coordinator has repaired it.
+        let mut rx = loop {
+            match client.consumer("c") {
+                Ok(rx) => break rx,
+                Err(Error::Busy(_)) => std::thread::sleep(Duration::from_micros(100)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let f = rx.read_timeout(T).unwrap();
+        times.push(killed.elapsed());
+        assert_eq!(
+            (&*f, f.is_redelivered()),
+            (format!("{next}").as_bytes(), true)
+        );
+        drop(f);
+        for i in next + 1..next + 3 {
+            let f = rx.read_timeout(T).unwrap();
+            assert_eq!(
+                (&*f, f.is_redelivered()),
+                (format!("{i}").as_bytes(), false)
+            );
+        }
+        next += 3;
+    }
+    let s = client.stats("c").unwrap();
+    assert_eq!((s.repairs, s.redelivered), (10, 10));
+    report(
+        "spsc consumer killed holding a frame (until the successor reads)",
+        &mut times,
+    );
+    drop((tx, client));
+    coord.stop();
+    dog.check();
+}
+
+/// A consumer killed while parked on the futex leaves no count in the line's waiters: the
+/// producer's sends make no FUTEX_WAKE for a sleeper that is gone.
+#[test]
+fn dead_parked_consumer_is_no_longer_counted_as_waiting() {
+    let _serial = serial();
+    let dog = Watchdog::new("dead_parked_consumer", Duration::from_secs(120));
+    let place = Place::new("park");
+    let coord = place.coordinator();
+    let client = place.client();
+    client
+        .create(
+            "c",
+            &ChannelConfig::spsc().capacity(4096).max_frame_size(64),
+        )
+        .unwrap();
+    let waiters = || {
+        let seg = place
+            .segments()
+            .into_iter()
+            .find(|s| s.ends_with(".c"))
+            .unwrap();
+        let f = SharedFile::open(&Path::new("/dev/shm").join(seg));
+        // The producer line's second word holds `waiters` (u32) in its low half.
+        f.word(shmring::layout::PRODUCER_LINE / 8 + 1)
+            .load(Ordering::Relaxed) as u32
+    };
+    let mut parked = spawn_role(&dog, &place, &["park", "c"]);
+    parked.expect_line("parking");
+    let deadline = Instant::now() + T;
+    while waiters() == 0 {
+        assert!(Instant::now() < deadline, "the consumer never parked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(waiters(), 1);
+    parked.kill().unwrap();
+    wait_until_vacant(&client, "c");
+    assert_eq!(waiters(), 0, "the dead sleeper's count was taken back");
+    drop(client);
+    coord.stop();
+    dog.check();
+}
+
+fn report(what: &str, times: &mut [Duration]) {
+    times.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "recovery, {what}: SIGKILL to the channel flowing again: min {:.0} us, median {:.0} us, max {:.0} us ({} kills)",
+        us(times[0]),
+        us(times[times.len() / 2]),
+        us(times[times.len() - 1]),
+        times.len()
+    );
+}
+
+/// One lane of the torture: a producer or consumer role, respawned after every kill.
+struct Lane {
+    producer: bool,
+    helper: Option<Helper>,
+}
+
+/// Kill torture: producers and consumers are SIGKILLed at random moments and respawned while
+/// frames stream; afterwards nothing committed is missing, there are no gaps, duplicates are
+/// flagged, and the channel drains to empty.
+fn torture(kind: Kind, producers: usize, consumers: usize) {
+    let _serial = serial();
+    let kills_wanted: u32 = std::env::var("SHMRING_TORTURE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let dog = Watchdog::new(&format!("torture {kind}"), Duration::from_secs(600));
+    let place = Place::new("torture");
+    let coord = place.coordinator();
+    let client = place.client();
+    let cfg = match kind {
+        Kind::Spsc => ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64),
+        Kind::Mpmc => ChannelConfig::mpmc()
+            .capacity(32 * 64)
+            .max_frame_size(64)
+            .max_producers(producers as u32)
+            .max_consumers(consumers as u32),
+    };
+    client.create("t", &cfg).unwrap();
+    let mut commit_files: HashMap<u32, PathBuf> = HashMap::new();
+    let mut logs: Vec<PathBuf> = Vec::new();
+    let mut next_inc = 1u32;
+    let mut spawn = |producer: bool| -> Helper {
+        if producer {
+            let inc = next_inc;
+            next_inc += 1;
+            let path = place.dir.join(format!("commits-{inc}"));
+            SharedFile::create(&path, 1);
+            commit_files.insert(inc, path.clone());
+            spawn_role(
+                &dog,
+                &place,
+                &[
+                    "client-produce",
+                    "t",
+                    &inc.to_string(),
+                    path.to_str().unwrap(),
+                    "park",
+                ],
+            )
+        } else {
+            let path = place.dir.join(format!("log-{}", logs.len()));
+            FrameLog::create(&path, 1 << 20);
+            logs.push(path.clone());
+            spawn_role(
+                &dog,
+                &place,
+                &["client-consume", "t", path.to_str().unwrap(), "park"],
+            )
+        }
+    };
+    let mut lanes: Vec<Lane> = (0..producers + consumers)
+        .map(|i| Lane {
+            producer: i < producers,
+            helper: None,
+        })
+        .collect();
+    for l in &mut lanes {
+        l.helper = Some(spawn(l.producer));
+    }
+    let mut rng = Rng::new(0x5eed);
+    let started = Instant::now();
+    for _ in 0..kills_wanted {
+        std::thread::sleep(Duration::from_micros(1000 + rng.below(19_000)));
+        let l = &mut lanes[rng.below((producers + consumers) as u64) as usize];
+        if let Err(out) = l.helper.take().unwrap().kill() {
+            panic!(
+                "a helper ended by itself ({}):\n{}\n{}",
+                out.status, out.stdout, out.stderr
+            );
+        }
+        l.helper = Some(spawn(l.producer));
+    }
+    let tortured = started.elapsed();
+    for l in &mut lanes {
+        if let Err(out) = l.helper.take().unwrap().kill() {
+            panic!("a helper ended by itself ({}):\n{}", out.status, out.stderr);
+        }
+    }
+    wait_until_vacant(&client, "t");
+    let mut delivered: Vec<Logged> = logs
+        .iter()
+        .flat_map(|p| FrameLog::open(p).entries())
+        .collect();
+    let received = delivered.len();
+    delivered.extend(drain(&client, "t"));
+    let s = client.stats("t").unwrap();
+    assert_eq!(s.info.depth, 0, "the channel drains to empty");
+    let committed: HashMap<u32, u64> = commit_files
+        .iter()
+        .map(|(&inc, p)| (inc, SharedFile::open(p).word(0).load(Ordering::Acquire)))
+        .collect();
+    let total: u64 = committed.values().sum();
+    match check_delivery(&committed, &delivered) {
+        Ok(summary) => println!(
+            "torture {kind}: {kills_wanted} kills in {:.1} s, {total} frames committed by {} producer \
+             incarnations, {received} received by {} consumer incarnations and {} in the final \
+             drain; {summary}; coordinator: {} repairs, {} redelivered, {} skipped",
+            tortured.as_secs_f64(),
+            committed.len(),
+            logs.len(),
+            delivered.len() - received,
+            s.repairs,
+            s.redelivered,
+            s.skipped
+        ),
+        Err(e) => panic!("torture {kind}: {e}"),
+    }
+    assert!(total > 0, "nothing was committed");
+    assert!(s.repairs > 0, "no repair happened");
+    drop(client);
+    coord.stop();
+    dog.check();
+    assert!(place.segments().is_empty(), "{:?}", place.segments());
+}
+
+#[test]
+fn kill_torture_mpmc() {
+    torture(Kind::Mpmc, 2, 2);
+}
+
+#[test]
+fn kill_torture_spsc() {
+    torture(Kind::Spsc, 1, 1);
+}
+
+/// The coordinator is SIGKILLed mid-stream: producer and consumer keep exchanging frames; a
+/// restarted coordinator adopts the channel, notices when the consumer it never admitted dies,
+/// repairs its entry and admits a new consumer; nothing committed is lost.
+fn coordinator_killed(kind: Kind) {
+    let _serial = serial();
+    let dog = Watchdog::new("coordinator_killed", Duration::from_secs(120));
+    let place = Place::new("restart");
+    let sock = place.sock.to_str().unwrap().to_string();
+    let daemon = || {
+        let mut d = dog.spawn(peer().args(["daemon", &sock, &place.ns]));
+        d.expect_line("ready");
+        d
+    };
+    let d1 = daemon();
+    let client = place.client();
+    let cfg = match kind {
+        Kind::Spsc => ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64),
+        Kind::Mpmc => ChannelConfig::mpmc().capacity(32 * 64).max_frame_size(64),
+    };
+    client.create("t", &cfg).unwrap();
+    let commits = place.dir.join("commits");
+    SharedFile::create(&commits, 1);
+    let logs = [place.dir.join("log-0"), place.dir.join("log-1")];
+    for l in &logs {
+        FrameLog::create(l, 1 << 20);
+    }
+    let mut producer = spawn_role(
+        &dog,
+        &place,
+        &[
+            "client-produce",
+            "t",
+            "1",
+            commits.to_str().unwrap(),
+            "park",
+        ],
+    );
+    producer.expect_line("producing");
+    let mut consumer = spawn_role(
+        &dog,
+        &place,
+        &["client-consume", "t", logs[0].to_str().unwrap(), "park"],
+    );
+    consumer.expect_line("consuming");
+    let log0 = FrameLog::open(&logs[0]);
+    let grows = |log: &FrameLog, what: &str| {
+        let before = log.len();
+        let deadline = Instant::now() + T;
+        while log.len() < before + 100 {
+            assert!(Instant::now() < deadline, "{what}: frames stopped flowing");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    grows(&log0, "before the coordinator is killed");
+    d1.kill().expect("the coordinator was running");
+    grows(&log0, "while no coordinator runs");
+
+    let d2 = daemon();
+    consumer.kill().expect("the consumer was running");
+    let mut consumer = spawn_role(
+        &dog,
+        &place,
+        &["client-consume", "t", logs[1].to_str().unwrap(), "park"],
+    );
+    consumer.expect_line("consuming");
+    grows(
+        &FrameLog::open(&logs[1]),
+        "through a consumer the new coordinator admitted",
+    );
+    producer.kill().expect("the producer was running");
+    consumer.kill().expect("the consumer was running");
+    wait_until_vacant(&client, "t");
+    let mut delivered: Vec<Logged> = logs
+        .iter()
+        .flat_map(|p| FrameLog::open(p).entries())
+        .collect();
+    delivered.extend(drain(&client, "t"));
+    let committed: HashMap<u32, u64> = [(
+        1,
+        SharedFile::open(&commits).word(0).load(Ordering::Acquire),
+    )]
+    .into();
+    let s = client.stats("t").unwrap();
+    assert_eq!(s.info.depth, 0);
+    match check_delivery(&committed, &delivered) {
+        Ok(summary) => println!(
+            "coordinator killed ({kind}): {} frames committed; {summary}; {} repairs",
+            committed[&1], s.repairs
+        ),
+        Err(e) => panic!("coordinator killed ({kind}): {e}"),
+    }
+    assert_eq!(
+        s.repairs, 3,
+        "the first consumer, the producer and the second consumer"
+    );
+    drop(client);
+    // SIGTERM: a graceful stop removes the namespace's segments.
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(d2.pid() as i32, libc::SIGTERM) };
+    let out = d2.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    dog.check();
+    assert!(place.segments().is_empty(), "{:?}", place.segments());
+}
+
+#[test]
+fn coordinator_killed_spsc() {
+    coordinator_killed(Kind::Spsc);
+}
+
+#[test]
+fn coordinator_killed_mpmc() {
+    coordinator_killed(Kind::Mpmc);
+}
