@@ -17,6 +17,11 @@
 //! Shared memory is treated as untrusted input: every cursor, length and sequence read from it
 //! is checked, and a damaged segment yields [`Error::Corrupted`], never undefined behaviour.
 //!
+//! Channels are normally owned by a [`Coordinator`] (the `shmringd` daemon, or one embedded
+//! with [`Coordinator::start`]): a [`Client`] creates and opens them through it, and it checks
+//! permissions, admits participants and repairs what a crashed one left (see [`Client`]).
+//! Without one, a [`Segment`] can be created and opened by name directly:
+//!
 //! ```
 //! use shmring::{ChannelConfig, Segment};
 //!

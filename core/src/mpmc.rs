@@ -12,8 +12,8 @@
 //!
 //! * **Claim** (producer): load the enqueue position `p` (Relaxed), load `seq(p)` (**Acquire**,
 //!   pairs with the consumer's Release in *Release*: the previous reader is done with the
-//!   bytes). If `seq == p`, write the claim record `p << 8 | n` into this producer's participant
-//!   line, then CAS the enqueue position from `p` to `p + n` (**Release** on success, so a
+//!   bytes). If `seq == p`, store the claim record `p << 8 | n` into this producer's participant
+//!   line (Release, pairs with the repair's Acquire), then CAS the enqueue position from `p` to `p + n` (**Release** on success, so a
 //!   coordinator that loads the position with Acquire also sees the claim record). A batch of
 //!   `n` takes consecutive free slots with one CAS.
 //! * **Commit**: store the header word (Relaxed), then `seq = p + 1` (**Release**, pairs with the
@@ -23,10 +23,10 @@
 //!   the claim record in the consumer's participant line.
 //! * **Release**: `seq = p + S` (**Release**, pairs with the next producer's Acquire of `seq`).
 //!
-//! The claim records are what step 2's coordinator uses after a death: a slot of position `p`
-//! stuck at `seq == p` (or `p + 1`) whose position the cursor has passed, covered by a dead
-//! participant's claim record and by no live one's, was taken by the dead one. No timeout is
-//! involved. Positions are 64-bit and never wrap in practice; one at or past
+//! The claim records are what the coordinator's repair (`repair.rs`) uses after a death: a slot
+//! of position `p` stuck at `seq == p` (or `p + 1`) whose position the cursor has passed,
+//! covered by a dead participant's claim record and by no live one's, was taken by the dead one.
+//! No timeout is involved. Positions are 64-bit and never wrap in practice; one at or past
 //! [`MAX_POSITION`](crate::layout::MAX_POSITION) is reported as corruption because it could not
 //! be written into a claim record.
 

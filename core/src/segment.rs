@@ -431,7 +431,12 @@ impl std::fmt::Debug for Membership {
 /// Takes the first free entry of `role`'s table for process `pid` (started at `start_time`,
 /// clock ticks since boot), returning its index and owner word. MPMC entries start with no
 /// claim record. `Busy` if every entry is taken.
-pub(crate) fn take_entry(mem: &Memory, role: Role, pid: u32, start_time: u64) -> Result<(u32, u64)> {
+pub(crate) fn take_entry(
+    mem: &Memory,
+    role: Role,
+    pid: u32,
+    start_time: u64,
+) -> Result<(u32, u64)> {
     let geo = mem.geometry();
     let n = match role {
         Role::Producer => geo.max_producers,

@@ -1,6 +1,7 @@
-//! White-box tests of the state a coordinator's repair relies on. No coordinator exists at this
-//! layer, so a test "kills" a participant by leaking its handle and frees its table entry by
-//! hand, as the coordinator does once it has confirmed the death.
+//! White-box tests of the state a coordinator's repair relies on. A test "kills" a participant
+//! by leaking its handle and frees its table entry by hand, as the coordinator does once it has
+//! confirmed the death and repaired what the entry held (tests/tests/crash.rs does it with real
+//! processes and a real coordinator).
 
 use crate::layout::{Role, decode_claim, decode_owner, encode_owner};
 use crate::sync::Ordering::Relaxed;

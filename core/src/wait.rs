@@ -27,7 +27,9 @@
 //! `SHMRING_MEMBARRIER=0` in the environment forces both fallbacks on a process.
 
 use crate::error::{Error, Result};
-use crate::layout::{CursorLine, PARKED_NONE, PARKED_ON_CONSUMER, PARKED_ON_PRODUCER, Participant, Role};
+use crate::layout::{
+    CursorLine, PARKED_NONE, PARKED_ON_CONSUMER, PARKED_ON_PRODUCER, Participant, Role,
+};
 use crate::region::Memory;
 use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::sync::{compiler_fence, fence, spin_hint};

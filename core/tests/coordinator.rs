@@ -9,11 +9,13 @@ use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Kind
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Aborts the test process if a test runs past `secs` (a hang fails instead of stalling CI).
-struct Watchdog(std::sync::mpsc::Sender<()>);
+/// Dropping it (the test ended) disconnects the channel, which disarms it.
+struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
 
 fn watchdog(what: &'static str, secs: u64) -> Watchdog {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -25,13 +27,17 @@ fn watchdog(what: &'static str, secs: u64) -> Watchdog {
             std::process::abort();
         }
     });
-    Watchdog(tx)
+    Watchdog { _disarm: tx }
 }
 
 /// A namespace and socket no other test uses.
 fn place() -> (String, PathBuf) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
+    static N: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
+    let n = {
+        let mut n = N.lock().unwrap();
+        *n += 1;
+        *n
+    };
     let ns = format!("t{}-{n}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
     (ns, dir.join("coordinator.sock"))
