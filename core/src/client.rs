@@ -241,20 +241,19 @@ impl Shared {
         Ok((reply, fd))
     }
 
-    /// Sends `req` without waiting for its reply (read before the next request's).
+    /// Sends `req` without waiting for its reply (read before the next request's), on the
+    /// current connection only: never reconnects, so that it cannot block on a coordinator
+    /// that is down or stopped.
     fn tell(&self, req: &Request) {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let sent = match self.conn(&mut slot) {
-            Ok(conn) => match conn.send(&protocol::encode(req), &self.path) {
-                Ok(()) => {
-                    conn.unread += 1;
-                    true
-                }
-                Err(_) => false,
-            },
-            Err(_) => false,
+        let Some(conn) = slot.as_mut().filter(|c| c.pid == sys::pid()) else {
+            return;
         };
-        if !sent {
+        // With replies owed the socket is readable anyway; a dead peer then fails the send.
+        let healthy = conn.unread > 0 || !conn.is_closed();
+        if healthy && conn.send(&protocol::encode(req), &self.path).is_ok() {
+            conn.unread += 1;
+        } else {
             *slot = None;
         }
     }

@@ -30,6 +30,9 @@ const MAX_QUEUED: usize = 16 << 20;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How soon a pending repair is tried again.
 const RETRY_PENDING: u16 = 1; // ms
+/// Most reads from one connection per readiness event: epoll is level-triggered, so a client
+/// that keeps sending is served again next round, after everyone else.
+const READS_PER_EVENT: usize = 16;
 
 /// A reply waiting to be written, with the descriptor to attach to its first byte.
 struct Outgoing {
@@ -239,7 +242,7 @@ impl Server {
     fn read(&mut self, id: u64) {
         let mut buf = [0u8; 16 << 10];
         let mut eof = false;
-        loop {
+        for _ in 0..READS_PER_EVENT {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
