@@ -208,13 +208,19 @@ impl Consumer {
     }
 
     /// Passes `r` through; if it is `WouldBlock` and finding the ring empty gave space back
-    /// (SPSC), wakes a producer that may be asleep waiting for it.
+    /// (SPSC), wakes a producer that may be asleep waiting for it. An empty ring of a deleted
+    /// channel is `Closed`: nothing will come.
     #[inline]
     fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
-        if let (Err(Error::WouldBlock(_)), Ring::Spsc(core)) = (&r, &mut self.ring)
-            && core.take_freed()
-        {
-            wait::notify(self.mem.consumer_line(), self.light);
+        if let Err(Error::WouldBlock(_)) = &r {
+            if let Ring::Spsc(core) = &mut self.ring
+                && core.take_freed()
+            {
+                wait::notify(self.mem.consumer_line(), self.light);
+            }
+            if self.mem.deleted() {
+                return Err(deleted());
+            }
         }
         r
     }
@@ -429,6 +435,13 @@ impl Consumer {
     {
         self.blocking(Some(timeout), |c| c.try_drain_inner(max, &mut f))
     }
+}
+
+/// The error of a deleted channel.
+pub(crate) fn deleted() -> Error {
+    Error::Closed(
+        "the channel was deleted (by its owner, or its coordinator shut the namespace down)".into(),
+    )
 }
 
 /// Releases the rest of an MPMC batch on drop.

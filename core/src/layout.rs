@@ -163,6 +163,9 @@ pub const PARTICIPANTS: usize = REPAIR_LINE + LINE;
 pub const STATE_INITIALISING: u32 = 0;
 /// `SegmentHeader::state` once the segment may be used (stored with Release).
 pub const STATE_READY: u32 = 1;
+/// `SegmentHeader::state` once a coordinator deleted the channel: consumers take what is left
+/// in the ring and then get `Closed`; a producer that finds the ring full gets `Closed`.
+pub const STATE_DELETED: u32 = 2;
 
 /// Size of an SPSC record header.
 pub const RECORD_HEADER: usize = 8;

@@ -126,15 +126,26 @@ impl Producer {
 
     #[inline]
     fn try_claim_token(&mut self, len: usize) -> Result<Token> {
-        match &mut self.ring {
+        let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
-            Ring::Mpmc(core) => {
-                let pos = core.try_claim(&self.mem, len, 1)?.position(0);
+            Ring::Mpmc(core) => core.try_claim(&self.mem, len, 1).and_then(|c| {
+                let pos = c.position(0);
                 Ok(Token::Mpmc {
                     pos,
                     payload: mpmc::payload(&self.mem, pos, len)?,
                 })
-            }
+            }),
+        };
+        r.map_err(|e| self.full(e))
+    }
+
+    /// A full ring of a deleted channel is `Closed`: nobody will make room.
+    #[cold]
+    fn full(&self, e: Error) -> Error {
+        if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
+            crate::consumer::deleted()
+        } else {
+            e
         }
     }
 
@@ -229,9 +240,12 @@ impl Producer {
 
     #[inline]
     fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
-        match &mut self.ring {
-            Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching)?,
-            Ring::Mpmc(core) => core.try_send(&self.mem, frame)?,
+        let r = match &mut self.ring {
+            Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching),
+            Ring::Mpmc(core) => core.try_send(&self.mem, frame),
+        };
+        if let Err(e) = r {
+            return Err(self.full(e));
         }
         self.frames += 1;
         self.bytes += frame.len() as u64;

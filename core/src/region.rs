@@ -209,6 +209,13 @@ mod mapped {
             unsafe { self.at(STATE_OFFSET) }
         }
 
+        /// Whether a coordinator deleted the channel. Relaxed: a flag looked at on the slow
+        /// paths (an empty or full ring, a wait); the line holding it is written only then.
+        #[inline]
+        pub(crate) fn deleted(&self) -> bool {
+            self.state().load(crate::sync::Ordering::Relaxed) == layout::STATE_DELETED
+        }
+
         /// The producer cursor line.
         #[inline(always)]
         pub(crate) fn producer_line(&self) -> &CursorLine {

@@ -4,8 +4,8 @@
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::layout::{
-    self, ChannelConfig, Geometry, Kind, Origin, Participant, Role, STATE_INITIALISING,
-    STATE_READY, decode_owner, encode_claim, encode_owner,
+    self, ChannelConfig, Geometry, Kind, Origin, Participant, Role, STATE_DELETED,
+    STATE_INITIALISING, STATE_READY, decode_owner, encode_claim, encode_owner,
 };
 use crate::producer::Producer;
 use crate::region::{self, Memory};
@@ -227,6 +227,9 @@ impl Segment {
                     std::thread::sleep(Duration::from_millis(1))
                 }
                 STATE_INITIALISING => return Err(not_ready("is still being initialised")),
+                STATE_DELETED => {
+                    return Err(Error::NotFound(format!("segment {label:?} was deleted")));
+                }
                 other => {
                     return Err(Error::Corrupted(format!(
                         "segment {label:?} is in unknown state {other}"
@@ -243,6 +246,16 @@ impl Segment {
             origin: Origin::of(&header),
             lease: None,
         })
+    }
+
+    /// Marks the channel deleted and wakes everyone asleep on it, so that they see it: a
+    /// consumer takes what is left and then gets `Closed`, a producer facing a full ring gets
+    /// `Closed`.
+    pub(crate) fn mark_deleted(&self) {
+        // Release: nothing to publish but the flag itself; the waker's fence below orders it
+        // before the futex increments.
+        self.mem.state().store(STATE_DELETED, Release);
+        crate::wait::wake_all(&self.mem);
     }
 
     /// This segment, with `name`, telling `lease` when a handle closes.

@@ -115,6 +115,14 @@ pub(crate) fn notify(line: &CursorLine, light: bool) {
     }
 }
 
+/// Wakes every sleeper of both lines, whether or not they announced themselves (the channel
+/// was deleted: they must look at it again).
+pub(crate) fn wake_all(mem: &Memory) {
+    fence(SeqCst);
+    wake(mem.producer_line());
+    wake(mem.consumer_line());
+}
+
 #[cold]
 #[inline(never)]
 fn wake(line: &CursorLine) {
@@ -192,8 +200,9 @@ impl Waiter {
     }
 
     /// Waits, by the strategy, until `ready()` (a cheap look at one word of the ring; see
-    /// `region::Watch`) says that the side owning `line` may have made progress. `Err(TimedOut)`
-    /// once the deadline has passed.
+    /// `region::Watch`) says that the side owning `line` may have made progress, or the channel
+    /// was deleted (looked at every [`SPIN_CHECK_EVERY`] rounds of a spin). `Err(TimedOut)` once
+    /// the deadline has passed.
     ///
     /// The spinning loop holds nothing but the check and the spin hint (the clock is read
     /// every [`SPIN_CHECK_EVERY`] rounds, and only with a deadline): a poll that does more per
@@ -214,17 +223,20 @@ impl Waiter {
                     }
                     spin_hint();
                 }
+                if mem.deleted() {
+                    return Ok(()); // the caller's retry reports it
+                }
                 self.check_deadline()?;
             },
             WaitStrategy::Yield => loop {
-                if ready() {
+                if ready() || mem.deleted() {
                     return Ok(());
                 }
                 self.backoff.snooze();
                 self.check_deadline()?;
             },
             WaitStrategy::Park => loop {
-                if ready() {
+                if ready() || mem.deleted() {
                     return Ok(());
                 }
                 if self.backoff.is_completed() {

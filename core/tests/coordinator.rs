@@ -196,29 +196,52 @@ fn errors_name_the_problem_and_the_remedy() {
 }
 
 #[test]
-fn deleted_channels_keep_serving_their_users_and_come_back_new() {
+fn deleted_channels_close_for_their_users_and_come_back_new() {
     let _dog = watchdog("delete", 60);
     let (ns, sock) = place();
     let coord = start(&ns, &sock);
     let client = Client::connect(Some(&sock)).unwrap();
     let g1 = client
-        .create("c", &ChannelConfig::spsc())
+        .create("c", &ChannelConfig::spsc().capacity(256).max_frame_size(64))
         .unwrap()
         .generation;
     let mut tx = client.producer("c").unwrap();
     let mut rx = client.consumer("c").unwrap();
+    tx.send_timeout(b"sent before", T).unwrap();
     client.delete("c").unwrap();
     assert!(matches!(client.stats("c"), Err(Error::NotFound(_))));
     assert!(matches!(client.delete("c"), Err(Error::NotFound(_))));
-    tx.send_timeout(b"still here", T).unwrap();
-    assert_eq!(&*rx.read_timeout(T).unwrap(), b"still here");
+    // What was in the ring is still delivered; then the consumer is told, not left waiting.
+    assert_eq!(&*rx.read_timeout(T).unwrap(), b"sent before");
+    match rx.read_timeout(Duration::from_secs(600)) {
+        Err(Error::Closed(m)) => assert!(m.contains("deleted"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(rx.try_recv(&mut [0u8; 64]), Err(Error::Closed(_))));
+    // A producer learns it when the ring is full.
+    let outcome = loop {
+        match tx.send_timeout(&[7; 64], Duration::from_secs(600)) {
+            Ok(()) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(outcome, Error::Closed(_)), "{outcome}");
+    drop((tx, rx));
+
     let g2 = client
         .create("c", &ChannelConfig::mpmc())
         .unwrap()
         .generation;
     assert!(g2 > g1);
     assert_eq!(client.stats("c").unwrap().info.kind, Kind::Mpmc);
-    drop((tx, rx, client));
+    // A consumer asleep in a blocking read when its channel is deleted wakes up Closed.
+    let mut rx = client.consumer("c").unwrap();
+    rx.set_wait_strategy(shmring::WaitStrategy::Park);
+    let sleeper = std::thread::spawn(move || rx.read().map(|f| f.len()));
+    std::thread::sleep(Duration::from_millis(100));
+    client.delete("c").unwrap();
+    assert!(matches!(sleeper.join().unwrap(), Err(Error::Closed(_))));
+    drop(client);
     coord.stop();
     assert!(segments_of(&ns).is_empty());
 }

@@ -303,9 +303,10 @@ impl Registry {
         }
     }
 
-    /// Unlinks every channel's segment (the namespace is shutting down).
+    /// Deletes every channel (the namespace is shutting down).
     pub(super) fn remove_all(&mut self) {
         for (name, ch) in std::mem::take(&mut self.channels) {
+            ch.seg.mark_deleted();
             if let Err(e) = sys::shm_unlink(&ch.object) {
                 tracing::warn!(channel = %name, error = %e, "cannot remove segment");
             }
@@ -653,6 +654,7 @@ impl Registry {
             )));
         }
         let ch = self.channels.remove(name).expect("looked up above");
+        ch.seg.mark_deleted();
         sys::shm_unlink(&ch.object)?;
         for p in self.procs.values_mut() {
             p.admissions
