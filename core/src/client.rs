@@ -73,7 +73,14 @@ struct Shared {
     path: PathBuf,
     timeout: Duration,
     conn: Mutex<Option<Conn>>,
+    /// Closes not sent yet: a handle's drop queues its close here and never waits for the
+    /// connection (another thread may hold it for a slow request).
+    closes: Mutex<Vec<Request>>,
 }
+
+/// Most closes kept while no coordinator takes them (the oldest are dropped: a close only keeps
+/// the coordinator's books, and a restarted coordinator does not need it).
+const MAX_PENDING_CLOSES: usize = 4096;
 
 /// One connection, made by process `pid`.
 struct Conn {
@@ -102,7 +109,7 @@ fn unavailable(path: &Path, e: &std::io::Error) -> Error {
 
 impl Conn {
     fn open(path: &Path, timeout: Duration) -> Result<Conn> {
-        let stream = UnixStream::connect(path).map_err(|e| unavailable(path, &e))?;
+        let stream = sys::connect_unix(path, timeout).map_err(|e| unavailable(path, &e))?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -213,20 +220,26 @@ impl Shared {
         Ok(slot.as_mut().expect("set above"))
     }
 
-    /// Sends `req` and returns the reply, with the descriptor that came with it.
+    /// Sends `req` and returns the reply, with the descriptor that came with it. An error
+    /// reply is the coordinator's answer (the connection stays); a failed exchange leaves the
+    /// connection in an unknown state (a reply half read), so it is dropped.
     fn request(&self, req: &Request) -> Result<(Reply, Option<OwnedFd>)> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let r = self.exchange(&mut slot, req);
         if r.is_err() {
-            // In an unknown state (a reply may be half read): start afresh next time.
             *slot = None;
         }
-        r
+        match r? {
+            (Reply::Error { code, message }, _) => Err(code.into_error(message)),
+            ok => Ok(ok),
+        }
     }
 
     fn exchange(&self, slot: &mut Option<Conn>, req: &Request) -> Result<(Reply, Option<OwnedFd>)> {
         let conn = self.conn(slot)?;
+        self.send_closes(conn, false);
         conn.send(&protocol::encode(req), &self.path)?;
+        conn.catch_up(&self.path)?; // the replies to the closes just sent
         let payload = conn.read_frame(&self.path)?;
         let reply: Reply = protocol::decode(&payload)?;
         let fd = if conn.fds.is_empty() {
@@ -235,26 +248,55 @@ impl Shared {
             Some(conn.fds.remove(0))
         };
         conn.fds.clear();
-        if let Reply::Error { code, message } = reply {
-            return Err(code.into_error(message));
-        }
         Ok((reply, fd))
     }
 
-    /// Sends `req` without waiting for its reply (read before the next request's), on the
-    /// current connection only: never reconnects, so that it cannot block on a coordinator
-    /// that is down or stopped.
-    fn tell(&self, req: &Request) {
-        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(conn) = slot.as_mut().filter(|c| c.pid == sys::pid()) else {
-            return;
+    /// Sends the queued closes on `conn` (their replies are read before the next request's).
+    /// With `nonblocking`, stops at a full socket rather than wait.
+    fn send_closes(&self, conn: &mut Conn, nonblocking: bool) {
+        let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(req) = closes.first() {
+            let bytes = protocol::encode(req);
+            let sent = if nonblocking {
+                // A frame is tiny: a socket with any room takes it whole, and one begun is
+                // finished (a partial frame would desynchronise the stream).
+                sys::send_nonblocking(&conn.stream, &bytes, None).and_then(|n| {
+                    if n > 0 && n < bytes.len() {
+                        sys::send_all(&conn.stream, &bytes[n..])?;
+                    }
+                    Ok(n > 0)
+                })
+            } else {
+                sys::send_all(&conn.stream, &bytes).map(|()| true)
+            };
+            match sent {
+                Ok(true) => {
+                    closes.remove(0);
+                    conn.unread += 1;
+                }
+                Ok(false) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Queues a request whose reply nobody waits for (a close), and sends it at once if the
+    /// connection is free and healthy; never blocks, never reconnects.
+    fn tell(&self, req: Request) {
+        {
+            let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+            if closes.len() >= MAX_PENDING_CLOSES {
+                closes.remove(0);
+            }
+            closes.push(req);
+        }
+        let Ok(mut slot) = self.conn.try_lock() else {
+            return; // another thread's request sends it
         };
-        // With replies owed the socket is readable anyway; a dead peer then fails the send.
-        let healthy = conn.unread > 0 || !conn.is_closed();
-        if healthy && conn.send(&protocol::encode(req), &self.path).is_ok() {
-            conn.unread += 1;
-        } else {
-            *slot = None;
+        if let Some(conn) = slot.as_mut().filter(|c| c.pid == sys::pid()) {
+            // With replies owed the socket is readable anyway; a dead peer then fails a send.
+            if conn.unread > 0 || !conn.is_closed() {
+                self.send_closes(conn, true);
+            }
         }
     }
 }
@@ -263,14 +305,16 @@ impl Shared {
 struct Registration {
     shared: Arc<Shared>,
     channel: String,
+    generation: u64,
 }
 
 impl Lease for Registration {
     fn closed(&self, role: Role, index: u32, owner: u64) {
         // Best effort: the handle has freed its entry already; this only keeps the
         // coordinator's books. A coordinator that is down learns it on adoption.
-        self.shared.tell(&Request::Close {
+        self.shared.tell(Request::Close {
             name: self.channel.clone(),
+            generation: self.generation,
             role,
             index,
             owner,
@@ -309,6 +353,7 @@ impl Client {
                 path,
                 timeout,
                 conn: Mutex::new(Some(conn)),
+                closes: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -372,13 +417,18 @@ impl Client {
             name: name.to_string(),
             role,
         })?;
-        let (index, owner) = match reply {
-            Reply::Opened { index, owner } => (index, owner),
+        let (index, owner, generation) = match reply {
+            Reply::Opened {
+                index,
+                owner,
+                generation,
+            } => (index, owner, generation),
             other => return Err(unexpected(other)),
         };
         let lease: Arc<dyn Lease> = Arc::new(Registration {
             shared: Arc::clone(&self.shared),
             channel: name.to_string(),
+            generation,
         });
         let Some(fd) = fd else {
             lease.closed(role, index, owner);

@@ -337,6 +337,47 @@ impl Consumer {
         Ok(self.frame(token))
     }
 
+    /// Takes the next frame like [`Consumer::read_timeout`], as a [`DetachedFrame`] that does
+    /// not borrow the consumer: for callers that cannot hold a borrow across calls, such as
+    /// the C ABI. `timeout`: `None` waits as long as it takes, zero does not wait.
+    ///
+    /// # Safety
+    /// Until the frame is passed to [`release_detached`](Consumer::release_detached), this
+    /// consumer must not receive anything else (that would release the frame while its bytes
+    /// are still read), and the frame must be given back to this consumer, exactly once.
+    pub unsafe fn read_detached(&mut self, timeout: Option<Duration>) -> Result<DetachedFrame> {
+        let token = match timeout {
+            Some(Duration::ZERO) => {
+                let r = self.take(None);
+                self.settle(r)?
+            }
+            t => self.blocking(t, |c| c.take(None))?,
+        };
+        if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
+            *outstanding = Some(token.pos);
+        }
+        // SAFETY: the frame was taken by this consumer and stays unreleased until
+        // `release_detached`; the pointer is handed out raw.
+        let ptr = unsafe { self.mem.slice(token.payload) }.as_ptr();
+        Ok(DetachedFrame {
+            token,
+            ptr,
+            len: token.payload.len(),
+        })
+    }
+
+    /// Releases a detached frame: its space goes back to the producer.
+    ///
+    /// # Safety
+    /// `frame` must come from this consumer's [`read_detached`](Consumer::read_detached), with
+    /// nothing received since.
+    pub unsafe fn release_detached(&mut self, frame: DetachedFrame) {
+        if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
+            *outstanding = None;
+        }
+        self.release(frame.token);
+    }
+
     fn try_drain_inner<F>(&mut self, max: usize, f: &mut F) -> Result<usize>
     where
         F: FnMut(&[u8], FrameFlags),
@@ -477,6 +518,36 @@ impl Drop for Consumer {
             }
         }
         self.membership.leave(&self.mem);
+    }
+}
+
+/// A frame taken by [`Consumer::read_detached`]: `len` bytes at `ptr`, until given back.
+#[derive(Debug)]
+pub struct DetachedFrame {
+    token: Token,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl DetachedFrame {
+    /// The first byte of the frame, in shared memory.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frame's flags.
+    pub fn flags(&self) -> FrameFlags {
+        FrameFlags::from_bits(self.token.flags)
     }
 }
 

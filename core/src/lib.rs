@@ -85,14 +85,14 @@ pub use layout::{ChannelConfig, Geometry, Kind, Origin, Role};
 #[cfg(not(loom))]
 pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
 #[cfg(not(loom))]
-pub use consumer::{Consumer, Frame, FrameFlags, Received};
+pub use consumer::{Consumer, DetachedFrame, Frame, FrameFlags, Received};
 #[cfg(not(loom))]
 pub use coordinator::{
     Coordinator, CoordinatorConfig, DEFAULT_MAX_CHANNEL_BYTES, DEFAULT_NAMESPACE, SOCKET_ENV,
     default_socket_path,
 };
 #[cfg(not(loom))]
-pub use producer::{Batch, Claim, Producer};
+pub use producer::{Batch, Claim, DetachedClaim, Producer};
 #[cfg(not(loom))]
 pub use protocol::{ChannelInfo, ChannelStats, ParticipantInfo};
 #[cfg(not(loom))]

@@ -71,6 +71,10 @@ pub struct Producer {
     dirty: bool,
     frames: u64,
     bytes: u64,
+    /// MPMC: the position of a claim handed out and not yet committed or aborted. A `Claim`
+    /// that was leaked (`mem::forget`) never gives it back; the next claim aborts it, or the
+    /// slot would stay unwritten and wedge every consumer at its position.
+    mpmc_claimed: Option<u64>,
 }
 
 impl Producer {
@@ -101,6 +105,7 @@ impl Producer {
             dirty: false,
             frames,
             bytes,
+            mpmc_claimed: None,
         })
     }
 
@@ -128,13 +133,23 @@ impl Producer {
     fn try_claim_token(&mut self, len: usize) -> Result<Token> {
         let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
-            Ring::Mpmc(core) => core.try_claim(&self.mem, len, 1).and_then(|c| {
-                let pos = c.position(0);
-                Ok(Token::Mpmc {
-                    pos,
-                    payload: mpmc::payload(&self.mem, pos, len)?,
+            Ring::Mpmc(core) => {
+                if let Some(pos) = self.mpmc_claimed.take() {
+                    core.abort(&self.mem, pos); // a leaked claim
+                }
+                core.try_claim(&self.mem, len, 1).and_then(|c| {
+                    let pos = c.position(0);
+                    let payload = match mpmc::payload(&self.mem, pos, len) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            core.abort(&self.mem, pos);
+                            return Err(e);
+                        }
+                    };
+                    self.mpmc_claimed = Some(pos);
+                    Ok(Token::Mpmc { pos, payload })
                 })
-            }),
+            }
         };
         r.map_err(|e| self.full(e))
     }
@@ -151,6 +166,7 @@ impl Producer {
 
     #[inline]
     fn commit_token(&mut self, token: Token, len: usize) {
+        self.mpmc_claimed = None;
         match (&mut self.ring, token) {
             (Ring::Spsc(core), Token::Spsc(c)) => core.commit(&self.mem, c, len, !self.batching),
             (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, 0),
@@ -166,6 +182,7 @@ impl Producer {
     }
 
     fn abort_token(&mut self, token: Token) {
+        self.mpmc_claimed = None;
         if let (Ring::Mpmc(core), Token::Mpmc { pos, .. }) = (&mut self.ring, token) {
             // The position is taken for good: hand it on as a skip.
             core.abort(&self.mem, pos);
@@ -242,7 +259,12 @@ impl Producer {
     fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
         let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching),
-            Ring::Mpmc(core) => core.try_send(&self.mem, frame),
+            Ring::Mpmc(core) => {
+                if let Some(pos) = self.mpmc_claimed.take() {
+                    core.abort(&self.mem, pos); // a leaked claim
+                }
+                core.try_send(&self.mem, frame)
+            }
         };
         if let Err(e) = r {
             return Err(self.full(e));
@@ -290,6 +312,60 @@ impl Producer {
     pub fn claim_timeout(&mut self, len: usize, timeout: Duration) -> Result<Claim<'_>> {
         let token = self.blocking(Some(timeout), |p| p.try_claim_token(len))?;
         Ok(Claim::new(self, token))
+    }
+
+    /// Reserves `len` bytes like [`Producer::claim_timeout`], as a [`DetachedClaim`] that does
+    /// not borrow the producer: for callers that cannot hold a borrow across calls, such as the
+    /// C ABI. `timeout`: `None` waits as long as it takes, zero does not wait.
+    ///
+    /// # Safety
+    /// Until the claim is passed to [`commit_detached`](Producer::commit_detached) or
+    /// [`abort_detached`](Producer::abort_detached), this producer must not send, claim or
+    /// publish anything else (the same space would be handed out twice), and the claim must be
+    /// given back to this producer, exactly once.
+    pub unsafe fn claim_detached(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<DetachedClaim> {
+        let token = match timeout {
+            Some(Duration::ZERO) => self.try_claim_token(len)?,
+            t => self.blocking(t, |p| p.try_claim_token(len))?,
+        };
+        let bytes = token.payload();
+        // SAFETY: the claimed range is this producer's alone until committed or aborted; the
+        // pointer is handed out raw, so no Rust reference into it exists.
+        let ptr = unsafe { self.mem.slice_mut(bytes) }.as_mut_ptr();
+        Ok(DetachedClaim {
+            token,
+            ptr,
+            len: bytes.len(),
+        })
+    }
+
+    /// Publishes the first `len` bytes of a detached claim as one frame.
+    ///
+    /// # Safety
+    /// `claim` must come from this producer's [`claim_detached`](Producer::claim_detached),
+    /// with nothing sent or claimed since.
+    pub unsafe fn commit_detached(&mut self, claim: DetachedClaim, len: usize) -> Result<()> {
+        if len > claim.len {
+            self.abort_token(claim.token);
+            return Err(Error::InvalidArgument(format!(
+                "cannot commit {len} bytes of a {}-byte claim (the claim was aborted)",
+                claim.len
+            )));
+        }
+        self.commit_token(claim.token, len);
+        Ok(())
+    }
+
+    /// Gives a detached claim's space back without sending anything.
+    ///
+    /// # Safety
+    /// As for [`commit_detached`](Producer::commit_detached).
+    pub unsafe fn abort_detached(&mut self, claim: DetachedClaim) {
+        self.abort_token(claim.token);
     }
 
     /// Starts a batch: frames sent or committed through the returned guard become visible
@@ -352,6 +428,9 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        if let (Some(pos), Ring::Mpmc(core)) = (self.mpmc_claimed.take(), &mut self.ring) {
+            core.abort(&self.mem, pos); // a leaked claim
+        }
         self.batching = false;
         self.publish();
         self.membership.leave(&self.mem);
@@ -427,6 +506,32 @@ impl Drop for Claim<'_> {
         if !self.done {
             self.producer.abort_token(self.token);
         }
+    }
+}
+
+/// Space reserved by [`Producer::claim_detached`]: `len` writable bytes at `ptr`, until given
+/// back to the producer.
+#[derive(Debug)]
+pub struct DetachedClaim {
+    token: Token,
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl DetachedClaim {
+    /// The first byte of the claimed space, in shared memory.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Bytes claimed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the claim is zero bytes long.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

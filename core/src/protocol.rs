@@ -12,6 +12,7 @@
 //!                status 0: accepted, text = the namespace
 //!                status 1: incompatible versions, text = what to do
 //!                status 2: not a hello, text = what was expected
+//!                status 3: refused (a client the coordinator cannot serve), text = why
 //! ```
 //!
 //! After an accepted hello the client sends [`Request`]s and gets exactly one [`Reply`] each,
@@ -101,6 +102,9 @@ pub enum Request {
     Close {
         /// Channel name.
         name: String,
+        /// The channel's generation when the handle was opened: a close of a deleted
+        /// channel's handle must not touch a new channel of the same name.
+        generation: u64,
         /// The handle's role.
         role: Role,
         /// Its entry.
@@ -135,6 +139,8 @@ pub enum Reply {
         index: u32,
         /// Its owner word.
         owner: u64,
+        /// The channel's generation (a `Close` names it).
+        generation: u64,
     },
     /// Every channel.
     Channels(Vec<ChannelInfo>),
@@ -335,6 +341,8 @@ pub const HELLO_ACCEPTED: u8 = 0;
 pub const HELLO_INCOMPATIBLE: u8 = 1;
 /// Status byte of a server hello answering something that was not a hello.
 pub const HELLO_NOT_A_HELLO: u8 = 2;
+/// Status byte of a server hello refusing a client it cannot serve (the text says why).
+pub const HELLO_REFUSED: u8 = 3;
 
 /// The server's hello frame.
 pub fn server_hello(status: u8, text: &str) -> Vec<u8> {

@@ -37,7 +37,7 @@ impl DataRange {
 }
 
 #[cfg(not(loom))]
-pub(crate) use mapped::{Memory, read_header, state, write_header};
+pub(crate) use mapped::{Memory, header_from_bytes, state, write_header};
 
 /// What a blocked call watches between attempts: one shared word and the condition under which
 /// the ring may have become ready. Spinning on it is one load and a compare (plus a prefetch
@@ -140,16 +140,12 @@ mod mapped {
     // SAFETY: as for `Send`: `&Memory` only hands out atomics and checked ranges.
     unsafe impl Sync for Memory {}
 
-    /// Copies the header out of a mapping of at least `HEADER_SIZE` bytes; `None` if shorter.
-    pub(crate) fn read_header(map: &MmapRaw) -> Option<SegmentHeader> {
-        if map.len() < HEADER_SIZE {
-            return None;
-        }
-        // SAFETY: the mapping is at least HEADER_SIZE bytes long and page-aligned, so the read is
-        // in bounds and aligned; every bit pattern is a valid SegmentHeader (plain integers).
-        // Another process may write the header concurrently (it is untrusted): a volatile copy
-        // takes whatever bytes are there, and the caller validates the copy, never the original.
-        Some(unsafe { std::ptr::read_volatile(map.as_ptr() as *const SegmentHeader) })
+    /// A header from its bytes (read with `pread`, before anything is mapped).
+    pub(crate) fn header_from_bytes(bytes: &[u8; HEADER_SIZE]) -> SegmentHeader {
+        // SAFETY: the array is exactly size_of::<SegmentHeader>() bytes (asserted in layout);
+        // every bit pattern is a valid SegmentHeader (plain integers); read_unaligned copies
+        // from a byte array of no particular alignment.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SegmentHeader) }
     }
 
     /// Writes the header of a segment this process has just created and nobody uses yet.

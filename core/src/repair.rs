@@ -39,7 +39,7 @@ use crate::spsc;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 
 /// What one repair pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Repaired {
     /// Positions turned into skip records (MPMC producers).
     pub skipped: u64,
@@ -49,6 +49,8 @@ pub struct Repaired {
     pub released: u64,
     /// Something could not be decided yet: run the repair again.
     pub pending: bool,
+    /// Damage found on the way (what was repairable was repaired).
+    pub errors: Vec<String>,
 }
 
 impl Repaired {
@@ -57,6 +59,7 @@ impl Repaired {
         self.redelivered += other.redelivered;
         self.released += other.released;
         self.pending |= other.pending;
+        self.errors.extend(other.errors);
     }
 }
 
@@ -77,20 +80,21 @@ pub fn repair_participant(
     let entry = mem
         .participant(role, index)
         .ok_or_else(|| Error::InvalidArgument(format!("no {role} entry {index}")))?;
-    let done = match (mem.geometry().kind, role) {
-        (Kind::Spsc, Role::Producer) => Repaired::default(),
-        (Kind::Spsc, Role::Consumer) => spsc_consumer(mem, entry)?,
+    // First, whatever else fails: a dead sleeper's count would otherwise stay, and the next
+    // owner of the entry could take back a count that is not its own.
+    unpark(mem, entry);
+    match (mem.geometry().kind, role) {
+        (Kind::Spsc, Role::Producer) => Ok(Repaired::default()),
+        (Kind::Spsc, Role::Consumer) => spsc_consumer(mem, entry),
         (Kind::Mpmc, _) => {
             let r = mpmc_positions(mem, role, index, entry, is_dead)?;
             if !r.pending {
                 // Release: pairs with the Acquire in `covered`; nothing is held any more.
                 entry.claim.store(encode_claim(0, 0), Release);
             }
-            r
+            Ok(r)
         }
-    };
-    unpark(mem, entry);
-    Ok(done)
+    }
 }
 
 /// Takes a dead participant's count back out of the `waiters` of the line it was parked on.
@@ -143,9 +147,11 @@ fn covered(
         let Some(p) = mem.participant(role, i) else {
             return false;
         };
-        // Relaxed: a free entry's record is stale (a participant finishes what it took before
-        // it leaves), and a newly admitted owner's record was cleared on admission.
-        if p.owner.load(Relaxed) as u32 == 0 || is_dead(role, i) {
+        // Acquire: pairs with the Release of `free_entry`. A free entry's record is stale (a
+        // participant finishes what it took before it leaves), and the Acquire makes that
+        // finish visible to the second look at the slot; a newly admitted owner's record was
+        // cleared on admission.
+        if p.owner.load(Acquire) as u32 == 0 || is_dead(role, i) {
             return false;
         }
         // Acquire: pairs with the Release claim stores in `mpmc::take` (see the module docs).
@@ -196,7 +202,17 @@ fn mpmc_positions(
                 mpmc::commit_slot(mem, pos, encode_header(0, RecordType::Skip, 0, 0));
                 done.skipped += 1;
             }
-            Role::Consumer => done.add(redeliver(mem, pos)?),
+            Role::Consumer => match redeliver(mem, pos) {
+                Ok(r) => done.add(r),
+                Err(e) => {
+                    // The ring is damaged (its enqueue cursor is out of range): the frame cannot
+                    // be enqueued again. Releasing its slot loses it but keeps the ring from
+                    // wedging a lap later; the other positions are still repaired.
+                    release_held(mem, pos);
+                    done.released += 1;
+                    done.errors.push(e.to_string());
+                }
+            },
         }
     }
     Ok(done)
@@ -460,10 +476,11 @@ mod loom_tests {
             let m = mem.clone();
             let coord = loom::thread::spawn(move || repair_once(&m, Role::Producer, 0));
             let first = coord.join().unwrap();
+            let first_pending = first.pending;
             live.join().unwrap();
             let m = mem.clone();
             let finish = loom::thread::spawn(move || {
-                let mut done = first;
+                let mut done = first.clone();
                 if first.pending {
                     done = repair_once(&m, Role::Producer, 0);
                     assert!(!done.pending, "nothing live covers the position any more");
@@ -477,7 +494,7 @@ mod loom_tests {
                 "the dead position, skipped once"
             );
             assert_eq!(frames, vec![(7, 0)], "the live frame, once, unflagged");
-            seen2.lock().unwrap().insert((dead_pos, first.pending));
+            seen2.lock().unwrap().insert((dead_pos, first_pending));
         });
         let seen = seen.lock().unwrap();
         assert!(
@@ -568,10 +585,11 @@ mod loom_tests {
             let m = mem.clone();
             let coord = loom::thread::spawn(move || repair_once(&m, Role::Consumer, 0));
             let first = coord.join().unwrap();
+            let first_pending = first.pending;
             let mut got = live.join().unwrap();
             let m = mem.clone();
             let finish = loom::thread::spawn(move || {
-                let mut done = first;
+                let mut done = first.clone();
                 if first.pending {
                     done = repair_once(&m, Role::Consumer, 0);
                     assert!(!done.pending, "the live consumer freed its slot");
@@ -595,7 +613,7 @@ mod loom_tests {
                 }
             };
             assert_eq!(got, want, "both frames once, a held one flagged");
-            seen2.lock().unwrap().insert((held, first.pending));
+            seen2.lock().unwrap().insert((held, first_pending));
         });
         let seen = seen.lock().unwrap();
         assert!(

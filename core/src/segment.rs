@@ -4,7 +4,7 @@
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::layout::{
-    self, ChannelConfig, Geometry, Kind, Origin, Participant, Role, STATE_DELETED,
+    self, ChannelConfig, Geometry, Kind, Origin, PARKED_NONE, Participant, Role, STATE_DELETED,
     STATE_INITIALISING, STATE_READY, decode_owner, encode_claim, encode_owner,
 };
 use crate::producer::Producer;
@@ -112,7 +112,9 @@ impl Segment {
         owner: (u32, u32),
     ) -> Result<(Segment, OwnedFd)> {
         let geo = Geometry::new(config)?;
-        let fd = sys::shm_create(object, config.mode)?;
+        // The object's owner (this process's user) keeps read and write whatever the channel's
+        // mode: it must be able to open the object again (a coordinator adopting it).
+        let fd = sys::shm_create(object, config.mode | 0o600)?;
         let origin = Origin {
             creator_pid: sys::pid(),
             mode: config.mode,
@@ -207,39 +209,54 @@ impl Segment {
                 "segment {label:?} {what} after {timeout:?}; its creator may have died while creating it"
             ))
         };
-        // The creator sizes the object right after creating it: wait for that.
-        let len = loop {
+        // The header is read before anything is mapped, and only the size it validates is
+        // mapped: the object's own size is whatever a participant with the descriptor last
+        // set it to, and mapping (and populating) a grown object would take its memory.
+        let mut raw = [0u8; layout::HEADER_SIZE];
+        let (header, len) = loop {
             let len = sys::file_len(fd)?;
-            if len >= layout::HEADER_SIZE {
-                break len;
-            }
-            if Instant::now() >= deadline {
-                return Err(not_ready("still has no size"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let map = map(fd, len)?;
-        loop {
-            // Acquire: pairs with the Release in `initialise`.
-            match region::state(&map).load(Acquire) {
-                STATE_READY => break,
-                STATE_INITIALISING if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                STATE_INITIALISING => return Err(not_ready("is still being initialised")),
-                STATE_DELETED => {
+            let state = if len >= layout::HEADER_SIZE {
+                sys::pread_exact(fd, &mut raw, 0)?;
+                Some(region::header_from_bytes(&raw))
+            } else {
+                None // the creator sizes the object right after creating it
+            };
+            match state.map(|h| (h.state, h)) {
+                Some((STATE_READY, h)) => break (h, len),
+                Some((STATE_DELETED, _)) => {
                     return Err(Error::NotFound(format!("segment {label:?} was deleted")));
                 }
-                other => {
+                Some((STATE_INITIALISING, _)) | None if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                None => return Err(not_ready("still has no size")),
+                Some((STATE_INITIALISING, _)) => {
+                    return Err(not_ready("is still being initialised"));
+                }
+                Some((other, _)) => {
                     return Err(Error::Corrupted(format!(
                         "segment {label:?} is in unknown state {other}"
                     )));
                 }
             }
-        }
-        let header = region::read_header(&map).expect("mapping holds a header");
+        };
         let geo = Geometry::from_header(&header, len)
             .map_err(|e| prefix(e, &format!("segment {label:?}")))?;
+        let map = map(fd, geo.total_size)?;
+        // Acquire: pairs with the Release in `initialise`: what the creator wrote before the
+        // segment turned ready is visible through this mapping (the pread above is outside
+        // the memory model).
+        match region::state(&map).load(Acquire) {
+            STATE_READY => {}
+            STATE_DELETED => {
+                return Err(Error::NotFound(format!("segment {label:?} was deleted")));
+            }
+            other => {
+                return Err(Error::Corrupted(format!(
+                    "segment {label:?} changed to state {other} while being attached"
+                )));
+            }
+        }
         Ok(Segment {
             mem: Arc::new(Memory::new(map, geo)),
             name: None,
@@ -477,6 +494,9 @@ pub(crate) fn take_entry(
             // Relaxed: read by a coordinator that adopts the segment, to tell a live owner
             // from a dead one whose pid was reused.
             p.start_time.store(start_time, Relaxed);
+            // Relaxed: the new owner is counted on no line; a predecessor's flag, if its
+            // repair could not clear it, must not be taken for the new owner's.
+            p.parked.store(PARKED_NONE, Relaxed);
             if geo.kind == Kind::Mpmc {
                 // Release: pairs with the Acquire in `repair::covered`. A free entry holds no
                 // position, so whatever record it kept is stale.
@@ -562,8 +582,13 @@ impl Membership {
             .expect("index was checked on join")
     }
 
-    /// Frees the entry, if it is still ours, and tells the coordinator that admitted it.
+    /// Frees the entry, if it is still ours, and tells the coordinator that admitted it. A
+    /// handle dropped in a child forked after it was opened leaves the entry alone: it is the
+    /// parent's.
     pub(crate) fn leave(&self, mem: &Memory) {
+        if decode_owner(self.owner).0 != sys::pid() {
+            return;
+        }
         free_entry(mem, self.role, self.index, self.owner);
         if let Some(lease) = &self.lease {
             lease.closed(self.role, self.index, self.owner);

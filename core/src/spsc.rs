@@ -568,11 +568,11 @@ pub(crate) fn count_frames(mem: &Memory, from: u64, to: u64) -> Result<u64> {
                 "no record at position {pos}, below the delivered mark {to}"
             )));
         }
-        pos += check_record(mem, pos, word)? as u64;
+        pos = pos
+            .checked_add(check_record(mem, pos, word)? as u64)
+            .filter(|&p| p - from <= mem.geometry().capacity)
+            .ok_or_else(|| corrupted("delivered records span more than the ring"))?;
         n += u64::from(decode_header(word).ty == Some(RecordType::Data));
-        if pos - from > mem.geometry().capacity {
-            return Err(corrupted("delivered records span more than the ring"));
-        }
     }
     Ok(n)
 }

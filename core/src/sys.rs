@@ -160,11 +160,38 @@ pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> Result<()> {
     }
 }
 
+/// The user owning an object.
+pub(crate) fn file_uid(fd: &OwnedFd) -> Result<u32> {
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_uid)
+        .map_err(|e| Error::os("inspecting shared-memory object", e))
+}
+
 /// The size of an object.
 pub(crate) fn file_len(fd: &OwnedFd) -> Result<usize> {
     let st =
         nix::sys::stat::fstat(fd).map_err(|e| Error::os("inspecting shared-memory object", e))?;
     Ok(usize::try_from(st.st_size).unwrap_or(0))
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of a file.
+pub(crate) fn pread_exact(fd: &OwnedFd, buf: &mut [u8], offset: usize) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = nix::libc::off_t::try_from(offset + done)
+            .map_err(|_| Error::InvalidArgument("offset too large".into()))?;
+        match nix::sys::uio::pread(fd, &mut buf[done..], at) {
+            Ok(0) => {
+                return Err(Error::Unavailable(
+                    "the shared-memory object is shorter than its header".into(),
+                ));
+            }
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::os("reading a segment header", e)),
+        }
+    }
+    Ok(())
 }
 
 /// The size of a memory page.
@@ -308,6 +335,44 @@ pub(crate) fn supplementary_groups(pid: u32) -> Vec<u32> {
             )
         })
         .unwrap_or_default()
+}
+
+/// Connects to the Unix stream socket at `path`, giving up after `timeout` (a coordinator
+/// whose backlog is full makes a plain connect wait indefinitely).
+pub(crate) fn connect_unix(
+    path: &std::path::Path,
+    timeout: Duration,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    let addr = UnixAddr::new(path)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {
+                let stream = std::os::unix::net::UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            // A full backlog: try again until the deadline.
+            Err(Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(Errno::EAGAIN) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the coordinator's backlog stayed full",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Sends `bytes` on a stream socket without blocking and without SIGPIPE, with `fd` as

@@ -398,3 +398,19 @@ fn parked_producer_is_woken_when_the_consumer_empties_the_ring() {
     }
     producer.join().unwrap();
 }
+
+/// A zero-copy claim leaked with `mem::forget` (never committed, never aborted) would leave its
+/// MPMC slot unwritten and every consumer waiting at its position: the producer's next claim
+/// aborts it.
+#[test]
+fn a_leaked_mpmc_claim_does_not_wedge_the_ring() {
+    let seg = Segment::anonymous(&ChannelConfig::mpmc().capacity(1024).max_frame_size(64)).unwrap();
+    let (mut tx, mut rx) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    std::mem::forget(tx.try_claim(8).unwrap());
+    tx.try_send(b"after").unwrap();
+    assert_eq!(&*rx.try_read().unwrap(), b"after");
+    std::mem::forget(tx.try_claim(8).unwrap());
+    drop(tx); // the drop aborts it too
+    assert!(matches!(rx.try_read(), Err(Error::WouldBlock(_))));
+    assert_eq!(seg.stats().depth, 0);
+}

@@ -246,6 +246,30 @@ fn deleted_channels_close_for_their_users_and_come_back_new() {
     assert!(segments_of(&ns).is_empty());
 }
 
+/// A handle of a deleted channel that closes after the channel was created again under the
+/// same name (and the same process took the same entry there) leaves the new entry alone.
+#[test]
+fn a_stale_close_never_frees_a_new_channels_entry() {
+    let _dog = watchdog("stale close", 60);
+    let (ns, sock) = place();
+    let coord = start(&ns, &sock);
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("x", &ChannelConfig::spsc()).unwrap();
+    let old = client.producer("x").unwrap();
+    client.delete("x").unwrap();
+    client.create("x", &ChannelConfig::spsc()).unwrap();
+    let new = client.producer("x").unwrap();
+    drop(old); // its close names the old generation
+    assert!(
+        matches!(client.producer("x"), Err(Error::Busy(_))),
+        "the new channel's entry is still held by `new`"
+    );
+    drop(new);
+    let _again = client.producer("x").expect("free once `new` closed");
+    drop(client);
+    coord.stop();
+}
+
 #[test]
 fn hello_of_another_version_or_a_stranger_is_answered_then_closed() {
     let _dog = watchdog("hello", 60);

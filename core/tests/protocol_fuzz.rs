@@ -81,6 +81,7 @@ fn random_request(r: &mut Rng) -> Request {
         },
         2 => Request::Close {
             name: r.name(),
+            generation: r.wild(),
             role,
             index: r.wild() as u32,
             owner: r.wild(),

@@ -7,6 +7,7 @@ use nix::sys::signal::{SigSet, Signal};
 use shmring::{Coordinator, CoordinatorConfig, DEFAULT_NAMESPACE};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// The shmring coordinator: serves one namespace of shared-memory channels on a Unix socket.
 ///
@@ -70,6 +71,9 @@ fn main() -> ExitCode {
         keep_channels: args.keep_channels,
         max_channel_bytes: args.max_channel_bytes,
     };
+    if let Err(e) = raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let coordinator = match Coordinator::start(config) {
         Ok(c) => c,
         Err(e) => {
@@ -77,10 +81,53 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match signals.wait() {
-        Ok(sig) => tracing::info!(signal = %sig, "stopping"),
-        Err(e) => tracing::error!(error = %e, "sigwait failed; stopping"),
+    // Waits for a signal, looking every second whether the coordinator still serves: one that
+    // failed makes the daemon exit non-zero, so that a supervisor (systemd) restarts it.
+    loop {
+        match wait_signal(&signals, Duration::from_secs(1)) {
+            Ok(Some(sig)) => {
+                tracing::info!(signal = %sig, "stopping");
+                break;
+            }
+            Ok(None) if coordinator.is_running() => continue,
+            Ok(None) => {
+                drop(coordinator);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for signals failed; stopping");
+                break;
+            }
+        }
     }
     coordinator.stop();
     ExitCode::SUCCESS
+}
+
+/// Waits up to `timeout` for one of `signals` (blocked in this thread).
+fn wait_signal(signals: &SigSet, timeout: Duration) -> Result<Option<Signal>, nix::Error> {
+    let ts = nix::libc::timespec {
+        tv_sec: timeout.as_secs() as nix::libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
+    };
+    // SAFETY: sigtimedwait reads a valid signal set and timespec; the siginfo out-pointer may
+    // be NULL.
+    let r = unsafe { nix::libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
+    match r {
+        -1 if nix::errno::Errno::last() == nix::errno::Errno::EAGAIN => Ok(None),
+        -1 if nix::errno::Errno::last() == nix::errno::Errno::EINTR => Ok(None),
+        -1 => Err(nix::errno::Errno::last()),
+        sig => Ok(Signal::try_from(sig).ok()),
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: the coordinator holds a descriptor per
+/// connection, per watched process and per channel.
+fn raise_fd_limit() -> Result<(), nix::Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(())
 }

@@ -184,9 +184,18 @@ impl Coordinator {
             .name(format!("shmring-coordinator-{}", config.namespace))
             .spawn(move || {
                 tracing::info!(namespace = %ns, socket = %path.display(), pid = sys::pid(), "coordinator serving");
-                server.run();
-                if !keep {
-                    server.registry.remove_all();
+                let exit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()));
+                match exit {
+                    Ok(server::Exit::Stopped) if !keep => server.registry.remove_all(),
+                    Ok(server::Exit::Stopped) => {}
+                    // Not asked to stop: the channels stay for a restarted coordinator to adopt
+                    // (their users go on meanwhile).
+                    Ok(server::Exit::Failed) => {
+                        tracing::error!(namespace = %ns, "coordinator failed; its channels are left for the next one")
+                    }
+                    Err(_) => {
+                        tracing::error!(namespace = %ns, "coordinator panicked (a bug); its channels are left for the next one")
+                    }
                 }
                 let _ = std::fs::remove_file(&path);
                 drop(server);
@@ -238,6 +247,12 @@ impl Coordinator {
         &self.namespace
     }
 
+    /// Whether the coordinator still serves: `false` once it stopped by itself (it failed; the
+    /// reason is logged). A supervising program exits then, so that it is restarted.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops serving: closes every connection, removes the socket and (unless
     /// [`keep_channels`](CoordinatorConfig::keep_channels)) every channel's segment. Processes
     /// that have a channel mapped keep using it.
@@ -271,8 +286,20 @@ fn lock_namespace(namespace: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::os(format!("opening the namespace lock {}", path.display()), e))?;
+    let owner = file
+        .metadata()
+        .map_err(|e| Error::os(format!("inspecting {}", path.display()), e))?
+        .uid();
+    if owner != sys::euid() {
+        return Err(Error::PermissionDenied(format!(
+            "the namespace lock {} belongs to uid {owner}, not to this user ({}): remove it",
+            path.display(),
+            sys::euid()
+        )));
+    }
     sys::try_lock(file)?.ok_or_else(|| {
         Error::AlreadyExists(format!(
             "namespace {namespace:?} is already served by another coordinator (it holds {})",

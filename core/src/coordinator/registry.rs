@@ -59,7 +59,14 @@ struct Dead {
     owner: u64,
     pid: u32,
     since: Instant,
+    /// When to try again after a pending pass, and the wait that doubles each time (a live
+    /// participant descheduled mid-claim, or a hostile one, must not keep the loop busy).
+    next_try: Instant,
+    backoff: Duration,
 }
+
+/// Longest wait between two tries of a pending repair.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One channel.
 struct Channel {
@@ -67,7 +74,17 @@ struct Channel {
     seg: Segment,
     fd: OwnedFd,
     dead: Vec<Dead>,
+    /// A dead coordinator's repair claim is still to be finished (`finish_repair_claim`).
+    claim_pending: bool,
     rate: Rate,
+}
+
+/// An admission the reply for which may not reach its client: undone if the connection closes
+/// before the reply is written (see `server.rs`).
+#[derive(Clone, Debug)]
+pub(super) struct Admitted {
+    pid: u32,
+    adm: Admission,
 }
 
 /// Frame rates over the last sampling interval.
@@ -88,6 +105,8 @@ pub(super) struct Registry {
     procs: HashMap<u32, Proc>,
     next_generation: u64,
     max_channel_bytes: u64,
+    /// Processes found dead since the server last looked: their connections are closed.
+    dead_pids: Vec<u32>,
 }
 
 /// The prefix of the object names of a namespace's segments: `shmring.<namespace>@<euid>.`;
@@ -107,16 +126,20 @@ fn token_of(pid: u32) -> u64 {
 }
 
 /// Whether process `pid`, which started at `start_time` (zero: unknown), is alive; if so, a
-/// pidfd that will tell when it exits.
+/// pidfd that will tell when it exits. The pidfd decides; the start time, where `/proc` shows
+/// it, only tells a reused pid from the original owner.
 fn live_pidfd(pid: u32, start_time: u64) -> Option<OwnedFd> {
-    let same = |s: sys::ProcStat| !s.exited && (start_time == 0 || s.start_time == start_time);
-    if pid == 0 || !same(sys::proc_stat(pid)?) {
+    if pid == 0 {
         return None;
     }
-    let fd = sys::pidfd_open(pid).ok()?;
-    // Checked again now that the pidfd pins the process: the pid may have been reused between
-    // the first look and pidfd_open.
-    (same(sys::proc_stat(pid)?) && !sys::pidfd_exited(&fd)).then_some(fd)
+    let fd = sys::pidfd_open(pid).ok()?; // ESRCH: no such process
+    if let Some(s) = sys::proc_stat(pid)
+        && start_time != 0
+        && s.start_time != start_time
+    {
+        return None; // another process has the pid now
+    }
+    (!sys::pidfd_exited(&fd)).then_some(fd)
 }
 
 /// Whether `peer` may access a channel of `origin` for `want` (a mask of 4 = read, 2 = write),
@@ -144,7 +167,13 @@ impl Registry {
             procs: HashMap::new(),
             next_generation: 1,
             max_channel_bytes,
+            dead_pids: Vec::new(),
         }
+    }
+
+    /// Processes found dead since the last call, whose connections must be closed.
+    pub(super) fn take_dead_pids(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.dead_pids)
     }
 
     /// Adopts the namespace's segments left by a previous coordinator: validates each, keeps
@@ -166,7 +195,7 @@ impl Registry {
                 self.remove_object(&obj);
                 continue;
             };
-            self.next_generation = self.next_generation.max(generation + 1);
+            self.next_generation = self.next_generation.max(generation.saturating_add(1));
             match newest.get(&name) {
                 Some((g, old)) if *g > generation => {
                     tracing::warn!(object = %obj, newer = %old, "removing an older generation of a channel");
@@ -186,10 +215,21 @@ impl Registry {
         for (name, (generation, obj)) in newest {
             match self.adopt_one(epoll, &name, generation, &obj) {
                 Ok(()) => tracing::info!(channel = %name, generation, "adopted"),
-                Err(e) => {
+                // What the segment says of itself is wrong, or it was never finished: remove it.
+                Err(
+                    e @ (Error::Corrupted(_)
+                    | Error::Incompatible(_)
+                    | Error::Unavailable(_)
+                    | Error::NotFound(_)),
+                ) => {
                     tracing::warn!(object = %obj, error = %e, "removing a segment that cannot be adopted");
                     self.remove_object(&obj);
                 }
+                // Anything else may pass (no descriptors left, no memory): leave it in place.
+                Err(e) => tracing::error!(
+                    object = %obj, error = %e,
+                    "cannot adopt a segment now; it is left in place and not served"
+                ),
             }
         }
         self.repair_pending();
@@ -201,6 +241,16 @@ impl Registry {
         let fd = sys::shm_open(&object)?;
         // A segment still initialising was being created when the previous coordinator died.
         let seg = Segment::attach(&fd, obj, Duration::ZERO)?;
+        // /dev/shm is writable by everyone: only an object this coordinator's user made (or,
+        // for root, gave to the channel's owner) is one of its channels, never one another
+        // user planted under a matching name.
+        let file_uid = sys::file_uid(&fd)?;
+        let euid = sys::euid();
+        if file_uid != euid && !(euid == 0 && file_uid == seg.origin().owner_uid) {
+            return Err(Error::Corrupted(format!(
+                "it belongs to uid {file_uid}, not to this coordinator's user {euid}"
+            )));
+        }
         if seg.origin().generation != generation {
             return Err(Error::Corrupted(format!(
                 "its header says generation {}, its name {generation}",
@@ -238,9 +288,15 @@ impl Registry {
                     owner,
                 };
                 if let Some(proc) = self.procs.get_mut(&pid)
-                    && (proc.start_time == start_time || start_time == 0)
+                    && !sys::pidfd_exited(&proc.pidfd)
                 {
-                    proc.admissions.push(adm);
+                    // A process already watched: the same one unless both start times are
+                    // known and differ (then the entry's owner was an earlier holder of the pid).
+                    if proc.start_time == 0 || start_time == 0 || proc.start_time == start_time {
+                        proc.admissions.push(adm);
+                    } else {
+                        dead.push(Dead::new(role, index, owner, pid));
+                    }
                     continue;
                 }
                 match live_pidfd(pid, start_time) {
@@ -248,7 +304,7 @@ impl Registry {
                         epoll
                             .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token_of(pid)))
                             .map_err(|e| Error::os("watching a process", e))?;
-                        self.procs.insert(
+                        if let Some(old) = self.procs.insert(
                             pid,
                             Proc {
                                 pidfd,
@@ -256,21 +312,22 @@ impl Registry {
                                 conns: 0,
                                 admissions: vec![adm],
                             },
-                        );
+                        ) {
+                            let _ = epoll.delete(&old.pidfd);
+                            self.dead_pids.push(pid);
+                        }
                     }
-                    None => dead.push(Dead {
-                        role,
-                        index,
-                        owner,
-                        pid,
-                        since: Instant::now(),
-                    }),
+                    None => dead.push(Dead::new(role, index, owner, pid)),
                 }
             }
         }
         let is_dead =
             |role: Role, i: u32| dead.iter().any(|d: &Dead| d.role == role && d.index == i);
-        let finished = repair::finish_repair_claim(mem, &is_dead)?;
+        let finished = repair::finish_repair_claim(mem, &is_dead).unwrap_or_else(|e| {
+            tracing::warn!(channel = %name, error = %e, "the dead coordinator's repair claim is damaged; dropped");
+            mem.repair_line().claim.store(0, Relaxed);
+            Repaired::default()
+        });
         repair::count(mem, &finished, false);
         let stats = seg.stats();
         self.channels.insert(
@@ -279,6 +336,7 @@ impl Registry {
                 object,
                 fd,
                 dead,
+                claim_pending: finished.pending,
                 rate: Rate {
                     at: Instant::now(),
                     frames_in: stats.frames_in,
@@ -290,7 +348,7 @@ impl Registry {
             },
         );
         if finished.pending {
-            // The dead coordinator's claim is retried with the first repair pass.
+            // Retried with the repair passes until a live producer's claim no longer covers it.
             tracing::info!(channel = %name, "a dead coordinator's repair claim is pending");
         }
         Ok(())
@@ -305,7 +363,9 @@ impl Registry {
 
     /// Deletes every channel (the namespace is shutting down).
     pub(super) fn remove_all(&mut self) {
-        for (name, ch) in std::mem::take(&mut self.channels) {
+        for (name, mut ch) in std::mem::take(&mut self.channels) {
+            // What dead producers left is skipped first, so consumers can drain past it.
+            repair_channel(&name, &mut ch, true);
             ch.seg.mark_deleted();
             if let Err(e) = sys::shm_unlink(&ch.object) {
                 tracing::warn!(channel = %name, error = %e, "cannot remove segment");
@@ -315,13 +375,14 @@ impl Registry {
 
     /// A client process connected. Returns the pidfd to watch if the process is new.
     pub(super) fn connected(&mut self, epoll: &Epoll, pid: u32, pidfd: OwnedFd) -> Result<()> {
-        let start_time = sys::proc_stat(pid).map_or(0, |s| s.start_time);
         if let Some(p) = self.procs.get(&pid)
-            && p.start_time != start_time
+            && sys::pidfd_exited(&p.pidfd)
         {
-            // The pid was reused: the process we knew by it is gone.
+            // The process we knew by this pid is gone (its event not yet handled), and the
+            // pid was reused.
             self.exited(epoll, pid);
         }
+        let start_time = sys::proc_stat(pid).map_or(0, |s| s.start_time);
         if let Some(p) = self.procs.get_mut(&pid) {
             p.conns += 1;
             return Ok(());
@@ -365,7 +426,7 @@ impl Registry {
             return;
         };
         let _ = epoll.delete(&p.pidfd);
-        let now = Instant::now();
+        self.dead_pids.push(pid);
         for a in p.admissions {
             let Some(ch) = self.channels.get_mut(&a.channel) else {
                 continue;
@@ -374,27 +435,27 @@ impl Registry {
                 continue;
             }
             tracing::info!(channel = %a.channel, role = %a.role, index = a.index, pid, "participant died");
-            ch.dead.push(Dead {
-                role: a.role,
-                index: a.index,
-                owner: a.owner,
-                pid,
-                since: now,
-            });
+            ch.dead.push(Dead::new(a.role, a.index, a.owner, pid));
         }
         self.repair_pending();
     }
 
-    /// Whether some repair could not finish yet.
-    pub(super) fn has_pending(&self) -> bool {
-        self.channels.values().any(|c| !c.dead.is_empty())
+    /// When a pending repair is due next, if any is.
+    pub(super) fn next_retry(&self) -> Option<Instant> {
+        self.channels
+            .values()
+            .flat_map(|c| {
+                let claim = c.claim_pending.then(Instant::now);
+                claim.into_iter().chain(c.dead.iter().map(|d| d.next_try))
+            })
+            .min()
     }
 
-    /// Runs the repairs of every channel with dead entries.
+    /// Runs the repairs that are due.
     pub(super) fn repair_pending(&mut self) {
         for (name, ch) in &mut self.channels {
-            if !ch.dead.is_empty() {
-                repair_channel(name, ch);
+            if !ch.dead.is_empty() || ch.claim_pending {
+                repair_channel(name, ch, false);
             }
         }
     }
@@ -417,45 +478,56 @@ impl Registry {
         }
     }
 
-    /// Answers a request. A reply may carry a descriptor to send with it.
-    pub(super) fn handle(
-        &mut self,
-        epoll: &Epoll,
-        peer: &Peer,
-        req: Request,
-    ) -> (Reply, Option<OwnedFd>) {
+    /// Answers a request. A reply may carry a descriptor to send with it, and an admission to
+    /// undo if it cannot be delivered.
+    pub(super) fn handle(&mut self, epoll: &Epoll, peer: &Peer, req: Request) -> Answer {
+        let plain = |reply| Answer {
+            reply,
+            fd: None,
+            admitted: None,
+        };
         let r = match req {
             Request::Create { name, config } => self
                 .create(peer, &name, &config)
-                .map(|info| (Reply::Channel(info), None)),
-            Request::Open { name, role } => self
-                .open(epoll, peer, &name, role)
-                .map(|(index, owner, fd)| (Reply::Opened { index, owner }, Some(fd))),
+                .map(|info| plain(Reply::Channel(info))),
+            Request::Open { name, role } => self.open(epoll, peer, &name, role),
             Request::Close {
                 name,
+                generation,
                 role,
                 index,
                 owner,
             } => {
-                self.close(epoll, peer, &name, role, index, owner);
-                Ok((Reply::Done, None))
+                let adm = Admission {
+                    channel: name,
+                    generation,
+                    role,
+                    index,
+                    owner,
+                };
+                self.close(epoll, peer.pid, &adm);
+                Ok(plain(Reply::Done))
             }
-            Request::Delete { name } => self.delete(peer, &name).map(|()| (Reply::Done, None)),
-            Request::List => Ok((
-                Reply::Channels(
-                    self.channels
-                        .iter()
-                        .map(|(name, ch)| info(name, &ch.seg))
-                        .collect(),
-                ),
-                None,
-            )),
-            Request::Stats { name } => self.stats(peer, &name).map(|s| (Reply::Stats(s), None)),
+            Request::Delete { name } => self.delete(peer, &name).map(|()| plain(Reply::Done)),
+            Request::List => Ok(plain(Reply::Channels(
+                self.channels
+                    .iter()
+                    .map(|(name, ch)| info(name, &ch.seg))
+                    .collect(),
+            ))),
+            Request::Stats { name } => self.stats(peer, &name).map(|s| plain(Reply::Stats(s))),
         };
         r.unwrap_or_else(|e| {
             let (code, message) = crate::protocol::ErrorCode::of(&e);
-            (Reply::Error { code, message }, None)
+            plain(Reply::Error { code, message })
         })
+    }
+
+    /// Undoes an admission whose reply never reached its client (the connection closed
+    /// first): the client never learnt of the entry, so nobody would ever free it.
+    pub(super) fn unadmit(&mut self, epoll: &Epoll, a: &Admitted) {
+        tracing::debug!(channel = %a.adm.channel, pid = a.pid, "admission undone: its reply was not delivered");
+        self.close(epoll, a.pid, &a.adm);
     }
 
     fn channel(&self, name: &str) -> Result<&Channel> {
@@ -491,7 +563,7 @@ impl Registry {
             )));
         }
         let generation = self.next_generation;
-        self.next_generation += 1;
+        self.next_generation = self.next_generation.saturating_add(1);
         let object = CString::new(format!("/{}{generation}.{name}", self.prefix))
             .expect("validated names hold no NUL");
         let (seg, fd) = Segment::create_object(&object, config, generation, (peer.uid, peer.gid))?;
@@ -516,6 +588,7 @@ impl Registry {
                 seg,
                 fd,
                 dead: Vec::new(),
+                claim_pending: false,
                 rate: Rate {
                     at: Instant::now(),
                     frames_in: stats.frames_in,
@@ -528,13 +601,7 @@ impl Registry {
         Ok(info)
     }
 
-    fn open(
-        &mut self,
-        epoll: &Epoll,
-        peer: &Peer,
-        name: &str,
-        role: Role,
-    ) -> Result<(u32, u64, OwnedFd)> {
+    fn open(&mut self, epoll: &Epoll, peer: &Peer, name: &str, role: Role) -> Result<Answer> {
         let ch = self.channel(name)?;
         let origin = ch.seg.origin();
         if !permits(peer, &origin, 6) {
@@ -544,7 +611,14 @@ impl Registry {
             )));
         }
         let generation = origin.generation;
-        let start_time = self.procs.get(&peer.pid).map_or(0, |p| p.start_time);
+        let Some(start_time) = self.procs.get(&peer.pid).map(|p| p.start_time) else {
+            // Every connected client is watched; admitting an unwatched one would leave its
+            // entry unrepaired when it dies.
+            return Err(Error::Unavailable(format!(
+                "pid {} is not being watched",
+                peer.pid
+            )));
+        };
         let mem = std::sync::Arc::clone(&ch.seg.mem);
         let taken = match take_entry(&mem, role, peer.pid, start_time) {
             Err(Error::Busy(_)) => {
@@ -568,36 +642,33 @@ impl Registry {
             }
             other => other,
         })?;
-        let fd = self.channels[name]
-            .fd
-            .try_clone()
-            .map_err(|e| Error::os("duplicating a segment descriptor", e));
-        let fd = match fd {
+        let adm = Admission {
+            channel: name.to_string(),
+            generation,
+            role,
+            index,
+            owner,
+        };
+        let fd = match self.channels[name].fd.try_clone() {
             Ok(fd) => fd,
             Err(e) => {
                 free_entry(&mem, role, index, owner);
-                return Err(e);
+                return Err(Error::os("duplicating a segment descriptor", e));
             }
         };
-        match self.procs.get_mut(&peer.pid) {
-            Some(p) => p.admissions.push(Admission {
-                channel: name.to_string(),
-                generation,
-                role,
-                index,
-                owner,
-            }),
-            None => {
-                // Not watched (cannot happen for a connected client): do not admit blind.
-                free_entry(&mem, role, index, owner);
-                return Err(Error::Unavailable(format!(
-                    "pid {} is not being watched",
-                    peer.pid
-                )));
-            }
+        if let Some(p) = self.procs.get_mut(&peer.pid) {
+            p.admissions.push(adm.clone());
         }
         tracing::debug!(channel = %name, role = %role, index, pid = peer.pid, "admitted");
-        Ok((index, owner, fd))
+        Ok(Answer {
+            reply: Reply::Opened {
+                index,
+                owner,
+                generation,
+            },
+            fd: Some(fd),
+            admitted: Some(Admitted { pid: peer.pid, adm }),
+        })
     }
 
     /// Handles the deaths of holders of `role` entries of channel `name` whose pidfds are
@@ -619,29 +690,22 @@ impl Registry {
         }
     }
 
-    fn close(
-        &mut self,
-        epoll: &Epoll,
-        peer: &Peer,
-        name: &str,
-        role: Role,
-        index: u32,
-        owner: u64,
-    ) {
-        let Some(p) = self.procs.get_mut(&peer.pid) else {
+    /// Forgets process `pid`'s admission `adm` (its handle closed), freeing the entry if the
+    /// handle could not. Only the admission of that generation of the channel, of that
+    /// process, with that owner word: a stale close never touches anyone else's entry.
+    fn close(&mut self, epoll: &Epoll, pid: u32, adm: &Admission) {
+        let Some(p) = self.procs.get_mut(&pid) else {
             return;
         };
         let before = p.admissions.len();
-        p.admissions.retain(|a| {
-            !(a.channel == name && a.role == role && a.index == index && a.owner == owner)
-        });
+        p.admissions.retain(|a| a != adm);
         if p.admissions.len() != before
-            && let Some(ch) = self.channels.get(name)
+            && let Some(ch) = self.channels.get(&adm.channel)
+            && ch.seg.origin().generation == adm.generation
         {
-            // The handle freed the entry itself; this covers one that could not.
-            free_entry(&ch.seg.mem, role, index, owner);
+            free_entry(&ch.seg.mem, adm.role, adm.index, adm.owner);
         }
-        self.forget_if_idle(epoll, peer.pid);
+        self.forget_if_idle(epoll, pid);
     }
 
     fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {
@@ -653,7 +717,9 @@ impl Registry {
                 origin.owner_uid
             )));
         }
-        let ch = self.channels.remove(name).expect("looked up above");
+        let mut ch = self.channels.remove(name).expect("looked up above");
+        // What dead producers left is skipped first, so consumers can drain past it.
+        repair_channel(name, &mut ch, true);
         ch.seg.mark_deleted();
         sys::shm_unlink(&ch.object)?;
         for p in self.procs.values_mut() {
@@ -702,14 +768,33 @@ impl Registry {
     }
 }
 
-/// Repairs what a channel's dead participants left, freeing each entry once its repair is
-/// complete, and wakes whoever sleeps on the channel so that they look again.
-fn repair_channel(name: &str, ch: &mut Channel) {
+/// Repairs what a channel's dead participants left (those due, or all with `all`), freeing
+/// each entry once its repair is complete, and wakes whoever sleeps on the channel so that they
+/// look again. A pending repair is tried again after a wait that doubles up to `MAX_BACKOFF`.
+fn repair_channel(name: &str, ch: &mut Channel, all: bool) {
     let mem = std::sync::Arc::clone(&ch.seg.mem);
     let known: Vec<(Role, u32)> = ch.dead.iter().map(|d| (d.role, d.index)).collect();
     let is_dead = |role: Role, i: u32| known.contains(&(role, i));
+    let now = Instant::now();
     let mut progress = false;
-    ch.dead.retain(|d| {
+    if ch.claim_pending {
+        match repair::finish_repair_claim(&mem, &is_dead) {
+            Ok(done) => {
+                ch.claim_pending = done.pending;
+                progress |= !done.pending;
+                repair::count(&mem, &done, false);
+            }
+            Err(e) => {
+                tracing::warn!(channel = %name, error = %e, "the dead coordinator's repair claim is damaged; dropped");
+                mem.repair_line().claim.store(0, Relaxed);
+                ch.claim_pending = false;
+            }
+        }
+    }
+    ch.dead.retain_mut(|d| {
+        if !all && d.next_try > now {
+            return true;
+        }
         let Some(entry) = mem.participant(d.role, d.index) else {
             return false;
         };
@@ -725,9 +810,15 @@ fn repair_channel(name: &str, ch: &mut Channel) {
                 Repaired::default()
             }
         };
-        progress |= done != Repaired::default();
+        for e in &done.errors {
+            tracing::warn!(channel = %name, role = %d.role, index = d.index, error = %e,
+                "damage found while repairing; a frame was released undelivered");
+        }
+        progress |= done.skipped + done.redelivered + done.released > 0;
         if done.pending {
             repair::count(&mem, &done, false);
+            d.next_try = now + d.backoff;
+            d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
             return true;
         }
         free_entry(&mem, d.role, d.index, d.owner);
@@ -747,6 +838,29 @@ fn repair_channel(name: &str, ch: &mut Channel) {
         wait::notify(mem.producer_line(), false);
         wait::notify(mem.consumer_line(), false);
     }
+}
+
+impl Dead {
+    fn new(role: Role, index: u32, owner: u64, pid: u32) -> Dead {
+        let now = Instant::now();
+        Dead {
+            role,
+            index,
+            owner,
+            pid,
+            since: now,
+            next_try: now,
+            backoff: Duration::from_millis(1),
+        }
+    }
+}
+
+/// What `Registry::handle` answers: the reply, a descriptor to send with it, and the
+/// admission to undo if the reply cannot be delivered.
+pub(super) struct Answer {
+    pub reply: Reply,
+    pub fd: Option<OwnedFd>,
+    pub admitted: Option<Admitted>,
 }
 
 /// `list`'s view of a channel.

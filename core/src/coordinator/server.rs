@@ -3,11 +3,11 @@
 //! and writes are non-blocking with per-connection buffers, so a slow or hostile client cannot
 //! delay the repair of another's channel.
 
-use super::registry::{PIDFD_TOKEN, Peer, Registry};
+use super::registry::{Admitted, PIDFD_TOKEN, Peer, Registry};
 use crate::error::{Error, Result};
 use crate::protocol::{
     self, ErrorCode, FrameReader, HELLO_ACCEPTED, HELLO_INCOMPATIBLE, HELLO_NOT_A_HELLO,
-    MAX_REQUEST, PROTOCOL_VERSION, Reply, Request,
+    HELLO_REFUSED, MAX_REQUEST, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::sys;
 use nix::errno::Errno;
@@ -26,19 +26,33 @@ const FIRST_CONN: u64 = 2;
 const MAX_CONNECTIONS: usize = 4096;
 /// Most reply bytes queued for one client before it is dropped as not reading.
 const MAX_QUEUED: usize = 16 << 20;
+/// Reply bytes queued for one client above which its requests are not read until it has
+/// taken its replies (a client that only sends cannot make the coordinator buffer for it).
+const READ_PAUSE: usize = 1 << 20;
 /// How often frame rates are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// How soon a pending repair is tried again.
-const RETRY_PENDING: u16 = 1; // ms
+/// How long the listener rests when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Most reads from one connection per readiness event: epoll is level-triggered, so a client
 /// that keeps sending is served again next round, after everyone else.
 const READS_PER_EVENT: usize = 16;
 
-/// A reply waiting to be written, with the descriptor to attach to its first byte.
+/// How the loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// Asked to stop.
+    Stopped,
+    /// Could not go on (the reason is logged).
+    Failed,
+}
+
+/// A reply waiting to be written, with the descriptor to attach to its first byte and the
+/// admission to undo if the connection closes before it is written.
 struct Outgoing {
     bytes: Vec<u8>,
     sent: usize,
     fd: Option<OwnedFd>,
+    undo: Option<Admitted>,
 }
 
 struct Conn {
@@ -50,13 +64,15 @@ struct Conn {
     queued: usize,
     /// Close once the queued replies are written (after a protocol violation).
     closing: bool,
-    /// EPOLLOUT is registered.
-    writing: bool,
+    /// The interest registered: (EPOLLIN, EPOLLOUT).
+    interest: (bool, bool),
 }
 
 pub(super) struct Server {
     epoll: Epoll,
     listener: UnixListener,
+    /// The listener is out of the epoll set until then (no file descriptors were left).
+    listener_paused: Option<Instant>,
     stop: UnixStream,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
@@ -64,13 +80,15 @@ pub(super) struct Server {
     namespace: String,
 }
 
-fn interest(write: bool) -> EpollFlags {
-    let base = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-    if write {
-        base | EpollFlags::EPOLLOUT
-    } else {
-        base
+fn flags(read: bool, write: bool) -> EpollFlags {
+    let mut f = EpollFlags::EPOLLRDHUP;
+    if read {
+        f |= EpollFlags::EPOLLIN;
     }
+    if write {
+        f |= EpollFlags::EPOLLOUT;
+    }
+    f
 }
 
 impl Server {
@@ -99,6 +117,7 @@ impl Server {
         Ok(Server {
             epoll,
             listener,
+            listener_paused: None,
             stop,
             conns: HashMap::new(),
             next_conn: FIRST_CONN,
@@ -108,25 +127,31 @@ impl Server {
     }
 
     /// Serves until the stop socket becomes readable (or is closed).
-    pub(super) fn run(&mut self) {
+    pub(super) fn run(&mut self) -> Exit {
         let mut events = vec![EpollEvent::empty(); 256];
         let mut next_sample = Instant::now() + SAMPLE_EVERY;
         loop {
-            let timeout = if self.registry.has_pending() {
-                EpollTimeout::from(RETRY_PENDING)
-            } else {
-                let ms = next_sample
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(u128::from(u16::MAX)) as u16;
-                EpollTimeout::from(ms)
-            };
-            let n = match self.epoll.wait(&mut events, timeout) {
+            let now = Instant::now();
+            let wake = [
+                Some(next_sample),
+                self.registry.next_retry(),
+                self.listener_paused,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_sample);
+            let ms = wake
+                .saturating_duration_since(now)
+                .as_micros()
+                .div_ceil(1000)
+                .min(u128::from(u16::MAX)) as u16;
+            let n = match self.epoll.wait(&mut events, EpollTimeout::from(ms)) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => {
                     tracing::error!(error = %e, "epoll_wait failed; the coordinator stops");
-                    return;
+                    return Exit::Failed;
                 }
             };
             for ev in &events[..n] {
@@ -136,33 +161,49 @@ impl Server {
                         let mut b = [0u8; 16];
                         match (&self.stop).read(&mut b) {
                             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                            _ => return,
+                            _ => return Exit::Stopped,
                         }
                     }
                     t if t & PIDFD_TOKEN != 0 => {
-                        let pid = (t & !PIDFD_TOKEN) as u32;
-                        self.registry.exited(&self.epoll, pid);
-                        // Connections the dead process shared with a forked child speak with
-                        // its credentials: close them (the child's client reconnects).
-                        let ids: Vec<u64> = self
-                            .conns
-                            .iter()
-                            .filter(|(_, c)| c.peer.pid == pid)
-                            .map(|(&id, _)| id)
-                            .collect();
-                        for id in ids {
-                            self.drop_conn(id);
-                        }
+                        self.registry.exited(&self.epoll, (t & !PIDFD_TOKEN) as u32)
                     }
                     id => self.conn_event(id, ev.events()),
                 }
+                self.close_dead_conns();
             }
-            if self.registry.has_pending() {
-                self.registry.repair_pending();
+            self.registry.repair_pending();
+            self.close_dead_conns();
+            if let Some(until) = self.listener_paused
+                && Instant::now() >= until
+            {
+                self.listener_paused = None;
+                if let Err(e) = self.epoll.add(
+                    &self.listener,
+                    EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+                ) {
+                    tracing::error!(error = %e, "cannot watch the control socket again; the coordinator stops");
+                    return Exit::Failed;
+                }
             }
             if Instant::now() >= next_sample {
                 self.registry.sample_rates();
                 next_sample = Instant::now() + SAMPLE_EVERY;
+            }
+        }
+    }
+
+    /// Closes the connections of processes found dead: one a forked child still holds speaks
+    /// with the dead parent's credentials (the child's client reconnects as itself).
+    fn close_dead_conns(&mut self) {
+        for pid in self.registry.take_dead_pids() {
+            let ids: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.peer.pid == pid)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in ids {
+                self.drop_conn(id);
             }
         }
     }
@@ -174,7 +215,17 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        // The pending connection stays queued, and a level-triggered listener
+                        // would wake the loop at once, again and again: rest it a while.
+                        tracing::warn!(
+                            "out of file descriptors: not accepting for {ACCEPT_PAUSE:?}"
+                        );
+                        let _ = self.epoll.delete(&self.listener);
+                        self.listener_paused = Some(Instant::now() + ACCEPT_PAUSE);
+                    } else {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
                     return;
                 }
             };
@@ -193,6 +244,15 @@ impl Server {
             .set_nonblocking(true)
             .map_err(|e| Error::os("configuring a client connection", e))?;
         let cred = sys::peer_cred(&stream)?;
+        if cred.pid == 0 {
+            // The kernel gives pid 0 for a peer in a pid namespace this one cannot see: such a
+            // client's death could not be told apart from anyone else's.
+            let text = "clients in another pid namespace are not supported: run the client \
+                        where the coordinator can see its pid";
+            let _ =
+                sys::send_nonblocking(&stream, &protocol::server_hello(HELLO_REFUSED, text), None);
+            return Err(Error::Unavailable(format!("refused a client: {text}")));
+        }
         let pidfd = sys::peer_pidfd(&stream, cred.pid)?;
         let peer = Peer {
             pid: cred.pid,
@@ -203,7 +263,7 @@ impl Server {
         let id = self.next_conn;
         self.next_conn += 1;
         self.epoll
-            .add(&stream, EpollEvent::new(interest(false), id))
+            .add(&stream, EpollEvent::new(flags(true, false), id))
             .map_err(|e| Error::os("watching a client connection", e))?;
         if let Err(e) = self.registry.connected(&self.epoll, peer.pid, pidfd) {
             let _ = self.epoll.delete(&stream);
@@ -220,20 +280,20 @@ impl Server {
                 out: VecDeque::new(),
                 queued: 0,
                 closing: false,
-                writing: false,
+                interest: (true, false),
             },
         );
         Ok(())
     }
 
-    fn conn_event(&mut self, id: u64, flags: EpollFlags) {
-        if flags.contains(EpollFlags::EPOLLOUT) {
+    fn conn_event(&mut self, id: u64, ev: EpollFlags) {
+        if ev.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
         }
-        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
+        if ev.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
             self.read(id);
         }
-        if flags.contains(EpollFlags::EPOLLERR) {
+        if ev.contains(EpollFlags::EPOLLERR) {
             self.drop_conn(id);
         }
     }
@@ -246,6 +306,9 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
+            if c.queued > READ_PAUSE {
+                break; // its replies first; `update_interest` stops EPOLLIN meanwhile
+            }
             match (&c.stream).read(&mut buf) {
                 Ok(0) => {
                     eof = true;
@@ -267,6 +330,8 @@ impl Server {
         }
         if eof {
             self.drop_conn(id);
+        } else {
+            self.update_interest(id);
         }
     }
 
@@ -291,7 +356,12 @@ impl Server {
                     if greeted {
                         self.reply_error(id, ErrorCode::InvalidArgument, text);
                     } else {
-                        self.queue(id, protocol::server_hello(HELLO_NOT_A_HELLO, &text), None);
+                        self.queue(
+                            id,
+                            protocol::server_hello(HELLO_NOT_A_HELLO, &text),
+                            None,
+                            None,
+                        );
                     }
                     self.close_after_flush(id);
                     return;
@@ -304,8 +374,13 @@ impl Server {
             let peer = c.peer.clone();
             match protocol::decode::<Request>(&payload) {
                 Ok(req) => {
-                    let (reply, fd) = self.registry.handle(&self.epoll, &peer, req);
-                    self.queue(id, protocol::encode(&reply), fd);
+                    let answer = self.registry.handle(&self.epoll, &peer, req);
+                    self.queue(
+                        id,
+                        protocol::encode(&answer.reply),
+                        answer.fd,
+                        answer.admitted,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(pid = peer.pid, error = %e, "malformed request; closing the connection");
@@ -324,26 +399,41 @@ impl Server {
                     c.greeted = true;
                 }
                 let ns = self.namespace.clone();
-                self.queue(id, protocol::server_hello(HELLO_ACCEPTED, &ns), None);
+                self.queue(id, protocol::server_hello(HELLO_ACCEPTED, &ns), None, None);
             }
             Some(v) => {
                 let text = format!(
                     "the client speaks control protocol version {v}, this coordinator speaks \
                      {PROTOCOL_VERSION}: use a shmring library and shmringd of the same release"
                 );
-                self.queue(id, protocol::server_hello(HELLO_INCOMPATIBLE, &text), None);
+                self.queue(
+                    id,
+                    protocol::server_hello(HELLO_INCOMPATIBLE, &text),
+                    None,
+                    None,
+                );
                 self.close_after_flush(id);
             }
             None => {
                 let text = "expected a shmring hello (\"shmring\\0\" and a protocol version)";
-                self.queue(id, protocol::server_hello(HELLO_NOT_A_HELLO, text), None);
+                self.queue(
+                    id,
+                    protocol::server_hello(HELLO_NOT_A_HELLO, text),
+                    None,
+                    None,
+                );
                 self.close_after_flush(id);
             }
         }
     }
 
     fn reply_error(&mut self, id: u64, code: ErrorCode, message: String) {
-        self.queue(id, protocol::encode(&Reply::Error { code, message }), None);
+        self.queue(
+            id,
+            protocol::encode(&Reply::Error { code, message }),
+            None,
+            None,
+        );
     }
 
     fn close_after_flush(&mut self, id: u64) {
@@ -353,11 +443,20 @@ impl Server {
         self.flush(id);
     }
 
-    fn queue(&mut self, id: u64, bytes: Vec<u8>, fd: Option<OwnedFd>) {
+    fn queue(&mut self, id: u64, bytes: Vec<u8>, fd: Option<OwnedFd>, undo: Option<Admitted>) {
         let Some(c) = self.conns.get_mut(&id) else {
+            if let Some(a) = undo {
+                self.registry.unadmit(&self.epoll, &a);
+            }
             return;
         };
         c.queued += bytes.len();
+        c.out.push_back(Outgoing {
+            bytes,
+            sent: 0,
+            fd,
+            undo,
+        });
         if c.queued > MAX_QUEUED {
             tracing::warn!(
                 pid = c.peer.pid,
@@ -366,7 +465,6 @@ impl Server {
             self.drop_conn(id);
             return;
         }
-        c.out.push_back(Outgoing { bytes, sent: 0, fd });
         self.flush(id);
     }
 
@@ -383,7 +481,7 @@ impl Server {
                     front.fd = None; // travelled with the first byte
                     if front.sent == front.bytes.len() {
                         c.queued -= front.bytes.len();
-                        c.out.pop_front();
+                        c.out.pop_front(); // delivered to the socket: nothing to undo
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -394,20 +492,36 @@ impl Server {
                 }
             }
         }
-        let want_write = !c.out.is_empty();
-        if want_write != c.writing {
-            c.writing = want_write;
-            let mut ev = EpollEvent::new(interest(want_write), id);
-            let _ = self.epoll.modify(&c.stream, &mut ev);
-        }
         if c.out.is_empty() && c.closing {
             self.drop_conn(id);
+            return;
+        }
+        self.update_interest(id);
+    }
+
+    /// Registers what connection `id` waits for: to write while replies are queued, to read
+    /// while not too many are.
+    fn update_interest(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let want = (c.queued <= READ_PAUSE, !c.out.is_empty());
+        if want != c.interest {
+            c.interest = want;
+            let mut ev = EpollEvent::new(flags(want.0, want.1), id);
+            let _ = self.epoll.modify(&c.stream, &mut ev);
         }
     }
 
     fn drop_conn(&mut self, id: u64) {
         if let Some(c) = self.conns.remove(&id) {
             let _ = self.epoll.delete(&c.stream);
+            // Replies not (wholly) written: the client cannot have learnt of their admissions.
+            for o in c.out {
+                if let Some(a) = o.undo {
+                    self.registry.unadmit(&self.epoll, &a);
+                }
+            }
             self.registry.disconnected(&self.epoll, c.peer.pid);
             tracing::debug!(pid = c.peer.pid, "client disconnected");
         }
