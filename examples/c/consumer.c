@@ -1,0 +1,77 @@
+/*
+ * Receives the frames `producer` sends, checking each against the pattern in frames.h.
+ *
+ *   consumer [CHANNEL]                            default: hello
+ *
+ * Waits up to 10 s for the channel to exist, receives (alternately in place with shmring_read
+ * and copied with shmring_recv) until an empty frame, and prints how many frames it received
+ * and their checksum.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "frames.h"
+#include "shmring.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static void check(shmring_status s, const char *what) {
+    if (s != SHMRING_OK) {
+        fprintf(stderr, "consumer: %s: %s: %s\n", what, shmring_status_name(s),
+                shmring_last_error());
+        exit(1);
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *channel = argc > 1 ? argv[1] : "hello";
+
+    shmring_client *client = NULL;
+    check(shmring_client_connect(NULL, &client), "connecting to the coordinator");
+
+    shmring_consumer *c = NULL;
+    shmring_status s;
+    for (int tries = 0; (s = shmring_consumer_open(client, channel, &c)) == SHMRING_NOT_FOUND &&
+                        tries < 1000;
+         tries++) {
+        struct timespec ten_ms = {0, 10 * 1000 * 1000};
+        nanosleep(&ten_ms, NULL); /* the producer has not created it yet */
+    }
+    check(s, "opening the channel");
+
+    uint64_t sum = FNV_START, i = 0, redelivered = 0;
+    uint8_t buf[FRAME_MAX];
+    for (;;) {
+        const uint8_t *data;
+        size_t len;
+        if (i % 2 == 0) {
+            shmring_frame f; /* zero-copy: the frame stays in the ring until released */
+            check(shmring_read(c, &f, 30LL * 1000 * 1000 * 1000), "reading");
+            data = f.data;
+            len = f.len;
+            redelivered += (f.flags & SHMRING_FRAME_REDELIVERED) != 0;
+        } else {
+            check(shmring_recv(c, buf, sizeof buf, &len, 30LL * 1000 * 1000 * 1000), "receiving");
+            data = buf;
+        }
+        if (len == 0) {
+            if (i % 2 == 0) check(shmring_release(c), "releasing");
+            break;
+        }
+        if (!frame_ok(i, data, len)) {
+            fprintf(stderr, "consumer: frame %" PRIu64 " (%zu bytes) is not what was sent\n", i,
+                    len);
+            return 1;
+        }
+        sum = fnv1a(sum, data, len);
+        if (i % 2 == 0) check(shmring_release(c), "releasing");
+        i++;
+    }
+    printf("received=%" PRIu64 " checksum=%016" PRIx64 " redelivered=%" PRIu64 "\n", i, sum,
+           redelivered);
+
+    shmring_consumer_close(c);
+    shmring_client_close(client);
+    return 0;
+}

@@ -1,0 +1,332 @@
+"""shmring from Python: shared-memory channels between processes, through libshmring.so.
+
+Pure ctypes, no compiled extension. The library is found at $SHMRING_LIB, else in this
+repository's target/release (after `cargo build --release -p shmring-ffi`), else wherever the
+dynamic loader finds libshmring.so (an installed one).
+
+    import shmring
+    with shmring.Client() as client:                  # $SHMRING_SOCKET or the default socket
+        client.create("prices", kind="spsc", max_frame_size=256)
+        with client.producer("prices") as tx, client.consumer("prices") as rx:
+            tx.send(b"AAPL 187.2")
+            print(rx.recv())                           # b'AAPL 187.2'
+            with rx.read() as frame:                   # zero-copy: a memoryview of shared memory,
+                ...                                    # valid inside the block only
+
+Timeouts are in seconds: None waits as long as it takes, 0 does not wait. Back-pressure is a
+return value (send gives False, recv gives None when the ring stayed full or empty); failures
+raise shmring.Error, whose `status` is the C status name ("SHMRING_NOT_FOUND", ...).
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import pathlib
+
+__all__ = ["Client", "Coordinator", "Producer", "Consumer", "Error", "Closed", "REDELIVERED"]
+
+
+def _find_library():
+    candidates = []
+    if os.environ.get("SHMRING_LIB"):
+        candidates.append(os.environ["SHMRING_LIB"])
+    root = pathlib.Path(__file__).resolve().parent.parent.parent
+    candidates.append(str(root / "target" / "release" / "libshmring.so"))
+    found = ctypes.util.find_library("shmring")
+    if found:
+        candidates.append(found)
+    for c in candidates:
+        if os.path.exists(c) or "/" not in c:
+            try:
+                return ctypes.CDLL(c)
+            except OSError:
+                continue
+    raise OSError(
+        "libshmring.so not found: build it with `cargo build --release -p shmring-ffi`, "
+        "or set SHMRING_LIB to its path"
+    )
+
+
+_lib = _find_library()
+
+_STATUS_NAMES = [
+    "SHMRING_OK", "SHMRING_WOULD_BLOCK", "SHMRING_TIMED_OUT", "SHMRING_CLOSED",
+    "SHMRING_INVALID_ARGUMENT", "SHMRING_NOT_FOUND", "SHMRING_ALREADY_EXISTS",
+    "SHMRING_PERMISSION_DENIED", "SHMRING_BUSY", "SHMRING_FRAME_TOO_LARGE",
+    "SHMRING_BUFFER_TOO_SMALL", "SHMRING_CORRUPTED", "SHMRING_INCOMPATIBLE",
+    "SHMRING_UNAVAILABLE", "SHMRING_IO_ERROR", "SHMRING_PANIC",
+]
+_OK, _WOULD_BLOCK, _TIMED_OUT, _CLOSED = 0, 1, 2, 3
+SPSC, MPMC = 1, 2
+_WAITS = {"spin": 0, "yield": 1, "park": 2}
+REDELIVERED = 1  # shmring_frame.flags bit
+
+
+class Error(Exception):
+    """A failed call: `status` is the C status name, `code` its number."""
+
+    def __init__(self, code, message):
+        self.code = code
+        self.status = _STATUS_NAMES[code] if 0 <= code < len(_STATUS_NAMES) else str(code)
+        super().__init__(f"{self.status}: {message}")
+
+
+class Closed(Error):
+    """The channel was deleted: a consumer has received everything that was in it."""
+
+
+class _Config(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint32), ("capacity", ctypes.c_uint64),
+        ("max_frame_size", ctypes.c_uint32), ("mode", ctypes.c_uint32),
+        ("max_producers", ctypes.c_uint32), ("max_consumers", ctypes.c_uint32),
+    ]
+
+
+class _Frame(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("len", ctypes.c_size_t), ("flags", ctypes.c_uint32)]
+
+
+class _Stats(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint32), ("max_frame_size", ctypes.c_uint32),
+        ("capacity", ctypes.c_uint64), ("slots", ctypes.c_uint64), ("depth", ctypes.c_uint64),
+        ("frames_in", ctypes.c_uint64), ("bytes_in", ctypes.c_uint64),
+        ("frames_out", ctypes.c_uint64), ("bytes_out", ctypes.c_uint64),
+        ("producers", ctypes.c_uint32), ("consumers", ctypes.c_uint32),
+        ("repairs", ctypes.c_uint64), ("redelivered", ctypes.c_uint64),
+        ("skipped", ctypes.c_uint64),
+    ]
+
+
+_P = ctypes.c_void_p
+_S = ctypes.c_int32
+
+
+def _fn(name, restype, *argtypes):
+    f = getattr(_lib, name)
+    f.restype, f.argtypes = restype, list(argtypes)
+    return f
+
+
+_abi_version = _fn("shmring_abi_version", ctypes.c_uint32)
+_last_error = _fn("shmring_last_error", ctypes.c_char_p)
+_config_default = _fn("shmring_channel_config_default", None, ctypes.POINTER(_Config), ctypes.c_uint32)
+_coordinator_start = _fn("shmring_coordinator_start", _S, ctypes.c_char_p, ctypes.POINTER(_P))
+_coordinator_socket = _fn("shmring_coordinator_socket", ctypes.c_char_p, _P)
+_coordinator_stop = _fn("shmring_coordinator_stop", None, _P)
+_client_connect = _fn("shmring_client_connect", _S, ctypes.c_char_p, ctypes.POINTER(_P))
+_client_close = _fn("shmring_client_close", None, _P)
+_channel_create = _fn("shmring_channel_create", _S, _P, ctypes.c_char_p, ctypes.POINTER(_Config))
+_channel_delete = _fn("shmring_channel_delete", _S, _P, ctypes.c_char_p)
+_channel_stats = _fn("shmring_channel_stats", _S, _P, ctypes.c_char_p, ctypes.POINTER(_Stats))
+_producer_open = _fn("shmring_producer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
+_producer_set_wait = _fn("shmring_producer_set_wait", _S, _P, ctypes.c_uint32)
+_producer_max = _fn("shmring_producer_max_frame_size", ctypes.c_size_t, _P)
+_send = _fn("shmring_send", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
+_producer_close = _fn("shmring_producer_close", None, _P)
+_consumer_open = _fn("shmring_consumer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
+_consumer_set_wait = _fn("shmring_consumer_set_wait", _S, _P, ctypes.c_uint32)
+_consumer_max = _fn("shmring_consumer_max_frame_size", ctypes.c_size_t, _P)
+_recv = _fn("shmring_recv", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int64)
+_read = _fn("shmring_read", _S, _P, ctypes.POINTER(_Frame), ctypes.c_int64)
+_release = _fn("shmring_release", _S, _P)
+_consumer_close = _fn("shmring_consumer_close", None, _P)
+
+if _abi_version() != 1:
+    raise ImportError(f"libshmring has ABI version {_abi_version()}; this module speaks version 1")
+
+
+def _check(status):
+    if status == _OK:
+        return
+    message = _last_error().decode("utf-8", "replace")
+    raise (Closed if status == _CLOSED else Error)(status, message)
+
+
+def _done(status):
+    """True for OK, False for back-pressure; raises for anything else."""
+    if status in (_WOULD_BLOCK, _TIMED_OUT):
+        return False
+    _check(status)
+    return True
+
+
+def _ns(timeout):
+    return -1 if timeout is None else int(timeout * 1e9)
+
+
+def _path(p):
+    return None if p is None else os.fsencode(p)
+
+
+class Coordinator:
+    """A coordinator on a thread of this process (no daemon needed); stopped by close()."""
+
+    _h = None  # set by __init__; None once closed (close and __del__ may run after a failed __init__)
+
+    def __init__(self, socket=None):
+        self._h = _P()
+        _check(_coordinator_start(_path(socket), ctypes.byref(self._h)))
+
+    @property
+    def socket(self):
+        return os.fsdecode(_coordinator_socket(self._h))
+
+    def close(self):
+        h, self._h = self._h, None
+        if h:
+            _coordinator_stop(h)
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Producer:
+    """The sending end of a channel. One thread at a time."""
+
+    _h = None  # set by __init__; None once closed (close and __del__ may run after a failed __init__)
+
+    def __init__(self, handle):
+        self._h = handle
+
+    def set_wait(self, wait):
+        """"spin", "yield" or "park" (the default)."""
+        _check(_producer_set_wait(self._h, _WAITS[wait]))
+
+    @property
+    def max_frame_size(self):
+        return _producer_max(self._h)
+
+    def send(self, data, timeout=None):
+        """Sends a copy of `data` (bytes-like); False if the ring stayed full for `timeout`."""
+        data = bytes(data)
+        return _done(_send(self._h, data, len(data), _ns(timeout)))
+
+    def close(self):
+        h, self._h = self._h, None
+        if h:
+            _producer_close(h)
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Consumer:
+    """The receiving end of a channel. One thread at a time."""
+
+    _h = None  # set by __init__; None once closed (close and __del__ may run after a failed __init__)
+
+    def __init__(self, handle):
+        self._h = handle
+        self._buf = ctypes.create_string_buffer(max(1, _consumer_max(handle)))
+        self.last_redelivered = False
+
+    def set_wait(self, wait):
+        _check(_consumer_set_wait(self._h, _WAITS[wait]))
+
+    @property
+    def max_frame_size(self):
+        return _consumer_max(self._h)
+
+    def recv(self, timeout=None):
+        """The next frame, copied, as bytes; None if none came within `timeout`. Raises Closed
+        once the channel was deleted and everything in it received."""
+        n = ctypes.c_size_t()
+        if not _done(_recv(self._h, self._buf, len(self._buf), ctypes.byref(n), _ns(timeout))):
+            return None
+        return self._buf.raw[: n.value]
+
+    @contextlib.contextmanager
+    def read(self, timeout=None):
+        """The next frame in place, as a read-only memoryview valid inside the `with` block
+        (None if none came within `timeout`); released when the block ends."""
+        f = _Frame()
+        if not _done(_read(self._h, ctypes.byref(f), _ns(timeout))):
+            yield None
+            return
+        self.last_redelivered = bool(f.flags & REDELIVERED)
+        view = memoryview((ctypes.c_char * f.len).from_address(f.data or 0)).toreadonly() if f.len else memoryview(b"")
+        try:
+            yield view
+        finally:
+            view.release()
+            _check(_release(self._h))
+
+    def close(self):
+        h, self._h = self._h, None
+        if h:
+            _consumer_close(h)
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Client:
+    """A connection to a coordinator: $SHMRING_SOCKET or the default socket unless given."""
+
+    _h = None  # set by __init__; None once closed (close and __del__ may run after a failed __init__)
+
+    def __init__(self, socket=None):
+        self._h = _P()
+        _check(_client_connect(_path(socket), ctypes.byref(self._h)))
+
+    def create(self, name, kind="spsc", capacity=None, max_frame_size=None, mode=0o600,
+               max_producers=None, max_consumers=None):
+        """Creates a channel owned by this user; kind is "spsc" or "mpmc"."""
+        cfg = _Config()
+        _config_default(ctypes.byref(cfg), {"spsc": SPSC, "mpmc": MPMC}[kind])
+        for field, value in (("capacity", capacity), ("max_frame_size", max_frame_size),
+                             ("max_producers", max_producers), ("max_consumers", max_consumers)):
+            if value is not None:
+                setattr(cfg, field, value)
+        cfg.mode = mode
+        _check(_channel_create(self._h, name.encode(), ctypes.byref(cfg)))
+
+    def delete(self, name):
+        _check(_channel_delete(self._h, name.encode()))
+
+    def stats(self, name):
+        """A dict of the channel's counters."""
+        s = _Stats()
+        _check(_channel_stats(self._h, name.encode(), ctypes.byref(s)))
+        return {field: getattr(s, field) for field, _ in _Stats._fields_}
+
+    def producer(self, name):
+        h = _P()
+        _check(_producer_open(self._h, name.encode(), ctypes.byref(h)))
+        return Producer(h)
+
+    def consumer(self, name):
+        h = _P()
+        _check(_consumer_open(self._h, name.encode(), ctypes.byref(h)))
+        return Consumer(h)
+
+    def close(self):
+        h, self._h = self._h, None
+        if h:
+            _client_close(h)
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,985 @@
+//! The C ABI of shmring: thin, panic-safe wrappers over the `shmring` crate, built as
+//! `libshmring.so` and `libshmring.a`, described by `include/shmring.h` (generated from this
+//! source by cbindgen: the doc comments here are the header's).
+//!
+//! Conventions, after rustls-ffi: opaque handles; every fallible function returns a
+//! `shmring_status` and runs inside a panic boundary; NULL arguments are reported, never
+//! dereferenced; every `_close`/`_stop` accepts NULL; `shmring_last_error()` gives the calling
+//! thread's last failure in words. Each handle starts with a tag, checked on every call, so that
+//! passing one kind of handle where another is expected (or a closed one whose memory was not
+//! reused yet) is reported as `SHMRING_INVALID_ARGUMENT` instead of corrupting memory.
+
+#![allow(non_camel_case_types)]
+// Every entry point takes raw pointers from C and documents in its header comment what it
+// requires of them: the `# Safety` sections of a Rust API do not apply to a C audience.
+#![allow(clippy::missing_safety_doc)]
+
+mod status;
+
+pub use status::*;
+
+use shmring_core::{
+    ChannelConfig, Client, Consumer, Coordinator, CoordinatorConfig, DetachedClaim, DetachedFrame,
+    Error, Kind, Producer, WaitStrategy,
+};
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Major version of libshmring.
+pub const SHMRING_VERSION_MAJOR: u32 = 0;
+/// Minor version of libshmring.
+pub const SHMRING_VERSION_MINOR: u32 = 1;
+/// Patch version of libshmring.
+pub const SHMRING_VERSION_PATCH: u32 = 0;
+/// Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
+/// A program built against one ABI version needs a library of the same.
+pub const SHMRING_ABI_VERSION: u32 = 1;
+
+/// A channel kind: `SHMRING_SPSC` or `SHMRING_MPMC`.
+pub type shmring_kind = u32;
+/// One producer, one consumer, variable-length frames.
+pub const SHMRING_SPSC: shmring_kind = 1;
+/// Many producers and consumers, fixed-size slots, each frame to exactly one consumer.
+pub const SHMRING_MPMC: shmring_kind = 2;
+
+/// How a blocking call waits: `SHMRING_WAIT_SPIN`, `SHMRING_WAIT_YIELD` or `SHMRING_WAIT_PARK`.
+pub type shmring_wait = u32;
+/// Poll continuously: the lowest latency, one core kept busy.
+pub const SHMRING_WAIT_SPIN: shmring_wait = 0;
+/// Poll, then `sched_yield` between polls.
+pub const SHMRING_WAIT_YIELD: shmring_wait = 1;
+/// Spin briefly, then sleep on a futex until woken (the default): no CPU while idle.
+pub const SHMRING_WAIT_PARK: shmring_wait = 2;
+
+/// `shmring_frame.flags` bit: the frame was handed to a consumer that died before releasing
+/// it; this consumer may be seeing it a second time.
+pub const SHMRING_FRAME_REDELIVERED: u32 = 1;
+
+/// The shape of a channel. Fill it with `shmring_channel_config_default`, then change what you
+/// need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct shmring_channel_config {
+    /// `SHMRING_SPSC` or `SHMRING_MPMC`.
+    pub kind: shmring_kind,
+    /// Bytes of frame storage, rounded up to a power of two (MPMC: divided into slots of
+    /// max_frame_size).
+    pub capacity: u64,
+    /// The largest frame, in bytes.
+    pub max_frame_size: u32,
+    /// Permission bits, as for a file (e.g. 0600: the owner only; 0666: everyone).
+    pub mode: u32,
+    /// Producers admitted at once (SPSC: 1).
+    pub max_producers: u32,
+    /// Consumers admitted at once (SPSC: 1).
+    pub max_consumers: u32,
+}
+
+/// A frame lent by `shmring_read`: `len` bytes at `data` (in shared memory, read-only), valid
+/// until `shmring_release` on the same consumer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct shmring_frame {
+    /// The frame's bytes.
+    pub data: *const c_void,
+    /// Its length (may be 0).
+    pub len: usize,
+    /// `SHMRING_FRAME_*` bits.
+    pub flags: u32,
+}
+
+/// A channel's counters, as `shmring_channel_stats` reads them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct shmring_stats {
+    /// `SHMRING_SPSC` or `SHMRING_MPMC`.
+    pub kind: shmring_kind,
+    /// The largest frame.
+    pub max_frame_size: u32,
+    /// Bytes of frame storage.
+    pub capacity: u64,
+    /// MPMC: number of slots; SPSC: 0.
+    pub slots: u64,
+    /// Frames waiting (MPMC) or bytes waiting, headers and padding included (SPSC).
+    pub depth: u64,
+    /// Frames sent (by every producer that ever held an entry).
+    pub frames_in: u64,
+    /// Payload bytes sent.
+    pub bytes_in: u64,
+    /// Frames received.
+    pub frames_out: u64,
+    /// Payload bytes received.
+    pub bytes_out: u64,
+    /// Producers admitted now.
+    pub producers: u32,
+    /// Consumers admitted now.
+    pub consumers: u32,
+    /// Dead participants whose entries were repaired.
+    pub repairs: u64,
+    /// Frames delivered again because their consumer died holding them.
+    pub redelivered: u64,
+    /// Positions a dead producer took and never committed, skipped.
+    pub skipped: u64,
+}
+
+/// A coordinator running on a thread of this process (opaque).
+pub struct shmring_coordinator {
+    _private: [u8; 0],
+}
+
+/// A connection to a coordinator (opaque).
+pub struct shmring_client {
+    _private: [u8; 0],
+}
+
+/// The sending end of a channel (opaque).
+pub struct shmring_producer {
+    _private: [u8; 0],
+}
+
+/// The receiving end of a channel (opaque).
+pub struct shmring_consumer {
+    _private: [u8; 0],
+}
+
+const COORDINATOR_TAG: u64 = u64::from_le_bytes(*b"shmrCoor");
+const CLIENT_TAG: u64 = u64::from_le_bytes(*b"shmrClnt");
+const PRODUCER_TAG: u64 = u64::from_le_bytes(*b"shmrProd");
+const CONSUMER_TAG: u64 = u64::from_le_bytes(*b"shmrCons");
+
+/// What a `shmring_coordinator *` points to. The tag comes first in every handle.
+#[repr(C)]
+struct CoordinatorHandle {
+    tag: u64,
+    coordinator: Option<Coordinator>,
+    socket: CString,
+}
+
+#[repr(C)]
+struct ClientHandle {
+    tag: u64,
+    client: Client,
+}
+
+#[repr(C)]
+struct ProducerHandle {
+    tag: u64,
+    producer: Producer,
+    /// The claim handed to C and not yet committed or aborted: while it is open the producer
+    /// must do nothing else (`Producer::claim_detached`'s contract), which every call checks.
+    claim: Option<DetachedClaim>,
+}
+
+#[repr(C)]
+struct ConsumerHandle {
+    tag: u64,
+    consumer: Consumer,
+    /// The frame lent to C and not yet released: while it is held the consumer must receive
+    /// nothing else (`Consumer::read_detached`'s contract), which every call checks.
+    frame: Option<DetachedFrame>,
+}
+
+/// Turns a handle pointer from C back into its handle, checking NULL and the tag.
+///
+/// # Safety
+/// `ptr` must be NULL or point to memory readable for 8 bytes; if the tag matches, it must be
+/// a live handle of type `T` made by `into_handle` (what the header's contract asks of C).
+unsafe fn handle<'a, T>(ptr: *mut c_void, tag: u64, what: &str) -> Result<&'a mut T, Error> {
+    if ptr.is_null() {
+        return Err(invalid(format!("the {what} is NULL")));
+    }
+    // SAFETY: non-NULL and readable for the tag (the caller's promise); every handle type is
+    // repr(C) with the tag first.
+    if unsafe { *(ptr as *const u64) } != tag {
+        return Err(invalid(format!(
+            "this is not a {what} handle (or one already closed)"
+        )));
+    }
+    // SAFETY: the tag says it is a live `T` made by `into_handle`; C does not use it from two
+    // threads at once (the header's contract).
+    Ok(unsafe { &mut *(ptr as *mut T) })
+}
+
+fn into_handle<T, O>(handle: T) -> *mut O {
+    Box::into_raw(Box::new(handle)) as *mut O
+}
+
+/// Takes a handle back from C to free it: `None` for NULL or a wrong tag. The tag is cleared
+/// first, so that a second close of the same pointer is refused while its memory is not reused.
+///
+/// # Safety
+/// As for `handle`.
+unsafe fn take_handle<T>(ptr: *mut c_void, tag: u64) -> Option<Box<T>> {
+    // SAFETY: as in `handle`.
+    let h = unsafe { handle::<T>(ptr, tag, "handle") }.ok()?;
+    // SAFETY: the handle starts with its tag (repr(C)); clearing it before the free.
+    unsafe { *(h as *mut T as *mut u64) = 0 };
+    // SAFETY: made by `into_handle` (Box::into_raw of a `T`), freed exactly once: the tag is
+    // gone now.
+    Some(unsafe { Box::from_raw(h as *mut T) })
+}
+
+/// A C string argument as UTF-8.
+///
+/// # Safety
+/// `s` must be NULL or a NUL-terminated string.
+unsafe fn text<'a>(s: *const c_char, what: &str) -> Result<&'a str, Error> {
+    if s.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: a NUL-terminated string (the caller's promise).
+    unsafe { CStr::from_ptr(s) }
+        .to_str()
+        .map_err(|_| invalid(format!("{what} is not UTF-8")))
+}
+
+/// Stores through an output pointer, refusing NULL.
+///
+/// # Safety
+/// `out` must be NULL or valid for a write of `T`.
+unsafe fn put<T>(out: *mut T, value: T, what: &str) -> Result<(), Error> {
+    if out.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-NULL and writable (the caller's promise).
+    unsafe { out.write(value) };
+    Ok(())
+}
+
+/// A timeout in nanoseconds: 0 = do not wait (`Some(0)`), negative = forever (`None`).
+fn timeout(ns: i64) -> Option<Duration> {
+    u64::try_from(ns).ok().map(Duration::from_nanos)
+}
+
+fn kind_of(kind: shmring_kind) -> Result<Kind, Error> {
+    match kind {
+        SHMRING_SPSC => Ok(Kind::Spsc),
+        SHMRING_MPMC => Ok(Kind::Mpmc),
+        k => Err(invalid(format!(
+            "channel kind {k} is neither SHMRING_SPSC (1) nor SHMRING_MPMC (2)"
+        ))),
+    }
+}
+
+fn wait_of(wait: shmring_wait) -> Result<WaitStrategy, Error> {
+    match wait {
+        SHMRING_WAIT_SPIN => Ok(WaitStrategy::Spin),
+        SHMRING_WAIT_YIELD => Ok(WaitStrategy::Yield),
+        SHMRING_WAIT_PARK => Ok(WaitStrategy::Park),
+        w => Err(invalid(format!(
+            "wait strategy {w} is not SHMRING_WAIT_SPIN, _YIELD or _PARK"
+        ))),
+    }
+}
+
+fn kind_code(kind: Kind) -> shmring_kind {
+    match kind {
+        Kind::Spsc => SHMRING_SPSC,
+        Kind::Mpmc => SHMRING_MPMC,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Library
+
+/// The ABI version of the library (`SHMRING_ABI_VERSION` of the header it was built with).
+/// Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmring_abi_version() -> u32 {
+    SHMRING_ABI_VERSION
+}
+
+/// The library's version, e.g. "0.1.0": a static string, never freed. Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmring_version() -> *const c_char {
+    static VERSION: &CStr = c"0.1.0";
+    VERSION.as_ptr()
+}
+
+/// The name of a status ("SHMRING_OK", ...; "SHMRING_UNKNOWN_STATUS" for other values): a
+/// static string, never freed. Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmring_status_name(status: shmring_status) -> *const c_char {
+    status::name(status).as_ptr()
+}
+
+/// What the calling thread's last failing call reported, in words (an empty string if none has
+/// failed). Never NULL. The string belongs to the library and stays valid until this thread's
+/// next failing call; copy it to keep it.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmring_last_error() -> *const c_char {
+    status::last_error_ptr()
+}
+
+/// Fills `*cfg` with the defaults of `kind`: SPSC: 1 MiB ring, frames up to 64 KiB, mode 0600;
+/// MPMC: 1024 slots of 1 KiB, 16 producers and 16 consumers, mode 0600. A `kind` that is
+/// neither gets the SPSC defaults with that kind, which `shmring_channel_create` refuses. Does
+/// nothing if `cfg` is NULL. Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_channel_config_default(
+    cfg: *mut shmring_channel_config,
+    kind: shmring_kind,
+) {
+    guard_void(|| {
+        let d = ChannelConfig::new(kind_of(kind).unwrap_or(Kind::Spsc));
+        let value = shmring_channel_config {
+            kind,
+            capacity: d.capacity,
+            max_frame_size: d.max_frame_size,
+            mode: d.mode,
+            max_producers: d.max_producers,
+            max_consumers: d.max_consumers,
+        };
+        // SAFETY: NULL or writable (the header's contract).
+        let _ = unsafe { put(cfg, value, "cfg") };
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coordinator and client
+
+/// Starts a coordinator on a new thread of this process (no daemon needed), listening on
+/// `socket_path`, or on the default socket if NULL (`$XDG_RUNTIME_DIR/shmring/default.sock`,
+/// else `/tmp/shmring-<uid>/default.sock`). It serves the namespace named by the
+/// `SHMRING_NAMESPACE` environment variable if set, else "default" for the default socket and a
+/// namespace of its own for any other, so that coordinators on different sockets never share
+/// channels. On success `*out` is the coordinator, to be stopped with `shmring_coordinator_stop`.
+/// Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace.
+/// Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_coordinator_start(
+    socket_path: *const c_char,
+    out: *mut *mut shmring_coordinator,
+) -> shmring_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let socket: Option<PathBuf> = if socket_path.is_null() {
+            None
+        } else {
+            // SAFETY: a NUL-terminated string (the header's contract).
+            Some(PathBuf::from(unsafe { text(socket_path, "socket_path") }?))
+        };
+        let namespace = match std::env::var("SHMRING_NAMESPACE") {
+            Ok(ns) if !ns.is_empty() => ns,
+            _ => match &socket {
+                None => shmring_core::DEFAULT_NAMESPACE.to_string(),
+                Some(p) => namespace_of(p),
+            },
+        };
+        let mut config = CoordinatorConfig::new(&namespace);
+        config.socket = socket;
+        let coordinator = Coordinator::start(config)?;
+        let path = coordinator
+            .socket_path()
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec();
+        let socket = CString::new(path).map_err(|_| invalid("socket path holds a NUL"))?;
+        let h = into_handle(CoordinatorHandle {
+            tag: COORDINATOR_TAG,
+            coordinator: Some(coordinator),
+            socket,
+        });
+        // SAFETY: checked non-NULL above; writable (the header's contract).
+        unsafe { put(out, h, "out") }
+    })
+}
+
+/// A namespace of its own for a socket path: "c" and 16 hex digits of a hash of the absolute
+/// path.
+fn namespace_of(socket: &Path) -> String {
+    let abs = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in abs.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("c{h:016x}")
+}
+
+/// The socket a coordinator listens on: a string owned by the coordinator, valid until it is
+/// stopped. NULL if `coord` is not a coordinator. Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_coordinator_socket(
+    coord: *const shmring_coordinator,
+) -> *const c_char {
+    let mut p = std::ptr::null();
+    let _ = guard(|| {
+        // SAFETY: NULL or a handle from shmring_coordinator_start (the header's contract).
+        let h: &mut CoordinatorHandle =
+            unsafe { handle(coord as *mut c_void, COORDINATOR_TAG, "coordinator") }?;
+        p = h.socket.as_ptr();
+        Ok(())
+    });
+    p
+}
+
+/// Stops a coordinator and frees it: closes its connections, removes its socket and deletes its
+/// channels (their consumers drain what is left, then get `SHMRING_CLOSED`). NULL is ignored.
+/// Any thread, once; `coord` is invalid afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_coordinator_stop(coord: *mut shmring_coordinator) {
+    guard_void(|| {
+        // SAFETY: NULL or a handle from shmring_coordinator_start (the header's contract).
+        let h = unsafe { take_handle::<CoordinatorHandle>(coord.cast(), COORDINATOR_TAG) };
+        if let Some(c) = h.and_then(|mut h| h.coordinator.take()) {
+            c.stop();
+        }
+    })
+}
+
+/// Connects to the coordinator listening on `socket_path`; if NULL, on the socket named by the
+/// `SHMRING_SOCKET` environment variable, else on the default socket. On success `*out` is the
+/// client, to be closed with `shmring_client_close`. `SHMRING_UNAVAILABLE` when no coordinator
+/// answers (`shmring_last_error()` says how to start one). A client may be used by several
+/// threads at once. It belongs to the process that connected it: a child forked afterwards
+/// connects its own.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_client_connect(
+    socket_path: *const c_char,
+    out: *mut *mut shmring_client,
+) -> shmring_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let client = if socket_path.is_null() {
+            Client::connect(None)?
+        } else {
+            // SAFETY: a NUL-terminated string (the header's contract).
+            let path = unsafe { text(socket_path, "socket_path") }?;
+            Client::connect(Some(Path::new(path)))?
+        };
+        let h = into_handle(ClientHandle {
+            tag: CLIENT_TAG,
+            client,
+        });
+        // SAFETY: checked non-NULL above; writable (the header's contract).
+        unsafe { put(out, h, "out") }
+    })
+}
+
+/// Closes a client and frees it. Producers and consumers opened through it stay usable (they
+/// keep the connection they need). NULL is ignored. Any thread, once; `client` is invalid
+/// afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_client_close(client: *mut shmring_client) {
+    guard_void(|| {
+        // SAFETY: NULL or a handle from shmring_client_connect (the header's contract).
+        drop(unsafe { take_handle::<ClientHandle>(client.cast(), CLIENT_TAG) });
+    })
+}
+
+/// # Safety
+/// `client` must be NULL or a client handle.
+unsafe fn client<'a>(client: *mut shmring_client) -> Result<&'a Client, Error> {
+    // SAFETY: as the header requires of `client`.
+    Ok(&unsafe { handle::<ClientHandle>(client.cast(), CLIENT_TAG, "client") }?.client)
+}
+
+/// Creates a channel `name` (1 to 64 characters of [A-Za-z0-9._-]) of shape `*cfg`, owned by
+/// this process's user. `SHMRING_ALREADY_EXISTS` if the name is taken, `SHMRING_INVALID_ARGUMENT`
+/// for a bad name or shape. Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_channel_create(
+    client: *mut shmring_client,
+    name: *const c_char,
+    cfg: *const shmring_channel_config,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name) = unsafe { (self::client(client)?, text(name, "name")?) };
+        if cfg.is_null() {
+            return Err(invalid("cfg is NULL"));
+        }
+        // SAFETY: non-NULL, points to a shmring_channel_config (the header's contract).
+        let cfg = unsafe { *cfg };
+        let config = ChannelConfig {
+            kind: kind_of(cfg.kind)?,
+            capacity: cfg.capacity,
+            max_frame_size: cfg.max_frame_size,
+            max_producers: cfg.max_producers,
+            max_consumers: cfg.max_consumers,
+            mode: cfg.mode,
+        };
+        c.create(name, &config).map(drop)
+    })
+}
+
+/// Deletes a channel (its owner or root only). Its producers and consumers are told:
+/// consumers drain what is left and then get `SHMRING_CLOSED`. Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_channel_delete(
+    client: *mut shmring_client,
+    name: *const c_char,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name) = unsafe { (self::client(client)?, text(name, "name")?) };
+        c.delete(name)
+    })
+}
+
+/// Reads a channel's counters into `*out` (needs read permission). Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_channel_stats(
+    client: *mut shmring_client,
+    name: *const c_char,
+    out: *mut shmring_stats,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name) = unsafe { (self::client(client)?, text(name, "name")?) };
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let s = c.stats(name)?;
+        let value = shmring_stats {
+            kind: kind_code(s.info.kind),
+            max_frame_size: s.info.max_frame_size,
+            capacity: s.info.capacity_bytes,
+            slots: s.info.slots,
+            depth: s.info.depth,
+            frames_in: s.frames_in,
+            bytes_in: s.bytes_in,
+            frames_out: s.frames_out,
+            bytes_out: s.bytes_out,
+            producers: s.info.producers,
+            consumers: s.info.consumers,
+            repairs: s.repairs,
+            redelivered: s.redelivered,
+            skipped: s.skipped,
+        };
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out, value, "out") }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer
+
+/// Opens channel `name` as a producer. On success `*out` is the producer, to be closed with
+/// `shmring_producer_close`; it may outlive the client. `SHMRING_BUSY` when the channel admits
+/// no more producers (an SPSC channel admits one at a time), `SHMRING_NOT_FOUND` when there is
+/// no such channel, `SHMRING_PERMISSION_DENIED` when its mode excludes this user. A producer is
+/// used by one thread at a time (it may move between threads).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_open(
+    client: *mut shmring_client,
+    name: *const c_char,
+    out: *mut *mut shmring_producer,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name) = unsafe { (self::client(client)?, text(name, "name")?) };
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let producer = c.producer(name)?;
+        let h = into_handle(ProducerHandle {
+            tag: PRODUCER_TAG,
+            producer,
+            claim: None,
+        });
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out, h, "out") }
+    })
+}
+
+/// # Safety
+/// `p` must be NULL or a producer handle.
+unsafe fn producer<'a>(p: *mut shmring_producer) -> Result<&'a mut ProducerHandle, Error> {
+    // SAFETY: as the header requires of `p`.
+    unsafe { handle::<ProducerHandle>(p.cast(), PRODUCER_TAG, "producer") }
+}
+
+/// # Safety
+/// `p` must be NULL or a producer handle.
+unsafe fn idle_producer<'a>(p: *mut shmring_producer) -> Result<&'a mut ProducerHandle, Error> {
+    // SAFETY: as the header requires of `p`.
+    let h = unsafe { producer(p) }?;
+    if h.claim.is_some() {
+        return Err(invalid(
+            "a claim is open on this producer: shmring_commit or shmring_abort it first",
+        ));
+    }
+    Ok(h)
+}
+
+/// Sets how a producer's blocking calls wait (default `SHMRING_WAIT_PARK`). The producer's
+/// thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_set_wait(
+    p: *mut shmring_producer,
+    wait: shmring_wait,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `p`.
+        let h = unsafe { producer(p) }?;
+        h.producer.set_wait_strategy(wait_of(wait)?);
+        Ok(())
+    })
+}
+
+/// The largest frame the producer's channel carries, in bytes (0 if `p` is not a producer).
+/// The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_max_frame_size(p: *mut shmring_producer) -> usize {
+    let mut n = 0;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `p`.
+        n = unsafe { producer(p) }?.producer.max_frame_size();
+        Ok(())
+    });
+    n
+}
+
+/// Sends a copy of the `len` bytes at `data` (which may be NULL if `len` is 0) as one frame,
+/// waiting up to `timeout_ns` nanoseconds for room (0: do not wait, `SHMRING_WOULD_BLOCK` if
+/// full; negative: wait as long as it takes; `SHMRING_TIMED_OUT` when the time is up).
+/// `SHMRING_FRAME_TOO_LARGE` if `len` exceeds the channel's max_frame_size. The bytes are
+/// copied before it returns. The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_send(
+    p: *mut shmring_producer,
+    data: *const c_void,
+    len: usize,
+    timeout_ns: i64,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `p`.
+        let h = unsafe { idle_producer(p) }?;
+        let frame: &[u8] = if len == 0 {
+            &[]
+        } else if data.is_null() {
+            return Err(invalid("data is NULL"));
+        } else {
+            // SAFETY: readable for `len` bytes (the header's contract); copied before return.
+            unsafe { std::slice::from_raw_parts(data.cast(), len) }
+        };
+        match timeout(timeout_ns) {
+            Some(Duration::ZERO) => h.producer.try_send(frame),
+            Some(t) => h.producer.send_timeout(frame, t),
+            None => h.producer.send(frame),
+        }
+    })
+}
+
+/// Reserves `len` bytes in the ring for a frame written in place (zero-copy), waiting up to
+/// `timeout_ns` as `shmring_send` does. On success `*out_buf` points to the `len` writable
+/// bytes, in shared memory; write the frame there, then publish it with `shmring_commit` or give
+/// the space back with `shmring_abort`. Until then the producer does nothing else (other calls
+/// return `SHMRING_INVALID_ARGUMENT`); after it, `*out_buf` must not be used. The producer's
+/// thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_claim(
+    p: *mut shmring_producer,
+    len: usize,
+    out_buf: *mut *mut c_void,
+    timeout_ns: i64,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `p`.
+        let h = unsafe { idle_producer(p) }?;
+        if out_buf.is_null() {
+            return Err(invalid("out_buf is NULL"));
+        }
+        // SAFETY: no claim is open (checked above) and this handle refuses every other call
+        // until the claim is committed or aborted, which is the contract of claim_detached.
+        let claim = unsafe { h.producer.claim_detached(len, timeout(timeout_ns)) }?;
+        let ptr = claim.as_mut_ptr();
+        h.claim = Some(claim);
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out_buf, ptr.cast(), "out_buf") }
+    })
+}
+
+/// Publishes the first `len` bytes of the open claim as one frame (`len` at most the claimed
+/// length; more is `SHMRING_INVALID_ARGUMENT` and the claim is aborted).
+/// `SHMRING_INVALID_ARGUMENT` if no claim is open. The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_commit(p: *mut shmring_producer, len: usize) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `p`.
+        let h = unsafe { producer(p) }?;
+        let claim = h
+            .claim
+            .take()
+            .ok_or_else(|| invalid("no claim is open: shmring_claim first"))?;
+        // SAFETY: the claim came from this producer's claim_detached and nothing else was done
+        // with the producer since (every other call refuses while a claim is open).
+        unsafe { h.producer.commit_detached(claim, len) }
+    })
+}
+
+/// Gives the open claim's space back without sending anything. `SHMRING_INVALID_ARGUMENT` if
+/// no claim is open. The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `p`.
+        let h = unsafe { producer(p) }?;
+        let claim = h
+            .claim
+            .take()
+            .ok_or_else(|| invalid("no claim is open: shmring_claim first"))?;
+        // SAFETY: as in shmring_commit.
+        unsafe { h.producer.abort_detached(claim) };
+        Ok(())
+    })
+}
+
+/// Closes a producer and frees it (an open claim is aborted), freeing its place in the
+/// channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
+    guard_void(|| {
+        // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
+        if let Some(mut h) = unsafe { take_handle::<ProducerHandle>(p.cast(), PRODUCER_TAG) }
+            && let Some(claim) = h.claim.take()
+        {
+            // SAFETY: as in shmring_commit.
+            unsafe { h.producer.abort_detached(claim) };
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumer
+
+/// Opens channel `name` as a consumer. On success `*out` is the consumer, to be closed with
+/// `shmring_consumer_close`; it may outlive the client. An SPSC consumer resumes exactly where
+/// the previous one stopped; frames a dead predecessor held come first, flagged
+/// `SHMRING_FRAME_REDELIVERED`. Statuses as for `shmring_producer_open`. A consumer is used by
+/// one thread at a time (it may move between threads).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_open(
+    client: *mut shmring_client,
+    name: *const c_char,
+    out: *mut *mut shmring_consumer,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name) = unsafe { (self::client(client)?, text(name, "name")?) };
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let consumer = c.consumer(name)?;
+        let h = into_handle(ConsumerHandle {
+            tag: CONSUMER_TAG,
+            consumer,
+            frame: None,
+        });
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out, h, "out") }
+    })
+}
+
+/// # Safety
+/// `c` must be NULL or a consumer handle.
+unsafe fn consumer<'a>(c: *mut shmring_consumer) -> Result<&'a mut ConsumerHandle, Error> {
+    // SAFETY: as the header requires of `c`.
+    unsafe { handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG, "consumer") }
+}
+
+/// # Safety
+/// `c` must be NULL or a consumer handle.
+unsafe fn idle_consumer<'a>(c: *mut shmring_consumer) -> Result<&'a mut ConsumerHandle, Error> {
+    // SAFETY: as the header requires of `c`.
+    let h = unsafe { consumer(c) }?;
+    if h.frame.is_some() {
+        return Err(invalid(
+            "a frame is held by this consumer: shmring_release it first",
+        ));
+    }
+    Ok(h)
+}
+
+/// Sets how a consumer's blocking calls wait (default `SHMRING_WAIT_PARK`). The consumer's
+/// thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_set_wait(
+    c: *mut shmring_consumer,
+    wait: shmring_wait,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `c`.
+        let h = unsafe { consumer(c) }?;
+        h.consumer.set_wait_strategy(wait_of(wait)?);
+        Ok(())
+    })
+}
+
+/// The largest frame the consumer's channel carries, in bytes: a buffer this long fits every
+/// frame (0 if `c` is not a consumer). The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_max_frame_size(c: *mut shmring_consumer) -> usize {
+    let mut n = 0;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`.
+        n = unsafe { consumer(c) }?.consumer.max_frame_size();
+        Ok(())
+    });
+    n
+}
+
+/// Copies the next frame into `buf` (`cap` bytes; may be NULL if `cap` is 0) and releases it,
+/// waiting up to `timeout_ns` for one (0: do not wait, `SHMRING_WOULD_BLOCK` if empty; negative:
+/// wait as long as it takes). `*out_len` receives the frame's length. A frame longer than `cap`
+/// stays unread: `SHMRING_BUFFER_TOO_SMALL`, with the length it needs in `*out_len`.
+/// `SHMRING_CLOSED` once the channel was deleted and everything in it was received. The
+/// consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_recv(
+    c: *mut shmring_consumer,
+    buf: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+    timeout_ns: i64,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `c`.
+        let h = unsafe { idle_consumer(c) }?;
+        if out_len.is_null() {
+            return Err(invalid("out_len is NULL"));
+        }
+        let buf: &mut [u8] = if cap == 0 {
+            &mut []
+        } else if buf.is_null() {
+            return Err(invalid("buf is NULL"));
+        } else {
+            // SAFETY: writable for `cap` bytes (the header's contract), not aliased by
+            // anything of ours.
+            unsafe { std::slice::from_raw_parts_mut(buf.cast(), cap) }
+        };
+        let r = match timeout(timeout_ns) {
+            Some(Duration::ZERO) => h.consumer.try_recv(buf),
+            Some(t) => h.consumer.recv_timeout(buf, t),
+            None => h.consumer.recv(buf),
+        };
+        let len = match &r {
+            Ok(got) => got.len,
+            Err(Error::BufferTooSmall { needed, .. }) => *needed,
+            Err(_) => 0,
+        };
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out_len, len, "out_len") }?;
+        r.map(drop)
+    })
+}
+
+/// Lends the next frame in place (zero-copy), waiting up to `timeout_ns` as `shmring_recv`
+/// does: `*out` receives its bytes (read-only, in shared memory), length and flags. The frame
+/// stays the consumer's until `shmring_release`; until then the consumer receives nothing else
+/// (other receives return `SHMRING_INVALID_ARGUMENT`); after it, `out->data` must not be used.
+/// The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_read(
+    c: *mut shmring_consumer,
+    out: *mut shmring_frame,
+    timeout_ns: i64,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `c`.
+        let h = unsafe { idle_consumer(c) }?;
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        // SAFETY: no frame is held (checked above) and this handle refuses every other
+        // receive until the frame is released, which is the contract of read_detached.
+        let frame = unsafe { h.consumer.read_detached(timeout(timeout_ns)) }?;
+        let value = shmring_frame {
+            data: frame.as_ptr().cast(),
+            len: frame.len(),
+            flags: frame.flags().bits(),
+        };
+        h.frame = Some(frame);
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out, value, "out") }
+    })
+}
+
+/// Releases the frame lent by `shmring_read`: its space goes back to the producers.
+/// `SHMRING_INVALID_ARGUMENT` if no frame is held. The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `c`.
+        let h = unsafe { consumer(c) }?;
+        let frame = h
+            .frame
+            .take()
+            .ok_or_else(|| invalid("no frame is held: shmring_read first"))?;
+        // SAFETY: the frame came from this consumer's read_detached and nothing was received
+        // since (every other receive refuses while a frame is held).
+        unsafe { h.consumer.release_detached(frame) };
+        Ok(())
+    })
+}
+
+/// Closes a consumer and frees it (a held frame is released), freeing its place in the
+/// channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
+    guard_void(|| {
+        // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
+        if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
+            && let Some(frame) = h.frame.take()
+        {
+            // SAFETY: as in shmring_release.
+            unsafe { h.consumer.release_detached(frame) };
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_agree_with_the_crate() {
+        let v: Vec<u32> = env!("CARGO_PKG_VERSION")
+            .split('.')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(
+            v,
+            [
+                SHMRING_VERSION_MAJOR,
+                SHMRING_VERSION_MINOR,
+                SHMRING_VERSION_PATCH
+            ]
+        );
+        // SAFETY: a static NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(shmring_version()) };
+        assert_eq!(s.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn null_and_foreign_handles_are_refused() {
+        let mut len = 0usize;
+        // SAFETY: NULL handles and valid out pointers, as the tests of the contract.
+        unsafe {
+            assert_eq!(
+                shmring_send(std::ptr::null_mut(), std::ptr::null(), 0, 0),
+                SHMRING_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                shmring_recv(std::ptr::null_mut(), std::ptr::null_mut(), 0, &mut len, 0),
+                SHMRING_INVALID_ARGUMENT
+            );
+            shmring_producer_close(std::ptr::null_mut());
+            shmring_consumer_close(std::ptr::null_mut());
+            shmring_client_close(std::ptr::null_mut());
+            shmring_coordinator_stop(std::ptr::null_mut());
+            // A consumer handle's memory, passed as a producer: refused by the tag.
+            let mut word: u64 = CONSUMER_TAG;
+            let fake = (&mut word as *mut u64).cast::<shmring_producer>();
+            assert_eq!(shmring_abort(fake), SHMRING_INVALID_ARGUMENT);
+            let e = CStr::from_ptr(shmring_last_error()).to_str().unwrap();
+            assert!(e.contains("not a producer"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The C ABI as C, C++ and Python programs use it: the examples and the status test compile
+//! without a warning (C11, C++17, `-Wall -Wextra -Wpedantic -Werror`) and run, also under
+//! AddressSanitizer and UndefinedBehaviorSanitizer; checksummed frames cross between C, Rust
+//! and Python over SPSC and MPMC channels; `ffi/install.sh` installs a library that
+//! `pkg-config` finds. The programs link `libshmring.so` from this build's `deps` directory
+//! (cargo builds it because this crate dev-depends on shmring-ffi).
+
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind};
+use shmring_tests::{Watchdog, serial};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The repository's root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The directory holding this build's `libshmring.so`: the test binary's own (`deps`).
+fn lib_dir() -> PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(
+        dir.join("libshmring.so").exists(),
+        "{} has no libshmring.so (is shmring-ffi a dev-dependency of this crate?)",
+        dir.display()
+    );
+    dir
+}
+
+/// A scratch directory of this test.
+fn scratch(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "shmring-cabi-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[derive(Clone, Copy)]
+enum Build {
+    Plain,
+    /// -fsanitize=address,undefined, stopping at the first report.
+    Sanitized,
+}
+
+/// Compiles `source` (C11, or C++17 for `.cpp`) warning-free against include/ and this build's
+/// library; returns the program.
+fn compile(source: &str, out_dir: &Path, build: Build) -> PathBuf {
+    let src = root().join(source);
+    let cpp = source.ends_with(".cpp");
+    let stem = src.file_stem().unwrap().to_str().unwrap();
+    let exe = out_dir.join(match build {
+        Build::Plain => stem.to_string(),
+        Build::Sanitized => format!("{stem}-san"),
+    });
+    let lib = lib_dir();
+    let mut cmd = Command::new(if cpp { "g++" } else { "gcc" });
+    cmd.arg(if cpp { "-std=c++17" } else { "-std=c11" })
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-O1",
+            "-g",
+            "-pthread",
+        ])
+        .arg("-I")
+        .arg(root().join("include"));
+    if let Build::Sanitized = build {
+        cmd.args([
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]);
+    }
+    cmd.arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lshmring")
+        .arg(format!("-Wl,-rpath,{}", lib.display()));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the compiler: {e}"));
+    assert!(
+        out.status.success(),
+        "{source} does not compile warning-free:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Runs a program to completion under the watchdog; returns its output.
+fn run(dog: &Watchdog, cmd: &mut Command) -> Output {
+    let out = dog.spawn(cmd).wait();
+    Output {
+        status: out.status,
+        stdout: out.stdout.into_bytes(),
+        stderr: out.stderr.into_bytes(),
+    }
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The `key=value` word of a summary line.
+fn word<'a>(text: &'a str, key: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {text:?}"))
+}
+
+// The pattern of examples/c/frames.h (and frames.py), for the Rust ends of the exchanges.
+const FRAME_MAX: u32 = 256;
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn frame(i: u64) -> Vec<u8> {
+    let len = 8 + (i * 37 % 249) as usize;
+    let mut f = i.to_le_bytes().to_vec();
+    f.extend((8..len).map(|j| (i + j as u64) as u8));
+    f
+}
+
+fn fnv(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A coordinator for one exchange, with its socket.
+struct Place {
+    dir: PathBuf,
+    socket: PathBuf,
+    coordinator: Option<Coordinator>,
+}
+
+impl Place {
+    fn new(tag: &str) -> Place {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = scratch(tag);
+        let socket = dir.join("c.sock");
+        let ns = format!(
+            "cabi{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
+        Place {
+            dir,
+            socket,
+            coordinator: Some(coordinator),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(Some(&self.socket)).unwrap()
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SHMRING_SOCKET", &self.socket)
+            .env("ASAN_OPTIONS", "detect_leaks=1")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn python(&self, script: &str) -> Command {
+        let mut c = self.command("python3");
+        c.arg(root().join("examples/python").join(script))
+            .env("SHMRING_LIB", lib_dir().join("libshmring.so"));
+        c
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(c) = self.coordinator.take() {
+            c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn create(client: &Client, name: &str, kind: Kind) {
+    let cfg = match kind {
+        Kind::Spsc => ChannelConfig::spsc(),
+        Kind::Mpmc => ChannelConfig::mpmc(),
+    };
+    client
+        .create(name, &cfg.capacity(64 << 10).max_frame_size(FRAME_MAX))
+        .unwrap();
+}
+
+#[test]
+fn every_status_is_reachable_from_c() {
+    let _serial = serial();
+    let dog = Watchdog::new("every_status_is_reachable_from_c", Duration::from_secs(120));
+    let dir = scratch("statuses");
+    for build in [Build::Plain, Build::Sanitized] {
+        let exe = compile("tests/c/statuses.c", &dir, build);
+        let work = dir.join(match build {
+            Build::Plain => "plain",
+            Build::Sanitized => "san",
+        });
+        std::fs::create_dir_all(&work).unwrap();
+        let out = run(
+            &dog,
+            Command::new(&exe)
+                .arg(&work)
+                .env("ASAN_OPTIONS", "detect_leaks=1")
+                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+        );
+        let text = ok(&out, "statuses");
+        assert!(text.contains("all reached"), "{text}");
+    }
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// C producer to a Rust consumer and Rust producer to a C consumer, over both kinds.
+#[test]
+fn frames_cross_between_c_and_rust() {
+    let _serial = serial();
+    let dog = Watchdog::new("frames_cross_between_c_and_rust", Duration::from_secs(120));
+    let place = Place::new("c-rust");
+    let producer = compile("examples/c/producer.c", &place.dir, Build::Plain);
+    let consumer = compile("examples/c/consumer.c", &place.dir, Build::Plain);
+    let client = place.client();
+    let count = 20_000u64;
+    for kind in [Kind::Spsc, Kind::Mpmc] {
+        // C produces, Rust consumes.
+        let name = format!("c-to-rust-{kind}");
+        create(&client, &name, kind);
+        let mut rx = client.consumer(&name).unwrap();
+        let mut p = place.command(&producer);
+        p.args([&name, &count.to_string(), &kind.to_string()]);
+        let sender = dog.spawn(&mut p);
+        let mut sum = FNV_START;
+        for i in 0.. {
+            let f = rx.read_timeout(Duration::from_secs(30)).unwrap();
+            if f.is_empty() {
+                assert_eq!(i, count);
+                break;
+            }
+            assert_eq!(&*f, &frame(i)[..], "frame {i} from C");
+            sum = fnv(sum, &f);
+        }
+        let said = sender.success();
+        assert_eq!(word(&said, "checksum"), format!("{sum:016x}"), "{said}");
+        drop(rx);
+
+        // Rust produces, C consumes.
+        let name = format!("rust-to-c-{kind}");
+        create(&client, &name, kind);
+        let receiver = dog.spawn(place.command(&consumer).arg(&name));
+        let mut tx = client.producer(&name).unwrap();
+        let mut sum = FNV_START;
+        for i in 0..count {
+            let f = frame(i);
+            sum = fnv(sum, &f);
+            tx.send_timeout(&f, Duration::from_secs(30)).unwrap();
+        }
+        tx.send(&[]).unwrap();
+        let said = receiver.success();
+        assert_eq!(word(&said, "received"), count.to_string(), "{said}");
+        assert_eq!(word(&said, "checksum"), format!("{sum:016x}"), "{said}");
+    }
+    dog.check();
+}
+
+/// C producer to a Python consumer, and a Python producer to a C consumer, over both kinds.
+#[test]
+fn frames_cross_between_c_and_python() {
+    let _serial = serial();
+    let dog = Watchdog::new(
+        "frames_cross_between_c_and_python",
+        Duration::from_secs(180),
+    );
+    let place = Place::new("c-python");
+    let producer = compile("examples/c/producer.c", &place.dir, Build::Plain);
+    let consumer = compile("examples/c/consumer.c", &place.dir, Build::Plain);
+    let count = "3000";
+    for kind in ["spsc", "mpmc"] {
+        let name = format!("c-to-py-{kind}");
+        let receiver = dog.spawn(place.python("consumer.py").arg(&name));
+        let sent = ok(
+            &run(&dog, place.command(&producer).args([&name, count, kind])),
+            "C producer",
+        );
+        let got = receiver.success();
+        assert_eq!(word(&got, "received"), count, "{got}");
+        assert_eq!(
+            word(&got, "checksum"),
+            word(&sent, "checksum"),
+            "{sent} / {got}"
+        );
+
+        let name = format!("py-to-c-{kind}");
+        let receiver = dog.spawn(place.command(&consumer).arg(&name));
+        let sent = ok(
+            &run(&dog, place.python("producer.py").args([&name, count, kind])),
+            "Python producer",
+        );
+        let got = receiver.success();
+        assert_eq!(word(&got, "received"), count, "{got}");
+        assert_eq!(
+            word(&got, "checksum"),
+            word(&sent, "checksum"),
+            "{sent} / {got}"
+        );
+    }
+    dog.check();
+}
+
+/// The C examples under AddressSanitizer and UndefinedBehaviorSanitizer: a producer and a
+/// consumer exchange frames through this test's coordinator.
+#[test]
+fn c_examples_run_clean_under_sanitizers() {
+    let _serial = serial();
+    let dog = Watchdog::new("c_examples_under_sanitizers", Duration::from_secs(180));
+    let place = Place::new("san");
+    let producer = compile("examples/c/producer.c", &place.dir, Build::Sanitized);
+    let consumer = compile("examples/c/consumer.c", &place.dir, Build::Sanitized);
+    for kind in ["spsc", "mpmc"] {
+        let name = format!("san-{kind}");
+        let receiver = dog.spawn(place.command(&consumer).arg(&name));
+        let sent = ok(
+            &run(&dog, place.command(&producer).args([&name, "5000", kind])),
+            "sanitized producer",
+        );
+        let got = receiver.success();
+        assert_eq!(word(&got, "checksum"), word(&sent, "checksum"));
+    }
+    dog.check();
+}
+
+/// The C ping-pong and the C++ example run and say what they measured and did.
+#[test]
+fn c_pingpong_and_cpp_example_run() {
+    let _serial = serial();
+    let dog = Watchdog::new("c_pingpong_and_cpp_example", Duration::from_secs(180));
+    let dir = scratch("programs");
+    let pingpong = compile("examples/c/pingpong.c", &dir, Build::Plain);
+    let text = ok(
+        &run(&dog, Command::new(&pingpong).args(["20000", "64"])),
+        "pingpong",
+    );
+    let p50: u64 = word(&text, "p50").parse().unwrap();
+    assert!(p50 > 0, "{text}");
+    let pingpong_san = compile("examples/c/pingpong.c", &dir, Build::Sanitized);
+    ok(
+        &run(&dog, Command::new(&pingpong_san).args(["2000", "8"])),
+        "sanitized pingpong",
+    );
+    for build in [Build::Plain, Build::Sanitized] {
+        let example = compile("examples/cpp/example.cpp", &dir, build);
+        let text = ok(&run(&dog, &mut Command::new(&example)), "C++ example");
+        assert!(text.trim_end().ends_with("ok"), "{text}");
+    }
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ffi/install.sh` installs the library, headers and a pkg-config file; a program built with
+/// `pkg-config --cflags --libs shmring` runs.
+#[test]
+fn installed_library_is_found_by_pkg_config() {
+    let _serial = serial();
+    let dog = Watchdog::new("pkg_config", Duration::from_secs(120));
+    let place = Place::new("pkgconfig");
+    let prefix = place.dir.join("prefix");
+    ok(
+        &run(
+            &dog,
+            Command::new("bash")
+                .arg(root().join("ffi/install.sh"))
+                .arg("--no-build")
+                .arg("--lib-dir")
+                .arg(lib_dir())
+                .arg(&prefix),
+        ),
+        "ffi/install.sh",
+    );
+    let pc = prefix.join("lib/pkgconfig");
+    let flags = ok(
+        &run(
+            &dog,
+            Command::new("pkg-config")
+                .args(["--cflags", "--libs", "shmring"])
+                .env("PKG_CONFIG_PATH", &pc),
+        ),
+        "pkg-config",
+    );
+    let exe = place.dir.join("producer");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cc -std=c11 -Wall -Wextra -Wpedantic -Werror {} -o {} {}",
+            root().join("examples/c/producer.c").display(),
+            exe.display(),
+            flags.trim()
+        ))
+        .output()
+        .unwrap();
+    ok(&out, "cc $(pkg-config --cflags --libs shmring)");
+    let sent = ok(
+        &run(&dog, place.command(&exe).args(["pc", "10"])),
+        "installed producer",
+    );
+    assert_eq!(word(&sent, "sent"), "10");
+    let stats = place.client().stats("pc").unwrap();
+    assert_eq!(stats.frames_in, 11, "ten frames and the empty one");
+    dog.check();
+}
+
+/// The README's "Using shmring from C" program compiles warning-free and sends its frames.
+#[test]
+fn readme_c_example_works() {
+    let _serial = serial();
+    let dog = Watchdog::new("readme_c_example", Duration::from_secs(120));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Using shmring from C").expect("the section")..];
+    let start = section.find("```c\n").expect("a C block") + 5;
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+    let place = Place::new("readme");
+    let src = place.dir.join("hello.c");
+    std::fs::write(&src, code).unwrap();
+    let exe = compile(src.to_str().unwrap(), &place.dir, Build::Plain);
+    let mut rx = {
+        ok(&run(&dog, &mut place.command(&exe)), "the README's hello.c");
+        place.client().consumer("hello").unwrap()
+    };
+    for i in 0..10 {
+        let f = rx.read_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(&*f, format!("hello #{i}").as_bytes());
+    }
+    dog.check();
+}
