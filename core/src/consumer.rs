@@ -93,6 +93,22 @@ pub struct Consumer {
     bytes: u64,
 }
 
+/// Tries `$op` (an expression over `$c`, the handle) once, inline; while it returns
+/// `WouldBlock`, waits and retries out of line (`wait_and_retry`). A macro, not a function
+/// taking a closure, so that the fast path is inlined whole (see the producer's `blocking!`).
+macro_rules! blocking {
+    ($this:expr, $timeout:expr, |$c:ident| $op:expr) => {{
+        let first = {
+            let $c = &mut *$this;
+            $op
+        };
+        match first {
+            Err(Error::WouldBlock(w)) => $this.wait_and_retry($timeout, w, |$c: &mut Self| $op),
+            other => other,
+        }
+    }};
+}
+
 impl Consumer {
     pub(crate) fn new(mem: Arc<Memory>, membership: Membership) -> Result<Consumer> {
         let ring = match mem.geometry().kind {
@@ -144,7 +160,7 @@ impl Consumer {
 
     /// Takes the next frame, leaving it unreleased. `fits`: fail with `BufferTooSmall`, leaving
     /// the frame in the ring, if it is longer.
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, fits: Option<usize>) -> Result<Token> {
         match &mut self.ring {
             Ring::Spsc(core) => {
@@ -186,7 +202,7 @@ impl Consumer {
     }
 
     /// Releases what `take` took (SPSC: everything taken so far) and wakes a waiting producer.
-    #[inline]
+    #[inline(always)]
     fn release(&mut self, token: Token) {
         match &mut self.ring {
             Ring::Spsc(core) => core.release(&self.mem),
@@ -207,36 +223,45 @@ impl Consumer {
         wait::notify(self.mem.consumer_line(), self.light);
     }
 
-    /// Passes `r` through; if it is `WouldBlock` and finding the ring empty gave space back
-    /// (SPSC), wakes a producer that may be asleep waiting for it. An empty ring of a deleted
-    /// channel is `Closed`: nothing will come.
-    #[inline]
+    /// Passes `r` through; if it is `WouldBlock`, see `settle_empty`.
+    #[inline(always)]
     fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
-        if let Err(Error::WouldBlock(_)) = &r {
-            if let Ring::Spsc(core) = &mut self.ring
-                && core.take_freed()
-            {
-                wait::notify(self.mem.consumer_line(), self.light);
-            }
-            if self.mem.deleted() {
-                return Err(deleted());
-            }
+        match r {
+            Err(Error::WouldBlock(w)) => Err(self.settle_empty(w)),
+            r => r,
         }
-        r
+    }
+
+    /// The ring was found empty: if that gave space back (SPSC), wakes a producer that may be
+    /// asleep waiting for it; an empty ring of a deleted channel is `Closed`: nothing will
+    /// come. Out of line: the path that delivers a frame stays short.
+    #[inline(never)]
+    fn settle_empty(&mut self, what: &'static str) -> Error {
+        if let Ring::Spsc(core) = &mut self.ring
+            && core.take_freed()
+        {
+            wait::notify(self.mem.consumer_line(), self.light);
+        }
+        if self.mem.deleted() {
+            deleted()
+        } else {
+            Error::WouldBlock(what)
+        }
     }
 
     /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
     /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
     /// so that a spinning wait notices the other side within a pause and a load.
-    fn blocking<T>(
+    #[inline(never)]
+    fn wait_and_retry<T>(
         &mut self,
         timeout: Option<Duration>,
+        first: &'static str,
         mut op: impl FnMut(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        let first = op(self);
-        match self.settle(first) {
-            Err(Error::WouldBlock(_)) => {}
-            other => return other,
+        match self.settle_empty(first) {
+            Error::WouldBlock(_) => {}
+            e => return Err(e),
         }
         let mut waiter = Waiter::new(
             self.wait,
@@ -265,7 +290,7 @@ impl Consumer {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_recv_inner(&mut self, buf: &mut [u8]) -> Result<Received> {
         let (len, flags) = match &mut self.ring {
             Ring::Spsc(core) => core.try_recv(&self.mem, buf)?,
@@ -297,14 +322,15 @@ impl Consumer {
 
     /// Copies the next frame into `buf`, waiting as long as the ring is empty.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Received> {
-        self.blocking(None, |c| c.try_recv_inner(buf))
+        blocking!(self, None, |c| c.try_recv_inner(buf))
     }
 
     /// Copies the next frame into `buf`, waiting at most `timeout`.
     pub fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Received> {
-        self.blocking(Some(timeout), |c| c.try_recv_inner(buf))
+        blocking!(self, Some(timeout), |c| c.try_recv_inner(buf))
     }
 
+    #[inline(always)]
     fn frame(&mut self, token: Token) -> Frame<'_> {
         if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
             *outstanding = Some(token.pos);
@@ -318,7 +344,7 @@ impl Consumer {
     /// Lends the next frame in place, without waiting. The frame stays in the ring until the
     /// [`Frame`] is dropped or [`Frame::release`]d; until then this consumer cannot read
     /// another (the borrow checker sees to it).
-    #[inline]
+    #[inline(always)]
     pub fn try_read(&mut self) -> Result<Frame<'_>> {
         let r = self.take(None);
         let token = self.settle(r)?;
@@ -326,14 +352,16 @@ impl Consumer {
     }
 
     /// Lends the next frame in place, waiting as long as the ring is empty.
+    #[inline(always)]
     pub fn read(&mut self) -> Result<Frame<'_>> {
-        let token = self.blocking(None, |c| c.take(None))?;
+        let token = blocking!(self, None, |c| c.take(None))?;
         Ok(self.frame(token))
     }
 
     /// Lends the next frame in place, waiting at most `timeout`.
+    #[inline(always)]
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<Frame<'_>> {
-        let token = self.blocking(Some(timeout), |c| c.take(None))?;
+        let token = blocking!(self, Some(timeout), |c| c.take(None))?;
         Ok(self.frame(token))
     }
 
@@ -351,7 +379,7 @@ impl Consumer {
                 let r = self.take(None);
                 self.settle(r)?
             }
-            t => self.blocking(t, |c| c.take(None))?,
+            t => blocking!(self, t, |c| c.take(None))?,
         };
         if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
             *outstanding = Some(token.pos);
@@ -466,7 +494,7 @@ impl Consumer {
     where
         F: FnMut(&[u8], FrameFlags),
     {
-        self.blocking(None, |c| c.try_drain_inner(max, &mut f))
+        blocking!(self, None, |c| c.try_drain_inner(max, &mut f))
     }
 
     /// Like [`try_drain`](Consumer::try_drain), but first waits at most `timeout` for a frame.
@@ -474,7 +502,7 @@ impl Consumer {
     where
         F: FnMut(&[u8], FrameFlags),
     {
-        self.blocking(Some(timeout), |c| c.try_drain_inner(max, &mut f))
+        blocking!(self, Some(timeout), |c| c.try_drain_inner(max, &mut f))
     }
 }
 
@@ -577,6 +605,7 @@ impl Frame<'_> {
 impl Deref for Frame<'_> {
     type Target = [u8];
 
+    #[inline(always)]
     fn deref(&self) -> &[u8] {
         // SAFETY: the frame was taken by this consumer and is released only when the Frame
         // drops; the producer does not write its bytes before that. The Frame borrows the
@@ -586,6 +615,7 @@ impl Deref for Frame<'_> {
 }
 
 impl Drop for Frame<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         if let Ring::Mpmc { outstanding, .. } = &mut self.consumer.ring {
             *outstanding = None;

@@ -86,7 +86,7 @@ impl Turn {
 /// found full or empty) clears the record again: a claim record that covers a position is
 /// then either its holder's or one about to be rewritten, which is what the coordinator's
 /// repair relies on (`repair.rs`).
-#[inline]
+#[inline(always)]
 fn take(
     mem: &Memory,
     cursor: &AtomicU64,
@@ -247,7 +247,7 @@ impl ProducerCore {
     }
 
     /// Takes up to `max` free slots for frames of up to `len` bytes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_claim(&mut self, mem: &Memory, len: usize, max: u64) -> Result<Claimed> {
         let limit = mem.geometry().max_frame_size as usize;
         if len > limit {
@@ -266,7 +266,7 @@ impl ProducerCore {
 
     /// Sends a copy of `frame`: claim one slot, then the payload, header and sequence stores
     /// back to back (the header word is computed before the copy).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8]) -> Result<()> {
         let pos = self.try_claim(mem, frame.len(), 1)?.position(0);
         let header = encode_header(frame.len() as u32, RecordType::Data, 0, 0);
@@ -277,7 +277,7 @@ impl ProducerCore {
     }
 
     /// Commits position `pos` of a claim as a frame of `len` bytes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize, flags: u8) {
         debug_assert!(len <= mem.geometry().max_frame_size as usize);
         commit_slot(
@@ -326,7 +326,7 @@ impl ConsumerCore {
     }
 
     /// Takes up to `max` committed slots; with `fits`, see [`take`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_take(
         &mut self,
         mem: &Memory,
@@ -346,7 +346,7 @@ impl ConsumerCore {
 
     /// What the slot of a taken position holds. A slot with a bad header is reported as
     /// corrupted; the caller must still release it, so the ring does not wedge.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn slot(&self, mem: &Memory, pos: u64) -> Result<Slot> {
         // Relaxed: ordered after the producer's store by the Acquire of `seq` in `take`.
         let word = mem.slot_header(pos).load(Relaxed);
@@ -357,22 +357,30 @@ impl ConsumerCore {
                 flags: h.flags,
             }),
             Some(RecordType::Skip) => Ok(Slot::Skip),
-            _ => Err(corrupted(format!(
-                "bad slot header {word:#018x} at position {pos} (type {:?}, length {}, max frame {})",
-                h.ty,
-                h.len,
-                mem.geometry().max_frame_size
-            ))),
+            _ => Err(bad_slot(mem, pos, word)),
         }
     }
 
     /// Releases the slot of `pos`: free for the producer one lap later.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&mut self, mem: &Memory, pos: u64) {
         // Release: pairs with the producer's Acquire of `seq` in `take`.
         mem.slot_seq(pos)
             .store(pos + mem.geometry().capacity, Release);
     }
+}
+
+/// What is wrong with a slot header `ConsumerCore::slot` refused.
+#[cold]
+#[inline(never)]
+fn bad_slot(mem: &Memory, pos: u64, word: u64) -> Error {
+    let h = decode_header(word);
+    corrupted(format!(
+        "bad slot header {word:#018x} at position {pos} (type {:?}, length {}, max frame {})",
+        h.ty,
+        h.len,
+        mem.geometry().max_frame_size
+    ))
 }
 
 /// Frames committed and not yet taken, as a statistic: the cursors are read without

@@ -77,6 +77,25 @@ pub struct Producer {
     mpmc_claimed: Option<u64>,
 }
 
+/// Tries `$op` (an expression over `$p`, the handle) once, inline; while it returns
+/// `WouldBlock`, waits and retries out of line (`wait_and_retry`). A macro, not a function
+/// taking a closure: the compiler keeps such a closure out of line, and the claim it returns then
+/// goes through memory in pieces that the caller reads back whole, which stalls the caller
+/// until every earlier store (the frame's, to a line the consumer holds) has left the core
+/// (ARCHITECTURE.md, "Zero-copy throughput").
+macro_rules! blocking {
+    ($this:expr, $timeout:expr, |$p:ident| $op:expr) => {{
+        let first = {
+            let $p = &mut *$this;
+            $op
+        };
+        match first {
+            Err(Error::WouldBlock(_)) => $this.wait_and_retry($timeout, |$p: &mut Self| $op),
+            other => other,
+        }
+    }};
+}
+
 impl Producer {
     pub(crate) fn new(mem: Arc<Memory>, membership: Membership) -> Result<Producer> {
         let ring = match mem.geometry().kind {
@@ -129,7 +148,7 @@ impl Producer {
         self.membership.index()
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_claim_token(&mut self, len: usize) -> Result<Token> {
         let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
@@ -164,7 +183,7 @@ impl Producer {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn commit_token(&mut self, token: Token, len: usize) {
         self.mpmc_claimed = None;
         match (&mut self.ring, token) {
@@ -218,15 +237,12 @@ impl Producer {
     /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
     /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
     /// so that a spinning wait notices the other side within a pause and a load.
-    fn blocking<T>(
+    #[inline(never)]
+    fn wait_and_retry<T>(
         &mut self,
         timeout: Option<Duration>,
         mut op: impl FnMut(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        match op(self) {
-            Err(Error::WouldBlock(_)) => {}
-            other => return other,
-        }
         // Staged frames must be visible before we wait, or the consumer cannot free space.
         self.publish();
         let mut waiter = Waiter::new(
@@ -255,7 +271,7 @@ impl Producer {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
         let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching),
@@ -286,31 +302,33 @@ impl Producer {
 
     /// Sends a copy of `frame`, waiting as long as the ring is full.
     pub fn send(&mut self, frame: &[u8]) -> Result<()> {
-        self.blocking(None, |p| p.try_send_inner(frame))
+        blocking!(self, None, |p| p.try_send_inner(frame))
     }
 
     /// Sends a copy of `frame`, waiting at most `timeout` for room.
     pub fn send_timeout(&mut self, frame: &[u8], timeout: Duration) -> Result<()> {
-        self.blocking(Some(timeout), |p| p.try_send_inner(frame))
+        blocking!(self, Some(timeout), |p| p.try_send_inner(frame))
     }
 
     /// Reserves `len` bytes in the ring without waiting; write the frame into the returned
     /// [`Claim`] and commit it. Nothing is visible to consumers before the commit.
-    #[inline]
+    #[inline(always)]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
         let token = self.try_claim_token(len)?;
         Ok(Claim::new(self, token))
     }
 
     /// Reserves `len` bytes, waiting as long as the ring is full.
+    #[inline(always)]
     pub fn claim(&mut self, len: usize) -> Result<Claim<'_>> {
-        let token = self.blocking(None, |p| p.try_claim_token(len))?;
+        let token = blocking!(self, None, |p| p.try_claim_token(len))?;
         Ok(Claim::new(self, token))
     }
 
     /// Reserves `len` bytes, waiting at most `timeout`.
+    #[inline(always)]
     pub fn claim_timeout(&mut self, len: usize, timeout: Duration) -> Result<Claim<'_>> {
-        let token = self.blocking(Some(timeout), |p| p.try_claim_token(len))?;
+        let token = blocking!(self, Some(timeout), |p| p.try_claim_token(len))?;
         Ok(Claim::new(self, token))
     }
 
@@ -330,7 +348,7 @@ impl Producer {
     ) -> Result<DetachedClaim> {
         let token = match timeout {
             Some(Duration::ZERO) => self.try_claim_token(len)?,
-            t => self.blocking(t, |p| p.try_claim_token(len))?,
+            t => blocking!(self, t, |p| p.try_claim_token(len))?,
         };
         let bytes = token.payload();
         // SAFETY: the claimed range is this producer's alone until committed or aborted; the
@@ -448,6 +466,7 @@ pub struct Claim<'a> {
 }
 
 impl<'a> Claim<'a> {
+    #[inline(always)]
     fn new(producer: &'a mut Producer, token: Token) -> Claim<'a> {
         Claim {
             producer,
@@ -458,6 +477,7 @@ impl<'a> Claim<'a> {
 
     /// Publishes the whole claimed space as one frame (staged until the batch ends, in a
     /// batch).
+    #[inline(always)]
     pub fn commit(mut self) {
         self.done = true;
         let len = self.token.payload().len();
@@ -467,6 +487,7 @@ impl<'a> Claim<'a> {
     /// Publishes the first `len` bytes as one frame. `len` may be smaller than the claim (a
     /// claim for the largest frame, trimmed to what was written); a larger `len` is an
     /// `InvalidArgument` error and the claim is aborted.
+    #[inline]
     pub fn commit_len(mut self, len: usize) -> Result<()> {
         let claimed = self.token.payload().len();
         if len > claimed {
@@ -486,6 +507,7 @@ impl<'a> Claim<'a> {
 impl Deref for Claim<'_> {
     type Target = [u8];
 
+    #[inline(always)]
     fn deref(&self) -> &[u8] {
         // SAFETY: the ring protocol gives the claimed range to this producer alone until it is
         // committed or aborted, and the claim borrows the producer mutably, so no other claim
@@ -495,6 +517,7 @@ impl Deref for Claim<'_> {
 }
 
 impl DerefMut for Claim<'_> {
+    #[inline(always)]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for deref; `&mut self` makes this the only reference into the range.
         unsafe { self.producer.mem.slice_mut(self.token.payload()) }

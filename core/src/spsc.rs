@@ -104,7 +104,7 @@ impl ProducerCore {
 
     /// Reserves a record for `len` payload bytes, writing a padding record first if the record
     /// would not fit before the end of the ring. Nothing becomes visible to the consumer.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_claim(&mut self, mem: &Memory, len: usize) -> Result<Claimed> {
         let geo = mem.geometry();
         if len > geo.max_frame_size as usize {
@@ -156,7 +156,7 @@ impl ProducerCore {
 
     /// Sends a copy of `frame` as one record, published at once if `publish` (see `put`).
     /// Everything is computed before the copy, so that the stores follow it back to back.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8], publish: bool) -> Result<()> {
         let claim = self.try_claim(mem, frame.len())?;
         let word = encode_header(
@@ -251,30 +251,47 @@ impl ProducerCore {
     }
 }
 
-/// Checks a non-zero header word at `pos` and returns the size of its record.
+/// Checks a non-zero header word at `pos` and returns the size of its record. Inlined into the
+/// receive path, with the message of a failure built out of line.
+#[inline(always)]
 fn check_record(mem: &Memory, pos: u64, word: u64) -> Result<usize> {
     let geo = mem.geometry();
     let h = decode_header(word);
     let off = pos & geo.mask();
+    let size = record_size(h.len as usize) as u64;
+    let fits = match h.ty {
+        Some(RecordType::Data) => h.len <= geo.max_frame_size && off + size <= geo.capacity,
+        Some(RecordType::Padding) => off + size == geo.capacity,
+        Some(RecordType::Skip) => off + size <= geo.capacity,
+        None => false,
+    };
+    if fits && h.tag == lap_tag(pos, geo.capacity_log2) {
+        Ok(size as usize)
+    } else {
+        Err(bad_record(mem, pos, word))
+    }
+}
+
+/// What is wrong with a record header `check_record` refused.
+#[cold]
+#[inline(never)]
+fn bad_record(mem: &Memory, pos: u64, word: u64) -> Error {
+    let geo = mem.geometry();
+    let h = decode_header(word);
     if h.tag != lap_tag(pos, geo.capacity_log2) {
-        return Err(corrupted(format!(
+        return corrupted(format!(
             "record at position {pos} carries lap tag {}, expected {}",
             h.tag,
             lap_tag(pos, geo.capacity_log2)
-        )));
+        ));
     }
-    let size = record_size(h.len as usize) as u64;
-    match h.ty {
-        Some(RecordType::Padding) if off + size == geo.capacity => Ok(size as usize),
-        Some(RecordType::Data) if h.len <= geo.max_frame_size && off + size <= geo.capacity => {
-            Ok(size as usize)
-        }
-        Some(RecordType::Skip) if off + size <= geo.capacity => Ok(size as usize),
-        _ => Err(corrupted(format!(
-            "bad record header {word:#018x} at position {pos} (type {:?}, length {}, max frame {}, ring offset {off})",
-            h.ty, h.len, geo.max_frame_size
-        ))),
-    }
+    corrupted(format!(
+        "bad record header {word:#018x} at position {pos} (type {:?}, length {}, max frame {}, ring offset {})",
+        h.ty,
+        h.len,
+        geo.max_frame_size,
+        pos & geo.mask()
+    ))
 }
 
 /// A frame found by [`ConsumerCore::try_peek`].
@@ -345,7 +362,7 @@ impl ConsumerCore {
 
     /// Looks at the next frame without taking it, stepping over padding and skip records.
     /// `Err(WouldBlock)` when the ring is empty.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_peek(&mut self, mem: &Memory) -> Result<Peeked> {
         let geo = mem.geometry();
         let start = self.read_pos;
@@ -439,7 +456,7 @@ impl ConsumerCore {
     /// Takes the frame `peeked` (the one `try_peek` just returned), first recording in the
     /// consumer's participant entry that it is being handed out, so that a successor flags it
     /// redelivered if this process dies before the head passes it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&mut self, mem: &Memory, peeked: &Peeked) {
         if peeked.end > self.delivered {
             self.delivered = peeked.end;
@@ -455,7 +472,7 @@ impl ConsumerCore {
     /// Releases every frame taken so far: records the consumer's position in its entry, and
     /// gives the space back to the producer in batches (`release_batch`), in full whenever the
     /// ring is found empty, or with `release_all`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&mut self, mem: &Memory) {
         self.in_flight = false;
         // Relaxed: read only by a successor after this process is gone.
@@ -492,7 +509,7 @@ impl ConsumerCore {
 
     /// Copies the next frame into `buf` and releases it: `try_peek`, `take`, the copy, then
     /// `release`. Returns its length and flags.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_recv(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
         let peeked = self.try_peek(mem)?;
         let len = peeked.payload.len();
