@@ -1,6 +1,6 @@
 //! In-process criterion benchmarks: streaming throughput between two threads, and the cost of
-//! one operation without a second core involved. Cross-process round trips are measured by the
-//! demo (`cargo run --release --bin demo`) and the `ring-probe` binary.
+//! one operation without a second core involved. Cross-process round trips are measured by
+//! `shmring bench` and the `ring-probe` binary.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shmring::{ChannelConfig, Segment, WaitStrategy};

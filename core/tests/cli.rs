@@ -179,3 +179,187 @@ fn daemon_and_cli_manage_channels() {
     assert_eq!(segments(), 0, "the namespace's segments are removed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `shmring bench` with `args` under a watchdog; returns its output.
+fn bench(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .arg("bench")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("shmring bench {args:?} still running after 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            n.starts_with(&format!("shmring-bench-{pid}."))
+                || n.starts_with(&format!("shmring.bench-{pid}@"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "bench left {leftovers:?} in /dev/shm");
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("shmring-bench-{pid}"))
+            .exists(),
+        "bench left its directory behind"
+    );
+    out
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+#[test]
+fn bench_quick_writes_the_report_schema_and_the_plot() {
+    let dir = std::env::temp_dir().join(format!("shmring-test-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let out = bench(&[
+        "--quick",
+        "--payload",
+        "8,64",
+        "--iterations",
+        "40",
+        "--rounds",
+        "2",
+        "--duration",
+        "0.05",
+        "--think-us",
+        "5",
+        "--json",
+        json_path.to_str().unwrap(),
+        "--svg",
+        svg_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("64-byte frames") && stdout.contains("vs floor"),
+        "{stdout}"
+    );
+
+    let transports = [
+        "atomic-floor",
+        "shmring-spsc-spin",
+        "shmring-mpmc-spin",
+        "futex-floor",
+        "shmring-spsc-park",
+        "uds",
+        "pipe",
+        "tcp",
+    ];
+    let report = json(&std::fs::read_to_string(&json_path).unwrap());
+    assert_eq!(
+        keys(&report),
+        ["machine", "memcpy_bytes_per_s", "pingpong", "throughput"]
+    );
+    let machine = &report["machine"];
+    assert_eq!(keys(machine), ["cores", "cpu", "kernel"]);
+    let cpu = machine["cpu"].as_str().unwrap();
+    assert!(!cpu.is_empty() && !machine["kernel"].as_str().unwrap().is_empty());
+    assert!(machine["cores"].as_u64().unwrap() >= 1);
+
+    let pingpong = report["pingpong"].as_array().unwrap();
+    assert_eq!(
+        pingpong.len(),
+        2 * transports.len(),
+        "every transport, both payloads"
+    );
+    for payload in [8, 64] {
+        for t in transports {
+            let row = pingpong
+                .iter()
+                .find(|r| r["transport"] == t && r["payload"] == payload)
+                .unwrap_or_else(|| panic!("no ping-pong row for {t} at {payload} B"));
+            assert_eq!(keys(row), ["payload", "rtt_ns", "samples", "transport"]);
+            assert_eq!(row["samples"], 80, "{t}: 2 rounds of 40");
+            let rtt = &row["rtt_ns"];
+            assert_eq!(keys(rtt), ["max", "p50", "p90", "p99", "p999"]);
+            let q: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+                .iter()
+                .map(|k| rtt[*k].as_u64().unwrap_or_else(|| panic!("{t} {k}: {rtt}")))
+                .collect();
+            assert!(q[0] > 0, "{t}: a round trip takes time");
+            assert!(
+                q.windows(2).all(|w| w[0] <= w[1]),
+                "{t}: percentiles out of order {q:?}"
+            );
+        }
+    }
+
+    let throughput = report["throughput"].as_array().unwrap();
+    assert_eq!(throughput.len(), 8, "2 payloads x 2 ring kinds x 2 APIs");
+    for row in throughput {
+        assert_eq!(
+            keys(row),
+            ["api", "bytes_per_s", "frames_per_s", "payload", "transport"]
+        );
+        assert!(["shmring-spsc", "shmring-mpmc"].contains(&row["transport"].as_str().unwrap()));
+        assert!(["copy", "zero-copy"].contains(&row["api"].as_str().unwrap()));
+        let fps = row["frames_per_s"].as_f64().unwrap();
+        let bps = row["bytes_per_s"].as_f64().unwrap();
+        let payload = row["payload"].as_f64().unwrap();
+        assert!(fps > 0.0, "{row}");
+        assert!((bps - fps * payload).abs() <= 1e-6 * bps, "{row}");
+    }
+    assert!(report["memcpy_bytes_per_s"].as_f64().unwrap() > 0.0);
+
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        transports.len(),
+        "one line per transport"
+    );
+    for t in transports {
+        assert!(svg.contains(t), "the legend names {t}");
+    }
+    assert!(
+        svg.contains("64-byte frames"),
+        "the plot is of 64-byte frames"
+    );
+    let escaped = cpu
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert!(svg.contains(&escaped), "the title names the CPU");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_rejects_bad_options_with_a_remedy() {
+    for (args, needle) in [
+        (&["--cpus", "1,1"][..], "two different CPU numbers"),
+        (&["--payload", "0"][..], "frames of 1 byte to 16 MiB"),
+        (&["--duration=0"][..], "positive number of seconds"),
+    ] {
+        let out = bench(args);
+        assert!(!out.status.success(), "bench {args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "bench {args:?}: {err}");
+    }
+}

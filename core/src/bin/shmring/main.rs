@@ -1,4 +1,7 @@
-//! `shmring`: inspect and manage the channels of a shmring coordinator.
+//! `shmring`: inspect and manage the channels of a shmring coordinator, and measure shmring
+//! against the alternatives (`shmring bench`).
+
+mod bench;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shmring::{
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Inspect and manage the channels of a shmring coordinator (shmringd).
+/// Inspect and manage the channels of a shmring coordinator (shmringd), and measure shmring.
 #[derive(Parser, Debug)]
 #[command(name = "shmring", version)]
 struct Args {
@@ -20,9 +23,6 @@ struct Args {
     /// The namespace whose default socket to use
     #[arg(long, global = true, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
     namespace: String,
-    /// Print JSON instead of text (one object; `watch` prints one per line)
-    #[arg(long, global = true)]
-    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,11 +30,18 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the channels
-    List,
+    List {
+        /// Print JSON (an array of channels)
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one channel: shape, depth, traffic, rates, participants, repairs
     Stat {
         /// Channel name
         channel: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Refreshing view of every channel (or the ones named), like top
     Watch {
@@ -46,6 +53,9 @@ enum Command {
         /// Stop after this many refreshes [default: run until interrupted]
         #[arg(long)]
         count: Option<u64>,
+        /// Print one JSON object per refresh, one per line
+        #[arg(long)]
+        json: bool,
     },
     /// Create a channel owned by you
     Create {
@@ -71,11 +81,32 @@ enum Command {
         /// Permission bits in octal, as for a file: 600 (you only), 660 (your group), 666
         #[arg(long, default_value = "600", value_parser = parse_mode)]
         mode: u32,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a channel (its owner or root only)
     Delete {
         /// Channel name
         channel: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure round-trip latency and throughput between two processes: shmring against the
+    /// physical floors, a Unix socket, a pipe and TCP, in one run (starts its own coordinator)
+    Bench(bench::BenchArgs),
+    /// The benchmark's second process (started by `shmring bench`)
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cpu: Option<usize>,
     },
 }
 
@@ -93,7 +124,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal mode between 000 and 777"))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -168,7 +199,20 @@ fn connect(args: &Args) -> shmring::Result<Client> {
     Client::connect(socket.as_deref())
 }
 
-fn run(args: &Args) -> shmring::Result<()> {
+fn run(args: &Args) -> Result<(), String> {
+    match &args.command {
+        Command::Bench(b) => bench::run(b),
+        Command::BenchPeer {
+            control,
+            socket,
+            dir,
+            cpu,
+        } => bench::run_peer(control, socket, dir, *cpu),
+        _ => manage(args).map_err(|e| e.to_string()),
+    }
+}
+
+fn manage(args: &Args) -> shmring::Result<()> {
     let client = connect(args)?;
     let out = &mut std::io::stdout().lock();
     let w = |e: std::io::Error| shmring::Error::Io {
@@ -176,18 +220,19 @@ fn run(args: &Args) -> shmring::Result<()> {
         source: e,
     };
     match &args.command {
-        Command::List => {
+        Command::Bench(_) | Command::BenchPeer { .. } => unreachable!("handled by run"),
+        Command::List { json } => {
             let channels = client.list()?;
-            if args.json {
-                writeln!(out, "{}", json(&channels)).map_err(w)?;
+            if *json {
+                writeln!(out, "{}", to_json(&channels)).map_err(w)?;
             } else {
                 print_list(out, &channels).map_err(w)?;
             }
         }
-        Command::Stat { channel } => {
+        Command::Stat { channel, json } => {
             let s = client.stats(channel)?;
-            if args.json {
-                writeln!(out, "{}", json(&s)).map_err(w)?;
+            if *json {
+                writeln!(out, "{}", to_json(&s)).map_err(w)?;
             } else {
                 print_stat(out, &s).map_err(w)?;
             }
@@ -196,7 +241,8 @@ fn run(args: &Args) -> shmring::Result<()> {
             channels,
             interval,
             count,
-        } => watch(&client, args.json, channels, *interval, *count)?,
+            json,
+        } => watch(&client, *json, channels, *interval, *count)?,
         Command::Create {
             channel,
             kind,
@@ -205,6 +251,7 @@ fn run(args: &Args) -> shmring::Result<()> {
             max_producers,
             max_consumers,
             mode,
+            json,
         } => {
             let mut cfg = match kind {
                 KindArg::Spsc => ChannelConfig::spsc(),
@@ -226,8 +273,8 @@ fn run(args: &Args) -> shmring::Result<()> {
                 cfg = cfg.max_consumers(*n);
             }
             let info = client.create(channel, &cfg)?;
-            if args.json {
-                writeln!(out, "{}", json(&info)).map_err(w)?;
+            if *json {
+                writeln!(out, "{}", to_json(&info)).map_err(w)?;
             } else {
                 writeln!(
                     out,
@@ -242,9 +289,9 @@ fn run(args: &Args) -> shmring::Result<()> {
                 .map_err(w)?;
             }
         }
-        Command::Delete { channel } => {
+        Command::Delete { channel, json } => {
             client.delete(channel)?;
-            if args.json {
+            if *json {
                 writeln!(out, "{}", serde_json::json!({ "deleted": channel })).map_err(w)?;
             } else {
                 writeln!(out, "deleted {channel}").map_err(w)?;
@@ -254,7 +301,7 @@ fn run(args: &Args) -> shmring::Result<()> {
     Ok(())
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
+fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("protocol types serialise to JSON")
 }
 

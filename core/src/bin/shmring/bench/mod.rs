@@ -1,0 +1,583 @@
+//! `shmring bench`: round-trip latency and throughput between two processes, shmring against
+//! the physical floors and against what one would use instead, measured in one run.
+//!
+//! The bench runs a coordinator on a thread of its own process (no daemon), creates the channels
+//! it measures, and starts itself again as the peer process (`shmring bench-peer`), pinned to
+//! another CPU. The two talk through a control page in `/dev/shm`: the parent writes a command
+//! (what to measure, how many times), the peer sets its end up, says it is ready, and echoes
+//! (ping-pong) or consumes (throughput) until done. Ping-pong cells are measured in interleaved
+//! rounds, every transport once per round, so that each round's ratio to the atomic floor
+//! compares figures taken with the two virtual CPUs placed the same way on the host.
+
+mod machine;
+mod peer;
+mod shared;
+mod svg;
+mod transport;
+
+use hdrhistogram::Histogram;
+use machine::Machine;
+use serde::Serialize;
+use shared::{Control, Shared, spin_until};
+use shmring::{Client, Coordinator, CoordinatorConfig, Kind, WaitStrategy};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use transport::{Api, Ends, PATIENCE, Res, Transport, create_channels, memcpy_bandwidth, produce};
+
+pub(crate) const OP_PINGPONG: u64 = 1;
+pub(crate) const OP_THROUGHPUT: u64 = 2;
+pub(crate) const OP_EXIT: u64 = 3;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Round-trip latency, then throughput.
+    All,
+    /// Round-trip latency only.
+    Pingpong,
+    /// Throughput only.
+    Throughput,
+}
+
+/// `shmring bench` options.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum, default_value = "all")]
+    mode: Mode,
+    /// Frame sizes in bytes, comma-separated (suffixes K, M) [default: 8,64,1024,65536]
+    #[arg(long, value_delimiter = ',', value_parser = crate::parse_size)]
+    payload: Option<Vec<u64>>,
+    /// Round trips per transport and payload in each round [default: 10000; --quick: 2000]
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Rounds of ping-pong, every transport once per round [default: 5; --quick: 3]
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds of streaming per throughput measurement [default: 1; --quick: 0.2]
+    #[arg(long)]
+    duration: Option<f64>,
+    /// The two CPUs to pin the processes to [default: 0,1 when there are two]
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<(usize, usize)>,
+    /// Transports to compare, comma-separated [default: all]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    transports: Option<Vec<Transport>>,
+    /// A run of under 30 s (fewer round trips, shorter streams)
+    #[arg(long)]
+    quick: bool,
+    /// Pause before each round trip of the sleeping transports (futex-floor, shmring-spsc-park),
+    /// so that the waiting side is really asleep when the frame comes, in microseconds
+    #[arg(long, default_value = "50")]
+    think_us: u64,
+    /// Write the results as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the latency-by-percentile plot (64-byte frames, or the first payload) to FILE
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+fn parse_cpus(s: &str) -> Result<(usize, usize), String> {
+    let v: Vec<usize> = s.split(',').filter_map(|c| c.trim().parse().ok()).collect();
+    match v[..] {
+        [a, b] if a != b => Ok((a, b)),
+        _ => Err(format!("{s:?}: give two different CPU numbers, e.g. 0,1")),
+    }
+}
+
+/// The options with their defaults applied.
+struct Plan {
+    mode: Mode,
+    payloads: Vec<usize>,
+    iterations: u64,
+    rounds: u32,
+    duration: Duration,
+    cpus: Option<(usize, usize)>,
+    transports: Vec<Transport>,
+    think: Duration,
+}
+
+impl Plan {
+    fn of(a: &BenchArgs) -> Res<Plan> {
+        let payloads: Vec<usize> = a
+            .payload
+            .clone()
+            .unwrap_or_else(|| vec![8, 64, 1024, 65536])
+            .into_iter()
+            .map(|p| p as usize)
+            .collect();
+        if let Some(p) = payloads.iter().find(|&&p| p == 0 || p > 16 << 20) {
+            return Err(format!(
+                "payload {p}: frames of 1 byte to 16 MiB are measured"
+            ));
+        }
+        let mut transports = a
+            .transports
+            .clone()
+            .unwrap_or_else(|| Transport::ALL.to_vec());
+        transports.sort();
+        transports.dedup();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let duration = a.duration.unwrap_or(if a.quick { 0.2 } else { 1.0 });
+        if !(duration.is_finite() && duration > 0.0) {
+            return Err(format!(
+                "--duration {duration} must be a positive number of seconds"
+            ));
+        }
+        Ok(Plan {
+            mode: a.mode,
+            payloads,
+            iterations: a
+                .iterations
+                .unwrap_or(if a.quick { 2000 } else { 10_000 })
+                .max(1),
+            rounds: a.rounds.unwrap_or(if a.quick { 3 } else { 5 }).max(1),
+            duration: Duration::from_secs_f64(duration),
+            cpus: a.cpus.or((cores >= 2).then_some((0, 1))),
+            transports,
+            think: Duration::from_micros(a.think_us),
+        })
+    }
+}
+
+/// The JSON report (the schema scripts compare runs with).
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    pingpong: Vec<PingRow>,
+    throughput: Vec<ThroughputRow>,
+    memcpy_bytes_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct PingRow {
+    transport: &'static str,
+    payload: usize,
+    samples: u64,
+    rtt_ns: Rtt,
+}
+
+#[derive(Serialize)]
+struct Rtt {
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+#[derive(Serialize)]
+struct ThroughputRow {
+    transport: &'static str,
+    api: &'static str,
+    payload: usize,
+    frames_per_s: f64,
+    bytes_per_s: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A duration in nanoseconds, in the unit that keeps it short.
+fn ns(v: u64) -> String {
+    match v {
+        0..10_000 => format!("{v} ns"),
+        10_000..10_000_000 => format!("{:.1} us", v as f64 / 1e3),
+        _ => format!("{:.1} ms", v as f64 / 1e6),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Removes the bench's files and stops its peer, also when it fails.
+struct Cleanup {
+    control: PathBuf,
+    dir: PathBuf,
+    peer: Option<std::process::Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.peer.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = std::fs::remove_file(&self.control);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The parent's side of the conversation with the peer.
+struct Conversation<'a> {
+    ctl: &'a Control,
+    seq: u64,
+}
+
+impl Conversation<'_> {
+    /// Sends a command and waits until the peer is ready for it (`wait_ready`) or done.
+    fn command(&mut self, args: [u64; 6], wait_ready: bool) -> Res<u64> {
+        self.seq += 1;
+        for (i, a) in args.iter().enumerate() {
+            self.ctl.cmd.0[i + 1].store(*a, Ordering::Relaxed);
+        }
+        // Release: the arguments above are visible to a peer that sees the new sequence.
+        self.ctl.cmd.0[0].store(self.seq, Ordering::Release);
+        if wait_ready {
+            self.wait(0)?;
+        }
+        Ok(self.seq)
+    }
+
+    /// Waits for acknowledgement word `i` (0: ready, 1: done) of the current command.
+    fn wait(&self, i: usize) -> Res<()> {
+        let ok = spin_until_or_done(self.ctl, i, self.seq);
+        if self.ctl.ack.0[3].load(Ordering::Relaxed) != 0 {
+            return Err("the peer process failed (see its message above)".into());
+        }
+        if !ok {
+            return Err(format!(
+                "the peer process did not answer within {PATIENCE:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Spins until ack word `i` reaches `seq`, or the peer reports done (with an error).
+fn spin_until_or_done(ctl: &Control, i: usize, seq: u64) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if spin_until(&ctl.ack.0[i], seq, Duration::from_millis(1)) {
+            return true;
+        }
+        if ctl.ack.0[1].load(Ordering::Acquire) == seq || Instant::now() > deadline {
+            return ctl.ack.0[i].load(Ordering::Acquire) == seq;
+        }
+    }
+}
+
+/// `shmring bench`.
+pub fn run(args: &BenchArgs) -> Res<()> {
+    let plan = Plan::of(args)?;
+    let machine = Machine::this();
+    let busy = machine::busy_fraction(Duration::from_millis(300));
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("shmring-bench-{pid}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut cleanup = Cleanup {
+        control: PathBuf::from(format!("/dev/shm/shmring-bench-{pid}.ctl")),
+        dir: dir.clone(),
+        peer: None,
+    };
+    let shared = Shared::map(&cleanup.control, true).map_err(|e| format!("control page: {e}"))?;
+    let ctl = shared.control();
+    let socket = dir.join("coordinator.sock");
+    let coordinator =
+        Coordinator::start(CoordinatorConfig::new(&format!("bench-{pid}")).socket(&socket))
+            .map_err(|e| format!("starting the coordinator: {e}"))?;
+    let client = Client::connect(Some(&socket)).map_err(|e| format!("connecting: {e}"))?;
+    for &p in &plan.payloads {
+        for kind in [Kind::Spsc, Kind::Mpmc] {
+            create_channels(&client, kind, p)?;
+        }
+    }
+    let mut ends = Ends::parent(client.clone(), &dir)?;
+    let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    let mut peer = std::process::Command::new(exe);
+    peer.arg("bench-peer")
+        .arg("--control")
+        .arg(&cleanup.control)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Some((_, b)) = plan.cpus {
+        peer.arg("--cpu").arg(b.to_string());
+    }
+    let child = peer
+        .spawn()
+        .map_err(|e| format!("starting the peer process: {e}"))?;
+    let peer_pid = child.id();
+    cleanup.peer = Some(child);
+    let pinned = plan.cpus.is_some_and(|(a, _)| machine::pin(a));
+
+    println!("shmring bench: {machine}");
+    println!(
+        "two processes: this one (pid {pid}{}) and its peer (pid {peer_pid}{}); coordinator embedded, no daemon",
+        if pinned {
+            format!(", CPU {}", plan.cpus.unwrap().0)
+        } else {
+            ", unpinned".into()
+        },
+        plan.cpus
+            .map_or(String::new(), |(_, b)| format!(", CPU {b}")),
+    );
+    match busy {
+        Some(b) if b > 0.10 => println!(
+            "WARNING: the machine was {:.0}% busy before the run: other work disturbs these figures",
+            b * 100.0
+        ),
+        Some(b) => println!("machine idle before the run ({:.0}% busy)", b * 100.0),
+        None => println!("could not read /proc/stat to check that the machine is idle"),
+    }
+    let mut talk = Conversation { ctl, seq: 0 };
+    let port = ends.tcp_port();
+    let mut report = Report {
+        machine: machine.clone(),
+        pingpong: Vec::new(),
+        throughput: Vec::new(),
+        memcpy_bytes_per_s: 0.0,
+    };
+    let mut plots: BTreeMap<usize, Vec<(Transport, Histogram<u64>)>> = BTreeMap::new();
+
+    if plan.mode != Mode::Throughput {
+        println!(
+            "\nping-pong: round trip = send a frame, receive its echo; {} rounds of {} round trips per cell, \
+             transports interleaved;\nevery round trip timed (two clock reads, ~40 ns, included); {} pause {} us \
+             before each round trip so the waiting side sleeps",
+            plan.rounds,
+            plan.iterations,
+            plan.transports
+                .iter()
+                .filter(|t| t.sleeps())
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            plan.think.as_micros()
+        );
+        for &payload in &plan.payloads {
+            let mut all: Vec<(Transport, Histogram<u64>)> =
+                plan.transports.iter().map(|&t| (t, histogram())).collect();
+            let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); plan.transports.len()];
+            for _ in 0..plan.rounds {
+                for (i, &t) in plan.transports.iter().enumerate() {
+                    let mut h = histogram();
+                    ctl.floor.0[0].store(0, Ordering::Relaxed);
+                    ctl.futex_a.0.store(0, Ordering::Relaxed);
+                    ctl.futex_b.0.store(0, Ordering::Relaxed);
+                    let think = if t.sleeps() {
+                        plan.think
+                    } else {
+                        Duration::ZERO
+                    };
+                    // The stream transports connect while the parent accepts: commanded first,
+                    // set up here, then waited for.
+                    talk.command(
+                        [
+                            OP_PINGPONG,
+                            t.id(),
+                            payload as u64,
+                            plan.iterations,
+                            u64::from(port),
+                            0,
+                        ],
+                        false,
+                    )?;
+                    ends.prepare(t, payload, port)?;
+                    talk.wait(0)?;
+                    ends.ping(ctl, t, payload, plan.iterations, think, port, &mut h)?;
+                    talk.wait(1)?;
+                    p50s[i].push(h.value_at_quantile(0.5) as f64);
+                    all[i]
+                        .1
+                        .add(&h)
+                        .map_err(|e| format!("merging histograms: {e:?}"))?;
+                }
+            }
+            print_pingpong(payload, &plan, &all, &p50s);
+            for (t, h) in &all {
+                report.pingpong.push(PingRow {
+                    transport: t.name(),
+                    payload,
+                    samples: h.len(),
+                    rtt_ns: Rtt {
+                        p50: h.value_at_quantile(0.5),
+                        p90: h.value_at_quantile(0.9),
+                        p99: h.value_at_quantile(0.99),
+                        p999: h.value_at_quantile(0.999),
+                        max: h.max(),
+                    },
+                });
+            }
+            plots.insert(payload, all);
+        }
+    }
+
+    report.memcpy_bytes_per_s = memcpy_bandwidth(plan.duration);
+    if plan.mode != Mode::Pingpong {
+        println!(
+            "\nthroughput: one producer process, one consumer process, {:.1} s per cell; copy: send and recv \
+             copy each frame;\nzero-copy: the producer fills each claimed frame in place, the consumer reads \
+             every byte in place (drain);\nmemcpy ({} KiB blocks between {} MiB buffers, one core): {:.2} GB/s",
+            plan.duration.as_secs_f64(),
+            transport::MEMCPY_BLOCK >> 10,
+            transport::MEMCPY_SPAN >> 20,
+            report.memcpy_bytes_per_s / 1e9
+        );
+        println!(
+            "{:>9}  {:<14} {:<10} {:>12} {:>11} {:>10}",
+            "payload", "transport", "api", "frames/s", "GB/s", "vs memcpy"
+        );
+        for &payload in &plan.payloads {
+            for (kind, name) in [(Kind::Spsc, "shmring-spsc"), (Kind::Mpmc, "shmring-mpmc")] {
+                for api in [Api::Copy, Api::ZeroCopy] {
+                    ends.channels(kind, payload, WaitStrategy::Spin)?;
+                    talk.command(
+                        [
+                            OP_THROUGHPUT,
+                            u64::from(kind == Kind::Mpmc),
+                            payload as u64,
+                            0,
+                            0,
+                            u64::from(api == Api::ZeroCopy),
+                        ],
+                        true,
+                    )?;
+                    let start = Instant::now();
+                    let sent = {
+                        let (tx, _) = ends.channels(kind, payload, WaitStrategy::Spin)?;
+                        produce(tx, api, payload, plan.duration)?
+                    };
+                    talk.wait(1)?;
+                    let secs = start.elapsed().as_secs_f64();
+                    let received = ctl.ack.0[2].load(Ordering::Relaxed);
+                    if received != sent {
+                        return Err(format!(
+                            "{name} {} {payload} B: sent {sent} frames, the peer received {received}",
+                            api.name()
+                        ));
+                    }
+                    let fps = sent as f64 / secs;
+                    let bps = fps * payload as f64;
+                    println!(
+                        "{:>7} B  {:<14} {:<10} {:>10.2} M {:>11.2} {:>9.2}x",
+                        payload,
+                        name,
+                        api.name(),
+                        fps / 1e6,
+                        bps / 1e9,
+                        bps / report.memcpy_bytes_per_s
+                    );
+                    report.throughput.push(ThroughputRow {
+                        transport: name,
+                        api: api.name(),
+                        payload,
+                        frames_per_s: fps,
+                        bytes_per_s: bps,
+                    });
+                }
+            }
+        }
+    }
+    talk.command([OP_EXIT, 0, 0, 0, 0, 0], false)?;
+    talk.wait(1)?;
+    if let Some(mut p) = cleanup.peer.take() {
+        let _ = p.wait();
+    }
+    drop(ends);
+    drop(client);
+    coordinator.stop();
+
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).expect("the report serialises");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("\nwrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let payload = if plots.contains_key(&64) {
+            Some(64)
+        } else {
+            plots.keys().next().copied()
+        };
+        let Some(payload) = payload else {
+            return Err("--svg needs the ping-pong measurement".into());
+        };
+        let series: Vec<(&str, &Histogram<u64>)> =
+            plots[&payload].iter().map(|(t, h)| (t.name(), h)).collect();
+        let text = svg::plot(
+            &format!("shmring round-trip latency by percentile, {payload}-byte frames"),
+            &machine.to_string(),
+            &series,
+        );
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints one payload's ping-pong: each round's p50 and its ratio to the atomic floor of the
+/// same round, then every transport's percentiles over all rounds with the ratios that matter.
+fn print_pingpong(
+    payload: usize,
+    plan: &Plan,
+    all: &[(Transport, Histogram<u64>)],
+    p50s: &[Vec<f64>],
+) {
+    let floor = plan
+        .transports
+        .iter()
+        .position(|&t| t == Transport::AtomicFloor);
+    let futex = plan
+        .transports
+        .iter()
+        .position(|&t| t == Transport::FutexFloor);
+    let uds = plan.transports.iter().position(|&t| t == Transport::Uds);
+    println!("\n{payload}-byte frames");
+    println!(
+        "{:<19}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>12}  {:>13}",
+        "", "p50", "p90", "p99", "p99.9", "max", "vs floor", "uds / this"
+    );
+    for (i, (t, h)) in all.iter().enumerate() {
+        let cells: String = [0.5, 0.9, 0.99, 0.999]
+            .iter()
+            .map(|&q| h.value_at_quantile(q))
+            .chain([h.max()])
+            .map(|v| format!("{:>10}", ns(v)))
+            .collect();
+        // The ratio of p50s taken round by round, then their median (module docs); the
+        // sleeping transports are compared with the futex floor.
+        let reference = if t.sleeps() { futex } else { floor };
+        let vs = reference
+            .filter(|&r| r != i)
+            .map(|r| {
+                let ratios = p50s[i].iter().zip(&p50s[r]).map(|(a, b)| a / b).collect();
+                format!(
+                    "{:>6.2}x {}",
+                    median(ratios),
+                    if t.sleeps() { "futex" } else { "atomic" }
+                )
+            })
+            .unwrap_or_default();
+        let faster = uds
+            .filter(|&u| u != i && t.name().starts_with("shmring"))
+            .map(|u| {
+                let ratios = p50s[u].iter().zip(&p50s[i]).map(|(a, b)| a / b).collect();
+                format!("{:>8.1}x", median(ratios))
+            })
+            .unwrap_or_default();
+        println!("{:<19}{cells}  {vs:>12}  {faster:>13}", t.name());
+    }
+}
+
+/// `shmring bench-peer` (started by `shmring bench`).
+pub fn run_peer(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>) -> Res<()> {
+    peer::run(control, socket, dir, cpu)
+}

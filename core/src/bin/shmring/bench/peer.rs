@@ -1,0 +1,72 @@
+//! The benchmark's second process (`shmring bench-peer`, started by `shmring bench`): echoes
+//! ping-pong frames and consumes throughput runs, as the parent commands through the control
+//! page.
+
+use super::shared::Shared;
+use super::transport::{Api, Ends, Res, Transport, consume};
+use super::{OP_EXIT, OP_PINGPONG, OP_THROUGHPUT};
+use shmring::{Client, Kind, WaitStrategy};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Runs the peer until told to exit. Errors are reported to the parent through the control
+/// page (and on standard error).
+pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>) -> Res<()> {
+    if let Some(cpu) = cpu {
+        super::machine::pin(cpu);
+    }
+    let shared =
+        Shared::map(control, false).map_err(|e| format!("mapping {}: {e}", control.display()))?;
+    let ctl = shared.control();
+    let client = Client::connect(Some(socket)).map_err(|e| format!("connecting: {e}"))?;
+    let mut ends = Ends::peer(client, dir);
+    let mut seen = 0;
+    loop {
+        // Idle between commands: a light poll, not a spin (the parent times nothing then).
+        let seq = loop {
+            let s = ctl.cmd.0[0].load(Ordering::Acquire);
+            if s != seen {
+                break s;
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        };
+        seen = seq;
+        let arg = |i: usize| ctl.cmd.0[i].load(Ordering::Relaxed);
+        let (op, payload, iterations, port) = (arg(1), arg(3) as usize, arg(4), arg(5) as u16);
+        let result = match op {
+            OP_EXIT => {
+                ctl.ack.0[1].store(seq, Ordering::Release);
+                return Ok(());
+            }
+            OP_PINGPONG => {
+                let t = Transport::from_id(arg(2)).ok_or("unknown transport")?;
+                ends.prepare(t, payload, port).and_then(|()| {
+                    ctl.ack.0[0].store(seq, Ordering::Release);
+                    ends.echo(ctl, t, payload, iterations, port)
+                })
+            }
+            OP_THROUGHPUT => {
+                let kind = if arg(2) == 1 { Kind::Mpmc } else { Kind::Spsc };
+                let api = if arg(6) == 1 {
+                    Api::ZeroCopy
+                } else {
+                    Api::Copy
+                };
+                ends.channels(kind, payload, WaitStrategy::Spin)
+                    .and_then(|(_, rx)| {
+                        ctl.ack.0[0].store(seq, Ordering::Release);
+                        consume(rx, api)
+                    })
+                    .map(|n| ctl.ack.0[2].store(n, Ordering::Relaxed))
+            }
+            other => Err(format!("unknown command {other}")),
+        };
+        if let Err(e) = &result {
+            ctl.ack.0[3].store(1, Ordering::Relaxed);
+            eprintln!("shmring bench-peer: {e}");
+        }
+        ctl.ack.0[1].store(seq, Ordering::Release);
+        result?;
+    }
+}

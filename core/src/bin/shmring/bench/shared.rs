@@ -1,0 +1,138 @@
+//! The page the benchmark's two processes share besides the channels under test: commands and
+//! acknowledgements, and the words the two floors bounce (one cache line; two futexes).
+
+// The control page is the benchmark's own, not a ring: loom has nothing to model here.
+#![allow(clippy::disallowed_types)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A 128-byte line of words: no two lines share a cache-line pair.
+#[repr(C, align(128))]
+pub struct Line(pub [AtomicU64; 16]);
+
+/// The control page's lines.
+#[repr(C)]
+pub struct Control {
+    /// Word 0: command sequence (written last); words 1..: its arguments.
+    pub cmd: Line,
+    /// Word 0: the sequence the peer is ready for; word 1: the one it finished; word 2: a
+    /// result (frames received); word 3: an error flag.
+    pub ack: Line,
+    /// The atomic floor's word.
+    pub floor: Line,
+    /// The futex floor's words: parent to peer, peer to parent (32-bit futex words).
+    pub futex_a: FutexLine,
+    pub futex_b: FutexLine,
+}
+
+#[repr(C, align(128))]
+pub struct FutexLine(pub AtomicU32);
+
+/// A shared mapping of the control file.
+pub struct Shared {
+    ptr: *mut Control,
+}
+
+impl Shared {
+    /// Maps `path`, creating it (zeroed) with `create`.
+    pub fn map(path: &Path, create: bool) -> std::io::Result<Shared> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(path)?;
+        let len = std::mem::size_of::<Control>();
+        if create {
+            file.set_len(len as u64)?;
+        }
+        // SAFETY: a fresh shared mapping of a file we hold open, checked for failure below; the
+        // file is at least `len` bytes (sized by the creator before the peer is started).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Shared { ptr: p.cast() })
+    }
+
+    pub fn control(&self) -> &Control {
+        // SAFETY: the mapping is page-aligned and as long as Control, which is made of atomics
+        // (valid for any bits, shared by design); it lives as long as self.
+        unsafe { &*self.ptr }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no reference outlives self.
+        unsafe { libc::munmap(self.ptr.cast(), std::mem::size_of::<Control>()) };
+    }
+}
+
+/// Spins until `word` holds `value`; false if `patience` passes first (the peer died). The
+/// clock is first read after 2^16 spins, so a wait that ends sooner (a floor's round trip)
+/// never pays for it.
+pub fn spin_until(word: &AtomicU64, value: u64, patience: Duration) -> bool {
+    let mut n = 0u32;
+    let mut deadline = None;
+    while word.load(Ordering::Acquire) != value {
+        std::hint::spin_loop();
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(1 << 16) {
+            let now = Instant::now();
+            if now > *deadline.get_or_insert(now + patience) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Sleeps while `*word == expected` (FUTEX_WAIT, shared between processes), at most `timeout`.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a live 4-aligned 32-bit word and a timespec that outlives the call; the kernel
+    // only reads them.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wakes the sleepers of `word`, in any process.
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: as in futex_wait; FUTEX_WAKE does not touch the word's value.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}

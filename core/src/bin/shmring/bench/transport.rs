@@ -1,0 +1,589 @@
+//! The transports the ping-pong compares, and both processes' ends of each: the parent times
+//! round trips (`Ends::ping`), the peer echoes (`Ends::echo`); the shmring channels also carry
+//! the throughput runs. Every end is set up once and kept for the rounds that follow.
+
+use super::shared::{Control, futex_wait, futex_wake, spin_until};
+use hdrhistogram::Histogram;
+use shmring::{ChannelConfig, Client, Consumer, Kind, Producer, WaitStrategy};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Longest any one operation of the benchmark may wait for the other process before the run is
+/// declared broken (the peer died or hung).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What a ping-pong round trip goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Transport {
+    /// One cache line bounced with atomics, both sides spinning: the physical limit.
+    #[value(name = "atomic-floor")]
+    AtomicFloor,
+    /// Two SPSC channels, both sides busy-spinning.
+    #[value(name = "shmring-spsc-spin")]
+    ShmringSpscSpin,
+    /// Two MPMC channels, both sides busy-spinning.
+    #[value(name = "shmring-mpmc-spin")]
+    ShmringMpmcSpin,
+    /// Two futex words, each side asleep until woken: the limit for a sleeping consumer.
+    #[value(name = "futex-floor")]
+    FutexFloor,
+    /// Two SPSC channels, both sides parking on the futex when idle.
+    #[value(name = "shmring-spsc-park")]
+    ShmringSpscPark,
+    /// A Unix stream socket.
+    #[value(name = "uds")]
+    Uds,
+    /// A pair of pipes (FIFOs).
+    #[value(name = "pipe")]
+    Pipe,
+    /// TCP over loopback, Nagle off.
+    #[value(name = "tcp")]
+    Tcp,
+}
+
+impl Transport {
+    /// Every transport, in the order they are run and shown.
+    pub const ALL: [Transport; 8] = [
+        Transport::AtomicFloor,
+        Transport::ShmringSpscSpin,
+        Transport::ShmringMpmcSpin,
+        Transport::FutexFloor,
+        Transport::ShmringSpscPark,
+        Transport::Uds,
+        Transport::Pipe,
+        Transport::Tcp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::AtomicFloor => "atomic-floor",
+            Transport::ShmringSpscSpin => "shmring-spsc-spin",
+            Transport::ShmringMpmcSpin => "shmring-mpmc-spin",
+            Transport::FutexFloor => "futex-floor",
+            Transport::ShmringSpscPark => "shmring-spsc-park",
+            Transport::Uds => "uds",
+            Transport::Pipe => "pipe",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    pub fn id(self) -> u64 {
+        Transport::ALL.iter().position(|&t| t == self).unwrap() as u64
+    }
+
+    pub fn from_id(id: u64) -> Option<Transport> {
+        Transport::ALL.get(id as usize).copied()
+    }
+
+    /// The waiting side sleeps in the kernel: the parent pauses between round trips so that it
+    /// really is asleep when the frame comes (see `Plan::think`).
+    pub fn sleeps(self) -> bool {
+        matches!(self, Transport::FutexFloor | Transport::ShmringSpscPark)
+    }
+
+    /// The shmring channel kind and wait strategy, for the shmring transports.
+    fn shmring(self) -> Option<(Kind, WaitStrategy)> {
+        match self {
+            Transport::ShmringSpscSpin => Some((Kind::Spsc, WaitStrategy::Spin)),
+            Transport::ShmringSpscPark => Some((Kind::Spsc, WaitStrategy::Park)),
+            Transport::ShmringMpmcSpin => Some((Kind::Mpmc, WaitStrategy::Spin)),
+            _ => None,
+        }
+    }
+}
+
+pub type Res<T> = Result<T, String>;
+
+fn err(what: &str) -> impl Fn(shmring::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// The channel names for `kind` and `payload`: the parent sends on ping and receives on pong.
+fn channel(kind: Kind, payload: usize, dir: &str) -> String {
+    format!("{kind}-{payload}-{dir}")
+}
+
+/// Creates the two channels of `kind` for frames of `payload` bytes (rings of about 1 MiB, or
+/// four frames when that is more).
+pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
+    let frame = payload as u64;
+    let cfg = match kind {
+        Kind::Spsc => ChannelConfig::spsc()
+            .capacity((1u64 << 20).max(4 * (frame + 8)))
+            .max_frame_size(payload as u32),
+        Kind::Mpmc => {
+            let stride = (frame + 16).div_ceil(64) * 64;
+            let slots = ((1u64 << 20) / stride).clamp(2, 4096);
+            ChannelConfig::mpmc()
+                .capacity(slots * frame)
+                .max_frame_size(payload as u32)
+                .max_producers(1)
+                .max_consumers(1)
+        }
+    };
+    for dir in ["ping", "pong"] {
+        client
+            .create(&channel(kind, payload, dir), &cfg)
+            .map_err(err("creating a channel"))?;
+    }
+    Ok(())
+}
+
+/// One process's ends of every transport, set up on first use.
+pub struct Ends {
+    parent: bool,
+    client: Client,
+    dir: PathBuf,
+    /// (kind, payload) -> (send end, receive end).
+    shmring: HashMap<(Kind, usize), (Producer, Consumer)>,
+    uds_listener: Option<UnixListener>,
+    uds: Option<UnixStream>,
+    tcp_listener: Option<TcpListener>,
+    tcp: Option<TcpStream>,
+    pipes: Option<(std::fs::File, std::fs::File)>,
+}
+
+impl Ends {
+    /// The parent's ends: listens for the stream transports now, creates the FIFOs.
+    pub fn parent(client: Client, dir: &Path) -> Res<Ends> {
+        let uds = UnixListener::bind(dir.join("uds.sock")).map_err(io("binding a Unix socket"))?;
+        let tcp = TcpListener::bind("127.0.0.1:0").map_err(io("binding a TCP socket"))?;
+        for f in ["ping.fifo", "pong.fifo"] {
+            nix::unistd::mkfifo(
+                &dir.join(f),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| format!("making a FIFO: {e}"))?;
+        }
+        Ok(Ends {
+            parent: true,
+            client,
+            dir: dir.to_path_buf(),
+            shmring: HashMap::new(),
+            uds_listener: Some(uds),
+            uds: None,
+            tcp_listener: Some(tcp),
+            tcp: None,
+            pipes: None,
+        })
+    }
+
+    /// The peer's ends.
+    pub fn peer(client: Client, dir: &Path) -> Ends {
+        Ends {
+            parent: false,
+            client,
+            dir: dir.to_path_buf(),
+            shmring: HashMap::new(),
+            uds_listener: None,
+            uds: None,
+            tcp_listener: None,
+            tcp: None,
+            pipes: None,
+        }
+    }
+
+    /// The TCP port the parent listens on.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port())
+    }
+
+    /// The shmring ends for `kind` and `payload`, opened on first use, with `wait`.
+    pub fn channels(
+        &mut self,
+        kind: Kind,
+        payload: usize,
+        wait: WaitStrategy,
+    ) -> Res<&mut (Producer, Consumer)> {
+        if !self.shmring.contains_key(&(kind, payload)) {
+            let (out, inn) = if self.parent {
+                ("ping", "pong")
+            } else {
+                ("pong", "ping")
+            };
+            let tx = self
+                .client
+                .producer(&channel(kind, payload, out))
+                .map_err(err("opening a channel"))?;
+            let rx = self
+                .client
+                .consumer(&channel(kind, payload, inn))
+                .map_err(err("opening a channel"))?;
+            self.shmring.insert((kind, payload), (tx, rx));
+        }
+        let ends = self
+            .shmring
+            .get_mut(&(kind, payload))
+            .expect("inserted above");
+        ends.0.set_wait_strategy(wait);
+        ends.1.set_wait_strategy(wait);
+        Ok(ends)
+    }
+
+    /// The byte stream of a stream transport, connected on first use.
+    fn stream(&mut self, t: Transport, port: u16) -> Res<&mut dyn Stream> {
+        match t {
+            Transport::Uds => {
+                if self.uds.is_none() {
+                    let s = match &self.uds_listener {
+                        Some(l) => l.accept().map(|(s, _)| s),
+                        None => UnixStream::connect(self.dir.join("uds.sock")),
+                    }
+                    .map_err(io("connecting the Unix socket"))?;
+                    s.set_read_timeout(Some(PATIENCE))
+                        .map_err(io("socket timeout"))?;
+                    self.uds = Some(s);
+                }
+                Ok(self.uds.as_mut().unwrap())
+            }
+            Transport::Tcp => {
+                if self.tcp.is_none() {
+                    let s = match &self.tcp_listener {
+                        Some(l) => l.accept().map(|(s, _)| s),
+                        None => TcpStream::connect(("127.0.0.1", port)),
+                    }
+                    .map_err(io("connecting the TCP socket"))?;
+                    s.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+                    s.set_read_timeout(Some(PATIENCE))
+                        .map_err(io("socket timeout"))?;
+                    self.tcp = Some(s);
+                }
+                Ok(self.tcp.as_mut().unwrap())
+            }
+            Transport::Pipe => {
+                if self.pipes.is_none() {
+                    let open = |name: &str, write: bool| {
+                        std::fs::OpenOptions::new()
+                            .read(!write)
+                            .write(write)
+                            .open(self.dir.join(name))
+                            .map_err(io("opening a FIFO"))
+                    };
+                    // The same order on both sides: an open of a FIFO waits for its other end.
+                    self.pipes = Some(if self.parent {
+                        let w = open("ping.fifo", true)?;
+                        (w, open("pong.fifo", false)?)
+                    } else {
+                        let r = open("ping.fifo", false)?;
+                        (open("pong.fifo", true)?, r)
+                    });
+                }
+                Ok(self.pipes.as_mut().unwrap())
+            }
+            _ => Err(format!("{} is not a stream transport", t.name())),
+        }
+    }
+
+    /// Times `n` round trips of `payload` bytes over `t` (the parent's side), pausing `think`
+    /// before each.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ping(
+        &mut self,
+        ctl: &Control,
+        t: Transport,
+        payload: usize,
+        n: u64,
+        think: Duration,
+        port: u16,
+        h: &mut Histogram<u64>,
+    ) -> Res<()> {
+        let frame = vec![0x5au8; payload];
+        let mut buf = vec![0u8; payload];
+        let pause = || {
+            if !think.is_zero() {
+                let until = Instant::now() + think;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+        };
+        match t {
+            Transport::AtomicFloor => {
+                for i in 0..n {
+                    let t0 = Instant::now();
+                    ctl.floor.0[0].store(2 * i + 1, Ordering::Release);
+                    if !spin_until(&ctl.floor.0[0], 2 * i + 2, PATIENCE) {
+                        return Err("the peer stopped answering (atomic floor)".into());
+                    }
+                    h.saturating_record(t0.elapsed().as_nanos() as u64);
+                }
+            }
+            Transport::FutexFloor => {
+                let (a, b) = (&ctl.futex_a.0, &ctl.futex_b.0);
+                for i in 1..=n as u32 {
+                    pause();
+                    let t0 = Instant::now();
+                    a.store(i, Ordering::Release);
+                    futex_wake(a);
+                    let deadline = Instant::now() + PATIENCE;
+                    loop {
+                        let v = b.load(Ordering::Acquire);
+                        if v == i {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return Err("the peer stopped answering (futex floor)".into());
+                        }
+                        futex_wait(b, v, PATIENCE);
+                    }
+                    h.saturating_record(t0.elapsed().as_nanos() as u64);
+                }
+            }
+            _ => {
+                if let Some((kind, wait)) = t.shmring() {
+                    let (tx, rx) = self.channels(kind, payload, wait)?;
+                    for _ in 0..n {
+                        pause();
+                        let t0 = Instant::now();
+                        tx.send_timeout(&frame, PATIENCE).map_err(err("sending"))?;
+                        rx.recv_timeout(&mut buf, PATIENCE)
+                            .map_err(err("receiving the echo"))?;
+                        h.saturating_record(t0.elapsed().as_nanos() as u64);
+                    }
+                } else {
+                    let s = self.stream(t, port)?;
+                    for _ in 0..n {
+                        let t0 = Instant::now();
+                        s.send(&frame).map_err(io("sending"))?;
+                        s.receive(&mut buf).map_err(io("receiving the echo"))?;
+                        h.saturating_record(t0.elapsed().as_nanos() as u64);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets up the peer's end of `t` (so that the parent can start timing once it is ready).
+    pub fn prepare(&mut self, t: Transport, payload: usize, port: u16) -> Res<()> {
+        match t {
+            Transport::AtomicFloor | Transport::FutexFloor => Ok(()),
+            _ => match t.shmring() {
+                Some((kind, wait)) => self.channels(kind, payload, wait).map(drop),
+                None => self.stream(t, port).map(drop),
+            },
+        }
+    }
+
+    /// Echoes `n` round trips of `payload` bytes over `t` (the peer's side).
+    pub fn echo(
+        &mut self,
+        ctl: &Control,
+        t: Transport,
+        payload: usize,
+        n: u64,
+        port: u16,
+    ) -> Res<()> {
+        let mut buf = vec![0u8; payload];
+        match t {
+            Transport::AtomicFloor => {
+                for i in 0..n {
+                    if !spin_until(&ctl.floor.0[0], 2 * i + 1, PATIENCE) {
+                        return Err("the parent stopped (atomic floor)".into());
+                    }
+                    ctl.floor.0[0].store(2 * i + 2, Ordering::Release);
+                }
+            }
+            Transport::FutexFloor => {
+                let (a, b) = (&ctl.futex_a.0, &ctl.futex_b.0);
+                for i in 1..=n as u32 {
+                    let deadline = Instant::now() + PATIENCE;
+                    loop {
+                        let v = a.load(Ordering::Acquire);
+                        if v == i {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return Err("the parent stopped (futex floor)".into());
+                        }
+                        futex_wait(a, v, PATIENCE);
+                    }
+                    b.store(i, Ordering::Release);
+                    futex_wake(b);
+                }
+            }
+            _ => {
+                if let Some((kind, wait)) = t.shmring() {
+                    let (tx, rx) = self.channels(kind, payload, wait)?;
+                    for _ in 0..n {
+                        let f = rx.read_timeout(PATIENCE).map_err(err("reading"))?;
+                        tx.send_timeout(&f, PATIENCE).map_err(err("echoing"))?;
+                    }
+                } else {
+                    let s = self.stream(t, port)?;
+                    for _ in 0..n {
+                        s.receive(&mut buf).map_err(io("reading"))?;
+                        s.send(&buf).map_err(io("echoing"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A byte stream the ping-pong writes and reads whole frames on.
+trait Stream {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()>;
+    fn receive(&mut self, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+impl Stream for UnixStream {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.write_all(frame)
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_exact(buf)
+    }
+}
+
+impl Stream for TcpStream {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.write_all(frame)
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_exact(buf)
+    }
+}
+
+/// (write end, read end) of the two FIFOs.
+impl Stream for (std::fs::File, std::fs::File) {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(frame)
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.1.read_exact(buf)
+    }
+}
+
+/// The API a throughput run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `send` copies each frame in, `recv` copies it out.
+    Copy,
+    /// `claim` lets the producer write each frame in place (here: fill it), `drain` lends
+    /// frames in place to the consumer (here: it reads every byte), released in batches.
+    ZeroCopy,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Copy => "copy",
+            Api::ZeroCopy => "zero-copy",
+        }
+    }
+}
+
+/// The producer's side of a throughput run: sends frames of `payload` bytes for `duration`,
+/// then an empty frame. Returns how many frames it sent.
+pub fn produce(tx: &mut Producer, api: Api, payload: usize, duration: Duration) -> Res<u64> {
+    let frame = vec![0x42u8; payload];
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        for _ in 0..64 {
+            match api {
+                Api::Copy => tx.send_timeout(&frame, PATIENCE).map_err(err("sending"))?,
+                Api::ZeroCopy => {
+                    let mut c = tx
+                        .claim_timeout(payload, PATIENCE)
+                        .map_err(err("claiming"))?;
+                    c.fill(n as u8);
+                    c.commit();
+                }
+            }
+            n += 1;
+        }
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    tx.send_timeout(&[], PATIENCE)
+        .map_err(err("sending the end"))?;
+    Ok(n)
+}
+
+/// The consumer's side: receives until the empty frame; returns how many frames it received.
+pub fn consume(rx: &mut Consumer, api: Api) -> Res<u64> {
+    let mut buf = vec![0u8; rx.max_frame_size()];
+    let mut n = 0u64;
+    let mut fold = 0u64;
+    loop {
+        match api {
+            Api::Copy => {
+                let got = rx
+                    .recv_timeout(&mut buf, PATIENCE)
+                    .map_err(err("receiving"))?;
+                if got.len == 0 {
+                    break;
+                }
+                n += 1;
+            }
+            Api::ZeroCopy => {
+                let mut end = false;
+                rx.drain_timeout(256, PATIENCE, |f, _| {
+                    if f.is_empty() {
+                        end = true;
+                        return;
+                    }
+                    // Reads every byte in place, eight at a time.
+                    let mut words = f.chunks_exact(8);
+                    for w in &mut words {
+                        fold ^= u64::from_ne_bytes(w.try_into().unwrap());
+                    }
+                    for &b in words.remainder() {
+                        fold ^= u64::from(b);
+                    }
+                    n += 1;
+                })
+                .map_err(err("draining"))?;
+                if end {
+                    break;
+                }
+            }
+        }
+    }
+    std::hint::black_box(fold);
+    Ok(n)
+}
+
+/// The bytes a memcpy measurement moves per copy, and the buffers it copies between: the
+/// largest frame measured by default, through buffers the size of the rings (1 MiB), so that
+/// the yardstick works in the same caches as the rings do.
+pub const MEMCPY_BLOCK: usize = 64 << 10;
+pub const MEMCPY_SPAN: usize = 1 << 20;
+
+/// Single-threaded memcpy bandwidth, in bytes per second: `MEMCPY_BLOCK`-byte copies from one
+/// `MEMCPY_SPAN`-byte buffer to another, block after block, for `duration`. The limit for moving
+/// the bytes of a large frame once, on one core, in the caches a ring of that size uses.
+pub fn memcpy_bandwidth(duration: Duration) -> f64 {
+    let src = vec![0x17u8; MEMCPY_SPAN];
+    let mut dst = vec![0u8; MEMCPY_SPAN];
+    dst.copy_from_slice(&src); // first touch: both buffers mapped and cached
+    let blocks = MEMCPY_SPAN / MEMCPY_BLOCK;
+    let start = Instant::now();
+    let mut copies = 0usize;
+    while start.elapsed() < duration {
+        for _ in 0..64 {
+            let b = copies % blocks * MEMCPY_BLOCK;
+            dst[b..b + MEMCPY_BLOCK]
+                .copy_from_slice(std::hint::black_box(&src[b..b + MEMCPY_BLOCK]));
+            std::hint::black_box(&dst);
+            copies += 1;
+        }
+    }
+    (copies * MEMCPY_BLOCK) as f64 / start.elapsed().as_secs_f64()
+}
