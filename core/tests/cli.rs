@@ -16,10 +16,10 @@ impl Drop for Daemon {
     }
 }
 
-fn cli(socket: &Path, args: &[&str]) -> Output {
+/// Runs `shmring` with `args` to completion, killing it (and failing) after `limit`; returns
+/// its output and its pid.
+fn shmring(args: &[&str], limit: Duration) -> (Output, u32) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmring"))
-        .arg("--socket")
-        .arg(socket)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -27,13 +27,20 @@ fn cli(socket: &Path, args: &[&str]) -> Output {
         .unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(30) {
+        if start.elapsed() > limit {
             let _ = child.kill();
-            panic!("shmring {args:?} still running after 30 s");
+            panic!("shmring {args:?} still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.wait_with_output().unwrap()
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
+}
+
+fn cli(socket: &Path, args: &[&str]) -> Output {
+    let socket = socket.to_str().unwrap();
+    let all: Vec<&str> = ["--socket", socket].iter().chain(args).copied().collect();
+    shmring(&all, Duration::from_secs(30)).0
 }
 
 fn ok(socket: &Path, args: &[&str]) -> String {
@@ -180,25 +187,46 @@ fn daemon_and_cli_manage_channels() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Runs `shmring bench` with `args` under a watchdog; returns its output.
+/// Runs `shmring bench` with `args` under a watchdog; returns its output, after checking that
+/// it left no process or file behind.
 fn bench(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shmring"))
-        .arg("bench")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            panic!("shmring bench {args:?} still running after 180 s");
-        }
+    let all: Vec<&str> = ["bench"].iter().chain(args).copied().collect();
+    let (out, pid) = shmring(&all, Duration::from_secs(180));
+    assert_cleaned_up(pid);
+    out
+}
+
+/// The live `shmring bench-peer` processes that the bench `parent` started.
+fn peers_of(parent: u32) -> Vec<u32> {
+    let needle = "bench-peer\0";
+    let parent_arg = format!("--parent\0{parent}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('Z'));
+            cmd.contains(needle) && cmd.contains(&parent_arg) && !zombie
+        })
+        .collect()
+}
+
+/// The bench `pid` is gone: so must be its peer, its control page, its coordinator's objects
+/// and its directory.
+fn assert_cleaned_up(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !peers_of(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the peer of bench {pid} outlived it"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
     let leftovers: Vec<String> = std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -214,7 +242,6 @@ fn bench(args: &[&str]) -> Output {
             .exists(),
         "bench left its directory behind"
     );
-    out
 }
 
 /// The keys of a JSON object, sorted.
@@ -362,4 +389,58 @@ fn bench_rejects_bad_options_with_a_remedy() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "bench {args:?}: {err}");
     }
+}
+
+#[test]
+fn bench_interrupted_removes_its_files_and_its_peer() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .args([
+            "bench",
+            "pingpong",
+            "--payload",
+            "8",
+            "--transports",
+            "atomic-floor,shmring-spsc-spin",
+            "--iterations",
+            "100000000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Each wait below kills the bench and fails after the deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let control = format!("/dev/shm/shmring-bench-{pid}.ctl");
+    while peers_of(pid).is_empty() || !Path::new(&control).exists() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the bench did not start its peer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // into the round trips
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the bench ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_cleaned_up(pid);
 }

@@ -107,6 +107,8 @@ enum Command {
         dir: PathBuf,
         #[arg(long)]
         cpu: Option<usize>,
+        #[arg(long)]
+        parent: u32,
     },
 }
 
@@ -207,7 +209,8 @@ fn run(args: &Args) -> Result<(), String> {
             socket,
             dir,
             cpu,
-        } => bench::run_peer(control, socket, dir, *cpu),
+            parent,
+        } => bench::run_peer(control, socket, dir, *cpu, *parent),
         _ => manage(args).map_err(|e| e.to_string()),
     }
 }

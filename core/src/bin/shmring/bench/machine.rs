@@ -41,6 +41,17 @@ impl std::fmt::Display for Machine {
     }
 }
 
+/// The CPUs this process may run on, in order (all it sees if the mask cannot be read).
+pub fn allowed_cpus() -> Vec<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..n).collect(),
+    }
+}
+
 /// Pins the calling process to `cpu`; false if it cannot.
 pub fn pin(cpu: usize) -> bool {
     let mut set = nix::sched::CpuSet::new();
@@ -67,4 +78,15 @@ pub fn busy_fraction(d: std::time::Duration) -> Option<f64> {
     let (t1, i1) = sample()?;
     let total = t1.checked_sub(t0)?.max(1);
     Some(1.0 - (i1.saturating_sub(i0)) as f64 / total as f64)
+}
+
+/// How the child process `pid` ended, if it has (it is left to be reaped).
+pub fn exited(pid: u32) -> Option<String> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
+        Ok(WaitStatus::Exited(_, code)) => Some(format!("exited with status {code}")),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("was killed by {sig}")),
+        _ => None,
+    }
 }

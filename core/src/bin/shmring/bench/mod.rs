@@ -9,6 +9,7 @@
 //! rounds, every transport once per round, so that each round's ratio to the atomic floor
 //! compares figures taken with the two virtual CPUs placed the same way on the host.
 
+mod interrupt;
 mod machine;
 mod peer;
 mod shared;
@@ -59,7 +60,7 @@ pub struct BenchArgs {
     /// Seconds of streaming per throughput measurement [default: 1; --quick: 0.2]
     #[arg(long)]
     duration: Option<f64>,
-    /// The two CPUs to pin the processes to [default: 0,1 when there are two]
+    /// The two CPUs to pin the processes to [default: the first two this process may use]
     #[arg(long, value_parser = parse_cpus)]
     cpus: Option<(usize, usize)>,
     /// Transports to compare, comma-separated [default: all]
@@ -69,7 +70,8 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Pause before each round trip of the sleeping transports (futex-floor, shmring-spsc-park),
-    /// so that the waiting side is really asleep when the frame comes, in microseconds
+    /// so that the echoing side is asleep when the frame comes, in microseconds (keep it above
+    /// the futex floor's 20 µs of spinning)
     #[arg(long, default_value = "50")]
     think_us: u64,
     /// Write the results as JSON to FILE
@@ -120,13 +122,32 @@ impl Plan {
             .unwrap_or_else(|| Transport::ALL.to_vec());
         transports.sort();
         transports.dedup();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let duration = a.duration.unwrap_or(if a.quick { 0.2 } else { 1.0 });
         if !(duration.is_finite() && duration > 0.0) {
             return Err(format!(
                 "--duration {duration} must be a positive number of seconds"
             ));
         }
+        if a.svg.is_some() && a.mode == Mode::Throughput {
+            return Err("--svg plots round trips: run `pingpong` or `all` with it".into());
+        }
+        let allowed = machine::allowed_cpus();
+        let cpus = match (a.cpus, allowed.as_slice()) {
+            (Some((x, y)), _) => {
+                if let Some(c) = [x, y].into_iter().find(|c| !allowed.contains(c)) {
+                    let list: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
+                    return Err(format!(
+                        "--cpus: CPU {c} is not available to this process (available: {}); \
+                         pick two of those",
+                        list.join(",")
+                    ));
+                }
+                Some((x, y))
+            }
+            // The first two CPUs this process may run on.
+            (None, [x, y, ..]) => Some((*x, *y)),
+            (None, _) => None,
+        };
         Ok(Plan {
             mode: a.mode,
             payloads,
@@ -136,7 +157,7 @@ impl Plan {
                 .max(1),
             rounds: a.rounds.unwrap_or(if a.quick { 3 } else { 5 }).max(1),
             duration: Duration::from_secs_f64(duration),
-            cpus: a.cpus.or((cores >= 2).then_some((0, 1))),
+            cpus,
             transports,
             think: Duration::from_micros(a.think_us),
         })
@@ -185,9 +206,10 @@ fn histogram() -> Histogram<u64> {
 /// A duration in nanoseconds, in the unit that keeps it short.
 fn ns(v: u64) -> String {
     match v {
-        0..10_000 => format!("{v} ns"),
-        10_000..10_000_000 => format!("{:.1} us", v as f64 / 1e3),
-        _ => format!("{:.1} ms", v as f64 / 1e6),
+        0..1000 => format!("{v} ns"),
+        1000..10_000 => format!("{:.2} µs", v as f64 / 1e3),
+        10_000..1_000_000 => format!("{:.1} µs", v as f64 / 1e3),
+        _ => format!("{:.2} ms", v as f64 / 1e6),
     }
 }
 
@@ -226,6 +248,8 @@ impl Drop for Cleanup {
 struct Conversation<'a> {
     ctl: &'a Control,
     seq: u64,
+    /// The peer process, watched while waiting for it.
+    peer: u32,
 }
 
 impl Conversation<'_> {
@@ -243,31 +267,36 @@ impl Conversation<'_> {
         Ok(self.seq)
     }
 
-    /// Waits for acknowledgement word `i` (0: ready, 1: done) of the current command.
+    /// Waits for acknowledgement word `i` (0: ready, 1: done) of the current command: until
+    /// it comes, the peer reports an error, the peer process exits, or `PATIENCE` passes.
     fn wait(&self, i: usize) -> Res<()> {
-        let ok = spin_until_or_done(self.ctl, i, self.seq);
+        let deadline = Instant::now() + PATIENCE;
+        let ok = loop {
+            if spin_until(&self.ctl.ack.0[i], self.seq, Duration::from_millis(1)) {
+                break true;
+            }
+            if self.ctl.ack.0[1].load(Ordering::Acquire) == self.seq {
+                // Done without the acknowledgement asked for: it failed.
+                break self.ctl.ack.0[i].load(Ordering::Acquire) == self.seq;
+            }
+            if let Some(how) = machine::exited(self.peer) {
+                return Err(format!("the peer process {how} (see its message above)"));
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
         if self.ctl.ack.0[3].load(Ordering::Relaxed) != 0 {
             return Err("the peer process failed (see its message above)".into());
         }
         if !ok {
             return Err(format!(
-                "the peer process did not answer within {PATIENCE:?}"
+                "the peer process (pid {}) did not answer within {PATIENCE:?}: is the machine \
+                 overloaded, or is the peer stopped?",
+                self.peer
             ));
         }
         Ok(())
-    }
-}
-
-/// Spins until ack word `i` reaches `seq`, or the peer reports done (with an error).
-fn spin_until_or_done(ctl: &Control, i: usize, seq: u64) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if spin_until(&ctl.ack.0[i], seq, Duration::from_millis(1)) {
-            return true;
-        }
-        if ctl.ack.0[1].load(Ordering::Acquire) == seq || Instant::now() > deadline {
-            return ctl.ack.0[i].load(Ordering::Acquire) == seq;
-        }
     }
 }
 
@@ -278,9 +307,23 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     let busy = machine::busy_fraction(Duration::from_millis(300));
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("shmring-bench-{pid}"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // Made here, ours alone: an existing one (another user's) is refused.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                format!(
+                    "creating {}: {e} (left by a bench that was killed? remove it)",
+                    dir.display()
+                )
+            })?;
+    }
+    let control = PathBuf::from(format!("/dev/shm/shmring-bench-{pid}.ctl"));
+    interrupt::catch(&control, &dir, pid);
     let mut cleanup = Cleanup {
-        control: PathBuf::from(format!("/dev/shm/shmring-bench-{pid}.ctl")),
+        control,
         dir: dir.clone(),
         peer: None,
     };
@@ -311,10 +354,12 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     if let Some((_, b)) = plan.cpus {
         peer.arg("--cpu").arg(b.to_string());
     }
+    peer.arg("--parent").arg(pid.to_string());
     let child = peer
         .spawn()
         .map_err(|e| format!("starting the peer process: {e}"))?;
     let peer_pid = child.id();
+    interrupt::peer_started(peer_pid);
     cleanup.peer = Some(child);
     let pinned = plan.cpus.is_some_and(|(a, _)| machine::pin(a));
 
@@ -337,7 +382,11 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         Some(b) => println!("machine idle before the run ({:.0}% busy)", b * 100.0),
         None => println!("could not read /proc/stat to check that the machine is idle"),
     }
-    let mut talk = Conversation { ctl, seq: 0 };
+    let mut talk = Conversation {
+        ctl,
+        seq: 0,
+        peer: peer_pid,
+    };
     let port = ends.tcp_port();
     let mut report = Report {
         machine: machine.clone(),
@@ -348,19 +397,26 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     let mut plots: BTreeMap<usize, Vec<(Transport, Histogram<u64>)>> = BTreeMap::new();
 
     if plan.mode != Mode::Throughput {
+        let sleepers: Vec<&str> = plan
+            .transports
+            .iter()
+            .filter(|t| t.sleeps())
+            .map(|t| t.name())
+            .collect();
         println!(
             "\nping-pong: round trip = send a frame, receive its echo; {} rounds of {} round trips per cell, \
-             transports interleaved;\nevery round trip timed (two clock reads, ~40 ns, included); {} pause {} us \
-             before each round trip so the waiting side sleeps",
+             transports interleaved;\nevery round trip timed (two clock reads, ~40 ns, included){}",
             plan.rounds,
             plan.iterations,
-            plan.transports
-                .iter()
-                .filter(|t| t.sleeps())
-                .map(|t| t.name())
-                .collect::<Vec<_>>()
-                .join(" and "),
-            plan.think.as_micros()
+            if sleepers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} pause {} µs before each round trip so that the echoing side sleeps",
+                    sleepers.join(" and "),
+                    plan.think.as_micros()
+                )
+            }
         );
         for &payload in &plan.payloads {
             let mut all: Vec<(Transport, Histogram<u64>)> =
@@ -578,6 +634,12 @@ fn print_pingpong(
 }
 
 /// `shmring bench-peer` (started by `shmring bench`).
-pub fn run_peer(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>) -> Res<()> {
-    peer::run(control, socket, dir, cpu)
+pub fn run_peer(
+    control: &Path,
+    socket: &Path,
+    dir: &Path,
+    cpu: Option<usize>,
+    parent: u32,
+) -> Res<()> {
+    peer::run(control, socket, dir, cpu, parent)
 }

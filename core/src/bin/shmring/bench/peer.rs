@@ -11,10 +11,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Runs the peer until told to exit. Errors are reported to the parent through the control
-/// page (and on standard error).
-pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>) -> Res<()> {
-    if let Some(cpu) = cpu {
-        super::machine::pin(cpu);
+/// page (and on standard error). The peer dies with its parent (`parent`), however the parent
+/// ends.
+pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>, parent: u32) -> Res<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if std::os::unix::process::parent_id() != parent {
+        return Err("the bench that started this peer is gone".into());
+    }
+    if let Some(cpu) = cpu
+        && !super::machine::pin(cpu)
+    {
+        eprintln!("shmring bench-peer: could not pin to CPU {cpu}; running unpinned");
     }
     let shared =
         Shared::map(control, false).map_err(|e| format!("mapping {}: {e}", control.display()))?;
@@ -39,13 +47,13 @@ pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>) -> Res
                 ctl.ack.0[1].store(seq, Ordering::Release);
                 return Ok(());
             }
-            OP_PINGPONG => {
-                let t = Transport::from_id(arg(2)).ok_or("unknown transport")?;
-                ends.prepare(t, payload, port).and_then(|()| {
+            OP_PINGPONG => Transport::from_id(arg(2))
+                .ok_or_else(|| format!("unknown transport {}", arg(2)))
+                .and_then(|t| {
+                    ends.prepare(t, payload, port)?;
                     ctl.ack.0[0].store(seq, Ordering::Release);
                     ends.echo(ctl, t, payload, iterations, port)
-                })
-            }
+                }),
             OP_THROUGHPUT => {
                 let kind = if arg(2) == 1 { Kind::Mpmc } else { Kind::Spsc };
                 let api = if arg(6) == 1 {

@@ -4,6 +4,7 @@
 // The control page is the benchmark's own, not a ring: loom has nothing to model here.
 #![allow(clippy::disallowed_types)]
 
+use super::transport::PATIENCE;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,14 +37,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Maps `path`, creating it (zeroed) with `create`.
+    /// Maps `path`, creating it (zeroed; it must not exist) with `create`.
     pub fn map(path: &Path, create: bool) -> std::io::Result<Shared> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Created afresh (never another's file), readable by this user only.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(create)
-            .truncate(create)
+            .create_new(create)
+            .mode(0o600)
             .open(path)?;
         let len = std::mem::size_of::<Control>();
         if create {
@@ -134,5 +137,35 @@ pub fn futex_wake(word: &AtomicU32) {
             std::ptr::null::<u32>(),
             0u32,
         );
+    }
+}
+
+/// How long a side of the futex floor spins before it sleeps: less than the pause before each
+/// round trip (so the echoing side is asleep when the frame comes), more than a wake-up takes
+/// (so the side that sent it is still awake for the echo).
+const FUTEX_FLOOR_SPIN: Duration = Duration::from_micros(20);
+
+/// The futex floor's wait: spins up to `FUTEX_FLOOR_SPIN` for `word` to hold `value`, then
+/// sleeps in `FUTEX_WAIT` until it does; false after `PATIENCE`.
+pub fn wait_for(word: &AtomicU32, value: u32) -> bool {
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if v == value {
+            return true;
+        }
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(64) {
+            let waited = start.elapsed();
+            if waited > PATIENCE {
+                return false;
+            }
+            if waited > FUTEX_FLOOR_SPIN {
+                futex_wait(word, v, PATIENCE);
+                continue;
+            }
+        }
+        std::hint::spin_loop();
     }
 }

@@ -2,7 +2,7 @@
 //! round trips (`Ends::ping`), the peer echoes (`Ends::echo`); the shmring channels also carry
 //! the throughput runs. Every end is set up once and kept for the rounds that follow.
 
-use super::shared::{Control, futex_wait, futex_wake, spin_until};
+use super::shared::{Control, futex_wake, spin_until, wait_for};
 use hdrhistogram::Histogram;
 use shmring::{ChannelConfig, Client, Consumer, Kind, Producer, WaitStrategy};
 use std::collections::HashMap;
@@ -29,7 +29,8 @@ pub enum Transport {
     /// Two MPMC channels, both sides busy-spinning.
     #[value(name = "shmring-mpmc-spin")]
     ShmringMpmcSpin,
-    /// Two futex words, each side asleep until woken: the limit for a sleeping consumer.
+    /// Two futex words; a waiting side spins 20 µs, then sleeps until woken: with the pause
+    /// before each round trip, one wake-up per round trip, the limit for a sleeping consumer.
     #[value(name = "futex-floor")]
     FutexFloor,
     /// Two SPSC channels, both sides parking on the futex when idle.
@@ -157,6 +158,10 @@ impl Ends {
     pub fn parent(client: Client, dir: &Path) -> Res<Ends> {
         let uds = UnixListener::bind(dir.join("uds.sock")).map_err(io("binding a Unix socket"))?;
         let tcp = TcpListener::bind("127.0.0.1:0").map_err(io("binding a TCP socket"))?;
+        // Accepts wait at most PATIENCE for the peer (see `accept_within`).
+        uds.set_nonblocking(true)
+            .and_then(|()| tcp.set_nonblocking(true))
+            .map_err(io("non-blocking listeners"))?;
         for f in ["ping.fifo", "pong.fifo"] {
             nix::unistd::mkfifo(
                 &dir.join(f),
@@ -238,11 +243,13 @@ impl Ends {
             Transport::Uds => {
                 if self.uds.is_none() {
                     let s = match &self.uds_listener {
-                        Some(l) => l.accept().map(|(s, _)| s),
+                        Some(l) => accept_within(|| l.accept().map(|(s, _)| s)),
                         None => UnixStream::connect(self.dir.join("uds.sock")),
                     }
                     .map_err(io("connecting the Unix socket"))?;
-                    s.set_read_timeout(Some(PATIENCE))
+                    s.set_nonblocking(false)
+                        .and_then(|()| s.set_read_timeout(Some(PATIENCE)))
+                        .and_then(|()| s.set_write_timeout(Some(PATIENCE)))
                         .map_err(io("socket timeout"))?;
                     self.uds = Some(s);
                 }
@@ -251,12 +258,14 @@ impl Ends {
             Transport::Tcp => {
                 if self.tcp.is_none() {
                     let s = match &self.tcp_listener {
-                        Some(l) => l.accept().map(|(s, _)| s),
+                        Some(l) => accept_within(|| l.accept().map(|(s, _)| s)),
                         None => TcpStream::connect(("127.0.0.1", port)),
                     }
                     .map_err(io("connecting the TCP socket"))?;
                     s.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
-                    s.set_read_timeout(Some(PATIENCE))
+                    s.set_nonblocking(false)
+                        .and_then(|()| s.set_read_timeout(Some(PATIENCE)))
+                        .and_then(|()| s.set_write_timeout(Some(PATIENCE)))
                         .map_err(io("socket timeout"))?;
                     self.tcp = Some(s);
                 }
@@ -264,19 +273,21 @@ impl Ends {
             }
             Transport::Pipe => {
                 if self.pipes.is_none() {
+                    let dir = &self.dir;
                     let open = |name: &str, write: bool| {
-                        std::fs::OpenOptions::new()
-                            .read(!write)
-                            .write(write)
-                            .open(self.dir.join(name))
-                            .map_err(io("opening a FIFO"))
+                        open_fifo(&dir.join(name), write).map_err(io("opening a FIFO"))
                     };
-                    // The same order on both sides: an open of a FIFO waits for its other end.
+                    // The parent opens pong for reading (that never waits), then ping for
+                    // writing (waiting, at most PATIENCE, for the peer's reader). The peer opens
+                    // ping for reading and waits there for the parent's writer (if the parent
+                    // dies, so does the peer), then pong for writing; it says it is ready only
+                    // then, so neither side reads a FIFO before its writer has it open.
                     self.pipes = Some(if self.parent {
-                        let w = open("ping.fifo", true)?;
-                        (w, open("pong.fifo", false)?)
+                        let r = open("pong.fifo", false)?;
+                        (open("ping.fifo", true)?, r)
                     } else {
-                        let r = open("ping.fifo", false)?;
+                        let r = std::fs::File::open(dir.join("ping.fifo"))
+                            .map_err(io("opening a FIFO"))?;
                         (open("pong.fifo", true)?, r)
                     });
                 }
@@ -327,16 +338,8 @@ impl Ends {
                     let t0 = Instant::now();
                     a.store(i, Ordering::Release);
                     futex_wake(a);
-                    let deadline = Instant::now() + PATIENCE;
-                    loop {
-                        let v = b.load(Ordering::Acquire);
-                        if v == i {
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            return Err("the peer stopped answering (futex floor)".into());
-                        }
-                        futex_wait(b, v, PATIENCE);
+                    if !wait_for(b, i) {
+                        return Err("the peer stopped answering (futex floor)".into());
                     }
                     h.saturating_record(t0.elapsed().as_nanos() as u64);
                 }
@@ -399,16 +402,8 @@ impl Ends {
             Transport::FutexFloor => {
                 let (a, b) = (&ctl.futex_a.0, &ctl.futex_b.0);
                 for i in 1..=n as u32 {
-                    let deadline = Instant::now() + PATIENCE;
-                    loop {
-                        let v = a.load(Ordering::Acquire);
-                        if v == i {
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            return Err("the parent stopped (futex floor)".into());
-                        }
-                        futex_wait(a, v, PATIENCE);
+                    if !wait_for(a, i) {
+                        return Err("the parent stopped (futex floor)".into());
                     }
                     b.store(i, Ordering::Release);
                     futex_wake(b);
@@ -432,6 +427,50 @@ impl Ends {
         }
         Ok(())
     }
+}
+
+/// Accepts a connection on a listener made non-blocking, waiting at most `PATIENCE`.
+fn accept_within<S>(mut accept: impl FnMut() -> std::io::Result<S>) -> std::io::Result<S> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer did not connect within {PATIENCE:?}"),
+                ));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Opens a FIFO without waiting forever for its other end, then makes it blocking. A reader's
+/// open never waits (O_NONBLOCK); a writer's fails with ENXIO until a reader has it open, so
+/// it is retried for at most `PATIENCE`.
+fn open_fifo(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + PATIENCE;
+    let file = loop {
+        match std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => break r?,
+        }
+    };
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(file)
 }
 
 /// A byte stream the ping-pong writes and reads whole frames on.
