@@ -30,8 +30,18 @@ fn watchdog(what: &'static str, secs: u64) -> Watchdog {
     Watchdog { _disarm: tx }
 }
 
-/// A namespace and socket no other test uses.
-fn place() -> (String, PathBuf) {
+/// Removes a test's socket directory when the test ends.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A namespace and socket no other test uses, and the guard that removes the socket's
+/// directory (declare it first, so that it drops last).
+fn place() -> (String, PathBuf, RemoveDir) {
     static N: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
     let n = {
         let mut n = N.lock().unwrap();
@@ -40,7 +50,7 @@ fn place() -> (String, PathBuf) {
     };
     let ns = format!("t{}-{n}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-    (ns, dir.join("coordinator.sock"))
+    (ns, dir.join("coordinator.sock"), RemoveDir(dir))
 }
 
 fn start(ns: &str, socket: &PathBuf) -> Coordinator {
@@ -60,7 +70,7 @@ const T: Duration = Duration::from_secs(5);
 #[test]
 fn channels_carry_frames_and_count_them() {
     let _dog = watchdog("channels_carry_frames_and_count_them", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     let coord = start(&ns, &sock);
     let client = Client::connect(Some(&sock)).unwrap();
     assert_eq!(client.namespace().unwrap(), ns);
@@ -103,7 +113,7 @@ fn channels_carry_frames_and_count_them() {
 #[test]
 fn spsc_admits_one_of_each_and_mpmc_up_to_its_maximum() {
     let _dog = watchdog("admission", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     let coord = start(&ns, &sock);
     let client = Client::connect(Some(&sock)).unwrap();
     client.create("s", &ChannelConfig::spsc()).unwrap();
@@ -149,7 +159,7 @@ fn spsc_admits_one_of_each_and_mpmc_up_to_its_maximum() {
 #[test]
 fn errors_name_the_problem_and_the_remedy() {
     let _dog = watchdog("errors", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     match Client::connect(Some(&sock)) {
         Err(Error::Unavailable(m)) => assert!(m.contains("shmringd"), "{m}"),
         other => panic!("{other:?}"),
@@ -181,7 +191,7 @@ fn errors_name_the_problem_and_the_remedy() {
         Err(Error::AlreadyExists(m)) => assert!(m.contains("already served"), "{m}"),
         other => panic!("{other:?}"),
     }
-    let (other_ns, _) = place();
+    let (other_ns, _, _other_dir) = place();
     match Coordinator::start(CoordinatorConfig::new(&other_ns).socket(&sock)) {
         Err(Error::AlreadyExists(m)) => assert!(m.contains("already listening"), "{m}"),
         other => panic!("{other:?}"),
@@ -198,7 +208,7 @@ fn errors_name_the_problem_and_the_remedy() {
 #[test]
 fn deleted_channels_close_for_their_users_and_come_back_new() {
     let _dog = watchdog("delete", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     let coord = start(&ns, &sock);
     let client = Client::connect(Some(&sock)).unwrap();
     let g1 = client
@@ -251,7 +261,7 @@ fn deleted_channels_close_for_their_users_and_come_back_new() {
 #[test]
 fn a_stale_close_never_frees_a_new_channels_entry() {
     let _dog = watchdog("stale close", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     let coord = start(&ns, &sock);
     let client = Client::connect(Some(&sock)).unwrap();
     client.create("x", &ChannelConfig::spsc()).unwrap();
@@ -273,7 +283,7 @@ fn a_stale_close_never_frees_a_new_channels_entry() {
 #[test]
 fn hello_of_another_version_or_a_stranger_is_answered_then_closed() {
     let _dog = watchdog("hello", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     let coord = start(&ns, &sock);
     let read_reply = |s: &mut UnixStream| {
         let mut r = FrameReader::new(protocol::MAX_REPLY);
@@ -317,7 +327,7 @@ fn hello_of_another_version_or_a_stranger_is_answered_then_closed() {
 #[test]
 fn a_new_coordinator_adopts_the_channels_of_the_last() {
     let _dog = watchdog("adopt", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     let coord = Coordinator::start(
         CoordinatorConfig::new(&ns)
             .socket(&sock)
@@ -366,7 +376,7 @@ fn a_new_coordinator_adopts_the_channels_of_the_last() {
 #[test]
 fn stale_socket_file_is_replaced() {
     let _dog = watchdog("stale socket", 60);
-    let (ns, sock) = place();
+    let (ns, sock, _dir) = place();
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // a dead coordinator's
     assert!(sock.exists());
