@@ -50,11 +50,12 @@ struct Control {
 
 impl Control {
     fn map(path: &Path, create: bool) -> Res<Control> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(create)
-            .truncate(create)
+            .create_new(create)
+            .mode(0o600)
             .open(path)
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
         if create {
@@ -271,8 +272,18 @@ impl Ports {
 // The peer.
 
 fn run_peer(control: &Path, run: u64, cpu: Option<usize>) -> Res<()> {
-    if let Some(c) = cpu {
-        pin(c);
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err("PR_SET_PDEATHSIG failed".into());
+    }
+    // The parent is `run` (its pid); if it died before the line above, stop now.
+    if u64::from(std::os::unix::process::parent_id()) != run {
+        return Err("the parent process is gone".into());
+    }
+    if let Some(c) = cpu
+        && !pin(c)
+    {
+        eprintln!("iceoryx2-pingpong peer: could not pin to CPU {c}; running unpinned");
     }
     let ctl = Control::map(control, false)?;
     let node = NodeBuilder::new()
@@ -448,11 +459,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// As `shmring bench` prints times.
 fn ns(v: u64) -> String {
     match v {
-        0..10_000 => format!("{v} ns"),
-        10_000..10_000_000 => format!("{:.1} us", v as f64 / 1e3),
-        _ => format!("{:.1} ms", v as f64 / 1e6),
+        0..1000 => format!("{v} ns"),
+        1000..10_000 => format!("{:.2} µs", v as f64 / 1e3),
+        10_000..1_000_000 => format!("{:.1} µs", v as f64 / 1e3),
+        _ => format!("{:.2} ms", v as f64 / 1e6),
     }
 }
 
