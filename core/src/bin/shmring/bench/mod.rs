@@ -267,6 +267,14 @@ impl Conversation<'_> {
         Ok(self.seq)
     }
 
+    /// A failure of the measurement itself, with the peer's end if it ended.
+    fn explain(&self, e: String) -> String {
+        match machine::exited(self.peer) {
+            Some(how) => format!("{e}: the peer process {how}"),
+            None => e,
+        }
+    }
+
     /// Waits for acknowledgement word `i` (0: ready, 1: done) of the current command: until
     /// it comes, the peer reports an error, the peer process exits, or `PATIENCE` passes.
     fn wait(&self, i: usize) -> Res<()> {
@@ -448,7 +456,8 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                     )?;
                     ends.prepare(t, payload, port)?;
                     talk.wait(0)?;
-                    ends.ping(ctl, t, payload, plan.iterations, think, port, &mut h)?;
+                    ends.ping(ctl, t, payload, plan.iterations, think, port, &mut h)
+                        .map_err(|e| talk.explain(e))?;
                     talk.wait(1)?;
                     p50s[i].push(h.value_at_quantile(0.5) as f64);
                     all[i]
@@ -509,7 +518,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                     let start = Instant::now();
                     let sent = {
                         let (tx, _) = ends.channels(kind, payload, WaitStrategy::Spin)?;
-                        produce(tx, api, payload, plan.duration)?
+                        produce(tx, api, payload, plan.duration).map_err(|e| talk.explain(e))?
                     };
                     talk.wait(1)?;
                     let secs = start.elapsed().as_secs_f64();
