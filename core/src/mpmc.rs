@@ -391,18 +391,15 @@ pub(crate) fn depth_slots(mem: &Memory) -> u64 {
     enq.saturating_sub(deq).min(mem.geometry().capacity)
 }
 
+/// Helpers of the loom models of this ring and of its repair (`repair.rs`): an 8-byte-slot
+/// model segment, and one claim-write-commit or one take, without waiting.
 #[cfg(all(test, loom))]
-mod loom_tests {
-    //! Model checks of claim/commit/consume. Roles in spawned threads, main only joins (loom
-    //! issue #392); each test asserts that the outcomes it is about were all reached.
+pub(crate) mod model {
     use super::*;
-    use crate::layout::{ChannelConfig, Geometry, Role, decode_claim};
+    use crate::layout::{ChannelConfig, Geometry};
     use loom::sync::Arc;
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    type Shared<T> = std::sync::Arc<Mutex<T>>;
 
-    fn memory(slots: u64, producers: u32, consumers: u32) -> Arc<Memory> {
+    pub(crate) fn memory(slots: u64, producers: u32, consumers: u32) -> Arc<Memory> {
         let cfg = ChannelConfig::mpmc()
             .capacity(slots * 8)
             .max_frame_size(8)
@@ -411,7 +408,8 @@ mod loom_tests {
         Arc::new(Memory::new(Geometry::new(&cfg).unwrap()))
     }
 
-    fn send(p: &mut ProducerCore, mem: &Memory, v: u64) -> bool {
+    /// Sends `v` if there is a free slot.
+    pub(crate) fn try_send(p: &mut ProducerCore, mem: &Memory, v: u64) -> bool {
         match p.try_claim(mem, 8, 1) {
             Ok(c) => {
                 let pos = c.position(0);
@@ -424,24 +422,47 @@ mod loom_tests {
         }
     }
 
-    fn recv(c: &mut ConsumerCore, mem: &Memory) -> Option<Option<u64>> {
+    /// Takes one position if there is one, without releasing it: `(pos, Some((value, flags)))`
+    /// for a frame, `(pos, None)` for a skip.
+    pub(crate) fn try_take(c: &mut ConsumerCore, mem: &Memory) -> Option<(u64, Option<(u64, u8)>)> {
         match c.try_take(mem, 1, None) {
             Ok(t) => {
                 let pos = t.position(0);
-                let got = match c.slot(mem, pos).unwrap() {
-                    Slot::Frame { payload, .. } => {
+                Some(match c.slot(mem, pos).unwrap() {
+                    Slot::Frame { payload, flags } => {
                         let mut b = [0u8; 8];
                         mem.copy_out(payload, &mut b);
-                        Some(u64::from_ne_bytes(b))
+                        (pos, Some((u64::from_ne_bytes(b), flags)))
                     }
-                    Slot::Skip => None,
-                };
-                c.release(mem, pos);
-                Some(got)
+                    Slot::Skip => (pos, None),
+                })
             }
             Err(Error::WouldBlock(_)) => None,
             Err(e) => panic!("{e}"),
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of claim/commit/consume. Roles in spawned threads, main only joins (loom
+    //! issue #392); each test asserts that the outcomes it is about were all reached.
+    use super::*;
+    use crate::layout::{ChannelConfig, Geometry, Role, decode_claim};
+    use loom::sync::Arc;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    type Shared<T> = std::sync::Arc<Mutex<T>>;
+
+    use model::{memory, try_send as send};
+
+    /// Takes and releases one position: `Some(Some(value))` for a frame, `Some(None)` for a
+    /// skip, `None` when the ring is empty.
+    fn recv(c: &mut ConsumerCore, mem: &Memory) -> Option<Option<u64>> {
+        model::try_take(c, mem).map(|(pos, frame)| {
+            c.release(mem, pos);
+            frame.map(|(v, _)| v)
+        })
     }
 
     /// Two producers race for one slot of a two-slot ring while a consumer drains: each frame

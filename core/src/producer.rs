@@ -195,8 +195,9 @@ impl Producer {
         self.bytes += len as u64;
         self.dirty = true;
         if !self.batching {
-            // SPSC published in `commit` (unless padding was staged before it); MPMC at once.
-            self.publish();
+            // Already visible: SPSC's `commit` published the record (with any padding staged
+            // before it), MPMC's at once.
+            self.announce();
         }
     }
 

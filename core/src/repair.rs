@@ -375,9 +375,9 @@ mod loom_tests {
     //! that phase finish the work alone and check the outcome. Main only joins and spawns (loom
     //! issue #392); each test asserts that the interleavings it is about were reached.
     use super::*;
-    use crate::error::Error;
-    use crate::layout::{ChannelConfig, FLAG_REDELIVERED, Geometry, encode_owner};
-    use crate::mpmc::{ConsumerCore, ProducerCore, Slot, payload};
+    use crate::layout::{FLAG_REDELIVERED, encode_owner};
+    use crate::mpmc::model::{try_send, try_take};
+    use crate::mpmc::{ConsumerCore, ProducerCore};
     use loom::sync::Arc;
     use std::collections::HashSet;
     use std::sync::Mutex;
@@ -385,52 +385,14 @@ mod loom_tests {
 
     /// An MPMC model segment with every entry owned (so each counts as live unless dead).
     fn memory(slots: u64, producers: u32, consumers: u32) -> Arc<Memory> {
-        let cfg = ChannelConfig::mpmc()
-            .capacity(slots * 8)
-            .max_frame_size(8)
-            .max_producers(producers)
-            .max_consumers(consumers);
-        let mem = Memory::new(Geometry::new(&cfg).unwrap());
+        let mem = crate::mpmc::model::memory(slots, producers, consumers);
         for (role, n) in [(Role::Producer, producers), (Role::Consumer, consumers)] {
             for i in 0..n {
                 let p = mem.participant(role, i).unwrap();
                 p.owner.store(encode_owner(100 + i, 1), Relaxed);
             }
         }
-        Arc::new(mem)
-    }
-
-    fn try_send(p: &mut ProducerCore, mem: &Memory, v: u64) -> bool {
-        match p.try_claim(mem, 8, 1) {
-            Ok(c) => {
-                let pos = c.position(0);
-                mem.copy_in(payload(mem, pos, 8).unwrap(), &v.to_ne_bytes());
-                p.commit(mem, pos, 8, 0);
-                true
-            }
-            Err(Error::WouldBlock(_)) => false,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// Takes one position if there is one: `(pos, Some((value, flags)))` for a frame,
-    /// `(pos, None)` for a skip.
-    fn try_take(c: &mut ConsumerCore, mem: &Memory) -> Option<(u64, Option<(u64, u8)>)> {
-        match c.try_take(mem, 1, None) {
-            Ok(t) => {
-                let pos = t.position(0);
-                Some(match c.slot(mem, pos).unwrap() {
-                    Slot::Frame { payload, flags } => {
-                        let mut b = [0u8; 8];
-                        mem.copy_out(payload, &mut b);
-                        (pos, Some((u64::from_ne_bytes(b), flags)))
-                    }
-                    Slot::Skip => (pos, None),
-                })
-            }
-            Err(Error::WouldBlock(_)) => None,
-            Err(e) => panic!("{e}"),
-        }
+        mem
     }
 
     /// Everything left in the ring, released: (frames, skips).

@@ -1,5 +1,12 @@
 //! The page the benchmark's two processes share besides the channels under test: commands and
 //! acknowledgements, and the words the two floors bounce (one cache line; two futexes).
+//!
+//! Orderings. A command's arguments are stored Relaxed, then its sequence number with Release;
+//! the peer loads the sequence with Acquire before reading them. The peer stores its results
+//! (frames received, the error flag) Relaxed, then "ready" or "done" with Release; the parent
+//! loads those with Acquire before reading the results. The floors' words are stored with
+//! Release and spun on with Acquire, as a ring's publish and consume are. The parent resets the
+//! floors' words Relaxed before the Release of the next command.
 
 // The control page is the benchmark's own, not a ring: loom has nothing to model here.
 #![allow(clippy::disallowed_types)]
