@@ -403,7 +403,9 @@ shmring_status shmring_channel_stats(struct shmring_client *client,
  * `shmring_producer_close`; it may outlive the client. `SHMRING_BUSY` when the channel admits
  * no more producers (an SPSC channel admits one at a time), `SHMRING_NOT_FOUND` when there is
  * no such channel, `SHMRING_PERMISSION_DENIED` when its mode excludes this user. A producer is
- * used by one thread at a time (it may move between threads).
+ * used by one thread at a time (it may move between threads): a call made while another
+ * thread is inside a call on the same producer is refused with `SHMRING_INVALID_ARGUMENT`
+ * (and when two calls start at the same instant, at least one of them returns it).
  */
 shmring_status shmring_producer_open(struct shmring_client *client,
                                      const char *name,
@@ -447,9 +449,10 @@ shmring_status shmring_claim(struct shmring_producer *p,
                              int64_t timeout_ns);
 
 /**
- * Publishes the first `len` bytes of the open claim as one frame (`len` at most the claimed
- * length; more is `SHMRING_INVALID_ARGUMENT` and the claim is aborted).
- * `SHMRING_INVALID_ARGUMENT` if no claim is open. The producer's thread.
+ * Publishes the first `len` bytes of the open claim as one frame. `len` must be at most the
+ * claimed length: more is `SHMRING_INVALID_ARGUMENT`, and the claim stays open (commit it
+ * with a valid length or abort it). `SHMRING_INVALID_ARGUMENT` if no claim is open. The
+ * producer's thread.
  */
 shmring_status shmring_commit(struct shmring_producer *p, size_t len);
 
@@ -461,7 +464,9 @@ shmring_status shmring_abort(struct shmring_producer *p);
 
 /**
  * Closes a producer and frees it (an open claim is aborted), freeing its place in the
- * channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards.
+ * channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards. A producer
+ * that another thread is using at that moment is left open (and `shmring_last_error()` says
+ * so) rather than freed under that thread.
  */
 void shmring_producer_close(struct shmring_producer *p);
 
@@ -470,7 +475,7 @@ void shmring_producer_close(struct shmring_producer *p);
  * `shmring_consumer_close`; it may outlive the client. An SPSC consumer resumes exactly where
  * the previous one stopped; frames a dead predecessor held come first, flagged
  * `SHMRING_FRAME_REDELIVERED`. Statuses as for `shmring_producer_open`. A consumer is used by
- * one thread at a time (it may move between threads).
+ * one thread at a time (it may move between threads), checked as for a producer.
  */
 shmring_status shmring_consumer_open(struct shmring_client *client,
                                      const char *name,
@@ -521,7 +526,9 @@ shmring_status shmring_release(struct shmring_consumer *c);
 
 /**
  * Closes a consumer and frees it (a held frame is released), freeing its place in the
- * channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards.
+ * channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards. A consumer
+ * that another thread is using at that moment is left open (and `shmring_last_error()` says
+ * so) rather than freed under that thread.
  */
 void shmring_consumer_close(struct shmring_consumer *c);
 

@@ -24,6 +24,7 @@ use shmring_core::{
 };
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Major version of libshmring.
@@ -165,6 +166,11 @@ struct ClientHandle {
 #[repr(C)]
 struct ProducerHandle {
     tag: u64,
+    busy: InUse,
+    state: ProducerState,
+}
+
+struct ProducerState {
     producer: Producer,
     /// The claim handed to C and not yet committed or aborted: while it is open the producer
     /// must do nothing else (`Producer::claim_detached`'s contract), which every call checks.
@@ -174,10 +180,108 @@ struct ProducerHandle {
 #[repr(C)]
 struct ConsumerHandle {
     tag: u64,
+    busy: InUse,
+    state: ConsumerState,
+}
+
+struct ConsumerState {
     consumer: Consumer,
     /// The frame lent to C and not yet released: while it is held the consumer must receive
     /// nothing else (`Consumer::read_detached`'s contract), which every call checks.
     frame: Option<DetachedFrame>,
+}
+
+/// Which call, if any, is inside a producer or consumer handle now: 0 when none, otherwise an
+/// address in that call's stack frame. Calls on different threads run on different stacks, so
+/// two calls that overlap leave different marks, and the contract "one thread at a time" can
+/// be checked without a read-modify-write: a call refuses to start while a mark is there, and
+/// checks when it ends that the mark is still its own. If two calls start together (both saw
+/// no mark), at least one of them finds the other's mark (or none) when it ends and reports
+/// it. Two plain stores and two loads per call: the checked and the unchecked C round trip
+/// are compared in ARCHITECTURE.md ("Concurrent use of a C handle").
+#[derive(Debug, Default)]
+struct InUse(AtomicUsize);
+
+impl InUse {
+    fn enter(&self, me: usize, what: &str) -> Result<(), Error> {
+        // Relaxed: the mark orders nothing; it only has to be seen by an overlapping call of
+        // another thread, which coherence of this one word gives (see `InUse`).
+        if self.0.load(Ordering::Relaxed) != 0 {
+            return Err(concurrent(what, "the call was refused"));
+        }
+        // Relaxed: as above.
+        self.0.store(me, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn leave(&self, me: usize, what: &str) -> Result<(), Error> {
+        // Relaxed: as in `enter`. Only the call whose mark is there removes it.
+        if self.0.load(Ordering::Relaxed) != me {
+            return Err(concurrent(what, "the call may have taken effect"));
+        }
+        // Relaxed: as in `enter`.
+        self.0.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn is_free(&self) -> bool {
+        // Relaxed: as in `enter`.
+        self.0.load(Ordering::Relaxed) == 0
+    }
+}
+
+fn concurrent(what: &str, outcome: &str) -> Error {
+    invalid(format!(
+        "this {what} is in use by another thread at the same time ({outcome}): a handle is \
+         used by one thread at a time; give each thread its own or lock around the calls"
+    ))
+}
+
+/// Handles whose calls are checked for concurrent use: the mark, and what the calls use.
+trait Exclusive {
+    const WHAT: &'static str;
+    type State;
+    fn split(&mut self) -> (&InUse, &mut Self::State);
+}
+
+impl Exclusive for ProducerHandle {
+    const WHAT: &'static str = "producer";
+    type State = ProducerState;
+    fn split(&mut self) -> (&InUse, &mut ProducerState) {
+        (&self.busy, &mut self.state)
+    }
+}
+
+impl Exclusive for ConsumerHandle {
+    const WHAT: &'static str = "consumer";
+    type State = ConsumerState;
+    fn split(&mut self) -> (&InUse, &mut ConsumerState) {
+        (&self.busy, &mut self.state)
+    }
+}
+
+/// Runs `body` on handle `h` as the only call inside it; a call of another thread that
+/// overlaps it is reported as `SHMRING_INVALID_ARGUMENT` (see `InUse`).
+#[inline(always)]
+fn exclusive<T: Exclusive>(
+    h: &mut T,
+    body: impl FnOnce(&mut T::State) -> Result<(), Error>,
+) -> Result<(), Error> {
+    /// Takes the mark away if `body` panics (the caller's guard reports the panic).
+    struct Unmark<'a>(&'a InUse, usize);
+    impl Drop for Unmark<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.leave(self.1, "handle");
+        }
+    }
+    let mark = 0u8;
+    let me = std::hint::black_box(&raw const mark) as usize;
+    let (busy, state) = h.split();
+    busy.enter(me, T::WHAT)?;
+    let unmark = Unmark(busy, me);
+    let result = body(state);
+    std::mem::forget(unmark);
+    result.and(busy.leave(me, T::WHAT))
 }
 
 /// Turns a handle pointer from C back into its handle, checking NULL and the tag.
@@ -564,7 +668,9 @@ pub unsafe extern "C" fn shmring_channel_stats(
 /// `shmring_producer_close`; it may outlive the client. `SHMRING_BUSY` when the channel admits
 /// no more producers (an SPSC channel admits one at a time), `SHMRING_NOT_FOUND` when there is
 /// no such channel, `SHMRING_PERMISSION_DENIED` when its mode excludes this user. A producer is
-/// used by one thread at a time (it may move between threads).
+/// used by one thread at a time (it may move between threads): a call made while another
+/// thread is inside a call on the same producer is refused with `SHMRING_INVALID_ARGUMENT`
+/// (and when two calls start at the same instant, at least one of them returns it).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_open(
     client: *mut shmring_client,
@@ -580,8 +686,11 @@ pub unsafe extern "C" fn shmring_producer_open(
         let producer = c.producer(name)?;
         let h = into_handle(ProducerHandle {
             tag: PRODUCER_TAG,
-            producer,
-            claim: None,
+            busy: InUse::default(),
+            state: ProducerState {
+                producer,
+                claim: None,
+            },
         });
         // SAFETY: checked non-NULL; writable (the header's contract).
         unsafe { put(out, h, "out") }
@@ -595,17 +704,16 @@ unsafe fn producer<'a>(p: *mut shmring_producer) -> Result<&'a mut ProducerHandl
     unsafe { handle::<ProducerHandle>(p.cast(), PRODUCER_TAG, "producer") }
 }
 
-/// # Safety
-/// `p` must be NULL or a producer handle.
-unsafe fn idle_producer<'a>(p: *mut shmring_producer) -> Result<&'a mut ProducerHandle, Error> {
-    // SAFETY: as the header requires of `p`.
-    let h = unsafe { producer(p) }?;
-    if h.claim.is_some() {
-        return Err(invalid(
-            "a claim is open on this producer: shmring_commit or shmring_abort it first",
-        ));
+impl ProducerState {
+    /// Refuses while a claim is open.
+    fn idle(&mut self) -> Result<&mut Self, Error> {
+        if self.claim.is_some() {
+            return Err(invalid(
+                "a claim is open on this producer: shmring_commit or shmring_abort it first",
+            ));
+        }
+        Ok(self)
     }
-    Ok(h)
 }
 
 /// Sets how a producer's blocking calls wait (default `SHMRING_WAIT_PARK`). The producer's
@@ -616,10 +724,12 @@ pub unsafe extern "C" fn shmring_producer_set_wait(
     wait: shmring_wait,
 ) -> shmring_status {
     guard(|| {
+        let wait = wait_of(wait)?;
         // SAFETY: the header's contract for `p`.
-        let h = unsafe { producer(p) }?;
-        h.producer.set_wait_strategy(wait_of(wait)?);
-        Ok(())
+        exclusive(unsafe { producer(p) }?, |h| {
+            h.producer.set_wait_strategy(wait);
+            Ok(())
+        })
     })
 }
 
@@ -630,7 +740,7 @@ pub unsafe extern "C" fn shmring_producer_max_frame_size(p: *mut shmring_produce
     let mut n = 0;
     let _ = guard(|| {
         // SAFETY: the header's contract for `p`.
-        n = unsafe { producer(p) }?.producer.max_frame_size();
+        n = unsafe { producer(p) }?.state.producer.max_frame_size();
         Ok(())
     });
     n
@@ -649,8 +759,6 @@ pub unsafe extern "C" fn shmring_send(
     timeout_ns: i64,
 ) -> shmring_status {
     guard(|| {
-        // SAFETY: the header's contract for `p`.
-        let h = unsafe { idle_producer(p) }?;
         let frame: &[u8] = if len == 0 {
             &[]
         } else if data.is_null() {
@@ -659,11 +767,15 @@ pub unsafe extern "C" fn shmring_send(
             // SAFETY: readable for `len` bytes (the header's contract); copied before return.
             unsafe { std::slice::from_raw_parts(data.cast(), len) }
         };
-        match timeout(timeout_ns) {
-            Some(Duration::ZERO) => h.producer.try_send(frame),
-            Some(t) => h.producer.send_timeout(frame, t),
-            None => h.producer.send(frame),
-        }
+        // SAFETY: the header's contract for `p`.
+        exclusive(unsafe { producer(p) }?, |h| {
+            let h = h.idle()?;
+            match timeout(timeout_ns) {
+                Some(Duration::ZERO) => h.producer.try_send(frame),
+                Some(t) => h.producer.send_timeout(frame, t),
+                None => h.producer.send(frame),
+            }
+        })
     })
 }
 
@@ -681,36 +793,48 @@ pub unsafe extern "C" fn shmring_claim(
     timeout_ns: i64,
 ) -> shmring_status {
     guard(|| {
-        // SAFETY: the header's contract for `p`.
-        let h = unsafe { idle_producer(p) }?;
         if out_buf.is_null() {
             return Err(invalid("out_buf is NULL"));
         }
-        // SAFETY: no claim is open (checked above) and this handle refuses every other call
-        // until the claim is committed or aborted, which is the contract of claim_detached.
-        let claim = unsafe { h.producer.claim_detached(len, timeout(timeout_ns)) }?;
-        let ptr = claim.as_mut_ptr();
-        h.claim = Some(claim);
-        // SAFETY: checked non-NULL; writable (the header's contract).
-        unsafe { put(out_buf, ptr.cast(), "out_buf") }
+        // SAFETY: the header's contract for `p`.
+        exclusive(unsafe { producer(p) }?, |h| {
+            let h = h.idle()?;
+            // SAFETY: no claim is open (checked above) and this handle refuses every other
+            // call until the claim is committed or aborted, which is the contract of
+            // claim_detached.
+            let claim = unsafe { h.producer.claim_detached(len, timeout(timeout_ns)) }?;
+            let ptr = claim.as_mut_ptr();
+            h.claim = Some(claim);
+            // SAFETY: checked non-NULL; writable (the header's contract).
+            unsafe { put(out_buf, ptr.cast(), "out_buf") }
+        })
     })
 }
 
-/// Publishes the first `len` bytes of the open claim as one frame (`len` at most the claimed
-/// length; more is `SHMRING_INVALID_ARGUMENT` and the claim is aborted).
-/// `SHMRING_INVALID_ARGUMENT` if no claim is open. The producer's thread.
+/// Publishes the first `len` bytes of the open claim as one frame. `len` must be at most the
+/// claimed length: more is `SHMRING_INVALID_ARGUMENT`, and the claim stays open (commit it
+/// with a valid length or abort it). `SHMRING_INVALID_ARGUMENT` if no claim is open. The
+/// producer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_commit(p: *mut shmring_producer, len: usize) -> shmring_status {
     guard(|| {
         // SAFETY: the header's contract for `p`.
-        let h = unsafe { producer(p) }?;
-        let claim = h
-            .claim
-            .take()
-            .ok_or_else(|| invalid("no claim is open: shmring_claim first"))?;
-        // SAFETY: the claim came from this producer's claim_detached and nothing else was done
-        // with the producer since (every other call refuses while a claim is open).
-        unsafe { h.producer.commit_detached(claim, len) }
+        exclusive(unsafe { producer(p) }?, |h| {
+            let claimed = match &h.claim {
+                Some(claim) => claim.len(),
+                None => return Err(invalid("no claim is open: shmring_claim first")),
+            };
+            if len > claimed {
+                return Err(invalid(format!(
+                    "cannot commit {len} bytes of a {claimed}-byte claim (the claim is still \
+                     open: commit at most {claimed} bytes, or abort it)"
+                )));
+            }
+            let claim = h.claim.take().expect("checked above");
+            // SAFETY: the claim came from this producer's claim_detached and nothing else was
+            // done with the producer since (every other call refuses while a claim is open).
+            unsafe { h.producer.commit_detached(claim, len) }
+        })
     })
 }
 
@@ -720,30 +844,40 @@ pub unsafe extern "C" fn shmring_commit(p: *mut shmring_producer, len: usize) ->
 pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_status {
     guard(|| {
         // SAFETY: the header's contract for `p`.
-        let h = unsafe { producer(p) }?;
-        let claim = h
-            .claim
-            .take()
-            .ok_or_else(|| invalid("no claim is open: shmring_claim first"))?;
-        // SAFETY: as in shmring_commit.
-        unsafe { h.producer.abort_detached(claim) };
-        Ok(())
+        exclusive(unsafe { producer(p) }?, |h| {
+            let claim = h
+                .claim
+                .take()
+                .ok_or_else(|| invalid("no claim is open: shmring_claim first"))?;
+            // SAFETY: as in shmring_commit.
+            unsafe { h.producer.abort_detached(claim) };
+            Ok(())
+        })
     })
 }
 
 /// Closes a producer and frees it (an open claim is aborted), freeing its place in the
-/// channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards.
+/// channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards. A producer
+/// that another thread is using at that moment is left open (and `shmring_last_error()` says
+/// so) rather than freed under that thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
-    guard_void(|| {
+    let _ = guard(|| {
+        // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
+        if let Ok(h) = unsafe { producer(p) }
+            && !h.busy.is_free()
+        {
+            return Err(concurrent("producer", "it was not closed"));
+        }
         // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ProducerHandle>(p.cast(), PRODUCER_TAG) }
-            && let Some(claim) = h.claim.take()
+            && let Some(claim) = h.state.claim.take()
         {
             // SAFETY: as in shmring_commit.
-            unsafe { h.producer.abort_detached(claim) };
+            unsafe { h.state.producer.abort_detached(claim) };
         }
-    })
+        Ok(())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,7 +887,7 @@ pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
 /// `shmring_consumer_close`; it may outlive the client. An SPSC consumer resumes exactly where
 /// the previous one stopped; frames a dead predecessor held come first, flagged
 /// `SHMRING_FRAME_REDELIVERED`. Statuses as for `shmring_producer_open`. A consumer is used by
-/// one thread at a time (it may move between threads).
+/// one thread at a time (it may move between threads), checked as for a producer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_open(
     client: *mut shmring_client,
@@ -769,8 +903,11 @@ pub unsafe extern "C" fn shmring_consumer_open(
         let consumer = c.consumer(name)?;
         let h = into_handle(ConsumerHandle {
             tag: CONSUMER_TAG,
-            consumer,
-            frame: None,
+            busy: InUse::default(),
+            state: ConsumerState {
+                consumer,
+                frame: None,
+            },
         });
         // SAFETY: checked non-NULL; writable (the header's contract).
         unsafe { put(out, h, "out") }
@@ -784,17 +921,16 @@ unsafe fn consumer<'a>(c: *mut shmring_consumer) -> Result<&'a mut ConsumerHandl
     unsafe { handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG, "consumer") }
 }
 
-/// # Safety
-/// `c` must be NULL or a consumer handle.
-unsafe fn idle_consumer<'a>(c: *mut shmring_consumer) -> Result<&'a mut ConsumerHandle, Error> {
-    // SAFETY: as the header requires of `c`.
-    let h = unsafe { consumer(c) }?;
-    if h.frame.is_some() {
-        return Err(invalid(
-            "a frame is held by this consumer: shmring_release it first",
-        ));
+impl ConsumerState {
+    /// Refuses while a frame is held.
+    fn idle(&mut self) -> Result<&mut Self, Error> {
+        if self.frame.is_some() {
+            return Err(invalid(
+                "a frame is held by this consumer: shmring_release it first",
+            ));
+        }
+        Ok(self)
     }
-    Ok(h)
 }
 
 /// Sets how a consumer's blocking calls wait (default `SHMRING_WAIT_PARK`). The consumer's
@@ -805,10 +941,12 @@ pub unsafe extern "C" fn shmring_consumer_set_wait(
     wait: shmring_wait,
 ) -> shmring_status {
     guard(|| {
+        let wait = wait_of(wait)?;
         // SAFETY: the header's contract for `c`.
-        let h = unsafe { consumer(c) }?;
-        h.consumer.set_wait_strategy(wait_of(wait)?);
-        Ok(())
+        exclusive(unsafe { consumer(c) }?, |h| {
+            h.consumer.set_wait_strategy(wait);
+            Ok(())
+        })
     })
 }
 
@@ -819,7 +957,7 @@ pub unsafe extern "C" fn shmring_consumer_max_frame_size(c: *mut shmring_consume
     let mut n = 0;
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`.
-        n = unsafe { consumer(c) }?.consumer.max_frame_size();
+        n = unsafe { consumer(c) }?.state.consumer.max_frame_size();
         Ok(())
     });
     n
@@ -840,8 +978,6 @@ pub unsafe extern "C" fn shmring_recv(
     timeout_ns: i64,
 ) -> shmring_status {
     guard(|| {
-        // SAFETY: the header's contract for `c`.
-        let h = unsafe { idle_consumer(c) }?;
         if out_len.is_null() {
             return Err(invalid("out_len is NULL"));
         }
@@ -854,19 +990,23 @@ pub unsafe extern "C" fn shmring_recv(
             // anything of ours.
             unsafe { std::slice::from_raw_parts_mut(buf.cast(), cap) }
         };
-        let r = match timeout(timeout_ns) {
-            Some(Duration::ZERO) => h.consumer.try_recv(buf),
-            Some(t) => h.consumer.recv_timeout(buf, t),
-            None => h.consumer.recv(buf),
-        };
-        let len = match &r {
-            Ok(got) => got.len,
-            Err(Error::BufferTooSmall { needed, .. }) => *needed,
-            Err(_) => 0,
-        };
-        // SAFETY: checked non-NULL; writable (the header's contract).
-        unsafe { put(out_len, len, "out_len") }?;
-        r.map(drop)
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            let h = h.idle()?;
+            let r = match timeout(timeout_ns) {
+                Some(Duration::ZERO) => h.consumer.try_recv(buf),
+                Some(t) => h.consumer.recv_timeout(buf, t),
+                None => h.consumer.recv(buf),
+            };
+            let len = match &r {
+                Ok(got) => got.len,
+                Err(Error::BufferTooSmall { needed, .. }) => *needed,
+                Err(_) => 0,
+            };
+            // SAFETY: checked non-NULL; writable (the header's contract).
+            unsafe { put(out_len, len, "out_len") }?;
+            r.map(drop)
+        })
     })
 }
 
@@ -882,22 +1022,24 @@ pub unsafe extern "C" fn shmring_read(
     timeout_ns: i64,
 ) -> shmring_status {
     guard(|| {
-        // SAFETY: the header's contract for `c`.
-        let h = unsafe { idle_consumer(c) }?;
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
-        // SAFETY: no frame is held (checked above) and this handle refuses every other
-        // receive until the frame is released, which is the contract of read_detached.
-        let frame = unsafe { h.consumer.read_detached(timeout(timeout_ns)) }?;
-        let value = shmring_frame {
-            data: frame.as_ptr().cast(),
-            len: frame.len(),
-            flags: frame.flags().bits(),
-        };
-        h.frame = Some(frame);
-        // SAFETY: checked non-NULL; writable (the header's contract).
-        unsafe { put(out, value, "out") }
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            let h = h.idle()?;
+            // SAFETY: no frame is held (checked above) and this handle refuses every other
+            // receive until the frame is released, which is the contract of read_detached.
+            let frame = unsafe { h.consumer.read_detached(timeout(timeout_ns)) }?;
+            let value = shmring_frame {
+                data: frame.as_ptr().cast(),
+                len: frame.len(),
+                flags: frame.flags().bits(),
+            };
+            h.frame = Some(frame);
+            // SAFETY: checked non-NULL; writable (the header's contract).
+            unsafe { put(out, value, "out") }
+        })
     })
 }
 
@@ -907,31 +1049,41 @@ pub unsafe extern "C" fn shmring_read(
 pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_status {
     guard(|| {
         // SAFETY: the header's contract for `c`.
-        let h = unsafe { consumer(c) }?;
-        let frame = h
-            .frame
-            .take()
-            .ok_or_else(|| invalid("no frame is held: shmring_read first"))?;
-        // SAFETY: the frame came from this consumer's read_detached and nothing was received
-        // since (every other receive refuses while a frame is held).
-        unsafe { h.consumer.release_detached(frame) };
-        Ok(())
+        exclusive(unsafe { consumer(c) }?, |h| {
+            let frame = h
+                .frame
+                .take()
+                .ok_or_else(|| invalid("no frame is held: shmring_read first"))?;
+            // SAFETY: the frame came from this consumer's read_detached and nothing was
+            // received since (every other receive refuses while a frame is held).
+            unsafe { h.consumer.release_detached(frame) };
+            Ok(())
+        })
     })
 }
 
 /// Closes a consumer and frees it (a held frame is released), freeing its place in the
-/// channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards.
+/// channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards. A consumer
+/// that another thread is using at that moment is left open (and `shmring_last_error()` says
+/// so) rather than freed under that thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
-    guard_void(|| {
+    let _ = guard(|| {
+        // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
+        if let Ok(h) = unsafe { consumer(c) }
+            && !h.busy.is_free()
+        {
+            return Err(concurrent("consumer", "it was not closed"));
+        }
         // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
-            && let Some(frame) = h.frame.take()
+            && let Some(frame) = h.state.frame.take()
         {
             // SAFETY: as in shmring_release.
-            unsafe { h.consumer.release_detached(frame) };
+            unsafe { h.state.consumer.release_detached(frame) };
         }
-    })
+        Ok(())
+    });
 }
 
 #[cfg(test)]

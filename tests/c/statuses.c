@@ -50,6 +50,25 @@ static int failures = 0;
 
 static const int64_t MS = 1000 * 1000;
 
+/* A thread that sends one frame, waiting as long as it takes. */
+struct sender {
+    shmring_producer *p;
+    const void *data;
+    size_t len;
+    shmring_status status;
+};
+
+static void *send_forever(void *arg) {
+    struct sender *s = arg;
+    s->status = shmring_send(s->p, s->data, s->len, -1);
+    return NULL;
+}
+
+/* Any other call on the producer while a thread is inside shmring_send. */
+static shmring_status shmring_set_wait_refused(shmring_producer *p) {
+    return shmring_producer_set_wait(p, SHMRING_WAIT_PARK);
+}
+
 /* A socket that answers the hello with something that is not shmring. */
 static void *impostor(void *arg) {
     int srv = *(int *)arg;
@@ -186,9 +205,10 @@ int main(int argc, char **argv) {
     EXPECT(shmring_claim(p, 8, &space, 0), SHMRING_OK);
     EXPECT(shmring_send(p, "x", 1, 0), SHMRING_INVALID_ARGUMENT); /* a claim is open */
     memcpy(space, "in place", 8);
-    EXPECT(shmring_commit(p, 9), SHMRING_INVALID_ARGUMENT); /* longer than claimed: aborted */
-    EXPECT(shmring_claim(p, 8, &space, 0), SHMRING_OK);
-    memcpy(space, "in place", 8);
+    /* Step 5 item 15: committing more than was claimed is refused and the claim stays open
+     * (it used to be aborted, the frame silently lost, and this commit of 8 refused). */
+    EXPECT(shmring_commit(p, 9), SHMRING_INVALID_ARGUMENT);
+    TRUE(strstr(shmring_last_error(), "still open") != NULL);
     EXPECT(shmring_commit(p, 8), SHMRING_OK);
     EXPECT(shmring_claim(p, 8, &space, 0), SHMRING_OK);
     EXPECT(shmring_abort(p), SHMRING_OK);
@@ -219,6 +239,7 @@ int main(int argc, char **argv) {
     TRUE(st.frames_in == (uint64_t)sent + 3 && st.frames_out == 3);
     EXPECT(shmring_channel_stats(client, "c", NULL), SHMRING_INVALID_ARGUMENT);
 
+
     /* SHMRING_CLOSED: the channel is deleted; the consumer drains, then is told. */
     EXPECT(shmring_channel_delete(client, "c"), SHMRING_OK);
     for (int i = 0; i < sent; i++) EXPECT(shmring_recv(c, buf, sizeof buf, &len, 0), SHMRING_OK);
@@ -244,6 +265,38 @@ int main(int argc, char **argv) {
     EXPECT(shmring_producer_open(client, "m", &p3), SHMRING_BUSY);
     shmring_producer_close(p);
     shmring_producer_close(p2);
+
+    /* Step 5 item 14: a producer used by two threads at once. One thread blocks inside
+     * shmring_send on a full ring; a call on the same producer from this thread meanwhile is
+     * refused (it used to go ahead: WOULD_BLOCK here, torn and lost frames when both sent). */
+    EXPECT(shmring_channel_create(client, "busy", &cfg), SHMRING_OK);
+    EXPECT(shmring_producer_open(client, "busy", &p), SHMRING_OK);
+    EXPECT(shmring_consumer_open(client, "busy", &c), SHMRING_OK);
+    int filled = 0;
+    while ((s = shmring_send(p, big, 64, 0)) == SHMRING_OK) filled++;
+    EXPECT(s, SHMRING_WOULD_BLOCK);
+    struct sender blocked = {.p = p, .data = big, .len = 64};
+    pthread_t sender_thread;
+    pthread_create(&sender_thread, NULL, send_forever, &blocked);
+    shmring_status seen = SHMRING_WOULD_BLOCK;
+    for (int i = 0; i < 5000 && seen == SHMRING_WOULD_BLOCK; i++) {
+        seen = shmring_send(p, big, 64, 0);
+        if (seen == SHMRING_WOULD_BLOCK) usleep(1000);
+    }
+    EXPECT(seen, SHMRING_INVALID_ARGUMENT);
+    TRUE(strstr(shmring_last_error(), "another thread") != NULL);
+    EXPECT(shmring_set_wait_refused(p), SHMRING_INVALID_ARGUMENT);
+    /* Receive everything: the blocked send completes on the way, and its frame arrives too. */
+    for (int i = 0; i <= filled; i++) {
+        EXPECT(shmring_recv(c, buf, sizeof buf, &len, 5000 * MS), SHMRING_OK);
+    }
+    pthread_join(sender_thread, NULL);
+    EXPECT(blocked.status, SHMRING_OK);
+    EXPECT(shmring_recv(c, buf, sizeof buf, &len, 0), SHMRING_WOULD_BLOCK);
+    EXPECT(shmring_send(p, big, 64, 0), SHMRING_OK); /* usable again */
+    shmring_consumer_close(c);
+    shmring_producer_close(p);
+    EXPECT(shmring_channel_delete(client, "busy"), SHMRING_OK);
 
     /* A handle of the wrong kind, or a closed one, is refused rather than misused. */
     EXPECT(shmring_send((shmring_producer *)client, "x", 1, 0), SHMRING_INVALID_ARGUMENT);
