@@ -12,10 +12,11 @@ use crate::protocol::{
 };
 use crate::segment::{Lease, Segment};
 use crate::sys;
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// How long a client waits for the coordinator to answer a request.
@@ -30,7 +31,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`Consumer`]; once open they never talk to the coordinator on the data path.
 ///
 /// A `Client` is `Send` and `Sync`; handles keep its connection open for as long as they live.
-/// Requests reconnect by themselves after a coordinator restart. A handle belongs to the
+/// Requests reconnect by themselves after a coordinator restart, handing the new coordinator
+/// the segments of the channels this process has handles on (a restarted coordinator may not
+/// be allowed to find them itself; see ARCHITECTURE.md, "The coordinator"). A handle belongs to the
 /// process that opened it: a child forked afterwards opens its own (the client notices the
 /// fork and reconnects as the child).
 ///
@@ -76,6 +79,18 @@ struct Shared {
     /// Closes not sent yet: a handle's drop queues its close here and never waits for the
     /// connection (another thread may hold it for a slow request).
     closes: Mutex<Vec<Request>>,
+    /// The segments this process has handles on, by channel and generation: handed back to
+    /// the coordinator whenever the client connects again, so that a restarted coordinator
+    /// serves them again (it cannot find a memfd by name).
+    held: Mutex<HashMap<(String, u64), Weak<Held>>>,
+}
+
+/// A segment descriptor kept while this process has handles on the channel.
+struct Held {
+    fd: OwnedFd,
+    /// The process that opened the handles (a forked child hands nothing back: they are its
+    /// parent's).
+    pid: u32,
 }
 
 /// Most closes kept while no coordinator takes them (the oldest are dropped: a close only keeps
@@ -215,9 +230,59 @@ impl Shared {
         };
         if stale {
             *slot = None;
-            *slot = Some(Conn::open(&self.path, self.timeout)?);
+            let mut conn = Conn::open(&self.path, self.timeout)?;
+            self.hand_back(&mut conn)?;
+            *slot = Some(conn);
         }
         Ok(slot.as_mut().expect("set above"))
+    }
+
+    /// Hands every segment this process has handles on back to the coordinator, on a fresh
+    /// connection: one that restarted knows only the segments it finds in processes it may
+    /// inspect, and adopts the others from here. The coordinator checks each (a descriptor is
+    /// untrusted); its refusals (it serves the channel already, the channel was replaced) are
+    /// no error of the request being made.
+    fn hand_back(&self, conn: &mut Conn) -> Result<()> {
+        let held: Vec<((String, u64), Arc<Held>)> = {
+            let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, h| h.strong_count() > 0);
+            map.iter()
+                .filter_map(|(k, h)| Some((k.clone(), h.upgrade()?)))
+                .filter(|(_, h)| h.pid == sys::pid())
+                .collect()
+        };
+        for ((name, generation), h) in held {
+            let req = Request::Adopt {
+                name: name.clone(),
+                generation,
+            };
+            sys::send_all_with_fd(&conn.stream, &protocol::encode(&req), h.fd.as_raw_fd())
+                .map_err(|e| unavailable(&self.path, &e))?;
+            let payload = conn.read_frame(&self.path)?;
+            conn.fds.clear();
+            if let Reply::Error { message, .. } = protocol::decode::<Reply>(&payload)? {
+                tracing::debug!(channel = %name, generation, %message, "the coordinator did not take a segment handed back");
+            }
+        }
+        Ok(())
+    }
+
+    /// The descriptor kept for channel `name` of `generation` while handles on it live: the
+    /// one kept already, or `fd`.
+    fn keep(&self, name: &str, generation: u64, fd: OwnedFd) -> Arc<Held> {
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_string(), generation);
+        if let Some(h) = map.get(&key).and_then(Weak::upgrade)
+            && h.pid == sys::pid()
+        {
+            return h;
+        }
+        let h = Arc::new(Held {
+            fd,
+            pid: sys::pid(),
+        });
+        map.insert(key, Arc::downgrade(&h));
+        h
     }
 
     /// Sends `req` and returns the reply, with the descriptor that came with it. An error
@@ -301,11 +366,13 @@ impl Shared {
     }
 }
 
-/// Tells the coordinator when a handle it admitted closes.
+/// Tells the coordinator when a handle it admitted closes; keeps the segment's descriptor
+/// (to hand back after a coordinator restart) while the handle lives.
 struct Registration {
     shared: Arc<Shared>,
     channel: String,
     generation: u64,
+    _held: Option<Arc<Held>>,
 }
 
 impl Lease for Registration {
@@ -354,6 +421,7 @@ impl Client {
                 timeout,
                 conn: Mutex::new(Some(conn)),
                 closes: Mutex::new(Vec::new()),
+                held: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -425,21 +493,28 @@ impl Client {
             } => (index, owner, generation),
             other => return Err(unexpected(other)),
         };
-        let lease: Arc<dyn Lease> = Arc::new(Registration {
+        let unleased = || Registration {
             shared: Arc::clone(&self.shared),
             channel: name.to_string(),
             generation,
-        });
+            _held: None,
+        };
         let Some(fd) = fd else {
-            lease.closed(role, index, owner);
+            unleased().closed(role, index, owner);
             return Err(Error::Incompatible(
                 "the coordinator admitted us but sent no segment descriptor".into(),
             ));
         };
         match Segment::attach(&fd, name, crate::DEFAULT_OPEN_TIMEOUT) {
-            Ok(seg) => Ok((seg.leased(name, lease), index, owner)),
+            Ok(seg) => {
+                let lease: Arc<dyn Lease> = Arc::new(Registration {
+                    _held: Some(self.shared.keep(name, generation, fd)),
+                    ..unleased()
+                });
+                Ok((seg.leased(name, lease), index, owner))
+            }
             Err(e) => {
-                lease.closed(role, index, owner);
+                unleased().closed(role, index, owner);
                 Err(e)
             }
         }

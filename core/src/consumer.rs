@@ -243,7 +243,7 @@ impl Consumer {
             wait::notify(self.mem.consumer_line(), self.light);
         }
         if self.mem.deleted() {
-            deleted()
+            deleted(&self.mem)
         } else {
             Error::WouldBlock(what)
         }
@@ -506,8 +506,14 @@ impl Consumer {
     }
 }
 
-/// The error of a deleted channel.
-pub(crate) fn deleted() -> Error {
+/// The error of a deleted channel, or `Corrupted` for one whose segment was truncated under
+/// this process (the SIGBUS guard then marks the mapping deleted: see `guard.rs`).
+pub(crate) fn deleted(mem: &Memory) -> Error {
+    if mem.truncated() {
+        return Error::Corrupted(
+            "the channel's segment was truncated while mapped: its memory is gone".into(),
+        );
+    }
     Error::Closed(
         "the channel was deleted (by its owner, or its coordinator shut the namespace down)".into(),
     )

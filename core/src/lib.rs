@@ -61,6 +61,8 @@ mod consumer;
 #[cfg(not(loom))]
 mod coordinator;
 #[cfg(not(loom))]
+mod guard;
+#[cfg(not(loom))]
 mod producer;
 #[cfg(not(loom))]
 pub mod protocol;

@@ -177,7 +177,7 @@ impl Producer {
     #[cold]
     fn full(&self, e: Error) -> Error {
         if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
-            crate::consumer::deleted()
+            crate::consumer::deleted(&self.mem)
         } else {
             e
         }

@@ -17,7 +17,8 @@
 //!
 //! After an accepted hello the client sends [`Request`]s and gets exactly one [`Reply`] each,
 //! in order, encoded with postcard. A [`Reply::Opened`] carries the channel's shared-memory
-//! descriptor as `SCM_RIGHTS` ancillary data on its first byte. A request over
+//! descriptor as `SCM_RIGHTS` ancillary data on its first byte, and so does a
+//! [`Request::Adopt`] (a client handing a segment back to a restarted coordinator). A request over
 //! [`MAX_REQUEST`] bytes, or one that does not decode, gets a [`Reply::Error`] and the
 //! connection is closed; the coordinator never panics on any input.
 
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this library speaks. Bumped on any incompatible change to
 /// [`Request`] or [`Reply`]; the hello format never changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first eight bytes of both hellos.
 pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
@@ -123,6 +124,19 @@ pub enum Request {
     Stats {
         /// Channel name.
         name: String,
+    },
+    /// Hands the segment of channel `name`, generation `generation`, back to the coordinator,
+    /// whose descriptor travels with this request (`SCM_RIGHTS` on its first byte). Sent by a
+    /// client with handles on the channel when it reconnects: a coordinator that restarted
+    /// knows no segment but those handed to it (segments are memfds, with no name to find them
+    /// by). The coordinator adopts it if it does not serve the channel and the descriptor is a
+    /// sealed segment its own user created under that name and generation; answered with
+    /// [`Reply::Done`] or an error.
+    Adopt {
+        /// Channel name.
+        name: String,
+        /// The generation the client was admitted to.
+        generation: u64,
     },
 }
 

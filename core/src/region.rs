@@ -37,7 +37,7 @@ impl DataRange {
 }
 
 #[cfg(not(loom))]
-pub(crate) use mapped::{Memory, header_from_bytes, state, write_header};
+pub(crate) use mapped::{Memory, header_from_bytes};
 
 /// What a blocked call watches between attempts: one shared word and the condition under which
 /// the ring may have become ready. Spinning on it is one load and a compare (plus a prefetch
@@ -121,8 +121,20 @@ mod mapped {
         base: NonNull<u8>,
         data: NonNull<u8>,
         geo: Geometry,
+        /// The mapping's entry in the SIGBUS guard (`guard.rs`): `None` if the table was full.
+        guard: Option<crate::guard::Registration>,
         // Keeps the mapping alive for as long as `base` is used.
         _map: MmapRaw,
+    }
+
+    impl Drop for Memory {
+        fn drop(&mut self) {
+            // Before the mapping goes (the fields drop after this): the guard must never
+            // replace an address range that is no longer ours.
+            if let Some(r) = self.guard.take() {
+                crate::guard::unregister(r);
+            }
+        }
     }
 
     impl std::fmt::Debug for Memory {
@@ -148,38 +160,50 @@ mod mapped {
         unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SegmentHeader) }
     }
 
-    /// Writes the header of a segment this process has just created and nobody uses yet.
-    pub(crate) fn write_header(map: &MmapRaw, h: &SegmentHeader) {
-        assert!(map.len() >= HEADER_SIZE, "mapping shorter than a header");
-        // SAFETY: in bounds and aligned as in `read_header`. Until the state turns READY no
-        // process reads anything but `state`, which this write leaves at INITIALISING.
-        unsafe { std::ptr::write_volatile(map.as_mut_ptr() as *mut SegmentHeader, *h) }
-    }
-
-    /// The `state` word of a mapping of at least `HEADER_SIZE` bytes.
-    pub(crate) fn state(map: &MmapRaw) -> &AtomicU32 {
-        assert!(map.len() >= HEADER_SIZE, "mapping shorter than a header");
-        // SAFETY: STATE_OFFSET is 4-aligned (asserted in layout) and inside the header; the
-        // mapping lives as long as the returned reference; AtomicU32 has the layout of u32.
-        unsafe { &*(map.as_ptr().add(STATE_OFFSET) as *const AtomicU32) }
-    }
-
     impl Memory {
-        /// Views `map`, whose header has been validated into `geo`.
+        /// Views `map`, whose header has been (or, for a segment being created, will be)
+        /// validated into `geo`, and registers it with the SIGBUS guard before anything
+        /// touches it: from now on, an object shrunk under the mapping ends in `Corrupted`
+        /// errors instead of killing the process.
         pub(crate) fn new(map: MmapRaw, geo: Geometry) -> Memory {
             assert!(
-                map.len() >= geo.total_size,
+                map.len() >= geo.total_size && geo.total_size >= HEADER_SIZE,
                 "mapping shorter than its validated geometry"
             );
             let base = NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
             // SAFETY: geo.data < geo.total_size <= map.len(), so the result is in the mapping.
             let data = unsafe { base.add(geo.data) };
+            // The object's part of the mapping, in whole pages (the last page of the object
+            // may be partly past its end, which reads as zeros without a fault); the guard
+            // page after it stays unregistered, so a stray access there still crashes.
+            let page = crate::sys::page_size();
+            let len = geo.total_size.div_ceil(page) * page;
+            let guard = crate::guard::register(base.as_ptr(), len.min(map.len()));
             Memory {
                 base,
                 data,
                 geo,
+                guard,
                 _map: map,
             }
+        }
+
+        /// Whether this process found the segment's object shrunk under the mapping: the
+        /// SIGBUS guard then replaced the mapping with private zero pages whose header says
+        /// `DELETED`, so every slow path stops; its callers report `Corrupted`.
+        #[inline]
+        pub(crate) fn truncated(&self) -> bool {
+            self.guard
+                .as_ref()
+                .is_some_and(crate::guard::Registration::truncated)
+        }
+
+        /// Writes the header of a segment this process has just created and nobody uses yet.
+        pub(crate) fn write_header(&self, h: &SegmentHeader) {
+            // SAFETY: the mapping holds at least HEADER_SIZE bytes (asserted in `new`) and is
+            // page-aligned. Until the state turns READY no process reads anything but `state`,
+            // which this write leaves at INITIALISING.
+            unsafe { std::ptr::write_volatile(self.base.as_ptr() as *mut SegmentHeader, *h) }
         }
 
         /// # Safety

@@ -43,6 +43,13 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// valid while any handle of this process uses it, even after [`Segment::unlink`] removed the
 /// name. The name belongs to whoever created it: nothing unlinks it automatically.
 ///
+/// A named segment is a file in `/dev/shm` (mode `config.mode` plus the owner's `rw`), and
+/// whoever may open it may also shrink it. A mapping whose file was cut short does not kill
+/// this process: the library's SIGBUS handler maps zero pages over it, and the handles' calls
+/// then fail with [`Error::Corrupted`](crate::Error::Corrupted) ([`Segment::check`] tells at
+/// once). Segments of a coordinator, and anonymous ones, are sealed memfds that nobody can
+/// shrink.
+///
 /// ```
 /// use shmring::{ChannelConfig, Segment};
 ///
@@ -140,12 +147,47 @@ impl Segment {
         }
     }
 
-    /// Creates an unnamed segment in an anonymous shared-memory file (`memfd`). It is shared
-    /// with threads, and with children forked after this call; nothing is left behind when the
-    /// last mapping goes away.
+    /// Creates a coordinator's segment: a sealed memfd named `label` (no name in `/dev/shm`:
+    /// nobody reaches it but through a descriptor the coordinator hands over), mode 0600 for
+    /// the coordinator's user, sized, initialised, then sealed against shrinking and growing
+    /// (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) so that no holder of a descriptor, however
+    /// privileged, can truncate it under the processes that map it.
+    pub(crate) fn create_sealed(
+        label: &std::ffi::CStr,
+        config: &ChannelConfig,
+        generation: u64,
+        owner: (u32, u32),
+    ) -> Result<(Segment, OwnedFd)> {
+        let geo = Geometry::new(config)?;
+        let fd = sys::memfd_sealable(label)?;
+        sys::fchmod(&fd, 0o600)?;
+        let origin = Origin {
+            creator_pid: sys::pid(),
+            mode: config.mode,
+            created_unix_ns: sys::now_unix_ns(),
+            generation,
+            owner_uid: owner.0,
+            owner_gid: owner.1,
+        };
+        let mem = Segment::initialise(&fd, geo, &origin)?;
+        sys::seal(&fd)?;
+        Ok((
+            Segment {
+                mem,
+                name: None,
+                origin,
+                lease: None,
+            },
+            fd,
+        ))
+    }
+
+    /// Creates an unnamed segment in an anonymous shared-memory file (`memfd`), sealed
+    /// against shrinking and growing. It is shared with threads, and with children forked
+    /// after this call; nothing is left behind when the last mapping goes away.
     pub fn anonymous(config: &ChannelConfig) -> Result<Segment> {
         let geo = Geometry::new(config)?;
-        let fd = sys::memfd()?;
+        let fd = sys::memfd_sealable(c"shmring")?;
         let origin = Origin {
             creator_pid: sys::pid(),
             mode: config.mode,
@@ -155,6 +197,7 @@ impl Segment {
             owner_gid: sys::egid(),
         };
         let mem = Segment::initialise(&fd, geo, &origin)?;
+        sys::seal(&fd)?;
         Ok(Segment {
             mem,
             name: None,
@@ -167,8 +210,10 @@ impl Segment {
     fn initialise(fd: &OwnedFd, geo: Geometry, origin: &Origin) -> Result<Arc<Memory>> {
         sys::set_len(fd, geo.total_size)?;
         let map = map(fd, geo.total_size)?;
-        region::write_header(&map, &geo.header(origin));
+        // Registered with the SIGBUS guard before the first write: a named object can be
+        // truncated by anyone allowed to open it, even now.
         let mem = Memory::new(map, geo);
+        mem.write_header(&geo.header(origin));
         if geo.kind == Kind::Mpmc {
             mpmc::initialise(&mem);
         }
@@ -243,10 +288,17 @@ impl Segment {
         let geo = Geometry::from_header(&header, len)
             .map_err(|e| prefix(e, &format!("segment {label:?}")))?;
         let map = map(fd, geo.total_size)?;
+        // Registered with the SIGBUS guard before anything is read through it: the object may
+        // be shrunk at any moment (a named one by anyone who may open it).
+        let mem = Memory::new(map, geo);
         // Acquire: pairs with the Release in `initialise`: what the creator wrote before the
         // segment turned ready is visible through this mapping (the pread above is outside
         // the memory model).
-        match region::state(&map).load(Acquire) {
+        let state = mem.state().load(Acquire);
+        if mem.truncated() {
+            return Err(truncated(label));
+        }
+        match state {
             STATE_READY => {}
             STATE_DELETED => {
                 return Err(Error::NotFound(format!("segment {label:?} was deleted")));
@@ -258,11 +310,23 @@ impl Segment {
             }
         }
         Ok(Segment {
-            mem: Arc::new(Memory::new(map, geo)),
+            mem: Arc::new(mem),
             name: None,
             origin: Origin::of(&header),
             lease: None,
         })
+    }
+
+    /// `Err(Corrupted)` once this process found the segment's memory gone: its object was
+    /// shrunk while mapped (possible for a named segment, which is a file anyone allowed to
+    /// open it may truncate; coordinator segments are sealed against it). The handles then
+    /// return `Corrupted` from every call that finds the ring empty or full, and no frame can
+    /// be recovered: the channel must be recreated. `Ok` otherwise.
+    pub fn check(&self) -> Result<()> {
+        if self.mem.truncated() {
+            return Err(truncated(self.name.as_deref().unwrap_or("(anonymous)")));
+        }
+        Ok(())
     }
 
     /// Marks the channel deleted and wakes everyone asleep on it, so that they see it: a
@@ -314,6 +378,7 @@ impl Segment {
     /// Takes a free entry of the producer table and returns a producer handle on it; `Busy` if
     /// every entry is taken (an SPSC channel has one).
     pub fn producer(&self) -> Result<Producer> {
+        self.check()?;
         let m = Membership::join(&self.mem, Role::Producer)?;
         Producer::new(Arc::clone(&self.mem), m)
     }
@@ -321,6 +386,7 @@ impl Segment {
     /// Takes a free entry of the consumer table and returns a consumer handle on it; `Busy` if
     /// every entry is taken. An SPSC consumer resumes exactly where the previous one stopped.
     pub fn consumer(&self) -> Result<Consumer> {
+        self.check()?;
         let m = Membership::join(&self.mem, Role::Consumer)?;
         Consumer::new(Arc::clone(&self.mem), m)
     }
@@ -390,6 +456,13 @@ impl Segment {
         stats.skipped = r.skipped.load(Relaxed);
         stats
     }
+}
+
+/// The error of a segment whose object was shrunk under this process's mapping.
+pub(crate) fn truncated(label: &str) -> Error {
+    Error::Corrupted(format!(
+        "segment {label:?} was truncated while mapped: its memory is gone (recreate the channel)"
+    ))
 }
 
 fn prefix(e: Error, what: &str) -> Error {
@@ -505,12 +578,24 @@ pub(crate) fn take_entry(
             return Ok((index, owner));
         }
     }
+    if let Some(bogus) = holders.iter().find(|&&pid| pid > PID_MAX_LIMIT) {
+        // No process can have that pid: the owner word was overwritten. A coordinator frees
+        // such entries by itself; without one, the channel must be recreated.
+        return Err(Error::Corrupted(format!(
+            "a {role} entry of this {} channel names pid {bogus} as its owner, which no \
+             process can have: its owner word was overwritten",
+            geo.kind
+        )));
+    }
     holders.truncate(8);
     Err(Error::Busy(format!(
         "every {role} entry of this {} channel is taken (by pids {holders:?})",
         geo.kind
     )))
 }
+
+/// The largest pid Linux can hand out (`PID_MAX_LIMIT` on 64-bit systems, 2^22).
+pub(crate) const PID_MAX_LIMIT: u32 = 1 << 22;
 
 /// Frees entry `index` of `role` if its owner word is still `owner`. Returns whether it did.
 pub(crate) fn free_entry(mem: &Memory, role: Role, index: u32, owner: u64) -> bool {

@@ -50,21 +50,6 @@ pub(crate) fn shm_list(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Gives a shared-memory object to user `uid` and group `gid` (only root may give it away).
-pub(crate) fn fchown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
-    nix::unistd::fchown(
-        fd,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(|e| {
-        Error::os(
-            format!("giving a shared-memory object to uid {uid} gid {gid}"),
-            e,
-        )
-    })
-}
-
 /// This process's effective user id.
 pub(crate) fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
@@ -132,12 +117,156 @@ pub(crate) fn pidfd_exited(fd: &OwnedFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// An anonymous shared-memory file (`memfd_create`), shared with forked children and passable
-/// by file descriptor.
-pub(crate) fn memfd() -> Result<OwnedFd> {
+/// An anonymous shared-memory file (`memfd_create`) named `name` (shown in
+/// `/proc/<pid>/fd` as `/memfd:<name> (deleted)`), that can be sealed; shared with forked
+/// children and passable by file descriptor.
+pub(crate) fn memfd_sealable(name: &CStr) -> Result<OwnedFd> {
     use nix::sys::memfd::{MFdFlags, memfd_create};
-    memfd_create(c"shmring", MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| Error::os("creating an anonymous shared-memory file", e))
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // Not executable, ever (Linux 6.3+; required where `vm.memfd_noexec` is 2): nobody can
+    // make a segment a program. Older kernels do not know the flag (EINVAL).
+    let noexec = MFdFlags::from_bits_retain(nix::libc::MFD_NOEXEC_SEAL);
+    match memfd_create(name, flags | noexec) {
+        Err(Errno::EINVAL) => memfd_create(name, flags),
+        r => r,
+    }
+    .map_err(|e| Error::os("creating an anonymous shared-memory file", e))
+}
+
+/// The seals every sealed segment carries: its size can neither shrink nor grow, and the
+/// seals cannot change.
+pub(crate) const SEGMENT_SEALS: i32 =
+    nix::libc::F_SEAL_SHRINK | nix::libc::F_SEAL_GROW | nix::libc::F_SEAL_SEAL;
+
+/// Seals a sized memfd with [`SEGMENT_SEALS`]: from now on `ftruncate` and growing
+/// `fallocate` fail with `EPERM` for every holder of a descriptor, root included.
+pub(crate) fn seal(fd: &OwnedFd) -> Result<()> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    fcntl(
+        fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::from_bits_truncate(SEGMENT_SEALS)),
+    )
+    .map(drop)
+    .map_err(|e| Error::os("sealing a segment against shrinking", e))
+}
+
+/// The seals of a file (`F_GET_SEALS`); `EINVAL` for a file that is not a memfd.
+pub(crate) fn seals(fd: &OwnedFd) -> Result<i32> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| Error::os("reading a segment's seals", e))
+}
+
+/// Sets the permission bits of an open file.
+pub(crate) fn fchmod(fd: &OwnedFd, mode: u32) -> Result<()> {
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode as nix::libc::mode_t))
+        .map_err(|e| Error::os(format!("setting mode {mode:o} on a segment"), e))
+}
+
+/// What identifies an open file, and who owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub uid: u32,
+    /// A regular file (memfds and shared-memory objects are).
+    pub regular: bool,
+}
+
+fn file_id_of(st: &nix::sys::stat::FileStat) -> FileId {
+    FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        uid: st.st_uid,
+        regular: st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG,
+    }
+}
+
+/// The identity of an open file (`fstat`).
+pub(crate) fn file_id(fd: &OwnedFd) -> Result<FileId> {
+    nix::sys::stat::fstat(fd)
+        .map(|st| file_id_of(&st))
+        .map_err(|e| Error::os("inspecting a segment descriptor", e))
+}
+
+/// The name of a memfd, as given to `memfd_create` (from `/proc/self/fd`); `None` if the
+/// descriptor is not a memfd or `/proc` cannot tell.
+pub(crate) fn memfd_name(fd: &OwnedFd) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    parse_memfd_link(link.to_str()?).map(str::to_string)
+}
+
+/// `/memfd:<name> (deleted)` to `<name>`.
+fn parse_memfd_link(link: &str) -> Option<&str> {
+    link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
+}
+
+/// The memfds whose names start with `prefix` held by the processes this one may inspect
+/// (`/proc/<pid>/fd`: every process for root, its own user's otherwise), one descriptor per
+/// distinct file owned by this process's user, with the rest of each name after `prefix`.
+///
+/// A coordinator that restarts finds the segments its predecessor created (sealed memfds that
+/// have no name in `/dev/shm`) in the processes still using them. Each is opened through
+/// `/proc/<pid>/fd/<n>` only after `stat` has shown a regular file owned by this user: a
+/// process of another user can make a memfd of any name, but not one owned by this user.
+pub(crate) fn memfds_in_processes(prefix: &str) -> Vec<(String, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let euid = euid();
+    let mut seen = std::collections::HashSet::new();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue; // gone, or not ours to inspect
+        };
+        for f in fds.flatten() {
+            let path = f.path();
+            let Ok(link) = std::fs::read_link(&path) else {
+                continue;
+            };
+            let Some(rest) = link
+                .to_str()
+                .and_then(parse_memfd_link)
+                .and_then(|n| n.strip_prefix(prefix))
+            else {
+                continue;
+            };
+            let Ok(st) = nix::sys::stat::stat(&path) else {
+                continue;
+            };
+            let id = file_id_of(&st);
+            if !id.regular || id.uid != euid || !seen.insert((id.dev, id.ino)) {
+                continue;
+            }
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+                .open(&path)
+            else {
+                seen.remove(&(id.dev, id.ino)); // perhaps another process's copy opens
+                continue;
+            };
+            let fd = OwnedFd::from(file);
+            // The descriptor number may have been reused between the stat and the open.
+            match file_id(&fd) {
+                Ok(now) if now == id => found.push((rest.to_string(), fd)),
+                _ => {
+                    seen.remove(&(id.dev, id.ino));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Sets the size of a freshly created object.
@@ -151,20 +280,14 @@ pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> Result<()> {
         .map_err(|_| Error::InvalidArgument(format!("segment size {len} is too large")))?;
     match fallocate(fd, FallocateFlags::empty(), 0, bytes) {
         Ok(()) => Ok(()),
-        Err(Errno::ENOSPC) => Err(Error::Unavailable(format!(
-            "no room for a segment of {len} bytes in /dev/shm (see `df -h /dev/shm`)"
+        Err(Errno::ENOSPC | Errno::ENOMEM) => Err(Error::Unavailable(format!(
+            "no room for a segment of {len} bytes (a named segment: see `df -h /dev/shm`; a \
+             coordinator's: its memory limit)"
         ))),
         Err(Errno::EOPNOTSUPP) => nix::unistd::ftruncate(fd, bytes)
             .map_err(|e| Error::os("sizing shared-memory object", e)),
         Err(e) => Err(Error::os("allocating shared-memory object", e)),
     }
-}
-
-/// The user owning an object.
-pub(crate) fn file_uid(fd: &OwnedFd) -> Result<u32> {
-    nix::sys::stat::fstat(fd)
-        .map(|st| st.st_uid)
-        .map_err(|e| Error::os("inspecting shared-memory object", e))
 }
 
 /// The size of an object.
@@ -400,6 +523,27 @@ pub(crate) fn send_nonblocking(
     .map_err(std::io::Error::from)
 }
 
+/// Sends all of `bytes` on a stream socket with `fd` as `SCM_RIGHTS` ancillary data on the
+/// first byte, blocking as the socket is set (its send timeout applies), without SIGPIPE.
+pub(crate) fn send_all_with_fd(
+    sock: &impl std::os::fd::AsRawFd,
+    bytes: &[u8],
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd];
+    let cmsgs = [ControlMessage::ScmRights(&fds)];
+    let n = loop {
+        let iov = [std::io::IoSlice::new(bytes)];
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => break n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    send_all(sock, &bytes[n..])
+}
+
 /// Sends all of `bytes` on a stream socket, blocking as the socket is set (its send timeout
 /// applies), without SIGPIPE if the peer is gone.
 pub(crate) fn send_all(sock: &impl std::os::fd::AsRawFd, mut bytes: &[u8]) -> std::io::Result<()> {
@@ -469,6 +613,32 @@ mod tests {
         let zombie = "77 (x) Z 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 55 0 0";
         assert!(parse_proc_stat(zombie).unwrap().exited);
         assert!(parse_proc_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn memfd_links_parse() {
+        assert_eq!(
+            parse_memfd_link("/memfd:shmring.ns@0.7.feed (deleted)"),
+            Some("shmring.ns@0.7.feed")
+        );
+        assert_eq!(parse_memfd_link("/dev/shm/shmring-x"), None);
+        assert_eq!(parse_memfd_link("/memfd:x"), None);
+    }
+
+    #[test]
+    fn sealed_memfds_refuse_to_shrink_and_are_found_by_name() {
+        let name = format!("shmring-unit-{}.x", pid());
+        let fd = memfd_sealable(&CString::new(name.clone()).unwrap()).unwrap();
+        set_len(&fd, 8192).unwrap();
+        seal(&fd).unwrap();
+        assert_eq!(seals(&fd).unwrap() & SEGMENT_SEALS, SEGMENT_SEALS);
+        assert_eq!(nix::unistd::ftruncate(&fd, 0), Err(Errno::EPERM));
+        assert_eq!(nix::unistd::ftruncate(&fd, 1 << 20), Err(Errno::EPERM));
+        assert_eq!(memfd_name(&fd).as_deref(), Some(name.as_str()));
+        let found = memfds_in_processes(&format!("shmring-unit-{}.", pid()));
+        assert_eq!(found.len(), 1, "one file, however many descriptors");
+        assert_eq!(found[0].0, "x");
+        assert_eq!(file_id(&found[0].1).unwrap(), file_id(&fd).unwrap());
     }
 
     #[test]

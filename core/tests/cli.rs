@@ -162,14 +162,21 @@ fn daemon_and_cli_manage_channels() {
     assert!(String::from_utf8_lossy(&env.stdout).contains("ticks"));
 
     assert_eq!(ok(&sock, &["delete", "jobs"]), "deleted jobs\n");
-    let segments = || {
+    // Channels are sealed memfds the coordinator holds: none has a name in /dev/shm (where
+    // only the namespace's lock is).
+    let named = || {
         std::fs::read_dir("/dev/shm")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&format!("shmring.{ns}@")))
+            .filter(|n| n.starts_with(&format!("shmring.{ns}@")) && !n.ends_with(".lock"))
             .count()
     };
-    assert_eq!(segments(), 2, "ticks and the namespace lock");
+    assert_eq!(
+        memfds(daemon.0.id(), &format!("shmring.{ns}@")).len(),
+        1,
+        "ticks"
+    );
+    assert_eq!(named(), 0, "no segment has a name in /dev/shm");
 
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
@@ -183,7 +190,7 @@ fn daemon_and_cli_manage_channels() {
     };
     assert!(status.success());
     assert!(!sock.exists(), "the socket is removed");
-    assert_eq!(segments(), 0, "the namespace's segments are removed");
+    assert_eq!(named(), 0, "nothing of the namespace is left in /dev/shm");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -443,4 +450,27 @@ fn bench_interrupted_removes_its_files_and_its_peer() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_cleaned_up(pid);
+}
+
+/// The names of the memfds process `pid` holds whose names start with `prefix`, one per name.
+fn memfds(pid: u32, prefix: &str) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if let Some(n) = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("/memfd:"))
+            .and_then(|l| l.strip_suffix(" (deleted)"))
+            .filter(|n| n.starts_with(prefix))
+        {
+            names.insert(n.to_string());
+        }
+    }
+    names.into_iter().collect()
 }

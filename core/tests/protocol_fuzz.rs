@@ -59,7 +59,7 @@ fn random_request(r: &mut Rng) -> Request {
     } else {
         Role::Consumer
     };
-    match r.below(6) {
+    match r.below(7) {
         0 => Request::Create {
             name: r.name(),
             config: ChannelConfig {
@@ -88,6 +88,11 @@ fn random_request(r: &mut Rng) -> Request {
         },
         3 => Request::Delete { name: r.name() },
         4 => Request::List,
+        // Without the descriptor it must come with.
+        5 => Request::Adopt {
+            name: r.name(),
+            generation: r.wild(),
+        },
         _ => Request::Stats { name: r.name() },
     }
 }

@@ -84,27 +84,31 @@ static void *impostor(void *arg) {
     return NULL;
 }
 
-/* Writes garbage over the first record header of channel `name` of namespace `ns`. */
+/* Writes garbage over the first record header of channel `name` of namespace `ns`. A
+ * coordinator's segments are sealed memfds with no name in /dev/shm: this process holds the
+ * channel's through its consumer (and its embedded coordinator), so it is found among its own
+ * descriptors, as /proc/self/fd/N -> "/memfd:shmring.<ns>@<uid>.<generation>.<name> (deleted)". */
 static int scribble(const char *ns, const char *name) {
-    char prefix[128], suffix[128];
-    snprintf(prefix, sizeof prefix, "shmring.%s@", ns);
-    snprintf(suffix, sizeof suffix, ".%s", name);
-    DIR *d = opendir("/dev/shm");
+    char prefix[128], suffix[160];
+    snprintf(prefix, sizeof prefix, "/memfd:shmring.%s@", ns);
+    snprintf(suffix, sizeof suffix, ".%s (deleted)", name);
+    DIR *d = opendir("/proc/self/fd");
     if (d == NULL) return -1;
     struct dirent *e;
     int done = -1;
     while ((e = readdir(d)) != NULL) {
-        size_t n = strlen(e->d_name), s = strlen(suffix);
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || n < s ||
-            strcmp(e->d_name + n - s, suffix) != 0)
+        char path[300], link[512];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0) continue;
+        link[n] = '\0';
+        size_t s = strlen(suffix);
+        if (strncmp(link, prefix, strlen(prefix)) != 0 || (size_t)n < s ||
+            strcmp(link + n - s, suffix) != 0)
             continue;
-        char path[512];
-        snprintf(path, sizeof path, "/dev/shm/%s", e->d_name);
-        int fd = open(path, O_RDWR);
-        if (fd < 0) break;
+        int fd = atoi(e->d_name);
         /* An SPSC channel's ring starts at 4096 (layout.rs); its first header word: */
         uint64_t *word = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        close(fd);
         if (word == MAP_FAILED) break;
         word[4096 / 8] = UINT64_C(0xffffffffffffffff);
         munmap(word, 8192);

@@ -358,6 +358,35 @@ impl Drop for SegmentGuard {
     }
 }
 
+/// The segments a coordinator's process (or any process using its channels) holds: a
+/// coordinator's segments are sealed memfds with no name in `/dev/shm`, named
+/// `shmring.<namespace>@<uid>.<generation>.<channel>`. Returns `(name, path)` per distinct name
+/// starting with `prefix`, where `path` is `/proc/<pid>/fd/<n>`: opening it (as root or as the
+/// same user) opens the segment itself.
+pub fn memfds(pid: u32, prefix: &str) -> Vec<(String, std::path::PathBuf)> {
+    let mut found: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if let Some(n) = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("/memfd:"))
+            .and_then(|l| l.strip_suffix(" (deleted)"))
+            .filter(|n| n.starts_with(prefix))
+            && !found.iter().any(|(m, _)| m == n)
+        {
+            found.push((n.to_string(), e.path()));
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Parses `key=value` words of a helper's summary line.
 pub fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()

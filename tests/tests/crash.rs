@@ -11,7 +11,7 @@ use shmring_tests::{
     FrameLog, Helper, Logged, Rng, SharedFile, Watchdog, check_delivery, check_mpmc_frame, serial,
 };
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -51,12 +51,24 @@ impl Place {
         Client::connect(Some(&self.sock)).unwrap()
     }
 
+    /// What of the namespace has a name in `/dev/shm` (besides its lock): nothing, since
+    /// channels are sealed memfds.
     fn segments(&self) -> Vec<String> {
         std::fs::read_dir("/dev/shm")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&format!("shmring.{}@", self.ns)))
+            .filter(|n| n.starts_with(&format!("shmring.{}@", self.ns)) && !n.ends_with(".lock"))
             .collect()
+    }
+
+    /// The path (`/proc/self/fd/<n>`) of channel `channel`'s segment, held by the coordinator
+    /// embedded in this process.
+    fn segment_path(&self, channel: &str) -> std::path::PathBuf {
+        shmring_tests::memfds(std::process::id(), &format!("shmring.{}@", self.ns))
+            .into_iter()
+            .find(|(n, _)| n.ends_with(&format!(".{channel}")))
+            .unwrap_or_else(|| panic!("no segment of channel {channel} in this process"))
+            .1
     }
 }
 
@@ -287,12 +299,7 @@ fn dead_parked_consumer_is_no_longer_counted_as_waiting() {
         )
         .unwrap();
     let waiters = || {
-        let seg = place
-            .segments()
-            .into_iter()
-            .find(|s| s.ends_with(".c"))
-            .unwrap();
-        let f = SharedFile::open(&Path::new("/dev/shm").join(seg));
+        let f = SharedFile::open(&place.segment_path("c"));
         // The producer line's second word holds `waiters` (u32) in its low half.
         f.word(shmring::layout::PRODUCER_LINE / 8 + 1)
             .load(Ordering::Relaxed) as u32
@@ -573,4 +580,135 @@ fn coordinator_killed_spsc() {
 #[test]
 fn coordinator_killed_mpmc() {
     coordinator_killed(Kind::Mpmc);
+}
+
+/// The index, in 64-bit words of the segment, of the owner word of `role`'s entry `index` in a
+/// channel with `max_producers` producer entries (layout.rs: the participant table follows the
+/// repair line, producers first, one 128-byte line each, the owner word first).
+fn owner_word(role: shmring::Role, index: usize, max_producers: usize) -> usize {
+    let entry = match role {
+        shmring::Role::Producer => index,
+        shmring::Role::Consumer => max_producers + index,
+    };
+    (shmring::layout::PARTICIPANTS + entry * shmring::layout::LINE) / 8
+}
+
+/// Defect 12 (step 5): an owner word overwritten with a value that names no process the
+/// coordinator admitted left the entry taken for good ("taken by pids [4290549390]"): every
+/// later open got `Busy` until the channel was deleted. The coordinator now treats such a word
+/// as damage: it frees an entry nobody holds, and gives a live holder its word back.
+#[test]
+fn scribbled_owner_words_are_damage_the_coordinator_puts_right() {
+    use shmring::Role::{Consumer, Producer};
+    use shmring::layout::{decode_owner, encode_owner};
+    let _serial = serial();
+    let dog = Watchdog::new("scribbled_owner_words", Duration::from_secs(60));
+    let place = Place::new("owners");
+    let coord = place.coordinator();
+    let client = place.client();
+    client.create("s", &ChannelConfig::spsc()).unwrap();
+    let seg = SharedFile::open(&place.segment_path("s"));
+    let bogus = encode_owner(4_290_549_390, 1);
+
+    // A free entry's word names a pid no process can have: `stat` shows no such holder.
+    seg.word(owner_word(Producer, 0, 1))
+        .store(bogus, Ordering::Relaxed);
+    let s = client.stats("s").unwrap();
+    assert!(
+        s.participants.is_empty(),
+        "the stray entry was reclaimed: {:?}",
+        s.participants
+    );
+    // ... and one naming a live process the coordinator never admitted there (pid 1): the next
+    // open succeeds (before the fix: Busy, for good).
+    seg.word(owner_word(Producer, 0, 1))
+        .store(encode_owner(1, 9), Ordering::Relaxed);
+    let mut tx = client
+        .producer("s")
+        .expect("the entry was reclaimed, not left taken");
+    seg.word(owner_word(Consumer, 0, 1))
+        .store(bogus, Ordering::Relaxed);
+    let mut rx = client.consumer("s").expect("the consumer entry too");
+    tx.send_timeout(b"after the damage", T).unwrap();
+    assert_eq!(&*rx.read_timeout(T).unwrap(), b"after the damage");
+
+    // A held entry's word overwritten: the holder gets its word back, and its close frees it.
+    let word = owner_word(Producer, 0, 1);
+    let held = seg.word(word).load(Ordering::Relaxed);
+    assert_eq!(decode_owner(held).0, std::process::id());
+    seg.word(word).store(bogus, Ordering::Relaxed);
+    let s = client.stats("s").unwrap();
+    assert_eq!(seg.word(word).load(Ordering::Relaxed), held, "restored");
+    assert!(s.participants.iter().all(|p| p.pid == std::process::id()));
+    assert!(
+        matches!(client.producer("s"), Err(Error::Busy(_))),
+        "still held"
+    );
+    drop(tx);
+    let _tx = client.producer("s").expect("free once its holder closed");
+    drop((_tx, rx, client));
+    coord.stop();
+    dog.check();
+}
+
+/// Defect 12 (step 5), in the repair: an MPMC consumer dies holding a frame after its owner
+/// word was overwritten. Before the fix the repair took the changed word for a close, skipped
+/// the entry, lost the frame's redelivery and left the entry taken; now it is repaired and
+/// freed as the dead consumer's.
+#[test]
+fn a_dead_consumer_with_a_scribbled_owner_word_is_still_repaired() {
+    use shmring::layout::{decode_owner, encode_owner};
+    let _serial = serial();
+    let dog = Watchdog::new("scribbled_dead_owner", Duration::from_secs(60));
+    let place = Place::new("deadowner");
+    let coord = place.coordinator();
+    let client = place.client();
+    let cfg = ChannelConfig::mpmc()
+        .capacity(4 * 64)
+        .max_frame_size(64)
+        .max_consumers(2);
+    client.create("c", &cfg).unwrap();
+    let seg = SharedFile::open(&place.segment_path("c"));
+    let mut tx = client.producer("c").unwrap();
+    tx.send_timeout(b"held", T).unwrap();
+    let mut holder = spawn_role(&dog, &place, &["hold-frame", "c"]);
+    holder.expect_line("held held");
+    let max_producers = cfg.max_producers as usize;
+    let word = (0..2)
+        .map(|i| owner_word(shmring::Role::Consumer, i, max_producers))
+        .find(|&w| decode_owner(seg.word(w).load(Ordering::Relaxed)).0 == holder.pid())
+        .expect("the holder's entry");
+    seg.word(word)
+        .store(encode_owner(4_290_549_390, 3), Ordering::Relaxed);
+    holder.kill().expect("the holder was still holding");
+    let mut rx = client.consumer("c").unwrap();
+    let f = rx
+        .read_timeout(T)
+        .expect("the dead consumer's frame comes back");
+    assert_eq!(&*f, b"held");
+    assert!(f.is_redelivered());
+    drop(f);
+    wait_until_vacant_but(&client, "c", std::process::id());
+    let s = client.stats("c").unwrap();
+    assert_eq!((s.repairs, s.redelivered), (1, 1));
+    drop((tx, rx, client));
+    coord.stop();
+    dog.check();
+}
+
+/// Waits until the coordinator shows no participant of `channel` but those of process `pid`.
+fn wait_until_vacant_but(client: &Client, channel: &str, pid: u32) {
+    let deadline = Instant::now() + T;
+    loop {
+        let s = client.stats(channel).unwrap();
+        if s.participants.iter().all(|p| p.pid == pid) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries still held: {:?}",
+            s.participants
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

@@ -1,5 +1,6 @@
 //! Access control: a client running as another user is refused a 0600 channel of root's and
-//! admitted to a 0666 one. Needs root to switch the helper's user (CI runs as root).
+//! admitted to a 0666 one, and can reach neither segment but through the coordinator. Needs
+//! root to switch the helper's user (CI runs as root).
 
 use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig};
 use shmring_tests::{Watchdog, serial};
@@ -43,6 +44,7 @@ fn another_user_is_refused_a_private_channel_and_admitted_to_a_shared_one() {
         sock.to_str().unwrap(),
         "private",
         "public",
+        &std::process::id().to_string(),
     ]));
     let out = helper.success();
     let said = |key: &str| {
@@ -53,22 +55,41 @@ fn another_user_is_refused_a_private_channel_and_admitted_to_a_shared_one() {
     };
     assert_eq!(said("private_open"), "denied", "{out}");
     assert_eq!(said("private_stat"), "denied", "{out}");
-    assert_eq!(
-        said("private_direct"),
-        "denied",
-        "the segment's own mode keeps it out of /dev/shm too: {out}"
-    );
     assert_eq!(said("public_send"), "ok", "{out}");
     assert_eq!(
         said("public_delete"),
         "denied",
         "only the owner deletes: {out}"
     );
-    let f = rx.read_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(&*f, b"from another user");
-    drop(f);
+    // Defect 2 (step 5): a 0666 channel was a 0666 object in /dev/shm that any user could open,
+    // scribble over or truncate without asking the coordinator (before the fix, the helper
+    // found both names in /dev/shm and opened the shared one). Now no segment has a name.
+    assert_eq!(said("private_named"), "absent", "{out}");
+    assert_eq!(said("public_named"), "absent", "{out}");
+    assert_eq!(
+        said("coordinator_fds"),
+        "denied",
+        "the coordinator's descriptors are not another user's to open: {out}"
+    );
+    // The admitted participant holds a writable descriptor of the shared channel: it cannot
+    // open the object again by path, and its seals refuse every change of size (before the
+    // fix, truncating the object killed the coordinator with SIGBUS).
+    assert_eq!(said("public_fd"), "held", "{out}");
+    assert_eq!(said("public_reopen"), "denied", "{out}");
+    assert_eq!(said("public_shrink_0"), "denied", "{out}");
+    assert_eq!(said("public_shrink_4096"), "denied", "{out}");
+    assert_eq!(said("public_grow"), "denied", "{out}");
+    assert_eq!(said("public_send_after"), "ok", "{out}");
+    for expected in [&b"from another user"[..], b"still flowing"] {
+        let f = rx.read_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(&*f, expected);
+    }
+    // The coordinator survived the attempts: it answers and samples the channel (once a
+    // second) as before.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(coord.is_running());
     let s = client.stats("public").unwrap();
-    assert_eq!(s.frames_in, 1);
+    assert_eq!(s.frames_in, 2);
     drop((rx, client));
     coord.stop();
     dog.check();

@@ -170,3 +170,145 @@ fn spsc_survives_scribbling() {
 fn mpmc_survives_scribbling() {
     torture(ChannelConfig::mpmc().capacity(16 * 256).max_frame_size(256));
 }
+
+/// Defect 2 (step 5): a daemon-less named segment is a file in `/dev/shm` that anyone allowed to
+/// open it may shrink. Before the fix, truncating it under a live stream killed the producer
+/// and the consumer with SIGBUS on their next access to a lost page. Now their calls end in
+/// `Corrupted` (the victims exit non-zero on any other error, and a signal shows in their exit
+/// status), a process that maps it after the truncation is refused, and this process's own
+/// mapping reports the damage too.
+fn truncated_under_a_live_stream(cfg: ChannelConfig, len: u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let _serial = serial();
+    let dog = Watchdog::new("truncated", Duration::from_secs(60));
+    let name = unique_name("truncated");
+    let seg = dog.segment(&name, &cfg);
+    const MILLIS: u64 = 1500;
+    let peer = || Command::new(env!("CARGO_BIN_EXE_shmring-peer"));
+    let mut consumer = dog.spawn(peer().args(["victim", &name, "consumer", &MILLIS.to_string()]));
+    let mut producer = dog.spawn(peer().args(["victim", &name, "producer", &MILLIS.to_string()]));
+    consumer.expect_line("ready");
+    producer.expect_line("ready");
+    std::thread::sleep(Duration::from_millis(300));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/shmring-{name}"))
+        .unwrap();
+    file.set_len(len).unwrap();
+    let outs: Vec<String> = [producer, consumer]
+        .into_iter()
+        .map(|h| {
+            let out = h.wait();
+            assert!(
+                out.status.success(),
+                "a victim of a truncation to {len} bytes ended with {} (signal {:?}):\n{}\n{}",
+                out.status,
+                out.status.signal(),
+                out.stdout,
+                out.stderr
+            );
+            out.stdout
+        })
+        .collect();
+    dog.check();
+    eprintln!(
+        "{:?} truncated to {len}: producer: {}; consumer: {}",
+        seg.seg.kind(),
+        outs[0].trim(),
+        outs[1].trim()
+    );
+    let last = |o: &String, k: &str| field(o.lines().last().unwrap_or(""), k).unwrap_or(0);
+    assert!(
+        last(&outs[0], "ok") > 0 && last(&outs[1], "ok") > 0,
+        "frames flowed before: {outs:?}"
+    );
+    assert!(
+        last(&outs[1], "corrupted") > 0,
+        "the consumer was told: {outs:?}"
+    );
+    // Opening it now is refused, whatever the size left.
+    match shmring::Segment::open_timeout(&name, Duration::from_millis(50)) {
+        Err(shmring::Error::Unavailable(_) | shmring::Error::Corrupted(_)) => {}
+        other => panic!("opening a truncated segment: {other:?}"),
+    }
+    // This process's own mapping faults on its next look at a lost page, and survives it.
+    assert!(seg.seg.check().is_ok(), "not touched since the truncation");
+    let _ = seg.seg.stats(); // the header's page: lost only in a truncation to nothing
+    if len == 0 {
+        assert!(
+            matches!(seg.seg.check(), Err(shmring::Error::Corrupted(_))),
+            "the guard marked the mapping"
+        );
+        assert!(matches!(
+            seg.seg.producer(),
+            Err(shmring::Error::Corrupted(_))
+        ));
+    }
+}
+
+#[test]
+fn spsc_truncated_to_nothing_is_corruption_not_sigbus() {
+    truncated_under_a_live_stream(
+        ChannelConfig::spsc()
+            .capacity(64 << 10)
+            .max_frame_size(1024),
+        0,
+    );
+}
+
+#[test]
+fn spsc_truncated_to_a_page_is_corruption_not_sigbus() {
+    truncated_under_a_live_stream(
+        ChannelConfig::spsc()
+            .capacity(64 << 10)
+            .max_frame_size(1024),
+        4096,
+    );
+}
+
+#[test]
+fn mpmc_truncated_to_nothing_is_corruption_not_sigbus() {
+    truncated_under_a_live_stream(
+        ChannelConfig::mpmc().capacity(256 * 64).max_frame_size(256),
+        0,
+    );
+}
+
+#[test]
+fn mpmc_truncated_to_a_page_is_corruption_not_sigbus() {
+    truncated_under_a_live_stream(
+        ChannelConfig::mpmc().capacity(256 * 64).max_frame_size(256),
+        4096,
+    );
+}
+
+/// The SIGBUS guard handles faults in segment mappings only: a process with a segment open that
+/// faults on a mapping of its own still dies of SIGBUS (the guard passes the fault to the
+/// handler before it, Rust's, which restores the default action), rather than looping or
+/// carrying on.
+#[test]
+fn a_fault_outside_segments_still_kills() {
+    use std::os::unix::process::ExitStatusExt;
+    let dog = Watchdog::new("foreign sigbus", Duration::from_secs(30));
+    let name = unique_name("foreign");
+    let _seg = dog.segment(&name, &ChannelConfig::spsc());
+    let file = std::env::temp_dir().join(format!("{name}.file"));
+    let out = dog
+        .spawn(Command::new(env!("CARGO_BIN_EXE_shmring-peer")).args([
+            "foreign-sigbus",
+            &name,
+            file.to_str().unwrap(),
+        ]))
+        .wait();
+    let _ = std::fs::remove_file(&file);
+    dog.check();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGBUS),
+        "{}: {}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("touching"), "{}", out.stdout);
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 /// The shmring coordinator: serves one namespace of shared-memory channels on a Unix socket.
 ///
 /// Producers and consumers keep exchanging frames while it is down; a restarted shmringd
-/// adopts the namespace's channels. On SIGTERM, SIGINT or SIGHUP it removes its socket and
-/// (unless --keep-channels) its channels' shared memory.
+/// adopts the namespace's channels that processes still use. On SIGTERM, SIGINT or SIGHUP it
+/// removes its socket and (unless --keep-channels) deletes its channels.
 #[derive(Parser, Debug)]
 #[command(name = "shmringd", version)]
 struct Args {
@@ -21,14 +21,16 @@ struct Args {
     /// /tmp/shmring-UID/NAMESPACE.sock]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Namespace served (channels' segments are /dev/shm/shmring.NAMESPACE@UID.*)
+    /// Namespace served (channels' segments are sealed memfds named
+    /// shmring.NAMESPACE@UID.GENERATION.CHANNEL, with no name in /dev/shm)
     #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
     namespace: String,
     /// Permission bits of the socket, in octal: 666 lets every user connect (each channel's
     /// own mode still decides who is admitted)
     #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
-    /// Leave the channels' shared memory in place on exit, for the next shmringd to adopt
+    /// Do not delete the channels on exit: the next shmringd adopts those that processes still
+    /// use
     #[arg(long)]
     keep_channels: bool,
     /// Largest channel (segment) a client may create, in bytes

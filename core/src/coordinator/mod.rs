@@ -42,7 +42,8 @@ fn default_socket_dir() -> PathBuf {
 /// How to run a coordinator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoordinatorConfig {
-    /// The namespace served: its channels' segments are `/dev/shm/shmring.<namespace>@<uid>.*`.
+    /// The namespace served: its channels' segments are sealed memfds named
+    /// `shmring.<namespace>@<uid>.<generation>.<channel>` (no name in `/dev/shm`).
     pub namespace: String,
     /// The socket to listen on (`None`: [`default_socket_path`] of the namespace).
     pub socket: Option<PathBuf>,
@@ -50,12 +51,14 @@ pub struct CoordinatorConfig {
     /// every user reach the coordinator (each channel's own mode still decides who is
     /// admitted). Default `0o600`.
     pub socket_mode: u32,
-    /// Leave the channels' segments in place when stopping, for the next coordinator to adopt
-    /// (default: a stopping coordinator removes them).
+    /// Do not delete the channels when stopping (default: a stopping coordinator deletes
+    /// them). A channel lives as long as a process holds its segment: the next coordinator
+    /// adopts those that processes still use (it finds them in the processes it may inspect,
+    /// and clients hand theirs back when they reconnect); one nobody holds is gone.
     pub keep_channels: bool,
     /// Largest segment a client may have created, in bytes (default [`DEFAULT_MAX_CHANNEL_BYTES`]):
     /// any user who can reach the socket can create channels, and each one's memory is
-    /// allocated in `/dev/shm` up front.
+    /// allocated up front (charged to the coordinator's memory).
     pub max_channel_bytes: u64,
 }
 
@@ -254,7 +257,7 @@ impl Coordinator {
     }
 
     /// Stops serving: closes every connection, removes the socket and (unless
-    /// [`keep_channels`](CoordinatorConfig::keep_channels)) every channel's segment. Processes
+    /// [`keep_channels`](CoordinatorConfig::keep_channels)) deletes every channel. Processes
     /// that have a channel mapped keep using it.
     pub fn stop(mut self) {
         self.shutdown();

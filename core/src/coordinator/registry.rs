@@ -3,13 +3,13 @@
 //! is `server.rs`.
 
 use crate::error::{Error, Result};
-use crate::layout::{ChannelConfig, Geometry, Kind, Origin, Role, decode_owner};
+use crate::layout::{ChannelConfig, Geometry, Kind, Origin, Role, decode_owner, encode_owner};
 use crate::protocol::{
     ChannelInfo, ChannelStats, ParticipantInfo, Reply, Request, validate_channel_name,
 };
 use crate::repair::{self, Repaired};
 use crate::segment::{Segment, free_entry, take_entry};
-use crate::sync::Ordering::Relaxed;
+use crate::sync::Ordering::{Relaxed, Release};
 use crate::{sys, wait};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use std::collections::{BTreeMap, HashMap};
@@ -70,14 +70,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One channel.
 struct Channel {
-    object: CString,
+    /// The memfd's name, `shmring.<namespace>@<euid>.<generation>.<channel>` (for the log).
+    object: String,
     seg: Segment,
     fd: OwnedFd,
     dead: Vec<Dead>,
     /// A dead coordinator's repair claim is still to be finished (`finish_repair_claim`).
     claim_pending: bool,
     rate: Rate,
+    /// Its segment was found truncated and that was logged (a sealed segment cannot shrink:
+    /// the SIGBUS guard's mark is looked at as defence in depth).
+    damage_logged: bool,
 }
+
+/// Who holds which entries of which channel generation, by the coordinator's books:
+/// `(role, index, owner word)` per `(channel, generation)`.
+type Books<'a> = HashMap<(&'a str, u64), Vec<(Role, u32, u64)>>;
 
 /// An admission the reply for which may not reach its client: undone if the connection closes
 /// before the reply is written (see `server.rs`).
@@ -109,16 +117,27 @@ pub(super) struct Registry {
     dead_pids: Vec<u32>,
 }
 
-/// The prefix of the object names of a namespace's segments: `shmring.<namespace>@<euid>.`;
-/// each segment is `<prefix><generation>.<channel>`. The uid keeps two users' namespaces of the
-/// same name apart in the one `/dev/shm`.
+/// The prefix of the names of a namespace's segments (sealed memfds) and of its lock file in
+/// `/dev/shm`: `shmring.<namespace>@<euid>.`; each segment is `<prefix><generation>.<channel>`.
+/// The uid keeps two users' namespaces of the same name apart.
 pub(super) fn object_prefix(namespace: &str) -> String {
     format!("shmring.{namespace}@{}.", sys::euid())
 }
 
-/// The name of the lock file of a namespace, in `/dev/shm` beside its segments.
+/// The name of the lock file of a namespace, in `/dev/shm`.
 pub(super) fn lock_name(namespace: &str) -> String {
     format!("{}lock", object_prefix(namespace))
+}
+
+/// `<generation>.<channel>`, the rest of a segment's name after the namespace's prefix.
+fn parse_object(rest: &str) -> Option<(u64, String)> {
+    let (g, name) = rest.split_once('.')?;
+    let generation = g
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| g.parse::<u64>().ok())??;
+    validate_channel_name(name).ok()?;
+    Some((generation, name.to_string()))
 }
 
 fn token_of(pid: u32) -> u64 {
@@ -176,81 +195,146 @@ impl Registry {
         std::mem::take(&mut self.dead_pids)
     }
 
-    /// Adopts the namespace's segments left by a previous coordinator: validates each, keeps
-    /// the newest generation of every channel, removes what cannot be used, watches the live
-    /// owners of entries and repairs what the dead ones left.
+    /// Adopts the channels a previous coordinator of the namespace left: its segments are
+    /// sealed memfds with no name in `/dev/shm`, found in the processes still using them
+    /// (`/proc/<pid>/fd`, where this coordinator may look: every process for root, its own
+    /// user's otherwise). The newest valid generation of each channel is kept; its live
+    /// owners of entries are watched and what dead ones left is repaired. Channels whose users
+    /// this coordinator cannot inspect come back when a client hands their segment back
+    /// ([`Registry::handed_back`]); a channel nobody holds is gone.
     pub(super) fn adopt(&mut self, epoll: &Epoll) -> Result<()> {
-        let lock = lock_name(&self.namespace);
-        let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
-        for obj in sys::shm_list(&self.prefix)? {
-            if obj == lock {
-                continue;
-            }
-            let parsed = obj[self.prefix.len()..]
-                .split_once('.')
-                .and_then(|(g, name)| Some((g.parse::<u64>().ok()?, name.to_string())))
-                .filter(|(_, name)| validate_channel_name(name).is_ok());
-            let Some((generation, name)) = parsed else {
-                tracing::warn!(object = %obj, "removing a segment whose name is not <generation>.<channel>");
-                self.remove_object(&obj);
+        self.remove_named_objects();
+        let mut found: BTreeMap<String, Vec<(u64, OwnedFd)>> = BTreeMap::new();
+        for (rest, fd) in sys::memfds_in_processes(&self.prefix) {
+            let Some((generation, name)) = parse_object(&rest) else {
+                tracing::debug!(object = %rest, "ignoring a memfd whose name is not <generation>.<channel>");
                 continue;
             };
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
-            match newest.get(&name) {
-                Some((g, old)) if *g > generation => {
-                    tracing::warn!(object = %obj, newer = %old, "removing an older generation of a channel");
-                    self.remove_object(&obj);
-                }
-                Some((_, old)) => {
-                    tracing::warn!(object = %old, newer = %obj, "removing an older generation of a channel");
-                    let old = old.clone();
-                    self.remove_object(&old);
-                    newest.insert(name, (generation, obj));
-                }
-                None => {
-                    newest.insert(name, (generation, obj));
-                }
-            }
+            found.entry(name).or_default().push((generation, fd));
         }
-        for (name, (generation, obj)) in newest {
-            match self.adopt_one(epoll, &name, generation, &obj) {
-                Ok(()) => tracing::info!(channel = %name, generation, "adopted"),
-                // What the segment says of itself is wrong, or it was never finished: remove it.
-                Err(
-                    e @ (Error::Corrupted(_)
-                    | Error::Incompatible(_)
-                    | Error::Unavailable(_)
-                    | Error::NotFound(_)),
-                ) => {
-                    tracing::warn!(object = %obj, error = %e, "removing a segment that cannot be adopted");
-                    self.remove_object(&obj);
+        for (name, mut candidates) in found {
+            candidates.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
+            for (generation, fd) in candidates {
+                match self.adopt_fd(epoll, &name, generation, fd) {
+                    Ok(()) => {
+                        tracing::info!(channel = %name, generation, "adopted");
+                        break;
+                    }
+                    // A deleted generation, still held by a straggler: an older one is not
+                    // the channel either (generations only grow).
+                    Err(Error::NotFound(_)) => break,
+                    Err(e) => {
+                        tracing::warn!(channel = %name, generation, error = %e, "not adopting a segment")
+                    }
                 }
-                // Anything else may pass (no descriptors left, no memory): leave it in place.
-                Err(e) => tracing::error!(
-                    object = %obj, error = %e,
-                    "cannot adopt a segment now; it is left in place and not served"
-                ),
             }
         }
         self.repair_pending();
         Ok(())
     }
 
-    fn adopt_one(&mut self, epoll: &Epoll, name: &str, generation: u64, obj: &str) -> Result<()> {
-        let object = CString::new(format!("/{obj}")).expect("listed names hold no NUL");
-        let fd = sys::shm_open(&object)?;
-        // A segment still initialising was being created when the previous coordinator died.
-        let seg = Segment::attach(&fd, obj, Duration::ZERO)?;
-        // /dev/shm is writable by everyone: only an object this coordinator's user made (or,
-        // for root, gave to the channel's owner) is one of its channels, never one another
-        // user planted under a matching name.
-        let file_uid = sys::file_uid(&fd)?;
+    /// Removes the named segments (`/dev/shm/<prefix><generation>.<channel>`) an older shmringd
+    /// left: anyone allowed to open such an object could truncate it, so they are not served.
+    /// Their users keep their mappings.
+    fn remove_named_objects(&self) {
+        let Ok(objects) = sys::shm_list(&self.prefix) else {
+            return;
+        };
+        for obj in objects {
+            if parse_object(&obj[self.prefix.len()..]).is_some() {
+                tracing::warn!(object = %obj, "removing a named segment left by an older shmringd (segments are sealed memfds now)");
+                self.remove_object(&obj);
+            }
+        }
+    }
+
+    /// A client hands back the segment of channel `name`, generation `generation` (after this
+    /// coordinator restarted). Adopted if the channel is not served and the descriptor is what
+    /// it claims to be; `Done` also when it is the segment already served.
+    pub(super) fn handed_back(
+        &mut self,
+        epoll: &Epoll,
+        peer: &Peer,
+        name: &str,
+        generation: u64,
+        fd: Option<OwnedFd>,
+    ) -> Answer {
+        let plain = |reply| Answer {
+            reply,
+            fd: None,
+            admitted: None,
+        };
+        let r = (|| {
+            validate_channel_name(name)?;
+            let fd = fd.ok_or_else(|| {
+                Error::InvalidArgument("a segment handed back must come with its descriptor".into())
+            })?;
+            if let Some(ch) = self.channels.get(name) {
+                let (served, given) = (sys::file_id(&ch.fd)?, sys::file_id(&fd)?);
+                if (served.dev, served.ino) == (given.dev, given.ino) {
+                    return Ok(());
+                }
+                return Err(Error::AlreadyExists(format!(
+                    "channel {name:?} is served as generation {}; the segment handed back \
+                     (generation {generation}) is not it",
+                    ch.seg.origin().generation
+                )));
+            }
+            self.adopt_fd(epoll, name, generation, fd)?;
+            self.next_generation = self.next_generation.max(generation.saturating_add(1));
+            tracing::info!(channel = %name, generation, pid = peer.pid, uid = peer.uid, "adopted a segment handed back");
+            self.repair_pending();
+            Ok(())
+        })();
+        match r {
+            Ok(()) => plain(Reply::Done),
+            Err(e) => {
+                tracing::debug!(channel = %name, generation, pid = peer.pid, error = %e, "segment handed back refused");
+                let (code, message) = crate::protocol::ErrorCode::of(&e);
+                plain(Reply::Error { code, message })
+            }
+        }
+    }
+
+    /// Adopts `fd` as channel `name` of generation `generation`, once it has shown to be a
+    /// segment this coordinator's user created under that name: a memfd (so it has no name in
+    /// `/dev/shm` another user could open) owned by this user (a process of another user can
+    /// make a memfd of any name and contents, but not one owned by this user), sealed against
+    /// shrinking and growing, named `<prefix><generation>.<name>` (a memfd's name is set by its
+    /// creator and never changes), whose header validates and states that generation.
+    fn adopt_fd(&mut self, epoll: &Epoll, name: &str, generation: u64, fd: OwnedFd) -> Result<()> {
+        let object = format!("{}{generation}.{name}", self.prefix);
+        let id = sys::file_id(&fd)?;
         let euid = sys::euid();
-        if file_uid != euid && !(euid == 0 && file_uid == seg.origin().owner_uid) {
-            return Err(Error::Corrupted(format!(
-                "it belongs to uid {file_uid}, not to this coordinator's user {euid}"
+        if !id.regular || id.uid != euid {
+            return Err(Error::PermissionDenied(format!(
+                "the descriptor given as {object:?} is not a file of this coordinator's user \
+                 (uid {euid}): it was not made by a coordinator of this namespace"
             )));
         }
+        let seals = sys::seals(&fd)
+            .map_err(|_| Error::Corrupted(format!("{object:?} is not a sealed memfd")))?;
+        if seals & sys::SEGMENT_SEALS != sys::SEGMENT_SEALS {
+            return Err(Error::Corrupted(format!(
+                "{object:?} lacks the seals against shrinking and growing (seals {seals:#x})"
+            )));
+        }
+        match sys::memfd_name(&fd) {
+            Some(n) if n == object => {}
+            Some(n) => {
+                return Err(Error::Corrupted(format!(
+                    "the descriptor given as {object:?} is the memfd {n:?}"
+                )));
+            }
+            None => {
+                return Err(Error::Unavailable(format!(
+                    "cannot read the name of the descriptor given as {object:?} (is /proc mounted?)"
+                )));
+            }
+        }
+        // A segment still initialising was being created when the previous coordinator died.
+        let seg = Segment::attach(&fd, &object, Duration::ZERO)?;
         if seg.origin().generation != generation {
             return Err(Error::Corrupted(format!(
                 "its header says generation {}, its name {generation}",
@@ -344,6 +428,7 @@ impl Registry {
                     per_s_in: 0.0,
                     per_s_out: 0.0,
                 },
+                damage_logged: false,
                 seg,
             },
         );
@@ -361,15 +446,16 @@ impl Registry {
         }
     }
 
-    /// Deletes every channel (the namespace is shutting down).
+    /// Deletes every channel (the namespace is shutting down). The memory goes when the last
+    /// process using a channel closes it.
     pub(super) fn remove_all(&mut self) {
-        for (name, mut ch) in std::mem::take(&mut self.channels) {
+        let channels = std::mem::take(&mut self.channels);
+        let books = books(&self.procs);
+        for (name, mut ch) in channels {
             // What dead producers left is skipped first, so consumers can drain past it.
-            repair_channel(&name, &mut ch, true);
+            let held = held(&books, &name, &ch);
+            repair_channel(&name, &mut ch, true, &held);
             ch.seg.mark_deleted();
-            if let Err(e) = sys::shm_unlink(&ch.object) {
-                tracing::warn!(channel = %name, error = %e, "cannot remove segment");
-            }
         }
     }
 
@@ -453,17 +539,112 @@ impl Registry {
 
     /// Runs the repairs that are due.
     pub(super) fn repair_pending(&mut self) {
+        if !self
+            .channels
+            .values()
+            .any(|ch| !ch.dead.is_empty() || ch.claim_pending)
+        {
+            return;
+        }
+        let books = books(&self.procs);
         for (name, ch) in &mut self.channels {
             if !ch.dead.is_empty() || ch.claim_pending {
-                repair_channel(name, ch, false);
+                let held = held(&books, name, ch);
+                repair_channel(name, ch, false, &held);
             }
         }
     }
 
-    /// Samples every channel's frame counters (called about once a second).
+    /// Frees the entries of channel `name` whose owner word names no process this coordinator
+    /// admitted (or found holding it on adoption): the word was overwritten, and the entry
+    /// would otherwise stay taken for good. An entry the books give to a live holder under
+    /// another word gets that word back, so that the holder's handle can free it. Returns how
+    /// many entries were put right; each is logged as damage.
+    fn reclaim_strays(&self, books: &Books<'_>, name: &str) -> usize {
+        let Some(ch) = self.channels.get(name) else {
+            return 0;
+        };
+        if ch.seg.check().is_err() {
+            return 0;
+        }
+        let held = held(books, name, ch);
+        let mem = &ch.seg.mem;
+        let geo = *mem.geometry();
+        let mut fixed = 0;
+        for (role, n) in [
+            (Role::Producer, geo.max_producers),
+            (Role::Consumer, geo.max_consumers),
+        ] {
+            for index in 0..n {
+                let p = mem
+                    .participant(role, index)
+                    .expect("index below the table size");
+                // Relaxed: only the coordinator admits; a holder's own store to its word is
+                // its release, which the CAS below does not race with harm (it fails).
+                let word = p.owner.load(Relaxed);
+                let (pid, incarnation) = decode_owner(word);
+                if pid == 0
+                    || held.contains(&(role, index, word))
+                    || ch.dead.iter().any(|d| d.role == role && d.index == index)
+                {
+                    continue; // free, held as the books say, or being repaired
+                }
+                let mut holders = held.iter().filter(|(r, i, _)| *r == role && *i == index);
+                if let Some(&(_, _, right)) = holders.next() {
+                    if holders.next().is_some() {
+                        // A close not yet received and a newer admission: which word is the
+                        // live one cannot be told; left alone (a close or a death settles it).
+                        continue;
+                    }
+                    // Relaxed: puts back the word the holder was admitted with.
+                    if p.owner
+                        .compare_exchange(word, right, Relaxed, Relaxed)
+                        .is_ok()
+                    {
+                        tracing::warn!(channel = %name, role = %role, index, word = format_args!("{word:#x}"),
+                            holder = decode_owner(right).0,
+                            "damage: an entry's owner word was overwritten; its holder's word is restored");
+                        fixed += 1;
+                    }
+                    continue;
+                }
+                // Release: as in `free_entry` (a successor's admission CAS is Acquire).
+                if p.owner
+                    .compare_exchange(word, encode_owner(0, incarnation), Release, Relaxed)
+                    .is_ok()
+                {
+                    tracing::warn!(channel = %name, role = %role, index, pid,
+                        word = format_args!("{word:#x}"),
+                        "damage: an entry's owner word names no process this coordinator admitted; entry reclaimed");
+                    fixed += 1;
+                }
+            }
+        }
+        fixed
+    }
+
+    /// [`Registry::reclaim_strays`] for every channel.
+    fn reclaim_all_strays(&self) -> usize {
+        let books = books(&self.procs);
+        self.channels
+            .keys()
+            .map(|name| self.reclaim_strays(&books, name))
+            .sum()
+    }
+
+    /// Samples every channel's frame counters (called about once a second), and looks over
+    /// every channel for damage: owner words naming no admitted process, a truncated segment.
     pub(super) fn sample_rates(&mut self) {
+        self.reclaim_all_strays();
         let now = Instant::now();
-        for ch in self.channels.values_mut() {
+        for (name, ch) in &mut self.channels {
+            if let Err(e) = ch.seg.check() {
+                if !ch.damage_logged {
+                    tracing::error!(channel = %name, error = %e, "damage: the channel's segment was truncated");
+                    ch.damage_logged = true;
+                }
+                continue;
+            }
             let s = ch.seg.stats();
             let dt = now.duration_since(ch.rate.at).as_secs_f64();
             if dt > 0.0 {
@@ -509,13 +690,24 @@ impl Registry {
                 Ok(plain(Reply::Done))
             }
             Request::Delete { name } => self.delete(peer, &name).map(|()| plain(Reply::Done)),
-            Request::List => Ok(plain(Reply::Channels(
-                self.channels
-                    .iter()
-                    .map(|(name, ch)| info(name, &ch.seg))
-                    .collect(),
-            ))),
-            Request::Stats { name } => self.stats(peer, &name).map(|s| plain(Reply::Stats(s))),
+            Request::List => {
+                self.reclaim_all_strays();
+                Ok(plain(Reply::Channels(
+                    self.channels
+                        .iter()
+                        .map(|(name, ch)| info(name, &ch.seg))
+                        .collect(),
+                )))
+            }
+            Request::Stats { name } => {
+                let books = books(&self.procs);
+                self.reclaim_strays(&books, &name);
+                self.stats(peer, &name).map(|s| plain(Reply::Stats(s)))
+            }
+            // Served by `handed_back`, which the server calls with the descriptor.
+            Request::Adopt { .. } => Err(Error::InvalidArgument(
+                "a segment handed back must come with its descriptor".into(),
+            )),
         };
         r.unwrap_or_else(|e| {
             let (code, message) = crate::protocol::ErrorCode::of(&e);
@@ -532,12 +724,24 @@ impl Registry {
 
     fn channel(&self, name: &str) -> Result<&Channel> {
         validate_channel_name(name)?;
-        self.channels.get(name).ok_or_else(|| {
+        let ch = self.channels.get(name).ok_or_else(|| {
             Error::NotFound(format!(
                 "no channel {name:?} in namespace {:?} (create it first: `shmring create {name}`)",
                 self.namespace
             ))
-        })
+        })?;
+        Ok(ch)
+    }
+
+    /// [`Registry::channel`], refusing a channel whose segment was found truncated (a sealed
+    /// segment cannot be; the guard's mark is looked at as defence in depth). Deleting one is
+    /// still possible.
+    fn sound_channel(&self, name: &str) -> Result<&Channel> {
+        let ch = self.channel(name)?;
+        ch.seg
+            .check()
+            .map_err(|e| prefix_channel(e, name, "delete it and create it again"))?;
+        Ok(ch)
     }
 
     fn create(&mut self, peer: &Peer, name: &str, config: &ChannelConfig) -> Result<ChannelInfo> {
@@ -564,15 +768,12 @@ impl Registry {
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.saturating_add(1);
-        let object = CString::new(format!("/{}{generation}.{name}", self.prefix))
-            .expect("validated names hold no NUL");
-        let (seg, fd) = Segment::create_object(&object, config, generation, (peer.uid, peer.gid))?;
-        if sys::euid() == 0
-            && peer.uid != 0
-            && let Err(e) = sys::fchown(&fd, peer.uid, peer.gid)
-        {
-            tracing::warn!(channel = %name, error = %e, "cannot give the segment to its owner");
-        }
+        let object = format!("{}{generation}.{name}", self.prefix);
+        // A sealed memfd, mode 0600 for this coordinator's user: nobody reaches it but through
+        // a descriptor handed over after admission, and nobody can shrink it. The channel's
+        // owner and mode are the header's, which admission checks.
+        let label = CString::new(object.clone()).expect("validated names hold no NUL");
+        let (seg, fd) = Segment::create_sealed(&label, config, generation, (peer.uid, peer.gid))?;
         // Relaxed: information only.
         seg.mem
             .repair_line()
@@ -580,7 +781,7 @@ impl Registry {
             .store(u64::from(sys::pid()), Relaxed);
         let stats = seg.stats();
         let info = info(name, &seg);
-        tracing::info!(channel = %name, kind = %config.kind, generation, uid = peer.uid, mode = format_args!("{:o}", config.mode), "created");
+        tracing::info!(channel = %name, kind = %config.kind, generation, uid = peer.uid, mode = format_args!("{:o}", config.mode), memfd = %object, "created");
         self.channels.insert(
             name.to_string(),
             Channel {
@@ -589,6 +790,7 @@ impl Registry {
                 fd,
                 dead: Vec::new(),
                 claim_pending: false,
+                damage_logged: false,
                 rate: Rate {
                     at: Instant::now(),
                     frames_in: stats.frames_in,
@@ -602,7 +804,7 @@ impl Registry {
     }
 
     fn open(&mut self, epoll: &Epoll, peer: &Peer, name: &str, role: Role) -> Result<Answer> {
-        let ch = self.channel(name)?;
+        let ch = self.sound_channel(name)?;
         let origin = ch.seg.origin();
         if !permits(peer, &origin, 6) {
             return Err(Error::PermissionDenied(format!(
@@ -621,9 +823,12 @@ impl Registry {
         };
         let mem = std::sync::Arc::clone(&ch.seg.mem);
         let taken = match take_entry(&mem, role, peer.pid, start_time) {
-            Err(Error::Busy(_)) => {
-                // A holder may have died a moment ago, its pidfd event not yet handled.
+            Err(Error::Busy(_) | Error::Corrupted(_)) => {
+                // A holder may have died a moment ago, its pidfd event not yet handled; an
+                // owner word may have been overwritten (damage, put right here).
                 self.reap_holders(epoll, name, role);
+                let books = books(&self.procs);
+                self.reclaim_strays(&books, name);
                 take_entry(&mem, role, peer.pid, start_time)
             }
             other => other,
@@ -719,19 +924,20 @@ impl Registry {
         }
         let mut ch = self.channels.remove(name).expect("looked up above");
         // What dead producers left is skipped first, so consumers can drain past it.
-        repair_channel(name, &mut ch, true);
+        let held = held(&books(&self.procs), name, &ch);
+        repair_channel(name, &mut ch, true, &held);
+        // The memory goes when the last process using the channel closes it.
         ch.seg.mark_deleted();
-        sys::shm_unlink(&ch.object)?;
         for p in self.procs.values_mut() {
             p.admissions
                 .retain(|a| !(a.channel == name && a.generation == origin.generation));
         }
-        tracing::info!(channel = %name, generation = origin.generation, "deleted");
+        tracing::info!(channel = %name, generation = origin.generation, memfd = %ch.object, "deleted");
         Ok(())
     }
 
     fn stats(&self, peer: &Peer, name: &str) -> Result<ChannelStats> {
-        let ch = self.channel(name)?;
+        let ch = self.sound_channel(name)?;
         if !permits(peer, &ch.seg.origin(), 4) {
             return Err(Error::PermissionDenied(format!(
                 "channel {name:?} is not readable by uid {}",
@@ -768,10 +974,36 @@ impl Registry {
     }
 }
 
+/// The coordinator's books: who holds which entry of which channel generation.
+fn books(procs: &HashMap<u32, Proc>) -> Books<'_> {
+    let mut b: Books<'_> = HashMap::new();
+    for a in procs.values().flat_map(|p| &p.admissions) {
+        b.entry((a.channel.as_str(), a.generation))
+            .or_default()
+            .push((a.role, a.index, a.owner));
+    }
+    b
+}
+
+/// The entries of channel `name` (its current generation) held by live processes, by the books.
+fn held(books: &Books<'_>, name: &str, ch: &Channel) -> Vec<(Role, u32, u64)> {
+    books
+        .get(&(name, ch.seg.origin().generation))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Repairs what a channel's dead participants left (those due, or all with `all`), freeing
 /// each entry once its repair is complete, and wakes whoever sleeps on the channel so that they
 /// look again. A pending repair is tried again after a wait that doubles up to `MAX_BACKOFF`.
-fn repair_channel(name: &str, ch: &mut Channel, all: bool) {
+/// `held` are the entries live processes hold (by the books).
+fn repair_channel(name: &str, ch: &mut Channel, all: bool, held: &[(Role, u32, u64)]) {
+    if ch.seg.check().is_err() {
+        // Its memory is gone (never for a sealed segment): nothing left to repair.
+        ch.dead.clear();
+        ch.claim_pending = false;
+        return;
+    }
     let mem = std::sync::Arc::clone(&ch.seg.mem);
     let known: Vec<(Role, u32)> = ch.dead.iter().map(|d| (d.role, d.index)).collect();
     let is_dead = |role: Role, i: u32| known.contains(&(role, i));
@@ -799,8 +1031,20 @@ fn repair_channel(name: &str, ch: &mut Channel, all: bool) {
             return false;
         };
         // Relaxed: only the coordinator admits; the dead owner cannot change it.
-        if entry.owner.load(Relaxed) != d.owner {
-            return false; // the handle closed (and freed it) before the process died
+        let word = entry.owner.load(Relaxed);
+        if word != d.owner {
+            let (pid, _) = decode_owner(word);
+            if pid == 0 || held.iter().any(|&(r, i, w)| (r, i, w) == (d.role, d.index, word)) {
+                // The handle closed (and freed it) before the process died, perhaps admitted
+                // again since.
+                return false;
+            }
+            // Overwritten: still the dead one's entry (nobody was admitted to it since), so it
+            // is repaired, and freed below from the word it holds now.
+            tracing::warn!(channel = %name, role = %d.role, index = d.index, pid = d.pid,
+                word = format_args!("{word:#x}"),
+                "damage: a dead participant's owner word was overwritten; repairing its entry anyway");
+            d.owner = word;
         }
         let done = match repair::repair_participant(&mem, d.role, d.index, &is_dead) {
             Ok(done) => done,
@@ -861,6 +1105,14 @@ pub(super) struct Answer {
     pub reply: Reply,
     pub fd: Option<OwnedFd>,
     pub admitted: Option<Admitted>,
+}
+
+/// `e` about channel `name`, with what to do.
+fn prefix_channel(e: Error, name: &str, remedy: &str) -> Error {
+    match e {
+        Error::Corrupted(m) => Error::Corrupted(format!("channel {name:?}: {m}; {remedy}")),
+        other => other,
+    }
 }
 
 /// `list`'s view of a channel.

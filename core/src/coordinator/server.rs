@@ -66,7 +66,14 @@ struct Conn {
     closing: bool,
     /// The interest registered: (EPOLLIN, EPOLLOUT).
     interest: (bool, bool),
+    /// Descriptors received (`SCM_RIGHTS`) for requests not yet answered: only a
+    /// `Request::Adopt` comes with one.
+    fds: VecDeque<OwnedFd>,
 }
+
+/// Most descriptors received from one connection and not yet used by its requests: a client
+/// sends one with each segment it hands back, and waits for the answer before the next.
+const MAX_RECEIVED_FDS: usize = 4;
 
 pub(super) struct Server {
     epoll: Epoll,
@@ -281,6 +288,7 @@ impl Server {
                 queued: 0,
                 closing: false,
                 interest: (true, false),
+                fds: VecDeque::new(),
             },
         );
         Ok(())
@@ -309,7 +317,8 @@ impl Server {
             if c.queued > READ_PAUSE {
                 break; // its replies first; `update_interest` stops EPOLLIN meanwhile
             }
-            match (&c.stream).read(&mut buf) {
+            let mut fds = Vec::new();
+            match sys::recv_with_fds(&c.stream, &mut buf, &mut fds) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -317,6 +326,15 @@ impl Server {
                 Ok(n) => {
                     if !c.closing {
                         c.reader.push(&buf[..n]);
+                        c.fds.extend(fds);
+                    }
+                    if c.fds.len() > MAX_RECEIVED_FDS {
+                        tracing::warn!(
+                            pid = c.peer.pid,
+                            "client sent more descriptors than requests to go with them; closing"
+                        );
+                        eof = true;
+                        break;
                     }
                     self.process(id);
                 }
@@ -374,7 +392,14 @@ impl Server {
             let peer = c.peer.clone();
             match protocol::decode::<Request>(&payload) {
                 Ok(req) => {
-                    let answer = self.registry.handle(&self.epoll, &peer, req);
+                    let answer = match req {
+                        Request::Adopt { name, generation } => {
+                            let fd = c.fds.pop_front();
+                            self.registry
+                                .handed_back(&self.epoll, &peer, &name, generation, fd)
+                        }
+                        req => self.registry.handle(&self.epoll, &peer, req),
+                    };
                     self.queue(
                         id,
                         protocol::encode(&answer.reply),

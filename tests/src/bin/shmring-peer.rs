@@ -25,7 +25,10 @@ fn usage() -> ! {
   strict-produce NAME COUNT SEED WAIT      send under seccomp strict mode (no system calls)
   strict-consume NAME COUNT SEED WAIT      receive and check under seccomp strict mode
   victim NAME producer|consumer MILLIS     use the channel while it is being scribbled on
+  foreign-sigbus NAME FILE                 open segment NAME (installing the SIGBUS guard),
+                                           then touch a page of FILE past its end: must die
   daemon SOCKET NAMESPACE                  run a coordinator until SIGTERM (prints ready)
+  daemon-as UID GID SOCKET NAMESPACE       the same, as user UID and group GID
   client-produce SOCKET CHANNEL INC COMMITS WAIT
                                            open a producer through the coordinator and send
                                            frames of incarnation INC until killed, counting
@@ -36,7 +39,9 @@ fn usage() -> ! {
   hold-claim SOCKET CHANNEL                claim a slot, print held, wait to be killed
   hold-frame SOCKET CHANNEL                read a frame, print its length, wait to be killed
   park SOCKET CHANNEL                      wait for a frame, parked, to be killed
-  as-user UID GID SOCKET PRIVATE PUBLIC    drop to UID/GID, then try the two channels
+  as-user UID GID SOCKET PRIVATE PUBLIC COORDINATOR_PID
+                                           drop to UID/GID, then try the two channels and
+                                           their segments
 WAIT is spin, yield or park."
     );
     exit(2)
@@ -78,7 +83,24 @@ fn main() {
         Some("strict-produce") => strict::produce(&args),
         Some("strict-consume") => strict::consume(&args),
         Some("victim") => victim(&args),
+        Some("foreign-sigbus") => foreign_sigbus(&args),
         Some("daemon") => coordinated::daemon(&args),
+        Some("daemon-as") => {
+            let (uid, gid): (u32, u32) = (arg(&args, 1), arg(&args, 2));
+            // SAFETY: plain system calls with integer arguments; this process has one thread.
+            let dropped = unsafe {
+                libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setresgid(gid, gid, gid) == 0
+                    && libc::setresuid(uid, uid, uid) == 0
+            };
+            if !dropped {
+                fail(format!(
+                    "cannot become uid {uid}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            coordinated::daemon(&args[2..])
+        }
         Some("client-produce") => coordinated::produce(&args),
         Some("client-consume") => coordinated::consume(&args),
         Some("hold-claim") => coordinated::hold_claim(&args),
@@ -298,6 +320,44 @@ fn pingpong(args: &[String]) {
             .unwrap_or_else(|e| fail(format!("round {i}: {e}")));
     }
     println!("rounds={rounds}");
+}
+
+/// Opens a segment, so that the library's SIGBUS guard is installed, then faults on a mapping
+/// of its own (a page of FILE past the file's end): the guard must pass that fault on, and the
+/// process die of SIGBUS as it would without shmring.
+fn foreign_sigbus(args: &[String]) {
+    use std::os::fd::AsRawFd;
+    let (name, file): (String, String) = (arg(args, 1), arg(args, 2));
+    let seg = open(&name);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap_or_else(|e| fail(e));
+    f.set_len(8192).unwrap_or_else(|e| fail(e));
+    // SAFETY: a fresh shared mapping of a file this process holds open; checked below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        fail("mmap");
+    }
+    f.set_len(0).unwrap_or_else(|e| fail(e));
+    println!("touching");
+    // SAFETY: deliberately reads a mapped page past the end of its file: the kernel raises
+    // SIGBUS, which must kill this process.
+    let v = unsafe { std::ptr::read_volatile(p.cast::<u8>().add(4096)) };
+    drop(seg);
+    fail(format!("read {v} past the end of a file and lived"));
 }
 
 /// Uses one side of a channel whose memory another process scribbles on, for MILLIS ms, with
@@ -654,20 +714,31 @@ mod coordinated {
     }
 
     /// Drops to another user, then reports, one `key=value` word each, what the coordinator
-    /// let it do with a 0600 and a 0666 channel of root's.
+    /// let it do with a 0600 and a 0666 channel of root's, and what it could do to their
+    /// segments behind the coordinator's back: find them in `/dev/shm` or in the coordinator's
+    /// `/proc/<pid>/fd`, open its own descriptor of the shared one again by path, or shrink or
+    /// grow it (a hostile participant holding a writable descriptor).
     pub(super) fn as_user(args: &[String]) {
-        let (uid, gid, socket, private, public): (u32, u32, String, String, String) = (
+        let (uid, gid, socket, private, public, coordinator): (
+            u32,
+            u32,
+            String,
+            String,
+            String,
+            u32,
+        ) = (
             arg(args, 1),
             arg(args, 2),
             arg(args, 3),
             arg(args, 4),
             arg(args, 5),
+            arg(args, 6),
         );
         // SAFETY: plain system calls with integer arguments; this process has one thread.
         let dropped = unsafe {
             libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(gid) == 0
-                && libc::setuid(uid) == 0
+                && libc::setresgid(gid, gid, gid) == 0
+                && libc::setresuid(uid, uid, uid) == 0
         };
         if !dropped {
             fail(format!(
@@ -681,6 +752,13 @@ mod coordinated {
             Err(Error::PermissionDenied(_)) => "denied".to_string(),
             Err(e) => format!("error:{}", e.to_string().replace(' ', "_")),
         };
+        let io_verdict = |r: std::io::Result<()>| match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+                "denied".to_string()
+            }
+            Err(e) => format!("error:{}", e.to_string().replace(' ', "_")),
+        };
         let mut out = Vec::new();
         out.push(format!(
             "private_open={}",
@@ -690,30 +768,74 @@ mod coordinated {
             "private_stat={}",
             verdict(c.stats(&private).map(drop))
         ));
-        let public_send = c
-            .producer(&public)
-            .and_then(|mut tx| tx.send_timeout(b"from another user", OP_TIMEOUT));
+        let mut tx = c.producer(&public);
+        let public_send = tx
+            .as_mut()
+            .map_err(|e| Error::Corrupted(e.to_string()))
+            .and_then(|tx| tx.send_timeout(b"from another user", OP_TIMEOUT));
         out.push(format!("public_send={}", verdict(public_send)));
         out.push(format!("public_delete={}", verdict(c.delete(&public))));
-        let direct = std::fs::read_dir("/dev/shm")
-            .ok()
-            .and_then(|d| {
-                d.filter_map(|e| e.ok()).find(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .ends_with(&format!(".{private}"))
+        // Neither channel has a name anywhere in /dev/shm this user could open, or even see.
+        let named = |channel: &str| {
+            let seen = std::fs::read_dir("/dev/shm")
+                .map(|d| {
+                    d.filter_map(|e| e.ok()).any(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.starts_with("shmring.") && n.ends_with(&format!(".{channel}"))
+                    })
                 })
-            })
-            .map(|e| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(e.path())
-                    .map(drop)
-                    .map_err(|e| Error::PermissionDenied(e.to_string()))
-            })
-            .unwrap_or_else(|| Err(Error::NotFound("no segment".into())));
-        out.push(format!("private_direct={}", verdict(direct)));
+                .unwrap_or(false);
+            if seen { "visible" } else { "absent" }
+        };
+        out.push(format!("private_named={}", named(&private)));
+        out.push(format!("public_named={}", named(&public)));
+        // The coordinator's descriptors are not this user's to look at.
+        out.push(format!(
+            "coordinator_fds={}",
+            io_verdict(std::fs::read_dir(format!("/proc/{coordinator}/fd")).map(drop))
+        ));
+        // This process's own descriptor of the shared channel, handed over on admission.
+        let own = shmring_tests::memfds(std::process::id(), "shmring.")
+            .into_iter()
+            .find(|(n, _)| n.ends_with(&format!(".{public}")));
+        match own {
+            None => out.push("public_fd=missing".into()),
+            Some((_, path)) => {
+                let fd: i32 = path
+                    .file_name()
+                    .and_then(|n| n.to_str()?.parse().ok())
+                    .unwrap_or(-1);
+                out.push("public_fd=held".into());
+                out.push(format!(
+                    "public_reopen={}",
+                    io_verdict(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path)
+                            .map(drop)
+                    )
+                ));
+                let truncate = |len: i64| {
+                    // SAFETY: ftruncate on a descriptor this process holds.
+                    let r = unsafe { libc::ftruncate(fd, len) };
+                    io_verdict(if r == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    })
+                };
+                out.push(format!("public_shrink_0={}", truncate(0)));
+                out.push(format!("public_shrink_4096={}", truncate(4096)));
+                out.push(format!("public_grow={}", truncate(1 << 30)));
+            }
+        }
+        // The channel still works for this participant after the attempts.
+        let again = tx
+            .as_mut()
+            .map_err(|e| Error::Corrupted(e.to_string()))
+            .and_then(|tx| tx.send_timeout(b"still flowing", OP_TIMEOUT));
+        out.push(format!("public_send_after={}", verdict(again)));
         println!("{}", out.join(" "));
     }
 }
