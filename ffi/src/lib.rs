@@ -169,6 +169,8 @@ struct ProducerHandle {
     /// The claim handed to C and not yet committed or aborted: while it is open the producer
     /// must do nothing else (`Producer::claim_detached`'s contract), which every call checks.
     claim: Option<DetachedClaim>,
+    /// The process that opened it: a child forked afterwards only frees the handle.
+    pid: u32,
 }
 
 #[repr(C)]
@@ -178,6 +180,8 @@ struct ConsumerHandle {
     /// The frame lent to C and not yet released: while it is held the consumer must receive
     /// nothing else (`Consumer::read_detached`'s contract), which every call checks.
     frame: Option<DetachedFrame>,
+    /// The process that opened it: a child forked afterwards only frees the handle.
+    pid: u32,
 }
 
 /// Turns a handle pointer from C back into its handle, checking NULL and the tag.
@@ -345,7 +349,9 @@ pub unsafe extern "C" fn shmring_channel_config_default(
 /// `SHMRING_NAMESPACE` environment variable if set, else "default" for the default socket and a
 /// namespace of its own for any other, so that coordinators on different sockets never share
 /// channels. On success `*out` is the coordinator, to be stopped with `shmring_coordinator_stop`.
-/// Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace.
+/// Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace, or
+/// if something other than a stale socket of this user is at `socket_path` (it is left
+/// untouched), and with `SHMRING_NOT_FOUND` if the socket's directory does not exist.
 /// Any thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_coordinator_start(
@@ -418,7 +424,8 @@ pub unsafe extern "C" fn shmring_coordinator_socket(
 
 /// Stops a coordinator and frees it: closes its connections, removes its socket and deletes its
 /// channels (their consumers drain what is left, then get `SHMRING_CLOSED`). NULL is ignored.
-/// Any thread, once; `coord` is invalid afterwards.
+/// Any thread, once; `coord` is invalid afterwards. In a child forked from the process that
+/// started it, only frees the handle's memory: the coordinator goes on serving in the parent.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_coordinator_stop(coord: *mut shmring_coordinator) {
     guard_void(|| {
@@ -433,7 +440,8 @@ pub unsafe extern "C" fn shmring_coordinator_stop(coord: *mut shmring_coordinato
 /// Connects to the coordinator listening on `socket_path`; if NULL, on the socket named by the
 /// `SHMRING_SOCKET` environment variable, else on the default socket. On success `*out` is the
 /// client, to be closed with `shmring_client_close`. `SHMRING_UNAVAILABLE` when no coordinator
-/// answers (`shmring_last_error()` says how to start one). A client may be used by several
+/// answers (`shmring_last_error()` says how to start one), `SHMRING_BUSY` when it is at its limit
+/// of connections (`shmring_last_error()` names the limit). A client may be used by several
 /// threads at once. It belongs to the process that connected it: a child forked afterwards
 /// connects its own.
 #[unsafe(no_mangle)]
@@ -582,6 +590,7 @@ pub unsafe extern "C" fn shmring_producer_open(
             tag: PRODUCER_TAG,
             producer,
             claim: None,
+            pid: std::process::id(),
         });
         // SAFETY: checked non-NULL; writable (the header's contract).
         unsafe { put(out, h, "out") }
@@ -732,12 +741,14 @@ pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_stat
 }
 
 /// Closes a producer and frees it (an open claim is aborted), freeing its place in the
-/// channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards.
+/// channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards. In a child
+/// forked after it was opened, only frees the handle's memory (the channel is the parent's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
     guard_void(|| {
         // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ProducerHandle>(p.cast(), PRODUCER_TAG) }
+            && h.pid == std::process::id()
             && let Some(claim) = h.claim.take()
         {
             // SAFETY: as in shmring_commit.
@@ -771,6 +782,7 @@ pub unsafe extern "C" fn shmring_consumer_open(
             tag: CONSUMER_TAG,
             consumer,
             frame: None,
+            pid: std::process::id(),
         });
         // SAFETY: checked non-NULL; writable (the header's contract).
         unsafe { put(out, h, "out") }
@@ -920,12 +932,14 @@ pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_st
 }
 
 /// Closes a consumer and frees it (a held frame is released), freeing its place in the
-/// channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards.
+/// channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards. In a child
+/// forked after it was opened, only frees the handle's memory (the channel is the parent's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
     guard_void(|| {
         // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
+            && h.pid == std::process::id()
             && let Some(frame) = h.frame.take()
         {
             // SAFETY: as in shmring_release.
