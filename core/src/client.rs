@@ -195,12 +195,13 @@ impl Conn {
         }
     }
 
-    /// Reads the replies owed for requests sent without waiting.
+    /// Reads the replies owed for requests sent without waiting (closes). Those carry no
+    /// descriptor: one received meanwhile came with a later reply read in the same go (an
+    /// open's), and is kept for it.
     fn catch_up(&mut self, path: &Path) -> Result<()> {
         while self.unread > 0 {
             self.read_frame(path)?;
             self.unread -= 1;
-            self.fds.clear();
         }
         Ok(())
     }

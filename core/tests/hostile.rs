@@ -544,6 +544,83 @@ fn a_client_closing_many_handles_at_once_is_still_served() {
     coord.stop();
 }
 
+/// Found while fixing defect 3: a client that reads a close's reply and the next open's in one
+/// `recvmsg` (the kernel joins a reply without a descriptor to the one after it) threw the
+/// open's descriptor away with the close's reply ("the coordinator admitted us but sent no
+/// segment descriptor"). A fake coordinator sends both before the open is even asked for.
+#[test]
+fn a_descriptor_read_together_with_a_close_reply_is_kept() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let _dog = watchdog("close and open replies together", 60);
+    let place = Place::new("joined");
+    let direct = format!("test-joined-{}", std::process::id());
+    let _seg = shmring::Segment::create(
+        &direct,
+        &ChannelConfig::spsc().capacity(4096).max_frame_size(64),
+    )
+    .unwrap();
+    let object = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/shmring-{direct}"))
+        .unwrap();
+    let listener = UnixListener::bind(place.sock()).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut raw = Raw {
+            stream: s.try_clone().unwrap(),
+            reader: FrameReader::new(MAX_REQUEST),
+        };
+        raw.frame().unwrap(); // the hello
+        s.write_all(&protocol::server_hello(HELLO_ACCEPTED, "fake"))
+            .unwrap();
+        // An owner word the segment does not hold: the client refuses the entry (and closes it)
+        // once it has the descriptor, or says it got none.
+        let opened = protocol::encode(&Reply::Opened {
+            index: 0,
+            owner: 12345,
+            generation: 1,
+        });
+        let fds = [object.as_raw_fd()];
+        let send_with_fd = |s: &UnixStream, bytes: &[u8]| {
+            let iov = [std::io::IoSlice::new(bytes)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        };
+        assert!(matches!(
+            protocol::decode::<Request>(&raw.frame().unwrap()).unwrap(),
+            Request::Open { .. }
+        ));
+        send_with_fd(&s, &opened);
+        assert!(matches!(
+            protocol::decode::<Request>(&raw.frame().unwrap()).unwrap(),
+            Request::Close { .. }
+        ));
+        // The close's reply, and already the reply to the next open, read in one go (as the
+        // kernel may join them): the descriptor comes with the close's reply's bytes.
+        let mut both = protocol::encode(&Reply::Done);
+        both.extend_from_slice(&opened);
+        send_with_fd(&s, &both);
+        assert!(matches!(
+            protocol::decode::<Request>(&raw.frame().unwrap()).unwrap(),
+            Request::Open { .. }
+        ));
+        // Whatever else comes (the second refusal's close), until the client goes.
+        while raw.frame().is_some() {}
+    });
+    let c = Client::connect(Some(&place.sock())).unwrap();
+    for round in 0..2 {
+        match c.consumer("x") {
+            Err(Error::Busy(m)) => assert!(m.contains("held by pid"), "round {round}: {m}"),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    drop(c);
+    server.join().unwrap();
+    let _ = shmring::Segment::unlink(&direct);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Defect 4: idle and half-sent connections locked everyone out and kept their memory.
 

@@ -707,7 +707,7 @@ impl Server {
         }
     }
 
-    /// Queues a reply (written by `finish` or `write_out`).
+    /// Queues a reply and writes what the socket takes.
     fn queue(&mut self, id: u64, bytes: Vec<u8>, fd: Option<OwnedFd>, undo: Option<Admitted>) {
         let Some(c) = self.conns.get_mut(&id) else {
             if let Some(a) = undo {
@@ -732,7 +732,12 @@ impl Server {
                 "client does not read its replies; closing"
             );
             self.drop_conn(id);
+            return;
         }
+        // Written at once, each by itself, as the replies to a client's pipelined requests
+        // always were: a client of an earlier release that reads a close's reply and the next
+        // open's in one go loses the open's descriptor.
+        self.write_out(id);
     }
 
     /// Writes queued replies until done or the socket is full. Returns whether the connection
