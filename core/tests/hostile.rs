@@ -555,6 +555,13 @@ fn a_descriptor_read_together_with_a_close_reply_is_kept() {
     let _dog = watchdog("close and open replies together", 60);
     let place = Place::new("joined");
     let direct = format!("test-joined-{}", std::process::id());
+    struct Unlink(String);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = shmring::Segment::unlink(&self.0);
+        }
+    }
+    let _unlink = Unlink(direct.clone());
     let _seg = shmring::Segment::create(
         &direct,
         &ChannelConfig::spsc().capacity(4096).max_frame_size(64),
@@ -618,7 +625,6 @@ fn a_descriptor_read_together_with_a_close_reply_is_kept() {
     }
     drop(c);
     server.join().unwrap();
-    let _ = shmring::Segment::unlink(&direct);
 }
 
 // ---------------------------------------------------------------------------------------------
