@@ -341,7 +341,9 @@ void shmring_channel_config_default(struct shmring_channel_config *cfg, shmring_
  * `SHMRING_NAMESPACE` environment variable if set, else "default" for the default socket and a
  * namespace of its own for any other, so that coordinators on different sockets never share
  * channels. On success `*out` is the coordinator, to be stopped with `shmring_coordinator_stop`.
- * Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace.
+ * Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace, or
+ * if something other than a stale socket of this user is at `socket_path` (it is left
+ * untouched), and with `SHMRING_NOT_FOUND` if the socket's directory does not exist.
  * Any thread.
  */
 shmring_status shmring_coordinator_start(const char *socket_path, struct shmring_coordinator **out);
@@ -355,7 +357,8 @@ const char *shmring_coordinator_socket(const struct shmring_coordinator *coord);
 /**
  * Stops a coordinator and frees it: closes its connections, removes its socket and deletes its
  * channels (their consumers drain what is left, then get `SHMRING_CLOSED`). NULL is ignored.
- * Any thread, once; `coord` is invalid afterwards.
+ * Any thread, once; `coord` is invalid afterwards. In a child forked from the process that
+ * started it, only frees the handle's memory: the coordinator goes on serving in the parent.
  */
 void shmring_coordinator_stop(struct shmring_coordinator *coord);
 
@@ -363,7 +366,8 @@ void shmring_coordinator_stop(struct shmring_coordinator *coord);
  * Connects to the coordinator listening on `socket_path`; if NULL, on the socket named by the
  * `SHMRING_SOCKET` environment variable, else on the default socket. On success `*out` is the
  * client, to be closed with `shmring_client_close`. `SHMRING_UNAVAILABLE` when no coordinator
- * answers (`shmring_last_error()` says how to start one). A client may be used by several
+ * answers (`shmring_last_error()` says how to start one), `SHMRING_BUSY` when it is at its limit
+ * of connections (`shmring_last_error()` names the limit). A client may be used by several
  * threads at once. It belongs to the process that connected it: a child forked afterwards
  * connects its own.
  */
@@ -466,7 +470,8 @@ shmring_status shmring_abort(struct shmring_producer *p);
  * Closes a producer and frees it (an open claim is aborted), freeing its place in the
  * channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards. A producer
  * that another thread is using at that moment is left open (and `shmring_last_error()` says
- * so) rather than freed under that thread.
+ * so) rather than freed under that thread. In a child forked after it was opened, only frees
+ * the handle's memory (the channel is the parent's).
  */
 void shmring_producer_close(struct shmring_producer *p);
 
@@ -528,7 +533,8 @@ shmring_status shmring_release(struct shmring_consumer *c);
  * Closes a consumer and frees it (a held frame is released), freeing its place in the
  * channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards. A consumer
  * that another thread is using at that moment is left open (and `shmring_last_error()` says
- * so) rather than freed under that thread.
+ * so) rather than freed under that thread. In a child forked after it was opened, only frees
+ * the handle's memory (the channel is the parent's).
  */
 void shmring_consumer_close(struct shmring_consumer *c);
 

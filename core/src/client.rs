@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::layout::{ChannelConfig, Role};
 use crate::producer::Producer;
 use crate::protocol::{
-    self, ChannelInfo, ChannelStats, FrameReader, HELLO_ACCEPTED, HELLO_INCOMPATIBLE, MAX_REPLY,
-    PROTOCOL_VERSION, Reply, Request,
+    self, ChannelInfo, ChannelStats, FrameReader, HELLO_ACCEPTED, HELLO_BUSY, HELLO_INCOMPATIBLE,
+    Limits, MAX_REPLY, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::segment::{Lease, Segment};
 use crate::sys;
@@ -40,6 +40,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// ```
 /// # use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig};
 /// # let dir = std::env::temp_dir().join(format!("shmring-doc-client-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
 /// # let ns = format!("doc-client-{}", std::process::id());
 /// # let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(dir.join("c.sock")))?;
 /// # unsafe { std::env::set_var("SHMRING_SOCKET", coord.socket_path()) };
@@ -137,13 +138,22 @@ impl Conn {
             namespace: String::new(),
             unread: 0,
         };
-        conn.send(&protocol::client_hello(PROTOCOL_VERSION), path)?;
-        let hello = conn.read_frame(path)?;
+        let sent = conn.send(&protocol::client_hello(PROTOCOL_VERSION), path);
+        // A coordinator that refuses the connection (at a limit) sends its hello and closes at
+        // once, maybe before ours went out: its hello, still readable, says why.
+        let hello = match (sent, conn.read_frame(path)) {
+            (_, Ok(h)) => h,
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
+        };
         match protocol::parse_server_hello(&hello) {
             Some((_, HELLO_ACCEPTED, namespace)) => {
                 conn.namespace = namespace;
                 Ok(conn)
             }
+            Some((_, HELLO_BUSY, text)) => Err(Error::Busy(format!(
+                "coordinator at {} refused the connection: {text}",
+                path.display()
+            ))),
             Some((v, HELLO_INCOMPATIBLE, text)) => Err(Error::Incompatible(format!(
                 "coordinator at {} speaks protocol {v}, this library {PROTOCOL_VERSION}: {text}",
                 path.display()
@@ -200,12 +210,13 @@ impl Conn {
         }
     }
 
-    /// Reads the replies owed for requests sent without waiting.
+    /// Reads the replies owed for requests sent without waiting (closes). Those carry no
+    /// descriptor: one received meanwhile came with a later reply read in the same go (an
+    /// open's), and is kept for it.
     fn catch_up(&mut self, path: &Path) -> Result<()> {
         while self.unread > 0 {
             self.read_frame(path)?;
             self.unread -= 1;
-            self.fds.clear();
         }
         Ok(())
     }
@@ -225,7 +236,16 @@ impl Shared {
     /// process this one was forked from.
     fn conn<'a>(&self, slot: &'a mut Option<Conn>) -> Result<&'a mut Conn> {
         let stale = match slot {
-            Some(c) => c.pid != sys::pid() || c.catch_up(&self.path).is_err() || c.is_closed(),
+            Some(c) if c.pid != sys::pid() => {
+                // Inherited from the process this one was forked from: so are the closes
+                // queued there, of the parent's handles, which are not this process's to send.
+                self.closes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                true
+            }
+            Some(c) => c.catch_up(&self.path).is_err() || c.is_closed(),
             None => true,
         };
         if stale {
@@ -399,7 +419,8 @@ impl Client {
     /// ([`default_socket_path`]).
     ///
     /// Fails with `Unavailable` when no coordinator answers (the message says how to start
-    /// one), `PermissionDenied` when the socket is not this user's to use, and `Incompatible`
+    /// one), `PermissionDenied` when the socket is not this user's to use, `Busy` when the
+    /// coordinator is at its limit of connections (the message names it), and `Incompatible`
     /// when the coordinator speaks another protocol version.
     pub fn connect(socket: Option<&Path>) -> Result<Client> {
         Client::connect_with_timeout(socket, DEFAULT_REQUEST_TIMEOUT)
@@ -475,6 +496,15 @@ impl Client {
             name: name.to_string(),
         })? {
             (Reply::Stats(s), _) => Ok(s),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// The coordinator's limits (channels and bytes per user, connections), and how much of
+    /// them this user takes.
+    pub fn limits(&self) -> Result<Limits> {
+        match self.shared.request(&Request::Limits)? {
+            (Reply::Limits(l), _) => Ok(l),
             (other, _) => Err(unexpected(other)),
         }
     }

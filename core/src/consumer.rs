@@ -538,6 +538,11 @@ impl Drop for MpmcRelease<'_> {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        if !self.membership.held_here() {
+            // Inherited by a forked child: the ring, the cursors, the entry and the coordinator's
+            // books are the parent's (defect 18). Only the memory is freed.
+            return;
+        }
         match &mut self.ring {
             // Gives back all space consumed, including frames read through a leaked `Frame`
             // (they were delivered).

@@ -90,13 +90,14 @@ pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
 pub use consumer::{Consumer, DetachedFrame, Frame, FrameFlags, Received};
 #[cfg(not(loom))]
 pub use coordinator::{
-    Coordinator, CoordinatorConfig, DEFAULT_MAX_CHANNEL_BYTES, DEFAULT_NAMESPACE, SOCKET_ENV,
-    default_socket_path,
+    Coordinator, CoordinatorConfig, DEFAULT_MAX_BYTES_PER_UID, DEFAULT_MAX_CHANNEL_BYTES,
+    DEFAULT_MAX_CHANNELS_PER_UID, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
+    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path,
 };
 #[cfg(not(loom))]
 pub use producer::{Batch, Claim, DetachedClaim, Producer};
 #[cfg(not(loom))]
-pub use protocol::{ChannelInfo, ChannelStats, ParticipantInfo};
+pub use protocol::{ChannelInfo, ChannelStats, Limits, ParticipantInfo};
 #[cfg(not(loom))]
 pub use segment::{
     DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN, ParticipantStats, Segment, SegmentStats, validate_name,

@@ -447,6 +447,11 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        if !self.membership.held_here() {
+            // Inherited by a forked child: the ring, the cursors, the entry and the coordinator's
+            // books are the parent's (defect 18). Only the memory is freed.
+            return;
+        }
         if let (Some(pos), Ring::Mpmc(core)) = (self.mpmc_claimed.take(), &mut self.ring) {
             core.abort(&self.mem, pos); // a leaked claim
         }

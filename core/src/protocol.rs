@@ -13,6 +13,7 @@
 //!                status 1: incompatible versions, text = what to do
 //!                status 2: not a hello, text = what was expected
 //!                status 3: refused (a client the coordinator cannot serve), text = why
+//!                status 4: busy (the coordinator is at a limit, e.g. of connections), text = which
 //! ```
 //!
 //! After an accepted hello the client sends [`Request`]s and gets exactly one [`Reply`] each,
@@ -138,6 +139,8 @@ pub enum Request {
         /// The generation the client was admitted to.
         generation: u64,
     },
+    /// The coordinator's limits and the caller's use of them; answered with [`Reply::Limits`].
+    Limits,
 }
 
 /// The coordinator's answer to one [`Request`].
@@ -167,6 +170,39 @@ pub enum Reply {
         /// What went wrong and what to do.
         message: String,
     },
+    /// The coordinator's limits, and how much of them the caller's user takes.
+    Limits(Limits),
+}
+
+/// A coordinator's limits, and the asking user's use of them (`shmring list` and `stat` show
+/// them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The user asking (the figures "of this user" are its).
+    pub uid: u32,
+    /// Channels this user owns.
+    pub channels: u64,
+    /// Most channels one user may own (`shmringd --max-channels-per-uid`).
+    pub max_channels_per_uid: u64,
+    /// Bytes of segments this user owns.
+    pub bytes: u64,
+    /// Most bytes of segments one user may own (`shmringd --max-bytes-per-uid`).
+    pub max_bytes_per_uid: u64,
+    /// Largest channel (segment) a client may create (`shmringd --max-channel-bytes`).
+    pub max_channel_bytes: u64,
+    /// Channels of the namespace, every user's.
+    pub namespace_channels: u64,
+    /// Most channels of the namespace.
+    pub max_channels: u64,
+    /// Connections of this user now (this one included).
+    pub connections: u64,
+    /// Most connections of one user (`shmringd --max-connections-per-uid`).
+    pub max_connections_per_uid: u64,
+    /// Connections now, every user's.
+    pub all_connections: u64,
+    /// Most connections at once (`shmringd --max-connections`, lowered to what the open-file
+    /// limit allows).
+    pub max_connections: u64,
 }
 
 /// The failures a coordinator reports; each becomes the [`Error`] variant of the same name.
@@ -357,6 +393,9 @@ pub const HELLO_INCOMPATIBLE: u8 = 1;
 pub const HELLO_NOT_A_HELLO: u8 = 2;
 /// Status byte of a server hello refusing a client it cannot serve (the text says why).
 pub const HELLO_REFUSED: u8 = 3;
+/// Status byte of a server hello refusing a client because the coordinator is at one of its
+/// limits (the text names it): the client may try again later.
+pub const HELLO_BUSY: u8 = 4;
 
 /// The server's hello frame.
 pub fn server_hello(status: u8, text: &str) -> Vec<u8> {
@@ -383,29 +422,58 @@ pub fn parse_server_hello(payload: &[u8]) -> Option<(u32, u8, String)> {
 
 /// Splits a byte stream into frames. Bytes are pushed as they arrive; complete frames are
 /// popped. A frame longer than the limit is an error (the stream cannot be resynchronised).
+///
+/// The buffer grows with what arrives (never to a length a frame only declares, so a sender
+/// that stalls mid-frame holds what it sent, not the limit), and [`FrameReader::shrink`] frees
+/// it once empty.
 #[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// Bytes of `buf` already returned as frames.
+    start: usize,
     limit: usize,
+    frames: u64,
 }
+
+/// Capacity a [`FrameReader`] keeps when it is empty.
+const KEEP: usize = 4 << 10;
 
 impl FrameReader {
     /// A reader of frames up to `limit` bytes.
     pub fn new(limit: usize) -> FrameReader {
         FrameReader {
             buf: Vec::new(),
+            start: 0,
             limit,
+            frames: 0,
         }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            // Only the unread remainder moves, once per push (not once per frame).
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let need = self.buf.len() + bytes.len();
+        if need > self.buf.capacity() {
+            let mut want = need.max(self.buf.capacity() * 2).max(64);
+            // Not past the end of the frame under way, if that is where the bytes end.
+            if let Some(len) = self.declared()
+                && len <= self.limit
+                && need <= 4 + len
+            {
+                want = want.min(4 + len);
+            }
+            self.buf.reserve_exact(want - self.buf.len());
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The length a frame at the front declares, if its length word is complete.
     fn declared(&self) -> Option<usize> {
-        let word: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        let word: [u8; 4] = self.buf.get(self.start..self.start + 4)?.try_into().ok()?;
         Some(u32::from_le_bytes(word) as usize)
     }
 
@@ -418,17 +486,51 @@ impl FrameReader {
         if len > self.limit {
             return Err(len);
         }
-        if self.buf.len() < 4 + len {
+        if self.buffered() < 4 + len {
             return Ok(None);
         }
-        let payload = self.buf[4..4 + len].to_vec();
-        self.buf.drain(..4 + len);
+        let at = self.start + 4;
+        let payload = self.buf[at..at + len].to_vec();
+        self.start = at + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.frames += 1;
         Ok(Some(payload))
+    }
+
+    /// Whether a whole frame (or one declared over the limit) is buffered: `next_frame` would
+    /// return it (or its error).
+    pub fn has_frame(&self) -> bool {
+        self.declared()
+            .is_some_and(|len| len > self.limit || self.buffered() >= 4 + len)
     }
 
     /// Bytes received and not yet part of a returned frame.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
+    }
+
+    /// Frames returned so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Bytes of memory the buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Frees the buffer's memory if it holds nothing (keeping a small one).
+    pub fn shrink(&mut self) {
+        if self.buffered() == 0 {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > KEEP {
+                self.buf = Vec::new();
+            }
+        }
     }
 }
 
@@ -476,12 +578,49 @@ mod tests {
             );
         }
         assert_eq!(r.next_frame(), Ok(None));
+        assert_eq!(r.frames(), 2);
         r.push(&(MAX_REQUEST as u32 + 1).to_le_bytes());
+        assert!(
+            r.has_frame(),
+            "an oversized declaration is reported at once"
+        );
         assert_eq!(r.next_frame(), Err(MAX_REQUEST + 1));
         assert!(matches!(
             decode::<Request>(&[200, 1, 2]),
             Err(Error::Incompatible(_))
         ));
+    }
+
+    /// Defect 4 (half-sent frames held ~72 KB each): the buffer grows with what arrives, not
+    /// to the declared length (nor beyond it), and is freed once empty.
+    #[test]
+    fn the_buffer_grows_with_what_arrives_and_is_freed() {
+        let mut r = FrameReader::new(MAX_REQUEST);
+        let mut msg = (MAX_REQUEST as u32).to_le_bytes().to_vec();
+        msg.extend_from_slice(&[7; 100]);
+        r.push(&msg);
+        assert!(r.capacity() < 1024, "capacity {}", r.capacity());
+        assert!(!r.has_frame());
+        let chunk = vec![1u8; 16 << 10];
+        let mut sent = 100;
+        while sent + chunk.len() < MAX_REQUEST {
+            r.push(&chunk);
+            sent += chunk.len();
+        }
+        r.push(&vec![2u8; MAX_REQUEST - sent]);
+        assert!(r.capacity() <= 4 + MAX_REQUEST, "capacity {}", r.capacity());
+        assert!(r.has_frame());
+        assert_eq!(r.next_frame().unwrap().unwrap().len(), MAX_REQUEST);
+        assert_eq!(r.buffered(), 0);
+        r.shrink();
+        assert_eq!(r.capacity(), 0);
+        // Many frames in one push are taken without moving the rest each time.
+        let many: Vec<u8> = (0..1000u32).flat_map(|i| frame(&i.to_le_bytes())).collect();
+        r.push(&many);
+        for i in 0..1000u32 {
+            assert_eq!(r.next_frame().unwrap().unwrap(), i.to_le_bytes());
+        }
+        assert_eq!(r.next_frame(), Ok(None));
     }
 
     #[test]

@@ -667,6 +667,12 @@ impl Membership {
             .expect("index was checked on join")
     }
 
+    /// Whether this process holds the entry: `false` in a child forked after the handle was
+    /// opened, where the handle's drop must leave shared state alone (it is the parent's).
+    pub(crate) fn held_here(&self) -> bool {
+        decode_owner(self.owner).0 == sys::pid()
+    }
+
     /// Frees the entry, if it is still ours, and tells the coordinator that admitted it. A
     /// handle dropped in a child forked after it was opened leaves the entry alone: it is the
     /// parent's.

@@ -69,11 +69,17 @@ fn daemon_and_cli_manage_channels() {
         "--namespace",
         "--socket-mode",
         "--keep-channels",
+        "--max-channels-per-uid",
+        "--max-bytes-per-uid",
+        "--max-connections",
+        "--max-connections-per-uid",
+        "--message-timeout",
     ] {
         assert!(help.contains(flag), "shmringd --help lacks {flag}:\n{help}");
     }
     let ns = format!("cli{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("d.sock");
     let mut daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_shmringd"))

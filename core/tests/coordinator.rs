@@ -50,6 +50,7 @@ fn place() -> (String, PathBuf, RemoveDir) {
     };
     let ns = format!("t{}-{n}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
     (ns, dir.join("coordinator.sock"), RemoveDir(dir))
 }
 

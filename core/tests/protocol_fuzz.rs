@@ -108,6 +108,7 @@ fn the_coordinator_survives_hostile_clients() {
     });
     let ns = format!("fuzz{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("c.sock");
     let coord = Coordinator::start(
         CoordinatorConfig::new(&ns)

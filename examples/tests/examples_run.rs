@@ -26,6 +26,7 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
 fn producer_and_consumer_talk() {
     let ns = format!("example-{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("coordinator.sock");
     let coordinator =
         shmring::Coordinator::start(shmring::CoordinatorConfig::new(&ns).socket(&socket)).unwrap();

@@ -167,6 +167,8 @@ struct ClientHandle {
 struct ProducerHandle {
     tag: u64,
     busy: InUse,
+    /// The process that opened it: a child forked afterwards only frees the handle.
+    pid: u32,
     state: ProducerState,
 }
 
@@ -181,6 +183,8 @@ struct ProducerState {
 struct ConsumerHandle {
     tag: u64,
     busy: InUse,
+    /// The process that opened it: a child forked afterwards only frees the handle.
+    pid: u32,
     state: ConsumerState,
 }
 
@@ -449,7 +453,9 @@ pub unsafe extern "C" fn shmring_channel_config_default(
 /// `SHMRING_NAMESPACE` environment variable if set, else "default" for the default socket and a
 /// namespace of its own for any other, so that coordinators on different sockets never share
 /// channels. On success `*out` is the coordinator, to be stopped with `shmring_coordinator_stop`.
-/// Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace.
+/// Fails with `SHMRING_ALREADY_EXISTS` if another coordinator serves that socket or namespace, or
+/// if something other than a stale socket of this user is at `socket_path` (it is left
+/// untouched), and with `SHMRING_NOT_FOUND` if the socket's directory does not exist.
 /// Any thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_coordinator_start(
@@ -522,7 +528,8 @@ pub unsafe extern "C" fn shmring_coordinator_socket(
 
 /// Stops a coordinator and frees it: closes its connections, removes its socket and deletes its
 /// channels (their consumers drain what is left, then get `SHMRING_CLOSED`). NULL is ignored.
-/// Any thread, once; `coord` is invalid afterwards.
+/// Any thread, once; `coord` is invalid afterwards. In a child forked from the process that
+/// started it, only frees the handle's memory: the coordinator goes on serving in the parent.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_coordinator_stop(coord: *mut shmring_coordinator) {
     guard_void(|| {
@@ -537,7 +544,8 @@ pub unsafe extern "C" fn shmring_coordinator_stop(coord: *mut shmring_coordinato
 /// Connects to the coordinator listening on `socket_path`; if NULL, on the socket named by the
 /// `SHMRING_SOCKET` environment variable, else on the default socket. On success `*out` is the
 /// client, to be closed with `shmring_client_close`. `SHMRING_UNAVAILABLE` when no coordinator
-/// answers (`shmring_last_error()` says how to start one). A client may be used by several
+/// answers (`shmring_last_error()` says how to start one), `SHMRING_BUSY` when it is at its limit
+/// of connections (`shmring_last_error()` names the limit). A client may be used by several
 /// threads at once. It belongs to the process that connected it: a child forked afterwards
 /// connects its own.
 #[unsafe(no_mangle)]
@@ -687,6 +695,7 @@ pub unsafe extern "C" fn shmring_producer_open(
         let h = into_handle(ProducerHandle {
             tag: PRODUCER_TAG,
             busy: InUse::default(),
+            pid: std::process::id(),
             state: ProducerState {
                 producer,
                 claim: None,
@@ -859,7 +868,8 @@ pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_stat
 /// Closes a producer and frees it (an open claim is aborted), freeing its place in the
 /// channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards. A producer
 /// that another thread is using at that moment is left open (and `shmring_last_error()` says
-/// so) rather than freed under that thread.
+/// so) rather than freed under that thread. In a child forked after it was opened, only frees
+/// the handle's memory (the channel is the parent's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
     let _ = guard(|| {
@@ -871,6 +881,7 @@ pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
         }
         // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ProducerHandle>(p.cast(), PRODUCER_TAG) }
+            && h.pid == std::process::id()
             && let Some(claim) = h.state.claim.take()
         {
             // SAFETY: as in shmring_commit.
@@ -904,6 +915,7 @@ pub unsafe extern "C" fn shmring_consumer_open(
         let h = into_handle(ConsumerHandle {
             tag: CONSUMER_TAG,
             busy: InUse::default(),
+            pid: std::process::id(),
             state: ConsumerState {
                 consumer,
                 frame: None,
@@ -1065,7 +1077,8 @@ pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_st
 /// Closes a consumer and frees it (a held frame is released), freeing its place in the
 /// channel. NULL is ignored. The consumer's thread, once; `c` is invalid afterwards. A consumer
 /// that another thread is using at that moment is left open (and `shmring_last_error()` says
-/// so) rather than freed under that thread.
+/// so) rather than freed under that thread. In a child forked after it was opened, only frees
+/// the handle's memory (the channel is the parent's).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
     let _ = guard(|| {
@@ -1077,6 +1090,7 @@ pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
         }
         // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
+            && h.pid == std::process::id()
             && let Some(frame) = h.state.frame.take()
         {
             // SAFETY: as in shmring_release.

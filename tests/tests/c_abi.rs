@@ -459,3 +459,74 @@ fn readme_c_example_works() {
     }
     dog.check();
 }
+
+/// Defect 18 of issue 10: a forked child that closes and stops inherited handles (a C program
+/// does it by hand; a finalizer at a child's exit does it unasked) leaves the parent's
+/// coordinator, channels, entries, claim and held frame as they were. Before, the child
+/// panicked inside the library and the parent's clients got `SHMRING_UNAVAILABLE`.
+#[test]
+fn a_forked_child_that_stops_inherited_handles_leaves_the_parent_alone() {
+    let _serial = serial();
+    let dog = Watchdog::new("fork_stop", Duration::from_secs(120));
+    let dir = scratch("fork");
+    for build in [Build::Plain, Build::Sanitized] {
+        let exe = compile("tests/c/fork_stop.c", &dir, build);
+        let work = dir.join(match build {
+            Build::Plain => "plain",
+            Build::Sanitized => "san",
+        });
+        std::fs::create_dir_all(&work).unwrap();
+        let out = run(
+            &dog,
+            Command::new(&exe)
+                .arg(&work)
+                .env("SHMRING_NAMESPACE", format!("cfork{}", std::process::id()))
+                .env("ASAN_OPTIONS", "detect_leaks=1")
+                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+        );
+        let text = ok(&out, "fork_stop");
+        assert!(text.contains("parent unharmed"), "{text}");
+    }
+    // Python: the inherited objects' finalizers run in the child (as in a multiprocessing
+    // worker that is torn down), then the parent carries on.
+    let script = r#"
+import os, sys
+import shmring
+sock = sys.argv[1]
+coord = shmring.Coordinator(sock)
+client = shmring.Client(sock)
+client.create("py", kind="spsc", capacity=4096, max_frame_size=64)
+tx, rx = client.producer("py"), client.consumer("py")
+tx.send(b"before", timeout=1)
+pid = os.fork()
+if pid == 0:
+    del tx, rx, client, coord  # their __del__ close and stop them
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+assert os.path.exists(sock), "the parent's socket was removed"
+assert rx.recv(timeout=1) == b"before"
+tx.send(b"after", timeout=1)
+assert rx.recv(timeout=1) == b"after"
+fresh = shmring.Client(sock)
+assert fresh.stats("py")["producers"] == 1
+fresh.close()
+tx.close(); rx.close(); client.close(); coord.close()
+print("parent unharmed")
+"#;
+    let sock = dir.join("py.sock");
+    let out = run(
+        &dog,
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&sock)
+            .env("PYTHONPATH", root().join("examples/python"))
+            .env("SHMRING_LIB", lib_dir().join("libshmring.so"))
+            .env("SHMRING_NAMESPACE", format!("pyfork{}", std::process::id())),
+    );
+    let text = ok(&out, "python fork");
+    assert!(text.contains("parent unharmed"), "{text}");
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+}

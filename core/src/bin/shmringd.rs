@@ -36,9 +36,42 @@ struct Args {
     /// Largest channel (segment) a client may create, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = shmring::DEFAULT_MAX_CHANNEL_BYTES)]
     max_channel_bytes: u64,
+    /// Most channels one user (uid) may own in the namespace
+    #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CHANNELS_PER_UID)]
+    max_channels_per_uid: usize,
+    /// Most bytes of channels (segments) one user may own in the namespace, all together
+    #[arg(long, value_name = "BYTES", default_value_t = shmring::DEFAULT_MAX_BYTES_PER_UID)]
+    max_bytes_per_uid: u64,
+    /// Most client connections at once (lowered to what the open-file limit allows)
+    #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_count)]
+    max_connections: usize,
+    /// Most client connections at once of one user (uid)
+    #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CONNECTIONS_PER_UID,
+          value_parser = parse_count)]
+    max_connections_per_uid: usize,
+    /// Seconds a client may take to finish a message it began (its hello included) or to
+    /// take a reply: a connection that takes longer is closed
+    #[arg(long, value_name = "SECONDS", default_value_t = shmring::DEFAULT_MESSAGE_TIMEOUT.as_secs_f64(),
+          value_parser = parse_seconds)]
+    message_timeout: f64,
     /// Log level: error, warn, info, debug or trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing::Level,
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a whole number of at least 1"))
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0 && *v <= 86400.0)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds between 0 and 86400"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -72,6 +105,11 @@ fn main() -> ExitCode {
         socket_mode: args.socket_mode,
         keep_channels: args.keep_channels,
         max_channel_bytes: args.max_channel_bytes,
+        max_channels_per_uid: args.max_channels_per_uid,
+        max_bytes_per_uid: args.max_bytes_per_uid,
+        max_connections: args.max_connections,
+        max_connections_per_uid: args.max_connections_per_uid,
+        message_timeout: Duration::from_secs_f64(args.message_timeout),
     };
     if let Err(e) = raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the open-file limit");

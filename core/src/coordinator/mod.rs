@@ -19,6 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The namespace a coordinator serves and a client connects to unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -45,7 +46,9 @@ pub struct CoordinatorConfig {
     /// The namespace served: its channels' segments are sealed memfds named
     /// `shmring.<namespace>@<uid>.<generation>.<channel>` (no name in `/dev/shm`).
     pub namespace: String,
-    /// The socket to listen on (`None`: [`default_socket_path`] of the namespace).
+    /// The socket to listen on (`None`: [`default_socket_path`] of the namespace). Its
+    /// directory must exist (only the default directory is created). Whatever is at the path
+    /// is left alone, except a stale socket of this user that nobody listens on.
     pub socket: Option<PathBuf>,
     /// Permission bits of the socket file. Connecting needs write permission, so `0o666` lets
     /// every user reach the coordinator (each channel's own mode still decides who is
@@ -60,10 +63,36 @@ pub struct CoordinatorConfig {
     /// any user who can reach the socket can create channels, and each one's memory is
     /// allocated up front (charged to the coordinator's memory).
     pub max_channel_bytes: u64,
+    /// Most channels owned by one user (default [`DEFAULT_MAX_CHANNELS_PER_UID`]), so that one
+    /// user cannot take the whole namespace (4096 channels).
+    pub max_channels_per_uid: usize,
+    /// Most bytes of segments owned by one user, all channels together (default
+    /// [`DEFAULT_MAX_BYTES_PER_UID`]).
+    pub max_bytes_per_uid: u64,
+    /// Most client connections at once (default [`DEFAULT_MAX_CONNECTIONS`]); lowered at start
+    /// to what the process's open-file limit allows.
+    pub max_connections: usize,
+    /// Most client connections at once of one user (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_UID`]): a refused client is told the limit.
+    pub max_connections_per_uid: usize,
+    /// How long a client may take to send a message it has begun (its hello included), and to
+    /// take a reply the coordinator has begun to send; a connection that takes longer is
+    /// closed (default [`DEFAULT_MESSAGE_TIMEOUT`]).
+    pub message_timeout: Duration,
 }
 
 /// Default of [`CoordinatorConfig::max_channel_bytes`]: 1 GiB.
 pub const DEFAULT_MAX_CHANNEL_BYTES: u64 = 1 << 30;
+/// Default of [`CoordinatorConfig::max_channels_per_uid`].
+pub const DEFAULT_MAX_CHANNELS_PER_UID: usize = 1024;
+/// Default of [`CoordinatorConfig::max_bytes_per_uid`]: 4 GiB.
+pub const DEFAULT_MAX_BYTES_PER_UID: u64 = 4 << 30;
+/// Default of [`CoordinatorConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`CoordinatorConfig::max_connections_per_uid`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
+/// Default of [`CoordinatorConfig::message_timeout`]: 10 s.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -73,6 +102,11 @@ impl Default for CoordinatorConfig {
             socket_mode: 0o600,
             keep_channels: false,
             max_channel_bytes: DEFAULT_MAX_CHANNEL_BYTES,
+            max_channels_per_uid: DEFAULT_MAX_CHANNELS_PER_UID,
+            max_bytes_per_uid: DEFAULT_MAX_BYTES_PER_UID,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
         }
     }
 }
@@ -109,6 +143,62 @@ impl CoordinatorConfig {
         self.max_channel_bytes = bytes;
         self
     }
+
+    /// Sets [`CoordinatorConfig::max_channels_per_uid`].
+    pub fn max_channels_per_uid(mut self, n: usize) -> CoordinatorConfig {
+        self.max_channels_per_uid = n;
+        self
+    }
+
+    /// Sets [`CoordinatorConfig::max_bytes_per_uid`].
+    pub fn max_bytes_per_uid(mut self, bytes: u64) -> CoordinatorConfig {
+        self.max_bytes_per_uid = bytes;
+        self
+    }
+
+    /// Sets [`CoordinatorConfig::max_connections`].
+    pub fn max_connections(mut self, n: usize) -> CoordinatorConfig {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets [`CoordinatorConfig::max_connections_per_uid`].
+    pub fn max_connections_per_uid(mut self, n: usize) -> CoordinatorConfig {
+        self.max_connections_per_uid = n;
+        self
+    }
+
+    /// Sets [`CoordinatorConfig::message_timeout`].
+    pub fn message_timeout(mut self, timeout: Duration) -> CoordinatorConfig {
+        self.message_timeout = timeout;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_namespace(&self.namespace)?;
+        if self.socket_mode & !0o777 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "socket mode {:o} has bits outside 0o777",
+                self.socket_mode
+            )));
+        }
+        for (what, n) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
+        ] {
+            if n == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} is 0: no client could connect"
+                )));
+            }
+        }
+        if self.message_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "message_timeout is 0: no message could arrive".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A running coordinator. Stops (removing its socket, and its channels unless told to keep
@@ -118,6 +208,7 @@ impl CoordinatorConfig {
 /// use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig};
 ///
 /// let dir = std::env::temp_dir().join(format!("shmring-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap(); // the socket's directory must exist
 /// let ns = format!("doc-{}", std::process::id());
 /// let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(dir.join("c.sock")))?;
 /// let client = Client::connect(Some(coord.socket_path()))?;
@@ -134,6 +225,10 @@ impl CoordinatorConfig {
 pub struct Coordinator {
     socket: PathBuf,
     namespace: String,
+    /// The process that started it. Only there does stopping touch anything: a forked child's
+    /// copy of the handle frees its memory and nothing else (the thread, the socket, the
+    /// segments and the lock are the parent's).
+    pid: u32,
     stop: Option<UnixStream>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -151,24 +246,21 @@ impl Coordinator {
     /// Starts a coordinator on a new thread of this process. Takes the namespace's lock (one
     /// coordinator per namespace and user), adopts the segments a previous coordinator left,
     /// and listens on the socket. Errors say what is in the way: another coordinator serving
-    /// the namespace, a socket directory others can write to, and the like.
+    /// the namespace, a file that is not a stale socket of this user at the socket path, a
+    /// missing socket directory, a socket directory others can write to, and the like.
     pub fn start(config: CoordinatorConfig) -> Result<Coordinator> {
-        validate_namespace(&config.namespace)?;
-        if config.socket_mode & !0o777 != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "socket mode {:o} has bits outside 0o777",
-                config.socket_mode
-            )));
-        }
-        let lock = lock_namespace(&config.namespace)?;
-        let lock_path = Path::new("/dev/shm").join(registry::lock_name(&config.namespace));
-        let started = Coordinator::listen(&config).and_then(|(socket, listener)| {
-            let (stop_tx, stop_rx) =
-                UnixStream::pair().map_err(|e| Error::os("creating the stop socket", e))?;
-            match server::Server::new(listener, stop_rx, &config) {
-                Ok(server) => Ok((socket, stop_tx, server)),
+        config.validate()?;
+        let lock = NamespaceLock::take(&config.namespace, None)?;
+        let started = Coordinator::listen(&config).and_then(|Bound { listener, socket }| {
+            let server = UnixStream::pair()
+                .map_err(|e| Error::os("creating the stop socket", e))
+                .and_then(|(stop_tx, stop_rx)| {
+                    Ok((stop_tx, server::Server::new(listener, stop_rx, &config)?))
+                });
+            match server {
+                Ok((stop_tx, server)) => Ok((socket, stop_tx, server)),
                 Err(e) => {
-                    let _ = std::fs::remove_file(&socket);
+                    socket.remove();
                     Err(e)
                 }
             }
@@ -176,17 +268,24 @@ impl Coordinator {
         let (socket, stop_tx, mut server) = match started {
             Ok(s) => s,
             Err(e) => {
-                let _ = std::fs::remove_file(&lock_path);
+                lock.release();
                 return Err(e);
             }
         };
         let keep = config.keep_channels;
-        let (ns, path) = (config.namespace.clone(), socket.clone());
-        let cleanup = [socket.clone(), lock_path.clone()];
+        let ns = config.namespace.clone();
+        let path = socket.path.clone();
+        // Handed to the thread, and given back if it cannot start.
+        let owned = std::sync::Arc::new(std::sync::Mutex::new(Some((socket, lock))));
+        let for_thread = std::sync::Arc::clone(&owned);
         let thread = std::thread::Builder::new()
             .name(format!("shmring-coordinator-{}", config.namespace))
             .spawn(move || {
-                tracing::info!(namespace = %ns, socket = %path.display(), pid = sys::pid(), "coordinator serving");
+                let taken = for_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let Some((socket, lock)) = taken else {
+                    return;
+                };
+                tracing::info!(namespace = %ns, socket = %socket.path.display(), pid = sys::pid(), "coordinator serving");
                 let exit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()));
                 match exit {
                     Ok(server::Exit::Stopped) if !keep => server.registry.remove_all(),
@@ -200,44 +299,64 @@ impl Coordinator {
                         tracing::error!(namespace = %ns, "coordinator panicked (a bug); its channels are left for the next one")
                     }
                 }
-                let _ = std::fs::remove_file(&path);
+                socket.remove();
                 drop(server);
-                // Removed while still held, so a coordinator starting now either fails to lock
-                // the old file or creates and locks a new one.
-                let _ = std::fs::remove_file(&lock_path);
-                drop(lock);
+                lock.release();
                 tracing::info!(namespace = %ns, "coordinator stopped");
-            })
-            .map_err(|e| {
-                for p in &cleanup {
-                    let _ = std::fs::remove_file(p);
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some((socket, lock)) = owned.lock().unwrap_or_else(|e| e.into_inner()).take()
+                {
+                    socket.remove();
+                    lock.release();
                 }
-                Error::os("starting the coordinator thread", e)
-            })?;
+                return Err(Error::os("starting the coordinator thread", e));
+            }
+        };
         Ok(Coordinator {
-            socket,
+            socket: path,
             namespace: config.namespace,
+            pid: sys::pid(),
             stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
 
-    /// Makes the socket's directory and binds the socket.
-    fn listen(config: &CoordinatorConfig) -> Result<(PathBuf, UnixListener)> {
+    /// Makes the default socket directory if needed, and binds the socket.
+    fn listen(config: &CoordinatorConfig) -> Result<Bound> {
         let socket = match &config.socket {
             Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    make_dir(dir, false)?;
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                match std::fs::metadata(dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "the socket's directory {} is not a directory",
+                            dir.display()
+                        )));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(Error::NotFound(format!(
+                            "the socket's directory {} does not exist: create it first (a \
+                             coordinator creates only its default socket directory)",
+                            dir.display()
+                        )));
+                    }
+                    Err(e) => return Err(Error::os(format!("inspecting {}", dir.display()), e)),
                 }
                 p.clone()
             }
             None => {
-                make_dir(&default_socket_dir(), true)?;
+                make_default_dir(&default_socket_dir())?;
                 default_socket_path(&config.namespace)
             }
         };
-        let listener = bind(&socket, config.socket_mode)?;
-        Ok((socket, listener))
+        bind(&socket, config.socket_mode)
     }
 
     /// The socket clients connect to.
@@ -251,19 +370,33 @@ impl Coordinator {
     }
 
     /// Whether the coordinator still serves: `false` once it stopped by itself (it failed; the
-    /// reason is logged). A supervising program exits then, so that it is restarted.
+    /// reason is logged). A supervising program exits then, so that it is restarted. Always
+    /// `false` in a child forked from the process that started it (it serves the parent).
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.pid == sys::pid() && self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Stops serving: closes every connection, removes the socket and (unless
     /// [`keep_channels`](CoordinatorConfig::keep_channels)) deletes every channel. Processes
-    /// that have a channel mapped keep using it.
+    /// that have a channel mapped keep using it. In a child forked from the process that
+    /// started the coordinator, only frees the handle: the coordinator goes on serving in the
+    /// parent.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        if self.pid != sys::pid() {
+            // A forked child's copy. The thread does not exist here (joining it would wait on
+            // nothing, or panic), and the stop socket is shared with the parent's thread:
+            // writing to it would stop the parent's coordinator. Closing this process's
+            // descriptor of it is harmless (the parent's keeps it open).
+            if let Some(t) = self.thread.take() {
+                std::mem::forget(t);
+            }
+            drop(self.stop.take());
+            return;
+        }
         if let Some(mut s) = self.stop.take() {
             let _ = s.write_all(b"x");
         }
@@ -279,82 +412,312 @@ impl Drop for Coordinator {
     }
 }
 
-/// Takes the namespace's lock file in `/dev/shm` (held for the coordinator's life).
-fn lock_namespace(namespace: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = Path::new("/dev/shm").join(registry::lock_name(namespace));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| Error::os(format!("opening the namespace lock {}", path.display()), e))?;
-    let owner = file
-        .metadata()
-        .map_err(|e| Error::os(format!("inspecting {}", path.display()), e))?
-        .uid();
-    if owner != sys::euid() {
-        return Err(Error::PermissionDenied(format!(
-            "the namespace lock {} belongs to uid {owner}, not to this user ({}): remove it",
-            path.display(),
-            sys::euid()
-        )));
-    }
-    sys::try_lock(file)?.ok_or_else(|| {
-        Error::AlreadyExists(format!(
-            "namespace {namespace:?} is already served by another coordinator (it holds {})",
-            path.display()
-        ))
-    })
+/// A file's identity: a path names the same file as before only if these are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
 }
 
-/// Creates `dir` (mode 0700) if missing. With `private`, an existing one must belong to this
-/// user and be writable by nobody else, or another user could replace the socket.
-fn make_dir(dir: &Path, private: bool) -> Result<()> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::os(format!("creating socket directory {}", dir.display()), e))?;
-        return Ok(());
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
     }
-    if private {
-        let m = std::fs::metadata(dir)
-            .map_err(|e| Error::os(format!("inspecting {}", dir.display()), e))?;
-        if m.uid() != sys::euid() || m.permissions().mode() & 0o022 != 0 {
+
+    /// What `path` itself (not a link's target) is now, if anything.
+    fn at(path: &Path) -> Option<FileId> {
+        std::fs::symlink_metadata(path).ok().map(|m| FileId::of(&m))
+    }
+}
+
+/// The namespace's lock: an exclusive `flock` on `/dev/shm/shmring.<namespace>@<euid>.lock`,
+/// held for the coordinator's life.
+///
+/// The file is removed at stop while still locked, so that `/dev/shm` keeps nothing of a
+/// stopped namespace. That is safe because a lock counts only if, once taken, the path still
+/// names the locked file: a coordinator that opened the file just before a stopping one removed
+/// it, and locked it just after, holds a lock on a file nobody else will ever open, sees that,
+/// and tries again with the file now at the path (which a third coordinator may hold).
+struct NamespaceLock {
+    lock: nix::fcntl::Flock<std::fs::File>,
+    path: PathBuf,
+}
+
+/// How often taking the lock is tried when the file keeps being replaced under us.
+const LOCK_ATTEMPTS: usize = 64;
+
+impl NamespaceLock {
+    fn path_of(namespace: &str) -> PathBuf {
+        Path::new("/dev/shm").join(registry::lock_name(namespace))
+    }
+
+    /// Takes the lock of `namespace`; `first`, if given, is the lock file opened earlier (the
+    /// tests use it to replay an interleaving).
+    fn take(namespace: &str, mut first: Option<std::fs::File>) -> Result<NamespaceLock> {
+        let path = NamespaceLock::path_of(namespace);
+        for _ in 0..LOCK_ATTEMPTS {
+            let file = match first.take() {
+                Some(f) => f,
+                None => NamespaceLock::open(&path)?,
+            };
+            let lock = sys::try_lock(file)?.ok_or_else(|| {
+                Error::AlreadyExists(format!(
+                    "namespace {namespace:?} is already served by another coordinator (it holds {})",
+                    path.display()
+                ))
+            })?;
+            let held = lock
+                .metadata()
+                .map_err(|e| Error::os(format!("inspecting {}", path.display()), e))?;
+            if FileId::at(&path) == Some(FileId::of(&held)) {
+                return Ok(NamespaceLock { lock, path });
+            }
+            // A stopping coordinator removed the file between our open and our lock: this lock
+            // guards nothing. Unlocked by the drop; try the file at the path now.
+        }
+        Err(Error::Busy(format!(
+            "the namespace lock {} keeps being replaced: try again",
+            path.display()
+        )))
+    }
+
+    /// Opens (creating if needed) the lock file, which must be this user's.
+    fn open(path: &Path) -> Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| Error::os(format!("opening the namespace lock {}", path.display()), e))?;
+        let owner = file
+            .metadata()
+            .map_err(|e| Error::os(format!("inspecting {}", path.display()), e))?
+            .uid();
+        if owner != sys::euid() {
             return Err(Error::PermissionDenied(format!(
-                "socket directory {} belongs to uid {} with mode {:o}: it must be this user's \
-                 ({}) and writable by no one else; remove it or pass a socket path",
-                dir.display(),
-                m.uid(),
-                m.permissions().mode() & 0o7777,
+                "the namespace lock {} belongs to uid {owner}, not to this user ({}): remove it",
+                path.display(),
                 sys::euid()
             )));
         }
+        Ok(file)
+    }
+
+    /// Removes the lock file (if the path still names it) while holding the lock, then
+    /// releases it. Removing after releasing would let a coordinator lock the file just before
+    /// it disappears, and another create and lock a new one.
+    fn release(self) {
+        if let Ok(held) = self.lock.metadata()
+            && FileId::at(&self.path) == Some(FileId::of(&held))
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        drop(self.lock);
+    }
+}
+
+/// A bound control socket.
+struct Bound {
+    listener: UnixListener,
+    socket: BoundPath,
+}
+
+/// The socket file a coordinator bound, and its identity.
+struct BoundPath {
+    path: PathBuf,
+    id: Option<FileId>,
+}
+
+impl BoundPath {
+    /// Removes the socket file if the path still names the one bound: a file someone put there
+    /// since (having removed ours) is theirs.
+    fn remove(&self) {
+        if self.id.is_some() && FileId::at(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates the default socket directory (mode 0700, its parent must exist) if missing. An
+/// existing one must be a directory (not a link) of this user's that no one else can write to,
+/// or another user could replace the socket.
+fn make_default_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::os(
+                format!("creating socket directory {}", dir.display()),
+                e,
+            ));
+        }
+    }
+    let m = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::os(format!("inspecting {}", dir.display()), e))?;
+    if !m.is_dir() || m.uid() != sys::euid() || m.permissions().mode() & 0o022 != 0 {
+        return Err(Error::PermissionDenied(format!(
+            "socket directory {} is {} of uid {} with mode {:o}: it must be a directory of this \
+             user's ({}) writable by no one else; remove it or pass a socket path",
+            dir.display(),
+            kind_of(&m),
+            m.uid(),
+            m.permissions().mode() & 0o7777,
+            sys::euid()
+        )));
     }
     Ok(())
 }
 
-/// Binds the control socket, replacing a stale socket file left by a dead coordinator but never
-/// a live one's.
-fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(Error::AlreadyExists(format!(
-                "a coordinator is already listening on {}",
-                path.display()
-            )));
+/// What a file is, in words.
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device"
+    }
+}
+
+/// How long probing an existing socket for a live coordinator may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds the control socket at `path`. Something already there is removed only if it is a
+/// stale socket: a socket (not a link to one), of this user, that nobody listens on. Anything
+/// else is an error and stays untouched.
+fn bind(path: &Path, mode: u32) -> Result<Bound> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => {
+            if !m.file_type().is_socket() {
+                return Err(Error::AlreadyExists(format!(
+                    "{} is {}, not a socket: a coordinator replaces only a stale socket of its \
+                     own; choose another socket path",
+                    path.display(),
+                    kind_of(&m)
+                )));
+            }
+            if m.uid() != sys::euid() {
+                return Err(Error::PermissionDenied(format!(
+                    "{} is a socket of uid {}, not of this user ({}): it is left alone; remove it \
+                     as its owner or choose another socket path",
+                    path.display(),
+                    m.uid(),
+                    sys::euid()
+                )));
+            }
+            match sys::connect_unix(path, PROBE_TIMEOUT) {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists(format!(
+                        "a coordinator is already listening on {}",
+                        path.display()
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(Error::AlreadyExists(format!(
+                        "a coordinator is already listening on {} (its backlog is full)",
+                        path.display()
+                    )));
+                }
+                // Nobody listens: a stale socket (its coordinator died).
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {}
+                Err(e) => {
+                    return Err(Error::os(
+                        format!("probing the existing socket {}", path.display()),
+                        e,
+                    ));
+                }
+            }
+            if FileId::at(path) != Some(FileId::of(&m)) {
+                return Err(Error::AlreadyExists(format!(
+                    "{} changed while it was inspected; left alone",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| Error::os(format!("removing stale socket {}", path.display()), e))?;
+            tracing::info!(socket = %path.display(), "removed a stale socket");
         }
-        std::fs::remove_file(path)
-            .map_err(|e| Error::os(format!("removing stale socket {}", path.display()), e))?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::os(format!("inspecting {}", path.display()), e)),
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| Error::os(format!("listening on {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::os(format!("setting mode {mode:o} on {}", path.display()), e))?;
-    Ok(listener)
+    let socket = BoundPath {
+        path: path.to_path_buf(),
+        id: std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.file_type().is_socket())
+            .map(|m| FileId::of(&m)),
+    };
+    if socket.id.is_none() {
+        return Err(Error::AlreadyExists(format!(
+            "{} was replaced right after the coordinator bound it; left alone",
+            path.display()
+        )));
+    }
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        socket.remove();
+        return Err(Error::os(
+            format!("setting mode {mode:o} on {}", path.display()),
+            e,
+        ));
+    }
+    Ok(Bound { listener, socket })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(tag: &str) -> String {
+        format!("u{tag}{}", std::process::id())
+    }
+
+    /// Defect 13 (the namespace lock could be held twice): the interleaving of a coordinator
+    /// that opens the lock file, then loses the processor while the one holding it stops
+    /// (removing the file, then unlocking), then locks the removed file. It must not count as
+    /// holding the namespace while a third coordinator holds the new file.
+    #[test]
+    fn a_lock_on_a_removed_lock_file_does_not_count() {
+        let ns = namespace("lockrace");
+        let path = NamespaceLock::path_of(&ns);
+        let a = NamespaceLock::take(&ns, None).unwrap();
+        let early = NamespaceLock::open(&path).unwrap(); // B opens the file A holds
+        a.release(); // A stops: removes the file, unlocks
+        let c = NamespaceLock::take(&ns, None).unwrap(); // C creates a new file and locks it
+        // B locks the file it opened (nobody holds it now): a lock on nothing. It must see that
+        // and find C's.
+        match NamespaceLock::take(&ns, Some(early)) {
+            Err(Error::AlreadyExists(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("two coordinators hold namespace {ns:?}"),
+        }
+        c.release();
+        assert!(!path.exists(), "released: the lock file is removed");
+        // With nobody holding it, the stale early open still ends in a lock that counts.
+        let early = NamespaceLock::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let d = NamespaceLock::take(&ns, Some(early)).unwrap();
+        assert_eq!(
+            FileId::at(&path),
+            Some(FileId::of(&d.lock.metadata().unwrap()))
+        );
+        d.release();
+    }
 }

@@ -115,6 +115,8 @@ pub(super) struct Registry {
     max_channel_bytes: u64,
     /// Processes found dead since the server last looked: their connections are closed.
     dead_pids: Vec<u32>,
+    /// Per-user limits (see `Quotas`).
+    quotas: Quotas,
 }
 
 /// The prefix of the names of a namespace's segments (sealed memfds) and of its lock file in
@@ -187,6 +189,7 @@ impl Registry {
             next_generation: 1,
             max_channel_bytes,
             dead_pids: Vec::new(),
+            quotas: Quotas::default(),
         }
     }
 
@@ -708,6 +711,8 @@ impl Registry {
             Request::Adopt { .. } => Err(Error::InvalidArgument(
                 "a segment handed back must come with its descriptor".into(),
             )),
+            // The connection figures are the server's: it fills them in.
+            Request::Limits => Ok(plain(Reply::Limits(self.limits_of(peer.uid)))),
         };
         r.unwrap_or_else(|e| {
             let (code, message) = crate::protocol::ErrorCode::of(&e);
@@ -766,6 +771,7 @@ impl Registry {
                 geo.total_size, self.max_channel_bytes
             )));
         }
+        self.check_quota(peer.uid, geo.total_size as u64)?;
         let generation = self.next_generation;
         self.next_generation = self.next_generation.saturating_add(1);
         let object = format!("{}{generation}.{name}", self.prefix);
@@ -991,6 +997,93 @@ fn held(books: &Books<'_>, name: &str, ch: &Channel) -> Vec<(Role, u32, u64)> {
         .get(&(name, ch.seg.origin().generation))
         .cloned()
         .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-user limits (defect 5: one user could take every channel of the namespace, and 1 GiB of
+// shared memory per channel).
+
+/// What one user may own in the namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Quotas {
+    /// Most channels owned by one uid.
+    pub channels_per_uid: usize,
+    /// Most bytes of segments owned by one uid.
+    pub bytes_per_uid: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas {
+            channels_per_uid: super::DEFAULT_MAX_CHANNELS_PER_UID,
+            bytes_per_uid: super::DEFAULT_MAX_BYTES_PER_UID,
+        }
+    }
+}
+
+/// A user's channels and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Usage {
+    pub channels: usize,
+    pub bytes: u64,
+}
+
+impl Registry {
+    /// Sets the per-user limits.
+    pub(super) fn set_quotas(&mut self, quotas: Quotas) {
+        self.quotas = quotas;
+    }
+
+    /// The channel limits and `uid`'s use of them (the connection figures zero).
+    fn limits_of(&self, uid: u32) -> crate::protocol::Limits {
+        let used = self.usage(uid);
+        crate::protocol::Limits {
+            uid,
+            channels: used.channels as u64,
+            max_channels_per_uid: self.quotas.channels_per_uid as u64,
+            bytes: used.bytes,
+            max_bytes_per_uid: self.quotas.bytes_per_uid,
+            max_channel_bytes: self.max_channel_bytes,
+            namespace_channels: self.channels.len() as u64,
+            max_channels: MAX_CHANNELS as u64,
+            connections: 0,
+            max_connections_per_uid: 0,
+            all_connections: 0,
+            max_connections: 0,
+        }
+    }
+
+    /// The channels `uid` owns (as recorded in their headers, adopted ones included).
+    pub(super) fn usage(&self, uid: u32) -> Usage {
+        self.channels
+            .values()
+            .filter(|c| c.seg.origin().owner_uid == uid)
+            .fold(Usage::default(), |u, c| Usage {
+                channels: u.channels + 1,
+                bytes: u.bytes.saturating_add(c.seg.geometry().total_size as u64),
+            })
+    }
+
+    /// Refuses a channel of `bytes` to `uid` if it would pass one of the user's limits.
+    fn check_quota(&self, uid: u32, bytes: u64) -> Result<()> {
+        let used = self.usage(uid);
+        let q = self.quotas;
+        if used.channels >= q.channels_per_uid {
+            return Err(Error::Busy(format!(
+                "uid {uid} owns {} channels in namespace {:?}, its limit of {} channels per user \
+                 (shmringd --max-channels-per-uid): delete one first",
+                used.channels, self.namespace, q.channels_per_uid
+            )));
+        }
+        if used.bytes.saturating_add(bytes) > q.bytes_per_uid {
+            return Err(Error::Busy(format!(
+                "uid {uid} owns {} bytes of channels in namespace {:?}; {bytes} more would pass \
+                 its limit of {} bytes per user (shmringd --max-bytes-per-uid)",
+                used.bytes, self.namespace, q.bytes_per_uid
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Repairs what a channel's dead participants left (those due, or all with `all`), freeing

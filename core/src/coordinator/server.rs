@@ -2,12 +2,19 @@
 //! client connection, every watched process's pidfd and a stop socket. Nothing blocks: reads
 //! and writes are non-blocking with per-connection buffers, so a slow or hostile client cannot
 //! delay the repair of another's channel.
+//!
+//! What one connection may hold is bounded (ARCHITECTURE.md, "Threat model"): replies and
+//! descriptors queued for it (over the cap, its requests are not read until it takes its
+//! replies), its receive buffer (one request at most, grown as bytes arrive and freed when
+//! empty), and time (a message begun must be finished, and a reply begun taken, within the
+//! message timeout). Connections are capped per user and in all, with a refusal that names the
+//! limit.
 
-use super::registry::{Admitted, PIDFD_TOKEN, Peer, Registry};
+use super::registry::{Admitted, PIDFD_TOKEN, Peer, Quotas, Registry};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    self, ErrorCode, FrameReader, HELLO_ACCEPTED, HELLO_INCOMPATIBLE, HELLO_NOT_A_HELLO,
-    HELLO_REFUSED, MAX_REQUEST, PROTOCOL_VERSION, Reply, Request,
+    self, ErrorCode, FrameReader, HELLO_ACCEPTED, HELLO_BUSY, HELLO_INCOMPATIBLE,
+    HELLO_NOT_A_HELLO, HELLO_REFUSED, MAX_REQUEST, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::sys;
 use nix::errno::Errno;
@@ -22,13 +29,24 @@ const LISTENER: u64 = 0;
 const STOP: u64 = 1;
 const FIRST_CONN: u64 = 2;
 
-/// Most client connections at once.
-const MAX_CONNECTIONS: usize = 4096;
 /// Most reply bytes queued for one client before it is dropped as not reading.
 const MAX_QUEUED: usize = 16 << 20;
-/// Reply bytes queued for one client above which its requests are not read until it has
-/// taken its replies (a client that only sends cannot make the coordinator buffer for it).
-const READ_PAUSE: usize = 1 << 20;
+/// Reply bytes queued for one client (`REPLY_OVERHEAD` counted for each reply) above which its
+/// requests are not read until it has taken its replies (a client that only sends cannot make
+/// the coordinator buffer for it). The closes a client library may pipeline
+/// (`MAX_PENDING_CLOSES`, 4096 five-byte replies) fit with room to spare.
+const READ_PAUSE: usize = 512 << 10;
+/// Bytes counted for each queued reply besides its own: its bookkeeping.
+const REPLY_OVERHEAD: usize = 64;
+/// Segment descriptors queued for one client (each an open descriptor of the coordinator's
+/// until written) at which its requests are not read until it takes its replies. A client of
+/// the library waits for each reply, so it never has more than one.
+pub(super) const MAX_QUEUED_FDS: usize = 4;
+/// Replies queued for one client at which its requests are not read until it takes them.
+const MAX_QUEUED_REPLIES: usize = 8192;
+/// Request bytes buffered for one connection at which it is not read from: a whole request of
+/// the largest size fits, and a complete one waits to be answered.
+const MAX_BUFFERED: usize = 4 + MAX_REQUEST;
 /// How often frame rates are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How long the listener rests when the process is out of file descriptors.
@@ -36,6 +54,14 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Most reads from one connection per readiness event: epoll is level-triggered, so a client
 /// that keeps sending is served again next round, after everyone else.
 const READS_PER_EVENT: usize = 16;
+/// Descriptors the coordinator needs besides its connections' (listener, epoll set, stop
+/// socket, lock, channels' segments, logging...), when deriving the connection cap from the
+/// open-file limit.
+const FD_RESERVE: u64 = 64;
+/// Descriptors one connection may hold: its socket, its process's pidfd, queued segments.
+const FDS_PER_CONN: u64 = 2 + MAX_QUEUED_FDS as u64;
+/// Freed receive-buffer bytes after which the allocator is asked to give memory back.
+const TRIM_AFTER: usize = 1 << 20;
 
 /// How the loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +88,8 @@ struct Conn {
     greeted: bool,
     out: VecDeque<Outgoing>,
     queued: usize,
+    /// Descriptors in `out` not yet written.
+    queued_fds: usize,
     /// Close once the queued replies are written (after a protocol violation).
     closing: bool,
     /// The interest registered: (EPOLLIN, EPOLLOUT).
@@ -69,6 +97,58 @@ struct Conn {
     /// Descriptors received (`SCM_RIGHTS`) for requests not yet answered: only a
     /// `Request::Adopt` comes with one.
     fds: VecDeque<OwnedFd>,
+    /// When the connection was accepted (its hello is due within the message timeout).
+    accepted: Instant,
+    /// When the message now partly received began to arrive.
+    partial_since: Option<Instant>,
+    /// Since when replies have waited without any being written.
+    stalled_since: Option<Instant>,
+}
+
+impl Conn {
+    /// Whether the connection holds as many replies or descriptors as it may: its requests
+    /// wait until it takes some.
+    fn over_cap(&self) -> bool {
+        self.queued_fds >= MAX_QUEUED_FDS
+            || self.out.len() >= MAX_QUEUED_REPLIES
+            || self.queued > READ_PAUSE
+    }
+
+    /// Whether to read from the connection.
+    fn wants_input(&self) -> bool {
+        !self.closing && !self.over_cap() && self.reader.buffered() < MAX_BUFFERED
+    }
+}
+
+/// The connection limits and the message timeout.
+#[derive(Clone, Copy, Debug)]
+struct ConnLimits {
+    max: usize,
+    per_uid: usize,
+    timeout: Duration,
+}
+
+/// Logs a kind of event at most once a second, with the count of those not logged.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last one)` if this one may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// Most descriptors received from one connection and not yet used by its requests: a client
@@ -82,20 +162,45 @@ pub(super) struct Server {
     listener_paused: Option<Instant>,
     stop: UnixStream,
     conns: HashMap<u64, Conn>,
+    /// Connections per uid.
+    per_uid: HashMap<u32, usize>,
+    limits: ConnLimits,
     next_conn: u64,
     pub(super) registry: Registry,
     namespace: String,
+    /// Receive-buffer bytes freed since the allocator last gave memory back.
+    freed: usize,
+    refusals: Throttle,
+    timeouts: Throttle,
 }
 
 fn flags(read: bool, write: bool) -> EpollFlags {
-    let mut f = EpollFlags::EPOLLRDHUP;
+    let mut f = EpollFlags::empty();
     if read {
-        f |= EpollFlags::EPOLLIN;
+        // A peer's half-close is news only while reading: watched when not reading, it would
+        // wake the level-triggered loop again and again.
+        f |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
     }
     if write {
         f |= EpollFlags::EPOLLOUT;
     }
     f
+}
+
+/// The connection cap: `configured`, lowered to what an open-file limit of `nofile`
+/// descriptors allows, so that a full house ends in clear refusals, not in failing accepts.
+fn connection_cap(configured: usize, nofile: u64) -> usize {
+    let fit = nofile.saturating_sub(FD_RESERVE) / FDS_PER_CONN;
+    configured.min(usize::try_from(fit).unwrap_or(usize::MAX).max(1))
+}
+
+/// Asks the allocator to return freed memory to the system (glibc keeps it otherwise).
+fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Server {
@@ -120,16 +225,40 @@ impl Server {
             .add(&stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
             .map_err(|e| Error::os("watching the stop socket", e))?;
         let mut registry = Registry::new(namespace, config.max_channel_bytes);
+        registry.set_quotas(Quotas {
+            channels_per_uid: config.max_channels_per_uid,
+            bytes_per_uid: config.max_bytes_per_uid,
+        });
         registry.adopt(&epoll)?;
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(u64::MAX, |(soft, _)| soft);
+        let max = connection_cap(config.max_connections, nofile);
+        if max < config.max_connections {
+            tracing::warn!(
+                configured = config.max_connections,
+                max,
+                nofile,
+                "the open-file limit allows fewer connections than configured"
+            );
+        }
         Ok(Server {
             epoll,
             listener,
             listener_paused: None,
             stop,
             conns: HashMap::new(),
+            per_uid: HashMap::new(),
+            limits: ConnLimits {
+                max,
+                per_uid: config.max_connections_per_uid.min(max),
+                timeout: config.message_timeout,
+            },
             next_conn: FIRST_CONN,
             registry,
             namespace: namespace.to_string(),
+            freed: 0,
+            refusals: Throttle::default(),
+            timeouts: Throttle::default(),
         })
     }
 
@@ -137,10 +266,14 @@ impl Server {
     pub(super) fn run(&mut self) -> Exit {
         let mut events = vec![EpollEvent::empty(); 256];
         let mut next_sample = Instant::now() + SAMPLE_EVERY;
+        let sweep_every =
+            (self.limits.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut next_sweep = Instant::now() + sweep_every;
         loop {
             let now = Instant::now();
             let wake = [
                 Some(next_sample),
+                Some(next_sweep),
                 self.registry.next_retry(),
                 self.listener_paused,
             ]
@@ -192,6 +325,10 @@ impl Server {
                     return Exit::Failed;
                 }
             }
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + sweep_every;
+            }
             if Instant::now() >= next_sample {
                 self.registry.sample_rates();
                 next_sample = Instant::now() + SAMPLE_EVERY;
@@ -212,6 +349,48 @@ impl Server {
             for id in ids {
                 self.drop_conn(id);
             }
+        }
+    }
+
+    /// Closes the connections that ran past the message timeout: a hello not sent, a message
+    /// begun and not finished, replies not taken. Then gives freed memory back.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let timeout = self.limits.timeout;
+        let late = |since: Option<Instant>| since.is_some_and(|t| now.duration_since(t) >= timeout);
+        let expired: Vec<(u64, &'static str, u32)> = self
+            .conns
+            .iter()
+            .filter_map(|(&id, c)| {
+                let why = if !c.greeted && late(Some(c.accepted)) {
+                    "it sent no hello"
+                } else if late(c.partial_since) {
+                    "it began a message and did not finish it"
+                } else if late(c.stalled_since) {
+                    "it does not take its replies"
+                } else {
+                    return None;
+                };
+                Some((id, why, c.peer.pid))
+            })
+            .collect();
+        for (id, why, pid) in expired {
+            if let Some(suppressed) = self.timeouts.allow() {
+                tracing::warn!(
+                    pid,
+                    suppressed,
+                    "closing a connection: {why} within {timeout:?}"
+                );
+            }
+            self.drop_conn(id);
+        }
+        if self.freed >= TRIM_AFTER {
+            self.freed = 0;
+            if self.conns.capacity() > 64 && self.conns.len() < self.conns.capacity() / 4 {
+                self.conns.shrink_to_fit();
+                self.per_uid.shrink_to_fit();
+            }
+            trim_memory();
         }
     }
 
@@ -236,13 +415,18 @@ impl Server {
                     return;
                 }
             };
-            if self.conns.len() >= MAX_CONNECTIONS {
-                tracing::warn!("refusing a client: {MAX_CONNECTIONS} connections are open");
-                continue;
-            }
             if let Err(e) = self.admit_conn(stream) {
                 tracing::warn!(error = %e, "dropping a client connection");
             }
+        }
+    }
+
+    /// Refuses a connection with a hello that says why (the client reports the text), then
+    /// closes it.
+    fn refuse(&mut self, stream: &UnixStream, status: u8, text: &str) {
+        let _ = sys::send_nonblocking(stream, &protocol::server_hello(status, text), None);
+        if let Some(suppressed) = self.refusals.allow() {
+            tracing::warn!(suppressed, "refused a client: {text}");
         }
     }
 
@@ -259,6 +443,26 @@ impl Server {
             let _ =
                 sys::send_nonblocking(&stream, &protocol::server_hello(HELLO_REFUSED, text), None);
             return Err(Error::Unavailable(format!("refused a client: {text}")));
+        }
+        // Per user first: a user at its own limit is told so even when all are at theirs.
+        let of_uid = self.per_uid.get(&cred.uid).copied().unwrap_or(0);
+        if of_uid >= self.limits.per_uid {
+            let text = format!(
+                "coordinator at its limit of {} connections for uid {} (shmringd \
+                 --max-connections-per-uid): close some, or try again later",
+                self.limits.per_uid, cred.uid
+            );
+            self.refuse(&stream, HELLO_BUSY, &text);
+            return Ok(());
+        }
+        if self.conns.len() >= self.limits.max {
+            let text = format!(
+                "coordinator at its limit of {} connections (shmringd --max-connections): \
+                 try again later",
+                self.limits.max
+            );
+            self.refuse(&stream, HELLO_BUSY, &text);
+            return Ok(());
         }
         let pidfd = sys::peer_pidfd(&stream, cred.pid)?;
         let peer = Peer {
@@ -277,6 +481,7 @@ impl Server {
             return Err(e);
         }
         tracing::debug!(pid = peer.pid, uid = peer.uid, "client connected");
+        *self.per_uid.entry(peer.uid).or_insert(0) += 1;
         self.conns.insert(
             id,
             Conn {
@@ -286,9 +491,13 @@ impl Server {
                 greeted: false,
                 out: VecDeque::new(),
                 queued: 0,
+                queued_fds: 0,
                 closing: false,
                 interest: (true, false),
                 fds: VecDeque::new(),
+                accepted: Instant::now(),
+                partial_since: None,
+                stalled_since: None,
             },
         );
         Ok(())
@@ -296,7 +505,7 @@ impl Server {
 
     fn conn_event(&mut self, id: u64, ev: EpollFlags) {
         if ev.contains(EpollFlags::EPOLLOUT) {
-            self.flush(id);
+            self.writable(id);
         }
         if ev.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
             self.read(id);
@@ -306,28 +515,34 @@ impl Server {
         }
     }
 
-    /// Reads what the client sent and answers every complete request.
+    /// Reads what the client sent and answers every complete request, as far as its caps
+    /// allow.
     fn read(&mut self, id: u64) {
         let mut buf = [0u8; 16 << 10];
         let mut eof = false;
+        let frames_before = match self.conns.get(&id) {
+            Some(c) => c.reader.frames(),
+            None => return,
+        };
         for _ in 0..READS_PER_EVENT {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.queued > READ_PAUSE {
+            if !c.wants_input() {
                 break; // its replies first; `update_interest` stops EPOLLIN meanwhile
             }
+            // Never more than a whole request's worth buffered.
+            let room = MAX_BUFFERED - c.reader.buffered();
+            let take = room.min(buf.len());
             let mut fds = Vec::new();
-            match sys::recv_with_fds(&c.stream, &mut buf, &mut fds) {
+            match sys::recv_with_fds(&c.stream, &mut buf[..take], &mut fds) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
                 Ok(n) => {
-                    if !c.closing {
-                        c.reader.push(&buf[..n]);
-                        c.fds.extend(fds);
-                    }
+                    c.reader.push(&buf[..n]);
+                    c.fds.extend(fds);
                     if c.fds.len() > MAX_RECEIVED_FDS {
                         tracing::warn!(
                             pid = c.peer.pid,
@@ -348,23 +563,65 @@ impl Server {
         }
         if eof {
             self.drop_conn(id);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            let partial = c.reader.buffered() > 0 && !c.reader.has_frame();
+            c.partial_since = if !partial {
+                None
+            } else if c.reader.frames() != frames_before || c.partial_since.is_none() {
+                // A new message began (the one before it was complete).
+                Some(Instant::now())
+            } else {
+                c.partial_since
+            };
+            c.reader.shrink();
+        }
+        self.update_interest(id);
+    }
+
+    /// The connection can be written to: writes what is queued, then answers the requests that
+    /// waited for room.
+    fn writable(&mut self, id: u64) {
+        if !self.write_out(id) {
+            return;
+        }
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| !c.closing && !c.over_cap() && c.reader.has_frame())
+        {
+            self.process(id);
         } else {
-            self.update_interest(id);
+            self.finish(id);
         }
     }
 
-    /// Answers the complete frames buffered for connection `id`.
+    /// Answers the complete frames buffered for connection `id`, while it is under its caps.
     fn process(&mut self, id: u64) {
         loop {
-            let Some(c) = self.conns.get_mut(&id) else {
+            let Some(c) = self.conns.get(&id) else {
                 return;
             };
             if c.closing {
-                return;
+                break;
             }
+            if c.over_cap() {
+                if !self.write_out(id) {
+                    return;
+                }
+                match self.conns.get(&id) {
+                    Some(c) if !c.over_cap() => continue,
+                    Some(_) => break, // the rest waits for EPOLLOUT
+                    None => return,
+                }
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
             let payload = match c.reader.next_frame() {
                 Ok(Some(p)) => p,
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(len) => {
                     let text = format!(
                         "control message of {len} bytes exceeds the limit of {MAX_REQUEST} bytes"
@@ -382,7 +639,7 @@ impl Server {
                         );
                     }
                     self.close_after_flush(id);
-                    return;
+                    break;
                 }
             };
             if !c.greeted {
@@ -400,21 +657,28 @@ impl Server {
                         }
                         req => self.registry.handle(&self.epoll, &peer, req),
                     };
-                    self.queue(
-                        id,
-                        protocol::encode(&answer.reply),
-                        answer.fd,
-                        answer.admitted,
-                    );
+                    let reply = match answer.reply {
+                        Reply::Limits(mut l) => {
+                            l.connections =
+                                self.per_uid.get(&peer.uid).copied().unwrap_or(0) as u64;
+                            l.max_connections_per_uid = self.limits.per_uid as u64;
+                            l.all_connections = self.conns.len() as u64;
+                            l.max_connections = self.limits.max as u64;
+                            Reply::Limits(l)
+                        }
+                        other => other,
+                    };
+                    self.queue(id, protocol::encode(&reply), answer.fd, answer.admitted);
                 }
                 Err(e) => {
                     tracing::warn!(pid = peer.pid, error = %e, "malformed request; closing the connection");
                     self.reply_error(id, ErrorCode::Incompatible, e.to_string());
                     self.close_after_flush(id);
-                    return;
+                    break;
                 }
             }
         }
+        self.finish(id);
     }
 
     fn hello(&mut self, id: u64, payload: &[u8]) {
@@ -461,13 +725,14 @@ impl Server {
         );
     }
 
+    /// Marks the connection to be closed once its queued replies are written (by `finish`).
     fn close_after_flush(&mut self, id: u64) {
         if let Some(c) = self.conns.get_mut(&id) {
             c.closing = true;
         }
-        self.flush(id);
     }
 
+    /// Queues a reply and writes what the socket takes.
     fn queue(&mut self, id: u64, bytes: Vec<u8>, fd: Option<OwnedFd>, undo: Option<Admitted>) {
         let Some(c) = self.conns.get_mut(&id) else {
             if let Some(a) = undo {
@@ -475,7 +740,11 @@ impl Server {
             }
             return;
         };
-        c.queued += bytes.len();
+        c.queued += bytes.len() + REPLY_OVERHEAD;
+        c.queued_fds += usize::from(fd.is_some());
+        if c.out.is_empty() {
+            c.stalled_since = Some(Instant::now());
+        }
         c.out.push_back(Outgoing {
             bytes,
             sent: 0,
@@ -490,22 +759,29 @@ impl Server {
             self.drop_conn(id);
             return;
         }
-        self.flush(id);
+        // Written at once, each by itself, as the replies to a client's pipelined requests
+        // always were: a client of an earlier release that reads a close's reply and the next
+        // open's in one go loses the open's descriptor.
+        self.write_out(id);
     }
 
-    /// Writes queued replies until done or the socket is full (then waits for EPOLLOUT).
-    fn flush(&mut self, id: u64) {
+    /// Writes queued replies until done or the socket is full. Returns whether the connection
+    /// is still open.
+    fn write_out(&mut self, id: u64) -> bool {
         let Some(c) = self.conns.get_mut(&id) else {
-            return;
+            return false;
         };
         while let Some(front) = c.out.front_mut() {
             let fd = front.fd.as_ref().map(|f| f.as_raw_fd());
             match sys::send_nonblocking(&c.stream, &front.bytes[front.sent..], fd) {
                 Ok(n) => {
                     front.sent += n;
-                    front.fd = None; // travelled with the first byte
+                    if front.fd.take().is_some() {
+                        c.queued_fds -= 1; // travelled with the first byte
+                    }
+                    c.stalled_since = Some(Instant::now());
                     if front.sent == front.bytes.len() {
-                        c.queued -= front.bytes.len();
+                        c.queued -= front.bytes.len() + REPLY_OVERHEAD;
                         c.out.pop_front(); // delivered to the socket: nothing to undo
                     }
                 }
@@ -513,11 +789,27 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.drop_conn(id);
-                    return;
+                    return false;
                 }
             }
         }
-        if c.out.is_empty() && c.closing {
+        if c.out.is_empty() {
+            c.stalled_since = None;
+        }
+        true
+    }
+
+    /// Ends a round of work on a connection: writes what is queued, closes it if it was to be
+    /// closed and all is written, and registers what it waits for.
+    fn finish(&mut self, id: u64) {
+        if !self.write_out(id) {
+            return;
+        }
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.out.is_empty() && c.closing)
+        {
             self.drop_conn(id);
             return;
         }
@@ -525,12 +817,12 @@ impl Server {
     }
 
     /// Registers what connection `id` waits for: to write while replies are queued, to read
-    /// while not too many are.
+    /// while under its caps.
     fn update_interest(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let want = (c.queued <= READ_PAUSE, !c.out.is_empty());
+        let want = (c.wants_input(), !c.out.is_empty());
         if want != c.interest {
             c.interest = want;
             let mut ev = EpollEvent::new(flags(want.0, want.1), id);
@@ -541,6 +833,14 @@ impl Server {
     fn drop_conn(&mut self, id: u64) {
         if let Some(c) = self.conns.remove(&id) {
             let _ = self.epoll.delete(&c.stream);
+            if let Some(n) = self.per_uid.get_mut(&c.peer.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_uid.remove(&c.peer.uid);
+                }
+            }
+            self.freed +=
+                c.reader.capacity() + c.out.iter().map(|o| o.bytes.capacity()).sum::<usize>();
             // Replies not (wholly) written: the client cannot have learnt of their admissions.
             for o in c.out {
                 if let Some(a) = o.undo {
@@ -550,5 +850,18 @@ impl Server {
             self.registry.disconnected(&self.epoll, c.peer.pid);
             tracing::debug!(pid = c.peer.pid, "client disconnected");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        assert_eq!(connection_cap(4096, 1 << 20), 4096);
+        assert_eq!(connection_cap(4096, 1024), (1024 - 64) / 6);
+        assert_eq!(connection_cap(10, 1024), 10);
+        assert_eq!(connection_cap(4096, 10), 1);
     }
 }

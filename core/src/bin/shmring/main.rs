@@ -5,8 +5,8 @@ mod bench;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shmring::{
-    ChannelConfig, ChannelInfo, ChannelStats, Client, DEFAULT_NAMESPACE, Kind, Role, SOCKET_ENV,
-    default_socket_path,
+    ChannelConfig, ChannelInfo, ChannelStats, Client, DEFAULT_NAMESPACE, Kind, Limits, Role,
+    SOCKET_ENV, default_socket_path,
 };
 use std::io::Write;
 use std::path::PathBuf;
@@ -230,14 +230,29 @@ fn manage(args: &Args) -> shmring::Result<()> {
                 writeln!(out, "{}", to_json(&channels)).map_err(w)?;
             } else {
                 print_list(out, &channels).map_err(w)?;
+                // A coordinator of an earlier release does not know the request: no line then.
+                if let Ok(l) = client.limits() {
+                    print_limits(out, &l).map_err(w)?;
+                }
             }
         }
         Command::Stat { channel, json } => {
             let s = client.stats(channel)?;
+            let limits = client.limits().ok();
             if *json {
-                writeln!(out, "{}", to_json(&s)).map_err(w)?;
+                let mut v = serde_json::to_value(&s).expect("protocol types serialise to JSON");
+                if let (Some(l), Some(o)) = (&limits, v.as_object_mut()) {
+                    o.insert(
+                        "limits".into(),
+                        serde_json::to_value(l).expect("protocol types serialise to JSON"),
+                    );
+                }
+                writeln!(out, "{v}").map_err(w)?;
             } else {
                 print_stat(out, &s).map_err(w)?;
+                if let Some(l) = &limits {
+                    print_limits(out, l).map_err(w)?;
+                }
             }
         }
         Command::Watch {
@@ -335,6 +350,28 @@ fn print_list(out: &mut impl Write, channels: &[ChannelInfo]) -> std::io::Result
         )?;
     }
     Ok(())
+}
+
+/// The coordinator's limits and this user's use of them, in two lines.
+fn print_limits(out: &mut impl Write, l: &Limits) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "limits      uid {}: {} of {} channels, {} of {}; channels up to {}; namespace: {} of {} \
+         channels",
+        l.uid,
+        l.channels,
+        l.max_channels_per_uid,
+        bytes(l.bytes),
+        bytes(l.max_bytes_per_uid),
+        bytes(l.max_channel_bytes),
+        l.namespace_channels,
+        l.max_channels
+    )?;
+    writeln!(
+        out,
+        "connections uid {}: {} of {}; all users: {} of {}",
+        l.uid, l.connections, l.max_connections_per_uid, l.all_connections, l.max_connections
+    )
 }
 
 fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
