@@ -894,3 +894,32 @@ fn embedded_per_user_limits() {
     drop(c);
     coord.stop();
 }
+
+/// A coordinator that starts removes the named segments an older shmringd left in `/dev/shm`
+/// (segments are sealed memfds now), but only files of its own user: an object another user
+/// put there under the namespace's prefix is not the coordinator's to delete (step 5: never
+/// delete a file the program did not create; a root coordinator used to remove it).
+#[test]
+fn another_users_object_under_the_namespace_prefix_stays() {
+    if !is_root() {
+        eprintln!("skipped: needs root to make a file of another user");
+        return;
+    }
+    let _dog = watchdog("planted object", 60);
+    let place = Place::new("planted");
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let theirs = PathBuf::from(format!("/dev/shm/shmring.{}@{uid}.7.planted", place.ns));
+    let ours = PathBuf::from(format!("/dev/shm/shmring.{}@{uid}.8.old", place.ns));
+    std::fs::write(&theirs, b"another user's").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
+    std::fs::write(&ours, b"an older shmringd's").unwrap();
+    let coord = Coordinator::start(CoordinatorConfig::new(&place.ns).socket(place.sock()));
+    let kept = std::fs::read(&theirs);
+    let _ = std::fs::remove_file(&theirs);
+    let ours_left = ours.exists();
+    let _ = std::fs::remove_file(&ours);
+    coord.unwrap().stop();
+    assert_eq!(kept.unwrap(), b"another user's");
+    assert!(!ours_left, "the older shmringd's segment was not removed");
+}

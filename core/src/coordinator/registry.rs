@@ -239,15 +239,27 @@ impl Registry {
 
     /// Removes the named segments (`/dev/shm/<prefix><generation>.<channel>`) an older shmringd
     /// left: anyone allowed to open such an object could truncate it, so they are not served.
-    /// Their users keep their mappings.
+    /// Their users keep their mappings. Only regular files owned by this coordinator's user are
+    /// removed (the ones a coordinator of this user made); anything else under such a name is
+    /// not this program's to delete, and is left alone with a warning.
     fn remove_named_objects(&self) {
+        use std::os::unix::fs::MetadataExt;
         let Ok(objects) = sys::shm_list(&self.prefix) else {
             return;
         };
         for obj in objects {
-            if parse_object(&obj[self.prefix.len()..]).is_some() {
-                tracing::warn!(object = %obj, "removing a named segment left by an older shmringd (segments are sealed memfds now)");
-                self.remove_object(&obj);
+            if parse_object(&obj[self.prefix.len()..]).is_none() {
+                continue;
+            }
+            match std::fs::symlink_metadata(format!("/dev/shm/{obj}")) {
+                Ok(m) if m.file_type().is_file() && m.uid() == sys::euid() => {
+                    tracing::warn!(object = %obj, "removing a named segment left by an older shmringd (segments are sealed memfds now)");
+                    self.remove_object(&obj);
+                }
+                Ok(m) => {
+                    tracing::warn!(object = %obj, uid = m.uid(), "leaving /dev/shm/{obj} alone: named like this namespace's segments, but not a file of this user's; it is not served")
+                }
+                Err(_) => {}
             }
         }
     }
