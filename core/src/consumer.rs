@@ -5,7 +5,7 @@ use crate::layout::FLAG_REDELIVERED;
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::sync::Ordering::Relaxed;
-use crate::wait::{self, Line, WaitStrategy, Waiter};
+use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{mpmc, spsc};
 use std::ops::Deref;
 use std::sync::Arc;
@@ -177,26 +177,18 @@ impl Consumer {
                 })
             }
             Ring::Mpmc { core, outstanding } => {
+                // Whether a slot was released here (a leaked frame's, a skip, a bad one): a
+                // producer may be asleep waiting for exactly that room.
+                let mut freed = false;
                 if let Some(pos) = outstanding.take() {
                     core.release(&self.mem, pos);
+                    freed = true;
                 }
-                loop {
-                    let pos = core.try_take(&self.mem, 1, fits)?.position(0);
-                    match core.slot(&self.mem, pos) {
-                        Ok(mpmc::Slot::Frame { payload, flags }) => {
-                            return Ok(Token {
-                                payload,
-                                flags,
-                                pos,
-                            });
-                        }
-                        Ok(mpmc::Slot::Skip) => core.release(&self.mem, pos),
-                        Err(e) => {
-                            core.release(&self.mem, pos);
-                            return Err(e);
-                        }
-                    }
+                let r = mpmc_take(core, &self.mem, fits, &mut freed);
+                if freed {
+                    wait::notify(self.mem.consumer_line(), self.light);
                 }
+                r
             }
         }
     }
@@ -208,8 +200,9 @@ impl Consumer {
             Ring::Spsc(core) => core.release(&self.mem),
             Ring::Mpmc { core, .. } => core.release(&self.mem, token.pos),
         }
-        self.frames += 1;
-        self.bytes += token.payload.len() as u64;
+        // Wrapping: the counters continue a predecessor's, read from shared memory.
+        self.frames = self.frames.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(token.payload.len() as u64);
         self.finish();
     }
 
@@ -269,15 +262,27 @@ impl Consumer {
             (self.membership.role(), self.membership.index()),
         );
         loop {
-            {
+            let woke = {
                 let watch = self.watch();
-                waiter.wait_until(&self.mem, Line::Producer, || watch.ready())?;
-            }
+                waiter.wait_until(&self.mem, Line::Producer, || watch.ready())?
+            };
             let r = op(self);
             match self.settle(r) {
+                Err(Error::WouldBlock(_)) if woke == Woke::Recheck => self.check_ring()?,
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,
             }
+        }
+    }
+
+    /// For a blocked call that has seen nothing for a while: checks what its retry cannot
+    /// tell from a quiet ring (see `wait`, "Never trusting the protocol alone"). An SPSC
+    /// consumer's retry re-reads and checks the header it waits on, which is all it depends on.
+    #[cold]
+    fn check_ring(&self) -> Result<()> {
+        match &self.ring {
+            Ring::Spsc(_) => Ok(()),
+            Ring::Mpmc { .. } => mpmc::check_cursors(&self.mem).map(drop),
         }
     }
 
@@ -295,7 +300,9 @@ impl Consumer {
         let (len, flags) = match &mut self.ring {
             Ring::Spsc(core) => core.try_recv(&self.mem, buf)?,
             Ring::Mpmc { .. } => {
+                // `take` checked the length it delivers against the buffer (`mpmc_take`).
                 let token = self.take(Some(buf.len()))?;
+                debug_assert!(token.payload.len() <= buf.len());
                 self.mem.copy_out(token.payload, buf);
                 if let Ring::Mpmc { core, .. } = &mut self.ring {
                     core.release(&self.mem, token.pos);
@@ -303,8 +310,9 @@ impl Consumer {
                 (token.payload.len(), token.flags)
             }
         };
-        self.frames += 1;
-        self.bytes += len as u64;
+        // Wrapping: the counters continue a predecessor's, read from shared memory.
+        self.frames = self.frames.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(len as u64);
         self.finish();
         Ok(Received {
             len,
@@ -424,7 +432,7 @@ impl Consumer {
                     // SAFETY: the frame was taken and is not released before the callback
                     // returns; the producer does not write it until then.
                     let bytes = unsafe { mem.slice(peeked.payload()) };
-                    self.bytes += bytes.len() as u64;
+                    self.bytes = self.bytes.wrapping_add(bytes.len() as u64);
                     n += 1;
                     f(bytes, FrameFlags::from_bits(peeked.flags()));
                 }
@@ -433,15 +441,26 @@ impl Consumer {
             }
             Ring::Mpmc { core, outstanding } => {
                 let mem = &*self.mem;
+                // Whether a slot was released (see `take`); frames are released too.
+                let mut freed = false;
                 if let Some(pos) = outstanding.take() {
                     core.release(mem, pos);
+                    freed = true;
                 }
+                let mut skips = 0u64;
+                let mut failed = None;
+                let limit = mem.geometry().capacity + 1;
                 while n < max {
-                    let taken = match core.try_take(mem, (max - n) as u64, None) {
+                    // Never more positions than the skips still allowed (see below).
+                    let want = ((max - n) as u64).min(limit - skips);
+                    let taken = match core.try_take(mem, want, None) {
                         Ok(t) => t,
-                        Err(e) if n == 0 => return Err(e),
-                        Err(_) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     };
+                    freed = true;
                     // Releases what the callback has not finished with, even if it panics.
                     let mut guard = MpmcRelease {
                         core,
@@ -456,25 +475,40 @@ impl Consumer {
                                 // SAFETY: the slot was taken and is released only after the
                                 // callback returns (by the guard).
                                 let bytes = unsafe { mem.slice(payload) };
-                                self.bytes += bytes.len() as u64;
+                                self.bytes = self.bytes.wrapping_add(bytes.len() as u64);
                                 n += 1;
                                 f(bytes, FrameFlags::from_bits(flags));
                             }
-                            Ok(mpmc::Slot::Skip) => {}
+                            Ok(mpmc::Slot::Skip) => skips += 1,
                             Err(e) => {
-                                drop(guard);
-                                self.frames += n as u64;
-                                self.finish();
-                                return if n == 0 { Err(e) } else { Ok(n) };
+                                failed = Some(e);
+                                break; // the guard releases the rest, this slot included
                             }
                         }
                         guard.next += 1;
                         guard.core.release(mem, pos);
                     }
+                    drop(guard);
+                    if failed.is_some() {
+                        break;
+                    }
+                    // As in `mpmc_take`: a capacity's worth of skips per call, and one more.
+                    if skips >= limit {
+                        failed = Some(Error::WouldBlock("skips"));
+                        break;
+                    }
+                }
+                if let Some(e) = failed
+                    && n == 0
+                {
+                    if freed {
+                        self.finish();
+                    }
+                    return Err(e);
                 }
             }
         }
-        self.frames += n as u64;
+        self.frames = self.frames.wrapping_add(n as u64);
         self.finish();
         Ok(n)
     }
@@ -504,6 +538,67 @@ impl Consumer {
     {
         blocking!(self, Some(timeout), |c| c.try_drain_inner(max, &mut f))
     }
+}
+
+/// The MPMC half of `Consumer::take`: takes positions until one holds a frame, releasing the
+/// skips (and a bad slot) on the way and setting `freed` when it does.
+///
+/// At most a capacity's worth of skips, and one more, is stepped over per call; then the call
+/// gives up with `WouldBlock("skips")`, so that a writer that keeps committing skips as fast as
+/// they are taken cannot keep a `try_` call inside. (A ring holds a capacity's worth at most:
+/// without such a writer the call finds the frame or the empty position after them, and says
+/// which.) With `fits: Some(cap)`, the frame's length is checked
+/// against `cap` once more on the header read after the take (the one it is delivered with):
+/// `take`'s check read the header before its CAS, and a hostile writer may have changed it
+/// since. A frame that no longer fits is released and reported `Corrupted`.
+#[inline(always)]
+fn mpmc_take(
+    core: &mut mpmc::ConsumerCore,
+    mem: &Memory,
+    fits: Option<usize>,
+    freed: &mut bool,
+) -> Result<Token> {
+    let mut skips = 0u64;
+    loop {
+        let pos = core.try_take(mem, 1, fits)?.position(0);
+        match core.slot(mem, pos) {
+            Ok(mpmc::Slot::Frame { payload, flags }) => {
+                if let Some(cap) = fits.filter(|&cap| payload.len() > cap) {
+                    core.release(mem, pos);
+                    *freed = true;
+                    return Err(grown(pos, payload.len(), cap));
+                }
+                return Ok(Token {
+                    payload,
+                    flags,
+                    pos,
+                });
+            }
+            Ok(mpmc::Slot::Skip) => {
+                core.release(mem, pos);
+                *freed = true;
+                skips += 1;
+                if skips > mem.geometry().capacity {
+                    return Err(Error::WouldBlock("skips"));
+                }
+            }
+            Err(e) => {
+                core.release(mem, pos);
+                *freed = true;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The error of a frame whose header changed between the length check and the take.
+#[cold]
+#[inline(never)]
+fn grown(pos: u64, len: usize, cap: usize) -> Error {
+    Error::Corrupted(format!(
+        "the slot header of position {pos} changed while it was taken: a {len}-byte frame \
+         for a {cap}-byte buffer that it fitted a moment before (released undelivered)"
+    ))
 }
 
 /// The error of a deleted channel, or `Corrupted` for one whose segment was truncated under
@@ -553,6 +648,7 @@ impl Drop for Consumer {
             Ring::Mpmc { core, outstanding } => {
                 if let Some(pos) = outstanding.take() {
                     core.release(&self.mem, pos);
+                    wait::notify(self.mem.consumer_line(), self.light);
                 }
             }
         }

@@ -74,6 +74,8 @@ mod sys;
 mod wait;
 
 #[cfg(all(test, not(loom)))]
+mod regressions;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 /// The README's Rust example, compiled and run as a doctest.
@@ -103,4 +105,4 @@ pub use segment::{
     DEFAULT_OPEN_TIMEOUT, MAX_NAME_LEN, ParticipantStats, Segment, SegmentStats, validate_name,
 };
 #[cfg(not(loom))]
-pub use wait::{FALLBACK_SLEEP, WaitStrategy};
+pub use wait::{FALLBACK_SLEEP, RECHECK_INTERVAL, WaitStrategy};

@@ -134,13 +134,14 @@ fn take_loop(
                 let h = decode_header(mem.slot_header(pos).load(Relaxed));
                 if h.ty == Some(RecordType::Data) && h.len as usize > cap {
                     // Recheck that the slot is still this position's before reporting it.
-                    if cursor.load(Relaxed) == pos {
+                    let now = cursor.load(Relaxed);
+                    if now == pos {
                         return Err(Error::BufferTooSmall {
                             needed: h.len as usize,
                             cap,
                         });
                     }
-                    pos = cursor.load(Relaxed);
+                    pos = now;
                     continue;
                 }
             }
@@ -188,9 +189,47 @@ fn take_loop(
 /// when others took the position meanwhile).
 #[inline(always)]
 fn watch<'m>(mem: &'m Memory, cursor: &AtomicU64, turn: Turn) -> Watch<'m> {
-    // Relaxed: only a hint; `take` re-reads everything it relies on.
+    // Relaxed: only a hint; `take` re-reads everything it relies on. Wrapping: the cursor may
+    // hold anything (`take` reports a position past `MAX_POSITION`).
     let pos = cursor.load(Relaxed);
-    Watch::new(mem.slot_seq(pos), Until::Reached(pos + turn.offset()))
+    Watch::new(
+        mem.slot_seq(pos),
+        Until::Reached(pos.wrapping_add(turn.offset())),
+    )
+}
+
+/// Checks the two cursors against each other, for a blocked call that has seen nothing for a
+/// while (`wait::Woke::Recheck`): a damaged cursor can leave a ring that looks full or empty
+/// for ever, which the operation itself cannot tell from a quiet one. The enqueue position is
+/// never behind the dequeue position, nor more than a lap ahead of it, and each bound is
+/// checked in the load order under which it holds however the cursors move meanwhile:
+///
+/// * `deq <= enq`, loading `deq` first: the value `d` was stored by the CAS (Release) of a
+///   consumer that had seen `seq(d - 1) == d` (Acquire), stored (Release) by whoever committed
+///   position `d - 1` after its CAS took it, moving the enqueue cursor to `d` or past. The
+///   Acquire load of `d` makes that CAS happen before the load of `enq` after it.
+/// * `enq <= deq + slots`, loading `enq` first: the value `e` was stored by the CAS of a
+///   producer (or of a repairing coordinator) that had seen the slot of position `e - 1` free
+///   for that lap (Acquire), released (Release) by whoever had taken position `e - 1 - slots`,
+///   after its CAS moved the dequeue cursor past it. (The repair's move in place takes
+///   `p + slots` only after it saw the dequeue cursor past `p`, with Acquire.)
+///
+/// Both cursors are also checked to move forward and to stay below `MAX_POSITION`. Returns
+/// the dequeue position and the second enqueue position it loaded.
+pub(crate) fn check_cursors(mem: &Memory) -> Result<(u64, u64)> {
+    let slots = mem.geometry().capacity;
+    let (enq, deq) = (&mem.producer_line().position, &mem.consumer_line().position);
+    // Acquire (all three): see above.
+    let e1 = enq.load(Acquire);
+    let d = deq.load(Acquire);
+    let e2 = enq.load(Acquire);
+    if e2 >= MAX_POSITION || d >= MAX_POSITION || e1 > e2 || d > e2 || e1 > d + slots {
+        return Err(corrupted(format!(
+            "MPMC cursors out of order: dequeue position {d}, enqueue position {e1} then {e2}, \
+             {slots} slots"
+        )));
+    }
+    Ok((d, e2))
 }
 
 /// A committed or aborted write: the slot's header, then `seq = pos + 1`.
@@ -270,7 +309,14 @@ impl ProducerCore {
     pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8]) -> Result<()> {
         let pos = self.try_claim(mem, frame.len(), 1)?.position(0);
         let header = encode_header(frame.len() as u32, RecordType::Data, 0, 0);
-        let bytes = payload(mem, pos, frame.len())?;
+        let bytes = match payload(mem, pos, frame.len()) {
+            Ok(b) => b,
+            Err(e) => {
+                // Taken positions are always handed on, or consumers wedge at this one.
+                self.abort(mem, pos);
+                return Err(e);
+            }
+        };
         mem.copy_in(bytes, frame);
         commit_slot(mem, pos, header);
         Ok(())
@@ -527,6 +573,51 @@ mod loom_tests {
             orders.len(),
             2,
             "both producers must win the first slot in some execution"
+        );
+    }
+
+    /// `check_cursors` never reports a sound ring as damaged: a checker loads the cursors
+    /// while a producer laps a two-slot ring (three frames) and a consumer takes them. Each
+    /// role makes a bounded number of attempts. Loading the cursors Relaxed, or checking either
+    /// bound in the other load order, makes the model fail.
+    #[test]
+    fn cursor_check_never_reports_a_sound_ring() {
+        let seen = Shared::new(Mutex::new(HashSet::new()));
+        let seen2 = seen.clone();
+        loom::model(move || {
+            let mem = memory(2, 1, 1);
+            let m = mem.clone();
+            let producer = loom::thread::spawn(move || {
+                let mut p = ProducerCore::new(0);
+                let mut v = 0;
+                for _ in 0..4 {
+                    if v < 3 && send(&mut p, &m, v) {
+                        v += 1;
+                    } else {
+                        loom::thread::yield_now();
+                    }
+                }
+            });
+            let m = mem.clone();
+            let consumer = loom::thread::spawn(move || {
+                let mut c = ConsumerCore::new(0);
+                for _ in 0..3 {
+                    if recv(&mut c, &m).is_none() {
+                        loom::thread::yield_now();
+                    }
+                }
+            });
+            let m = mem.clone();
+            let checker = loom::thread::spawn(move || check_cursors(&m).unwrap());
+            producer.join().unwrap();
+            consumer.join().unwrap();
+            let (_, enq) = checker.join().unwrap();
+            seen2.lock().unwrap().insert(enq);
+        });
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.contains(&3),
+            "the checker never ran while the producer was a lap on: {seen:?}"
         );
     }
 

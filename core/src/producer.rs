@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
-use crate::wait::{self, Line, WaitStrategy, Waiter};
+use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{mpmc, spsc};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -154,19 +154,20 @@ impl Producer {
             Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
             Ring::Mpmc(core) => {
                 if let Some(pos) = self.mpmc_claimed.take() {
-                    core.abort(&self.mem, pos); // a leaked claim
+                    leaked(core, &self.mem, pos, self.light);
                 }
                 core.try_claim(&self.mem, len, 1).and_then(|c| {
                     let pos = c.position(0);
-                    let payload = match mpmc::payload(&self.mem, pos, len) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            core.abort(&self.mem, pos);
-                            return Err(e);
+                    match mpmc::payload(&self.mem, pos, len) {
+                        Ok(payload) => {
+                            self.mpmc_claimed = Some(pos);
+                            Ok(Token::Mpmc { pos, payload })
                         }
-                    };
-                    self.mpmc_claimed = Some(pos);
-                    Ok(Token::Mpmc { pos, payload })
+                        Err(e) => {
+                            leaked(core, &self.mem, pos, self.light);
+                            Err(e)
+                        }
+                    }
                 })
             }
         };
@@ -183,6 +184,13 @@ impl Producer {
         }
     }
 
+    /// Aborts the position of an MPMC claim that was leaked (`mem::forget`); see [`leaked`].
+    fn abort_leaked(&mut self) {
+        if let (Some(pos), Ring::Mpmc(core)) = (self.mpmc_claimed.take(), &mut self.ring) {
+            leaked(core, &self.mem, pos, self.light);
+        }
+    }
+
     #[inline(always)]
     fn commit_token(&mut self, token: Token, len: usize) {
         self.mpmc_claimed = None;
@@ -191,8 +199,9 @@ impl Producer {
             (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, 0),
             _ => unreachable!("a token always comes from this producer's ring"),
         }
-        self.frames += 1;
-        self.bytes += len as u64;
+        // Wrapping: as in `try_send_inner`.
+        self.frames = self.frames.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(len as u64);
         self.dirty = true;
         if !self.batching {
             // Already visible: SPSC's `commit` published the record (with any padding staged
@@ -252,14 +261,26 @@ impl Producer {
             (self.membership.role(), self.membership.index()),
         );
         loop {
-            {
+            let woke = {
                 let watch = self.watch();
-                waiter.wait_until(&self.mem, Line::Consumer, || watch.ready())?;
-            }
+                waiter.wait_until(&self.mem, Line::Consumer, || watch.ready())?
+            };
             match op(self) {
+                Err(Error::WouldBlock(_)) if woke == Woke::Recheck => self.check_ring()?,
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,
             }
+        }
+    }
+
+    /// For a blocked call that has seen nothing for a while: checks what its retry cannot
+    /// tell from a quiet ring (see `wait`, "Never trusting the protocol alone"). An SPSC
+    /// producer's retry reloads and checks the head, which is all it depends on.
+    #[cold]
+    fn check_ring(&self) -> Result<()> {
+        match &self.ring {
+            Ring::Spsc(_) => Ok(()),
+            Ring::Mpmc(_) => mpmc::check_cursors(&self.mem).map(drop),
         }
     }
 
@@ -278,16 +299,22 @@ impl Producer {
             Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching),
             Ring::Mpmc(core) => {
                 if let Some(pos) = self.mpmc_claimed.take() {
-                    core.abort(&self.mem, pos); // a leaked claim
+                    leaked(core, &self.mem, pos, self.light);
                 }
-                core.try_send(&self.mem, frame)
+                let r = core.try_send(&self.mem, frame);
+                if matches!(r, Err(Error::Corrupted(_))) {
+                    // The position taken may have been handed on as a skip (`try_send`).
+                    wait::notify(self.mem.producer_line(), self.light);
+                }
+                r
             }
         };
         if let Err(e) = r {
             return Err(self.full(e));
         }
-        self.frames += 1;
-        self.bytes += frame.len() as u64;
+        // Wrapping: the counters continue a predecessor's, read from shared memory.
+        self.frames = self.frames.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(frame.len() as u64);
         self.dirty = true;
         if !self.batching {
             self.announce();
@@ -445,6 +472,17 @@ impl Producer {
     }
 }
 
+/// Hands on an MPMC position taken for a claim that will never be committed (the claim was
+/// leaked with `mem::forget`, or the ring turned out damaged) as a skip, and wakes the
+/// consumers: one asleep at that position must step over it, or it and a producer waiting for
+/// the room that frees could sleep on each other for good.
+#[cold]
+#[inline(never)]
+fn leaked(core: &mut mpmc::ProducerCore, mem: &Memory, pos: u64, light: bool) {
+    core.abort(mem, pos);
+    wait::notify(mem.producer_line(), light);
+}
+
 impl Drop for Producer {
     fn drop(&mut self) {
         if !self.membership.held_here() {
@@ -452,9 +490,7 @@ impl Drop for Producer {
             // books are the parent's (defect 18). Only the memory is freed.
             return;
         }
-        if let (Some(pos), Ring::Mpmc(core)) = (self.mpmc_claimed.take(), &mut self.ring) {
-            core.abort(&self.mem, pos); // a leaked claim
-        }
+        self.abort_leaked();
         self.batching = false;
         self.publish();
         self.membership.leave(&self.mem);
@@ -575,7 +611,7 @@ pub struct Batch<'a> {
 impl Batch<'_> {
     /// Frames committed in this batch so far.
     pub fn len(&self) -> usize {
-        (self.producer.frames - self.start) as usize
+        self.producer.frames.wrapping_sub(self.start) as usize
     }
 
     /// Whether nothing was committed in this batch yet.

@@ -12,7 +12,7 @@
 //!
 //! | dead participant | holds | repair |
 //! |---|---|---|
-//! | SPSC producer | an unpublished record or batch (zero header) | nothing in the ring: a successor producer walks from the published tail to the first zero header and overwrites what was never published |
+//! | SPSC producer | an unpublished record or batch (zero header) | nothing in the ring: a successor producer walks from the published tail (or the head, if a live consumer already read past a tail the dead one never stored) to the first zero header and overwrites what was never published |
 //! | SPSC consumer | frames in `[released, delivered)` | the head is published up to `released`, giving the producer the space of everything consumed; a successor resumes at `released` and flags `[released, delivered)` redelivered |
 //! | MPMC producer | positions it took and never committed: `seq == p` with the cursor past `p` | committed as `Skip` records, so consumers step over them |
 //! | MPMC consumer | positions it took and never released: `seq == p + 1` with the cursor past `p` | each frame enqueued again, flagged redelivered, and its slot released |

@@ -29,6 +29,13 @@ use crate::sync::Ordering::{Acquire, Relaxed, Release};
 /// The most cache lines the consumer prefetches ahead while it waits for a record.
 const PREFETCH_LINES: usize = 4;
 
+/// SPSC positions (byte counts since the channel was created) at or past this value are
+/// reported as corruption when a handle attaches. Positions read from shared memory enter a
+/// handle's private state only on attach; bounded there, a handle's own positions stay far
+/// from overflowing (a channel reaches 2^63 bytes after 14 years at 20 GB/s), so the data path
+/// adds without checks in debug and release builds alike.
+pub(crate) const MAX_SPSC_POSITION: u64 = 1 << 63;
+
 fn corrupted(what: impl Into<String>) -> Error {
     Error::Corrupted(what.into())
 }
@@ -63,24 +70,29 @@ impl ProducerCore {
     /// Takes over the producer side of `mem`: resumes after the last published record.
     ///
     /// The published tail in the producer line may lag the true end by what a dead predecessor
-    /// published without updating it; the walk over committed headers from there finds the
-    /// true end (the first zero header word). The walk is bounded by the capacity.
+    /// published without updating it (it died between a header's Release store and its tail
+    /// store), and the consumer may have read those records already and published a head past
+    /// that tail. The head is a record boundary no later than the true end, so the walk over
+    /// committed headers starts at `max(published, head)` and finds the true end (the first
+    /// zero header word). The walk is bounded by the capacity.
     pub(crate) fn attach(mem: &Memory) -> Result<ProducerCore> {
         let geo = mem.geometry();
         // Acquire: pairs with the Release in `ConsumerCore::release`.
         let head = mem.consumer_line().position.load(Acquire);
         let published = mem.producer_line().position.load(Relaxed);
+        // A tail behind the head by more than a ring, or ahead of it by more, is damage.
         if !head.is_multiple_of(8)
             || !published.is_multiple_of(8)
-            || published < head
-            || published - head > geo.capacity
+            || head >= MAX_SPSC_POSITION
+            || published >= MAX_SPSC_POSITION
+            || published.abs_diff(head) > geo.capacity
         {
             return Err(corrupted(format!(
                 "SPSC cursors out of order: head {head}, tail {published}, capacity {}",
                 geo.capacity
             )));
         }
-        let mut tail = published;
+        let mut tail = published.max(head);
         loop {
             // Acquire: pairs with the Release that published the record.
             let word = mem.record_word(tail).load(Acquire);
@@ -88,6 +100,7 @@ impl ProducerCore {
                 break;
             }
             let size = check_record(mem, tail, word)?;
+            // No overflow: tail <= head + capacity < 2^63 + 2^32 here.
             tail += size as u64;
             if tail - head > geo.capacity {
                 return Err(corrupted(
@@ -545,6 +558,7 @@ impl Marks {
         let delivered = entry.claim.load(Relaxed).max(released);
         if !head.is_multiple_of(8)
             || !released.is_multiple_of(8)
+            || delivered >= MAX_SPSC_POSITION
             || delivered - head > mem.geometry().capacity
         {
             return Err(corrupted(format!(
@@ -734,6 +748,59 @@ mod loom_tests {
         assert!(
             blocked.contains(&true),
             "the producer never found the ring full: {blocked:?}"
+        );
+    }
+
+    /// A producer died between its second record's header store (Release) and its tail
+    /// store: the published tail is a record behind. A live consumer reads on, finds the ring
+    /// empty and publishes a head past that tail, while a successor producer attaches and
+    /// sends a third frame. The successor resumes at the true end whichever it sees, and the
+    /// frames arrive once each, in order (before issue 10's item 9 the attach failed as
+    /// `Corrupted` once the head was past the tail).
+    #[test]
+    fn successor_of_a_producer_that_died_between_header_and_tail() {
+        let seen = Shared::new(Mutex::new(HashSet::new()));
+        let seen2 = seen.clone();
+        loom::model(move || {
+            let mem = memory(128, 16);
+            let mut dead = ProducerCore::attach(&mem).unwrap();
+            assert!(try_send(&mut dead, &mem, &frame(0, 8)));
+            assert!(try_send(&mut dead, &mem, &frame(1, 8)));
+            // The second record's tail store never happened (records are 16 bytes).
+            mem.producer_line().position.store(16, Relaxed);
+            let (m1, m2) = (mem.clone(), mem.clone());
+            let consumer = loom::thread::spawn(move || {
+                let mut c = ConsumerCore::attach(&m1).unwrap();
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    got.extend(try_recv(&mut c, &m1));
+                }
+                (c, got)
+            });
+            let successor = loom::thread::spawn(move || {
+                // Relaxed: only to record what the attach below can have met.
+                let head = m2.consumer_line().position.load(Relaxed);
+                let mut p = ProducerCore::attach(&m2).expect("a successor is admitted");
+                assert!(try_send(&mut p, &m2, &frame(2, 8)));
+                head
+            });
+            let head = successor.join().unwrap();
+            let (mut c, mut got) = consumer.join().unwrap();
+            let m = mem.clone();
+            let drain = loom::thread::spawn(move || {
+                while let Some(f) = try_recv(&mut c, &m) {
+                    got.push(f);
+                }
+                got
+            });
+            let got = drain.join().unwrap();
+            assert_eq!(got, (0..3).map(|i| frame(i, 8)).collect::<Vec<_>>());
+            seen2.lock().unwrap().insert(head);
+        });
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.contains(&32),
+            "the successor never attached behind a head past the stale tail: {seen:?}"
         );
     }
 

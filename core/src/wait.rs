@@ -25,6 +25,19 @@
 //! Fallbacks: a process that cannot register (old kernel, seccomp) fences with SeqCst before its
 //! waiter check; a sleeper whose `membarrier` fails sleeps at most [`FALLBACK_SLEEP`] at a time.
 //! `SHMRING_MEMBARRIER=0` in the environment forces both fallbacks on a process.
+//!
+//! # Never trusting the protocol alone
+//!
+//! The protocol above holds between processes that follow it. The words it uses are in shared
+//! memory, which another process may scribble on (a zeroed `waiters` silences every waker), and
+//! a waiter watches one word, which a damaged ring may never change. So no wait lasts longer
+//! than [`RECHECK_INTERVAL`] without the caller retrying the whole operation and checking the
+//! ring for damage ([`Woke::Recheck`]): a sleep is a `FUTEX_WAIT` with that timeout, a spin or
+//! yield loop returns after about as long. A blocked call on a damaged ring so ends in
+//! `Corrupted` within a recheck, and one whose wake-up was lost is late by at most a recheck.
+//! A parked waiter that finds the `waiters` count at zero while it is counted in it (so the
+//! word was overwritten) counts itself in again. While frames flow none of this runs: a wait
+//! that ends by its watched word never reaches it.
 
 use crate::error::{Error, Result};
 use crate::layout::{
@@ -46,15 +59,37 @@ pub enum WaitStrategy {
     /// Poll with exponential spinning, then `sched_yield` between polls. Low latency, lets
     /// other threads run, still uses a core.
     Yield,
-    /// Spin briefly, then sleep on a futex in the segment until the other side wakes it. No CPU
-    /// while idle; a wake-up costs the other side one `FUTEX_WAKE` and this side the scheduler's
-    /// wake-up latency (tens of microseconds).
+    /// Spin briefly, then sleep on a futex in the segment until the other side wakes it, or
+    /// [`RECHECK_INTERVAL`] passes (then it looks at the ring again). Next to no CPU while idle;
+    /// a wake-up costs the other side one `FUTEX_WAKE` and this side the scheduler's wake-up
+    /// latency (tens of microseconds).
     #[default]
     Park,
 }
 
 /// Rounds of a busy-spin between two looks at the clock (only when there is a deadline).
 const SPIN_CHECK_EVERY: u32 = 256;
+
+/// A busy-spin returns [`Woke::Recheck`] after this many rounds of [`SPIN_CHECK_EVERY`] spins
+/// (2^16 pause instructions: from a fraction of a millisecond to a few, by the CPU; under
+/// [`RECHECK_INTERVAL`]) without reading the clock.
+const SPIN_RECHECK_EVERY: u32 = 256;
+
+/// Longest a blocked call waits, parked or not, before it retries its operation and checks the
+/// ring for damage, whether or not anything woke it. It bounds the cost of a lost wake-up (a
+/// scribbled `waiters` word, say) and makes a blocked call notice a damaged ring. Costs nothing
+/// while frames flow, and an idle parked waiter about 50 wake-ups a second.
+pub const RECHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What ended a wait (see [`Waiter::wait_until`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// The watched word says that the ring may be ready, or the channel was deleted.
+    Ready,
+    /// Nothing was seen for a while ([`RECHECK_INTERVAL`]): retry anyway and, if the ring is
+    /// still not ready, check it for damage.
+    Recheck,
+}
 
 /// Longest single sleep of a sleeper whose `membarrier` is unavailable: it cannot be sure of
 /// being woken, so it re-checks at least this often.
@@ -164,6 +199,8 @@ struct Parked {
     mem: Arc<Memory>,
     line: Line,
     seen: u32,
+    /// When the caller is next told to retry and check the ring ([`Woke::Recheck`]).
+    recheck_at: Instant,
 }
 
 impl Parked {
@@ -187,6 +224,10 @@ pub(crate) struct Waiter {
     deadline: Option<Instant>,
     backoff: Backoff,
     parked: Option<Parked>,
+    /// Calls of `wait_until` so far.
+    rounds: u32,
+    /// [`WaitStrategy::Yield`]: when the next [`Woke::Recheck`] is due (set on the first yield).
+    recheck_at: Option<Instant>,
 }
 
 impl Waiter {
@@ -199,13 +240,19 @@ impl Waiter {
             deadline: None,
             backoff: Backoff::new(),
             parked: None,
+            rounds: 0,
+            recheck_at: None,
         }
     }
 
     /// Waits, by the strategy, until `ready()` (a cheap look at one word of the ring; see
     /// `region::Watch`) says that the side owning `line` may have made progress, or the channel
-    /// was deleted (looked at every [`SPIN_CHECK_EVERY`] rounds of a spin). `Err(TimedOut)` once
-    /// the deadline has passed.
+    /// was deleted (looked at every [`SPIN_CHECK_EVERY`] rounds of a spin): [`Woke::Ready`].
+    /// Returns [`Woke::Recheck`] when nothing was seen for about [`RECHECK_INTERVAL`]: the
+    /// caller retries its operation anyway and checks the ring for damage. `Err(TimedOut)` once
+    /// the deadline has passed; a call after the first checks the deadline before anything
+    /// else, so that a retry that keeps failing on a ring that looks ready (contention, a
+    /// stream of skips) still ends at it.
     ///
     /// The spinning loop holds nothing but the check and the spin hint (the clock is read
     /// every [`SPIN_CHECK_EVERY`] rounds, and only with a deadline): a poll that does more per
@@ -217,39 +264,68 @@ impl Waiter {
         mem: &Arc<Memory>,
         line: Line,
         mut ready: impl FnMut() -> bool,
-    ) -> Result<()> {
+    ) -> Result<Woke> {
+        if self.rounds > 0 {
+            self.check_deadline()?;
+        }
+        self.rounds = self.rounds.saturating_add(1);
         match self.strategy {
-            WaitStrategy::Spin => loop {
-                for _ in 0..SPIN_CHECK_EVERY {
-                    if ready() {
-                        return Ok(());
+            WaitStrategy::Spin => {
+                for _ in 0..SPIN_RECHECK_EVERY {
+                    for _ in 0..SPIN_CHECK_EVERY {
+                        if ready() {
+                            return Ok(Woke::Ready);
+                        }
+                        spin_hint();
                     }
-                    spin_hint();
+                    if mem.deleted() {
+                        return Ok(Woke::Ready); // the caller's retry reports it
+                    }
+                    self.check_deadline()?;
                 }
-                if mem.deleted() {
-                    return Ok(()); // the caller's retry reports it
-                }
-                self.check_deadline()?;
-            },
+                Ok(Woke::Recheck)
+            }
             WaitStrategy::Yield => loop {
                 if ready() || mem.deleted() {
-                    return Ok(());
+                    return Ok(Woke::Ready);
                 }
                 self.backoff.snooze();
                 self.check_deadline()?;
+                if self.backoff.is_completed() && self.yield_recheck_due() {
+                    return Ok(Woke::Recheck);
+                }
             },
             WaitStrategy::Park => loop {
                 if ready() || mem.deleted() {
-                    return Ok(());
+                    return Ok(Woke::Ready);
                 }
                 if self.backoff.is_completed() {
                     // Announces first (then `ready` is re-checked), sleeps on later rounds.
-                    self.park(mem, line)?;
+                    if self.park(mem, line)? {
+                        return Ok(Woke::Recheck);
+                    }
                 } else {
                     self.backoff.snooze();
                     self.check_deadline()?;
                 }
             },
+        }
+    }
+
+    /// [`WaitStrategy::Yield`], between yields: whether a [`Woke::Recheck`] is due.
+    #[cold]
+    fn yield_recheck_due(&mut self) -> bool {
+        let now = Instant::now();
+        match self.recheck_at {
+            Some(at) if now < at => false,
+            Some(_) => {
+                self.recheck_at = Some(now + RECHECK_INTERVAL);
+                true
+            }
+            None => {
+                self.recheck_at = Some(now + RECHECK_INTERVAL);
+                false
+            }
         }
     }
 
@@ -272,57 +348,84 @@ impl Waiter {
         }
     }
 
+    /// The first call announces the waiter and returns `Ok(false)` (the caller re-checks the
+    /// ring before the first sleep); later calls sleep, at most until the deadline or the next
+    /// recheck, and return whether a recheck is due.
     #[cold]
     #[inline(never)]
-    fn park(&mut self, mem: &Arc<Memory>, line: Line) -> Result<()> {
+    fn park(&mut self, mem: &Arc<Memory>, line: Line) -> Result<bool> {
         let barriers = barriers();
         if self.parked.is_none() {
-            let l = line.of(mem);
-            // Relaxed increment, then a SeqCst fence: the store-buffer pattern with the waker's
-            // fence in `notify` (or with its compiler barrier plus our membarrier below).
-            l.waiters.fetch_add(1, Relaxed);
-            fence(SeqCst);
             let parked = Parked {
                 mem: Arc::clone(mem),
                 line,
                 seen: 0,
+                recheck_at: Instant::now() + RECHECK_INTERVAL,
             };
             // Relaxed: read by a coordinator only after this process died (repair.rs). Set
-            // after the increment, cleared before the decrement: a death in between leaves one
-            // spurious count, never a missing one.
+            // after the increment (in `announce`), cleared before the decrement: a death in
+            // between leaves one spurious count, never a missing one.
+            let seen = announce(line.of(mem), barriers);
             if let Some(e) = parked.entry(self.who) {
                 e.parked.store(line.parked_code(), Relaxed);
             }
-            // Acquire: pairs with the Release increment in `wake`.
-            let seen = l.futex.load(Acquire);
-            if barriers.global {
-                sys::membarrier_global();
-            }
             self.parked = Some(Parked { seen, ..parked });
             // The caller re-checks the ring before the first sleep.
-            return Ok(());
+            return Ok(false);
         }
-        let remaining = match self.deadline() {
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(Error::TimedOut(self.timeout.unwrap_or_default()));
-                }
-                Some(d - now)
-            }
-            None => None,
-        };
-        let limit = if barriers.global {
-            remaining
-        } else {
-            Some(remaining.map_or(FALLBACK_SLEEP, |r| r.min(FALLBACK_SLEEP)))
-        };
+        let deadline = self.deadline();
         let parked = self.parked.as_mut().expect("announced above");
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Error::TimedOut(self.timeout.unwrap_or_default()));
+        }
+        if now >= parked.recheck_at {
+            return Ok(parked.recheck(now, barriers));
+        }
+        let mut limit = parked.recheck_at - now;
+        if let Some(d) = deadline {
+            limit = limit.min(d - now);
+        }
+        if !barriers.global {
+            limit = limit.min(FALLBACK_SLEEP);
+        }
         let futex = &parked.line.of(&parked.mem).futex;
-        sys::futex_wait(futex, parked.seen, limit);
-        // Acquire: as above; read before the caller's next re-check.
+        sys::futex_wait(futex, parked.seen, Some(limit));
+        // Acquire: as in `announce`; read before the caller's next re-check.
         parked.seen = futex.load(Acquire);
-        Ok(())
+        let now = Instant::now();
+        Ok(now >= parked.recheck_at && parked.recheck(now, barriers))
+    }
+}
+
+/// Counts a waiter in `line`'s `waiters` and returns the futex word to sleep on (read after the
+/// announcement): the sleeper's half of the protocol in the module docs.
+fn announce(l: &CursorLine, barriers: Barriers) -> u32 {
+    // Relaxed increment, then a SeqCst fence: the store-buffer pattern with the waker's fence in
+    // `notify` (or with its compiler barrier plus our membarrier below).
+    l.waiters.fetch_add(1, Relaxed);
+    fence(SeqCst);
+    // Acquire: pairs with the Release increment in `wake`.
+    let seen = l.futex.load(Acquire);
+    if barriers.global {
+        sys::membarrier_global();
+    }
+    seen
+}
+
+impl Parked {
+    /// A recheck is due: schedules the next one, and counts the waiter in again if the line's
+    /// `waiters` reads zero although it is counted there (the word was overwritten; wakers
+    /// would never wake anyone). Returns true: the caller retries and checks the ring.
+    #[cold]
+    fn recheck(&mut self, now: Instant, barriers: Barriers) -> bool {
+        self.recheck_at = now + RECHECK_INTERVAL;
+        let l = self.line.of(&self.mem);
+        // Relaxed: a hint, as for wakers; `announce` orders what matters.
+        if l.waiters.load(Relaxed) == 0 {
+            self.seen = announce(l, barriers);
+        }
+        true
     }
 }
 
@@ -333,8 +436,20 @@ impl Drop for Waiter {
             if let Some(e) = p.entry(self.who) {
                 e.parked.store(PARKED_NONE, Relaxed);
             }
-            // Relaxed: a waker that still sees us costs one spurious FUTEX_WAKE, nothing more.
-            p.line.of(&p.mem).waiters.fetch_sub(1, Relaxed);
+            leave(&p.line.of(&p.mem).waiters);
+        }
+    }
+}
+
+/// Takes one waiter out of a `waiters` count, never below zero: the word may have been
+/// overwritten (a count wrapped to `u32::MAX` would cost every publish a `FUTEX_WAKE`).
+fn leave(waiters: &crate::sync::AtomicU32) {
+    // Relaxed: a waker that still sees us costs one spurious FUTEX_WAKE, nothing more.
+    let mut cur = waiters.load(Relaxed);
+    while cur > 0 {
+        match waiters.compare_exchange_weak(cur, cur - 1, Relaxed, Relaxed) {
+            Ok(_) => break,
+            Err(now) => cur = now,
         }
     }
 }

@@ -36,6 +36,9 @@ fn usage() -> ! {
   client-consume SOCKET CHANNEL LOG WAIT   open a consumer through the coordinator and record
                                            every frame in the shared file LOG before
                                            releasing it, until killed
+  client-flood SOCKET CHANNEL              open a producer through the coordinator (print
+                                           refused: ERROR if that fails) and send 8-byte
+                                           frames as fast as it can, spinning, until killed
   hold-claim SOCKET CHANNEL                claim a slot, print held, wait to be killed
   hold-frame SOCKET CHANNEL                read a frame, print its length, wait to be killed
   park SOCKET CHANNEL                      wait for a frame, parked, to be killed
@@ -103,6 +106,7 @@ fn main() {
         }
         Some("client-produce") => coordinated::produce(&args),
         Some("client-consume") => coordinated::consume(&args),
+        Some("client-flood") => coordinated::flood(&args),
         Some("hold-claim") => coordinated::hold_claim(&args),
         Some("hold-frame") => coordinated::hold_frame(&args),
         Some("park") => coordinated::park(&args),
@@ -676,6 +680,39 @@ mod coordinated {
                 std::thread::sleep(Duration::from_micros(200));
             }
             drop(f);
+        }
+    }
+
+    /// Sends 8-byte frames (a sequence number) with `try_send` in a tight loop, so that a kill
+    /// lands anywhere in the send path, between a record's header store and its tail store
+    /// included. A refused admission is printed on standard output, for the test to show.
+    pub(super) fn flood(args: &[String]) {
+        let (socket, channel): (String, String) = (arg(args, 1), arg(args, 2));
+        let c = client(&socket);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut tx = loop {
+            match c.producer(&channel) {
+                Ok(tx) => break tx,
+                Err(Error::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                Err(e) => {
+                    println!("refused: {e}");
+                    let _ = std::io::stdout().flush();
+                    exit(1);
+                }
+            }
+        };
+        tx.set_wait_strategy(WaitStrategy::Spin);
+        println!("producing");
+        let _ = std::io::stdout().flush();
+        let mut seq = 0u64;
+        loop {
+            match tx.try_send(&seq.to_le_bytes()) {
+                Ok(()) => seq += 1,
+                Err(Error::WouldBlock(_)) => std::hint::spin_loop(),
+                Err(e) => fail(format!("send {seq}: {e}")),
+            }
         }
     }
 
