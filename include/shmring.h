@@ -409,7 +409,8 @@ shmring_status shmring_channel_stats(struct shmring_client *client,
  * no such channel, `SHMRING_PERMISSION_DENIED` when its mode excludes this user. A producer is
  * used by one thread at a time (it may move between threads): a call made while another
  * thread is inside a call on the same producer is refused with `SHMRING_INVALID_ARGUMENT`
- * (and when two calls start at the same instant, at least one of them returns it).
+ * (a best-effort check: two calls that start within the same few nanoseconds can both pass
+ * it).
  */
 shmring_status shmring_producer_open(struct shmring_client *client,
                                      const char *name,

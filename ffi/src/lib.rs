@@ -196,36 +196,29 @@ struct ConsumerState {
 }
 
 /// Which call, if any, is inside a producer or consumer handle now: 0 when none, otherwise an
-/// address in that call's stack frame. Calls on different threads run on different stacks, so
-/// two calls that overlap leave different marks, and the contract "one thread at a time" can
-/// be checked without a read-modify-write: a call refuses to start while a mark is there, and
-/// checks when it ends that the mark is still its own. If two calls start together (both saw
-/// no mark), at least one of them finds the other's mark (or none) when it ends and reports
-/// it. Two plain stores and two loads per call: the checked and the unchecked C round trip
-/// are compared in ARCHITECTURE.md ("Concurrent use of a C handle").
+/// address in that call's stack frame (any nonzero mark would do; an address tells the calls
+/// of two threads apart in a debugger). A call refuses to start while a mark is there, leaves
+/// its own, and takes it away when it returns (also when it panics). Plain loads and stores,
+/// no read-modify-write: a call that starts while another thread is inside one is refused,
+/// but two calls that start within the same few nanoseconds (both load before either stores)
+/// can both go ahead undetected. Closing that window takes an atomic swap or a check of the
+/// mark on the way out, which measured 3-4% of an 8-byte C round trip against the 2% this
+/// check may cost; ARCHITECTURE.md ("Concurrent use of a C handle") has the figures.
 #[derive(Debug, Default)]
 struct InUse(AtomicUsize);
 
 impl InUse {
-    fn enter(&self, me: usize, what: &str) -> Result<(), Error> {
-        // Relaxed: the mark orders nothing; it only has to be seen by an overlapping call of
-        // another thread, which coherence of this one word gives (see `InUse`).
+    /// Leaves mark `me` if no call is inside; false if one is.
+    #[inline(always)]
+    fn enter(&self, me: usize) -> bool {
+        // Relaxed: the mark orders nothing; it only has to be seen by a later call of another
+        // thread, which coherence of this one word gives.
         if self.0.load(Ordering::Relaxed) != 0 {
-            return Err(concurrent(what, "the call was refused"));
+            return false;
         }
         // Relaxed: as above.
         self.0.store(me, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn leave(&self, me: usize, what: &str) -> Result<(), Error> {
-        // Relaxed: as in `enter`. Only the call whose mark is there removes it.
-        if self.0.load(Ordering::Relaxed) != me {
-            return Err(concurrent(what, "the call may have taken effect"));
-        }
-        // Relaxed: as in `enter`.
-        self.0.store(0, Ordering::Relaxed);
-        Ok(())
+        true
     }
 
     fn is_free(&self) -> bool {
@@ -234,10 +227,24 @@ impl InUse {
     }
 }
 
-fn concurrent(what: &str, outcome: &str) -> Error {
+/// Takes a call's mark away when the call returns or unwinds.
+struct Unmark<'a>(&'a InUse);
+
+impl Drop for Unmark<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // Relaxed: as in `InUse::enter`.
+        self.0.0.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn concurrent(what: &str) -> Error {
     invalid(format!(
-        "this {what} is in use by another thread at the same time ({outcome}): a handle is \
-         used by one thread at a time; give each thread its own or lock around the calls"
+        "this {what} is in use by another thread at the same time (the call was refused): a \
+         handle is used by one thread at a time; give each thread its own or lock around the \
+         calls"
     ))
 }
 
@@ -251,6 +258,7 @@ trait Exclusive {
 impl Exclusive for ProducerHandle {
     const WHAT: &'static str = "producer";
     type State = ProducerState;
+    #[inline(always)]
     fn split(&mut self) -> (&InUse, &mut ProducerState) {
         (&self.busy, &mut self.state)
     }
@@ -259,33 +267,29 @@ impl Exclusive for ProducerHandle {
 impl Exclusive for ConsumerHandle {
     const WHAT: &'static str = "consumer";
     type State = ConsumerState;
+    #[inline(always)]
     fn split(&mut self) -> (&InUse, &mut ConsumerState) {
         (&self.busy, &mut self.state)
     }
 }
 
-/// Runs `body` on handle `h` as the only call inside it; a call of another thread that
-/// overlaps it is reported as `SHMRING_INVALID_ARGUMENT` (see `InUse`).
+/// Runs `body` on handle `h` as the only call inside it; a call of another thread made
+/// meanwhile is refused with `SHMRING_INVALID_ARGUMENT` (see `InUse`).
 #[inline(always)]
 fn exclusive<T: Exclusive>(
     h: &mut T,
     body: impl FnOnce(&mut T::State) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    /// Takes the mark away if `body` panics (the caller's guard reports the panic).
-    struct Unmark<'a>(&'a InUse, usize);
-    impl Drop for Unmark<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.leave(self.1, "handle");
-        }
-    }
+    // An address in this call's stack frame: nonzero, and no other thread's frame has it
+    // while this call runs.
     let mark = 0u8;
-    let me = std::hint::black_box(&raw const mark) as usize;
+    let me = &raw const mark as usize;
     let (busy, state) = h.split();
-    busy.enter(me, T::WHAT)?;
-    let unmark = Unmark(busy, me);
-    let result = body(state);
-    std::mem::forget(unmark);
-    result.and(busy.leave(me, T::WHAT))
+    if !busy.enter(me) {
+        return Err(concurrent(T::WHAT));
+    }
+    let _unmark = Unmark(busy);
+    body(state)
 }
 
 /// Turns a handle pointer from C back into its handle, checking NULL and the tag.
@@ -678,7 +682,8 @@ pub unsafe extern "C" fn shmring_channel_stats(
 /// no such channel, `SHMRING_PERMISSION_DENIED` when its mode excludes this user. A producer is
 /// used by one thread at a time (it may move between threads): a call made while another
 /// thread is inside a call on the same producer is refused with `SHMRING_INVALID_ARGUMENT`
-/// (and when two calls start at the same instant, at least one of them returns it).
+/// (a best-effort check: two calls that start within the same few nanoseconds can both pass
+/// it).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_open(
     client: *mut shmring_client,
@@ -877,7 +882,7 @@ pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
         if let Ok(h) = unsafe { producer(p) }
             && !h.busy.is_free()
         {
-            return Err(concurrent("producer", "it was not closed"));
+            return Err(concurrent("producer"));
         }
         // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ProducerHandle>(p.cast(), PRODUCER_TAG) }
@@ -1086,7 +1091,7 @@ pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
         if let Ok(h) = unsafe { consumer(c) }
             && !h.busy.is_free()
         {
-            return Err(concurrent("consumer", "it was not closed"));
+            return Err(concurrent("consumer"));
         }
         // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
         if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
