@@ -19,16 +19,22 @@
 //! default action is restored so that the fault kills the process as it would have.
 //!
 //! The handler is async-signal-safe: it allocates nothing and takes no lock. The registry is a
-//! fixed array of slots of atomics, each a sequence lock written only under a mutex by
+//! fixed array of slots of atomics, each a sequence lock written only under the writers' lock by
 //! [`register`]/[`unregister`] (which never run in the handler): the handler reads a slot's
 //! range only when its sequence number is even and unchanged across the read, so a slot being
 //! rewritten by another thread is never mistaken for a range it does not describe.
+//!
+//! The writers' lock survives `fork`: it holds the pid of the process whose thread took it, so
+//! a child forked while another thread of its parent held it (that thread does not exist in the
+//! child) takes it over instead of waiting forever, and a slot it finds half rewritten is
+//! rewritten whole. A `std::sync::Mutex` or `Once` held across a fork would hang every later
+//! segment open or drop in the child (an inherited handle dropped by a Python
+//! `multiprocessing` child at exit, say).
 
 use crate::layout::{STATE_DELETED, STATE_OFFSET};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use crate::sync::{AtomicU32, AtomicU64, fence};
 use std::cell::UnsafeCell;
-use std::sync::{Mutex, Once};
 
 /// Mappings one process can have protected at once. A coordinator serves at most 4096
 /// channels; a mapping beyond this many is used unprotected (and a warning is logged once).
@@ -58,9 +64,48 @@ impl Slot {
 static TABLE: [Slot; SLOTS] = [const { Slot::new() }; SLOTS];
 /// Slots ever used: the handler looks at no more.
 static USED: AtomicU64 = AtomicU64::new(0);
-/// Serialises the writers of the table (never taken by the handler).
-static WRITERS: Mutex<()> = Mutex::new(());
-static INSTALL: Once = Once::new();
+/// Serialises the writers of the table (never taken by the handler): 0 when free, else the pid
+/// of the process one of whose threads holds it (see the module's documentation on `fork`).
+static WRITERS: AtomicU32 = AtomicU32::new(0);
+/// Whether the handler was installed (written under `WRITERS`).
+static INSTALLED: AtomicU32 = AtomicU32::new(0);
+/// Whether the table was found full once (written under `WRITERS`).
+static WARNED: AtomicU32 = AtomicU32::new(0);
+
+/// The writers' lock, held until dropped.
+struct Writers;
+
+impl Writers {
+    fn lock() -> Writers {
+        let me = std::process::id();
+        loop {
+            // Acquire: pairs with the Release in `drop`; the last holder's slot writes are
+            // visible to this one.
+            match WRITERS.compare_exchange(0, me, Acquire, Relaxed) {
+                Ok(_) => return Writers,
+                // Held by another thread of this process: it lets go in a few instructions.
+                Err(holder) if holder == me => std::thread::yield_now(),
+                // Held in the process this one was forked from, by a thread that does not
+                // exist here: take it over. Acquire as above.
+                Err(holder) => {
+                    if WRITERS
+                        .compare_exchange(holder, me, Acquire, Relaxed)
+                        .is_ok()
+                    {
+                        return Writers;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire of the next `lock`.
+        WRITERS.store(0, Release);
+    }
+}
 
 /// The action that was installed before ours, written once before `PREVIOUS_SET` is set.
 struct Previous(UnsafeCell<std::mem::MaybeUninit<libc::sigaction>>);
@@ -87,17 +132,23 @@ impl Registration {
 /// page size, the object's part of the mapping only), installing the handler first if this is
 /// the first registration of the process. `None` if the table is full.
 pub(crate) fn register(start: *mut u8, len: usize) -> Option<Registration> {
-    INSTALL.call_once(install);
-    let _w = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _w = Writers::lock();
+    // Relaxed: written and read under the writers' lock only.
+    if INSTALLED.load(Relaxed) == 0 {
+        install();
+        INSTALLED.store(1, Relaxed);
+    }
     let index = TABLE.iter().position(|s| s.len.load(Relaxed) == 0);
     let Some(index) = index else {
-        static WARNED: Once = Once::new();
-        WARNED.call_once(|| {
+        // Relaxed: written and read under the writers' lock only.
+        if WARNED.load(Relaxed) == 0 {
+            // Relaxed: as above.
+            WARNED.store(1, Relaxed);
             tracing::warn!(
                 "more than {SLOTS} shmring segments mapped: later ones are not protected from \
                  being truncated under this process (SIGBUS)"
-            )
-        });
+            );
+        }
         return None;
     };
     let s = &TABLE[index];
@@ -111,13 +162,15 @@ pub(crate) fn register(start: *mut u8, len: usize) -> Option<Registration> {
 
 /// Forgets a mapping, before it is unmapped.
 pub(crate) fn unregister(r: Registration) {
-    let _w = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _w = Writers::lock();
     write(&TABLE[r.0], 0, 0);
 }
 
 /// Rewrites a slot under the sequence lock (the caller holds `WRITERS`).
 fn write(s: &Slot, start: u64, len: u64) {
-    let seq = s.seq.load(Relaxed);
+    // The next even number: a slot left odd by a writer that was forked away mid-write is
+    // rewritten whole.
+    let seq = s.seq.load(Relaxed).wrapping_add(1) & !1;
     s.seq.store(seq.wrapping_add(1), Relaxed);
     // Release fence: a reader that sees any of the stores below also sees the odd sequence
     // number, and gives up on the slot.
@@ -132,7 +185,7 @@ fn write(s: &Slot, start: u64, len: u64) {
 fn install() {
     // SAFETY: sigaction with a zeroed struct filled in as the man page requires; the handler
     // is an extern "C" function of the SA_SIGINFO signature. PREVIOUS is written before
-    // PREVIOUS_SET publishes it, and only here (Once).
+    // PREVIOUS_SET publishes it, and only here (once, under the writers' lock).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
@@ -145,6 +198,11 @@ fn install() {
                 "cannot install the SIGBUS handler: a segment truncated under this process \
                  will kill it"
             );
+            return;
+        }
+        if previous.sa_sigaction == action.sa_sigaction {
+            // Already ours: a parent's thread was installing it when this process was forked
+            // from it. What it found before stays the one to chain to.
             return;
         }
         (*PREVIOUS.0.get()).write(previous);
@@ -268,5 +326,67 @@ mod tests {
         assert!(!c.truncated(), "a slot taken again starts unmarked");
         unregister(b);
         unregister(c);
+    }
+
+    /// A child forked while another thread of its parent holds the writers' lock can still
+    /// register and unregister (with a `std::sync::Mutex` it hung for good: a forked child
+    /// dropping an inherited segment, in review of step 5 item 18). The parent's thread takes
+    /// and releases the lock in a tight loop, so that many of the forks land while it is held.
+    #[test]
+    fn a_child_forked_while_the_lock_is_held_does_not_hang() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+        use std::time::{Duration, Instant};
+        let page = crate::sys::page_size();
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(StdOrdering::Relaxed) {
+                    if let Some(r) = register((1024 * page) as *mut u8, page) {
+                        unregister(r);
+                    }
+                }
+            })
+        };
+        let mut hung = 0;
+        for _ in 0..200 {
+            // SAFETY: the child only registers, unregisters (no allocation, no lock but the
+            // one under test) and leaves with _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                if let Some(r) = register((2048 * page) as *mut u8, page) {
+                    unregister(r);
+                }
+                // SAFETY: ends the child without running the parent's exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut status = 0;
+            loop {
+                // SAFETY: waits for our own child, WNOHANG.
+                let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if r == pid {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    hung += 1;
+                    // SAFETY: our own child, then reaped.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        stop.store(true, StdOrdering::Relaxed);
+        churn.join().unwrap();
+        assert_eq!(
+            hung, 0,
+            "{hung} of 200 forked children hung on the writers' lock"
+        );
     }
 }
