@@ -335,14 +335,13 @@ mod tests {
     #[test]
     fn a_child_forked_while_the_lock_is_held_does_not_hang() {
         use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
         use std::time::{Duration, Instant};
         let page = crate::sys::page_size();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicU32::new(0));
         let churn = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                while !stop.load(StdOrdering::Relaxed) {
+                while stop.load(Relaxed) == 0 {
                     if let Some(r) = register((1024 * page) as *mut u8, page) {
                         unregister(r);
                     }
@@ -382,7 +381,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        stop.store(true, StdOrdering::Relaxed);
+        stop.store(1, Relaxed);
         churn.join().unwrap();
         assert_eq!(
             hung, 0,
