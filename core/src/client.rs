@@ -75,6 +75,9 @@ impl std::fmt::Debug for Client {
 
 struct Shared {
     path: PathBuf,
+    /// A socket in this user's runtime directory: only a coordinator of this user or root is
+    /// used (see `Conn::open`).
+    own_only: bool,
     timeout: Duration,
     conn: Mutex<Option<Conn>>,
     /// Closes not sent yet: a handle's drop queues its close here and never waits for the
@@ -107,6 +110,8 @@ struct Conn {
     namespace: String,
     /// Replies still to come for requests sent without waiting (closes).
     unread: usize,
+    /// The uid the coordinator runs as (`SO_PEERCRED` of the listening process).
+    server_uid: u32,
 }
 
 fn unavailable(path: &Path, e: &std::io::Error) -> Error {
@@ -124,12 +129,27 @@ fn unavailable(path: &Path, e: &std::io::Error) -> Error {
 }
 
 impl Conn {
-    fn open(path: &Path, timeout: Duration) -> Result<Conn> {
+    /// Connects to the coordinator at `path`. With `own_only` (a socket in this user's runtime
+    /// directory, where the default sockets lie), a coordinator running as another user than this one
+    /// or root is refused: it took the place of this user's, and would see every frame of the
+    /// channels created through it.
+    fn open(path: &Path, timeout: Duration, own_only: bool) -> Result<Conn> {
         let stream = sys::connect_unix(path, timeout).map_err(|e| unavailable(path, &e))?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .map_err(|e| Error::os("configuring the coordinator connection", e))?;
+        let server_uid = sys::peer_cred(&stream)?.uid;
+        let me = sys::euid();
+        if own_only && server_uid != me && server_uid != 0 {
+            return Err(Error::PermissionDenied(format!(
+                "the coordinator at {} runs as uid {server_uid}, neither this user (uid {me}) \
+                 nor root: another user holds this user's default socket; not using it (remove \
+                 {} as root, or connect to a coordinator you trust with {SOCKET_ENV})",
+                path.display(),
+                path.parent().unwrap_or(path).display()
+            )));
+        }
         let mut conn = Conn {
             stream,
             reader: FrameReader::new(MAX_REPLY),
@@ -137,6 +157,7 @@ impl Conn {
             pid: sys::pid(),
             namespace: String::new(),
             unread: 0,
+            server_uid,
         };
         let sent = conn.send(&protocol::client_hello(PROTOCOL_VERSION), path);
         // A coordinator that refuses the connection (at a limit) sends its hello and closes at
@@ -250,7 +271,7 @@ impl Shared {
         };
         if stale {
             *slot = None;
-            let mut conn = Conn::open(&self.path, self.timeout)?;
+            let mut conn = Conn::open(&self.path, self.timeout, self.own_only)?;
             self.hand_back(&mut conn)?;
             *slot = Some(conn);
         }
@@ -271,6 +292,14 @@ impl Shared {
                 .filter(|(_, h)| h.pid == sys::pid())
                 .collect()
         };
+        // Only to a coordinator of the user that created the segment (a memfd belongs to its
+        // creator): whoever else listens on the socket now is not given write access to them.
+        let held: Vec<_> = held
+            .into_iter()
+            .filter(|(_, h)| {
+                nix::sys::stat::fstat(&h.fd).is_ok_and(|st| st.st_uid == conn.server_uid)
+            })
+            .collect();
         for ((name, generation), h) in held {
             let req = Request::Adopt {
                 name: name.clone(),
@@ -435,10 +464,13 @@ impl Client {
                 _ => default_socket_path(DEFAULT_NAMESPACE),
             },
         };
-        let conn = Conn::open(&path, timeout)?;
+        // A socket in this user's own runtime directory is this user's coordinator's.
+        let own_only = path.parent() == Some(crate::coordinator::default_socket_dir().as_path());
+        let conn = Conn::open(&path, timeout, own_only)?;
         Ok(Client {
             shared: Arc::new(Shared {
                 path,
+                own_only,
                 timeout,
                 conn: Mutex::new(Some(conn)),
                 closes: Mutex::new(Vec::new()),

@@ -923,3 +923,113 @@ fn another_users_object_under_the_namespace_prefix_stays() {
     assert_eq!(kept.unwrap(), b"another user's");
     assert!(!ours_left, "the older shmringd's segment was not removed");
 }
+
+/// A client hands the segments it holds back to a coordinator that restarted, but only to one
+/// running as the user that created them: whoever else listens on the socket now (here a
+/// program of uid 65534 that took the socket's place) is not given their descriptors, which
+/// would let it read and write the channels (found in review of step 5: the hand-back went to
+/// any listener).
+#[test]
+fn segments_are_handed_back_only_to_a_coordinator_of_their_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a program as another user");
+        return;
+    }
+    let _dog = watchdog("hand-back to another user", 60);
+    let place = Place::new("handback");
+    std::fs::set_permissions(&place.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = place.sock();
+    let coord = Coordinator::start(
+        CoordinatorConfig::new(&place.ns)
+            .socket(&sock)
+            .keep_channels(true),
+    )
+    .unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    client
+        .create(
+            "x",
+            &ChannelConfig::spsc().capacity(4096).max_frame_size(64),
+        )
+        .unwrap();
+    let _tx = client.producer("x").unwrap();
+    coord.stop();
+    let mut impostor = impostor(&sock, &place.ns);
+    // The client reconnects for its next request (the impostor answers nothing to it).
+    let _ = client.list();
+    let status = impostor.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the segment's descriptor was handed to another user's listener"
+    );
+}
+
+/// A program of uid 65534 listening on `sock`: accepts one connection, answers the hello as a
+/// coordinator of namespace `ns` would, and exits 3 if the first request that follows came with
+/// a descriptor, 0 otherwise. Returns once it listens.
+fn impostor(sock: &Path, ns: &str) -> Child {
+    let hello: String = protocol::server_hello(HELLO_ACCEPTED, ns)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+open(sys.argv[1] + ".ready", "w").close()
+c, _ = s.accept()
+c.recv(65536)
+c.sendall(bytes.fromhex(sys.argv[2]))
+msg, anc, flags, addr = c.recvmsg(65536, socket.CMSG_SPACE(16 * 4))
+fds = [a for a in anc if a[0] == socket.SOL_SOCKET and a[1] == socket.SCM_RIGHTS]
+sys.exit(3 if fds else 0)
+"#;
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .arg(sock)
+        .arg(&hello)
+        .uid(OTHER)
+        .gid(OTHER)
+        .spawn()
+        .expect("python3 runs");
+    let ready = PathBuf::from(format!("{}.ready", sock.display()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the impostor did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// Another user that takes a user's runtime directory (`/tmp/shmring-<uid>` when
+/// `XDG_RUNTIME_DIR` is unset can be made by anyone first) and listens there is not taken for
+/// that user's coordinator: the client refuses a coordinator in its own runtime directory that
+/// runs as neither its user nor root, saying so (found in review of step 5: channels created
+/// "privately" went to the other user's coordinator).
+#[test]
+fn a_coordinator_of_another_user_in_ones_runtime_directory_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a program as another user");
+        return;
+    }
+    let _dog = watchdog("squatted runtime directory", 60);
+    let place = Place::new("squat");
+    std::fs::set_permissions(&place.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let runtime = place.dir.join("shmring");
+    std::fs::create_dir(&runtime).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(OTHER), Some(OTHER)).unwrap();
+    let sock = runtime.join(format!("{}.sock", place.ns));
+    let mut squatter = impostor(&sock, &place.ns);
+    let out = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .args(["--namespace", &place.ns, "list"])
+        .env("XDG_RUNTIME_DIR", &place.dir)
+        .env_remove("SHMRING_SOCKET")
+        .output()
+        .unwrap();
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the squatter was used: {out:?}");
+    assert!(err.contains(&format!("runs as uid {OTHER}")), "{err}");
+}

@@ -879,7 +879,10 @@ pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_stat
 pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
     let _ = guard(|| {
         // SAFETY: NULL or a handle from shmring_producer_open (the header's contract).
+        // (A child forked while a thread of its parent was inside a call inherits the mark,
+        // but not that thread: it only frees the memory, below.)
         if let Ok(h) = unsafe { producer(p) }
+            && h.pid == std::process::id()
             && !h.busy.is_free()
         {
             return Err(concurrent("producer"));
@@ -1088,7 +1091,10 @@ pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_st
 pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
     let _ = guard(|| {
         // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
+        // (A child forked while a thread of its parent was inside a call inherits the mark,
+        // but not that thread: it only frees the memory, below.)
         if let Ok(h) = unsafe { consumer(c) }
+            && h.pid == std::process::id()
             && !h.busy.is_free()
         {
             return Err(concurrent("consumer"));

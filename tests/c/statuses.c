@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int failures = 0;
@@ -290,6 +291,17 @@ int main(int argc, char **argv) {
     EXPECT(seen, SHMRING_INVALID_ARGUMENT);
     TRUE(strstr(shmring_last_error(), "another thread") != NULL);
     EXPECT(shmring_set_wait_refused(p), SHMRING_INVALID_ARGUMENT);
+    /* A child forked meanwhile inherits the mark but not the thread: its close frees the
+     * handle's memory instead of refusing (found in review of step 5). */
+    pid_t child = fork();
+    if (child == 0) {
+        shmring_producer_set_wait(NULL, SHMRING_WAIT_PARK); /* another last error first */
+        shmring_producer_close(p);
+        _exit(strstr(shmring_last_error(), "another thread") == NULL ? 0 : 1);
+    }
+    int child_status = -1;
+    TRUE(child > 0 && waitpid(child, &child_status, 0) == child);
+    TRUE(WIFEXITED(child_status) && WEXITSTATUS(child_status) == 0);
     /* Receive everything: the blocked send completes on the way, and its frame arrives too. */
     for (int i = 0; i <= filled; i++) {
         EXPECT(shmring_recv(c, buf, sizeof buf, &len, 5000 * MS), SHMRING_OK);

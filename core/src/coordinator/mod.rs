@@ -33,7 +33,7 @@ pub fn default_socket_path(namespace: &str) -> PathBuf {
     default_socket_dir().join(format!("{namespace}.sock"))
 }
 
-fn default_socket_dir() -> PathBuf {
+pub(crate) fn default_socket_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("shmring"),
         _ => PathBuf::from(format!("/tmp/shmring-{}", sys::euid())),
