@@ -923,3 +923,79 @@ fn another_users_object_under_the_namespace_prefix_stays() {
     assert_eq!(kept.unwrap(), b"another user's");
     assert!(!ours_left, "the older shmringd's segment was not removed");
 }
+
+/// Found in review of step 5: a restarting coordinator looked at `/proc/<pid>/fd/<n>` (link,
+/// then `stat`), then opened that path read-write; the process could `dup2` another file onto
+/// `n` in between, and the coordinator (root, perhaps) opened that file: a device, a FIFO,
+/// anything the process can name. Descriptors are copied with `pidfd_getfd` now, which opens
+/// nothing. Here a thread keeps swapping a descriptor between a memfd named like a segment of
+/// the namespace and a plain file watched for opens (inotify); coordinators start and stop
+/// meanwhile. Before the fix the file was opened within the first few starts.
+#[test]
+fn a_descriptor_swapped_during_the_scan_is_never_opened() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _dog = watchdog("swapped descriptor", 120);
+    let place = Place::new("swap");
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let name = std::ffi::CString::new(format!("shmring.{}@{uid}.1.x", place.ns)).unwrap();
+    // SAFETY: memfd_create with a valid C string; the descriptor is owned by the OwnedFd.
+    let memfd = unsafe {
+        let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        OwnedFd::from_raw_fd(fd)
+    };
+    let bait_path = place.dir.join("bait");
+    std::fs::write(&bait_path, b"not a segment").unwrap();
+    let bait = std::fs::File::open(&bait_path).unwrap();
+    // SAFETY: plain system calls on a valid C string; the descriptor is owned by the OwnedFd.
+    let inotify = unsafe {
+        let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+        assert!(fd >= 0);
+        let p = std::ffi::CString::new(bait_path.to_str().unwrap()).unwrap();
+        assert!(libc::inotify_add_watch(fd, p.as_ptr(), libc::IN_OPEN) >= 0);
+        OwnedFd::from_raw_fd(fd)
+    };
+    let opened = || {
+        let mut buf = [0u8; 4096];
+        // SAFETY: read into a buffer we own, of its size.
+        let n = unsafe { libc::read(inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    };
+    // The descriptor number the scan finds: swapped between the memfd and the bait.
+    // SAFETY: dup of a descriptor we own; the result is owned by the OwnedFd.
+    let slot = unsafe { OwnedFd::from_raw_fd(libc::dup(memfd.as_raw_fd())) };
+    // Dropping the sender stops the swapper.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let swapper = {
+        let (slot, memfd, bait) = (slot.as_raw_fd(), memfd.as_raw_fd(), bait.as_raw_fd());
+        std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::TryRecvError::Empty) = stopped.try_recv() {
+                // SAFETY: dup2 onto a descriptor number this test owns (`slot`).
+                unsafe {
+                    libc::dup2(memfd, slot);
+                    libc::dup2(bait, slot);
+                }
+            }
+            // SAFETY: as above.
+            unsafe { libc::dup2(memfd, slot) };
+        })
+    };
+    let mut seen = false;
+    for _ in 0..50 {
+        let coord = Coordinator::start(CoordinatorConfig::new(&place.ns).socket(place.sock()))
+            .expect("the coordinator starts");
+        coord.stop();
+        if opened() {
+            seen = true;
+            break;
+        }
+    }
+    drop(stop);
+    swapper.join().unwrap();
+    drop((slot, memfd, bait));
+    assert!(
+        !seen,
+        "the coordinator opened a file swapped in during its scan"
+    );
+}
