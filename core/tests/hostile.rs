@@ -327,6 +327,7 @@ fn only_a_stale_socket_of_ours_is_replaced_and_only_ours_removed() {
         other => panic!("a missing socket directory: {other:?}"),
     }
     assert!(!place.dir.join("no").exists(), "the directory was created");
+    let _ = std::fs::remove_file(runtime_file(&other_ns, "lock"));
 }
 
 /// Defect 1, as reported: `shmringd --socket /etc/passwd` removed the file. A file in its
@@ -399,8 +400,8 @@ fn racing_starts_leave_exactly_one_coordinator() {
             c.stop();
         }
     }
-    // Starts racing the stop of the coordinator in place: the lock file is removed and
-    // released while two others open and lock it.
+    // Starts racing the stop of the coordinator in place: the lock is released while two
+    // others open and lock its file.
     let mut current = start(9).unwrap();
     for round in 0..100 {
         let socket = 1000 + round;
