@@ -224,6 +224,9 @@ impl CoordinatorConfig {
 /// drop((tx, rx, client));
 /// coord.stop();
 /// # std::fs::remove_dir(&dir).ok();
+/// # for ext in ["lock", "channels"] {
+/// #     std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext)).ok();
+/// # }
 /// # Ok::<(), shmring::Error>(())
 /// ```
 pub struct Coordinator {
