@@ -233,13 +233,10 @@ fn clients_hand_their_segments_back_to_a_restarted_coordinator() {
 }
 
 /// Removes what a coordinator running as uid 65534 keeps of namespace `ns` in its runtime
-/// directory (`/tmp/shmring-65534`, or `$XDG_RUNTIME_DIR/shmring` if that is set): its lock and
-/// its record of the channels.
+/// directory (`/tmp/shmring-65534`: `daemon-as` drops `XDG_RUNTIME_DIR`): its lock and its
+/// record of the channels.
 fn remove_runtime_files(ns: &str) {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => std::path::PathBuf::from(d).join("shmring"),
-        _ => std::path::PathBuf::from(format!("/tmp/shmring-{NOBODY}")),
-    };
+    let dir = std::path::PathBuf::from(format!("/tmp/shmring-{NOBODY}"));
     for ext in ["lock", "channels"] {
         let _ = std::fs::remove_file(dir.join(format!("{ns}.{ext}")));
     }
