@@ -881,7 +881,8 @@ impl Registry {
         let object = format!("{}{generation}.{name}", self.prefix);
         // A sealed memfd, mode 0600 for this coordinator's user: nobody reaches it but through
         // a descriptor handed over after admission, and nobody can shrink it. The channel's
-        // owner and mode are the header's, which admission checks.
+        // owner and mode, which admission checks, are kept here (the segment's copy, taken at
+        // creation) and in the record; the header's copy is for information only.
         let label = CString::new(object.clone()).expect("validated names hold no NUL");
         let (seg, fd) = Segment::create_sealed(&label, config, generation, (peer.uid, peer.gid))?;
         // Relaxed: information only.
@@ -1172,7 +1173,7 @@ impl Registry {
         }
     }
 
-    /// The channels `uid` owns (as recorded in their headers, adopted ones included).
+    /// The channels `uid` owns (as the coordinator keeps them, adopted ones included).
     pub(super) fn usage(&self, uid: u32) -> Usage {
         self.channels
             .values()
