@@ -413,3 +413,32 @@ fn stale_socket_file_is_replaced() {
     Client::connect(Some(&sock)).unwrap().list().unwrap();
     coord.stop();
 }
+
+/// Found in review of step 5 (F3): what a restarted coordinator adopts, and who owns it, is
+/// its own record of the channels (`<runtime dir>/<namespace>.channels`), never the segments'
+/// headers, which participants can write. Without a record (a first start, a wiped runtime
+/// directory) it adopts nothing, even segments of its own user it finds in this process.
+#[test]
+fn without_its_record_a_coordinator_adopts_nothing() {
+    let _dog = watchdog("no record", 60);
+    let (ns, sock, _dir) = place();
+    let config = CoordinatorConfig::new(&ns)
+        .socket(&sock)
+        .keep_channels(true);
+    let coord = Coordinator::start(config.clone()).unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("feed", &ChannelConfig::spsc()).unwrap();
+    let rx = client.consumer("feed").unwrap();
+    coord.stop();
+    let record = shmring::default_socket_path(&ns).with_extension("channels");
+    let text = std::fs::read_to_string(&record).expect("the record is kept");
+    assert!(text.contains(" feed\n"), "{text}");
+    std::fs::remove_file(&record).unwrap();
+    let coord = Coordinator::start(config).unwrap();
+    assert!(
+        matches!(client.stats("feed"), Err(Error::NotFound(_))),
+        "adopted with no record"
+    );
+    drop((rx, client));
+    coord.stop();
+}
