@@ -58,6 +58,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// # drop((feed, worker, client));
 /// # coord.stop();
 /// # std::fs::remove_dir(&dir).ok();
+/// # for ext in ["lock", "channels"] {
+/// #     std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext)).ok();
+/// # }
 /// # Ok::<(), shmring::Error>(())
 /// ```
 #[derive(Clone)]

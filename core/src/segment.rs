@@ -375,6 +375,14 @@ impl Segment {
         self.origin
     }
 
+    /// Replaces the owner, group and mode read from the header (at attach) with what a
+    /// coordinator's own record says: the header is writable by every participant.
+    pub(crate) fn set_authority(&mut self, owner_uid: u32, owner_gid: u32, mode: u32) {
+        self.origin.owner_uid = owner_uid;
+        self.origin.owner_gid = owner_gid;
+        self.origin.mode = mode;
+    }
+
     /// Takes a free entry of the producer table and returns a producer handle on it; `Busy` if
     /// every entry is taken (an SPSC channel has one).
     pub fn producer(&self) -> Result<Producer> {

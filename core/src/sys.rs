@@ -201,16 +201,43 @@ fn parse_memfd_link(link: &str) -> Option<&str> {
     link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
 }
 
+/// A copy of descriptor `target` of the process of `pidfd` (`pidfd_getfd`): the very open file
+/// description that process holds, whatever its `/proc/<pid>/fd/<n>` link says by then. Needs
+/// the right to ptrace the process (root, or the same user): `EPERM` otherwise.
+pub(crate) fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags (zero),
+    // and returns a new descriptor (close-on-exec) or -1.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_getfd,
+            pidfd.as_raw_fd(),
+            target,
+            0 as nix::libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
 /// The memfds whose names start with `prefix` held by the processes this one may inspect
 /// (`/proc/<pid>/fd`: every process for root, its own user's otherwise), one descriptor per
 /// distinct file owned by this process's user, with the rest of each name after `prefix`.
 ///
 /// A coordinator that restarts finds the segments its predecessor created (sealed memfds that
-/// have no name in `/dev/shm`) in the processes still using them. Each is opened through
-/// `/proc/<pid>/fd/<n>` only after `stat` has shown a regular file owned by this user: a
-/// process of another user can make a memfd of any name, but not one owned by this user.
+/// have no name in `/dev/shm`) in the processes still using them. A candidate (its link names
+/// such a memfd) is copied out of the process with `pidfd_getfd`, never opened by its
+/// `/proc/<pid>/fd/<n>` path: the process could put another file (a device, say) at that number
+/// between the look and the open, and a root coordinator would open that file read-write (found
+/// in review of step 5). The copy is what is checked: a regular file owned by this user (a
+/// process of another user can make a memfd of any name, but not one owned by this user) whose
+/// memfd name, read from this process's own `/proc/self/fd`, has the prefix. A process whose
+/// descriptors cannot be copied (`pidfd_getfd` refused) is skipped.
 pub(crate) fn memfds_in_processes(prefix: &str) -> Vec<(String, OwnedFd)> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::fd::AsRawFd;
     let euid = euid();
     let mut seen = std::collections::HashSet::new();
     let mut found = Vec::new();
@@ -222,48 +249,56 @@ pub(crate) fn memfds_in_processes(prefix: &str) -> Vec<(String, OwnedFd)> {
         let Some(pid) = name
             .to_str()
             .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok())
         else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue; // gone, or not ours to inspect
         };
+        // Opened at the first candidate: most processes hold none.
+        let mut pidfd: Option<Option<OwnedFd>> = None;
         for f in fds.flatten() {
-            let path = f.path();
-            let Ok(link) = std::fs::read_link(&path) else {
+            let Some(n) = f.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            let Some(rest) = link
+            let Ok(link) = std::fs::read_link(f.path()) else {
+                continue;
+            };
+            if !link
                 .to_str()
                 .and_then(parse_memfd_link)
-                .and_then(|n| n.strip_prefix(prefix))
+                .is_some_and(|l| l.starts_with(prefix))
+            {
+                continue;
+            }
+            let Some(pfd) = pidfd.get_or_insert_with(|| pidfd_open(pid).ok()) else {
+                break; // exited
+            };
+            let fd = match pidfd_getfd(pfd, n) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBADF) => continue, // closed since
+                Err(_) => break, // not ours to copy from (EPERM), or gone (ESRCH)
+            };
+            let Ok(id) = file_id(&fd) else {
+                continue;
+            };
+            if !id.regular || id.uid != euid || seen.contains(&(id.dev, id.ino)) {
+                continue;
+            }
+            // The name of the file copied, not of whatever the link showed a moment before.
+            let Ok(copied) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+                continue;
+            };
+            let Some(rest) = copied
+                .to_str()
+                .and_then(parse_memfd_link)
+                .and_then(|l| l.strip_prefix(prefix))
             else {
                 continue;
             };
-            let Ok(st) = nix::sys::stat::stat(&path) else {
-                continue;
-            };
-            let id = file_id_of(&st);
-            if !id.regular || id.uid != euid || !seen.insert((id.dev, id.ino)) {
-                continue;
-            }
-            let Ok(file) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-                .open(&path)
-            else {
-                seen.remove(&(id.dev, id.ino)); // perhaps another process's copy opens
-                continue;
-            };
-            let fd = OwnedFd::from(file);
-            // The descriptor number may have been reused between the stat and the open.
-            match file_id(&fd) {
-                Ok(now) if now == id => found.push((rest.to_string(), fd)),
-                _ => {
-                    seen.remove(&(id.dev, id.ino));
-                }
-            }
+            seen.insert((id.dev, id.ino));
+            found.push((rest.to_string(), fd));
         }
     }
     found

@@ -168,13 +168,13 @@ fn daemon_and_cli_manage_channels() {
     assert!(String::from_utf8_lossy(&env.stdout).contains("ticks"));
 
     assert_eq!(ok(&sock, &["delete", "jobs"]), "deleted jobs\n");
-    // Channels are sealed memfds the coordinator holds: none has a name in /dev/shm (where
-    // only the namespace's lock is).
+    // Channels are sealed memfds the coordinator holds: none has a name in /dev/shm (nor has
+    // the namespace's lock, which is in the user's runtime directory).
     let named = || {
         std::fs::read_dir("/dev/shm")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&format!("shmring.{ns}@")) && !n.ends_with(".lock"))
+            .filter(|n| n.starts_with(&format!("shmring.{ns}@")))
             .count()
     };
     assert_eq!(
@@ -198,6 +198,9 @@ fn daemon_and_cli_manage_channels() {
     assert!(!sock.exists(), "the socket is removed");
     assert_eq!(named(), 0, "nothing of the namespace is left in /dev/shm");
     let _ = std::fs::remove_dir_all(&dir);
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
+    }
 }
 
 /// Runs `shmring bench` with `args` under a watchdog; returns its output, after checking that
@@ -249,6 +252,10 @@ fn assert_cleaned_up(pid: u32) {
         })
         .collect();
     assert!(leftovers.is_empty(), "bench left {leftovers:?} in /dev/shm");
+    for ext in ["lock", "channels"] {
+        let f = shmring::default_socket_path(&format!("bench-{pid}")).with_extension(ext);
+        assert!(!f.exists(), "bench left {} behind", f.display());
+    }
     assert!(
         !std::env::temp_dir()
             .join(format!("shmring-bench-{pid}"))

@@ -30,12 +30,16 @@ fn watchdog(what: &'static str, secs: u64) -> Watchdog {
     Watchdog { _disarm: tx }
 }
 
-/// Removes a test's socket directory when the test ends.
-struct RemoveDir(PathBuf);
+/// Removes a test's socket directory when the test ends, and what the coordinator keeps of its
+/// namespace in the user's runtime directory (its lock and its record of the channels).
+struct RemoveDir(PathBuf, String);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        for ext in ["lock", "channels"] {
+            let _ = std::fs::remove_file(shmring::default_socket_path(&self.1).with_extension(ext));
+        }
     }
 }
 
@@ -51,7 +55,7 @@ fn place() -> (String, PathBuf, RemoveDir) {
     let ns = format!("t{}-{n}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
-    (ns, dir.join("coordinator.sock"), RemoveDir(dir))
+    (ns.clone(), dir.join("coordinator.sock"), RemoveDir(dir, ns))
 }
 
 fn start(ns: &str, socket: &PathBuf) -> Coordinator {
@@ -60,14 +64,14 @@ fn start(ns: &str, socket: &PathBuf) -> Coordinator {
 
 /// The segments of namespace `ns` that this process holds (the embedded coordinator, or the
 /// handles' clients): sealed memfds named `shmring.<ns>@<uid>.<generation>.<channel>`, one per
-/// name. Also checks that none of them has a name in `/dev/shm`, where only the namespace's
-/// lock may be.
+/// name. Also checks that nothing of the namespace has a name in `/dev/shm` (its lock is in
+/// the user's runtime directory).
 fn segments_of(ns: &str) -> Vec<String> {
     let prefix = format!("shmring.{ns}@");
     let named: Vec<String> = std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix) && !n.ends_with(".lock"))
+        .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(
         named.is_empty(),
@@ -407,5 +411,34 @@ fn stale_socket_file_is_replaced() {
     assert!(sock.exists());
     let coord = start(&ns, &sock);
     Client::connect(Some(&sock)).unwrap().list().unwrap();
+    coord.stop();
+}
+
+/// Found in review of step 5 (F3): what a restarted coordinator adopts, and who owns it, is
+/// its own record of the channels (`<runtime dir>/<namespace>.channels`), never the segments'
+/// headers, which participants can write. Without a record (a first start, a wiped runtime
+/// directory) it adopts nothing, even segments of its own user it finds in this process.
+#[test]
+fn without_its_record_a_coordinator_adopts_nothing() {
+    let _dog = watchdog("no record", 60);
+    let (ns, sock, _dir) = place();
+    let config = CoordinatorConfig::new(&ns)
+        .socket(&sock)
+        .keep_channels(true);
+    let coord = Coordinator::start(config.clone()).unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("feed", &ChannelConfig::spsc()).unwrap();
+    let rx = client.consumer("feed").unwrap();
+    coord.stop();
+    let record = shmring::default_socket_path(&ns).with_extension("channels");
+    let text = std::fs::read_to_string(&record).expect("the record is kept");
+    assert!(text.contains(" feed\n"), "{text}");
+    std::fs::remove_file(&record).unwrap();
+    let coord = Coordinator::start(config).unwrap();
+    assert!(
+        matches!(client.stats("feed"), Err(Error::NotFound(_))),
+        "adopted with no record"
+    );
+    drop((rx, client));
     coord.stop();
 }

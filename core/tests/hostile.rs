@@ -75,7 +75,17 @@ impl Place {
 impl Drop for Place {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // What a coordinator of the namespace keeps in this user's runtime directory: its lock
+        // (never removed by a coordinator) and its record of the channels.
+        for ext in ["lock", "channels"] {
+            let _ = std::fs::remove_file(runtime_file(&self.ns, ext));
+        }
     }
+}
+
+/// `<runtime dir>/<namespace>.<ext>`: the runtime directory is the default socket's.
+fn runtime_file(ns: &str, ext: &str) -> PathBuf {
+    shmring::default_socket_path(ns).with_extension(ext)
 }
 
 /// A running `shmringd`, stopped (SIGTERM) when dropped.
@@ -317,6 +327,7 @@ fn only_a_stale_socket_of_ours_is_replaced_and_only_ours_removed() {
         other => panic!("a missing socket directory: {other:?}"),
     }
     assert!(!place.dir.join("no").exists(), "the directory was created");
+    let _ = std::fs::remove_file(runtime_file(&other_ns, "lock"));
 }
 
 /// Defect 1, as reported: `shmringd --socket /etc/passwd` removed the file. A file in its
@@ -389,8 +400,8 @@ fn racing_starts_leave_exactly_one_coordinator() {
             c.stop();
         }
     }
-    // Starts racing the stop of the coordinator in place: the lock file is removed and
-    // released while two others open and lock it.
+    // Starts racing the stop of the coordinator in place: the lock is released while two
+    // others open and lock its file.
     let mut current = start(9).unwrap();
     for round in 0..100 {
         let socket = 1000 + round;
@@ -1032,4 +1043,203 @@ fn a_coordinator_of_another_user_in_ones_runtime_directory_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the squatter was used: {out:?}");
     assert!(err.contains(&format!("runs as uid {OTHER}")), "{err}");
+}
+/// Found in review of step 5 (F5): the namespace lock was `/dev/shm/shmring.<ns>@<uid>.lock`,
+/// a predictable name in world-writable `/dev/shm`; uid 65534 touched it first and the user's
+/// coordinator failed with "Permission denied" for good. The lock lives in the user's private
+/// runtime directory now: a file at the old name is nobody's business (and is left alone).
+#[test]
+fn a_file_at_the_old_dev_shm_lock_name_does_not_stop_the_coordinator() {
+    if !is_root() {
+        eprintln!("skipped: needs root to make a file of another user");
+        return;
+    }
+    let _dog = watchdog("planted lock", 60);
+    let place = Place::new("oldlock");
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let planted = PathBuf::from(format!("/dev/shm/shmring.{}@{uid}.lock", place.ns));
+    std::fs::write(&planted, b"").unwrap();
+    std::os::unix::fs::chown(&planted, Some(OTHER), Some(OTHER)).unwrap();
+    let coord = Coordinator::start(CoordinatorConfig::new(&place.ns).socket(place.sock()));
+    let kept = std::fs::metadata(&planted).map(|m| m.uid());
+    let _ = std::fs::remove_file(&planted);
+    let coord = coord.expect("a file another user put at the old lock name is no obstacle");
+    assert_eq!(kept.unwrap(), OTHER, "the planted file is left alone");
+    assert!(runtime_file(&place.ns, "lock").exists());
+    coord.stop();
+}
+
+/// The sealed memfds of this process whose names start with `prefix`, opened read-write
+/// through `/proc/self/fd` (what a participant holding a segment can write).
+fn own_memfds(prefix: &str) -> Vec<(String, std::fs::File)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if let Some(n) = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("/memfd:"))
+            .and_then(|l| l.strip_suffix(" (deleted)"))
+            .filter(|n| n.starts_with(prefix))
+            && !found.iter().any(|(m, _): &(String, _)| m == n)
+            && let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(e.path())
+        {
+            found.push((n.to_string(), f));
+        }
+    }
+    found
+}
+
+/// Rewrites a segment's header as a participant holding a writable descriptor can: `edit`,
+/// then a fresh checksum (plain FNV, anyone can compute it).
+fn rewrite_header(f: &std::fs::File, edit: impl FnOnce(&mut shmring::layout::SegmentHeader)) {
+    use std::os::unix::fs::FileExt;
+    let mut raw = [0u8; shmring::layout::HEADER_SIZE];
+    f.read_exact_at(&mut raw, 0).unwrap();
+    // SAFETY: SegmentHeader is repr(C) plain integers, HEADER_SIZE bytes (asserted by the
+    // library); read_unaligned copies it out of the byte buffer.
+    let mut h: shmring::layout::SegmentHeader =
+        unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+    edit(&mut h);
+    h.checksum = h.compute_checksum();
+    // SAFETY: as above, the other way.
+    unsafe { std::ptr::write_unaligned(raw.as_mut_ptr().cast(), h) };
+    // The state word (offset 12) is left as it is now: only the fields before it and after it.
+    f.write_all_at(&raw[..shmring::layout::STATE_OFFSET], 0)
+        .unwrap();
+    let after = shmring::layout::STATE_OFFSET + 4;
+    f.write_all_at(&raw[after..], after as u64).unwrap();
+}
+
+/// Found in review of step 5 (F3): a restarted coordinator took a channel's owner, group and
+/// mode from its segment's header, which every admitted participant can rewrite (with a fresh
+/// checksum). uid 65534, admitted as a consumer to root's 0666 channel, made itself the owner:
+/// after a restart `list` showed owner 65534 and its `delete` succeeded (refused before). The
+/// coordinator's own record decides now; the header's claim is ignored.
+#[test]
+fn a_rewritten_header_does_not_change_a_channels_owner_across_a_restart() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the tool as another user");
+        return;
+    }
+    let _dog = watchdog("header takeover", 120);
+    let place = Place::new("takeover");
+    let sock = place.sock();
+    let d = Daemon::start(&place, &["--keep-channels"]);
+    let o = shmring_as(None, &sock, &["create", "x", "--mode", "666"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let client = Client::connect(Some(&sock)).unwrap();
+    let rx = client.consumer("x").unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let held = own_memfds(&format!("shmring.{}@{uid}.", place.ns));
+    assert_eq!(held.len(), 1, "the consumer holds the segment");
+    rewrite_header(&held[0].1, |h| {
+        h.owner_uid = OTHER;
+        h.owner_gid = OTHER;
+        h.mode = 0o600;
+    });
+    let o = shmring_as(Some(OTHER), &sock, &["delete", "x"]);
+    assert!(
+        !o.status.success(),
+        "refused before the restart: {}",
+        text(&o)
+    );
+    drop(d); // SIGTERM; the channel is kept
+    let _d = Daemon::start(&place, &["--keep-channels"]);
+    let s = client.stats("x").expect("adopted");
+    assert_eq!(
+        (s.info.owner_uid, s.info.mode),
+        (uid, 0o666),
+        "owner and mode as created, not as the header claims"
+    );
+    let o = shmring_as(Some(OTHER), &sock, &["delete", "x"]);
+    assert!(
+        !o.status.success(),
+        "refused after the restart: {}",
+        text(&o)
+    );
+    assert!(client.stats("x").is_ok(), "still there");
+    drop((rx, held, client));
+}
+
+/// Found in review of step 5: a restarting coordinator looked at `/proc/<pid>/fd/<n>` (link,
+/// then `stat`), then opened that path read-write; the process could `dup2` another file onto
+/// `n` in between, and the coordinator (root, perhaps) opened that file: a device, a FIFO,
+/// anything the process can name. Descriptors are copied with `pidfd_getfd` now, which opens
+/// nothing. Here a thread keeps swapping a descriptor between a memfd named like a segment of
+/// the namespace and a plain file watched for opens (inotify); coordinators start and stop
+/// meanwhile. Before the fix the file was opened within the first few starts.
+#[test]
+fn a_descriptor_swapped_during_the_scan_is_never_opened() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _dog = watchdog("swapped descriptor", 120);
+    let place = Place::new("swap");
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let name = std::ffi::CString::new(format!("shmring.{}@{uid}.1.x", place.ns)).unwrap();
+    // SAFETY: memfd_create with a valid C string; the descriptor is owned by the OwnedFd.
+    let memfd = unsafe {
+        let fd = libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        OwnedFd::from_raw_fd(fd)
+    };
+    let bait_path = place.dir.join("bait");
+    std::fs::write(&bait_path, b"not a segment").unwrap();
+    let bait = std::fs::File::open(&bait_path).unwrap();
+    // SAFETY: plain system calls on a valid C string; the descriptor is owned by the OwnedFd.
+    let inotify = unsafe {
+        let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+        assert!(fd >= 0);
+        let p = std::ffi::CString::new(bait_path.to_str().unwrap()).unwrap();
+        assert!(libc::inotify_add_watch(fd, p.as_ptr(), libc::IN_OPEN) >= 0);
+        OwnedFd::from_raw_fd(fd)
+    };
+    let opened = || {
+        let mut buf = [0u8; 4096];
+        // SAFETY: read into a buffer we own, of its size.
+        let n = unsafe { libc::read(inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    };
+    // The descriptor number the scan finds: swapped between the memfd and the bait.
+    // SAFETY: dup of a descriptor we own; the result is owned by the OwnedFd.
+    let slot = unsafe { OwnedFd::from_raw_fd(libc::dup(memfd.as_raw_fd())) };
+    // Dropping the sender stops the swapper.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let swapper = {
+        let (slot, memfd, bait) = (slot.as_raw_fd(), memfd.as_raw_fd(), bait.as_raw_fd());
+        std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::TryRecvError::Empty) = stopped.try_recv() {
+                // SAFETY: dup2 onto a descriptor number this test owns (`slot`).
+                unsafe {
+                    libc::dup2(memfd, slot);
+                    libc::dup2(bait, slot);
+                }
+            }
+            // SAFETY: as above.
+            unsafe { libc::dup2(memfd, slot) };
+        })
+    };
+    let mut seen = false;
+    for _ in 0..50 {
+        let coord = Coordinator::start(CoordinatorConfig::new(&place.ns).socket(place.sock()))
+            .expect("the coordinator starts");
+        coord.stop();
+        if opened() {
+            seen = true;
+            break;
+        }
+    }
+    drop(stop);
+    swapper.join().unwrap();
+    drop((slot, memfd, bait));
+    assert!(
+        !seen,
+        "the coordinator opened a file swapped in during its scan"
+    );
 }

@@ -207,5 +207,9 @@ fn the_coordinator_survives_hostile_clients() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     let _ = std::fs::remove_dir_all(&dir);
+    // What the coordinator keeps of the namespace in the user's runtime directory.
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
+    }
     tx.send(()).unwrap();
 }

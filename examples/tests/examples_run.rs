@@ -61,4 +61,8 @@ fn producer_and_consumer_talk() {
     assert!(String::from_utf8_lossy(&producer.stdout).contains("5 frames delivered"));
     coordinator.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    // What the coordinator keeps of the namespace in the user's runtime directory.
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
+    }
 }

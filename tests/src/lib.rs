@@ -604,3 +604,12 @@ pub fn check_delivery(
         "frames={frames} duplicates={duplicates} flagged_redelivered={flagged}"
     ))
 }
+
+/// Removes what a coordinator of this user keeps of namespace `ns` in the user's runtime
+/// directory, which it never removes itself: its lock and its record of the channels. For
+/// tests, whose namespaces are their own.
+pub fn remove_runtime_files(ns: &str) {
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(shmring::default_socket_path(ns).with_extension(ext));
+    }
+}

@@ -229,4 +229,106 @@ fn clients_hand_their_segments_back_to_a_restarted_coordinator() {
     assert!(out.status.success(), "{}", out.stderr);
     dog.check();
     let _ = std::fs::remove_dir_all(&dir);
+    remove_runtime_files(&ns);
+}
+
+/// Removes what a coordinator running as uid 65534 keeps of namespace `ns` in its runtime
+/// directory (`/tmp/shmring-65534`: `daemon-as` drops `XDG_RUNTIME_DIR`): its lock and its
+/// record of the channels.
+fn remove_runtime_files(ns: &str) {
+    let dir = std::path::PathBuf::from(format!("/tmp/shmring-{NOBODY}"));
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(dir.join(format!("{ns}.{ext}")));
+    }
+}
+
+/// Found in review of step 5 (F3, the plant): a participant holding a deleted generation of a
+/// channel set its state word back to READY; after a coordinator restart it handed that
+/// segment back first, and it was adopted: the owner's next open of the channel landed in the
+/// participant's memory instead of the newer generation. The coordinator's record of its live
+/// channels decides now: a deleted generation is not in it and is refused; the live one is
+/// served.
+#[test]
+fn a_deleted_generation_made_ready_again_is_not_adopted() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running a coordinator as another user needs root (CI runs as root)");
+        return;
+    }
+    let _serial = serial();
+    let dog = Watchdog::new("plant", Duration::from_secs(60));
+    let ns = format!("plant{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.join("c.sock");
+    let daemon = || {
+        let mut d = dog.spawn(Command::new(env!("CARGO_BIN_EXE_shmring-peer")).args([
+            "daemon-as",
+            &NOBODY.to_string(),
+            &NOBODY.to_string(),
+            sock.to_str().unwrap(),
+            &ns,
+        ]));
+        d.expect_line("ready");
+        d
+    };
+    let d1 = daemon();
+    let client = Client::connect(Some(&sock)).unwrap();
+    let cfg = ChannelConfig::spsc().max_frame_size(64);
+    let g1 = client.create("x", &cfg.mode(0o666)).unwrap().generation;
+    let rx = client.consumer("x").unwrap();
+    let prefix = format!("shmring.{ns}@{NOBODY}.");
+    let (_, path) = memfds(std::process::id(), &prefix)
+        .into_iter()
+        .find(|(n, _)| *n == format!("{prefix}{g1}.x"))
+        .expect("the consumer holds generation 1");
+    let old = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    drop(rx);
+    client.delete("x").unwrap();
+    // The participant makes the deleted generation look live again.
+    {
+        use std::os::unix::fs::FileExt;
+        old.write_all_at(
+            &shmring::layout::STATE_READY.to_ne_bytes(),
+            shmring::layout::STATE_OFFSET as u64,
+        )
+        .unwrap();
+    }
+    let g2 = client.create("x", &cfg.mode(0o600)).unwrap().generation;
+    assert!(g2 > g1);
+    let mut tx = client.producer("x").unwrap();
+    tx.send_timeout(b"live", T).unwrap();
+    d1.kill().expect("the first coordinator was running");
+
+    let d2 = daemon();
+    let reply = hand_back(
+        &sock,
+        &Request::Adopt {
+            name: "x".into(),
+            generation: g1,
+        },
+        &OwnedFd::from(old),
+    );
+    assert!(
+        matches!(reply, Reply::Error { .. }),
+        "a deleted generation handed back was adopted: {reply:?}"
+    );
+    // The owner's client hands the live generation back when it reconnects.
+    let s = client.stats("x").expect("the live generation is adopted");
+    assert_eq!((s.info.generation, s.info.mode), (g2, 0o600));
+    let mut rx = client.consumer("x").unwrap();
+    assert_eq!(&*rx.read_timeout(T).unwrap(), b"live");
+    drop((tx, rx, client));
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(d2.pid() as i32, libc::SIGTERM) };
+    let out = d2.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+    remove_runtime_files(&ns);
 }

@@ -103,9 +103,13 @@ fn compile(source: &str, out_dir: &Path, build: Build) -> PathBuf {
     exe
 }
 
-/// Runs a program to completion under the watchdog; returns its output.
+/// Runs a program to completion under the watchdog; returns its output. Its runtime directory
+/// (`XDG_RUNTIME_DIR`) is a scratch one, removed after: a coordinator the program starts keeps
+/// its namespace's lock and record of channels there, and never removes them.
 fn run(dog: &Watchdog, cmd: &mut Command) -> Output {
-    let out = dog.spawn(cmd).wait();
+    let runtime = scratch("runtime");
+    let out = dog.spawn(cmd.env("XDG_RUNTIME_DIR", &runtime)).wait();
+    let _ = std::fs::remove_dir_all(&runtime);
     Output {
         status: out.status,
         stdout: out.stdout.into_bytes(),
@@ -153,6 +157,7 @@ fn fnv(mut h: u64, data: &[u8]) -> u64 {
 struct Place {
     dir: PathBuf,
     socket: PathBuf,
+    ns: String,
     coordinator: Option<Coordinator>,
 }
 
@@ -170,6 +175,7 @@ impl Place {
         Place {
             dir,
             socket,
+            ns,
             coordinator: Some(coordinator),
         }
     }
@@ -201,6 +207,7 @@ impl Drop for Place {
             c.stop();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        shmring_tests::remove_runtime_files(&self.ns);
     }
 }
 

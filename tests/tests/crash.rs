@@ -51,13 +51,13 @@ impl Place {
         Client::connect(Some(&self.sock)).unwrap()
     }
 
-    /// What of the namespace has a name in `/dev/shm` (besides its lock): nothing, since
-    /// channels are sealed memfds.
+    /// What of the namespace has a name in `/dev/shm`: nothing, since channels are sealed
+    /// memfds and the lock is in the user's runtime directory.
     fn segments(&self) -> Vec<String> {
         std::fs::read_dir("/dev/shm")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&format!("shmring.{}@", self.ns)) && !n.ends_with(".lock"))
+            .filter(|n| n.starts_with(&format!("shmring.{}@", self.ns)))
             .collect()
     }
 
@@ -75,6 +75,11 @@ impl Place {
 impl Drop for Place {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // What the coordinator keeps of the namespace in the user's runtime directory.
+        for ext in ["lock", "channels"] {
+            let _ =
+                std::fs::remove_file(shmring::default_socket_path(&self.ns).with_extension(ext));
+        }
     }
 }
 

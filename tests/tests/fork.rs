@@ -37,6 +37,7 @@ fn a_forked_child_dropping_inherited_handles_leaves_the_parent_alone() {
         let out = helper.wait();
         clean_up(&ns, pid);
         let _ = std::fs::remove_dir_all(&dir);
+        shmring_tests::remove_runtime_files(&ns);
         assert!(
             out.status.success() && out.stdout.contains("parent unharmed"),
             "shmring-fork {how} ({}):\n--- stdout\n{}\n--- stderr\n{}",

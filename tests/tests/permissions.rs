@@ -94,4 +94,5 @@ fn another_user_is_refused_a_private_channel_and_admitted_to_a_shared_one() {
     coord.stop();
     dog.check();
     let _ = std::fs::remove_dir_all(&dir);
+    shmring_tests::remove_runtime_files(&ns);
 }

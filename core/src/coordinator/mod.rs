@@ -9,6 +9,7 @@
 //! down, and a restarted coordinator adopts the namespace's segments (ARCHITECTURE.md,
 //! "Coordinator").
 
+mod record;
 mod registry;
 mod server;
 
@@ -33,6 +34,9 @@ pub fn default_socket_path(namespace: &str) -> PathBuf {
     default_socket_dir().join(format!("{namespace}.sock"))
 }
 
+/// The coordinator user's private runtime directory (the default socket's), where it keeps each
+/// namespace's lock (`<namespace>.lock`) and record of live channels (`<namespace>.channels`):
+/// `$XDG_RUNTIME_DIR/shmring`, else `/tmp/shmring-<uid>`.
 pub(crate) fn default_socket_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("shmring"),
@@ -220,6 +224,9 @@ impl CoordinatorConfig {
 /// drop((tx, rx, client));
 /// coord.stop();
 /// # std::fs::remove_dir(&dir).ok();
+/// # for ext in ["lock", "channels"] {
+/// #     std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext)).ok();
+/// # }
 /// # Ok::<(), shmring::Error>(())
 /// ```
 pub struct Coordinator {
@@ -247,15 +254,23 @@ impl Coordinator {
     /// coordinator per namespace and user), adopts the segments a previous coordinator left,
     /// and listens on the socket. Errors say what is in the way: another coordinator serving
     /// the namespace, a file that is not a stale socket of this user at the socket path, a
-    /// missing socket directory, a socket directory others can write to, and the like.
+    /// missing socket directory, a runtime directory others can write to, and the like.
     pub fn start(config: CoordinatorConfig) -> Result<Coordinator> {
         config.validate()?;
-        let lock = NamespaceLock::take(&config.namespace, None)?;
+        // Made (mode 0700) or verified (this user's, writable by no one else): the lock and the
+        // record of the channels are trusted only because nobody else can write there.
+        let dir = default_socket_dir();
+        make_default_dir(&dir)?;
+        let lock = NamespaceLock::take(&NamespaceLock::path_of(&dir, &config.namespace), None)?;
+        let record = record::path(&dir, &config.namespace);
         let started = Coordinator::listen(&config).and_then(|Bound { listener, socket }| {
             let server = UnixStream::pair()
                 .map_err(|e| Error::os("creating the stop socket", e))
                 .and_then(|(stop_tx, stop_rx)| {
-                    Ok((stop_tx, server::Server::new(listener, stop_rx, &config)?))
+                    Ok((
+                        stop_tx,
+                        server::Server::new(listener, stop_rx, &config, record)?,
+                    ))
                 });
             match server {
                 Ok((stop_tx, server)) => Ok((socket, stop_tx, server)),
@@ -324,7 +339,7 @@ impl Coordinator {
         })
     }
 
-    /// Makes the default socket directory if needed, and binds the socket.
+    /// Binds the socket (the default one's directory is made by `start`).
     fn listen(config: &CoordinatorConfig) -> Result<Bound> {
         let socket = match &config.socket {
             Some(p) => {
@@ -351,10 +366,8 @@ impl Coordinator {
                 }
                 p.clone()
             }
-            None => {
-                make_default_dir(&default_socket_dir())?;
-                default_socket_path(&config.namespace)
-            }
+            // Made or verified by `start`.
+            None => default_socket_path(&config.namespace),
         };
         bind(&socket, config.socket_mode)
     }
@@ -433,50 +446,50 @@ impl FileId {
     }
 }
 
-/// The namespace's lock: an exclusive `flock` on `/dev/shm/shmring.<namespace>@<euid>.lock`,
-/// held for the coordinator's life.
+/// The namespace's lock: an exclusive `flock` on `<runtime dir>/<namespace>.lock`, held for the
+/// coordinator's life.
 ///
-/// The file is removed at stop while still locked, so that `/dev/shm` keeps nothing of a
-/// stopped namespace. That is safe because a lock counts only if, once taken, the path still
-/// names the locked file: a coordinator that opened the file just before a stopping one removed
-/// it, and locked it just after, holds a lock on a file nobody else will ever open, sees that,
-/// and tries again with the file now at the path (which a third coordinator may hold).
+/// The file lives in the coordinator user's private runtime directory and is never removed
+/// (found in review of step 5: it used to be `/dev/shm/shmring.<namespace>@<uid>.lock`, a
+/// predictable name in world-writable `/dev/shm`, where another user could create it first and
+/// keep the coordinator from ever starting; and its removal at stop needed the re-check below
+/// against a coordinator locking a file just removed). A lock still counts only if, once taken,
+/// the path names the locked file: should the file be removed by hand between an open and the
+/// lock, the lock is taken again on the file now at the path.
 struct NamespaceLock {
-    lock: nix::fcntl::Flock<std::fs::File>,
-    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// How often taking the lock is tried when the file keeps being replaced under us.
 const LOCK_ATTEMPTS: usize = 64;
 
 impl NamespaceLock {
-    fn path_of(namespace: &str) -> PathBuf {
-        Path::new("/dev/shm").join(registry::lock_name(namespace))
+    fn path_of(dir: &Path, namespace: &str) -> PathBuf {
+        dir.join(format!("{namespace}.lock"))
     }
 
-    /// Takes the lock of `namespace`; `first`, if given, is the lock file opened earlier (the
-    /// tests use it to replay an interleaving).
-    fn take(namespace: &str, mut first: Option<std::fs::File>) -> Result<NamespaceLock> {
-        let path = NamespaceLock::path_of(namespace);
+    /// Takes the lock at `path`; `first`, if given, is the lock file opened earlier (the tests
+    /// use it to replay an interleaving).
+    fn take(path: &Path, mut first: Option<std::fs::File>) -> Result<NamespaceLock> {
         for _ in 0..LOCK_ATTEMPTS {
             let file = match first.take() {
                 Some(f) => f,
-                None => NamespaceLock::open(&path)?,
+                None => NamespaceLock::open(path)?,
             };
             let lock = sys::try_lock(file)?.ok_or_else(|| {
                 Error::AlreadyExists(format!(
-                    "namespace {namespace:?} is already served by another coordinator (it holds {})",
+                    "the namespace is already served by another coordinator (it holds {})",
                     path.display()
                 ))
             })?;
             let held = lock
                 .metadata()
                 .map_err(|e| Error::os(format!("inspecting {}", path.display()), e))?;
-            if FileId::at(&path) == Some(FileId::of(&held)) {
-                return Ok(NamespaceLock { lock, path });
+            if FileId::at(path) == Some(FileId::of(&held)) {
+                return Ok(NamespaceLock { _lock: lock });
             }
-            // A stopping coordinator removed the file between our open and our lock: this lock
-            // guards nothing. Unlocked by the drop; try the file at the path now.
+            // The file was removed between our open and our lock: this lock guards nothing.
+            // Unlocked by the drop; try the file at the path now.
         }
         Err(Error::Busy(format!(
             "the namespace lock {} keeps being replaced: try again",
@@ -510,17 +523,9 @@ impl NamespaceLock {
         Ok(file)
     }
 
-    /// Removes the lock file (if the path still names it) while holding the lock, then
-    /// releases it. Removing after releasing would let a coordinator lock the file just before
-    /// it disappears, and another create and lock a new one.
-    fn release(self) {
-        if let Ok(held) = self.lock.metadata()
-            && FileId::at(&self.path) == Some(FileId::of(&held))
-        {
-            let _ = std::fs::remove_file(&self.path);
-        }
-        drop(self.lock);
-    }
+    /// Releases the lock. The file stays: removing it would let a coordinator that opened it
+    /// just before lock a file nobody else will ever open.
+    fn release(self) {}
 }
 
 /// A bound control socket.
@@ -545,16 +550,17 @@ impl BoundPath {
     }
 }
 
-/// Creates the default socket directory (mode 0700, its parent must exist) if missing. An
-/// existing one must be a directory (not a link) of this user's that no one else can write to,
-/// or another user could replace the socket.
+/// Creates the runtime directory (the default socket's; mode 0700, its parent must exist) if
+/// missing. An existing one must be a directory (not a link) of this user's that no one else can
+/// write to, or another user could replace the socket, take the namespace's lock or forge its
+/// record of channels.
 fn make_default_dir(dir: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => {
             return Err(Error::os(
-                format!("creating socket directory {}", dir.display()),
+                format!("creating runtime directory {}", dir.display()),
                 e,
             ));
         }
@@ -563,8 +569,9 @@ fn make_default_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::os(format!("inspecting {}", dir.display()), e))?;
     if !m.is_dir() || m.uid() != sys::euid() || m.permissions().mode() & 0o022 != 0 {
         return Err(Error::PermissionDenied(format!(
-            "socket directory {} is {} of uid {} with mode {:o}: it must be a directory of this \
-             user's ({}) writable by no one else; remove it or pass a socket path",
+            "runtime directory {} is {} of uid {} with mode {:o}: it must be a directory of this \
+             user's ({}) writable by no one else (it holds the socket, the namespace's lock and \
+             its record of channels); remove it",
             dir.display(),
             kind_of(&m),
             m.uid(),
@@ -689,35 +696,37 @@ mod tests {
         format!("u{tag}{}", std::process::id())
     }
 
-    /// Defect 13 (the namespace lock could be held twice): the interleaving of a coordinator
-    /// that opens the lock file, then loses the processor while the one holding it stops
-    /// (removing the file, then unlocking), then locks the removed file. It must not count as
-    /// holding the namespace while a third coordinator holds the new file.
+    /// Defect 13 (the namespace lock could be held twice): a coordinator that opens the lock
+    /// file, then loses the processor while the one holding it stops, then locks the file,
+    /// must not hold the namespace while a third coordinator does. The file is never removed
+    /// now (found in review of step 5), so all three lock the same file.
     #[test]
     fn a_lock_on_a_removed_lock_file_does_not_count() {
         let ns = namespace("lockrace");
-        let path = NamespaceLock::path_of(&ns);
-        let a = NamespaceLock::take(&ns, None).unwrap();
+        let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = NamespaceLock::path_of(&dir, &ns);
+        let a = NamespaceLock::take(&path, None).unwrap();
         let early = NamespaceLock::open(&path).unwrap(); // B opens the file A holds
-        a.release(); // A stops: removes the file, unlocks
-        let c = NamespaceLock::take(&ns, None).unwrap(); // C creates a new file and locks it
-        // B locks the file it opened (nobody holds it now): a lock on nothing. It must see that
-        // and find C's.
-        match NamespaceLock::take(&ns, Some(early)) {
+        a.release(); // A stops: unlocks; the file stays
+        assert!(path.exists(), "released: the lock file stays");
+        let c = NamespaceLock::take(&path, None).unwrap(); // C locks the same file
+        match NamespaceLock::take(&path, Some(early)) {
             Err(Error::AlreadyExists(_)) => {}
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("two coordinators hold namespace {ns:?}"),
         }
         c.release();
-        assert!(!path.exists(), "released: the lock file is removed");
-        // With nobody holding it, the stale early open still ends in a lock that counts.
+        // A file removed by hand between an open and the lock: that lock does not count, the
+        // file at the path is locked instead.
         let early = NamespaceLock::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let d = NamespaceLock::take(&ns, Some(early)).unwrap();
+        let d = NamespaceLock::take(&path, Some(early)).unwrap();
         assert_eq!(
             FileId::at(&path),
-            Some(FileId::of(&d.lock.metadata().unwrap()))
+            Some(FileId::of(&d._lock.metadata().unwrap()))
         );
         d.release();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

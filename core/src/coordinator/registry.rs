@@ -2,6 +2,7 @@
 //! where, and the repairs under way. Answers requests and repairs after deaths; the socket side
 //! is `server.rs`.
 
+use super::record;
 use crate::error::{Error, Result};
 use crate::layout::{ChannelConfig, Geometry, Kind, Origin, Role, decode_owner, encode_owner};
 use crate::protocol::{
@@ -117,18 +118,19 @@ pub(super) struct Registry {
     dead_pids: Vec<u32>,
     /// Per-user limits (see `Quotas`).
     quotas: Quotas,
+    /// Where the record of the namespace's live channels is kept (`record.rs`).
+    record: std::path::PathBuf,
+    /// Channels the record lists as live that no process has shown yet (since this coordinator
+    /// started): adopted if a client hands exactly that segment back; dropped when a channel of
+    /// the name is created again.
+    pending: BTreeMap<String, record::Entry>,
 }
 
-/// The prefix of the names of a namespace's segments (sealed memfds) and of its lock file in
-/// `/dev/shm`: `shmring.<namespace>@<euid>.`; each segment is `<prefix><generation>.<channel>`.
-/// The uid keeps two users' namespaces of the same name apart.
+/// The prefix of the names of a namespace's segments (sealed memfds):
+/// `shmring.<namespace>@<euid>.`; each segment is `<prefix><generation>.<channel>`. The uid
+/// keeps two users' namespaces of the same name apart.
 pub(super) fn object_prefix(namespace: &str) -> String {
     format!("shmring.{namespace}@{}.", sys::euid())
-}
-
-/// The name of the lock file of a namespace, in `/dev/shm`.
-pub(super) fn lock_name(namespace: &str) -> String {
-    format!("{}lock", object_prefix(namespace))
 }
 
 /// `<generation>.<channel>`, the rest of a segment's name after the namespace's prefix.
@@ -180,7 +182,11 @@ fn permits(peer: &Peer, origin: &Origin, want: u32) -> bool {
 }
 
 impl Registry {
-    pub(super) fn new(namespace: &str, max_channel_bytes: u64) -> Registry {
+    pub(super) fn new(
+        namespace: &str,
+        max_channel_bytes: u64,
+        record: std::path::PathBuf,
+    ) -> Registry {
         Registry {
             namespace: namespace.to_string(),
             prefix: object_prefix(namespace),
@@ -190,6 +196,40 @@ impl Registry {
             max_channel_bytes,
             dead_pids: Vec::new(),
             quotas: Quotas::default(),
+            record,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Writes the record of the live channels: those served, and those listed before and not
+    /// yet shown (`pending`).
+    fn persist(&self) -> Result<()> {
+        let mut c = record::Contents {
+            next_generation: self.next_generation,
+            channels: self.pending.clone(),
+        };
+        for (name, ch) in &self.channels {
+            let id = sys::file_id(&ch.fd)?;
+            let o = ch.seg.origin();
+            c.channels.insert(
+                name.clone(),
+                record::Entry {
+                    generation: o.generation,
+                    owner_uid: o.owner_uid,
+                    owner_gid: o.owner_gid,
+                    mode: o.mode,
+                    dev: id.dev,
+                    ino: id.ino,
+                },
+            );
+        }
+        record::save(&self.record, &c)
+    }
+
+    /// [`Registry::persist`], logging a failure (`what` happened all the same).
+    fn persist_or_log(&self, what: &str) {
+        if let Err(e) = self.persist() {
+            tracing::error!(record = %self.record.display(), error = %e, "cannot record the channels after {what}");
         }
     }
 
@@ -201,10 +241,13 @@ impl Registry {
     /// Adopts the channels a previous coordinator of the namespace left: its segments are
     /// sealed memfds with no name in `/dev/shm`, found in the processes still using them
     /// (`/proc/<pid>/fd`, where this coordinator may look: every process for root, its own
-    /// user's otherwise). The newest valid generation of each channel is kept; its live
-    /// owners of entries are watched and what dead ones left is repaired. Channels whose users
-    /// this coordinator cannot inspect come back when a client hands their segment back
-    /// ([`Registry::handed_back`]); a channel nobody holds is gone.
+    /// user's otherwise). Only the segments the record (`record.rs`) lists as live are adopted,
+    /// with the owner, group and mode the record gives; their live owners of entries are
+    /// watched and what dead ones left is repaired. Channels whose users this coordinator
+    /// cannot inspect come back when a client hands their segment back
+    /// ([`Registry::handed_back`]); a channel nobody holds is gone. With no record (a first
+    /// start, or the runtime directory was wiped) nothing is adopted: who owns a segment would
+    /// be the header's word, which any participant can rewrite.
     pub(super) fn adopt(&mut self, epoll: &Epoll) -> Result<()> {
         self.remove_named_objects();
         let mut found: BTreeMap<String, Vec<(u64, OwnedFd)>> = BTreeMap::new();
@@ -216,17 +259,30 @@ impl Registry {
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
             found.entry(name).or_default().push((generation, fd));
         }
-        for (name, mut candidates) in found {
-            candidates.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
+        let contents = record::load(&self.record).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the record of the channels cannot be read: adopting nothing");
+            None
+        });
+        let Some(contents) = contents else {
+            if !found.is_empty() {
+                tracing::warn!(record = %self.record.display(), segments = found.len(),
+                    "no record of the namespace's channels: adopting none of the segments found (who owns them is recorded nowhere this coordinator trusts)");
+            }
+            return self.persist();
+        };
+        self.next_generation = self.next_generation.max(contents.next_generation);
+        self.pending = contents.channels;
+        for (name, candidates) in found {
             for (generation, fd) in candidates {
+                if self.pending.get(&name).map(|e| e.generation) != Some(generation) {
+                    tracing::warn!(channel = %name, generation, "not adopting a segment the record does not list as live (a deleted generation, or one of a lost record)");
+                    continue;
+                }
                 match self.adopt_fd(epoll, &name, generation, fd) {
                     Ok(()) => {
                         tracing::info!(channel = %name, generation, "adopted");
                         break;
                     }
-                    // A deleted generation, still held by a straggler: an older one is not
-                    // the channel either (generations only grow).
-                    Err(Error::NotFound(_)) => break,
                     Err(e) => {
                         tracing::warn!(channel = %name, generation, error = %e, "not adopting a segment")
                     }
@@ -234,7 +290,7 @@ impl Registry {
             }
         }
         self.repair_pending();
-        Ok(())
+        self.persist()
     }
 
     /// Removes the named segments (`/dev/shm/<prefix><generation>.<channel>`) an older shmringd
@@ -300,6 +356,7 @@ impl Registry {
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
             tracing::info!(channel = %name, generation, pid = peer.pid, uid = peer.uid, "adopted a segment handed back");
             self.repair_pending();
+            self.persist_or_log("an adoption");
             Ok(())
         })();
         match r {
@@ -317,7 +374,10 @@ impl Registry {
     /// `/dev/shm` another user could open) owned by this user (a process of another user can
     /// make a memfd of any name and contents, but not one owned by this user), sealed against
     /// shrinking and growing, named `<prefix><generation>.<name>` (a memfd's name is set by its
-    /// creator and never changes), whose header validates and states that generation.
+    /// creator and never changes), which the record lists as the channel's live generation (that
+    /// very file: its inode), and whose header validates and states that generation. The
+    /// channel's owner, group and mode are the record's: a header that says otherwise was
+    /// rewritten by a participant (it is logged, and ignored).
     fn adopt_fd(&mut self, epoll: &Epoll, name: &str, generation: u64, fd: OwnedFd) -> Result<()> {
         let object = format!("{}{generation}.{name}", self.prefix);
         let id = sys::file_id(&fd)?;
@@ -348,14 +408,42 @@ impl Registry {
                 )));
             }
         }
+        let entry = match self.pending.get(name) {
+            Some(e) if e.generation == generation && (e.dev, e.ino) == (id.dev, id.ino) => *e,
+            Some(e) => {
+                return Err(Error::PermissionDenied(format!(
+                    "{object:?} is not the live segment of channel {name:?} by this coordinator's \
+                     record (generation {}, inode {}; given: inode {})",
+                    e.generation, e.ino, id.ino
+                )));
+            }
+            None => {
+                return Err(Error::PermissionDenied(format!(
+                    "channel {name:?} is not live by this coordinator's record ({}): a deleted \
+                     generation, or a channel it does not know",
+                    self.record.display()
+                )));
+            }
+        };
         // A segment still initialising was being created when the previous coordinator died.
-        let seg = Segment::attach(&fd, &object, Duration::ZERO)?;
-        if seg.origin().generation != generation {
+        let mut seg = Segment::attach(&fd, &object, Duration::ZERO)?;
+        let header = seg.origin();
+        if header.generation != generation {
             return Err(Error::Corrupted(format!(
                 "its header says generation {}, its name {generation}",
-                seg.origin().generation
+                header.generation
             )));
         }
+        if (header.owner_uid, header.owner_gid, header.mode)
+            != (entry.owner_uid, entry.owner_gid, entry.mode)
+        {
+            tracing::warn!(channel = %name, generation,
+                header_uid = header.owner_uid, header_gid = header.owner_gid,
+                header_mode = format_args!("{:o}", header.mode),
+                uid = entry.owner_uid, gid = entry.owner_gid, mode = format_args!("{:o}", entry.mode),
+                "damage: the segment's header names another owner or mode than the record; the record's are used");
+        }
+        seg.set_authority(entry.owner_uid, entry.owner_gid, entry.mode);
         let mem = &seg.mem;
         // Relaxed: information only (who adopted the segment).
         mem.repair_line()
@@ -447,6 +535,7 @@ impl Registry {
                 seg,
             },
         );
+        self.pending.remove(name);
         if finished.pending {
             // Retried with the repair passes until a live producer's claim no longer covers it.
             tracing::info!(channel = %name, "a dead coordinator's repair claim is pending");
@@ -472,6 +561,9 @@ impl Registry {
             repair_channel(&name, &mut ch, true, &held);
             ch.seg.mark_deleted();
         }
+        // Every channel is deleted, those never shown again since the start included.
+        self.pending.clear();
+        self.persist_or_log("deleting every channel");
     }
 
     /// A client process connected. Returns the pidfd to watch if the process is new.
@@ -789,7 +881,8 @@ impl Registry {
         let object = format!("{}{generation}.{name}", self.prefix);
         // A sealed memfd, mode 0600 for this coordinator's user: nobody reaches it but through
         // a descriptor handed over after admission, and nobody can shrink it. The channel's
-        // owner and mode are the header's, which admission checks.
+        // owner and mode, which admission checks, are kept here (the segment's copy, taken at
+        // creation) and in the record; the header's copy is for information only.
         let label = CString::new(object.clone()).expect("validated names hold no NUL");
         let (seg, fd) = Segment::create_sealed(&label, config, generation, (peer.uid, peer.gid))?;
         // Relaxed: information only.
@@ -818,6 +911,18 @@ impl Registry {
                 },
             },
         );
+        // A generation of the name the record still waited for is superseded.
+        let superseded = self.pending.remove(name);
+        if let Err(e) = self.persist() {
+            // Not recorded, the channel could not be adopted after a restart: not created.
+            if let Some(ch) = self.channels.remove(name) {
+                ch.seg.mark_deleted();
+            }
+            if let Some(p) = superseded {
+                self.pending.insert(name.to_string(), p);
+            }
+            return Err(e);
+        }
         Ok(info)
     }
 
@@ -951,6 +1056,9 @@ impl Registry {
                 .retain(|a| !(a.channel == name && a.generation == origin.generation));
         }
         tracing::info!(channel = %name, generation = origin.generation, memfd = %ch.object, "deleted");
+        // Out of the record: this generation can never be adopted again, whatever a holder
+        // writes into it.
+        self.persist_or_log("a delete");
         Ok(())
     }
 
@@ -1065,7 +1173,7 @@ impl Registry {
         }
     }
 
-    /// The channels `uid` owns (as recorded in their headers, adopted ones included).
+    /// The channels `uid` owns (as the coordinator keeps them, adopted ones included).
     pub(super) fn usage(&self, uid: u32) -> Usage {
         self.channels
             .values()

@@ -209,6 +209,7 @@ impl Server {
         listener: UnixListener,
         stop: UnixStream,
         config: &super::CoordinatorConfig,
+        record: std::path::PathBuf,
     ) -> Result<Server> {
         let namespace = config.namespace.as_str();
         let epoll = Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
@@ -224,7 +225,7 @@ impl Server {
         epoll
             .add(&stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
             .map_err(|e| Error::os("watching the stop socket", e))?;
-        let mut registry = Registry::new(namespace, config.max_channel_bytes);
+        let mut registry = Registry::new(namespace, config.max_channel_bytes, record);
         registry.set_quotas(Quotas {
             channels_per_uid: config.max_channels_per_uid,
             bytes_per_uid: config.max_bytes_per_uid,

@@ -90,6 +90,10 @@ fn main() {
         Some("daemon") => coordinated::daemon(&args),
         Some("daemon-as") => {
             let (uid, gid): (u32, u32) = (arg(&args, 1), arg(&args, 2));
+            // The runtime directory (where the coordinator keeps its lock and record of
+            // channels) is the new user's own, /tmp/shmring-<uid>, not this user's.
+            // SAFETY: this process has one thread: nobody reads the environment meanwhile.
+            unsafe { std::env::remove_var("XDG_RUNTIME_DIR") };
             // SAFETY: plain system calls with integer arguments; this process has one thread.
             let dropped = unsafe {
                 libc::setgroups(0, std::ptr::null()) == 0

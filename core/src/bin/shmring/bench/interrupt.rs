@@ -37,6 +37,7 @@ pub fn catch(control: &Path, dir: &Path, pid: u32) {
                 }
             }
         }
+        super::remove_runtime_files(pid);
         eprintln!("shmring bench: interrupted ({sig}); its files are removed");
         std::process::exit(128 + sig as i32);
     });

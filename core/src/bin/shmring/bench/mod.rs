@@ -241,6 +241,17 @@ impl Drop for Cleanup {
         }
         let _ = std::fs::remove_file(&self.control);
         let _ = std::fs::remove_dir_all(&self.dir);
+        remove_runtime_files(std::process::id());
+    }
+}
+
+/// Removes what the bench's coordinator kept of its namespace (`bench-<pid>`, the bench's own)
+/// in the user's runtime directory: its lock and its record of the channels.
+pub(crate) fn remove_runtime_files(pid: u32) {
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(
+            shmring::default_socket_path(&format!("bench-{pid}")).with_extension(ext),
+        );
     }
 }
 
