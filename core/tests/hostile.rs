@@ -923,3 +923,201 @@ fn another_users_object_under_the_namespace_prefix_stays() {
     assert_eq!(kept.unwrap(), b"another user's");
     assert!(!ours_left, "the older shmringd's segment was not removed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found in review of step 5 (F1): a client froze the coordinator with a descriptor whose close
+// blocks.
+
+/// Found in review of step 5: the coordinator closed descriptors a client sent on its event
+/// loop, so a client handing it a TCP socket that lingers on unsent data (SO_LINGER, a peer
+/// that never reads) as an Adopt request's descriptor, and closing its own copy first, made the
+/// coordinator's close the last one, blocked in the kernel for as long as the linger: every
+/// other client went unanswered. (Any user may do this; the test does it as itself.) Another
+/// client's `list` must still be answered, and the attacker's request too.
+#[test]
+fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let _dog = watchdog("a blocking close", 120);
+    let place = Place::new("linger");
+    let daemon = Daemon::start(&place, &[]);
+    let (trap, tcp) = lingering_socket();
+
+    let mut attacker = Raw::connect(&daemon.sock);
+    assert_eq!(attacker.hello().0, HELLO_ACCEPTED);
+    let adopt = protocol::encode(&Request::Adopt {
+        name: "trap".into(),
+        generation: 1,
+    });
+    // The descriptor travels with the first byte; the request is completed only after this
+    // process closed its copy, so that the coordinator's close is the last.
+    let fds = [tcp.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&adopt[..1])];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(
+        attacker.stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    drop(tcp);
+    attacker.stream.write_all(&adopt[1..]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A hang check: the coordinator answers within seconds while the close is blocked.
+    let mut other = Raw::connect(&daemon.sock);
+    other
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(other.hello().0, HELLO_ACCEPTED);
+    other.send(&Request::List);
+    assert!(matches!(other.reply(), Reply::Channels(_)));
+    // The attacker's request was answered (refused: not a segment).
+    attacker
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(attacker.reply(), Reply::Error { .. }));
+
+    // What waits behind the blocked close is bounded: the attacker keeps handing descriptors
+    // back (each refused, so each to be closed); once its user has 64 waiting its connection
+    // is no longer read, the coordinator's descriptors stay bounded, and another user is
+    // served. When the close completes, the attacker's requests are all answered.
+    let before = fd_count(daemon.pid());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fds = [null.as_raw_fd()];
+    let mut sent = 0;
+    for _ in 0..400 {
+        let iov = [std::io::IoSlice::new(&adopt)];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        match sendmsg::<()>(
+            attacker.stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(n) => {
+                // A whole frame, or the rest of it without a descriptor.
+                attacker.stream.write_all(&adopt[n..]).unwrap();
+                sent += 1;
+            }
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("sending descriptors: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fd_count(daemon.pid());
+    eprintln!("descriptors of shmringd: {before} before, {after} after {sent} sent");
+    assert!(
+        after <= before + 64 + 8,
+        "shmringd went from {before} to {after} descriptors ({sent} sent)"
+    );
+    if is_root() {
+        let o = shmring_as(Some(OTHER), &daemon.sock, &["list"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    drop(trap);
+    for i in 0..sent {
+        match attacker.reply() {
+            Reply::Error { .. } => {}
+            other => panic!("reply {i} of {sent}: {other:?}"),
+        }
+    }
+    drop(daemon);
+}
+
+/// A TCP connection on loopback to a listener that never accepts, set to linger an hour on
+/// the data it could not send: its last close blocks (until the listener is closed, which resets
+/// the connection). Returns the listener and the connection.
+fn lingering_socket() -> (std::net::TcpListener, std::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    use std::os::fd::AsRawFd;
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = std::net::TcpStream::connect(trap.local_addr().unwrap()).unwrap();
+    setsockopt(
+        &tcp,
+        Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 3600,
+        },
+    )
+    .unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut full = false;
+    for _ in 0..1024 {
+        match (&tcp).write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("filling the trap: {e}"),
+        }
+    }
+    assert!(full, "the trap's send queue never filled");
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int to the pointer given, which outlives the call.
+    let r = unsafe { libc::ioctl(tcp.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
+    assert_eq!(r, 0);
+    assert!(unsent > 0, "data waits in the trap's send queue");
+    (trap, tcp)
+}
+
+/// Found in review of step 5: closing a client's connection socket releases the descriptors
+/// still in flight in its receive queue, in the closing thread. A connection refused at the
+/// per-user cap, which had sent a lingering socket with its hello before the coordinator
+/// accepted it, froze the coordinator the same way. (The coordinator is stopped with SIGSTOP
+/// while the descriptor is sent and this process's copy closed, so that its close is the last.)
+#[test]
+fn a_refused_connection_holding_a_blocking_descriptor_does_not_stop_the_coordinator() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let _dog = watchdog("a blocking close in flight", 120);
+    let place = Place::new("inflight");
+    let daemon = Daemon::start(&place, &["--max-connections-per-uid", "1"]);
+    let mut holder = Raw::connect(&daemon.sock);
+    holder
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(holder.hello().0, HELLO_ACCEPTED);
+    let (trap, tcp) = lingering_socket();
+    struct Cont(u32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: kill has no memory effects.
+    assert_eq!(unsafe { libc::kill(daemon.pid() as i32, libc::SIGSTOP) }, 0);
+    let cont = Cont(daemon.pid());
+    let refused = UnixStream::connect(&daemon.sock).unwrap();
+    let hello = protocol::client_hello(PROTOCOL_VERSION);
+    let fds = [tcp.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&hello)];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(refused.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+    drop(tcp);
+    drop(cont);
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut refused = Raw {
+        stream: refused,
+        reader: FrameReader::new(MAX_REQUEST),
+    };
+    assert_eq!(refused.hello().0, HELLO_BUSY);
+    std::thread::sleep(Duration::from_millis(200));
+    // A hang check: the coordinator answers within seconds while the close is blocked.
+    holder.send(&Request::List);
+    assert!(matches!(holder.reply(), Reply::Channels(_)));
+    drop(trap);
+    drop(daemon);
+}

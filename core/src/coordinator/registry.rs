@@ -219,7 +219,8 @@ impl Registry {
         for (name, mut candidates) in found {
             candidates.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
             for (generation, fd) in candidates {
-                match self.adopt_fd(epoll, &name, generation, fd) {
+                // Found in /proc as a regular file of this user: ours, closed here.
+                match self.adopt_fd(epoll, &name, generation, &mut Some(fd)) {
                     Ok(()) => {
                         tracing::info!(channel = %name, generation, "adopted");
                         break;
@@ -267,14 +268,18 @@ impl Registry {
     /// A client hands back the segment of channel `name`, generation `generation` (after this
     /// coordinator restarted). Adopted if the channel is not served and the descriptor is what
     /// it claims to be; `Done` also when it is the segment already served.
+    ///
+    /// The descriptor comes back when it was not kept: it is the client's choice of file, whose
+    /// last close may block (a lingering socket, a FUSE file), so the caller closes it off the
+    /// event loop.
     pub(super) fn handed_back(
         &mut self,
         epoll: &Epoll,
         peer: &Peer,
         name: &str,
         generation: u64,
-        fd: Option<OwnedFd>,
-    ) -> Answer {
+        mut fd: Option<OwnedFd>,
+    ) -> (Answer, Option<OwnedFd>) {
         let plain = |reply| Answer {
             reply,
             fd: None,
@@ -282,11 +287,11 @@ impl Registry {
         };
         let r = (|| {
             validate_channel_name(name)?;
-            let fd = fd.ok_or_else(|| {
+            let given = fd.as_ref().ok_or_else(|| {
                 Error::InvalidArgument("a segment handed back must come with its descriptor".into())
             })?;
             if let Some(ch) = self.channels.get(name) {
-                let (served, given) = (sys::file_id(&ch.fd)?, sys::file_id(&fd)?);
+                let (served, given) = (sys::file_id(&ch.fd)?, sys::file_id(given)?);
                 if (served.dev, served.ino) == (given.dev, given.ino) {
                     return Ok(());
                 }
@@ -296,20 +301,21 @@ impl Registry {
                     ch.seg.origin().generation
                 )));
             }
-            self.adopt_fd(epoll, name, generation, fd)?;
+            self.adopt_fd(epoll, name, generation, &mut fd)?;
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
             tracing::info!(channel = %name, generation, pid = peer.pid, uid = peer.uid, "adopted a segment handed back");
             self.repair_pending();
             Ok(())
         })();
-        match r {
+        let answer = match r {
             Ok(()) => plain(Reply::Done),
             Err(e) => {
                 tracing::debug!(channel = %name, generation, pid = peer.pid, error = %e, "segment handed back refused");
                 let (code, message) = crate::protocol::ErrorCode::of(&e);
                 plain(Reply::Error { code, message })
             }
-        }
+        };
+        (answer, fd)
     }
 
     /// Adopts `fd` as channel `name` of generation `generation`, once it has shown to be a
@@ -318,9 +324,20 @@ impl Registry {
     /// make a memfd of any name and contents, but not one owned by this user), sealed against
     /// shrinking and growing, named `<prefix><generation>.<name>` (a memfd's name is set by its
     /// creator and never changes), whose header validates and states that generation.
-    fn adopt_fd(&mut self, epoll: &Epoll, name: &str, generation: u64, fd: OwnedFd) -> Result<()> {
+    ///
+    /// The descriptor is taken out of `slot` only when adopted; otherwise it is left there.
+    fn adopt_fd(
+        &mut self,
+        epoll: &Epoll,
+        name: &str,
+        generation: u64,
+        slot: &mut Option<OwnedFd>,
+    ) -> Result<()> {
+        let Some(fd) = slot.as_ref() else {
+            return Err(Error::InvalidArgument("no descriptor".into()));
+        };
         let object = format!("{}{generation}.{name}", self.prefix);
-        let id = sys::file_id(&fd)?;
+        let id = sys::file_id(fd)?;
         let euid = sys::euid();
         if !id.regular || id.uid != euid {
             return Err(Error::PermissionDenied(format!(
@@ -328,14 +345,14 @@ impl Registry {
                  (uid {euid}): it was not made by a coordinator of this namespace"
             )));
         }
-        let seals = sys::seals(&fd)
+        let seals = sys::seals(fd)
             .map_err(|_| Error::Corrupted(format!("{object:?} is not a sealed memfd")))?;
         if seals & sys::SEGMENT_SEALS != sys::SEGMENT_SEALS {
             return Err(Error::Corrupted(format!(
                 "{object:?} lacks the seals against shrinking and growing (seals {seals:#x})"
             )));
         }
-        match sys::memfd_name(&fd) {
+        match sys::memfd_name(fd) {
             Some(n) if n == object => {}
             Some(n) => {
                 return Err(Error::Corrupted(format!(
@@ -349,7 +366,7 @@ impl Registry {
             }
         }
         // A segment still initialising was being created when the previous coordinator died.
-        let seg = Segment::attach(&fd, &object, Duration::ZERO)?;
+        let seg = Segment::attach(fd, &object, Duration::ZERO)?;
         if seg.origin().generation != generation {
             return Err(Error::Corrupted(format!(
                 "its header says generation {}, its name {generation}",
@@ -433,7 +450,7 @@ impl Registry {
             name.to_string(),
             Channel {
                 object,
-                fd,
+                fd: slot.take().expect("checked above"),
                 dead,
                 claim_pending: finished.pending,
                 rate: Rate {
