@@ -445,6 +445,12 @@ impl Registry {
             Repaired::default()
         });
         repair::count(mem, &finished, false);
+        if finished.skipped + finished.redelivered + finished.released > 0 {
+            // A position skipped or a frame moved: sleepers look again, as after any repair
+            // (`repair_channel`); a consumer parked on the skipped position waits otherwise.
+            wait::notify(mem.producer_line(), false);
+            wait::notify(mem.consumer_line(), false);
+        }
         let stats = seg.stats();
         self.channels.insert(
             name.to_string(),
