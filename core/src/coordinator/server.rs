@@ -369,7 +369,8 @@ impl Server {
                 configured = config.max_connections,
                 max,
                 nofile,
-                "the open-file limit allows fewer connections than configured"
+                "the open-file limit allows fewer connections than configured: raise the \
+                 soft limit (ulimit -n, setrlimit, LimitNOFILE=) before starting"
             );
         }
         Ok(Server {
