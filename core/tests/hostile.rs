@@ -1122,3 +1122,63 @@ fn a_refused_connection_holding_a_blocking_descriptor_does_not_stop_the_coordina
     drop(trap);
     drop(daemon);
 }
+
+/// Found in review of step 5: the per-user byte limit counted only served channels, and a
+/// delete freed the quota while the processes holding the channel kept its memory. Looping
+/// "create a 1 MiB channel, open a consumer, delete" under a 4 MiB limit went on for ever
+/// (40 rounds held 40 MiB, `limits` said 0 bytes used). Now the held deleted channels stay
+/// charged: a create is refused once they reach the limit, and allowed again once their
+/// holders have closed them.
+#[test]
+fn deleted_channels_still_held_count_against_the_byte_limit() {
+    let _dog = watchdog("deleted channels held", 60);
+    let place = Place::new("held");
+    let coord = Coordinator::start(
+        CoordinatorConfig::new(&place.ns)
+            .socket(place.sock())
+            .max_bytes_per_uid(4 << 20),
+    )
+    .unwrap();
+    let c = Client::connect(Some(&place.sock())).unwrap();
+    let mib = ChannelConfig::spsc().capacity(1 << 20).max_frame_size(64);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let name = format!("d{i}");
+        match c.create(&name, &mib) {
+            Ok(_) => {}
+            Err(Error::Busy(m)) => {
+                refused = Some((i, m));
+                break;
+            }
+            Err(e) => panic!("round {i}: {e}"),
+        }
+        held.push(c.consumer(&name).unwrap());
+        c.delete(&name).unwrap();
+    }
+    let (round, message) = refused.expect("the held deleted channels were never charged");
+    // 1 MiB and a header each: with three held, a fourth would pass 4 MiB.
+    assert_eq!(round, 3, "refused in round {round}: {message}");
+    assert!(message.contains("deleted channels"), "{message}");
+    let l = c.limits().unwrap();
+    assert!(l.bytes > 3 << 20, "limits show the held bytes: {l:?}");
+    assert_eq!(l.channels, 0);
+
+    // The holders close: the memory is gone, and so is the charge (the closes travel without
+    // waiting for an answer, so the create is tried until they have arrived).
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.create("again", &mib) {
+            Ok(_) => break,
+            Err(Error::Busy(m)) => {
+                assert!(Instant::now() < deadline, "still refused: {m}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(c.limits().unwrap().bytes < 2 << 20);
+    drop(c);
+    coord.stop();
+}

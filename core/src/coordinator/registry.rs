@@ -117,6 +117,10 @@ pub(super) struct Registry {
     dead_pids: Vec<u32>,
     /// Per-user limits (see `Quotas`).
     quotas: Quotas,
+    /// Deleted channel generations that admitted processes still hold, by `(channel,
+    /// generation)`: their memory stays charged to their owner (uid, bytes) until the last
+    /// holder closes or dies (the holders' admissions stay in the books meanwhile).
+    deleted: HashMap<(String, u64), (u32, u64)>,
 }
 
 /// The prefix of the names of a namespace's segments (sealed memfds) and of its lock file in
@@ -190,6 +194,7 @@ impl Registry {
             max_channel_bytes,
             dead_pids: Vec::new(),
             quotas: Quotas::default(),
+            deleted: HashMap::new(),
         }
     }
 
@@ -561,7 +566,23 @@ impl Registry {
             tracing::info!(channel = %a.channel, role = %a.role, index = a.index, pid, "participant died");
             ch.dead.push(Dead::new(a.role, a.index, a.owner, pid));
         }
+        self.release_deleted();
         self.repair_pending();
+    }
+
+    /// Stops charging deleted generations nobody holds any more.
+    fn release_deleted(&mut self) {
+        if self.deleted.is_empty() {
+            return;
+        }
+        let books = books(&self.procs);
+        self.deleted.retain(|(name, generation), &mut (uid, bytes)| {
+            let held = books.contains_key(&(name.as_str(), *generation));
+            if !held {
+                tracing::debug!(channel = %name, generation, uid, bytes, "deleted channel no longer held: its memory is no longer charged");
+            }
+            held
+        });
     }
 
     /// When a pending repair is due next, if any is.
@@ -952,6 +973,7 @@ impl Registry {
             free_entry(&ch.seg.mem, adm.role, adm.index, adm.owner);
         }
         self.forget_if_idle(epoll, pid);
+        self.release_deleted();
     }
 
     fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {
@@ -967,11 +989,15 @@ impl Registry {
         // What dead producers left is skipped first, so consumers can drain past it.
         let held = held(&books(&self.procs), name, &ch);
         repair_channel(name, &mut ch, true, &held);
-        // The memory goes when the last process using the channel closes it.
+        // The memory goes when the last process using the channel closes it. Until then it
+        // stays charged to the owner (found in review of step 5: deleting channels one still
+        // held freed the quota while the memory stayed): the holders' admissions stay in the
+        // books, and the generation is released when the last of them closes or dies.
         ch.seg.mark_deleted();
-        for p in self.procs.values_mut() {
-            p.admissions
-                .retain(|a| !(a.channel == name && a.generation == origin.generation));
+        let key = (name.to_string(), origin.generation);
+        if books(&self.procs).contains_key(&(name, origin.generation)) {
+            let bytes = ch.seg.geometry().total_size as u64;
+            self.deleted.insert(key, (origin.owner_uid, bytes));
         }
         tracing::info!(channel = %name, generation = origin.generation, memfd = %ch.object, "deleted");
         Ok(())
@@ -1056,11 +1082,13 @@ impl Default for Quotas {
     }
 }
 
-/// A user's channels and their bytes.
+/// A user's channels and their bytes (deleted channels still held included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Usage {
     pub channels: usize,
     pub bytes: u64,
+    /// Of `bytes`, those of deleted channels that processes still hold.
+    pub deleted_bytes: u64,
 }
 
 impl Registry {
@@ -1088,15 +1116,28 @@ impl Registry {
         }
     }
 
-    /// The channels `uid` owns (as recorded in their headers, adopted ones included).
+    /// The channels `uid` owns (as recorded in their headers, adopted ones included), and the
+    /// bytes of its deleted channels that admitted processes still hold.
     pub(super) fn usage(&self, uid: u32) -> Usage {
-        self.channels
+        let served = self
+            .channels
             .values()
             .filter(|c| c.seg.origin().owner_uid == uid)
             .fold(Usage::default(), |u, c| Usage {
                 channels: u.channels + 1,
                 bytes: u.bytes.saturating_add(c.seg.geometry().total_size as u64),
-            })
+                deleted_bytes: 0,
+            });
+        let deleted = self
+            .deleted
+            .values()
+            .filter(|&&(owner, _)| owner == uid)
+            .fold(0u64, |b, &(_, bytes)| b.saturating_add(bytes));
+        Usage {
+            bytes: served.bytes.saturating_add(deleted),
+            deleted_bytes: deleted,
+            ..served
+        }
     }
 
     /// Refuses a channel of `bytes` to `uid` if it would pass one of the user's limits.
@@ -1111,9 +1152,18 @@ impl Registry {
             )));
         }
         if used.bytes.saturating_add(bytes) > q.bytes_per_uid {
+            let held = if used.deleted_bytes > 0 {
+                format!(
+                    " ({} of them of deleted channels that processes still hold: their memory \
+                     stays until those processes close them)",
+                    used.deleted_bytes
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::Busy(format!(
-                "uid {uid} owns {} bytes of channels in namespace {:?}; {bytes} more would pass \
-                 its limit of {} bytes per user (shmringd --max-bytes-per-uid)",
+                "uid {uid} owns {} bytes of channels in namespace {:?}{held}; {bytes} more would \
+                 pass its limit of {} bytes per user (shmringd --max-bytes-per-uid)",
                 used.bytes, self.namespace, q.bytes_per_uid
             )));
         }
