@@ -1021,6 +1021,31 @@ fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
         let o = shmring_as(Some(OTHER), &daemon.sock, &["list"]);
         assert!(o.status.success(), "{}", text(&o));
     }
+    // A connection of the paused user that hangs up is dropped, not reported again and again
+    // (epoll reports a hang-up whatever the interest): the coordinator does not spin.
+    let late = Raw::connect(&daemon.sock);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(late);
+    std::thread::sleep(Duration::from_millis(100));
+    let cpu_ms = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", daemon.pid())).unwrap();
+        let f: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        (f[0] + f[1]) * 1000 / hz
+    };
+    let (c0, t0) = (cpu_ms(), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let (used, over) = (cpu_ms() - c0, t0.elapsed().as_millis() as u64);
+    assert!(
+        used * 2 < over,
+        "shmringd used {used} ms of CPU in {over} ms while idle: it spins"
+    );
     drop(trap);
     for i in 0..sent {
         match attacker.reply() {

@@ -672,6 +672,18 @@ impl Server {
         if ev.contains(EpollFlags::EPOLLOUT) {
             self.writable(id);
         }
+        if ev.contains(EpollFlags::EPOLLHUP)
+            && self
+                .conns
+                .get(&id)
+                .is_some_and(|c| self.closer.over(c.peer.uid))
+        {
+            // Gone while not read (its user's closes wait): epoll reports the hang-up whatever
+            // the interest, so the connection goes now rather than wake the loop again and
+            // again until the closer catches up. What it sent unread is lost with it.
+            self.drop_conn(id);
+            return;
+        }
         if ev.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
             self.read(id);
         }
