@@ -45,6 +45,16 @@ fn watchdog(what: &'static str, secs: u64) -> Watchdog {
     Watchdog { _disarm: tx }
 }
 
+/// Taken shared around every start of a child process, and exclusively while this process holds
+/// a socket whose last close blocks (`lingering_socket`): a child forked meanwhile holds a copy
+/// until its exec, and that exec could then make the last close and block (the child, and the
+/// test waiting for it) for the linger's hour. Seen when the trap tests ran beside the others.
+static SPAWNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn spawning() -> std::sync::RwLockReadGuard<'static, ()> {
+    SPAWNS.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A scratch directory (mode 0755, so that another user can reach a socket in it), removed
 /// when dropped, and a namespace of this test's own.
 struct Place {
@@ -87,6 +97,7 @@ struct Daemon {
 impl Daemon {
     fn start(place: &Place, extra: &[&str]) -> Daemon {
         let sock = place.sock();
+        let spawn = spawning();
         let mut child = Command::new(env!("CARGO_BIN_EXE_shmringd"))
             .args(["--namespace", &place.ns, "--socket-mode", "666", "--socket"])
             .arg(&sock)
@@ -95,6 +106,7 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        drop(spawn);
         let deadline = Instant::now() + Duration::from_secs(30);
         while UnixStream::connect(&sock).is_err() {
             assert!(
@@ -138,6 +150,7 @@ fn shmring_as(uid: Option<u32>, sock: &Path, args: &[&str]) -> Output {
     if let Some(u) = uid {
         c.uid(u).gid(u);
     }
+    let _spawn = spawning();
     c.output().unwrap()
 }
 
@@ -333,11 +346,13 @@ fn shmringd_never_removes_a_file_at_its_socket_path() {
         (file.clone(), "regular file"),
         (missing.join("x.sock"), "does not exist"),
     ] {
+        let spawn = spawning();
         let out = Command::new(env!("CARGO_BIN_EXE_shmringd"))
             .args(["--namespace", &place.ns, "--socket"])
             .arg(&path)
             .output()
             .unwrap();
+        drop(spawn);
         assert!(!out.status.success(), "{}", text(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(says),
@@ -743,6 +758,7 @@ fn the_global_cap_refuses_clearly_and_idle_clients_stay() {
     }
     if is_root() {
         // uid 65534 takes the fourth place; a fifth (of any user) meets the global cap.
+        let spawn = spawning();
         let mut held = Command::new(env!("CARGO_BIN_EXE_shmring"))
             .arg("--socket")
             .arg(&d.sock)
@@ -753,6 +769,7 @@ fn the_global_cap_refuses_clearly_and_idle_clients_stay() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        drop(spawn);
         std::thread::sleep(Duration::from_millis(500));
         let out = shmring_as(Some(OTHER), &d.sock, &["list"]);
         assert!(!out.status.success(), "{}", text(&out));
@@ -942,7 +959,7 @@ fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
     let _dog = watchdog("a blocking close", 120);
     let place = Place::new("linger");
     let daemon = Daemon::start(&place, &[]);
-    let (trap, tcp) = lingering_socket();
+    let (trap, tcp, no_spawns) = lingering_socket();
 
     let mut attacker = Raw::connect(&daemon.sock);
     assert_eq!(attacker.hello().0, HELLO_ACCEPTED);
@@ -964,6 +981,7 @@ fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
     )
     .unwrap();
     drop(tcp);
+    drop(no_spawns);
     attacker.stream.write_all(&adopt[1..]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
@@ -1058,10 +1076,16 @@ fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
 
 /// A TCP connection on loopback to a listener that never accepts, set to linger an hour on
 /// the data it could not send: its last close blocks (until the listener is closed, which resets
-/// the connection). Returns the listener and the connection.
-fn lingering_socket() -> (std::net::TcpListener, std::net::TcpStream) {
+/// the connection). Returns the listener and the connection, and the exclusive hold on
+/// [`SPAWNS`]: to be dropped only once this process's copy of the connection is closed.
+fn lingering_socket() -> (
+    std::net::TcpListener,
+    std::net::TcpStream,
+    std::sync::RwLockWriteGuard<'static, ()>,
+) {
     use nix::sys::socket::{setsockopt, sockopt::Linger};
     use std::os::fd::AsRawFd;
+    let no_spawns = SPAWNS.write().unwrap_or_else(|e| e.into_inner());
     let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp = std::net::TcpStream::connect(trap.local_addr().unwrap()).unwrap();
     setsockopt(
@@ -1092,7 +1116,7 @@ fn lingering_socket() -> (std::net::TcpListener, std::net::TcpStream) {
     let r = unsafe { libc::ioctl(tcp.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
     assert_eq!(r, 0);
     assert!(unsent > 0, "data waits in the trap's send queue");
-    (trap, tcp)
+    (trap, tcp, no_spawns)
 }
 
 /// Found in review of step 5: closing a client's connection socket releases the descriptors
@@ -1113,7 +1137,7 @@ fn a_refused_connection_holding_a_blocking_descriptor_does_not_stop_the_coordina
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     assert_eq!(holder.hello().0, HELLO_ACCEPTED);
-    let (trap, tcp) = lingering_socket();
+    let (trap, tcp, no_spawns) = lingering_socket();
     struct Cont(u32);
     impl Drop for Cont {
         fn drop(&mut self) {
@@ -1131,6 +1155,7 @@ fn a_refused_connection_holding_a_blocking_descriptor_does_not_stop_the_coordina
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(refused.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
     drop(tcp);
+    drop(no_spawns);
     drop(cont);
     refused
         .set_read_timeout(Some(Duration::from_secs(10)))
