@@ -1,8 +1,9 @@
 //! The coordinator against what a local user (or a careless administrator) can do to it: files
 //! at its socket path, racing starts, connections that pipeline without reading, stall
-//! half-way or pile up, and users who create all they can. Each test names the defect of issue
-//! 10 ("Step 5") it guards. Those that need a second user run the `shmring` tool as uid 65534
-//! (CI runs as root); without root they are skipped.
+//! half-way or pile up, users who create all they can, and descriptors whose close blocks.
+//! Each test names the defect of issue 10 ("Step 5"), or of the review after it, that it
+//! guards. Those that need a second user run the `shmring` tool as uid 65534 (CI runs as root);
+//! without root they are skipped.
 
 #![cfg(all(not(loom), feature = "cli"))]
 
