@@ -295,6 +295,14 @@ impl Registry {
             let given = fd.as_ref().ok_or_else(|| {
                 Error::InvalidArgument("a segment handed back must come with its descriptor".into())
             })?;
+            // A sealed memfd before anything else: `fstat` of a file on a FUSE mount waits for
+            // the FUSE server, which may never answer; `F_GET_SEALS` and the name (`/proc`)
+            // never reach the file's filesystem.
+            if sys::seals(given).is_err() {
+                return Err(Error::Corrupted(format!(
+                    "the descriptor given as channel {name:?} is not a sealed memfd"
+                )));
+            }
             if let Some(ch) = self.channels.get(name) {
                 let (served, given) = (sys::file_id(&ch.fd)?, sys::file_id(given)?);
                 if (served.dev, served.ino) == (given.dev, given.ino) {
@@ -342,14 +350,9 @@ impl Registry {
             return Err(Error::InvalidArgument("no descriptor".into()));
         };
         let object = format!("{}{generation}.{name}", self.prefix);
-        let id = sys::file_id(fd)?;
-        let euid = sys::euid();
-        if !id.regular || id.uid != euid {
-            return Err(Error::PermissionDenied(format!(
-                "the descriptor given as {object:?} is not a file of this coordinator's user \
-                 (uid {euid}): it was not made by a coordinator of this namespace"
-            )));
-        }
+        // In this order: a sealed memfd (`F_GET_SEALS`) of that name (`/proc/self/fd`) before
+        // `fstat`, which for a file of another filesystem (FUSE) may wait on a server that
+        // never answers; neither of the first two reaches the file's filesystem.
         let seals = sys::seals(fd)
             .map_err(|_| Error::Corrupted(format!("{object:?} is not a sealed memfd")))?;
         if seals & sys::SEGMENT_SEALS != sys::SEGMENT_SEALS {
@@ -369,6 +372,14 @@ impl Registry {
                     "cannot read the name of the descriptor given as {object:?} (is /proc mounted?)"
                 )));
             }
+        }
+        let id = sys::file_id(fd)?;
+        let euid = sys::euid();
+        if !id.regular || id.uid != euid {
+            return Err(Error::PermissionDenied(format!(
+                "the descriptor given as {object:?} is not a file of this coordinator's user \
+                 (uid {euid}): it was not made by a coordinator of this namespace"
+            )));
         }
         // A segment still initialising was being created when the previous coordinator died.
         let seg = Segment::attach(fd, &object, Duration::ZERO)?;
