@@ -465,6 +465,7 @@ impl Consumer {
                     let mut guard = MpmcRelease {
                         core,
                         mem,
+                        light: self.light,
                         next: taken.position(0),
                         end: taken.position(0) + taken.count(),
                     };
@@ -614,20 +615,26 @@ pub(crate) fn deleted(mem: &Memory) -> Error {
     )
 }
 
-/// Releases the rest of an MPMC batch on drop.
+/// Releases the rest of an MPMC batch on drop, and wakes the producers waiting for the slots
+/// (the callback panicked, or a slot was damaged: the caller's own wake-up may not come).
 struct MpmcRelease<'a> {
     core: &'a mut mpmc::ConsumerCore,
     mem: &'a Memory,
+    light: bool,
     next: u64,
     end: u64,
 }
 
 impl Drop for MpmcRelease<'_> {
     fn drop(&mut self) {
+        if self.next == self.end {
+            return; // the batch was released slot by slot; the caller wakes
+        }
         while self.next < self.end {
             self.core.release(self.mem, self.next);
             self.next += 1;
         }
+        wait::notify(self.mem.consumer_line(), self.light);
     }
 }
 

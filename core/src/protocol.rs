@@ -184,7 +184,8 @@ pub struct Limits {
     pub channels: u64,
     /// Most channels one user may own (`shmringd --max-channels-per-uid`).
     pub max_channels_per_uid: u64,
-    /// Bytes of segments this user owns.
+    /// Bytes of segments this user owns, deleted channels that processes still hold included
+    /// (their memory stays until the last holder closes them or dies).
     pub bytes: u64,
     /// Most bytes of segments one user may own (`shmringd --max-bytes-per-uid`).
     pub max_bytes_per_uid: u64,

@@ -1,7 +1,8 @@
 //! Regression tests of the ring and handle defects of issue 10 ("Step 5"), items 6 to 11: lost
 //! wake-ups on MPMC skips (6), waits that trusted one shared word (7), unbounded MPMC skip loops
 //! (8), the SPSC attach after a producer killed mid-publish (9), the MPMC copy receive's
-//! double read (10) and arithmetic overflow on hostile cursors (11). White-box: they write the
+//! double read (10) and arithmetic overflow on hostile cursors (11); and a lost wake-up found in
+//! review of step 5 (a drain whose callback panics). White-box: they write the
 //! segment's words directly, as a hostile or dying process would. Each test names the item it
 //! guards and what it showed before the fix.
 
@@ -547,4 +548,37 @@ fn item11_hostile_spsc_cursors_near_the_top_are_corruption() {
     drop(batch);
     assert_eq!(rx.try_drain(10, |_, _| {}).unwrap(), 1);
     let _ = seg.stats();
+}
+
+/// Found in review of step 5: a `try_drain` whose callback panics releases the rest of its
+/// batch on unwinding (`MpmcRelease`), but woke nobody, so a producer parked for one of those
+/// slots waited for its recheck. The consumer line's futex word must change.
+#[test]
+fn a_drain_whose_callback_panics_wakes_a_parked_producer() {
+    let seg = mpmc(2, 2, 1);
+    let (mut q, mut p) = (seg.producer().unwrap(), seg.producer().unwrap());
+    let mut c = seg.consumer().unwrap();
+    q.try_send(b"one").unwrap();
+    q.try_send(b"two").unwrap();
+    std::thread::scope(|s| {
+        let parked = s.spawn(move || {
+            p.set_wait_strategy(WaitStrategy::Park);
+            p.send_timeout(b"three", Duration::from_secs(20))
+        });
+        until_counted(&seg.mem, false);
+        let before = consumer_wakes(&seg.mem);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.try_drain(8, |_, _| panic!("the application's callback fails"))
+        }));
+        assert!(r.is_err(), "the callback panicked");
+        assert_ne!(
+            consumer_wakes(&seg.mem),
+            before,
+            "the slots released on unwinding woke nobody"
+        );
+        parked.join().unwrap().unwrap();
+        let mut buf = [0u8; 48];
+        let got = c.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        assert_eq!(&buf[..got.len], b"three");
+    });
 }

@@ -593,8 +593,16 @@ pub(crate) fn send_all(sock: &impl std::os::fd::AsRawFd, mut bytes: &[u8]) -> st
     Ok(())
 }
 
+/// Most descriptors one `SCM_RIGHTS` message may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const SCM_MAX_FD: usize = 253;
+
 /// Receives into `buf` from a stream socket (blocking as the socket is set), collecting any
 /// descriptors sent as `SCM_RIGHTS` into `fds` (close-on-exec). Returns the bytes read.
+///
+/// There is room for as many descriptors as one message can carry: descriptors that do not fit
+/// are closed by the kernel in the receiving thread, and the last close of a file a hostile
+/// peer chose (a TCP socket lingering on unsent data, a file on a FUSE mount) can block that
+/// thread indefinitely. The coordinator closes what it does not keep on a thread of its own.
 pub(crate) fn recv_with_fds(
     sock: &impl std::os::fd::AsRawFd,
     buf: &mut [u8],
@@ -602,7 +610,7 @@ pub(crate) fn recv_with_fds(
 ) -> std::io::Result<usize> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{FromRawFd, RawFd};
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [std::io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         sock.as_raw_fd(),

@@ -332,6 +332,59 @@ fn dead_parked_consumer_is_no_longer_counted_as_waiting() {
     dog.check();
 }
 
+/// Found in review of step 5: deleting a channel that processes still held freed its owner's
+/// byte quota while they kept its memory. Held deleted channels now stay charged until their
+/// holders die: with a 4 MiB limit, three 1 MiB channels deleted while a process holds each
+/// leave no room for a fourth (before the fix every create passed), and once the holders are
+/// killed the user creates again.
+#[test]
+fn deleted_channels_stay_charged_until_their_holders_die() {
+    let _serial = serial();
+    let dog = Watchdog::new("deleted_channels_charged", Duration::from_secs(120));
+    let place = Place::new("charged");
+    let coord = Coordinator::start(
+        CoordinatorConfig::new(&place.ns)
+            .socket(&place.sock)
+            .max_bytes_per_uid(4 << 20),
+    )
+    .unwrap();
+    let client = place.client();
+    let mib = ChannelConfig::spsc().capacity(1 << 20).max_frame_size(64);
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let name = format!("d{i}");
+        client.create(&name, &mib).unwrap();
+        let mut h = spawn_role(&dog, &place, &["hold-claim", &name]);
+        h.expect_line("held");
+        holders.push(h);
+        client.delete(&name).unwrap();
+    }
+    match client.create("d3", &mib) {
+        Err(Error::Busy(m)) => assert!(m.contains("deleted channels"), "{m}"),
+        other => panic!("a fourth channel while three deleted ones are held: {other:?}"),
+    }
+    for h in holders {
+        h.kill().expect("the holder was running");
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        match client.create("d3", &mib) {
+            Ok(_) => break,
+            Err(Error::Busy(m)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still refused after the holders died: {m}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(client);
+    coord.stop();
+    dog.check();
+}
+
 /// Kills per recovery measurement: `SHMRING_RECOVERY_KILLS` (default 10, at most 250). The
 /// README's figures come from a run with more, under load.
 fn recovery_kills() -> u8 {

@@ -42,11 +42,13 @@ struct Args {
     /// Most bytes of channels (segments) one user may own in the namespace, all together
     #[arg(long, value_name = "BYTES", default_value_t = shmring::DEFAULT_MAX_BYTES_PER_UID)]
     max_bytes_per_uid: u64,
-    /// Most client connections at once (lowered to what the open-file limit allows)
+    /// Most client connections at once (lowered to what the open-file limit allows: six
+    /// descriptors a connection; shmringd raises its soft limit to the hard one)
     #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CONNECTIONS,
           value_parser = parse_count)]
     max_connections: usize,
-    /// Most client connections at once of one user (uid)
+    /// Most client connections at once of one user (uid): each process with live handles
+    /// keeps one
     #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CONNECTIONS_PER_UID,
           value_parser = parse_count)]
     max_connections_per_uid: usize,

@@ -74,10 +74,17 @@ pub struct CoordinatorConfig {
     /// [`DEFAULT_MAX_BYTES_PER_UID`]).
     pub max_bytes_per_uid: u64,
     /// Most client connections at once (default [`DEFAULT_MAX_CONNECTIONS`]); lowered at start
-    /// to what the process's open-file limit allows.
+    /// to what the process's open-file limit allows (six descriptors a connection, and a
+    /// reserve of about 450): a soft limit of 1024, common for a program that embeds a
+    /// coordinator, allows 96. `shmringd` raises its soft limit to the hard one; an embedded
+    /// coordinator leaves the process's limit alone (a program that uses `select` cannot have
+    /// descriptors past 1024): raise it before starting one (`setrlimit`, `ulimit -n`,
+    /// systemd's `LimitNOFILE=`) if it is to serve many processes.
     pub max_connections: usize,
     /// Most client connections at once of one user (default
-    /// [`DEFAULT_MAX_CONNECTIONS_PER_UID`]): a refused client is told the limit.
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_UID`]): a refused client is told the limit. Each process
+    /// with live handles keeps one connection, so this is also how many processes of one user
+    /// can take part at once.
     pub max_connections_per_uid: usize,
     /// How long a client may take to send a message it has begun (its hello included), and to
     /// take a reply the coordinator has begun to send; a connection that takes longer is
@@ -92,9 +99,16 @@ pub const DEFAULT_MAX_CHANNELS_PER_UID: usize = 1024;
 /// Default of [`CoordinatorConfig::max_bytes_per_uid`]: 4 GiB.
 pub const DEFAULT_MAX_BYTES_PER_UID: u64 = 4 << 30;
 /// Default of [`CoordinatorConfig::max_connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Default of [`CoordinatorConfig::max_connections_per_uid`].
-pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Default of [`CoordinatorConfig::max_connections_per_uid`]: room for a full MPMC channel's
+/// producers and consumers, each a process of one user.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 2048;
+// Found in review of step 5: the default per-user cap (256) let one user run fewer participant
+// processes than one MPMC channel admits, each process keeping a connection. Checked when
+// compiling; and two users' full channels fit the cap in all.
+const _: () =
+    assert!(DEFAULT_MAX_CONNECTIONS_PER_UID >= 2 * crate::layout::MAX_PARTICIPANTS as usize);
+const _: () = assert!(DEFAULT_MAX_CONNECTIONS >= 2 * DEFAULT_MAX_CONNECTIONS_PER_UID);
 /// Default of [`CoordinatorConfig::message_timeout`]: 10 s.
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 

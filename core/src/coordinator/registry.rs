@@ -124,6 +124,10 @@ pub(super) struct Registry {
     /// started): adopted if a client hands exactly that segment back; dropped when a channel of
     /// the name is created again.
     pending: BTreeMap<String, record::Entry>,
+    /// Deleted channel generations that admitted processes still hold, by `(channel,
+    /// generation)`: their memory stays charged to their owner (uid, bytes) until the last
+    /// holder closes or dies (the holders' admissions stay in the books meanwhile).
+    deleted: HashMap<(String, u64), (u32, u64)>,
 }
 
 /// The prefix of the names of a namespace's segments (sealed memfds):
@@ -198,6 +202,7 @@ impl Registry {
             quotas: Quotas::default(),
             record,
             pending: BTreeMap::new(),
+            deleted: HashMap::new(),
         }
     }
 
@@ -278,7 +283,8 @@ impl Registry {
                     tracing::warn!(channel = %name, generation, "not adopting a segment the record does not list as live (a deleted generation, or one of a lost record)");
                     continue;
                 }
-                match self.adopt_fd(epoll, &name, generation, fd) {
+                // Found in /proc as a regular file of this user: ours, closed here.
+                match self.adopt_fd(epoll, &name, generation, &mut Some(fd)) {
                     Ok(()) => {
                         tracing::info!(channel = %name, generation, "adopted");
                         break;
@@ -323,14 +329,18 @@ impl Registry {
     /// A client hands back the segment of channel `name`, generation `generation` (after this
     /// coordinator restarted). Adopted if the channel is not served and the descriptor is what
     /// it claims to be; `Done` also when it is the segment already served.
+    ///
+    /// The descriptor comes back when it was not kept: it is the client's choice of file, whose
+    /// last close may block (a lingering socket, a FUSE file), so the caller closes it off the
+    /// event loop.
     pub(super) fn handed_back(
         &mut self,
         epoll: &Epoll,
         peer: &Peer,
         name: &str,
         generation: u64,
-        fd: Option<OwnedFd>,
-    ) -> Answer {
+        mut fd: Option<OwnedFd>,
+    ) -> (Answer, Option<OwnedFd>) {
         let plain = |reply| Answer {
             reply,
             fd: None,
@@ -338,11 +348,19 @@ impl Registry {
         };
         let r = (|| {
             validate_channel_name(name)?;
-            let fd = fd.ok_or_else(|| {
+            let given = fd.as_ref().ok_or_else(|| {
                 Error::InvalidArgument("a segment handed back must come with its descriptor".into())
             })?;
+            // A sealed memfd before anything else: `fstat` of a file on a FUSE mount waits for
+            // the FUSE server, which may never answer; `F_GET_SEALS` and the name (`/proc`)
+            // never reach the file's filesystem.
+            if sys::seals(given).is_err() {
+                return Err(Error::Corrupted(format!(
+                    "the descriptor given as channel {name:?} is not a sealed memfd"
+                )));
+            }
             if let Some(ch) = self.channels.get(name) {
-                let (served, given) = (sys::file_id(&ch.fd)?, sys::file_id(&fd)?);
+                let (served, given) = (sys::file_id(&ch.fd)?, sys::file_id(given)?);
                 if (served.dev, served.ino) == (given.dev, given.ino) {
                     return Ok(());
                 }
@@ -352,21 +370,22 @@ impl Registry {
                     ch.seg.origin().generation
                 )));
             }
-            self.adopt_fd(epoll, name, generation, fd)?;
+            self.adopt_fd(epoll, name, generation, &mut fd)?;
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
             tracing::info!(channel = %name, generation, pid = peer.pid, uid = peer.uid, "adopted a segment handed back");
             self.repair_pending();
             self.persist_or_log("an adoption");
             Ok(())
         })();
-        match r {
+        let answer = match r {
             Ok(()) => plain(Reply::Done),
             Err(e) => {
                 tracing::debug!(channel = %name, generation, pid = peer.pid, error = %e, "segment handed back refused");
                 let (code, message) = crate::protocol::ErrorCode::of(&e);
                 plain(Reply::Error { code, message })
             }
-        }
+        };
+        (answer, fd)
     }
 
     /// Adopts `fd` as channel `name` of generation `generation`, once it has shown to be a
@@ -378,24 +397,30 @@ impl Registry {
     /// very file: its inode), and whose header validates and states that generation. The
     /// channel's owner, group and mode are the record's: a header that says otherwise was
     /// rewritten by a participant (it is logged, and ignored).
-    fn adopt_fd(&mut self, epoll: &Epoll, name: &str, generation: u64, fd: OwnedFd) -> Result<()> {
+    ///
+    /// The descriptor is taken out of `slot` only when adopted; otherwise it is left there.
+    fn adopt_fd(
+        &mut self,
+        epoll: &Epoll,
+        name: &str,
+        generation: u64,
+        slot: &mut Option<OwnedFd>,
+    ) -> Result<()> {
+        let Some(fd) = slot.as_ref() else {
+            return Err(Error::InvalidArgument("no descriptor".into()));
+        };
         let object = format!("{}{generation}.{name}", self.prefix);
-        let id = sys::file_id(&fd)?;
-        let euid = sys::euid();
-        if !id.regular || id.uid != euid {
-            return Err(Error::PermissionDenied(format!(
-                "the descriptor given as {object:?} is not a file of this coordinator's user \
-                 (uid {euid}): it was not made by a coordinator of this namespace"
-            )));
-        }
-        let seals = sys::seals(&fd)
+        // In this order: a sealed memfd (`F_GET_SEALS`) of that name (`/proc/self/fd`) before
+        // `fstat`, which for a file of another filesystem (FUSE) may wait on a server that
+        // never answers; neither of the first two reaches the file's filesystem.
+        let seals = sys::seals(fd)
             .map_err(|_| Error::Corrupted(format!("{object:?} is not a sealed memfd")))?;
         if seals & sys::SEGMENT_SEALS != sys::SEGMENT_SEALS {
             return Err(Error::Corrupted(format!(
                 "{object:?} lacks the seals against shrinking and growing (seals {seals:#x})"
             )));
         }
-        match sys::memfd_name(&fd) {
+        match sys::memfd_name(fd) {
             Some(n) if n == object => {}
             Some(n) => {
                 return Err(Error::Corrupted(format!(
@@ -407,6 +432,14 @@ impl Registry {
                     "cannot read the name of the descriptor given as {object:?} (is /proc mounted?)"
                 )));
             }
+        }
+        let id = sys::file_id(fd)?;
+        let euid = sys::euid();
+        if !id.regular || id.uid != euid {
+            return Err(Error::PermissionDenied(format!(
+                "the descriptor given as {object:?} is not a file of this coordinator's user \
+                 (uid {euid}): it was not made by a coordinator of this namespace"
+            )));
         }
         let entry = match self.pending.get(name) {
             Some(e) if e.generation == generation && (e.dev, e.ino) == (id.dev, id.ino) => *e,
@@ -426,7 +459,7 @@ impl Registry {
             }
         };
         // A segment still initialising was being created when the previous coordinator died.
-        let mut seg = Segment::attach(&fd, &object, Duration::ZERO)?;
+        let mut seg = Segment::attach(fd, &object, Duration::ZERO)?;
         let header = seg.origin();
         if header.generation != generation {
             return Err(Error::Corrupted(format!(
@@ -516,12 +549,18 @@ impl Registry {
             Repaired::default()
         });
         repair::count(mem, &finished, false);
+        if finished.skipped + finished.redelivered + finished.released > 0 {
+            // A position skipped or a frame moved: sleepers look again, as after any repair
+            // (`repair_channel`); a consumer parked on the skipped position waits otherwise.
+            wait::notify(mem.producer_line(), false);
+            wait::notify(mem.consumer_line(), false);
+        }
         let stats = seg.stats();
         self.channels.insert(
             name.to_string(),
             Channel {
                 object,
-                fd,
+                fd: slot.take().expect("checked above"),
                 dead,
                 claim_pending: finished.pending,
                 rate: Rate {
@@ -630,7 +669,23 @@ impl Registry {
             tracing::info!(channel = %a.channel, role = %a.role, index = a.index, pid, "participant died");
             ch.dead.push(Dead::new(a.role, a.index, a.owner, pid));
         }
+        self.release_deleted();
         self.repair_pending();
+    }
+
+    /// Stops charging deleted generations nobody holds any more.
+    fn release_deleted(&mut self) {
+        if self.deleted.is_empty() {
+            return;
+        }
+        let books = books(&self.procs);
+        self.deleted.retain(|(name, generation), &mut (uid, bytes)| {
+            let held = books.contains_key(&(name.as_str(), *generation));
+            if !held {
+                tracing::debug!(channel = %name, generation, uid, bytes, "deleted channel no longer held: its memory is no longer charged");
+            }
+            held
+        });
     }
 
     /// When a pending repair is due next, if any is.
@@ -1034,6 +1089,7 @@ impl Registry {
             free_entry(&ch.seg.mem, adm.role, adm.index, adm.owner);
         }
         self.forget_if_idle(epoll, pid);
+        self.release_deleted();
     }
 
     fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {
@@ -1049,11 +1105,15 @@ impl Registry {
         // What dead producers left is skipped first, so consumers can drain past it.
         let held = held(&books(&self.procs), name, &ch);
         repair_channel(name, &mut ch, true, &held);
-        // The memory goes when the last process using the channel closes it.
+        // The memory goes when the last process using the channel closes it. Until then it
+        // stays charged to the owner (found in review of step 5: deleting channels one still
+        // held freed the quota while the memory stayed): the holders' admissions stay in the
+        // books, and the generation is released when the last of them closes or dies.
         ch.seg.mark_deleted();
-        for p in self.procs.values_mut() {
-            p.admissions
-                .retain(|a| !(a.channel == name && a.generation == origin.generation));
+        let key = (name.to_string(), origin.generation);
+        if books(&self.procs).contains_key(&(name, origin.generation)) {
+            let bytes = ch.seg.geometry().total_size as u64;
+            self.deleted.insert(key, (origin.owner_uid, bytes));
         }
         tracing::info!(channel = %name, generation = origin.generation, memfd = %ch.object, "deleted");
         // Out of the record: this generation can never be adopted again, whatever a holder
@@ -1141,11 +1201,13 @@ impl Default for Quotas {
     }
 }
 
-/// A user's channels and their bytes.
+/// A user's channels and their bytes (deleted channels still held included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Usage {
     pub channels: usize,
     pub bytes: u64,
+    /// Of `bytes`, those of deleted channels that processes still hold.
+    pub deleted_bytes: u64,
 }
 
 impl Registry {
@@ -1173,15 +1235,28 @@ impl Registry {
         }
     }
 
-    /// The channels `uid` owns (as the coordinator keeps them, adopted ones included).
+    /// The channels `uid` owns (as the coordinator keeps them, adopted ones included), and the
+    /// bytes of its deleted channels that admitted processes still hold.
     pub(super) fn usage(&self, uid: u32) -> Usage {
-        self.channels
+        let served = self
+            .channels
             .values()
             .filter(|c| c.seg.origin().owner_uid == uid)
             .fold(Usage::default(), |u, c| Usage {
                 channels: u.channels + 1,
                 bytes: u.bytes.saturating_add(c.seg.geometry().total_size as u64),
-            })
+                deleted_bytes: 0,
+            });
+        let deleted = self
+            .deleted
+            .values()
+            .filter(|&&(owner, _)| owner == uid)
+            .fold(0u64, |b, &(_, bytes)| b.saturating_add(bytes));
+        Usage {
+            bytes: served.bytes.saturating_add(deleted),
+            deleted_bytes: deleted,
+            ..served
+        }
     }
 
     /// Refuses a channel of `bytes` to `uid` if it would pass one of the user's limits.
@@ -1196,9 +1271,18 @@ impl Registry {
             )));
         }
         if used.bytes.saturating_add(bytes) > q.bytes_per_uid {
+            let held = if used.deleted_bytes > 0 {
+                format!(
+                    " ({} of them of deleted channels that processes still hold: their memory \
+                     stays until those processes close them)",
+                    used.deleted_bytes
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::Busy(format!(
-                "uid {uid} owns {} bytes of channels in namespace {:?}; {bytes} more would pass \
-                 its limit of {} bytes per user (shmringd --max-bytes-per-uid)",
+                "uid {uid} owns {} bytes of channels in namespace {:?}{held}; {bytes} more would \
+                 pass its limit of {} bytes per user (shmringd --max-bytes-per-uid)",
                 used.bytes, self.namespace, q.bytes_per_uid
             )));
         }

@@ -9,6 +9,11 @@
 //! empty), and time (a message begun must be finished, and a reply begun taken, within the
 //! message timeout). Connections are capped per user and in all, with a refusal that names the
 //! limit.
+//!
+//! A descriptor a client chose is never closed on the event loop: its last close may block
+//! (a TCP socket lingering on unsent data, a file on a FUSE mount). Those received and not kept,
+//! and the sockets of client connections (whose receive queues may hold more in flight), go to
+//! the closer thread (`Closer`).
 
 use super::registry::{Admitted, PIDFD_TOKEN, Peer, Quotas, Registry};
 use crate::error::{Error, Result};
@@ -19,15 +24,17 @@ use crate::protocol::{
 use crate::sys;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
-use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
-const FIRST_CONN: u64 = 2;
+const CLOSER: u64 = 2;
+const FIRST_CONN: u64 = 3;
 
 /// Most reply bytes queued for one client before it is dropped as not reading.
 const MAX_QUEUED: usize = 16 << 20;
@@ -56,8 +63,16 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const READS_PER_EVENT: usize = 16;
 /// Descriptors the coordinator needs besides its connections' (listener, epoll set, stop
 /// socket, lock, channels' segments, logging...), when deriving the connection cap from the
-/// open-file limit.
-const FD_RESERVE: u64 = 64;
+/// open-file limit, with room for the most one read may receive (`sys::SCM_MAX_FD`: those that
+/// do not fit are closed by the kernel on the event loop).
+const FD_RESERVE: u64 = 64 + sys::SCM_MAX_FD as u64;
+/// Descriptors waiting for the closer that one user's clients may have caused (sent, or
+/// connections closed) before its connections are no longer read: a well-behaved client has
+/// one or two, closed within microseconds.
+const PENDING_CLOSES_PER_UID: usize = 64;
+/// Most descriptors waiting for the closer in all (and at most an eighth of the open-file
+/// limit) before new connections wait (each costs one to close).
+const MAX_PENDING_CLOSES: u64 = 1024;
 /// Descriptors one connection may hold: its socket, its process's pidfd, queued segments.
 const FDS_PER_CONN: u64 = 2 + MAX_QUEUED_FDS as u64;
 /// Freed receive-buffer bytes after which the allocator is asked to give memory back.
@@ -172,6 +187,10 @@ pub(super) struct Server {
     freed: usize,
     refusals: Throttle,
     timeouts: Throttle,
+    closer: Closer,
+    /// Connections not read because their user has too many closes waiting (`Closer::over`):
+    /// looked at again when the closer catches up.
+    held: HashSet<u64>,
 }
 
 fn flags(read: bool, write: bool) -> EpollFlags {
@@ -187,11 +206,119 @@ fn flags(read: bool, write: bool) -> EpollFlags {
     f
 }
 
+/// Descriptors waiting for the closer at which new connections wait, for an open-file limit
+/// of `nofile`.
+fn pending_cap(nofile: u64) -> usize {
+    (nofile / 8).clamp(16, MAX_PENDING_CLOSES) as usize
+}
+
 /// The connection cap: `configured`, lowered to what an open-file limit of `nofile`
 /// descriptors allows, so that a full house ends in clear refusals, not in failing accepts.
 fn connection_cap(configured: usize, nofile: u64) -> usize {
-    let fit = nofile.saturating_sub(FD_RESERVE) / FDS_PER_CONN;
+    let reserve = FD_RESERVE + pending_cap(nofile) as u64;
+    let fit = nofile.saturating_sub(reserve) / FDS_PER_CONN;
     configured.min(usize::try_from(fit).unwrap_or(usize::MAX).max(1))
+}
+
+/// Descriptors waiting to be closed, in all and per user whose clients caused them.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The closer: a thread that closes the descriptors clients chose, so that a close that blocks
+/// holds that thread, never the event loop. What waits for it is counted per user: a user with
+/// `PENDING_CLOSES_PER_UID` waiting is not read from (no new descriptor comes from it), and with
+/// `cap` waiting in all no connection is accepted, until closes complete.
+struct Closer {
+    tx: mpsc::Sender<(u32, OwnedFd)>,
+    pending: Arc<Mutex<Pending>>,
+    /// Readable when a user's count or the total fell below its limit (the loop's end of a
+    /// pair; the closer writes a byte to the other).
+    wake: UnixStream,
+    cap: usize,
+}
+
+impl Closer {
+    fn start(cap: usize) -> Result<Closer> {
+        let (wake, wake_tx) =
+            UnixStream::pair().map_err(|e| Error::os("creating the closer's wake socket", e))?;
+        for s in [&wake, &wake_tx] {
+            s.set_nonblocking(true)
+                .map_err(|e| Error::os("configuring the closer's wake socket", e))?;
+        }
+        let (tx, rx) = mpsc::channel::<(u32, OwnedFd)>();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let theirs = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("shmring-closer".into())
+            .spawn(move || {
+                // Ends when the server is dropped and everything sent is closed. A close that
+                // never returns keeps this thread (it is not joined): the loop goes on.
+                for (uid, fd) in rx {
+                    drop(fd);
+                    let mut p = lock(&theirs);
+                    p.total -= 1;
+                    let left = p.per_uid.get_mut(&uid).map_or(0, |n| {
+                        *n -= 1;
+                        *n
+                    });
+                    if left == 0 {
+                        p.per_uid.remove(&uid);
+                    }
+                    let freed = left + 1 == PENDING_CLOSES_PER_UID || p.total + 1 == cap;
+                    drop(p);
+                    if freed {
+                        let _ = (&wake_tx).write(&[1]); // full: a wake-up is already due
+                    }
+                }
+            })
+            .map_err(|e| Error::os("starting the closer thread", e))?;
+        Ok(Closer {
+            tx,
+            pending,
+            wake,
+            cap,
+        })
+    }
+
+    /// Closes `fd` on the closer thread, counted against `uid` until done.
+    fn close(&self, uid: u32, fd: impl Into<OwnedFd>) {
+        {
+            let mut p = lock(&self.pending);
+            p.total += 1;
+            *p.per_uid.entry(uid).or_insert(0) += 1;
+        }
+        if let Err(mpsc::SendError((_, fd))) = self.tx.send((uid, fd.into())) {
+            // The thread is gone (it cannot panic): leaking one descriptor is better than a
+            // close that may block the loop.
+            std::mem::forget(fd);
+        }
+    }
+
+    /// Whether `uid` has as many closes waiting as it may: its connections are not read.
+    fn over(&self, uid: u32) -> bool {
+        lock(&self.pending)
+            .per_uid
+            .get(&uid)
+            .is_some_and(|&n| n >= PENDING_CLOSES_PER_UID)
+    }
+
+    /// Whether so many closes wait that no connection is accepted.
+    fn full(&self) -> bool {
+        lock(&self.pending).total >= self.cap
+    }
+
+    /// Takes the wake-up bytes.
+    fn drain_wake(&self) {
+        let mut b = [0u8; 64];
+        while matches!((&self.wake).read(&mut b), Ok(n) if n > 0) {}
+    }
 }
 
 /// Asks the allocator to return freed memory to the system (glibc keeps it otherwise).
@@ -234,12 +361,17 @@ impl Server {
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(u64::MAX, |(soft, _)| soft);
         let max = connection_cap(config.max_connections, nofile);
+        let closer = Closer::start(pending_cap(nofile))?;
+        epoll
+            .add(&closer.wake, EpollEvent::new(EpollFlags::EPOLLIN, CLOSER))
+            .map_err(|e| Error::os("watching the closer's wake socket", e))?;
         if max < config.max_connections {
             tracing::warn!(
                 configured = config.max_connections,
                 max,
                 nofile,
-                "the open-file limit allows fewer connections than configured"
+                "the open-file limit allows fewer connections than configured: raise the \
+                 soft limit (ulimit -n, setrlimit, LimitNOFILE=) before starting"
             );
         }
         Ok(Server {
@@ -260,6 +392,8 @@ impl Server {
             freed: 0,
             refusals: Throttle::default(),
             timeouts: Throttle::default(),
+            closer,
+            held: HashSet::new(),
         })
     }
 
@@ -303,6 +437,12 @@ impl Server {
                         match (&self.stop).read(&mut b) {
                             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                             _ => return Exit::Stopped,
+                        }
+                    }
+                    CLOSER => {
+                        self.closer.drain_wake();
+                        for id in std::mem::take(&mut self.held) {
+                            self.update_interest(id);
                         }
                     }
                     t if t & PIDFD_TOKEN != 0 => {
@@ -397,6 +537,20 @@ impl Server {
 
     fn accept(&mut self) {
         loop {
+            if self.closer.full() {
+                // Every connection costs a descriptor to close in the end: none until the
+                // closer catches up.
+                if let Some(suppressed) = self.refusals.allow() {
+                    tracing::warn!(
+                        suppressed,
+                        "too many descriptors clients sent wait to be closed: not accepting \
+                         for {ACCEPT_PAUSE:?}"
+                    );
+                }
+                let _ = self.epoll.delete(&self.listener);
+                self.listener_paused = Some(Instant::now() + ACCEPT_PAUSE);
+                return;
+            }
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -416,8 +570,33 @@ impl Server {
                     return;
                 }
             };
-            if let Err(e) = self.admit_conn(stream) {
-                tracing::warn!(error = %e, "dropping a client connection");
+            let mut uid = u32::MAX;
+            match self.admit_conn(&stream, &mut uid) {
+                Ok(Some((id, peer))) => {
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            stream,
+                            peer,
+                            reader: FrameReader::new(MAX_REQUEST),
+                            greeted: false,
+                            out: VecDeque::new(),
+                            queued: 0,
+                            queued_fds: 0,
+                            closing: false,
+                            interest: (true, false),
+                            fds: VecDeque::new(),
+                            accepted: Instant::now(),
+                            partial_since: None,
+                            stalled_since: None,
+                        },
+                    );
+                }
+                Ok(None) => self.closer.close(uid, stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a client connection");
+                    self.closer.close(uid, stream);
+                }
             }
         }
     }
@@ -431,18 +610,22 @@ impl Server {
         }
     }
 
-    fn admit_conn(&mut self, stream: UnixStream) -> Result<()> {
+    /// Admits a connection: `Some((id, peer))` to serve, `None` if refused. `uid` is set to
+    /// the peer's as soon as it is known (a refused connection's socket is closed on its
+    /// account).
+    fn admit_conn(&mut self, stream: &UnixStream, uid: &mut u32) -> Result<Option<(u64, Peer)>> {
         stream
             .set_nonblocking(true)
             .map_err(|e| Error::os("configuring a client connection", e))?;
-        let cred = sys::peer_cred(&stream)?;
+        let cred = sys::peer_cred(stream)?;
+        *uid = cred.uid;
         if cred.pid == 0 {
             // The kernel gives pid 0 for a peer in a pid namespace this one cannot see: such a
             // client's death could not be told apart from anyone else's.
             let text = "clients in another pid namespace are not supported: run the client \
                         where the coordinator can see its pid";
             let _ =
-                sys::send_nonblocking(&stream, &protocol::server_hello(HELLO_REFUSED, text), None);
+                sys::send_nonblocking(stream, &protocol::server_hello(HELLO_REFUSED, text), None);
             return Err(Error::Unavailable(format!("refused a client: {text}")));
         }
         // Per user first: a user at its own limit is told so even when all are at theirs.
@@ -453,8 +636,8 @@ impl Server {
                  --max-connections-per-uid): close some, or try again later",
                 self.limits.per_uid, cred.uid
             );
-            self.refuse(&stream, HELLO_BUSY, &text);
-            return Ok(());
+            self.refuse(stream, HELLO_BUSY, &text);
+            return Ok(None);
         }
         if self.conns.len() >= self.limits.max {
             let text = format!(
@@ -462,10 +645,10 @@ impl Server {
                  try again later",
                 self.limits.max
             );
-            self.refuse(&stream, HELLO_BUSY, &text);
-            return Ok(());
+            self.refuse(stream, HELLO_BUSY, &text);
+            return Ok(None);
         }
-        let pidfd = sys::peer_pidfd(&stream, cred.pid)?;
+        let pidfd = sys::peer_pidfd(stream, cred.pid)?;
         let peer = Peer {
             pid: cred.pid,
             uid: cred.uid,
@@ -475,38 +658,32 @@ impl Server {
         let id = self.next_conn;
         self.next_conn += 1;
         self.epoll
-            .add(&stream, EpollEvent::new(flags(true, false), id))
+            .add(stream, EpollEvent::new(flags(true, false), id))
             .map_err(|e| Error::os("watching a client connection", e))?;
         if let Err(e) = self.registry.connected(&self.epoll, peer.pid, pidfd) {
-            let _ = self.epoll.delete(&stream);
+            let _ = self.epoll.delete(stream);
             return Err(e);
         }
         tracing::debug!(pid = peer.pid, uid = peer.uid, "client connected");
         *self.per_uid.entry(peer.uid).or_insert(0) += 1;
-        self.conns.insert(
-            id,
-            Conn {
-                stream,
-                peer,
-                reader: FrameReader::new(MAX_REQUEST),
-                greeted: false,
-                out: VecDeque::new(),
-                queued: 0,
-                queued_fds: 0,
-                closing: false,
-                interest: (true, false),
-                fds: VecDeque::new(),
-                accepted: Instant::now(),
-                partial_since: None,
-                stalled_since: None,
-            },
-        );
-        Ok(())
+        Ok(Some((id, peer)))
     }
 
     fn conn_event(&mut self, id: u64, ev: EpollFlags) {
         if ev.contains(EpollFlags::EPOLLOUT) {
             self.writable(id);
+        }
+        if ev.contains(EpollFlags::EPOLLHUP)
+            && self
+                .conns
+                .get(&id)
+                .is_some_and(|c| self.closer.over(c.peer.uid))
+        {
+            // Gone while not read (its user's closes wait): epoll reports the hang-up whatever
+            // the interest, so the connection goes now rather than wake the loop again and
+            // again until the closer catches up. What it sent unread is lost with it.
+            self.drop_conn(id);
+            return;
         }
         if ev.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
             self.read(id);
@@ -529,8 +706,10 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if !c.wants_input() {
-                break; // its replies first; `update_interest` stops EPOLLIN meanwhile
+            if !c.wants_input() || self.closer.over(c.peer.uid) {
+                // Its replies first, or the closes its user caused: `update_interest` stops
+                // EPOLLIN meanwhile.
+                break;
             }
             // Never more than a whole request's worth buffered.
             let room = MAX_BUFFERED - c.reader.buffered();
@@ -653,8 +832,17 @@ impl Server {
                     let answer = match req {
                         Request::Adopt { name, generation } => {
                             let fd = c.fds.pop_front();
-                            self.registry
-                                .handed_back(&self.epoll, &peer, &name, generation, fd)
+                            let (answer, refused) = self.registry.handed_back(
+                                &self.epoll,
+                                &peer,
+                                &name,
+                                generation,
+                                fd,
+                            );
+                            if let Some(fd) = refused {
+                                self.closer.close(peer.uid, fd);
+                            }
+                            answer
                         }
                         req => self.registry.handle(&self.epoll, &peer, req),
                     };
@@ -823,7 +1011,12 @@ impl Server {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let want = (c.wants_input(), !c.out.is_empty());
+        let mut read = c.wants_input();
+        if read && self.closer.over(c.peer.uid) {
+            read = false;
+            self.held.insert(id);
+        }
+        let want = (read, !c.out.is_empty());
         if want != c.interest {
             c.interest = want;
             let mut ev = EpollEvent::new(flags(want.0, want.1), id);
@@ -833,7 +1026,14 @@ impl Server {
 
     fn drop_conn(&mut self, id: u64) {
         if let Some(c) = self.conns.remove(&id) {
+            self.held.remove(&id);
             let _ = self.epoll.delete(&c.stream);
+            // The client's choice of files: the socket (its receive queue may hold descriptors
+            // in flight, released by its close) and what it sent and no request took.
+            self.closer.close(c.peer.uid, c.stream);
+            for fd in c.fds {
+                self.closer.close(c.peer.uid, fd);
+            }
             if let Some(n) = self.per_uid.get_mut(&c.peer.uid) {
                 *n -= 1;
                 if *n == 0 {
@@ -854,15 +1054,39 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// At stop, the connections' sockets and the descriptors they sent go to the closer too
+    /// (a stop must not hang on them), and so do connections still waiting to be accepted.
+    fn drop(&mut self) {
+        for (_, c) in self.conns.drain() {
+            self.closer.close(c.peer.uid, c.stream);
+            for fd in c.fds {
+                self.closer.close(c.peer.uid, fd);
+            }
+        }
+        let _ = self.listener.set_nonblocking(true);
+        for _ in 0..4096 {
+            match self.listener.accept() {
+                Ok((s, _)) => self.closer.close(u32::MAX, s),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_connection_cap_fits_the_open_file_limit() {
+        let reserve = 64 + 253;
         assert_eq!(connection_cap(4096, 1 << 20), 4096);
-        assert_eq!(connection_cap(4096, 1024), (1024 - 64) / 6);
+        assert_eq!(connection_cap(4096, 1024), (1024 - reserve - 128) / 6);
         assert_eq!(connection_cap(10, 1024), 10);
         assert_eq!(connection_cap(4096, 10), 1);
+        assert_eq!(pending_cap(1 << 20), 1024);
+        assert_eq!(pending_cap(100), 16);
     }
 }
