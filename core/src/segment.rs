@@ -97,6 +97,18 @@ fn map(fd: &OwnedFd, len: usize) -> Result<MmapRaw> {
         .map_err(|e| Error::os("mapping the segment", e))
 }
 
+/// The origin of a segment this process creates now for `owner` (uid, gid).
+fn made_now(config: &ChannelConfig, generation: u64, owner: (u32, u32)) -> Origin {
+    Origin {
+        creator_pid: sys::pid(),
+        mode: config.mode,
+        created_unix_ns: sys::now_unix_ns(),
+        generation,
+        owner_uid: owner.0,
+        owner_gid: owner.1,
+    }
+}
+
 impl Segment {
     /// Creates a named segment for a channel of shape `config`, with permission bits
     /// `config.mode`. Fails with `AlreadyExists` if the name is taken.
@@ -122,14 +134,7 @@ impl Segment {
         // The object's owner (this process's user) keeps read and write whatever the channel's
         // mode: it must be able to open the object again (a coordinator adopting it).
         let fd = sys::shm_create(object, config.mode | 0o600)?;
-        let origin = Origin {
-            creator_pid: sys::pid(),
-            mode: config.mode,
-            created_unix_ns: sys::now_unix_ns(),
-            generation,
-            owner_uid: owner.0,
-            owner_gid: owner.1,
-        };
+        let origin = made_now(config, generation, owner);
         match Segment::initialise(&fd, geo, &origin) {
             Ok(mem) => Ok((
                 Segment {
@@ -161,14 +166,7 @@ impl Segment {
         let geo = Geometry::new(config)?;
         let fd = sys::memfd_sealable(label)?;
         sys::fchmod(&fd, 0o600)?;
-        let origin = Origin {
-            creator_pid: sys::pid(),
-            mode: config.mode,
-            created_unix_ns: sys::now_unix_ns(),
-            generation,
-            owner_uid: owner.0,
-            owner_gid: owner.1,
-        };
+        let origin = made_now(config, generation, owner);
         let mem = Segment::initialise(&fd, geo, &origin)?;
         sys::seal(&fd)?;
         Ok((
@@ -188,14 +186,7 @@ impl Segment {
     pub fn anonymous(config: &ChannelConfig) -> Result<Segment> {
         let geo = Geometry::new(config)?;
         let fd = sys::memfd_sealable(c"shmring")?;
-        let origin = Origin {
-            creator_pid: sys::pid(),
-            mode: config.mode,
-            created_unix_ns: sys::now_unix_ns(),
-            generation: 0,
-            owner_uid: sys::euid(),
-            owner_gid: sys::egid(),
-        };
+        let origin = made_now(config, 0, (sys::euid(), sys::egid()));
         let mem = Segment::initialise(&fd, geo, &origin)?;
         sys::seal(&fd)?;
         Ok(Segment {
