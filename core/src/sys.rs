@@ -642,6 +642,15 @@ pub(crate) fn try_lock(file: std::fs::File) -> Result<Option<nix::fcntl::Flock<s
     }
 }
 
+/// Asks the allocator to return freed memory to the system (glibc keeps it otherwise).
+pub(crate) fn trim_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

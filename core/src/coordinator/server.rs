@@ -321,15 +321,6 @@ impl Closer {
     }
 }
 
-/// Asks the allocator to return freed memory to the system (glibc keeps it otherwise).
-fn trim_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 impl Server {
     /// A server over a bound, listening socket; adopts the namespace's existing segments.
     pub(super) fn new(
@@ -531,7 +522,7 @@ impl Server {
                 self.conns.shrink_to_fit();
                 self.per_uid.shrink_to_fit();
             }
-            trim_memory();
+            sys::trim_memory();
         }
     }
 
