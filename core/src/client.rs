@@ -326,7 +326,10 @@ impl Shared {
         let key = (name.to_string(), generation);
         if let Some(h) = map.get(&key).and_then(Weak::upgrade)
             && h.pid == sys::pid()
+            && sys::file_id(&h.fd).ok() == sys::file_id(&fd).ok()
         {
+            // The same segment (a generation number alone could name an older, deleted one
+            // if a coordinator started over with no record).
             return h;
         }
         let h = Arc::new(Held {

@@ -442,3 +442,46 @@ fn without_its_record_a_coordinator_adopts_nothing() {
     drop((rx, client));
     coord.stop();
 }
+
+/// A coordinator that stops with nothing left to adopt removes its namespace's lock and record
+/// of channels from the runtime directory: an embedded coordinator on a temporary socket (a
+/// namespace of its own each time) would otherwise leave two files per run there for good.
+/// One that keeps channels for the next coordinator keeps them.
+#[test]
+fn a_stop_that_leaves_nothing_to_adopt_leaves_no_file() {
+    let _dog = watchdog("runtime files", 60);
+    let (ns, sock, _dir) = place();
+    let file = |ext: &str| shmring::default_socket_path(&ns).with_extension(ext);
+
+    let coord = start(&ns, &sock);
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("a", &ChannelConfig::spsc()).unwrap();
+    assert!(file("lock").exists() && file("channels").exists());
+    drop(client);
+    coord.stop();
+    assert!(!file("lock").exists(), "the lock file stayed");
+    assert!(!file("channels").exists(), "the record stayed");
+
+    // Kept channels, held by a handle: both files stay for the next coordinator.
+    let coord = Coordinator::start(
+        CoordinatorConfig::new(&ns)
+            .socket(&sock)
+            .keep_channels(true),
+    )
+    .unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("b", &ChannelConfig::spsc()).unwrap();
+    let tx = client.producer("b").unwrap();
+    coord.stop();
+    assert!(file("lock").exists() && file("channels").exists());
+    // The next one adopts the channel and, stopping without keeping it, leaves nothing.
+    let coord = start(&ns, &sock);
+    assert_eq!(
+        client.list().unwrap().len(),
+        1,
+        "the kept channel came back"
+    );
+    drop((tx, client));
+    coord.stop();
+    assert!(!file("lock").exists() && !file("channels").exists());
+}

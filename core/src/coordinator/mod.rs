@@ -329,8 +329,14 @@ impl Coordinator {
                     }
                 }
                 socket.remove();
+                let clean = matches!(exit, Ok(server::Exit::Stopped))
+                    && server.registry.remove_record_if_empty();
                 drop(server);
-                lock.release();
+                if clean {
+                    lock.remove();
+                } else {
+                    lock.release();
+                }
                 tracing::info!(namespace = %ns, "coordinator stopped");
             });
         let thread = match thread {
@@ -463,15 +469,16 @@ impl FileId {
 /// The namespace's lock: an exclusive `flock` on `<runtime dir>/<namespace>.lock`, held for the
 /// coordinator's life.
 ///
-/// The file lives in the coordinator user's private runtime directory and is never removed
-/// (found in review of step 5: it used to be `/dev/shm/shmring.<namespace>@<uid>.lock`, a
-/// predictable name in world-writable `/dev/shm`, where another user could create it first and
-/// keep the coordinator from ever starting; and its removal at stop needed the re-check below
-/// against a coordinator locking a file just removed). A lock still counts only if, once taken,
-/// the path names the locked file: should the file be removed by hand between an open and the
-/// lock, the lock is taken again on the file now at the path.
+/// The file lives in the coordinator user's private runtime directory (found in review of step
+/// 5: it used to be `/dev/shm/shmring.<namespace>@<uid>.lock`, a predictable name in
+/// world-writable `/dev/shm`, where another user could create it first and keep the
+/// coordinator from ever starting). A coordinator that stops leaving nothing to adopt removes
+/// it (while still holding it); one that leaves channels keeps it. A lock counts only if, once
+/// taken, the path names the locked file: a coordinator that opened the file before it was
+/// removed and locks it after takes the lock again on the file now at the path (defect 13).
 struct NamespaceLock {
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    lock: nix::fcntl::Flock<std::fs::File>,
+    path: PathBuf,
 }
 
 /// How often taking the lock is tried when the file keeps being replaced under us.
@@ -500,7 +507,10 @@ impl NamespaceLock {
                 .metadata()
                 .map_err(|e| Error::os(format!("inspecting {}", path.display()), e))?;
             if FileId::at(path) == Some(FileId::of(&held)) {
-                return Ok(NamespaceLock { _lock: lock });
+                return Ok(NamespaceLock {
+                    lock,
+                    path: path.to_path_buf(),
+                });
             }
             // The file was removed between our open and our lock: this lock guards nothing.
             // Unlocked by the drop; try the file at the path now.
@@ -537,9 +547,22 @@ impl NamespaceLock {
         Ok(file)
     }
 
-    /// Releases the lock. The file stays: removing it would let a coordinator that opened it
-    /// just before lock a file nobody else will ever open.
+    /// Releases the lock. The file stays: a coordinator that stops with channels left for the
+    /// next one keeps its namespace's files.
     fn release(self) {}
+
+    /// Removes the lock file, then releases the lock: a coordinator that stops leaving nothing
+    /// to adopt leaves no file behind either (embedded coordinators on temporary sockets would
+    /// otherwise leave one per namespace). Safe while held: one that opened the file before the
+    /// removal and locks it after finds that the path no longer names it, and takes the lock
+    /// again on a new file (`take`). Only the file this lock holds is removed.
+    fn remove(self) {
+        if let Ok(held) = self.lock.metadata()
+            && FileId::at(&self.path) == Some(FileId::of(&held))
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A bound control socket.
@@ -712,8 +735,9 @@ mod tests {
 
     /// Defect 13 (the namespace lock could be held twice): a coordinator that opens the lock
     /// file, then loses the processor while the one holding it stops, then locks the file,
-    /// must not hold the namespace while a third coordinator does. The file is never removed
-    /// now (found in review of step 5), so all three lock the same file.
+    /// must not hold the namespace while a third coordinator does. B locks the removed file
+    /// after A let go; its check that the path still names that file sends it to C's file,
+    /// which C holds.
     #[test]
     fn a_lock_on_a_removed_lock_file_does_not_count() {
         let ns = namespace("lockrace");
@@ -722,9 +746,9 @@ mod tests {
         let path = NamespaceLock::path_of(&dir, &ns);
         let a = NamespaceLock::take(&path, None).unwrap();
         let early = NamespaceLock::open(&path).unwrap(); // B opens the file A holds
-        a.release(); // A stops: unlocks; the file stays
-        assert!(path.exists(), "released: the lock file stays");
-        let c = NamespaceLock::take(&path, None).unwrap(); // C locks the same file
+        a.remove(); // A stops leaving nothing to adopt: removes the file, unlocks
+        assert!(!path.exists(), "removed");
+        let c = NamespaceLock::take(&path, None).unwrap(); // C locks a new file
         match NamespaceLock::take(&path, Some(early)) {
             Err(Error::AlreadyExists(_)) => {}
             Err(e) => panic!("unexpected error {e}"),
@@ -738,7 +762,7 @@ mod tests {
         let d = NamespaceLock::take(&path, Some(early)).unwrap();
         assert_eq!(
             FileId::at(&path),
-            Some(FileId::of(&d._lock.metadata().unwrap()))
+            Some(FileId::of(&d.lock.metadata().unwrap()))
         );
         d.release();
         std::fs::remove_dir_all(&dir).unwrap();

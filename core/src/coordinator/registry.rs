@@ -605,6 +605,22 @@ impl Registry {
         self.persist_or_log("deleting every channel");
     }
 
+    /// At a stop: removes the record of the channels if it lists none (nothing is left to
+    /// adopt), and says whether it did.
+    pub(super) fn remove_record_if_empty(&mut self) -> bool {
+        if !self.channels.is_empty() || !self.pending.is_empty() {
+            return false;
+        }
+        match std::fs::remove_file(&self.record) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => {
+                tracing::warn!(record = %self.record.display(), error = %e, "cannot remove the empty record of channels");
+                false
+            }
+        }
+    }
+
     /// A client process connected. Returns the pidfd to watch if the process is new.
     pub(super) fn connected(&mut self, epoll: &Epoll, pid: u32, pidfd: OwnedFd) -> Result<()> {
         if let Some(p) = self.procs.get(&pid)
