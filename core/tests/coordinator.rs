@@ -485,3 +485,36 @@ fn a_stop_that_leaves_nothing_to_adopt_leaves_no_file() {
     coord.stop();
     assert!(!file("lock").exists() && !file("channels").exists());
 }
+
+/// A record of the channels the coordinator cannot read (a newer version's, or damaged) is set
+/// aside, not replaced by an empty one (found in review of step 5: starting over it lost every
+/// channel in it for good).
+#[test]
+fn an_unreadable_record_is_set_aside_not_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let _dog = watchdog("unreadable record", 60);
+    let (ns, sock, _dir) = place();
+    let record = shmring::default_socket_path(&ns).with_extension("channels");
+    let runtime = record.parent().unwrap().to_path_buf();
+    if !runtime.exists() {
+        std::fs::create_dir_all(&runtime).unwrap();
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let text = "shmring-channels 2\nsomething a later version writes\n";
+    std::fs::write(&record, text).unwrap();
+    let coord = start(&ns, &sock);
+    let aside: Vec<_> = std::fs::read_dir(&runtime)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?.to_string();
+            name.starts_with(&format!("{ns}.channels.unreadable-"))
+                .then_some(p)
+        })
+        .collect();
+    coord.stop();
+    assert_eq!(aside.len(), 1, "set aside once: {aside:?}");
+    let kept = std::fs::read_to_string(&aside[0]).unwrap();
+    std::fs::remove_file(&aside[0]).unwrap();
+    assert_eq!(kept, text, "the unreadable record was changed");
+}

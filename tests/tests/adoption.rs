@@ -130,9 +130,18 @@ fn clients_hand_their_segments_back_to_a_restarted_coordinator() {
     // The new coordinator could not look into this (root's) process: nobody has handed the
     // channel back yet.
     let bystander = Client::connect(Some(&sock)).unwrap();
+    // Found in review of step 5: the channel looked absent, and anyone could create the name
+    // again, cutting its users off from it for good. It is awaited, and the name stays taken.
+    match bystander.stats("t") {
+        Err(Error::Busy(m)) => assert!(m.contains("comes back when one of its users"), "{m}"),
+        other => panic!("an awaited channel: {other:?}"),
+    }
     assert!(
-        matches!(bystander.stats("t"), Err(Error::NotFound(_))),
-        "not found by the restarted coordinator"
+        matches!(
+            bystander.create("t", &ChannelConfig::spsc()),
+            Err(Error::Busy(_))
+        ),
+        "the name of an awaited channel was taken"
     );
     // The client with handles reconnects on its next request and hands the segment back.
     let s = client

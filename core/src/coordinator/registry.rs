@@ -264,10 +264,30 @@ impl Registry {
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
             found.entry(name).or_default().push((generation, fd));
         }
-        let contents = record::load(&self.record).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the record of the channels cannot be read: adopting nothing");
-            None
-        });
+        let contents = match record::load(&self.record) {
+            Ok(c) => c,
+            Err(e) => {
+                // Kept for whoever looks into it, not overwritten by the empty record below
+                // (found in review of step 5: an unreadable record, e.g. of a newer version,
+                // was replaced, and every channel in it lost for good). If it cannot even be
+                // set aside, the coordinator does not start.
+                let aside = self.record.with_extension(format!(
+                    "channels.unreadable-{}",
+                    sys::now_unix_ns() / 1_000_000_000
+                ));
+                std::fs::rename(&self.record, &aside).map_err(|r| {
+                    Error::os(
+                        format!(
+                            "{e}; and setting it aside as {} failed (move or remove it, then start again)",
+                            aside.display()
+                        ),
+                        r,
+                    )
+                })?;
+                tracing::error!(error = %e, aside = %aside.display(), "the record of the channels cannot be read: set aside, adopting nothing");
+                None
+            }
+        };
         let Some(contents) = contents else {
             if !found.is_empty() {
                 tracing::warn!(record = %self.record.display(), segments = found.len(),
@@ -904,6 +924,9 @@ impl Registry {
 
     fn channel(&self, name: &str) -> Result<&Channel> {
         validate_channel_name(name)?;
+        if let Some(e) = self.pending.get(name) {
+            return Err(awaited(name, e));
+        }
         let ch = self.channels.get(name).ok_or_else(|| {
             Error::NotFound(format!(
                 "no channel {name:?} in namespace {:?} (create it first: `shmring create {name}`)",
@@ -931,6 +954,12 @@ impl Registry {
                 "channel {name:?} exists (generation {}); delete it first to change its shape",
                 ch.seg.origin().generation
             )));
+        }
+        // A live channel whose users have not reconnected since this coordinator started: the
+        // name is still taken (found in review of step 5: any user could create the name
+        // again, and the users of the live one were cut off from it for good).
+        if let Some(e) = self.pending.get(name) {
+            return Err(awaited(name, e));
         }
         if self.channels.len() >= MAX_CHANNELS {
             return Err(Error::Busy(format!(
@@ -982,15 +1011,10 @@ impl Registry {
                 },
             },
         );
-        // A generation of the name the record still waited for is superseded.
-        let superseded = self.pending.remove(name);
         if let Err(e) = self.persist() {
             // Not recorded, the channel could not be adopted after a restart: not created.
             if let Some(ch) = self.channels.remove(name) {
                 ch.seg.mark_deleted();
-            }
-            if let Some(p) = superseded {
-                self.pending.insert(name.to_string(), p);
             }
             return Err(e);
         }
@@ -1109,6 +1133,20 @@ impl Registry {
     }
 
     fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {
+        validate_channel_name(name)?;
+        if let Some(e) = self.pending.get(name) {
+            // A live channel not handed back yet: its owner (by the record) or root may still
+            // give the name up; its users keep their mappings, and it is never adopted again.
+            if peer.uid != 0 && peer.uid != e.owner_uid {
+                return Err(Error::PermissionDenied(format!(
+                    "channel {name:?} belongs to uid {}; only its owner or root may delete it",
+                    e.owner_uid
+                )));
+            }
+            self.pending.remove(name);
+            tracing::info!(channel = %name, uid = peer.uid, "deleted a channel awaiting its users' return");
+            return self.persist();
+        }
         let ch = self.channel(name)?;
         let origin = ch.seg.origin();
         if peer.uid != 0 && peer.uid != origin.owner_uid {
@@ -1174,6 +1212,16 @@ impl Registry {
             skipped: s.skipped,
         })
     }
+}
+
+/// The refusal for a channel the record lists as live that no process has shown yet.
+fn awaited(name: &str, e: &record::Entry) -> Error {
+    Error::Busy(format!(
+        "channel {name:?} (generation {}, owner uid {}) was live when this coordinator started \
+         and comes back when one of its users makes a request; until then it can be neither \
+         opened nor created again (its owner or root may delete it)",
+        e.generation, e.owner_uid
+    ))
 }
 
 /// The coordinator's books: who holds which entry of which channel generation.
