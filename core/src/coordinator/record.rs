@@ -120,6 +120,13 @@ pub(super) fn save(path: &Path, c: &Contents) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("channels.{}.tmp", crate::sys::pid()));
     let write = || -> std::io::Result<()> {
+        // A temporary file of this name is a stale one of ours: a coordinator of the same pid
+        // (a container's, a reused pid) killed between writing and renaming it, in this
+        // user's private directory.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -131,7 +138,7 @@ pub(super) fn save(path: &Path, c: &Contents) -> Result<()> {
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
-        // Only our own temporary file, if create_new made it.
+        // Our own temporary file, if it was made.
         let _ = std::fs::remove_file(&tmp);
         Error::os(format!("writing {}", path.display()), e)
     })
