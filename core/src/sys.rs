@@ -325,6 +325,24 @@ pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> Result<()> {
     }
 }
 
+/// Frees the memory of bytes `offset..offset + len` of an object, keeping its size: a later
+/// read of them sees zeros. Allowed on a sealed memfd (its seals forbid growing and
+/// shrinking, not punching holes).
+pub(crate) fn punch_hole(fd: &OwnedFd, offset: usize, len: usize) -> Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let off = nix::libc::off_t::try_from(offset)
+        .map_err(|_| Error::InvalidArgument(format!("offset {offset} is too large")))?;
+    let bytes = nix::libc::off_t::try_from(len)
+        .map_err(|_| Error::InvalidArgument(format!("length {len} is too large")))?;
+    fallocate(
+        fd,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off,
+        bytes,
+    )
+    .map_err(|e| Error::os("freeing the memory of a deleted segment", e))
+}
+
 /// The size of an object.
 pub(crate) fn file_len(fd: &OwnedFd) -> Result<usize> {
     let st =

@@ -1557,3 +1557,109 @@ fn deleted_channels_still_held_count_against_the_byte_limit() {
     drop(c);
     coord.stop();
 }
+
+/// Allocated bytes of an object (its `st_blocks`, in 512-byte units).
+fn allocated(f: &std::fs::File) -> u64 {
+    f.metadata().unwrap().blocks() * 512
+}
+
+/// Found in review of step 5: the per-user byte limit could be bypassed by keeping a
+/// descriptor of a segment after closing the handle: the books forgot the handle, the delete
+/// charged nothing, and the memory (the coordinator's) lived on for as long as the descriptor
+/// did. Before: creating a 4 MiB channel, opening a producer, keeping a `dup` of its segment,
+/// closing the producer and deleting the channel, eight times under an 8 MiB limit, left every
+/// segment's 4 MiB allocated (`st_blocks` of the kept descriptors) with `limits` saying 0
+/// bytes used. Now a deleted segment no admitted process holds is freed but for its first page
+/// (the header, still saying deleted), and a consumer that still maps it gets `Closed` (here
+/// one whose admission was given up by a forged close), never the freed ring's zeros as
+/// frames.
+#[test]
+fn a_kept_descriptor_of_a_deleted_channel_does_not_keep_its_memory() {
+    let _dog = watchdog("kept descriptors of deleted channels", 60);
+    let place = Place::new("kept");
+    let coord = Coordinator::start(
+        CoordinatorConfig::new(&place.ns)
+            .socket(place.sock())
+            .max_bytes_per_uid(8 << 20),
+    )
+    .unwrap();
+    let c = Client::connect(Some(&place.sock())).unwrap();
+    let cfg = ChannelConfig::spsc().capacity(4 << 20).max_frame_size(64);
+    let prefix = format!("shmring.{}@", place.ns);
+    let kept_of = |name: &str| {
+        own_memfds(&prefix)
+            .into_iter()
+            .find(|(n, _)| n.ends_with(&format!(".{name}")))
+            .map(|(_, f)| f)
+            .expect("the segment's descriptor")
+    };
+    // Well below the segment's 4 MiB: the first page (and nothing else) stays.
+    let freed = |f: &std::fs::File| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while allocated(f) > 64 << 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        allocated(f)
+    };
+    let mut kept = Vec::new();
+    for i in 0..8 {
+        let name = format!("k{i}");
+        c.create(&name, &cfg)
+            .unwrap_or_else(|e| panic!("round {i}: {e}"));
+        let p = c.producer(&name).unwrap();
+        let f = kept_of(&name);
+        assert!(allocated(&f) >= 4 << 20, "round {i}: allocated at create");
+        drop(p);
+        c.delete(&name).unwrap();
+        let left = freed(&f);
+        assert!(
+            left <= 64 << 10,
+            "round {i}: {left} bytes of the deleted segment still allocated (limits: {:?})",
+            c.limits().unwrap()
+        );
+        kept.push(f);
+    }
+
+    // A straggler: a consumer that still maps the channel, with frames in the ring, whose
+    // admission is given up (a close of its entry, as a hostile process of the same user can
+    // send), then the delete.
+    let info = c.create("s", &cfg).unwrap();
+    let mut p = c.producer("s").unwrap();
+    let mut k = c.consumer("s").unwrap();
+    for _ in 0..3 {
+        p.send(b"frame").unwrap();
+    }
+    drop(p);
+    let f = kept_of("s");
+    let at = shmring::Geometry::new(&cfg)
+        .unwrap()
+        .participant_offset(Role::Consumer, k.index())
+        .unwrap();
+    let mut owner = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut owner, at as u64).unwrap();
+    let mut raw = Raw::connect(&place.sock());
+    assert_eq!(raw.hello().0, HELLO_ACCEPTED);
+    raw.send(&Request::Close {
+        name: "s".into(),
+        generation: info.generation,
+        role: Role::Consumer,
+        index: k.index(),
+        owner: u64::from_ne_bytes(owner),
+    });
+    assert!(matches!(raw.reply(), Reply::Done));
+    c.delete("s").unwrap();
+    let left = freed(&f);
+    assert!(
+        left <= 64 << 10,
+        "{left} bytes of the straggler's segment still allocated"
+    );
+    let mut buf = [0u8; 64];
+    match k.try_recv(&mut buf) {
+        Err(Error::Closed(_) | Error::Corrupted(_)) => {}
+        other => panic!("a consumer of the freed segment got {other:?}"),
+    }
+    drop(k);
+    drop((kept, f, raw));
+    drop(c);
+    coord.stop();
+}

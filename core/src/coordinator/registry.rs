@@ -125,9 +125,43 @@ pub(super) struct Registry {
     /// the name is created again.
     pending: BTreeMap<String, record::Entry>,
     /// Deleted channel generations that admitted processes still hold, by `(channel,
-    /// generation)`: their memory stays charged to their owner (uid, bytes) until the last
-    /// holder closes or dies (the holders' admissions stay in the books meanwhile).
-    deleted: HashMap<(String, u64), (u32, u64)>,
+    /// generation)`: their memory stays charged to their owner until the last holder closes
+    /// or dies (the holders' admissions stay in the books meanwhile); then it is freed
+    /// (`free_deleted`).
+    deleted: HashMap<(String, u64), Deleted>,
+}
+
+/// A deleted channel generation that admitted processes still hold.
+struct Deleted {
+    uid: u32,
+    bytes: u64,
+    /// The segment's descriptor, to free its memory by when the last holder is gone.
+    fd: OwnedFd,
+    /// Its size.
+    len: usize,
+}
+
+/// Frees the memory of a deleted segment that no admitted process holds any more, all but its
+/// first page (found in review of step 5: a process that kept a descriptor or a mapping of the
+/// segment after closing its handle kept the memory alive, uncharged, for as long as it
+/// liked). The memory is the coordinator's (it allocated the segment), so it must not outlive
+/// the charge. A straggler that still maps the segment reads zeros past the first page:
+/// cursors, entries and ring alike, which read as an empty ring; the first page, with the
+/// header and its state word `DELETED`, is kept, so a consumer gets `Closed`. (One that writes
+/// there again allocates those pages itself, in its own memory cgroup.)
+fn free_deleted(name: &str, generation: u64, fd: &OwnedFd, len: usize) {
+    let start = sys::page_size();
+    if len <= start {
+        return;
+    }
+    match sys::punch_hole(fd, start, len - start) {
+        Ok(()) => {
+            tracing::debug!(channel = %name, generation, bytes = len - start, "deleted channel's memory freed");
+        }
+        Err(e) => {
+            tracing::warn!(channel = %name, generation, error = %e, "cannot free a deleted channel's memory");
+        }
+    }
 }
 
 /// The prefix of the names of a namespace's segments (sealed memfds):
@@ -709,16 +743,17 @@ impl Registry {
         self.repair_pending();
     }
 
-    /// Stops charging deleted generations nobody holds any more.
+    /// Stops charging deleted generations nobody holds any more, and frees their memory.
     fn release_deleted(&mut self) {
         if self.deleted.is_empty() {
             return;
         }
         let books = books(&self.procs);
-        self.deleted.retain(|(name, generation), &mut (uid, bytes)| {
+        self.deleted.retain(|(name, generation), d| {
             let held = books.contains_key(&(name.as_str(), *generation));
             if !held {
-                tracing::debug!(channel = %name, generation, uid, bytes, "deleted channel no longer held: its memory is no longer charged");
+                tracing::debug!(channel = %name, generation, uid = d.uid, bytes = d.bytes, "deleted channel no longer held: its memory is no longer charged");
+                free_deleted(name, *generation, &d.fd, d.len);
             }
             held
         });
@@ -1163,11 +1198,21 @@ impl Registry {
         // stays charged to the owner (found in review of step 5: deleting channels one still
         // held freed the quota while the memory stayed): the holders' admissions stay in the
         // books, and the generation is released when the last of them closes or dies.
+        // Then, with no admitted holder left, its memory is freed (`free_deleted`): no process
+        // keeps it alive past the charge by a descriptor or a mapping it kept.
         ch.seg.mark_deleted();
         let key = (name.to_string(), origin.generation);
+        let len = ch.seg.geometry().total_size;
         if books(&self.procs).contains_key(&(name, origin.generation)) {
-            let bytes = ch.seg.geometry().total_size as u64;
-            self.deleted.insert(key, (origin.owner_uid, bytes));
+            let deleted = Deleted {
+                uid: origin.owner_uid,
+                bytes: len as u64,
+                fd: ch.fd,
+                len,
+            };
+            self.deleted.insert(key, deleted);
+        } else {
+            free_deleted(name, origin.generation, &ch.fd, len);
         }
         tracing::info!(channel = %name, generation = origin.generation, memfd = %ch.object, "deleted");
         // Out of the record: this generation can never be adopted again, whatever a holder
@@ -1314,8 +1359,8 @@ impl Registry {
         let deleted = self
             .deleted
             .values()
-            .filter(|&&(owner, _)| owner == uid)
-            .fold(0u64, |b, &(_, bytes)| b.saturating_add(bytes));
+            .filter(|d| d.uid == uid)
+            .fold(0u64, |b, d| b.saturating_add(d.bytes));
         Usage {
             bytes: served.bytes.saturating_add(deleted),
             deleted_bytes: deleted,
