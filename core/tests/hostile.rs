@@ -1399,6 +1399,61 @@ fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
     drop(daemon);
 }
 
+/// Found in review of step 5: one closer thread closed every user's descriptors and connection
+/// sockets in order, so while it was stuck on one client's lingering socket every later close
+/// queued behind it, still counted against the user whose client caused it: another user
+/// reached its 64 pending closes after 64 ordinary disconnects, and its 65th `shmring list`
+/// was never read ("did not answer in time"). Now each user's closes have a thread of their
+/// own: a stuck close holds up only the closes of the user who caused it.
+#[test]
+fn a_stuck_close_does_not_hold_up_another_users_closes() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    if !is_root() {
+        eprintln!("skipped: needs root to run a client as uid {OTHER}");
+        return;
+    }
+    let _dog = watchdog("a stuck close and another user", 300);
+    let place = Place::new("stuckuid");
+    let daemon = Daemon::start(&place, &[]);
+    let (trap, tcp, no_spawns) = lingering_socket();
+    let mut attacker = Raw::connect(&daemon.sock);
+    assert_eq!(attacker.hello().0, HELLO_ACCEPTED);
+    let adopt = protocol::encode(&Request::Adopt {
+        name: "trap".into(),
+        generation: 1,
+    });
+    // As in the test above: the coordinator's close of the socket is the last.
+    let fds = [tcp.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&adopt[..1])];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(
+        attacker.stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    drop(tcp);
+    drop(no_spawns);
+    attacker.stream.write_all(&adopt[1..]).unwrap();
+    attacker
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(attacker.reply(), Reply::Error { .. }));
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Each run connects and disconnects: a close of uid 65534's for each, past its 64.
+    for i in 0..100 {
+        let o = shmring_as(Some(OTHER), &daemon.sock, &["list"]);
+        assert!(o.status.success(), "run {i}: {}", text(&o));
+    }
+    drop(trap);
+    drop(daemon);
+}
+
 /// A TCP connection on loopback to a listener that never accepts, set to linger an hour on
 /// the data it could not send: its last close blocks (until the listener is closed, which resets
 /// the connection). Returns the listener and the connection, and the exclusive hold on
