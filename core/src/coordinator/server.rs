@@ -679,13 +679,37 @@ impl Server {
                         },
                     );
                 }
-                Ok(None) => self.closer.close(uid, stream),
+                Ok(None) => self.close_socket(uid, stream),
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping a client connection");
-                    self.closer.close(uid, stream);
+                    self.close_socket(uid, stream);
                 }
             }
         }
+    }
+
+    /// Closes a connection's socket. If its user has as many closes waiting as it may, the
+    /// socket's receiving side is shut down (its peer can queue nothing more: the kernel
+    /// checks under the lock it queues under), what it holds is read once (a hello, and any
+    /// descriptors to its user's closer), and if nothing is left in flight it is closed here:
+    /// such a close releases no descriptor a client chose, so it cannot block and costs nothing
+    /// against the closers' limits. Otherwise it goes to its user's closer.
+    fn close_socket(&self, uid: u32, stream: UnixStream) {
+        if self.closer.over(uid) && stream.shutdown(std::net::Shutdown::Read).is_ok() {
+            // Does not block: with the receiving side shut down an empty queue reads as the
+            // end.
+            let mut buf = [0u8; 4096];
+            let mut fds = Vec::new();
+            let _ = sys::recv_with_fds(&stream, &mut buf, &mut fds);
+            for fd in fds {
+                self.closer.close(uid, fd);
+            }
+            if sys::unread_bytes(&stream) == Some(0) {
+                drop(stream);
+                return;
+            }
+        }
+        self.closer.close(uid, stream);
     }
 
     /// Refuses a connection with a hello that says why (the client reports the text), then
@@ -706,6 +730,18 @@ impl Server {
             .map_err(|e| Error::os("configuring a client connection", e))?;
         let cred = sys::peer_cred(stream)?;
         *uid = cred.uid;
+        if self.closer.over(cred.uid) {
+            // Not read if accepted: refused, and closed at once if nothing is in flight in it
+            // (`close_socket`), so that a user whose close is stuck cannot fill the closers'
+            // total with connections it opens and drops.
+            let text = format!(
+                "too many descriptors the clients of uid {} sent wait to be closed: try again \
+                 later",
+                cred.uid
+            );
+            self.refuse(stream, HELLO_BUSY, &text);
+            return Ok(None);
+        }
         if cred.pid == 0 {
             // The kernel gives pid 0 for a peer in a pid namespace this one cannot see: such a
             // client's death could not be told apart from anyone else's.
@@ -1117,7 +1153,7 @@ impl Server {
             let _ = self.epoll.delete(&c.stream);
             // The client's choice of files: the socket (its receive queue may hold descriptors
             // in flight, released by its close) and what it sent and no request took.
-            self.closer.close(c.peer.uid, c.stream);
+            self.close_socket(c.peer.uid, c.stream);
             for fd in c.fds {
                 self.closer.close(c.peer.uid, fd);
             }
