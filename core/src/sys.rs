@@ -496,6 +496,22 @@ pub(crate) fn peer_pidfd(sock: &impl std::os::fd::AsFd, pid: u32) -> Result<Owne
     }
 }
 
+/// The bytes waiting in a socket's receive queue (`FIONREAD`, that is `SIOCINQ`); `None` if
+/// they cannot be read. On a Unix stream socket a descriptor in flight always travels with at
+/// least one byte: zero means none is in flight.
+pub(crate) fn unread_bytes(sock: &impl std::os::fd::AsFd) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given, which outlives the call; the
+    // descriptor is borrowed, so it stays open for the call.
+    let r = unsafe { libc::ioctl(sock.as_fd().as_raw_fd(), libc::FIONREAD, &mut queued) };
+    if r == 0 {
+        usize::try_from(queued).ok()
+    } else {
+        None
+    }
+}
+
 /// The supplementary groups of process `pid` (`Groups:` of `/proc/<pid>/status`); empty if
 /// they cannot be read.
 pub(crate) fn supplementary_groups(pid: u32) -> Vec<u32> {

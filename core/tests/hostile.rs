@@ -1399,6 +1399,123 @@ fn a_descriptor_whose_close_blocks_does_not_stop_the_coordinator() {
     drop(daemon);
 }
 
+/// Found in review of step 5: one closer thread closed every user's descriptors and connection
+/// sockets in order, so while it was stuck on one client's lingering socket every later close
+/// queued behind it, still counted against the user whose client caused it: another user
+/// reached its 64 pending closes after 64 ordinary disconnects, and its 65th `shmring list`
+/// was never read ("did not answer in time"). Now each user's closes have a thread of their
+/// own: a stuck close holds up only the closes of the user who caused it.
+#[test]
+fn a_stuck_close_does_not_hold_up_another_users_closes() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a client as uid {OTHER}");
+        return;
+    }
+    let _dog = watchdog("a stuck close and another user", 300);
+    let place = Place::new("stuckuid");
+    let daemon = Daemon::start(&place, &[]);
+    let (trap, _attacker) = stick_this_users_closer(&daemon.sock);
+
+    // Each run connects and disconnects: a close of uid 65534's for each, past its 64.
+    for i in 0..100 {
+        let o = shmring_as(Some(OTHER), &daemon.sock, &["list"]);
+        assert!(o.status.success(), "run {i}: {}", text(&o));
+    }
+    drop(trap);
+    drop(daemon);
+}
+
+/// Found in review of step 5: with this user's closer stuck (`stick_this_users_closer`), each
+/// connection it opened and dropped still cost a close queued behind the stuck one, counted in
+/// the total of 1024 at which no connection is accepted: a loop of this user's clients stopped
+/// every user's new connections. Now a connection of a user at its 64 waiting closes is refused,
+/// and closed at once when nothing but its hello is in flight in it.
+#[test]
+fn a_user_with_a_stuck_close_cannot_fill_the_closers_total() {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    if !is_root() {
+        eprintln!("skipped: needs root to run a client as uid {OTHER}");
+        return;
+    }
+    let _dog = watchdog("a stuck close and many connections", 300);
+    let place = Place::new("stucktotal");
+    let daemon = Daemon::start(&place, &[]);
+    let (trap, _attacker) = stick_this_users_closer(&daemon.sock);
+    let addr = UnixAddr::new(&daemon.sock).unwrap();
+    let hello = protocol::client_hello(PROTOCOL_VERSION);
+    let mut made = 0;
+    'conns: for _ in 0..1200 {
+        // Non-blocking, so that a listener no longer accepted from fails the test, not hangs it.
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let mut tries = 0;
+        loop {
+            match connect(s.as_raw_fd(), &addr) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EAGAIN) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    eprintln!("connection {made}: {e}");
+                    break 'conns;
+                }
+            }
+        }
+        let _ = nix::unistd::write(&s, &hello);
+        made += 1;
+    }
+    eprintln!("{made} connections opened and dropped");
+    std::thread::sleep(Duration::from_millis(500));
+    let o = shmring_as(Some(OTHER), &daemon.sock, &["list"]);
+    assert!(o.status.success(), "after {made} connections: {}", text(&o));
+    drop(trap);
+    drop(daemon);
+}
+
+/// Sticks this user's closer on a lingering socket (`lingering_socket`) sent by a client with
+/// an Adopt request, the coordinator's close being the last. Returns the trap's listener (whose
+/// drop ends the close) and the client.
+fn stick_this_users_closer(sock: &Path) -> (std::net::TcpListener, Raw) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let (trap, tcp, no_spawns) = lingering_socket();
+    let mut attacker = Raw::connect(sock);
+    assert_eq!(attacker.hello().0, HELLO_ACCEPTED);
+    let adopt = protocol::encode(&Request::Adopt {
+        name: "trap".into(),
+        generation: 1,
+    });
+    // As in `a_descriptor_whose_close_blocks_does_not_stop_the_coordinator`.
+    let fds = [tcp.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(&adopt[..1])];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(
+        attacker.stream.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    drop(tcp);
+    drop(no_spawns);
+    attacker.stream.write_all(&adopt[1..]).unwrap();
+    attacker
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(attacker.reply(), Reply::Error { .. }));
+    std::thread::sleep(Duration::from_millis(200));
+    (trap, attacker)
+}
+
 /// A TCP connection on loopback to a listener that never accepts, set to linger an hour on
 /// the data it could not send: its last close blocks (until the listener is closed, which resets
 /// the connection). Returns the listener and the connection, and the exclusive hold on

@@ -13,7 +13,7 @@
 //! A descriptor a client chose is never closed on the event loop: its last close may block
 //! (a TCP socket lingering on unsent data, a file on a FUSE mount). Those received and not kept,
 //! and the sockets of client connections (whose receive queues may hold more in flight), go to
-//! the closer thread (`Closer`).
+//! the closer threads (`Closer`), one per user whose clients caused the close.
 
 use super::registry::{Admitted, PIDFD_TOKEN, Peer, Quotas, Registry};
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const LISTENER: u64 = 0;
@@ -220,28 +220,107 @@ fn connection_cap(configured: usize, nofile: u64) -> usize {
     configured.min(usize::try_from(fit).unwrap_or(usize::MAX).max(1))
 }
 
-/// Descriptors waiting to be closed, in all and per user whose clients caused them.
+/// Most users with a closer thread of their own at once; the closes of others go to one shared
+/// thread.
+const MAX_CLOSER_THREADS: usize = 64;
+
+/// Descriptors waiting to be closed, in all and per user whose clients caused them, and the
+/// queues of the closer threads.
 #[derive(Default)]
 struct Pending {
     total: usize,
     per_uid: HashMap<u32, usize>,
+    /// The queue of each user with a closer thread of its own: present exactly while that
+    /// thread runs (it removes its entry, under this lock, when it finds the queue empty).
+    queues: HashMap<u32, VecDeque<OwnedFd>>,
+    /// The queue of the shared thread, for users beyond `MAX_CLOSER_THREADS`.
+    shared: VecDeque<(u32, OwnedFd)>,
+    /// Whether the shared thread runs (it clears this, under this lock, when `shared` is
+    /// empty).
+    shared_running: bool,
 }
 
 fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The closer: a thread that closes the descriptors clients chose, so that a close that blocks
-/// holds that thread, never the event loop. What waits for it is counted per user: a user with
-/// `PENDING_CLOSES_PER_UID` waiting is not read from (no new descriptor comes from it), and with
-/// `cap` waiting in all no connection is accepted, until closes complete.
+/// The closers: threads that close the descriptors clients chose, so that a close that blocks
+/// holds such a thread, never the event loop. Each user whose clients caused closes has a
+/// thread of its own (up to `MAX_CLOSER_THREADS` users; beyond that they share one), so a close
+/// that never returns holds up only the closes of the user who caused it. What waits is counted
+/// per user: a user with `PENDING_CLOSES_PER_UID` waiting is not read from (no new descriptor
+/// comes from it), and with `cap` waiting in all no connection is accepted, until closes
+/// complete.
 struct Closer {
-    tx: mpsc::Sender<(u32, OwnedFd)>,
-    pending: Arc<Mutex<Pending>>,
+    state: Arc<Shared>,
     /// Readable when a user's count or the total fell below its limit (the loop's end of a
-    /// pair; the closer writes a byte to the other).
+    /// pair; a closer writes a byte to the other).
     wake: UnixStream,
     cap: usize,
+}
+
+/// What the loop and the closer threads share.
+struct Shared {
+    pending: Mutex<Pending>,
+    wake_tx: UnixStream,
+    cap: usize,
+}
+
+impl Shared {
+    /// Counts one close of `uid` done, and wakes the loop if a limit was passed downwards.
+    fn done(&self, uid: u32) {
+        let mut p = lock(&self.pending);
+        p.total -= 1;
+        let left = p.per_uid.get_mut(&uid).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        if left == 0 {
+            p.per_uid.remove(&uid);
+        }
+        let freed = left + 1 == PENDING_CLOSES_PER_UID || p.total + 1 == self.cap;
+        drop(p);
+        if freed {
+            let _ = (&self.wake_tx).write(&[1]); // full: a wake-up is already due
+        }
+    }
+
+    /// The thread of `uid`'s own queue: ends when it finds the queue empty. A close that never
+    /// returns keeps it (it is not joined): the loop and other users' closes go on.
+    fn run_uid(self: Arc<Self>, uid: u32) {
+        loop {
+            let fd = {
+                let mut p = lock(&self.pending);
+                match p.queues.get_mut(&uid).and_then(VecDeque::pop_front) {
+                    Some(fd) => fd,
+                    None => {
+                        p.queues.remove(&uid);
+                        return;
+                    }
+                }
+            };
+            drop(fd);
+            self.done(uid);
+        }
+    }
+
+    /// The shared thread: ends when it finds its queue empty.
+    fn run_shared(self: Arc<Self>) {
+        loop {
+            let (uid, fd) = {
+                let mut p = lock(&self.pending);
+                match p.shared.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        p.shared_running = false;
+                        return;
+                    }
+                }
+            };
+            drop(fd);
+            self.done(uid);
+        }
+    }
 }
 
 impl Closer {
@@ -252,58 +331,75 @@ impl Closer {
             s.set_nonblocking(true)
                 .map_err(|e| Error::os("configuring the closer's wake socket", e))?;
         }
-        let (tx, rx) = mpsc::channel::<(u32, OwnedFd)>();
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let theirs = Arc::clone(&pending);
-        std::thread::Builder::new()
-            .name("shmring-closer".into())
-            .spawn(move || {
-                // Ends when the server is dropped and everything sent is closed. A close that
-                // never returns keeps this thread (it is not joined): the loop goes on.
-                for (uid, fd) in rx {
-                    drop(fd);
-                    let mut p = lock(&theirs);
-                    p.total -= 1;
-                    let left = p.per_uid.get_mut(&uid).map_or(0, |n| {
-                        *n -= 1;
-                        *n
-                    });
-                    if left == 0 {
-                        p.per_uid.remove(&uid);
-                    }
-                    let freed = left + 1 == PENDING_CLOSES_PER_UID || p.total + 1 == cap;
-                    drop(p);
-                    if freed {
-                        let _ = (&wake_tx).write(&[1]); // full: a wake-up is already due
-                    }
-                }
-            })
-            .map_err(|e| Error::os("starting the closer thread", e))?;
         Ok(Closer {
-            tx,
-            pending,
+            state: Arc::new(Shared {
+                pending: Mutex::new(Pending::default()),
+                wake_tx,
+                cap,
+            }),
             wake,
             cap,
         })
     }
 
-    /// Closes `fd` on the closer thread, counted against `uid` until done.
+    /// Closes `fd` on a closer thread (`uid`'s own, started if none runs), counted against
+    /// `uid` until done.
     fn close(&self, uid: u32, fd: impl Into<OwnedFd>) {
-        {
-            let mut p = lock(&self.pending);
-            p.total += 1;
-            *p.per_uid.entry(uid).or_insert(0) += 1;
+        let fd = fd.into();
+        let mut p = lock(&self.state.pending);
+        p.total += 1;
+        *p.per_uid.entry(uid).or_insert(0) += 1;
+        if let Some(q) = p.queues.get_mut(&uid) {
+            q.push_back(fd);
+            return;
         }
-        if let Err(mpsc::SendError((_, fd))) = self.tx.send((uid, fd.into())) {
-            // The thread is gone (it cannot panic): leaking one descriptor is better than a
-            // close that may block the loop.
-            std::mem::forget(fd);
+        let fd = if p.queues.len() < MAX_CLOSER_THREADS {
+            // Started under the lock: it takes its first descriptor once this returns.
+            p.queues.insert(uid, VecDeque::from([fd]));
+            let state = Arc::clone(&self.state);
+            let started = std::thread::Builder::new()
+                .name(format!("shmring-closer-{uid}"))
+                .spawn(move || state.run_uid(uid));
+            if started.is_ok() {
+                return;
+            }
+            match p.queues.remove(&uid).and_then(|mut q| q.pop_front()) {
+                Some(fd) => fd,
+                None => return,
+            }
+        } else {
+            fd
+        };
+        p.shared.push_back((uid, fd));
+        if !p.shared_running {
+            let state = Arc::clone(&self.state);
+            match std::thread::Builder::new()
+                .name("shmring-closer".into())
+                .spawn(move || state.run_shared())
+            {
+                Ok(_) => p.shared_running = true,
+                Err(e) => {
+                    // No thread to close it: leaking one descriptor is better than a close
+                    // that may block the loop.
+                    tracing::warn!(error = %e, "cannot start a closer thread; leaking a descriptor");
+                    if let Some((_, fd)) = p.shared.pop_back() {
+                        std::mem::forget(fd);
+                    }
+                    p.total -= 1;
+                    if let Some(n) = p.per_uid.get_mut(&uid) {
+                        *n -= 1;
+                        if *n == 0 {
+                            p.per_uid.remove(&uid);
+                        }
+                    }
+                }
+            }
         }
     }
 
     /// Whether `uid` has as many closes waiting as it may: its connections are not read.
     fn over(&self, uid: u32) -> bool {
-        lock(&self.pending)
+        lock(&self.state.pending)
             .per_uid
             .get(&uid)
             .is_some_and(|&n| n >= PENDING_CLOSES_PER_UID)
@@ -311,7 +407,7 @@ impl Closer {
 
     /// Whether so many closes wait that no connection is accepted.
     fn full(&self) -> bool {
-        lock(&self.pending).total >= self.cap
+        lock(&self.state.pending).total >= self.cap
     }
 
     /// Takes the wake-up bytes.
@@ -583,13 +679,37 @@ impl Server {
                         },
                     );
                 }
-                Ok(None) => self.closer.close(uid, stream),
+                Ok(None) => self.close_socket(uid, stream),
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping a client connection");
-                    self.closer.close(uid, stream);
+                    self.close_socket(uid, stream);
                 }
             }
         }
+    }
+
+    /// Closes a connection's socket. If its user has as many closes waiting as it may, the
+    /// socket's receiving side is shut down (its peer can queue nothing more: the kernel
+    /// checks under the lock it queues under), what it holds is read once (a hello, and any
+    /// descriptors to its user's closer), and if nothing is left in flight it is closed here:
+    /// such a close releases no descriptor a client chose, so it cannot block and costs nothing
+    /// against the closers' limits. Otherwise it goes to its user's closer.
+    fn close_socket(&self, uid: u32, stream: UnixStream) {
+        if self.closer.over(uid) && stream.shutdown(std::net::Shutdown::Read).is_ok() {
+            // Does not block: with the receiving side shut down an empty queue reads as the
+            // end.
+            let mut buf = [0u8; 4096];
+            let mut fds = Vec::new();
+            let _ = sys::recv_with_fds(&stream, &mut buf, &mut fds);
+            for fd in fds {
+                self.closer.close(uid, fd);
+            }
+            if sys::unread_bytes(&stream) == Some(0) {
+                drop(stream);
+                return;
+            }
+        }
+        self.closer.close(uid, stream);
     }
 
     /// Refuses a connection with a hello that says why (the client reports the text), then
@@ -610,6 +730,18 @@ impl Server {
             .map_err(|e| Error::os("configuring a client connection", e))?;
         let cred = sys::peer_cred(stream)?;
         *uid = cred.uid;
+        if self.closer.over(cred.uid) {
+            // Not read if accepted: refused, and closed at once if nothing is in flight in it
+            // (`close_socket`), so that a user whose close is stuck cannot fill the closers'
+            // total with connections it opens and drops.
+            let text = format!(
+                "too many descriptors the clients of uid {} sent wait to be closed: try again \
+                 later",
+                cred.uid
+            );
+            self.refuse(stream, HELLO_BUSY, &text);
+            return Ok(None);
+        }
         if cred.pid == 0 {
             // The kernel gives pid 0 for a peer in a pid namespace this one cannot see: such a
             // client's death could not be told apart from anyone else's.
@@ -1021,7 +1153,7 @@ impl Server {
             let _ = self.epoll.delete(&c.stream);
             // The client's choice of files: the socket (its receive queue may hold descriptors
             // in flight, released by its close) and what it sent and no request took.
-            self.closer.close(c.peer.uid, c.stream);
+            self.close_socket(c.peer.uid, c.stream);
             for fd in c.fds {
                 self.closer.close(c.peer.uid, fd);
             }
