@@ -90,6 +90,30 @@ fn forge(name: &str, from: &Path) -> OwnedFd {
     fd
 }
 
+/// A namespace of this test, and a scratch directory (mode 0777, so that a coordinator of
+/// another user can make its socket there) with the socket's path.
+fn place(tag: &str) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let ns = format!("{tag}{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.join("c.sock");
+    (ns, dir, sock)
+}
+
+/// A coordinator of namespace `ns` on `sock`, running as uid 65534, once it is ready.
+fn daemon_as_nobody(dog: &Watchdog, sock: &Path, ns: &str) -> shmring_tests::Helper {
+    let mut d = dog.spawn(Command::new(env!("CARGO_BIN_EXE_shmring-peer")).args([
+        "daemon-as",
+        &NOBODY.to_string(),
+        &NOBODY.to_string(),
+        sock.to_str().unwrap(),
+        ns,
+    ]));
+    d.expect_line("ready");
+    d
+}
+
 #[test]
 fn clients_hand_their_segments_back_to_a_restarted_coordinator() {
     // SAFETY: geteuid has no preconditions.
@@ -99,22 +123,8 @@ fn clients_hand_their_segments_back_to_a_restarted_coordinator() {
     }
     let _serial = serial();
     let dog = Watchdog::new("hand back", Duration::from_secs(60));
-    let ns = format!("handback{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let sock = dir.join("c.sock");
-    let daemon = || {
-        let mut d = dog.spawn(Command::new(env!("CARGO_BIN_EXE_shmring-peer")).args([
-            "daemon-as",
-            &NOBODY.to_string(),
-            &NOBODY.to_string(),
-            sock.to_str().unwrap(),
-            &ns,
-        ]));
-        d.expect_line("ready");
-        d
-    };
+    let (ns, dir, sock) = place("handback");
+    let daemon = || daemon_as_nobody(&dog, &sock, &ns);
     let d1 = daemon();
     let client = Client::connect(Some(&sock)).unwrap();
     let g = client
@@ -266,22 +276,8 @@ fn a_deleted_generation_made_ready_again_is_not_adopted() {
     }
     let _serial = serial();
     let dog = Watchdog::new("plant", Duration::from_secs(60));
-    let ns = format!("plant{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let sock = dir.join("c.sock");
-    let daemon = || {
-        let mut d = dog.spawn(Command::new(env!("CARGO_BIN_EXE_shmring-peer")).args([
-            "daemon-as",
-            &NOBODY.to_string(),
-            &NOBODY.to_string(),
-            sock.to_str().unwrap(),
-            &ns,
-        ]));
-        d.expect_line("ready");
-        d
-    };
+    let (ns, dir, sock) = place("plant");
+    let daemon = || daemon_as_nobody(&dog, &sock, &ns);
     let d1 = daemon();
     let client = Client::connect(Some(&sock)).unwrap();
     let cfg = ChannelConfig::spsc().max_frame_size(64);
