@@ -30,9 +30,10 @@
 
 /**
  * Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
- * A program built against one ABI version needs a library of the same.
+ * A program built against one ABI version needs a library of the same. Version 2 added
+ * broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`.
  */
-#define SHMRING_ABI_VERSION 1
+#define SHMRING_ABI_VERSION 2
 
 /**
  * `shmring_frame.flags` bit: the frame was handed to a consumer that died before releasing
@@ -68,9 +69,15 @@ typedef struct shmring_producer shmring_producer;
 typedef int32_t shmring_status;
 
 /**
- * A channel kind: `SHMRING_SPSC` or `SHMRING_MPMC`.
+ * A channel kind: `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
  */
 typedef uint32_t shmring_kind;
+
+/**
+ * What the producer of a broadcast channel does when its ring is full:
+ * `SHMRING_OVERFLOW_BLOCK` or `SHMRING_OVERFLOW_DROP_OLDEST`.
+ */
+typedef uint32_t shmring_overflow;
 
 /**
  * The shape of a channel. Fill it with `shmring_channel_config_default`, then change what you
@@ -78,12 +85,12 @@ typedef uint32_t shmring_kind;
  */
 typedef struct shmring_channel_config {
     /**
-     * `SHMRING_SPSC` or `SHMRING_MPMC`.
+     * `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
      */
     shmring_kind kind;
     /**
-     * Bytes of frame storage, rounded up to a power of two (MPMC: divided into slots of
-     * max_frame_size).
+     * Bytes of frame storage, rounded up to a power of two (MPMC and broadcast: divided into
+     * slots of max_frame_size, a power of two of them).
      */
     uint64_t capacity;
     /**
@@ -95,13 +102,23 @@ typedef struct shmring_channel_config {
      */
     uint32_t mode;
     /**
-     * Producers admitted at once (SPSC: 1).
+     * Producers admitted at once (SPSC and broadcast: 1).
      */
     uint32_t max_producers;
     /**
-     * Consumers admitted at once (SPSC: 1).
+     * Consumers (broadcast: subscribers) admitted at once (SPSC: 1).
      */
     uint32_t max_consumers;
+    /**
+     * Broadcast: `SHMRING_OVERFLOW_BLOCK` (0, the default) or `SHMRING_OVERFLOW_DROP_OLDEST`;
+     * other kinds: 0.
+     */
+    shmring_overflow overflow;
+    /**
+     * Broadcast: a new subscriber first receives up to this many of the most recent frames
+     * still in the ring, then live ones (default 0; below the slot count); other kinds: 0.
+     */
+    uint32_t history;
 } shmring_channel_config;
 
 /**
@@ -109,7 +126,7 @@ typedef struct shmring_channel_config {
  */
 typedef struct shmring_stats {
     /**
-     * `SHMRING_SPSC` or `SHMRING_MPMC`.
+     * `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
      */
     shmring_kind kind;
     /**
@@ -121,11 +138,12 @@ typedef struct shmring_stats {
      */
     uint64_t capacity;
     /**
-     * MPMC: number of slots; SPSC: 0.
+     * MPMC and broadcast: number of slots; SPSC: 0.
      */
     uint64_t slots;
     /**
-     * Frames waiting (MPMC) or bytes waiting, headers and padding included (SPSC).
+     * Frames waiting (MPMC), bytes waiting, headers and padding included (SPSC), or the
+     * largest lag of a live subscriber (broadcast).
      */
     uint64_t depth;
     /**
@@ -199,6 +217,28 @@ typedef struct shmring_frame {
  * Many producers and consumers, fixed-size slots, each frame to exactly one consumer.
  */
 #define SHMRING_MPMC 2
+
+/**
+ * One producer, up to `max_consumers` subscribers, fixed-size slots, every frame to every
+ * subscriber (each frame published after a subscriber opened reaches it, in order).
+ */
+#define SHMRING_BROADCAST 3
+
+/**
+ * Lossless (the default): the producer waits for the slowest live subscriber, as any send
+ * waits for room (`SHMRING_WOULD_BLOCK` with timeout 0, `SHMRING_TIMED_OUT` after a timeout).
+ * A subscriber that dies stops holding it back as soon as the coordinator sees the death.
+ */
+#define SHMRING_OVERFLOW_BLOCK 0
+
+/**
+ * The producer never waits: it overwrites the oldest frame. A subscriber that was lapped skips
+ * to the oldest intact frame; `shmring_consumer_missed` counts exactly what it missed, and a
+ * frame overwritten while being read is counted there, never delivered damaged. On such a
+ * channel `shmring_read` hands out a checked copy held by the consumer (valid until
+ * `shmring_release`), not the bytes in the ring.
+ */
+#define SHMRING_OVERFLOW_DROP_OLDEST 1
 
 /**
  * Poll continuously: the lowest latency, one core kept busy.
@@ -327,10 +367,11 @@ const char *shmring_status_name(shmring_status status);
 const char *shmring_last_error(void);
 
 /**
- * Fills `*cfg` with the defaults of `kind`: SPSC: 1 MiB ring, frames up to 64 KiB, mode 0600;
- * MPMC: 1024 slots of 1 KiB, 16 producers and 16 consumers, mode 0600. A `kind` that is
- * neither gets the SPSC defaults with that kind, which `shmring_channel_create` refuses. Does
- * nothing if `cfg` is NULL. Any thread.
+ * Fills every field of `*cfg` with the defaults of `kind`: SPSC: 1 MiB ring, frames up to
+ * 64 KiB, mode 0600; MPMC: 1024 slots of 1 KiB, 16 producers and 16 consumers, mode 0600;
+ * broadcast: 1024 slots of 1 KiB, one producer, 16 subscribers, `SHMRING_OVERFLOW_BLOCK`, no
+ * history, mode 0600. A `kind` that is none of these gets the SPSC defaults with that kind,
+ * which `shmring_channel_create` refuses. Does nothing if `cfg` is NULL. Any thread.
  */
 void shmring_channel_config_default(struct shmring_channel_config *cfg, shmring_kind kind);
 
@@ -492,6 +533,15 @@ shmring_status shmring_consumer_open(struct shmring_client *client,
  * thread.
  */
 shmring_status shmring_consumer_set_wait(struct shmring_consumer *c, shmring_wait wait);
+
+/**
+ * The frames this consumer missed since it opened: on a broadcast channel with
+ * `SHMRING_OVERFLOW_DROP_OLDEST`, frames published after it opened that the producer
+ * overwrote before it received them (every such frame is either received or counted here,
+ * exactly once). 0 for every other channel, and for a `c` that is not a consumer (then
+ * `shmring_last_error()` says why). The consumer's thread.
+ */
+uint64_t shmring_consumer_missed(const struct shmring_consumer *c);
 
 /**
  * The largest frame the consumer's channel carries, in bytes: a buffer this long fits every

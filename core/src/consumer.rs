@@ -6,7 +6,7 @@ use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::sync::Ordering::Relaxed;
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
-use crate::{mpmc, spsc};
+use crate::{broadcast, mpmc, spsc};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,17 +61,26 @@ enum Ring {
         core: mpmc::ConsumerCore,
         outstanding: Option<u64>,
     },
+    /// `missed_base`: the entry's `missed` counter when this subscriber joined (the entry's
+    /// counters continue a predecessor's; the handle's count starts at zero).
+    Broadcast {
+        core: broadcast::ConsumerCore,
+        missed_base: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Token {
     payload: DataRange,
     flags: u8,
-    /// MPMC position; unused for SPSC.
+    /// MPMC position; unused for SPSC and broadcast.
     pos: u64,
+    /// Broadcast: the frame is a validated copy in the subscriber's scratch buffer
+    /// (`payload.len()` bytes), not in the ring.
+    copied: bool,
 }
 
-/// The receiving end of a channel, SPSC or MPMC.
+/// The receiving end of a channel: SPSC, MPMC or broadcast (a subscriber).
 ///
 /// A `Consumer` owns one entry of the channel's consumer table from
 /// [`Segment::consumer`](crate::Segment::consumer) until it is dropped. It is `Send` but not
@@ -82,6 +91,13 @@ struct Token {
 /// * [`read`](Consumer::read) lends it in place as a [`Frame`], released when dropped;
 /// * [`drain`](Consumer::try_drain) hands up to N frames to a closure and releases them with one
 ///   store.
+///
+/// On a broadcast channel whose overflow policy is
+/// [`DropOldest`](crate::Overflow::DropOldest), the producer may overwrite a frame at any
+/// moment, so `read` and `drain` hand out a validated copy held by the handle rather than the
+/// bytes in the ring (a frame overwritten while it was copied is counted in
+/// [`missed`](Consumer::missed), never delivered torn); so do history frames on a
+/// [`Block`](crate::Overflow::Block) channel. Every other read is in place.
 #[derive(Debug)]
 pub struct Consumer {
     mem: Arc<Memory>,
@@ -123,6 +139,19 @@ impl Consumer {
                 core: mpmc::ConsumerCore::new(membership.index()),
                 outstanding: None,
             },
+            crate::Kind::Broadcast => {
+                match broadcast::ConsumerCore::attach(&mem, membership.index()) {
+                    Ok(core) => Ring::Broadcast {
+                        core,
+                        // Relaxed: our own counter, continued from a predecessor's.
+                        missed_base: membership.participant(&mem).missed.load(Relaxed),
+                    },
+                    Err(e) => {
+                        membership.leave(&mem);
+                        return Err(e);
+                    }
+                }
+            }
         };
         let me = membership.participant(&mem);
         // Relaxed: our own counters, continued from a predecessor's.
@@ -158,6 +187,27 @@ impl Consumer {
         self.membership.index()
     }
 
+    /// Frames this consumer missed since it opened: on a broadcast channel with
+    /// [`Overflow::DropOldest`](crate::Overflow::DropOldest), frames published after it joined
+    /// that the producer overwrote before it received them. Every frame published after the
+    /// join is either received or counted here. Zero for every other channel.
+    pub fn missed(&self) -> u64 {
+        match &self.ring {
+            Ring::Broadcast { core, .. } => core.missed(),
+            _ => 0,
+        }
+    }
+
+    /// Frames published and not yet received by this consumer, as far as it can tell without
+    /// synchronising (a statistic): a broadcast subscriber's lag behind the producer. `None`
+    /// for other kinds.
+    pub fn lag(&self) -> Option<u64> {
+        match &self.ring {
+            Ring::Broadcast { core, .. } => Some(core.lag(&self.mem)),
+            _ => None,
+        }
+    }
+
     /// Takes the next frame, leaving it unreleased. `fits`: fail with `BufferTooSmall`, leaving
     /// the frame in the ring, if it is longer.
     #[inline(always)]
@@ -174,6 +224,25 @@ impl Consumer {
                     payload: peeked.payload(),
                     flags: peeked.flags(),
                     pos: 0,
+                    copied: false,
+                })
+            }
+            Ring::Broadcast { core, .. } => {
+                let (taken, flags) = core.try_take(&self.mem)?;
+                let (payload, copied) = match taken {
+                    broadcast::Taken::InPlace(r) => (r, false),
+                    broadcast::Taken::Copied(len) => (
+                        self.mem
+                            .range(0, len)
+                            .expect("a copy is at most max_frame_size, within the data region"),
+                        true,
+                    ),
+                };
+                Ok(Token {
+                    payload,
+                    flags,
+                    pos: 0,
+                    copied,
                 })
             }
             Ring::Mpmc { core, outstanding } => {
@@ -199,6 +268,7 @@ impl Consumer {
         match &mut self.ring {
             Ring::Spsc(core) => core.release(&self.mem),
             Ring::Mpmc { core, .. } => core.release(&self.mem, token.pos),
+            Ring::Broadcast { core, .. } => core.release(&self.mem),
         }
         // Wrapping: the counters continue a predecessor's, read from shared memory.
         self.frames = self.frames.wrapping_add(1);
@@ -213,6 +283,11 @@ impl Consumer {
         // Relaxed: statistics, read without synchronisation.
         me.frames.store(self.frames, Relaxed);
         me.bytes.store(self.bytes, Relaxed);
+        if let Ring::Broadcast { core, missed_base } = &self.ring {
+            // Relaxed: a statistic, like the counters above.
+            me.missed
+                .store(missed_base.wrapping_add(core.missed()), Relaxed);
+        }
         wait::notify(self.mem.consumer_line(), self.light);
     }
 
@@ -230,9 +305,12 @@ impl Consumer {
     /// come. Out of line: the path that delivers a frame stays short.
     #[inline(never)]
     fn settle_empty(&mut self, what: &'static str) -> Error {
-        if let Ring::Spsc(core) = &mut self.ring
-            && core.take_freed()
-        {
+        let freed = match &mut self.ring {
+            Ring::Spsc(core) => core.take_freed(),
+            Ring::Broadcast { core, .. } => core.settle_empty(&self.mem),
+            Ring::Mpmc { .. } => false,
+        };
+        if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
         if self.mem.deleted() {
@@ -281,7 +359,8 @@ impl Consumer {
     #[cold]
     fn check_ring(&self) -> Result<()> {
         match &self.ring {
-            Ring::Spsc(_) => Ok(()),
+            // A broadcast retry re-reads and checks the slot it waits on.
+            Ring::Spsc(_) | Ring::Broadcast { .. } => Ok(()),
             Ring::Mpmc { .. } => mpmc::check_cursors(&self.mem).map(drop),
         }
     }
@@ -292,6 +371,7 @@ impl Consumer {
         match &self.ring {
             Ring::Spsc(core) => core.watch(&self.mem),
             Ring::Mpmc { core, .. } => core.watch(&self.mem),
+            Ring::Broadcast { core, .. } => core.watch(&self.mem),
         }
     }
 
@@ -299,6 +379,7 @@ impl Consumer {
     fn try_recv_inner(&mut self, buf: &mut [u8]) -> Result<Received> {
         let (len, flags) = match &mut self.ring {
             Ring::Spsc(core) => core.try_recv(&self.mem, buf)?,
+            Ring::Broadcast { core, .. } => core.try_recv(&self.mem, buf)?,
             Ring::Mpmc { .. } => {
                 // `take` checked the length it delivers against the buffer (`mpmc_take`).
                 let token = self.take(Some(buf.len()))?;
@@ -392,9 +473,13 @@ impl Consumer {
         if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
             *outstanding = Some(token.pos);
         }
-        // SAFETY: the frame was taken by this consumer and stays unreleased until
-        // `release_detached`; the pointer is handed out raw.
-        let ptr = unsafe { self.mem.slice(token.payload) }.as_ptr();
+        let ptr = match &self.ring {
+            // The copy stays in the scratch buffer until the next receive.
+            Ring::Broadcast { core, .. } if token.copied => core.scratch().as_ptr(),
+            // SAFETY: the frame was taken by this consumer and stays unreleased until
+            // `release_detached`; the pointer is handed out raw.
+            _ => unsafe { self.mem.slice(token.payload) }.as_ptr(),
+        };
         Ok(DetachedFrame {
             token,
             ptr,
@@ -437,6 +522,26 @@ impl Consumer {
                     f(bytes, FrameFlags::from_bits(peeked.flags()));
                 }
                 // One release for the whole batch (if `f` panicked, the next release covers it).
+                core.release(mem);
+            }
+            Ring::Broadcast { core, .. } => {
+                let mem = &*self.mem;
+                while n < max {
+                    let (taken, flags) = match core.try_take(mem) {
+                        Ok(t) => t,
+                        Err(e) if n == 0 => return Err(e),
+                        Err(_) => break,
+                    };
+                    let bytes = match taken {
+                        // SAFETY: the frame was taken and is not released before the callback
+                        // returns; the producer does not write it until then.
+                        broadcast::Taken::InPlace(r) => unsafe { mem.slice(r) },
+                        broadcast::Taken::Copied(len) => &core.scratch()[..len],
+                    };
+                    self.bytes = self.bytes.wrapping_add(bytes.len() as u64);
+                    n += 1;
+                    f(bytes, FrameFlags::from_bits(flags));
+                }
                 core.release(mem);
             }
             Ring::Mpmc { core, outstanding } => {
@@ -573,6 +678,7 @@ fn mpmc_take(
                     payload,
                     flags,
                     pos,
+                    copied: false,
                 });
             }
             Ok(mpmc::Slot::Skip) => {
@@ -658,6 +764,11 @@ impl Drop for Consumer {
                     wait::notify(self.mem.consumer_line(), self.light);
                 }
             }
+            // Holds the producer back no more, and wakes it if it waits for us.
+            Ring::Broadcast { core, .. } => {
+                core.close(&self.mem);
+                wait::notify(self.mem.consumer_line(), self.light);
+            }
         }
         self.membership.leave(&self.mem);
     }
@@ -721,6 +832,11 @@ impl Deref for Frame<'_> {
 
     #[inline(always)]
     fn deref(&self) -> &[u8] {
+        if let Ring::Broadcast { core, .. } = &self.consumer.ring
+            && self.token.copied
+        {
+            return &core.scratch()[..self.token.payload.len()];
+        }
         // SAFETY: the frame was taken by this consumer and is released only when the Frame
         // drops; the producer does not write its bytes before that. The Frame borrows the
         // consumer mutably, so this process has no writable reference into it.

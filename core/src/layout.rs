@@ -22,7 +22,7 @@
 //!         +-----------------------------------------------+  (padded to a 4096-byte boundary)
 //!  data   | data region                                    | data_len
 //!         |   SPSC: byte ring of variable-length records   |
-//!         |   MPMC: `slots` fixed-size slots               |
+//!         |   MPMC, broadcast: `slots` fixed-size slots    |
 //!         +-----------------------------------------------+  total_size
 //! ```
 //!
@@ -84,10 +84,10 @@
 //! # Participant (128 bytes, one per admitted producer or consumer)
 //!
 //! ```text
-//!   0        8        16       24       32       40   44   48         56                  128
-//!  +--------+--------+--------+--------+--------+----+----+----------+-------------------+
-//!  | owner  | claim  | frames | bytes  |released|park|  0 |start_time|  (unused, zero)   |
-//!  +--------+--------+--------+--------+--------+----+----+----------+-------------------+
+//!   0        8        16       24       32       40   44   48         56       64         128
+//!  +--------+--------+--------+--------+--------+----+----+----------+--------+----------+
+//!  | owner  | claim  | frames | bytes  |released|park|  0 |start_time| missed | (unused) |
+//!  +--------+--------+--------+--------+--------+----+----+----------+--------+----------+
 //! ```
 //! `owner` is zero when free, else `incarnation << 32 | pid`. `start_time` is the owner's
 //! process start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`): with the pid it
@@ -100,6 +100,12 @@
 //! * SPSC consumer: its *delivered* position: frames in `[released, delivered)` were handed to
 //!   the application and not released; a successor flags them redelivered;
 //! * SPSC producer: unused (zero); the producer's state is the tail and the records.
+//! * broadcast producer or subscriber: unused (zero).
+//!
+//! `released` of a broadcast subscriber is its cursor, published lazily like the SPSC head
+//! (`broadcast.rs`): the producer of a `BLOCK` channel never overwrites a position at or past
+//! the smallest `released` of the live subscribers. `missed` counts the frames a subscriber of a
+//! `DROP_OLDEST` channel was lapped on (published with its statistics).
 //!
 //! `released` is the SPSC consumer's true position: everything before it was consumed. The
 //! consumer line's head publishes it to the producer lazily (in batches of a quarter ring, and
@@ -138,8 +144,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 
 /// `b"shmring\0"` read as a native-endian `u64`: the first eight bytes of every segment.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
-/// Bumped on any change to the bytes described in this module.
-pub const LAYOUT_VERSION: u32 = 2;
+/// Bumped on any change to the bytes described in this module (3: broadcast channels, the
+/// header's `overflow` and `history`, the participant's `missed`).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -204,6 +211,8 @@ pub enum Kind {
     Spsc = 1,
     /// Many producers, many consumers, fixed-size slots; each frame goes to one consumer.
     Mpmc = 2,
+    /// One producer, many subscribers, fixed-size slots; every frame goes to every subscriber.
+    Broadcast = 3,
 }
 
 impl Kind {
@@ -211,6 +220,7 @@ impl Kind {
         match v {
             1 => Some(Kind::Spsc),
             2 => Some(Kind::Mpmc),
+            3 => Some(Kind::Broadcast),
             _ => None,
         }
     }
@@ -221,6 +231,7 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Kind::Spsc => "spsc",
             Kind::Mpmc => "mpmc",
+            Kind::Broadcast => "broadcast",
         })
     }
 }
@@ -239,8 +250,8 @@ pub struct SegmentHeader {
     pub state: u32,
     /// A [`Kind`] as `u32`.
     pub kind: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// Broadcast: an [`Overflow`] policy as `u32`; other kinds: zero.
+    pub overflow: u32,
     /// Bytes of the whole segment.
     pub total_size: u64,
     /// SPSC: bytes of the ring; MPMC: number of slots. A power of two.
@@ -276,10 +287,12 @@ pub struct SegmentHeader {
     pub owner_uid: u32,
     /// The channel owner's group id.
     pub owner_gid: u32,
+    /// Broadcast: frames a new subscriber is offered from before it joined; otherwise zero.
+    pub history: u64,
     /// FNV-1a 64 of the fields above, with `state` counted as zero.
     pub checksum: u64,
     /// Zero.
-    pub reserved: [u64; 15],
+    pub reserved: [u64; 14],
 }
 
 /// Offset of `SegmentHeader::state` (the only header field accessed atomically).
@@ -292,6 +305,7 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, layout_version) == 8);
     assert!(STATE_OFFSET == 12);
     assert!(offset_of!(SegmentHeader, kind) == 16);
+    assert!(offset_of!(SegmentHeader, overflow) == 20);
     assert!(offset_of!(SegmentHeader, total_size) == 24);
     assert!(offset_of!(SegmentHeader, capacity) == 32);
     assert!(offset_of!(SegmentHeader, max_frame_size) == 40);
@@ -306,7 +320,8 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, generation) == 112);
     assert!(offset_of!(SegmentHeader, owner_uid) == 120);
     assert!(offset_of!(SegmentHeader, owner_gid) == 124);
-    assert!(offset_of!(SegmentHeader, checksum) == 128);
+    assert!(offset_of!(SegmentHeader, history) == 128);
+    assert!(offset_of!(SegmentHeader, checksum) == 136);
 };
 
 impl SegmentHeader {
@@ -317,7 +332,7 @@ impl SegmentHeader {
         h.u32(self.layout_version);
         h.u32(0); // state changes after the checksum is written
         h.u32(self.kind);
-        h.u32(self.flags);
+        h.u32(self.overflow);
         h.u64(self.total_size);
         h.u64(self.capacity);
         h.u32(self.max_frame_size);
@@ -335,6 +350,7 @@ impl SegmentHeader {
         h.u64(self.generation);
         h.u32(self.owner_uid);
         h.u32(self.owner_gid);
+        h.u64(self.history);
         h.0
     }
 }
@@ -381,7 +397,8 @@ pub struct Participant {
     pub frames: AtomicU64,
     /// Payload bytes this participant sent or received.
     pub bytes: AtomicU64,
-    /// SPSC consumer: the position up to which frames were released; otherwise zero.
+    /// SPSC consumer: the position up to which frames were released; broadcast subscriber: its
+    /// cursor; otherwise zero.
     pub released: AtomicU64,
     /// `PARKED_*`: the cursor line whose `waiters` count the owner is in.
     pub parked: AtomicU32,
@@ -389,6 +406,8 @@ pub struct Participant {
     pub reserved: AtomicU32,
     /// The owner's process start time (clock ticks since boot), zero if unknown.
     pub start_time: AtomicU64,
+    /// Broadcast subscriber: frames it was lapped on and never received; otherwise zero.
+    pub missed: AtomicU64,
 }
 
 /// `Participant::parked`: not counted in any line's waiters.
@@ -428,6 +447,7 @@ const _: () = {
     assert!(offset_of!(Participant, released) == 32);
     assert!(offset_of!(Participant, parked) == 40);
     assert!(offset_of!(Participant, start_time) == 48);
+    assert!(offset_of!(Participant, missed) == 56);
     assert!(size_of::<RepairLine>() == LINE && align_of::<RepairLine>() == LINE);
     assert!(offset_of!(RepairLine, owner) == 0);
     assert!(offset_of!(RepairLine, claim) == 8);
@@ -543,10 +563,45 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// What the producer of a broadcast channel does when its ring is full.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u32)]
+pub enum Overflow {
+    /// Lossless: the producer waits for the slowest live subscriber (back-pressure).
+    #[default]
+    Block = 0,
+    /// The producer never waits: it overwrites the oldest frame, and a subscriber that was
+    /// lapped skips to the oldest intact frame, counting exactly what it missed.
+    DropOldest = 1,
+}
+
+impl Overflow {
+    /// The policy of its `u32` value.
+    pub fn from_u32(v: u32) -> Option<Overflow> {
+        match v {
+            0 => Some(Overflow::Block),
+            1 => Some(Overflow::DropOldest),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overflow::Block => "block",
+            Overflow::DropOldest => "drop-oldest",
+        })
+    }
+}
+
 /// The shape of a channel as a user asks for it. Sizes are rounded as [`Geometry::new`] says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelConfig {
-    /// SPSC or MPMC.
+    /// SPSC, MPMC or broadcast.
     pub kind: Kind,
     /// Bytes of frame storage, rounded up to a power of two. For MPMC this buys
     /// `capacity / max_frame_size` slots (rounded up to a power of two, at least 2).
@@ -559,6 +614,11 @@ pub struct ChannelConfig {
     pub max_consumers: u32,
     /// Permission bits of the shared-memory object (e.g. `0o600`).
     pub mode: u32,
+    /// Broadcast: what the producer does when the ring is full (other kinds: `Block`).
+    pub overflow: Overflow,
+    /// Broadcast: how many of the most recent frames still in the ring a new subscriber
+    /// receives before the live ones (less than the slot count; other kinds: zero).
+    pub history: u32,
 }
 
 impl ChannelConfig {
@@ -571,6 +631,8 @@ impl ChannelConfig {
             max_producers: 1,
             max_consumers: 1,
             mode: 0o600,
+            overflow: Overflow::Block,
+            history: 0,
         }
     }
 
@@ -584,6 +646,23 @@ impl ChannelConfig {
             max_producers: 16,
             max_consumers: 16,
             mode: 0o600,
+            overflow: Overflow::Block,
+            history: 0,
+        }
+    }
+
+    /// A broadcast channel: 1 MiB of frame storage in 1 KiB frames (1024 slots), one producer,
+    /// up to 16 subscribers, overflow [`Overflow::Block`], no history, mode 0600.
+    pub const fn broadcast() -> ChannelConfig {
+        ChannelConfig {
+            kind: Kind::Broadcast,
+            capacity: 1 << 20,
+            max_frame_size: 1 << 10,
+            max_producers: 1,
+            max_consumers: 16,
+            mode: 0o600,
+            overflow: Overflow::Block,
+            history: 0,
         }
     }
 
@@ -592,7 +671,20 @@ impl ChannelConfig {
         match kind {
             Kind::Spsc => ChannelConfig::spsc(),
             Kind::Mpmc => ChannelConfig::mpmc(),
+            Kind::Broadcast => ChannelConfig::broadcast(),
         }
+    }
+
+    /// Sets [`ChannelConfig::overflow`].
+    pub const fn overflow(mut self, overflow: Overflow) -> ChannelConfig {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Sets [`ChannelConfig::history`].
+    pub const fn history(mut self, frames: u32) -> ChannelConfig {
+        self.history = frames;
+        self
     }
 
     /// Sets [`ChannelConfig::capacity`].
@@ -661,15 +753,19 @@ impl Origin {
 /// keeps its own copy and never re-reads these values from shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
-    /// SPSC or MPMC.
+    /// SPSC, MPMC or broadcast.
     pub kind: Kind,
-    /// SPSC: ring bytes; MPMC: slots. A power of two.
+    /// Broadcast: the overflow policy; other kinds: `Block`.
+    pub overflow: Overflow,
+    /// Broadcast: frames of history a new subscriber is offered (less than `capacity`).
+    pub history: u32,
+    /// SPSC: ring bytes; MPMC and broadcast: slots. A power of two.
     pub capacity: u64,
     /// `log2(capacity)`.
     pub capacity_log2: u32,
     /// Largest frame payload.
     pub max_frame_size: u32,
-    /// MPMC bytes per slot; zero for SPSC.
+    /// MPMC and broadcast bytes per slot; zero for SPSC.
     pub slot_stride: u32,
     /// Producer table entries.
     pub max_producers: u32,
@@ -700,6 +796,7 @@ impl Geometry {
     /// * MPMC: `slots = capacity / max_frame_size` rounded up to a power of two, at least
     ///   [`MIN_SLOTS`]; each slot is `16 + max_frame_size` bytes rounded up to 64, so producers
     ///   writing neighbouring slots never share a cache line.
+    /// * Broadcast: slots as MPMC; one producer; `history` below the slot count.
     pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
         if cfg.max_frame_size > MAX_FRAME_SIZE {
             return Err(invalid(format!(
@@ -717,6 +814,12 @@ impl Geometry {
             return Err(invalid(format!(
                 "mode {:o} has bits outside 0o777",
                 cfg.mode
+            )));
+        }
+        if cfg.kind != Kind::Broadcast && (cfg.overflow != Overflow::Block || cfg.history != 0) {
+            return Err(invalid(format!(
+                "an overflow policy and history apply to broadcast channels only (a {} channel got overflow {}, history {})",
+                cfg.kind, cfg.overflow, cfg.history
             )));
         }
         match cfg.kind {
@@ -739,7 +842,13 @@ impl Geometry {
                 }
                 Geometry::build(Kind::Spsc, capacity, cfg.max_frame_size, 0, 1, 1)
             }
-            Kind::Mpmc => {
+            Kind::Mpmc | Kind::Broadcast => {
+                if cfg.kind == Kind::Broadcast && cfg.max_producers != 1 {
+                    return Err(invalid(format!(
+                        "a broadcast channel has exactly one producer (got max_producers {})",
+                        cfg.max_producers
+                    )));
+                }
                 for (what, n) in [
                     ("max_producers", cfg.max_producers),
                     ("max_consumers", cfg.max_consumers),
@@ -762,14 +871,23 @@ impl Geometry {
                         "{slots} slots of {stride} bytes exceed the limit of {MAX_DATA_LEN} bytes"
                     )));
                 }
-                Geometry::build(
-                    Kind::Mpmc,
+                if u64::from(cfg.history) >= slots {
+                    return Err(invalid(format!(
+                        "history {} must be below the channel's {slots} slots (raise capacity or lower history)",
+                        cfg.history
+                    )));
+                }
+                let mut g = Geometry::build(
+                    cfg.kind,
                     slots,
                     cfg.max_frame_size,
                     stride as u32,
                     cfg.max_producers,
                     cfg.max_consumers,
-                )
+                )?;
+                g.overflow = cfg.overflow;
+                g.history = cfg.history;
+                Ok(g)
             }
         }
     }
@@ -786,7 +904,7 @@ impl Geometry {
         let data = align_up(PARTICIPANTS as u64 + participants_len, DATA_ALIGN as u64);
         let data_len = match kind {
             Kind::Spsc => capacity,
-            Kind::Mpmc => capacity * u64::from(slot_stride),
+            Kind::Mpmc | Kind::Broadcast => capacity * u64::from(slot_stride),
         };
         let total = data + data_len;
         let to_usize = |v: u64| {
@@ -795,6 +913,8 @@ impl Geometry {
         };
         Ok(Geometry {
             kind,
+            overflow: Overflow::Block,
+            history: 0,
             capacity,
             capacity_log2: capacity.trailing_zeros(),
             max_frame_size,
@@ -807,7 +927,7 @@ impl Geometry {
         })
     }
 
-    /// `capacity - 1`: masks a position to its offset (SPSC) or slot index (MPMC).
+    /// `capacity - 1`: masks a position to its offset (SPSC) or slot index (MPMC, broadcast).
     #[inline(always)]
     pub fn mask(&self) -> u64 {
         self.capacity - 1
@@ -830,7 +950,7 @@ impl Geometry {
             layout_version: LAYOUT_VERSION,
             state: STATE_INITIALISING,
             kind: self.kind as u32,
-            flags: 0,
+            overflow: self.overflow as u32,
             total_size: self.total_size as u64,
             capacity: self.capacity,
             max_frame_size: self.max_frame_size,
@@ -848,8 +968,9 @@ impl Geometry {
             generation: origin.generation,
             owner_uid: origin.owner_uid,
             owner_gid: origin.owner_gid,
+            history: u64::from(self.history),
             checksum: 0,
-            reserved: [0; 15],
+            reserved: [0; 14],
         };
         h.checksum = h.compute_checksum();
         h
@@ -888,6 +1009,10 @@ impl Geometry {
                 h.capacity
             )));
         }
+        let overflow = Overflow::from_u32(h.overflow)
+            .ok_or_else(|| Error::Corrupted(format!("unknown overflow policy {}", h.overflow)))?;
+        let history = u32::try_from(h.history)
+            .map_err(|_| Error::Corrupted(format!("history {} out of range", h.history)))?;
         let expect = match kind {
             Kind::Spsc => {
                 let cfg = ChannelConfig {
@@ -897,10 +1022,12 @@ impl Geometry {
                     max_producers: h.max_producers,
                     max_consumers: h.max_consumers,
                     mode: h.mode & 0o777,
+                    overflow,
+                    history,
                 };
                 Geometry::new(&cfg)
             }
-            Kind::Mpmc => {
+            Kind::Mpmc | Kind::Broadcast => {
                 let stride = align_up(SLOT_PAYLOAD as u64 + u64::from(h.max_frame_size), 64);
                 if u64::from(h.slot_stride) != stride || h.capacity < MIN_SLOTS {
                     return Err(Error::Corrupted(format!(
@@ -914,9 +1041,12 @@ impl Geometry {
                     || h.max_producers > MAX_PARTICIPANTS
                     || h.max_consumers == 0
                     || h.max_consumers > MAX_PARTICIPANTS
+                    || (kind == Kind::Broadcast && h.max_producers != 1)
+                    || u64::from(history) >= h.capacity
+                    || (kind != Kind::Broadcast && (overflow != Overflow::Block || history != 0))
                 {
                     return Err(Error::Corrupted(format!(
-                        "MPMC sizes out of range (slots {}, max_frame_size {}, producers {}, consumers {})",
+                        "{kind} sizes out of range (slots {}, max_frame_size {}, producers {}, consumers {}, overflow {overflow}, history {history})",
                         h.capacity, h.max_frame_size, h.max_producers, h.max_consumers
                     )));
                 }
@@ -928,6 +1058,11 @@ impl Geometry {
                     h.max_producers,
                     h.max_consumers,
                 )
+                .map(|mut g| {
+                    g.overflow = overflow;
+                    g.history = history;
+                    g
+                })
             }
         }
         .map_err(|e| Error::Corrupted(format!("segment header describes an impossible channel: {e}")))?;

@@ -8,9 +8,13 @@
 //! * **SPSC** ([`Kind::Spsc`]): one producer, one consumer, variable-length frames packed in a
 //!   byte ring; a small frame crosses between cores in a single cache-line transfer;
 //! * **MPMC** ([`Kind::Mpmc`]): many producers and consumers over fixed-size slots, each frame
-//!   delivered to exactly one consumer.
+//!   delivered to exactly one consumer;
+//! * **broadcast** ([`Kind::Broadcast`]): one producer, up to `max_consumers` subscribers over
+//!   fixed-size slots, every frame delivered to every subscriber, with an [`Overflow`] policy
+//!   for a full ring (wait for the slowest subscriber, or overwrite the oldest frame and count
+//!   exactly what a lapped subscriber missed) and optional history for late joiners.
 //!
-//! Both offer copying sends and receives, zero-copy claims and reads, batches, and non-blocking,
+//! All offer copying sends and receives, zero-copy claims and reads, batches, and non-blocking,
 //! timed and blocking variants, with a per-handle [`WaitStrategy`] (spin, yield, or park on a
 //! futex). The data path makes no system call while there is work to do.
 //!
@@ -46,6 +50,7 @@
 // A loom build compiles only the ring cores and their models; what serves the handles is unused.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+mod broadcast;
 mod error;
 pub mod layout;
 mod mpmc;
@@ -84,7 +89,7 @@ mod tests;
 pub struct ReadmeExample;
 
 pub use error::{Error, Result};
-pub use layout::{ChannelConfig, Geometry, Kind, Origin, Role};
+pub use layout::{ChannelConfig, Geometry, Kind, Origin, Overflow, Role};
 
 #[cfg(not(loom))]
 pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
-use crate::{mpmc, spsc};
+use crate::{broadcast, mpmc, spsc};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,24 +13,26 @@ use std::time::Duration;
 enum Ring {
     Spsc(spsc::ProducerCore),
     Mpmc(mpmc::ProducerCore),
+    Broadcast(broadcast::ProducerCore),
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Token {
     Spsc(spsc::Claimed),
     Mpmc { pos: u64, payload: DataRange },
+    Broadcast { pos: u64, payload: DataRange },
 }
 
 impl Token {
     fn payload(&self) -> DataRange {
         match self {
             Token::Spsc(c) => c.payload(),
-            Token::Mpmc { payload, .. } => *payload,
+            Token::Mpmc { payload, .. } | Token::Broadcast { payload, .. } => *payload,
         }
     }
 }
 
-/// The sending end of a channel, SPSC or MPMC.
+/// The sending end of a channel: SPSC, MPMC or broadcast.
 ///
 /// A `Producer` owns one entry of the channel's producer table from
 /// [`Segment::producer`](crate::Segment::producer) until it is dropped. It is `Send` (it may move
@@ -107,6 +109,13 @@ impl Producer {
                 }
             },
             crate::Kind::Mpmc => Ring::Mpmc(mpmc::ProducerCore::new(membership.index())),
+            crate::Kind::Broadcast => match broadcast::ProducerCore::attach(&mem) {
+                Ok(core) => Ring::Broadcast(core),
+                Err(e) => {
+                    membership.leave(&mem);
+                    return Err(e);
+                }
+            },
         };
         let me = membership.participant(&mem);
         // Relaxed: our own counters, continued from a predecessor's.
@@ -170,6 +179,9 @@ impl Producer {
                     }
                 })
             }
+            Ring::Broadcast(core) => core
+                .try_claim(&self.mem, len)
+                .map(|(pos, payload)| Token::Broadcast { pos, payload }),
         };
         r.map_err(|e| self.full(e))
     }
@@ -197,6 +209,9 @@ impl Producer {
         match (&mut self.ring, token) {
             (Ring::Spsc(core), Token::Spsc(c)) => core.commit(&self.mem, c, len, !self.batching),
             (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, 0),
+            (Ring::Broadcast(core), Token::Broadcast { pos, .. }) => {
+                core.commit(&self.mem, pos, len)
+            }
             _ => unreachable!("a token always comes from this producer's ring"),
         }
         // Wrapping: as in `try_send_inner`.
@@ -218,6 +233,8 @@ impl Producer {
             self.dirty = true;
         }
         // SPSC: nothing was written for the record; any padding before it stays staged.
+        // Broadcast: the slot stays marked as being written (empty to subscribers) and is
+        // claimed again by the next send.
         if !self.batching {
             self.publish();
         }
@@ -279,7 +296,8 @@ impl Producer {
     #[cold]
     fn check_ring(&self) -> Result<()> {
         match &self.ring {
-            Ring::Spsc(_) => Ok(()),
+            // The broadcast retry scans the subscribers again, which is all it depends on.
+            Ring::Spsc(_) | Ring::Broadcast(_) => Ok(()),
             Ring::Mpmc(_) => mpmc::check_cursors(&self.mem).map(drop),
         }
     }
@@ -290,6 +308,7 @@ impl Producer {
         match &self.ring {
             Ring::Spsc(core) => core.watch(&self.mem),
             Ring::Mpmc(core) => core.watch(&self.mem),
+            Ring::Broadcast(core) => core.watch(&self.mem),
         }
     }
 
@@ -308,6 +327,7 @@ impl Producer {
                 }
                 r
             }
+            Ring::Broadcast(core) => core.try_send(&self.mem, frame),
         };
         if let Err(e) = r {
             return Err(self.full(e));

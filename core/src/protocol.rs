@@ -24,13 +24,13 @@
 //! connection is closed; the coordinator never panics on any input.
 
 use crate::error::Error;
-use crate::layout::{ChannelConfig, Kind, Role};
+use crate::layout::{ChannelConfig, Kind, Overflow, Role};
 
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this library speaks. Bumped on any incompatible change to
 /// [`Request`] or [`Reply`]; the hello format never changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first eight bytes of both hellos.
 pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
@@ -282,11 +282,15 @@ impl ErrorCode {
 pub struct ChannelInfo {
     /// Channel name.
     pub name: String,
-    /// SPSC or MPMC.
+    /// SPSC, MPMC or broadcast.
     pub kind: Kind,
+    /// Broadcast: the overflow policy (`block` for the other kinds).
+    pub overflow: Overflow,
+    /// Broadcast: frames of history a new subscriber receives first.
+    pub history: u32,
     /// Bytes of frame storage (the ring, or every slot).
     pub capacity_bytes: u64,
-    /// MPMC: number of slots; SPSC: zero.
+    /// MPMC and broadcast: number of slots; SPSC: zero.
     pub slots: u64,
     /// Largest frame.
     pub max_frame_size: u32,
@@ -308,7 +312,8 @@ pub struct ChannelInfo {
     pub producers: u32,
     /// Consumers admitted now.
     pub consumers: u32,
-    /// Frames waiting (MPMC) or bytes waiting, headers and padding included (SPSC).
+    /// Frames waiting (MPMC), bytes waiting, headers and padding included (SPSC), or the
+    /// largest lag of a subscriber (broadcast).
     pub depth: u64,
 }
 
@@ -325,6 +330,10 @@ pub struct ParticipantInfo {
     pub frames: u64,
     /// Payload bytes it sent or received.
     pub bytes: u64,
+    /// Broadcast subscriber: frames published that it has not released yet.
+    pub lag: Option<u64>,
+    /// Broadcast subscriber: frames it was lapped on and never received.
+    pub missed: u64,
 }
 
 /// A channel's counters, as `stat` shows them.

@@ -430,6 +430,7 @@ mod heap {
                         parked: AtomicU32::new(0),
                         reserved: AtomicU32::new(0),
                         start_time: AtomicU64::new(0),
+                        missed: AtomicU64::new(0),
                     })
                     .collect(),
                 words: (0..geo.data_len / 8).map(|_| AtomicU64::new(0)).collect(),

@@ -16,6 +16,8 @@
 //! | SPSC consumer | frames in `[released, delivered)` | the head is published up to `released`, giving the producer the space of everything consumed; a successor resumes at `released` and flags `[released, delivered)` redelivered |
 //! | MPMC producer | positions it took and never committed: `seq == p` with the cursor past `p` | committed as `Skip` records, so consumers step over them |
 //! | MPMC consumer | positions it took and never released: `seq == p + 1` with the cursor past `p` | each frame enqueued again, flagged redelivered, and its slot released |
+//! | broadcast producer | at most one slot marked being written (`seq == 2p + 1`) | nothing: subscribers read it as empty; a successor resumes at the first uncommitted position and writes it |
+//! | broadcast subscriber | its cursor (`released`), which holds a `Block` producer back | `released` set to `GONE`, so the producer's next scan ignores it; the watch of a producer waiting on it fires |
 //! | anyone parked | one count in a cursor line's `waiters` | taken back |
 //!
 //! The order of the loads matters where live participants run concurrently. A position is
@@ -33,10 +35,10 @@ use crate::layout::{
     FLAG_REDELIVERED, Kind, MAX_POSITION, PARKED_NONE, PARKED_ON_CONSUMER, PARKED_ON_PRODUCER,
     Participant, RecordType, Role, decode_claim, decode_header, encode_claim, encode_header,
 };
-use crate::mpmc;
 use crate::region::Memory;
 use crate::spsc;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::{broadcast, mpmc};
 
 /// What one repair pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,7 +86,11 @@ pub fn repair_participant(
     // owner of the entry could take back a count that is not its own.
     unpark(mem, entry);
     match (mem.geometry().kind, role) {
-        (Kind::Spsc, Role::Producer) => Ok(Repaired::default()),
+        (Kind::Spsc, Role::Producer) | (Kind::Broadcast, Role::Producer) => Ok(Repaired::default()),
+        (Kind::Broadcast, Role::Consumer) => {
+            broadcast::forget_subscriber(entry);
+            Ok(Repaired::default())
+        }
         (Kind::Spsc, Role::Consumer) => spsc_consumer(mem, entry),
         (Kind::Mpmc, _) => {
             let r = mpmc_positions(mem, role, index, entry, is_dead)?;

@@ -10,7 +10,7 @@ use crate::layout::{
 use crate::producer::Producer;
 use crate::region::{self, Memory};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
-use crate::{mpmc, spsc, sys};
+use crate::{broadcast, mpmc, spsc, sys};
 use memmap2::{MmapOptions, MmapRaw};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -410,6 +410,7 @@ impl Segment {
             depth: match geo.kind {
                 Kind::Spsc => spsc::depth_bytes(&self.mem),
                 Kind::Mpmc => mpmc::depth_slots(&self.mem),
+                Kind::Broadcast => broadcast::depth_slots(&self.mem),
             },
             ..SegmentStats::default()
         };
@@ -439,11 +440,19 @@ impl Segment {
                 *total_frames = total_frames.wrapping_add(frames);
                 *total_bytes = total_bytes.wrapping_add(bytes);
                 if pid != 0 {
+                    let subscriber = geo.kind == Kind::Broadcast && role == Role::Consumer;
                     table.push(ParticipantStats {
                         index,
                         pid,
                         frames,
                         bytes,
+                        lag: if subscriber {
+                            broadcast::subscriber_lag(&self.mem, p)
+                        } else {
+                            None
+                        },
+                        // Relaxed: a statistic.
+                        missed: p.missed.load(Relaxed),
                     });
                 }
             }
@@ -476,7 +485,8 @@ fn prefix(e: Error, what: &str) -> Error {
 /// so they count what every participant that ever held an entry did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SegmentStats {
-    /// Bytes (SPSC, headers and padding included) or frames (MPMC) in the ring.
+    /// Bytes (SPSC, headers and padding included) or frames (MPMC) in the ring; broadcast:
+    /// the largest lag of a live subscriber.
     pub depth: u64,
     /// The admitted producers.
     pub producers: Vec<ParticipantStats>,
@@ -509,6 +519,12 @@ pub struct ParticipantStats {
     pub frames: u64,
     /// Payload bytes sent or received.
     pub bytes: u64,
+    /// Broadcast subscriber: frames published that it has not released yet (at most the slot
+    /// count; it publishes its position lazily, every quarter ring and when it catches up).
+    pub lag: Option<u64>,
+    /// Broadcast subscriber: frames it was lapped on and never received, over every holder of
+    /// its entry; zero for everyone else.
+    pub missed: u64,
 }
 
 /// An entry of a participant table held by a handle.

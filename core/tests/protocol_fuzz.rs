@@ -6,7 +6,7 @@
 #![cfg(not(loom))]
 
 use shmring::protocol::{self, Request};
-use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind, Role};
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind, Overflow, Role};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -63,16 +63,18 @@ fn random_request(r: &mut Rng) -> Request {
         0 => Request::Create {
             name: r.name(),
             config: ChannelConfig {
-                kind: if r.below(2) == 0 {
-                    Kind::Spsc
-                } else {
-                    Kind::Mpmc
-                },
+                kind: [Kind::Spsc, Kind::Mpmc, Kind::Broadcast][r.below(3) as usize],
                 capacity: r.wild(),
                 max_frame_size: r.wild() as u32,
                 max_producers: r.wild() as u32,
                 max_consumers: r.wild() as u32,
                 mode: r.wild() as u32,
+                overflow: if r.below(2) == 0 {
+                    Overflow::Block
+                } else {
+                    Overflow::DropOldest
+                },
+                history: r.wild() as u32,
             },
         },
         1 => Request::Open {

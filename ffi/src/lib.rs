@@ -20,7 +20,7 @@ pub use status::*;
 
 use shmring_core::{
     ChannelConfig, Client, Consumer, Coordinator, CoordinatorConfig, DetachedClaim, DetachedFrame,
-    Error, Kind, Producer, WaitStrategy,
+    Error, Kind, Overflow, Producer, WaitStrategy,
 };
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
@@ -34,15 +34,33 @@ pub const SHMRING_VERSION_MINOR: u32 = 1;
 /// Patch version of libshmring.
 pub const SHMRING_VERSION_PATCH: u32 = 0;
 /// Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
-/// A program built against one ABI version needs a library of the same.
-pub const SHMRING_ABI_VERSION: u32 = 1;
+/// A program built against one ABI version needs a library of the same. Version 2 added
+/// broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`.
+pub const SHMRING_ABI_VERSION: u32 = 2;
 
-/// A channel kind: `SHMRING_SPSC` or `SHMRING_MPMC`.
+/// A channel kind: `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
 pub type shmring_kind = u32;
 /// One producer, one consumer, variable-length frames.
 pub const SHMRING_SPSC: shmring_kind = 1;
 /// Many producers and consumers, fixed-size slots, each frame to exactly one consumer.
 pub const SHMRING_MPMC: shmring_kind = 2;
+/// One producer, up to `max_consumers` subscribers, fixed-size slots, every frame to every
+/// subscriber (each frame published after a subscriber opened reaches it, in order).
+pub const SHMRING_BROADCAST: shmring_kind = 3;
+
+/// What the producer of a broadcast channel does when its ring is full:
+/// `SHMRING_OVERFLOW_BLOCK` or `SHMRING_OVERFLOW_DROP_OLDEST`.
+pub type shmring_overflow = u32;
+/// Lossless (the default): the producer waits for the slowest live subscriber, as any send
+/// waits for room (`SHMRING_WOULD_BLOCK` with timeout 0, `SHMRING_TIMED_OUT` after a timeout).
+/// A subscriber that dies stops holding it back as soon as the coordinator sees the death.
+pub const SHMRING_OVERFLOW_BLOCK: shmring_overflow = 0;
+/// The producer never waits: it overwrites the oldest frame. A subscriber that was lapped skips
+/// to the oldest intact frame; `shmring_consumer_missed` counts exactly what it missed, and a
+/// frame overwritten while being read is counted there, never delivered damaged. On such a
+/// channel `shmring_read` hands out a checked copy held by the consumer (valid until
+/// `shmring_release`), not the bytes in the ring.
+pub const SHMRING_OVERFLOW_DROP_OLDEST: shmring_overflow = 1;
 
 /// How a blocking call waits: `SHMRING_WAIT_SPIN`, `SHMRING_WAIT_YIELD` or `SHMRING_WAIT_PARK`.
 pub type shmring_wait = u32;
@@ -62,19 +80,25 @@ pub const SHMRING_FRAME_REDELIVERED: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct shmring_channel_config {
-    /// `SHMRING_SPSC` or `SHMRING_MPMC`.
+    /// `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
     pub kind: shmring_kind,
-    /// Bytes of frame storage, rounded up to a power of two (MPMC: divided into slots of
-    /// max_frame_size).
+    /// Bytes of frame storage, rounded up to a power of two (MPMC and broadcast: divided into
+    /// slots of max_frame_size, a power of two of them).
     pub capacity: u64,
     /// The largest frame, in bytes.
     pub max_frame_size: u32,
     /// Permission bits, as for a file (e.g. 0600: the owner only; 0666: everyone).
     pub mode: u32,
-    /// Producers admitted at once (SPSC: 1).
+    /// Producers admitted at once (SPSC and broadcast: 1).
     pub max_producers: u32,
-    /// Consumers admitted at once (SPSC: 1).
+    /// Consumers (broadcast: subscribers) admitted at once (SPSC: 1).
     pub max_consumers: u32,
+    /// Broadcast: `SHMRING_OVERFLOW_BLOCK` (0, the default) or `SHMRING_OVERFLOW_DROP_OLDEST`;
+    /// other kinds: 0.
+    pub overflow: shmring_overflow,
+    /// Broadcast: a new subscriber first receives up to this many of the most recent frames
+    /// still in the ring, then live ones (default 0; below the slot count); other kinds: 0.
+    pub history: u32,
 }
 
 /// A frame lent by `shmring_read`: `len` bytes at `data` (in shared memory, read-only), valid
@@ -94,15 +118,16 @@ pub struct shmring_frame {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct shmring_stats {
-    /// `SHMRING_SPSC` or `SHMRING_MPMC`.
+    /// `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
     pub kind: shmring_kind,
     /// The largest frame.
     pub max_frame_size: u32,
     /// Bytes of frame storage.
     pub capacity: u64,
-    /// MPMC: number of slots; SPSC: 0.
+    /// MPMC and broadcast: number of slots; SPSC: 0.
     pub slots: u64,
-    /// Frames waiting (MPMC) or bytes waiting, headers and padding included (SPSC).
+    /// Frames waiting (MPMC), bytes waiting, headers and padding included (SPSC), or the
+    /// largest lag of a live subscriber (broadcast).
     pub depth: u64,
     /// Frames sent (by every producer that ever held an entry).
     pub frames_in: u64,
@@ -368,10 +393,20 @@ fn kind_of(kind: shmring_kind) -> Result<Kind, Error> {
     match kind {
         SHMRING_SPSC => Ok(Kind::Spsc),
         SHMRING_MPMC => Ok(Kind::Mpmc),
+        SHMRING_BROADCAST => Ok(Kind::Broadcast),
         k => Err(invalid(format!(
-            "channel kind {k} is neither SHMRING_SPSC (1) nor SHMRING_MPMC (2)"
+            "channel kind {k} is not SHMRING_SPSC (1), SHMRING_MPMC (2) or SHMRING_BROADCAST (3)"
         ))),
     }
+}
+
+fn overflow_of(overflow: shmring_overflow) -> Result<Overflow, Error> {
+    Overflow::from_u32(overflow).ok_or_else(|| {
+        invalid(format!(
+            "overflow policy {overflow} is neither SHMRING_OVERFLOW_BLOCK (0) nor \
+             SHMRING_OVERFLOW_DROP_OLDEST (1)"
+        ))
+    })
 }
 
 fn wait_of(wait: shmring_wait) -> Result<WaitStrategy, Error> {
@@ -389,6 +424,7 @@ fn kind_code(kind: Kind) -> shmring_kind {
     match kind {
         Kind::Spsc => SHMRING_SPSC,
         Kind::Mpmc => SHMRING_MPMC,
+        Kind::Broadcast => SHMRING_BROADCAST,
     }
 }
 
@@ -424,10 +460,11 @@ pub extern "C" fn shmring_last_error() -> *const c_char {
     status::last_error_ptr()
 }
 
-/// Fills `*cfg` with the defaults of `kind`: SPSC: 1 MiB ring, frames up to 64 KiB, mode 0600;
-/// MPMC: 1024 slots of 1 KiB, 16 producers and 16 consumers, mode 0600. A `kind` that is
-/// neither gets the SPSC defaults with that kind, which `shmring_channel_create` refuses. Does
-/// nothing if `cfg` is NULL. Any thread.
+/// Fills every field of `*cfg` with the defaults of `kind`: SPSC: 1 MiB ring, frames up to
+/// 64 KiB, mode 0600; MPMC: 1024 slots of 1 KiB, 16 producers and 16 consumers, mode 0600;
+/// broadcast: 1024 slots of 1 KiB, one producer, 16 subscribers, `SHMRING_OVERFLOW_BLOCK`, no
+/// history, mode 0600. A `kind` that is none of these gets the SPSC defaults with that kind,
+/// which `shmring_channel_create` refuses. Does nothing if `cfg` is NULL. Any thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_channel_config_default(
     cfg: *mut shmring_channel_config,
@@ -442,6 +479,8 @@ pub unsafe extern "C" fn shmring_channel_config_default(
             mode: d.mode,
             max_producers: d.max_producers,
             max_consumers: d.max_consumers,
+            overflow: d.overflow as shmring_overflow,
+            history: d.history,
         };
         // SAFETY: NULL or writable (the header's contract).
         let _ = unsafe { put(cfg, value, "cfg") };
@@ -619,6 +658,8 @@ pub unsafe extern "C" fn shmring_channel_create(
             max_producers: cfg.max_producers,
             max_consumers: cfg.max_consumers,
             mode: cfg.mode,
+            overflow: overflow_of(cfg.overflow)?,
+            history: cfg.history,
         };
         c.create(name, &config).map(drop)
     })
@@ -968,6 +1009,24 @@ pub unsafe extern "C" fn shmring_consumer_set_wait(
             Ok(())
         })
     })
+}
+
+/// The frames this consumer missed since it opened: on a broadcast channel with
+/// `SHMRING_OVERFLOW_DROP_OLDEST`, frames published after it opened that the producer
+/// overwrote before it received them (every such frame is either received or counted here,
+/// exactly once). 0 for every other channel, and for a `c` that is not a consumer (then
+/// `shmring_last_error()` says why). The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_missed(c: *const shmring_consumer) -> u64 {
+    let mut n = 0;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`; the handle is only read.
+        exclusive(unsafe { consumer(c.cast_mut()) }?, |h| {
+            n = h.consumer.missed();
+            Ok(())
+        })
+    });
+    n
 }
 
 /// The largest frame the consumer's channel carries, in bytes: a buffer this long fits every

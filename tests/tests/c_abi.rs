@@ -212,10 +212,7 @@ impl Drop for Place {
 }
 
 fn create(client: &Client, name: &str, kind: Kind) {
-    let cfg = match kind {
-        Kind::Spsc => ChannelConfig::spsc(),
-        Kind::Mpmc => ChannelConfig::mpmc(),
-    };
+    let cfg = ChannelConfig::new(kind);
     client
         .create(name, &cfg.capacity(64 << 10).max_frame_size(FRAME_MAX))
         .unwrap();

@@ -523,6 +523,7 @@ fn torture(kind: Kind, producers: usize, consumers: usize) {
             .max_frame_size(64)
             .max_producers(producers as u32)
             .max_consumers(consumers as u32),
+        Kind::Broadcast => unimplemented!("the broadcast torture is `broadcast_torture`"),
     };
     client.create("t", &cfg).unwrap();
     let mut commit_files: HashMap<u32, PathBuf> = HashMap::new();
@@ -650,6 +651,7 @@ fn coordinator_killed(kind: Kind) {
     let cfg = match kind {
         Kind::Spsc => ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64),
         Kind::Mpmc => ChannelConfig::mpmc().capacity(32 * 64).max_frame_size(64),
+        Kind::Broadcast => ChannelConfig::broadcast().capacity(32 * 64).max_frame_size(64),
     };
     client.create("t", &cfg).unwrap();
     let commits = place.dir.join("commits");

@@ -1241,6 +1241,8 @@ impl Registry {
                 pid: p.pid,
                 frames: p.frames,
                 bytes: p.bytes,
+                lag: p.lag,
+                missed: p.missed,
             })
             .collect();
         Ok(ChannelStats {
@@ -1529,8 +1531,10 @@ fn info(name: &str, seg: &Segment) -> ChannelInfo {
     ChannelInfo {
         name: name.to_string(),
         kind: geo.kind,
+        overflow: geo.overflow,
+        history: geo.history,
         capacity_bytes: geo.data_len as u64,
-        slots: if geo.kind == Kind::Mpmc {
+        slots: if geo.kind != Kind::Spsc {
             geo.capacity
         } else {
             0

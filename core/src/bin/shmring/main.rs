@@ -5,8 +5,8 @@ mod bench;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shmring::{
-    ChannelConfig, ChannelInfo, ChannelStats, Client, DEFAULT_NAMESPACE, Kind, Limits, Role,
-    SOCKET_ENV, default_socket_path,
+    ChannelConfig, ChannelInfo, ChannelStats, Client, DEFAULT_NAMESPACE, Kind, Limits, Overflow,
+    Role, SOCKET_ENV, default_socket_path,
 };
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,21 +61,32 @@ enum Command {
     Create {
         /// Channel name: 1 to 64 characters of [A-Za-z0-9._-]
         channel: String,
-        /// spsc (one producer, one consumer, variable-length frames) or mpmc (many of each,
-        /// fixed-size slots, each frame to one consumer)
+        /// spsc (one producer, one consumer, variable-length frames), mpmc (many of each,
+        /// fixed-size slots, each frame to one consumer) or broadcast (one producer, many
+        /// subscribers, fixed-size slots, every frame to every subscriber)
         #[arg(long, value_enum, default_value = "spsc")]
         kind: KindArg,
+        /// broadcast: what the producer does when the ring is full: block (wait for the
+        /// slowest subscriber, lossless) or drop-oldest (never wait; a lapped subscriber skips
+        /// ahead and counts what it missed)
+        #[arg(long, value_enum)]
+        overflow: Option<OverflowArg>,
+        /// broadcast: frames of history a new subscriber receives first (below the slot count)
+        /// [default: 0]
+        #[arg(long)]
+        history: Option<u32>,
         /// Bytes of frame storage (suffixes K, M, G), rounded up to a power of two
         /// [default: 1M]
         #[arg(long, value_parser = parse_size)]
         capacity: Option<u64>,
-        /// Largest frame in bytes (suffixes K, M) [default: 64K for spsc, 1K for mpmc]
+        /// Largest frame in bytes (suffixes K, M) [default: 64K for spsc, 1K for mpmc and
+        /// broadcast]
         #[arg(long, value_parser = parse_size)]
         max_frame_size: Option<u64>,
         /// Producers admitted at once (mpmc) [default: 16]
         #[arg(long)]
         max_producers: Option<u32>,
-        /// Consumers admitted at once (mpmc) [default: 16]
+        /// Consumers admitted at once (mpmc, broadcast) [default: 16]
         #[arg(long)]
         max_consumers: Option<u32>,
         /// Permission bits in octal, as for a file: 600 (you only), 660 (your group), 666
@@ -116,6 +127,13 @@ enum Command {
 enum KindArg {
     Spsc,
     Mpmc,
+    Broadcast,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OverflowArg {
+    Block,
+    DropOldest,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -171,6 +189,7 @@ fn depth(info: &ChannelInfo) -> String {
     match info.kind {
         Kind::Spsc => bytes(info.depth),
         Kind::Mpmc => format!("{} frames", info.depth),
+        Kind::Broadcast => format!("{} frames behind", info.depth),
     }
 }
 
@@ -178,6 +197,10 @@ fn capacity_text(info: &ChannelInfo) -> String {
     match info.kind {
         Kind::Spsc => bytes(info.capacity_bytes),
         Kind::Mpmc => format!("{} slots", info.slots),
+        Kind::Broadcast => format!(
+            "{} slots, overflow {}, history {}",
+            info.slots, info.overflow, info.history
+        ),
     }
 }
 
@@ -268,14 +291,26 @@ fn manage(args: &Args) -> shmring::Result<()> {
             max_frame_size,
             max_producers,
             max_consumers,
+            overflow,
+            history,
             mode,
             json,
         } => {
             let mut cfg = match kind {
                 KindArg::Spsc => ChannelConfig::spsc(),
                 KindArg::Mpmc => ChannelConfig::mpmc(),
+                KindArg::Broadcast => ChannelConfig::broadcast(),
             }
             .mode(*mode);
+            if let Some(o) = overflow {
+                cfg = cfg.overflow(match o {
+                    OverflowArg::Block => Overflow::Block,
+                    OverflowArg::DropOldest => Overflow::DropOldest,
+                });
+            }
+            if let Some(h) = history {
+                cfg = cfg.history(*h);
+            }
             if let Some(c) = capacity {
                 cfg = cfg.capacity(*c);
             }
@@ -419,13 +454,18 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
         i.producers, i.max_producers, i.consumers, i.max_consumers
     )?;
     if !s.participants.is_empty() {
-        writeln!(
+        let broadcast = i.kind == Kind::Broadcast;
+        write!(
             out,
             "  {:<9} {:>5} {:>8} {:>14} {:>12}",
             "ROLE", "ENTRY", "PID", "FRAMES", "BYTES"
         )?;
+        if broadcast {
+            write!(out, " {:>10} {:>12}", "LAG", "MISSED")?;
+        }
+        writeln!(out)?;
         for p in &s.participants {
-            writeln!(
+            write!(
                 out,
                 "  {:<9} {:>5} {:>8} {:>14} {:>12}",
                 p.role.to_string(),
@@ -434,6 +474,13 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
                 p.frames,
                 bytes(p.bytes)
             )?;
+            if broadcast {
+                match p.lag {
+                    Some(lag) => write!(out, " {lag:>10} {:>12}", p.missed)?,
+                    None => write!(out, " {:>10} {:>12}", "-", "-")?,
+                }
+            }
+            writeln!(out)?;
         }
     }
     Ok(())

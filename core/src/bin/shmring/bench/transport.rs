@@ -121,10 +121,10 @@ pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
         Kind::Spsc => ChannelConfig::spsc()
             .capacity((1u64 << 20).max(4 * (frame + 8)))
             .max_frame_size(payload as u32),
-        Kind::Mpmc => {
+        Kind::Mpmc | Kind::Broadcast => {
             let stride = (frame + 16).div_ceil(64) * 64;
             let slots = ((1u64 << 20) / stride).clamp(2, 4096);
-            ChannelConfig::mpmc()
+            ChannelConfig::new(kind)
                 .capacity(slots * frame)
                 .max_frame_size(payload as u32)
                 .max_producers(1)

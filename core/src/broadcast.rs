@@ -1,0 +1,553 @@
+//! The broadcast ring: one producer, many subscribers, every frame to every subscriber, over
+//! fixed-size slots (the MPMC slot format, `layout` "MPMC slot"), with a per-slot sequence
+//! word that doubles as a seqlock.
+//!
+//! With `S` slots, position `p` lives in slot `p % S`. A slot's `seq` says which position it
+//! holds and whether that position is complete:
+//!
+//! | `seq`      | meaning                                                  |
+//! |------------|----------------------------------------------------------|
+//! | `0`        | never written                                            |
+//! | `2p + 1`   | the producer is writing position `p` (nothing to read)   |
+//! | `2p + 2`   | position `p` is committed                                |
+//!
+//! * **Write** (producer, position `p`): `seq = 2p + 1` (Relaxed), a **Release fence**, the
+//!   payload and header (Relaxed), then `seq = 2p + 2` (**Release**). The producer line's
+//!   `position` is then set to `p + 1` (Relaxed; read by joining and lapped subscribers and by
+//!   statistics only).
+//! * **Read** (subscriber at cursor `c`): load `seq` (**Acquire**, pairs with the commit's
+//!   Release). `2c + 2`: the frame is there. A smaller value (an older lap, or `2c + 1`): the
+//!   ring is empty for this subscriber. A larger one, for the same slot: the subscriber was
+//!   lapped. A read that the producer may overwrite meanwhile (below) is *validated*: copy the
+//!   bytes, an **Acquire fence**, load `seq` again (Relaxed); unchanged means the copy is
+//!   intact. Otherwise the writer's marker store, made before its Release fence and its first
+//!   payload store, is visible to that second load (fence-to-fence synchronisation), so a torn
+//!   copy is always detected and never delivered.
+//! * **Release** (subscriber): its cursor goes into its participant entry's `released`
+//!   (**Release**, pairs with the producer's Acquire in *Scan*), lazily: every quarter ring, and
+//!   whenever it finds the ring empty, as the SPSC consumer publishes its head.
+//! * **Scan** (producer of a `Block` channel, when its cached limit is reached): a **SeqCst
+//!   fence**, then each live subscriber's `released` (Acquire). The producer may write
+//!   positions below `min(released) + S`; it caches that limit and does not look at the
+//!   subscribers again before reaching it, so a small frame costs one cache-line transfer per
+//!   subscriber (its slot's line), and nothing else on the producer's side. A
+//!   `DropOldest` producer never scans.
+//! * **Join** (a new subscriber): load the producer's position `p0`, store
+//!   `released = p0 - history`, a **SeqCst fence**, load the position again: `p1`. Either the
+//!   producer's next scan comes after the fence in the fences' total order, and sees the new
+//!   `released`, or it came before, and then `p1` is at least the tail that scan started from,
+//!   which bounds the limit it cached: positions at or past `p1` are never overwritten before
+//!   this subscriber releases them. Only positions below `p1` (history) may be, so those are
+//!   validated reads, as every read of a `DropOldest` channel is.
+//! * **Lapped**: the subscriber skips to the oldest intact frame, `tail + 1 - S` (the slot of
+//!   `tail` may be mid-write), and counts every skipped position at or past its join as missed.
+//!   Each position after the join is so either delivered or counted, exactly once.
+//!
+//! A dead subscriber holds the producer back only until its repair (`repair.rs`), which sets
+//! its `released` to [`GONE`]; a subscriber that closes does the same. A dead producer leaves
+//! at most one slot at `2p + 1`, which subscribers read as empty; its successor resumes at the
+//! first position that is not committed. Everything read from shared memory is checked: a
+//! `seq` of another slot's position, a bad header, a cursor out of range are `Corrupted`.
+
+use crate::error::{Error, Result};
+use crate::layout::{
+    MAX_POSITION, Overflow, RecordType, Role, SLOT_PAYLOAD, decode_header, decode_owner,
+    encode_header,
+};
+use crate::region::{DataRange, Memory, Until, Watch};
+use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use crate::sync::fence;
+
+/// `released` of a subscriber that is gone (closed, or dead and repaired): never a limit.
+pub(crate) const GONE: u64 = u64::MAX;
+
+/// A try_ call gives up with `WouldBlock("lapped")` after being lapped this many times in a
+/// row, so that a producer that keeps overwriting cannot hold a non-blocking call forever.
+const MAX_LAPS_PER_CALL: u32 = 64;
+
+fn corrupted(what: impl Into<String>) -> Error {
+    Error::Corrupted(what.into())
+}
+
+/// `seq` of a slot while the producer writes position `p`.
+#[inline(always)]
+const fn writing(p: u64) -> u64 {
+    2 * p + 1
+}
+
+/// `seq` of a slot holding committed position `p`.
+#[inline(always)]
+const fn committed(p: u64) -> u64 {
+    2 * p + 2
+}
+
+/// The payload bytes of the slot of `pos`, `len` long.
+#[inline(always)]
+fn payload(mem: &Memory, pos: u64, len: usize) -> Result<DataRange> {
+    mem.range(mem.slot_start(pos) + SLOT_PAYLOAD, len)
+        .ok_or_else(|| corrupted("slot outside the data region"))
+}
+
+/// A position read from shared memory, checked.
+#[inline(always)]
+fn position(v: u64, what: &str) -> Result<u64> {
+    if v < MAX_POSITION {
+        Ok(v)
+    } else {
+        Err(bad_position(v, what))
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_position(v: u64, what: &str) -> Error {
+    corrupted(format!("broadcast {what} {v} is out of range"))
+}
+
+/// The producer's private state.
+#[derive(Debug)]
+pub(crate) struct ProducerCore {
+    /// Next position to write.
+    tail: u64,
+    /// Positions below this may be written without looking at the subscribers again.
+    limit: u64,
+    /// The subscriber that set `limit` and the `released` it had: what a full producer watches.
+    slowest: Option<(u32, u64)>,
+}
+
+impl ProducerCore {
+    /// Takes over the producer side: resumes at the first position that is not committed,
+    /// walking from the published tail (a predecessor may have died between a commit and its
+    /// tail store). The walk is bounded by the slot count.
+    pub(crate) fn attach(mem: &Memory) -> Result<ProducerCore> {
+        let geo = mem.geometry();
+        // Acquire: pairs with nothing in particular; the slots are checked one by one below.
+        let mut tail = position(mem.producer_line().position.load(Acquire), "tail")?;
+        for _ in 0..=geo.capacity {
+            // Acquire: pairs with the commit's Release.
+            if mem.slot_seq(tail).load(Acquire) != committed(tail) {
+                let limit = if geo.overflow == Overflow::DropOldest {
+                    u64::MAX
+                } else {
+                    0 // scan before the first write
+                };
+                return Ok(ProducerCore {
+                    tail,
+                    limit,
+                    slowest: None,
+                });
+            }
+            tail = position(tail + 1, "tail")?;
+        }
+        Err(corrupted(
+            "every slot of the broadcast ring is committed past the published tail",
+        ))
+    }
+
+    /// Looks at every live subscriber's `released` and caches the new limit.
+    fn scan(&mut self, mem: &Memory) {
+        let geo = mem.geometry();
+        // SeqCst: pairs with the fence of a joining subscriber (module docs, *Join*); also
+        // orders our tail stores before the loads below.
+        fence(SeqCst);
+        let mut min = self.tail;
+        let mut slowest = None;
+        for i in 0..geo.max_consumers {
+            let Some(e) = mem.participant(Role::Consumer, i) else {
+                break;
+            };
+            // Relaxed: an entry taken or freed meanwhile is covered by *Join* and by `GONE`.
+            if decode_owner(e.owner.load(Relaxed)).0 == 0 {
+                continue;
+            }
+            // Acquire: pairs with the subscriber's Release store of `released`: its reads of
+            // the slots below happen before our overwrites. A value past the tail (`GONE`, or
+            // damage) constrains nothing.
+            let r = e.released.load(Acquire);
+            if r < min {
+                min = r;
+                slowest = Some((i, r));
+            }
+        }
+        self.limit = min.saturating_add(geo.capacity);
+        self.slowest = slowest;
+    }
+
+    /// Reserves the slot of the next position for a frame of `len` bytes and marks it being
+    /// written. Returns the position and the payload bytes.
+    #[inline(always)]
+    pub(crate) fn try_claim(&mut self, mem: &Memory, len: usize) -> Result<(u64, DataRange)> {
+        let geo = mem.geometry();
+        if len > geo.max_frame_size as usize {
+            return Err(Error::FrameTooLarge {
+                len,
+                max: geo.max_frame_size as usize,
+            });
+        }
+        if self.tail >= self.limit {
+            self.scan(mem);
+            if self.tail >= self.limit {
+                return Err(Error::WouldBlock("full"));
+            }
+        }
+        let pos = self.tail;
+        if pos >= MAX_POSITION {
+            return Err(bad_position(pos, "tail"));
+        }
+        let bytes = payload(mem, pos, len)?;
+        // Relaxed: ordered before the payload stores by the fence below.
+        mem.slot_seq(pos).store(writing(pos), Relaxed);
+        // Release fence: a subscriber whose validated copy sees any of our payload stores sees
+        // the marker above in its second `seq` load (module docs, *Read*).
+        fence(Release);
+        Ok((pos, bytes))
+    }
+
+    /// Commits the claimed position `pos` as a frame of `len` bytes.
+    #[inline(always)]
+    pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize) {
+        debug_assert!(pos == self.tail && len <= mem.geometry().max_frame_size as usize);
+        // Relaxed: published by the Release below.
+        mem.slot_header(pos)
+            .store(encode_header(len as u32, RecordType::Data, 0, 0), Relaxed);
+        // Release: pairs with the subscriber's Acquire of `seq`.
+        mem.slot_seq(pos).store(committed(pos), Release);
+        self.tail = pos + 1;
+        // Relaxed: read by joiners and lapped subscribers after a fence or as a hint, and by
+        // statistics.
+        mem.producer_line().position.store(self.tail, Relaxed);
+    }
+
+    /// Sends a copy of `frame`.
+    #[inline(always)]
+    pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8]) -> Result<()> {
+        let (pos, bytes) = self.try_claim(mem, frame.len())?;
+        mem.copy_in(bytes, frame);
+        self.commit(mem, pos, frame.len());
+        Ok(())
+    }
+
+    /// What a producer that found the ring full watches: the slowest subscriber's `released`.
+    #[inline(always)]
+    pub(crate) fn watch<'m>(&self, mem: &'m Memory) -> Watch<'m> {
+        let (i, r) = self.slowest.unwrap_or((0, 0));
+        let word = &mem
+            .participant(Role::Consumer, i)
+            .expect("a broadcast channel has a consumer entry")
+            .released;
+        Watch::new(word, Until::Changed(r))
+    }
+}
+
+/// Where a frame taken by [`ConsumerCore::try_take`] is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Taken {
+    /// In the ring, safe from the producer until released.
+    InPlace(DataRange),
+    /// Copied and validated into the subscriber's buffer ([`ConsumerCore::scratch`]), this
+    /// many bytes: the producer may overwrite the slot at any time.
+    Copied(usize),
+}
+
+/// A subscriber's private state.
+#[derive(Debug)]
+pub(crate) struct ConsumerCore {
+    index: u32,
+    /// Next position to read.
+    cursor: u64,
+    /// The `released` last stored in the entry.
+    published: u64,
+    /// Positions released before `released` is stored again (a quarter ring).
+    release_batch: u64,
+    /// Positions at or past this are never overwritten before this subscriber releases them:
+    /// read in place; positions below are validated. On a `Block` channel, the producer's
+    /// position at the join; on a `DropOldest` one, `u64::MAX` (every read is validated).
+    protected_from: u64,
+    /// The producer's position when this subscriber joined: positions below it are history,
+    /// whose loss is not counted as missed.
+    joined: u64,
+    /// Frames lapped and never received since this subscriber joined.
+    missed: u64,
+    /// The `seq` last found at the cursor when the ring was empty (what a wait watches).
+    seen: u64,
+    /// Validated copies handed out by `try_take`.
+    scratch: Vec<u8>,
+}
+
+impl ConsumerCore {
+    /// Subscriber `index` (its entry already owned by the caller) joins: see the module docs,
+    /// *Join*.
+    pub(crate) fn attach(mem: &Memory, index: u32) -> Result<ConsumerCore> {
+        let geo = mem.geometry();
+        let me = mem
+            .participant(Role::Consumer, index)
+            .ok_or_else(|| corrupted(format!("no consumer entry {index}")))?;
+        // Acquire: the position is a hint for the history's start, checked below.
+        let p0 = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let history = u64::from(geo.history).min(geo.capacity - 1);
+        let start = p0.saturating_sub(history);
+        // Relaxed: ordered before the load below by the SeqCst fence.
+        me.released.store(start, Relaxed);
+        // SeqCst: pairs with the producer's fence in `scan` (module docs, *Join*).
+        fence(SeqCst);
+        // Acquire: as above.
+        let p1 = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let start = start.min(p1);
+        if start != p0.saturating_sub(history) {
+            // Relaxed: as above; a smaller value only holds the producer back more.
+            me.released.store(start, Relaxed);
+        }
+        Ok(ConsumerCore {
+            index,
+            cursor: start,
+            published: start,
+            release_batch: (geo.capacity / 4).max(1),
+            protected_from: if geo.overflow == Overflow::DropOldest {
+                u64::MAX
+            } else {
+                p1
+            },
+            joined: p1,
+            missed: 0,
+            seen: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn me<'m>(&self, mem: &'m Memory) -> &'m crate::layout::Participant {
+        mem.participant(Role::Consumer, self.index)
+            .expect("participant index was checked on attach")
+    }
+
+    /// Frames lapped and never received since this subscriber joined.
+    pub(crate) fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// The buffer of [`Taken::Copied`] frames.
+    pub(crate) fn scratch(&self) -> &[u8] {
+        &self.scratch
+    }
+
+    /// Whether a read of `pos` must be validated (the producer may overwrite it meanwhile).
+    #[inline(always)]
+    fn exposed(&self, pos: u64) -> bool {
+        pos < self.protected_from
+    }
+
+    /// Looks at the slot of the cursor: `Ok(Some((len, flags)))` for a committed frame (its
+    /// header checked), `Ok(None)` after a lap (the cursor moved on: look again), or
+    /// `WouldBlock` when there is nothing yet.
+    #[inline(always)]
+    fn peek(&mut self, mem: &Memory) -> Result<Option<(usize, u8)>> {
+        let c = self.cursor;
+        // Acquire: pairs with the commit's Release store of `seq`.
+        let s = mem.slot_seq(c).load(Acquire);
+        if s == committed(c) {
+            // Relaxed: ordered after the producer's store by the Acquire above.
+            let word = mem.slot_header(c).load(Relaxed);
+            let h = decode_header(word);
+            if h.ty == Some(RecordType::Data) && h.len <= mem.geometry().max_frame_size {
+                return Ok(Some((h.len as usize, h.flags)));
+            }
+            if self.exposed(c) && self.overwritten(mem, c) {
+                // A header torn by an overwrite: lapped, not damage.
+                self.lapped(mem, c)?;
+                return Ok(None);
+            }
+            return Err(bad_header(c, word));
+        }
+        self.not_there(mem, c, s)
+    }
+
+    /// The slot of `c` holds `s`, which is not the frame: empty, lapped or damage.
+    #[cold]
+    #[inline(never)]
+    fn not_there(&mut self, mem: &Memory, c: u64, s: u64) -> Result<Option<(usize, u8)>> {
+        let cap = mem.geometry().capacity;
+        if s == 0 {
+            if c < cap {
+                self.seen = s;
+                return Err(Error::WouldBlock("empty"));
+            }
+            return Err(corrupted(format!(
+                "the slot of broadcast position {c} was never written"
+            )));
+        }
+        let q = (s - 1) / 2;
+        if q & (cap - 1) != c & (cap - 1) || q >= MAX_POSITION {
+            return Err(corrupted(format!(
+                "the slot of broadcast position {c} holds position {q} (seq {s})"
+            )));
+        }
+        if q <= c {
+            // An older lap, or position `c` being written.
+            self.seen = s;
+            return Err(Error::WouldBlock("empty"));
+        }
+        self.lapped(mem, q)?;
+        Ok(None)
+    }
+
+    /// Whether the slot of `pos`, read since `seq` said `committed(pos)`, changed (a validated
+    /// read's second load).
+    #[inline(always)]
+    fn overwritten(&self, mem: &Memory, pos: u64) -> bool {
+        // Acquire fence: pairs with the producer's Release fence after its marker store.
+        fence(Acquire);
+        // Relaxed: ordered after our reads of the slot by the fence above.
+        mem.slot_seq(pos).load(Relaxed) != committed(pos)
+    }
+
+    /// The producer overwrote position `seen_at` (or reached `seen_at`'s slot a lap later):
+    /// skip to the oldest intact frame, counting the frames skipped since the join as missed.
+    #[cold]
+    #[inline(never)]
+    fn lapped(&mut self, mem: &Memory, seen_at: u64) -> Result<()> {
+        let cap = mem.geometry().capacity;
+        // Acquire: a hint for where the producer is, bounded below by what the slot showed.
+        let tail = position(mem.producer_line().position.load(Acquire), "tail")?
+            .max(seen_at.saturating_add(1));
+        let next = (tail + 1).saturating_sub(cap).max(self.cursor + 1);
+        // `next > cursor`, so the difference is never negative.
+        self.missed += next.max(self.joined) - self.cursor.max(self.joined);
+        self.cursor = next;
+        Ok(())
+    }
+
+    /// Copies the next frame into `buf` and releases it. Returns its length and flags.
+    #[inline(always)]
+    pub(crate) fn try_recv(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
+        for _ in 0..MAX_LAPS_PER_CALL {
+            let Some((len, flags)) = self.peek(mem)? else {
+                continue;
+            };
+            if len > buf.len() {
+                return Err(Error::BufferTooSmall {
+                    needed: len,
+                    cap: buf.len(),
+                });
+            }
+            let c = self.cursor;
+            mem.copy_out(payload(mem, c, len)?, buf);
+            if self.exposed(c) && self.overwritten(mem, c) {
+                self.lapped(mem, c)?;
+                continue;
+            }
+            self.cursor = c + 1;
+            self.release(mem);
+            return Ok((len, flags));
+        }
+        Err(Error::WouldBlock("lapped"))
+    }
+
+    /// Takes the next frame, unreleased: in place when the producer cannot overwrite it before
+    /// the release, else as a validated copy in the scratch buffer.
+    #[inline(always)]
+    pub(crate) fn try_take(&mut self, mem: &Memory) -> Result<(Taken, u8)> {
+        for _ in 0..MAX_LAPS_PER_CALL {
+            let Some((len, flags)) = self.peek(mem)? else {
+                continue;
+            };
+            let c = self.cursor;
+            let bytes = payload(mem, c, len)?;
+            if !self.exposed(c) {
+                self.cursor = c + 1;
+                return Ok((Taken::InPlace(bytes), flags));
+            }
+            self.scratch.resize(len, 0);
+            mem.copy_out(bytes, &mut self.scratch);
+            if self.overwritten(mem, c) {
+                self.lapped(mem, c)?;
+                continue;
+            }
+            self.cursor = c + 1;
+            return Ok((Taken::Copied(len), flags));
+        }
+        Err(Error::WouldBlock("lapped"))
+    }
+
+    /// Releases everything taken: stores `released` every quarter ring.
+    #[inline(always)]
+    pub(crate) fn release(&mut self, mem: &Memory) {
+        if self.cursor - self.published >= self.release_batch {
+            self.store_released(mem);
+        }
+    }
+
+    /// The ring was found empty: gives everything taken back now, so a producer waiting for
+    /// room sees it. Returns whether that stored anything (the caller wakes the producer).
+    #[inline]
+    pub(crate) fn settle_empty(&mut self, mem: &Memory) -> bool {
+        if self.cursor != self.published {
+            self.store_released(mem);
+            return true;
+        }
+        false
+    }
+
+    #[inline(always)]
+    fn store_released(&mut self, mem: &Memory) {
+        self.published = self.cursor;
+        // Release: pairs with the producer's Acquire in `scan`.
+        self.me(mem).released.store(self.cursor, Release);
+    }
+
+    /// Leaves: the entry's `released` says gone, so it holds nobody back.
+    pub(crate) fn close(&mut self, mem: &Memory) {
+        // Release: as in `store_released`.
+        self.me(mem).released.store(GONE, Release);
+    }
+
+    /// What a subscriber that found the ring empty watches: the slot of its cursor.
+    #[inline(always)]
+    pub(crate) fn watch<'m>(&self, mem: &'m Memory) -> Watch<'m> {
+        Watch::new(mem.slot_seq(self.cursor), Until::Changed(self.seen))
+    }
+
+    /// Frames between this subscriber's cursor and the producer's tail (a statistic).
+    pub(crate) fn lag(&self, mem: &Memory) -> u64 {
+        // Relaxed: a statistic.
+        mem.producer_line()
+            .position
+            .load(Relaxed)
+            .saturating_sub(self.cursor)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_header(pos: u64, word: u64) -> Error {
+    let h = decode_header(word);
+    corrupted(format!(
+        "bad broadcast slot header {word:#018x} at position {pos} (type {:?}, length {})",
+        h.ty, h.len
+    ))
+}
+
+/// For the repair of a dead subscriber: it holds nobody back any more.
+pub(crate) fn forget_subscriber(entry: &crate::layout::Participant) {
+    // Release: as in `ConsumerCore::close`.
+    entry.released.store(GONE, Release);
+}
+
+/// Frames a live subscriber of `entry` has not released yet, and what it missed: statistics,
+/// read without synchronisation; `None` for a free entry.
+pub(crate) fn subscriber_lag(mem: &Memory, entry: &crate::layout::Participant) -> Option<u64> {
+    // Relaxed: statistics.
+    if decode_owner(entry.owner.load(Relaxed)).0 == 0 {
+        return None;
+    }
+    let released = entry.released.load(Relaxed);
+    let tail = mem.producer_line().position.load(Relaxed);
+    Some(tail.saturating_sub(released).min(mem.geometry().capacity))
+}
+
+/// Frames in the ring not yet released by the slowest live subscriber (a statistic).
+pub(crate) fn depth_slots(mem: &Memory) -> u64 {
+    let geo = mem.geometry();
+    (0..geo.max_consumers)
+        .filter_map(|i| subscriber_lag(mem, mem.participant(Role::Consumer, i)?))
+        .max()
+        .unwrap_or(0)
+}
