@@ -438,6 +438,9 @@ mod heap {
             if geo.kind == crate::layout::Kind::Mpmc {
                 crate::mpmc::initialise(&m);
             }
+            if geo.kind == crate::layout::Kind::Broadcast {
+                crate::broadcast::initialise(&m);
+            }
             m
         }
 

@@ -208,6 +208,9 @@ impl Segment {
         if geo.kind == Kind::Mpmc {
             mpmc::initialise(&mem);
         }
+        if geo.kind == Kind::Broadcast {
+            broadcast::initialise(&mem);
+        }
         // Release: pairs with the Acquire in `attach`; everything written above is visible to a
         // process that sees the segment ready.
         mem.state().store(STATE_READY, Release);
@@ -590,6 +593,14 @@ pub(crate) fn take_entry(
                 // position, so whatever record it kept is stale.
                 p.claim.store(encode_claim(0, 0), Release);
             }
+            if geo.kind == Kind::Broadcast && role == Role::Consumer {
+                // The subscriber joins now: what is published from here on reaches it, even
+                // before its process attaches (the coordinator counts it from here).
+                if let Err(e) = broadcast::join(mem, p) {
+                    free_entry(mem, role, index, owner);
+                    return Err(e);
+                }
+            }
             return Ok((index, owner));
         }
     }
@@ -618,6 +629,15 @@ pub(crate) fn free_entry(mem: &Memory, role: Role, index: u32, owner: u64) -> bo
         return false;
     };
     let (_, incarnation) = decode_owner(owner);
+    // Relaxed: only the holder of `owner` (or the coordinator, for a dead one) frees it, and
+    // nobody can take an entry that is held, so it stays `owner` until the CAS below.
+    if mem.geometry().kind == Kind::Broadcast
+        && role == Role::Consumer
+        && p.owner.load(Relaxed) == owner
+    {
+        // A free subscriber entry holds nobody back (see `broadcast::initialise`).
+        broadcast::forget_subscriber(p);
+    }
     // Release: pairs with the Acquire in `take_entry` and `Membership::adopt`.
     p.owner
         .compare_exchange(owner, encode_owner(0, incarnation), Release, Relaxed)

@@ -217,15 +217,23 @@ proptest! {
         assert_eq!(Segment::anonymous(&cfg).unwrap().geometry().capacity, 4);
         run(cfg, &ops);
     }
+
+    /// A broadcast channel with one subscriber under `Block` is a queue too: four slots.
+    #[test]
+    fn broadcast_matches_a_queue(ops in prop::collection::vec(op(), 1..400)) {
+        let cfg = ChannelConfig::broadcast().capacity(4 * MAX_FRAME as u64).max_frame_size(MAX_FRAME as u32);
+        assert_eq!(Segment::anonymous(&cfg).unwrap().geometry().capacity, 4);
+        run(cfg, &ops);
+    }
 }
 
 /// The property tests exercise wrap-around: check that a typical run really laps the ring.
 #[test]
 fn sequences_wrap_many_times() {
-    for kind in [Kind::Spsc, Kind::Mpmc] {
+    for kind in [Kind::Spsc, Kind::Mpmc, Kind::Broadcast] {
         let cfg = match kind {
             Kind::Spsc => ChannelConfig::spsc().capacity(256),
-            Kind::Mpmc => ChannelConfig::mpmc().capacity(4 * MAX_FRAME as u64),
+            Kind::Mpmc | Kind::Broadcast => ChannelConfig::new(kind).capacity(4 * MAX_FRAME as u64),
         }
         .max_frame_size(MAX_FRAME as u32);
         let mut h = Harness::new(&cfg);
@@ -238,7 +246,7 @@ fn sequences_wrap_many_times() {
         let sent_bytes: u64 = (0..300u64).map(|i| (8 + (i % 65) + 7) & !7).sum();
         let laps = match kind {
             Kind::Spsc => sent_bytes / 256,
-            Kind::Mpmc => 300 / 4,
+            Kind::Mpmc | Kind::Broadcast => 300 / 4,
         };
         assert!(laps >= 40, "{kind}: only {laps} laps");
         assert_eq!(h.received, 300);

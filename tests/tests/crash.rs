@@ -651,7 +651,9 @@ fn coordinator_killed(kind: Kind) {
     let cfg = match kind {
         Kind::Spsc => ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64),
         Kind::Mpmc => ChannelConfig::mpmc().capacity(32 * 64).max_frame_size(64),
-        Kind::Broadcast => ChannelConfig::broadcast().capacity(32 * 64).max_frame_size(64),
+        Kind::Broadcast => ChannelConfig::broadcast()
+            .capacity(32 * 64)
+            .max_frame_size(64),
     };
     client.create("t", &cfg).unwrap();
     let commits = place.dir.join("commits");
