@@ -386,3 +386,54 @@ fn the_fanout_program_runs_clean_under_sanitizers() {
     }
     dog.check();
 }
+
+/// A subscriber that the coordinator shows as admitted (`consumers` in the channel's statistics,
+/// its entry in `shmring stat`) receives every frame published from then on, or counts it
+/// missed. It does not: the coordinator admits the subscriber (its entry is taken) before the
+/// subscriber's process maps the segment and joins (`broadcast::ConsumerCore::attach`), and a
+/// frame published in between neither reaches it nor is counted missed. A producer that waits
+/// for its subscribers through the statistics (as one would) loses their first frames now and
+/// then. Fails within a few rounds on a 2-core machine; ignored until admission and join are
+/// one step.
+#[test]
+#[ignore = "known defect: a broadcast subscriber is counted before it joins"]
+fn a_subscriber_counted_by_the_coordinator_receives_what_is_published_from_then_on() {
+    let _serial = serial();
+    let dog = Watchdog::new("broadcast admitted before joined", Duration::from_secs(120));
+    let place = Place::new("join");
+    let client = place.client();
+    let config = shmring::ChannelConfig::broadcast()
+        .capacity(64 * 64)
+        .max_frame_size(64);
+    for round in 0..2000 {
+        let name = format!("j{round}");
+        client.create(&name, &config).unwrap();
+        let mut tx = client.producer(&name).unwrap();
+        let sub_client = place.client();
+        let sub = std::thread::spawn(move || {
+            let mut rx = sub_client.consumer(&name).unwrap();
+            let first = match rx.read_timeout(Duration::from_millis(500)) {
+                Ok(f) => Some(f[0]),
+                Err(shmring::Error::TimedOut(_)) => None,
+                Err(e) => panic!("{e}"),
+            };
+            (first, rx.missed())
+        });
+        let name = format!("j{round}");
+        while client.stats(&name).unwrap().info.consumers < 1 {
+            std::hint::spin_loop();
+        }
+        tx.send(&[0]).unwrap(); // the subscriber is admitted: this frame is its first
+        tx.send(&[1]).unwrap();
+        let (first, missed) = sub.join().unwrap();
+        assert_eq!(
+            (first, missed),
+            (Some(0), 0),
+            "round {round}: a subscriber admitted before frame 0 was published did not receive \
+             it, nor count it missed"
+        );
+        drop(tx);
+        client.delete(&name).unwrap();
+    }
+    dog.check();
+}
