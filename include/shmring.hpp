@@ -65,11 +65,9 @@ inline int64_t ns(std::chrono::nanoseconds t) { return t.count() < 0 ? -1 : t.co
 /// SPSC, MPMC or broadcast (every frame to every subscriber).
 enum class Kind : shmring_kind { spsc = SHMRING_SPSC, mpmc = SHMRING_MPMC, broadcast = SHMRING_BROADCAST };
 
-/// What the producer of a broadcast channel does when its ring is full.
-enum class Overflow : shmring_overflow {
-    block = SHMRING_OVERFLOW_BLOCK,             ///< wait for the slowest live subscriber
-    drop_oldest = SHMRING_OVERFLOW_DROP_OLDEST  ///< overwrite; lapped subscribers count what they missed
-};
+/// What the producer of a broadcast channel does when its ring is full: block waits for the
+/// slowest live subscriber; drop_oldest overwrites, and lapped subscribers count what they missed.
+enum class Overflow : shmring_overflow { block = SHMRING_OVERFLOW_BLOCK, drop_oldest = SHMRING_OVERFLOW_DROP_OLDEST };
 
 /// How blocking calls wait.
 enum class Wait : shmring_wait {
