@@ -15,6 +15,10 @@
  *   auto rx = client.consumer("prices");
  *   auto frame = rx.read();                                 // zero-copy view until destroyed
  *   std::string_view text = frame.view();
+ *
+ * A broadcast channel (Kind::broadcast) has one producer; every consumer opened on it is a
+ * subscriber that receives every frame published after it opened, in order. With
+ * Overflow::drop_oldest the producer never waits and Consumer::missed() counts what was lost.
  */
 #ifndef SHMRING_HPP
 #define SHMRING_HPP
@@ -58,8 +62,12 @@ inline bool done(shmring_status s) {
 inline int64_t ns(std::chrono::nanoseconds t) { return t.count() < 0 ? -1 : t.count(); }
 } // namespace detail
 
-/// SPSC or MPMC.
-enum class Kind : shmring_kind { spsc = SHMRING_SPSC, mpmc = SHMRING_MPMC };
+/// SPSC, MPMC or broadcast (every frame to every subscriber).
+enum class Kind : shmring_kind { spsc = SHMRING_SPSC, mpmc = SHMRING_MPMC, broadcast = SHMRING_BROADCAST };
+
+/// What the producer of a broadcast channel does when its ring is full: block waits for the
+/// slowest live subscriber; drop_oldest overwrites, and lapped subscribers count what they missed.
+enum class Overflow : shmring_overflow { block = SHMRING_OVERFLOW_BLOCK, drop_oldest = SHMRING_OVERFLOW_DROP_OLDEST };
 
 /// How blocking calls wait.
 enum class Wait : shmring_wait {
@@ -78,6 +86,10 @@ struct ChannelConfig : shmring_channel_config {
     ChannelConfig &mode(uint32_t bits) { shmring_channel_config::mode = bits; return *this; }
     ChannelConfig &max_producers(uint32_t n) { shmring_channel_config::max_producers = n; return *this; }
     ChannelConfig &max_consumers(uint32_t n) { shmring_channel_config::max_consumers = n; return *this; }
+    /// Broadcast: what the producer does when the ring is full (default Overflow::block).
+    ChannelConfig &overflow(Overflow o) { shmring_channel_config::overflow = static_cast<shmring_overflow>(o); return *this; }
+    /// Broadcast: how many of the most recent frames a new subscriber receives first (default 0).
+    ChannelConfig &history(uint32_t frames) { shmring_channel_config::history = frames; return *this; }
 };
 
 /// A coordinator running on a thread of this process; stopped when destroyed.
@@ -161,7 +173,8 @@ class Producer {
     shmring_producer *p_;
 };
 
-/// A frame lent in place by Consumer::read; released when destroyed.
+/// A frame lent in place by Consumer::read (on a broadcast channel with Overflow::drop_oldest, a
+/// checked copy held by the consumer); released when destroyed.
 class Frame {
   public:
     Frame(Frame &&o) noexcept : c_(std::exchange(o.c_, nullptr)), f_(o.f_) {}
@@ -195,6 +208,9 @@ class Consumer {
 
     void set_wait(Wait w) { detail::check(shmring_consumer_set_wait(c_, static_cast<shmring_wait>(w))); }
     std::size_t max_frame_size() const { return shmring_consumer_max_frame_size(c_); }
+    /// Broadcast with Overflow::drop_oldest: frames published since this consumer opened that
+    /// were overwritten before it received them (received + missed() = published). Otherwise 0.
+    uint64_t missed() const { return shmring_consumer_missed(c_); }
 
     /// Lends the next frame in place, waiting as long as the ring is empty. Throws Error with
     /// SHMRING_CLOSED once the channel was deleted and drained.

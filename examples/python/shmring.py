@@ -13,6 +13,13 @@ dynamic loader finds libshmring.so (an installed one).
             with rx.read() as frame:                   # zero-copy: a memoryview of shared memory,
                 ...                                    # valid inside the block only
 
+A broadcast channel has one producer, and every consumer opened on it is a subscriber that
+receives every frame published after it opened, in order:
+
+        client.create("ticks", kind="broadcast", overflow="drop-oldest", history=16)
+        # ... a producer here, subscribers in other processes; rx.missed() counts the frames a
+        # subscriber lost to overwrites (only with overflow="drop-oldest")
+
 Timeouts are in seconds: None waits as long as it takes, 0 does not wait. Back-pressure is a
 return value (send gives False, recv gives None when the ring stayed full or empty); failures
 raise shmring.Error, whose `status` is the C status name ("SHMRING_NOT_FOUND", ...).
@@ -24,7 +31,8 @@ import ctypes.util
 import os
 import pathlib
 
-__all__ = ["Client", "Coordinator", "Producer", "Consumer", "Error", "Closed", "REDELIVERED"]
+__all__ = ["Client", "Coordinator", "Producer", "Consumer", "Error", "Closed", "REDELIVERED",
+           "ABI_VERSION"]
 
 
 def _find_library():
@@ -58,7 +66,11 @@ _STATUS_NAMES = [
     "SHMRING_UNAVAILABLE", "SHMRING_IO_ERROR", "SHMRING_PANIC",
 ]
 _OK, _WOULD_BLOCK, _TIMED_OUT, _CLOSED = 0, 1, 2, 3
-SPSC, MPMC = 1, 2
+SPSC, MPMC, BROADCAST = 1, 2, 3
+_KINDS = {"spsc": SPSC, "mpmc": MPMC, "broadcast": BROADCAST}
+OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST = 0, 1
+_OVERFLOWS = {"block": OVERFLOW_BLOCK, "drop-oldest": OVERFLOW_DROP_OLDEST}
+ABI_VERSION = 2  # SHMRING_ABI_VERSION of the header these declarations follow
 _WAITS = {"spin": 0, "yield": 1, "park": 2}
 REDELIVERED = 1  # shmring_frame.flags bit
 
@@ -77,10 +89,12 @@ class Closed(Error):
 
 
 class _Config(ctypes.Structure):
+    # struct shmring_channel_config, field for field: the library fills and reads all of it.
     _fields_ = [
         ("kind", ctypes.c_uint32), ("capacity", ctypes.c_uint64),
         ("max_frame_size", ctypes.c_uint32), ("mode", ctypes.c_uint32),
         ("max_producers", ctypes.c_uint32), ("max_consumers", ctypes.c_uint32),
+        ("overflow", ctypes.c_uint32), ("history", ctypes.c_uint32),
     ]
 
 
@@ -129,13 +143,16 @@ _producer_close = _fn("shmring_producer_close", None, _P)
 _consumer_open = _fn("shmring_consumer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
 _consumer_set_wait = _fn("shmring_consumer_set_wait", _S, _P, ctypes.c_uint32)
 _consumer_max = _fn("shmring_consumer_max_frame_size", ctypes.c_size_t, _P)
+_consumer_missed = _fn("shmring_consumer_missed", ctypes.c_uint64, _P)
 _recv = _fn("shmring_recv", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int64)
 _read = _fn("shmring_read", _S, _P, ctypes.POINTER(_Frame), ctypes.c_int64)
 _release = _fn("shmring_release", _S, _P)
 _consumer_close = _fn("shmring_consumer_close", None, _P)
 
-if _abi_version() != 1:
-    raise ImportError(f"libshmring has ABI version {_abi_version()}; this module speaks version 1")
+if _abi_version() != ABI_VERSION:
+    raise ImportError(
+        f"libshmring has ABI version {_abi_version()}; this module speaks version {ABI_VERSION}"
+    )
 
 
 def _check(status):
@@ -240,6 +257,12 @@ class Consumer:
     def max_frame_size(self):
         return _consumer_max(self._h)
 
+    def missed(self):
+        """Broadcast with overflow="drop-oldest": frames published since this consumer opened
+        that were overwritten before it received them (received + missed = published). 0 for
+        every other channel."""
+        return _consumer_missed(self._h)
+
     def recv(self, timeout=None):
         """The next frame, copied, as bytes; None if none came within `timeout`. Raises Closed
         once the channel was deleted and everything in it received."""
@@ -251,7 +274,8 @@ class Consumer:
     @contextlib.contextmanager
     def read(self, timeout=None):
         """The next frame in place, as a read-only memoryview valid inside the `with` block
-        (None if none came within `timeout`); released when the block ends."""
+        (None if none came within `timeout`); released when the block ends. On a broadcast
+        channel with overflow="drop-oldest" the view is of a checked copy, not the ring."""
         f = _Frame()
         if not _done(_read(self._h, ctypes.byref(f), _ns(timeout))):
             yield None
@@ -288,12 +312,18 @@ class Client:
         _check(_client_connect(_path(socket), ctypes.byref(self._h)))
 
     def create(self, name, kind="spsc", capacity=None, max_frame_size=None, mode=0o600,
-               max_producers=None, max_consumers=None):
-        """Creates a channel owned by this user; kind is "spsc" or "mpmc"."""
+               max_producers=None, max_consumers=None, overflow=None, history=None):
+        """Creates a channel owned by this user; kind is "spsc", "mpmc" or "broadcast".
+        Broadcast only: overflow is "block" (the default: the producer waits for the slowest
+        subscriber) or "drop-oldest" (it never waits); history is how many of the most recent
+        frames a new subscriber receives first (default 0)."""
         cfg = _Config()
-        _config_default(ctypes.byref(cfg), {"spsc": SPSC, "mpmc": MPMC}[kind])
+        _config_default(ctypes.byref(cfg), _KINDS[kind])
+        if overflow is not None:
+            cfg.overflow = _OVERFLOWS[overflow]
         for field, value in (("capacity", capacity), ("max_frame_size", max_frame_size),
-                             ("max_producers", max_producers), ("max_consumers", max_consumers)):
+                             ("max_producers", max_producers), ("max_consumers", max_consumers),
+                             ("history", history)):
             if value is not None:
                 setattr(cfg, field, value)
         cfg.mode = mode

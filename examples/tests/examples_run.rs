@@ -66,3 +66,50 @@ fn producer_and_consumer_talk() {
         let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
     }
 }
+
+/// The broadcast example: a producer and two subscriber processes, with the coordinator in
+/// the producer's process, under both overflow policies. Its runtime directory is a scratch one
+/// (the coordinator keeps its namespace's lock and record of channels there).
+#[test]
+fn broadcast_reaches_both_subscribers() {
+    let runtime =
+        std::env::temp_dir().join(format!("shmring-example-bcast-{}", std::process::id()));
+    std::fs::create_dir_all(&runtime).unwrap();
+    let frames = 100_000u64;
+    for policy in ["block", "drop-oldest"] {
+        let out = run(
+            Command::new(env!("CARGO_BIN_EXE_broadcast"))
+                .args([&frames.to_string(), policy])
+                .env("XDG_RUNTIME_DIR", &runtime),
+            Duration::from_secs(120),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("producer: published={frames} overflow={policy}")),
+            "{text}"
+        );
+        for k in 1..=2 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("subscriber {k}: ")))
+                .unwrap_or_else(|| panic!("no line of subscriber {k}: {text}"));
+            let number = |key: &str| -> u64 {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+                    .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+            };
+            let (received, missed) = (number("received"), number("missed"));
+            match policy {
+                "block" => assert_eq!((received, missed), (frames, 0), "{text}"),
+                _ => assert_eq!(received + missed, frames, "{text}"),
+            }
+        }
+        assert_eq!(text.lines().last(), Some("ok"), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&runtime);
+}

@@ -1,11 +1,12 @@
 //! The C ABI as C, C++ and Python programs use it: the examples and the status test compile
 //! without a warning (C11, C++17, `-Wall -Wextra -Wpedantic -Werror`) and run, also under
 //! AddressSanitizer and UndefinedBehaviorSanitizer; checksummed frames cross between C, Rust
-//! and Python over SPSC and MPMC channels; `ffi/install.sh` installs a library that
+//! and Python over SPSC and MPMC channels; the broadcast examples run in C, C++ and Python, and
+//! Python creates broadcast channels as asked; `ffi/install.sh` installs a library that
 //! `pkg-config` finds. The programs link `libshmring.so` from this build's `deps` directory
 //! (cargo builds it because this crate dev-depends on shmring-ffi).
 
-use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind};
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind, Overflow};
 use shmring_tests::{Watchdog, serial};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -386,6 +387,134 @@ fn c_pingpong_and_cpp_example_run() {
     }
     dog.check();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a broadcast example printed for `frames` frames: the producer's line, then each of its
+/// two subscribers' received and missed (under block, every frame and none missed; under
+/// drop-oldest, received + missed = frames), and "ok" last.
+fn check_fan_out(text: &str, frames: u64, policy: &str) {
+    let producer = format!("producer: published={frames} overflow={policy}");
+    assert!(text.lines().any(|l| l == producer), "{text}");
+    for k in 1..=2 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("subscriber {k}: ")))
+            .unwrap_or_else(|| panic!("no line of subscriber {k} in {text:?}"));
+        let received: u64 = word(line, "received")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        let missed: u64 = word(line, "missed")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        match policy {
+            "block" => assert_eq!((received, missed), (frames, 0), "{text}"),
+            _ => assert_eq!(received + missed, frames, "{text}"),
+        }
+    }
+    assert_eq!(text.lines().last(), Some("ok"), "{text}");
+}
+
+/// The broadcast examples (a producer and two subscribers) in C, C++ and Python run under
+/// both overflow policies; the C and C++ ones also under the sanitizers.
+#[test]
+fn broadcast_examples_run_in_c_cpp_and_python() {
+    let _serial = serial();
+    let dog = Watchdog::new("broadcast_examples", Duration::from_secs(300));
+    let dir = scratch("broadcast");
+    for build in [Build::Plain, Build::Sanitized] {
+        let frames = match build {
+            Build::Plain => 100_000u64,
+            Build::Sanitized => 20_000,
+        };
+        for source in ["examples/c/broadcast.c", "examples/cpp/broadcast.cpp"] {
+            let exe = compile(source, &dir, build);
+            for policy in ["block", "drop-oldest"] {
+                let out = run(
+                    &dog,
+                    Command::new(&exe)
+                        .args([&frames.to_string(), policy])
+                        .env("ASAN_OPTIONS", "detect_leaks=1")
+                        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+                );
+                check_fan_out(&ok(&out, source), frames, policy);
+            }
+        }
+    }
+    for policy in ["block", "drop-oldest"] {
+        let out = run(
+            &dog,
+            Command::new("python3")
+                .arg(root().join("examples/python/broadcast.py"))
+                .args(["3000", policy])
+                .env("SHMRING_LIB", lib_dir().join("libshmring.so")),
+        );
+        check_fan_out(&ok(&out, "broadcast.py"), 3000, policy);
+    }
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Python module's `shmring_channel_config` matches the header's, field for field: every
+/// setting a Python program gives a broadcast channel is the one the coordinator creates.
+#[test]
+fn python_creates_broadcast_channels_as_asked() {
+    let _serial = serial();
+    let dog = Watchdog::new("python_broadcast_config", Duration::from_secs(120));
+    let place = Place::new("py-config");
+    let script = r#"
+import shmring
+with shmring.Client() as client:
+    client.create("cfg", kind="broadcast", capacity=64 * 256, max_frame_size=256, mode=0o640,
+                  max_consumers=3, overflow="drop-oldest", history=7)
+    client.create("plain", kind="broadcast")
+print("created")
+"#;
+    let out = run(
+        &dog,
+        place
+            .command("python3")
+            .arg("-c")
+            .arg(script)
+            .env("PYTHONPATH", root().join("examples/python"))
+            .env("SHMRING_LIB", lib_dir().join("libshmring.so")),
+    );
+    assert_eq!(ok(&out, "python").trim(), "created");
+    let client = place.client();
+    let info = client.stats("cfg").unwrap().info;
+    assert_eq!(
+        (info.kind, info.overflow, info.history, info.slots),
+        (Kind::Broadcast, Overflow::DropOldest, 7, 64),
+        "{info:?}"
+    );
+    assert_eq!(
+        (
+            info.max_frame_size,
+            info.mode,
+            info.max_producers,
+            info.max_consumers
+        ),
+        (256, 0o640, 1, 3),
+        "{info:?}"
+    );
+    // The defaults are the library's, untouched by the module.
+    let info = client.stats("plain").unwrap().info;
+    let want = ChannelConfig::broadcast();
+    assert_eq!(
+        (
+            info.overflow,
+            info.history,
+            info.max_frame_size,
+            info.max_consumers
+        ),
+        (
+            want.overflow,
+            want.history,
+            want.max_frame_size,
+            want.max_consumers
+        ),
+        "{info:?}"
+    );
+    dog.check();
 }
 
 /// `ffi/install.sh` installs the library, headers and a pkg-config file; a program built with
