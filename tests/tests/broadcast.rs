@@ -389,14 +389,10 @@ fn the_fanout_program_runs_clean_under_sanitizers() {
 
 /// A subscriber that the coordinator shows as admitted (`consumers` in the channel's statistics,
 /// its entry in `shmring stat`) receives every frame published from then on, or counts it
-/// missed. It does not: the coordinator admits the subscriber (its entry is taken) before the
-/// subscriber's process maps the segment and joins (`broadcast::ConsumerCore::attach`), and a
-/// frame published in between neither reaches it nor is counted missed. A producer that waits
-/// for its subscribers through the statistics (as one would) loses their first frames now and
-/// then. Fails within a few rounds on a 2-core machine; ignored until admission and join are
-/// one step.
+/// missed. Before the join moved into the admission (`segment::take_entry`), the subscriber
+/// joined only when its process attached, and a frame published in between neither reached it
+/// nor was counted: this test failed within a few rounds.
 #[test]
-#[ignore = "known defect: a broadcast subscriber is counted before it joins"]
 fn a_subscriber_counted_by_the_coordinator_receives_what_is_published_from_then_on() {
     let _serial = serial();
     let dog = Watchdog::new("broadcast admitted before joined", Duration::from_secs(120));
