@@ -943,7 +943,10 @@ fn kill_torture_broadcast_drop_oldest() {
 
 /// The coordinator is SIGKILLed mid-stream: producer and consumer keep exchanging frames; a
 /// restarted coordinator adopts the channel, notices when the consumer it never admitted dies,
-/// repairs its entry and admits a new consumer; nothing committed is lost.
+/// repairs its entry and admits a new consumer; nothing committed is lost. For a broadcast
+/// channel (`Block`) the dead subscriber holds the producer back until that repair, each
+/// subscriber receives every frame from its join on, and the second one, alive until the
+/// producer's end, every frame up to the last.
 fn coordinator_killed(kind: Kind) {
     let _serial = serial();
     let dog = Watchdog::new("coordinator_killed", Duration::from_secs(120));
@@ -963,13 +966,40 @@ fn coordinator_killed(kind: Kind) {
             .capacity(32 * 64)
             .max_frame_size(64),
     };
+    let broadcast = kind == Kind::Broadcast;
     client.create("t", &cfg).unwrap();
     let commits = place.dir.join("commits");
     SharedFile::create(&commits, 1);
     let logs = [place.dir.join("log-0"), place.dir.join("log-1")];
     for l in &logs {
-        FrameLog::create(l, 1 << 20);
+        if broadcast {
+            SubscriberLog::create(l, 1 << 20);
+        } else {
+            FrameLog::create(l, 1 << 20);
+        }
     }
+    // Frames consumer `i` has recorded.
+    let received = |i: usize| {
+        if broadcast {
+            SubscriberLog::open(&logs[i]).len()
+        } else {
+            FrameLog::open(&logs[i]).len()
+        }
+    };
+    let consume = |i: usize| {
+        let role = if broadcast {
+            "client-subscribe"
+        } else {
+            "client-consume"
+        };
+        let mut c = spawn_role(
+            &dog,
+            &place,
+            &[role, "t", logs[i].to_str().unwrap(), "park"],
+        );
+        c.expect_line("consuming");
+        c
+    };
     let mut producer = spawn_role(
         &dog,
         &place,
@@ -982,59 +1012,79 @@ fn coordinator_killed(kind: Kind) {
         ],
     );
     producer.expect_line("producing");
-    let mut consumer = spawn_role(
-        &dog,
-        &place,
-        &["client-consume", "t", logs[0].to_str().unwrap(), "park"],
-    );
-    consumer.expect_line("consuming");
-    let log0 = FrameLog::open(&logs[0]);
-    let grows = |log: &FrameLog, what: &str| {
-        let before = log.len();
+    let consumer = consume(0);
+    let grows = |i: usize, what: &str| {
+        let before = received(i);
         let deadline = Instant::now() + T;
-        while log.len() < before + 100 {
+        while received(i) < before + 100 {
             assert!(Instant::now() < deadline, "{what}: frames stopped flowing");
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    grows(&log0, "before the coordinator is killed");
+    grows(0, "before the coordinator is killed");
     d1.kill().expect("the coordinator was running");
-    grows(&log0, "while no coordinator runs");
+    grows(0, "while no coordinator runs");
 
     let d2 = daemon();
     consumer.kill().expect("the consumer was running");
-    let mut consumer = spawn_role(
-        &dog,
-        &place,
-        &["client-consume", "t", logs[1].to_str().unwrap(), "park"],
-    );
-    consumer.expect_line("consuming");
-    grows(
-        &FrameLog::open(&logs[1]),
-        "through a consumer the new coordinator admitted",
-    );
+    let consumer = consume(1);
+    grows(1, "through a consumer the new coordinator admitted");
     producer.kill().expect("the producer was running");
-    consumer.kill().expect("the consumer was running");
-    wait_until_vacant(&client, "t");
-    let mut delivered: Vec<Logged> = logs
-        .iter()
-        .flat_map(|p| FrameLog::open(p).entries())
-        .collect();
-    delivered.extend(drain(&client, "t"));
-    let committed: HashMap<u32, u64> = [(
-        1,
-        SharedFile::open(&commits).word(0).load(Ordering::Acquire),
-    )]
-    .into();
+    let logged = SharedFile::open(&commits).word(0).load(Ordering::Acquire);
+    if broadcast {
+        // Where the committed frames end, in the segment the new coordinator holds; the
+        // second subscriber catches up to there before it is killed.
+        let end = BroadcastView::of_process(d2.pid(), "t").committed_end();
+        assert!(
+            end == logged || end == logged + 1,
+            "{end} frames committed, {logged} sends returned"
+        );
+        let log = SubscriberLog::open(&logs[1]);
+        let deadline = Instant::now() + T;
+        while log.last().is_none_or(|r| r.seq + 1 < end) {
+            assert!(
+                Instant::now() < deadline,
+                "the second subscriber stopped at {:?}, before {end}",
+                log.last()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        consumer.kill().expect("the consumer was running");
+        wait_until_vacant(&client, "t");
+        let stream = [Committed {
+            incarnation: 1,
+            first: 0,
+            end,
+        }];
+        for (i, path) in logs.iter().enumerate() {
+            let log = SubscriberLog::open(path);
+            match check_subscriber(&stream, log.join(), &log.entries(), true, i == 1) {
+                Ok((n, _)) => println!(
+                    "coordinator killed ({kind}): subscriber {i} joined at {:?} and received \
+                     {n} of the {end} frames committed",
+                    log.join()
+                ),
+                Err(e) => panic!("coordinator killed ({kind}): subscriber {i}: {e}"),
+            }
+        }
+    } else {
+        consumer.kill().expect("the consumer was running");
+        wait_until_vacant(&client, "t");
+        let mut delivered: Vec<Logged> = logs
+            .iter()
+            .flat_map(|p| FrameLog::open(p).entries())
+            .collect();
+        delivered.extend(drain(&client, "t"));
+        let committed: HashMap<u32, u64> = [(1, logged)].into();
+        match check_delivery(&committed, &delivered) {
+            Ok(summary) => {
+                println!("coordinator killed ({kind}): {logged} frames committed; {summary}")
+            }
+            Err(e) => panic!("coordinator killed ({kind}): {e}"),
+        }
+    }
     let s = client.stats("t").unwrap();
     assert_eq!(s.info.depth, 0);
-    match check_delivery(&committed, &delivered) {
-        Ok(summary) => println!(
-            "coordinator killed ({kind}): {} frames committed; {summary}; {} repairs",
-            committed[&1], s.repairs
-        ),
-        Err(e) => panic!("coordinator killed ({kind}): {e}"),
-    }
     assert_eq!(
         s.repairs, 3,
         "the first consumer, the producer and the second consumer"
@@ -1057,6 +1107,84 @@ fn coordinator_killed_spsc() {
 #[test]
 fn coordinator_killed_mpmc() {
     coordinator_killed(Kind::Mpmc);
+}
+
+#[test]
+fn coordinator_killed_broadcast() {
+    coordinator_killed(Kind::Broadcast);
+}
+
+/// Issue 11: a broadcast producer blocked (`Block`, parked) behind a subscriber that holds
+/// the oldest frame goes on once that subscriber is SIGKILLed, as soon as the coordinator has
+/// repaired it (no timeout). Prints the time from SIGKILL to the producer's send returning.
+#[test]
+fn producer_blocked_behind_a_dead_subscriber_goes_on() {
+    use shmring::layout::{PARKED_ON_CONSUMER, PARTICIPANTS, Participant};
+    const SLOTS: u64 = 4;
+    let _serial = serial();
+    let dog = Watchdog::new(
+        "producer_blocked_behind_a_dead_subscriber",
+        Duration::from_secs(120),
+    );
+    let place = Place::new("bblocked");
+    let coord = place.coordinator();
+    let client = place.client();
+    let cfg = ChannelConfig::broadcast()
+        .capacity(SLOTS * 64)
+        .max_frame_size(64)
+        .max_consumers(2);
+    client.create("c", &cfg).unwrap();
+    let seg = SharedFile::open(&place.segment_path("c"));
+    // The producer's entry (the first of the table) says it sleeps on the consumer line.
+    let parked_word = PARTICIPANTS + std::mem::offset_of!(Participant, parked);
+    assert!(parked_word.is_multiple_of(8));
+    let parked = || seg.word(parked_word / 8).load(Ordering::Relaxed) as u32 == PARKED_ON_CONSUMER;
+    let mut tx = client.producer("c").unwrap();
+    tx.set_wait_strategy(shmring::WaitStrategy::Park);
+    let mut times = Vec::new();
+    let kills = recovery_kills();
+    for round in 0..kills {
+        let mut holder = spawn_role(&dog, &place, &["hold-frame", "c"]);
+        holder.expect_line("opened");
+        tx.send_timeout(b"held", T).unwrap();
+        holder.expect_line("held held");
+        // The holder released nothing: the producer fills the ring up to the held frame.
+        for _ in 1..SLOTS {
+            tx.try_send(b"more").unwrap();
+        }
+        assert!(
+            matches!(tx.try_send(b"more"), Err(Error::WouldBlock(_))),
+            "round {round}: the ring is full behind the holder"
+        );
+        let (back, killed, sent) = std::thread::scope(|s| {
+            let sender = s.spawn(move || {
+                let r = tx.send_timeout(b"next", T);
+                (tx, r, Instant::now())
+            });
+            let deadline = Instant::now() + T;
+            while !parked() {
+                assert!(Instant::now() < deadline, "the producer never parked");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let killed = Instant::now();
+            holder.kill().expect("the holder was still holding");
+            let (tx, r, sent) = sender.join().unwrap();
+            r.unwrap_or_else(|e| panic!("round {round}: the producer stayed blocked: {e}"));
+            (tx, killed, sent)
+        });
+        tx = back;
+        times.push(sent.duration_since(killed));
+    }
+    let s = client.stats("c").unwrap();
+    assert_eq!(s.repairs, u64::from(kills));
+    report(
+        "broadcast subscriber killed while the producer is parked behind it (to the send \
+         returning)",
+        &mut times,
+    );
+    drop((tx, client));
+    coord.stop();
+    dog.check();
 }
 
 /// The index, in 64-bit words of the segment, of the owner word of `role`'s entry `index` in a
