@@ -2,9 +2,9 @@
 //! wake-ups on MPMC skips (6), waits that trusted one shared word (7), unbounded MPMC skip loops
 //! (8), the SPSC attach after a producer killed mid-publish (9), the MPMC copy receive's
 //! double read (10) and arithmetic overflow on hostile cursors (11); and a lost wake-up found in
-//! review of step 5 (a drain whose callback panics). White-box: they write the
-//! segment's words directly, as a hostile or dying process would. Each test names the item it
-//! guards and what it showed before the fix.
+//! review of step 5 (a drain whose callback panics); and defects of broadcast channels found in
+//! review of step 6. White-box: they write the segment's words directly, as a hostile or dying
+//! process would. Each test names the item it guards and what it showed before the fix.
 
 use crate::layout::{Role, decode_owner, encode_header, encode_owner};
 use crate::region::Memory;
@@ -581,4 +581,58 @@ fn a_drain_whose_callback_panics_wakes_a_parked_producer() {
         let got = c.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
         assert_eq!(&buf[..got.len], b"three");
     });
+}
+
+/// Found in review of step 6 (broadcast, issue 11): a broadcast producer killed between its
+/// commit and its position store leaves the position one behind. Its successor resumed past
+/// the committed frame but left the position as it was, so its first scan's limit came from
+/// a tail the position did not show: a subscriber joining before the successor's first commit
+/// took the stale position for its join and was protected there, and under `Block` the
+/// producer overwrote that frame while the subscriber held it in place, then lapped it past
+/// a frame committed after the join (`missed` 2 on a `Block` channel). The successor now
+/// publishes the tail it resumes at before its first scan.
+#[test]
+fn broadcast_successor_publishes_its_tail_before_a_subscriber_joins_below_it() {
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(4 * 64)
+            .max_frame_size(64)
+            .max_consumers(1),
+    )
+    .unwrap();
+    let mut tx = seg.producer().unwrap();
+    for i in 0..3u8 {
+        tx.try_send(&[i]).unwrap();
+    }
+    // Killed after committing position 2, before storing the position 3.
+    seg.mem.producer_line().position.store(2, Relaxed);
+    std::mem::forget(tx);
+    evict(&seg, Role::Producer, 0);
+    let mut tx = seg.producer().unwrap();
+    // Its first claim (position 3) scans the subscribers: there are none yet.
+    let mut claim = tx.try_claim(1).unwrap();
+    let mut rx = seg.consumer().unwrap();
+    claim[0] = 3;
+    claim.commit();
+    // The subscriber reads its first frame in place and holds it while the producer goes
+    // as far as the ring lets it.
+    let f = rx.try_read().unwrap();
+    let held = f.to_vec();
+    let mut sent = Vec::new();
+    for i in 4..=8u8 {
+        if tx.try_send(&[i]).is_err() {
+            break;
+        }
+        sent.push(i);
+    }
+    assert_eq!(&*f, &held[..], "a frame held in place was overwritten");
+    assert_eq!(held, [3], "the first frame after the join");
+    drop(f);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(r) = rx.try_recv(&mut buf) {
+        got.extend_from_slice(&buf[..r.len]);
+    }
+    assert_eq!(got, sent, "every frame after the held one, in order");
+    assert_eq!(rx.missed(), 0, "nothing missed on a Block channel");
 }
