@@ -46,7 +46,9 @@
 //! A dead subscriber holds the producer back only until its repair (`repair.rs`), which sets
 //! its `released` to [`GONE`]; a subscriber that closes does the same. A dead producer leaves
 //! at most one slot at `2p + 1`, which subscribers read as empty; its successor resumes at the
-//! first position that is not committed. Everything read from shared memory is checked: a
+//! first position that is not committed, and publishes it before its first scan (a death
+//! between a commit and the position store leaves the position behind, and *Join* relies on it
+//! showing the tail a scan starts from). Everything read from shared memory is checked: a
 //! `seq` of another slot's position, a bad header, a cursor out of range are `Corrupted`.
 
 use crate::error::{Error, Result};
@@ -118,14 +120,22 @@ pub(crate) struct ProducerCore {
 impl ProducerCore {
     /// Takes over the producer side: resumes at the first position that is not committed,
     /// walking from the published tail (a predecessor may have died between a commit and its
-    /// tail store). The walk is bounded by the slot count.
+    /// tail store), and publishes that tail. The walk is bounded by the slot count.
     pub(crate) fn attach(mem: &Memory) -> Result<ProducerCore> {
         let geo = mem.geometry();
         // Acquire: pairs with nothing in particular; the slots are checked one by one below.
-        let mut tail = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let published = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let mut tail = published;
         for _ in 0..=geo.capacity {
             // Acquire: pairs with the commit's Release.
             if mem.slot_seq(tail).load(Acquire) != committed(tail) {
+                if tail != published {
+                    // *Join* needs the position to show the tail each scan starts from: a
+                    // subscriber joining at the stale position would be protected below our
+                    // limit. Relaxed: ordered before the first scan's loads by its SeqCst
+                    // fence, as a commit's position store is.
+                    mem.producer_line().position.store(tail, Relaxed);
+                }
                 let limit = if geo.overflow == Overflow::DropOldest {
                     u64::MAX
                 } else {
