@@ -288,12 +288,18 @@ impl ConsumerCore {
     /// Subscriber `index` (its entry already owned by the caller) joins: see the module docs,
     /// *Join*.
     pub(crate) fn attach(mem: &Memory, index: u32) -> Result<ConsumerCore> {
+        // Acquire: the position is a hint for the history's start, checked below.
+        let p0 = position(mem.producer_line().position.load(Acquire), "tail")?;
+        ConsumerCore::join_from(mem, index, p0)
+    }
+
+    /// The rest of [`attach`](ConsumerCore::attach), after its first load of the position
+    /// found `p0` (apart so that a test can run the producer between the join's two loads).
+    pub(crate) fn join_from(mem: &Memory, index: u32, p0: u64) -> Result<ConsumerCore> {
         let geo = mem.geometry();
         let me = mem
             .participant(Role::Consumer, index)
             .ok_or_else(|| corrupted(format!("no consumer entry {index}")))?;
-        // Acquire: the position is a hint for the history's start, checked below.
-        let p0 = position(mem.producer_line().position.load(Acquire), "tail")?;
         let history = u64::from(geo.history).min(geo.capacity - 1);
         let start = p0.saturating_sub(history);
         // Relaxed: ordered before the load below by the SeqCst fence.

@@ -636,3 +636,61 @@ fn broadcast_successor_publishes_its_tail_before_a_subscriber_joins_below_it() {
     assert_eq!(got, sent, "every frame after the held one, in order");
     assert_eq!(rx.missed(), 0, "nothing missed on a Block channel");
 }
+
+/// Found in review of step 6 (broadcast, issue 11): a subscriber whose join straddles a commit
+/// (its first load of the position saw `p0`, its second `p1 > p0`) while the producer's scan
+/// came before the join's fence may be lapped on the positions below `p1` (module docs of
+/// `broadcast.rs`, *Join*), never on those at or past `p1`. A lapped subscriber skipped to the
+/// producer's tail plus one less a ring, which on a `Block` channel whose producer had filled
+/// the ring up to the limit that scan gave it is `p1 + 1`: the frame at `p1`, committed after
+/// the join and intact in its slot, was skipped and counted missed. A `Block` subscriber now
+/// skips no further than its join.
+#[test]
+fn broadcast_block_joiner_lapped_in_its_history_keeps_the_frames_after_its_join() {
+    use crate::broadcast::{ConsumerCore, ProducerCore};
+    use crate::sync::Ordering::Acquire;
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(2 * 16)
+            .max_frame_size(16)
+            .max_consumers(1),
+    )
+    .unwrap();
+    let mem = &*seg.mem;
+    assert_eq!(mem.geometry().capacity, 2, "two slots");
+    let send = |p: &mut ProducerCore, i: u8| p.try_send(mem, &[i; 16]);
+    // The subscriber's entry, admitted; a subscriber that held it before closed (its
+    // `released` says gone) and this one has not joined yet.
+    let entry = mem.participant(Role::Consumer, 0).unwrap();
+    entry
+        .owner
+        .store(encode_owner(std::process::id(), 2), Relaxed);
+    entry.released.store(u64::MAX, Relaxed);
+    let mut p = ProducerCore::attach(mem).unwrap();
+    send(&mut p, 0).unwrap();
+    // The subscriber's first load of the position, before the commit of position 1.
+    let p0 = mem.producer_line().position.load(Acquire);
+    assert_eq!(p0, 1);
+    send(&mut p, 1).unwrap();
+    // The producer claims position 2, at its cached limit: it scans, before the join's
+    // fence, and finds no subscriber to wait for.
+    let (pos, bytes) = p.try_claim(mem, 16).unwrap();
+    // The subscriber finishes its join: its second load finds 2.
+    let mut c = ConsumerCore::join_from(mem, 0, p0).unwrap();
+    mem.copy_in(bytes, &[2; 16]);
+    p.commit(mem, pos, 16);
+    send(&mut p, 3).unwrap();
+    assert!(
+        matches!(send(&mut p, 4), Err(Error::WouldBlock(_))),
+        "the producer waits for the subscriber"
+    );
+    // Position 1 (history) was overwritten; positions 2 and 3 were committed after the join.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    while let Ok((len, _)) = c.try_recv(mem, &mut buf) {
+        assert_eq!(buf[..len], [buf[0]; 16], "intact");
+        got.push(buf[0]);
+    }
+    assert_eq!(got, [2, 3], "every frame committed after the join");
+    assert_eq!(c.missed(), 0, "nothing missed on a Block channel");
+}
