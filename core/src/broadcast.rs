@@ -40,7 +40,10 @@
 //!   this subscriber releases them. Only positions below `p1` (history) may be, so those are
 //!   validated reads, as every read of a `DropOldest` channel is.
 //! * **Lapped**: the subscriber skips to the oldest intact frame, `tail + 1 - S` (the slot of
-//!   `tail` may be mid-write), and counts every skipped position at or past its join as missed.
+//!   `tail` may be mid-write), but on a `Block` channel no further than `p1` (the positions
+//!   from there on are protected: a producer that reached `p1 + S` with the limit of a scan
+//!   made before the join's fence has left `p1` intact), and counts every skipped position at
+//!   or past its join as missed.
 //!   Each position after the join is so either delivered or counted, exactly once.
 //!
 //! A dead subscriber holds the producer back only until its repair (`repair.rs`), which sets
@@ -424,7 +427,12 @@ impl ConsumerCore {
         // Acquire: a hint for where the producer is, bounded below by what the slot showed.
         let tail = position(mem.producer_line().position.load(Acquire), "tail")?
             .max(seen_at.saturating_add(1));
-        let next = (tail + 1).saturating_sub(cap).max(self.cursor + 1);
+        let mut next = (tail + 1).saturating_sub(cap).max(self.cursor + 1);
+        // On a `Block` channel only history (below `protected_from`) can be overwritten: the
+        // frames from there on are intact however far the producer is. Always a step on.
+        if next > self.protected_from {
+            next = self.protected_from.max(self.cursor + 1);
+        }
         // `next > cursor`, so the difference is never negative.
         self.missed += next.max(self.joined) - self.cursor.max(self.joined);
         self.cursor = next;
