@@ -694,3 +694,26 @@ fn broadcast_block_joiner_lapped_in_its_history_keeps_the_frames_after_its_join(
     assert_eq!(got, [2, 3], "every frame committed after the join");
     assert_eq!(c.missed(), 0, "nothing missed on a Block channel");
 }
+
+/// Found in review of step 6 (broadcast, issue 11): a subscriber entry never used before had
+/// `released` zero. A subscriber admitted to it (its owner word set, as the coordinator does
+/// before the process maps the segment and joins) so held a `Block` producer that was a ring
+/// past position zero back before it had joined: `WouldBlock("full")` here, and a parked
+/// producer slept until a recheck. Free subscriber entries now say gone from the start.
+#[test]
+fn broadcast_subscriber_admitted_but_not_joined_holds_nobody_back() {
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(4 * 64)
+            .max_frame_size(64)
+            .max_consumers(2),
+    )
+    .unwrap();
+    let mut tx = seg.producer().unwrap();
+    for i in 0..8u8 {
+        tx.try_send(&[i]).unwrap();
+    }
+    crate::segment::take_entry(&seg.mem, Role::Consumer, std::process::id(), 0).unwrap();
+    tx.try_send(&[8])
+        .expect("a subscriber that has not joined holds nobody back");
+}
