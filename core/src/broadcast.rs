@@ -47,7 +47,8 @@
 //!   Each position after the join is so either delivered or counted, exactly once.
 //!
 //! A dead subscriber holds the producer back only until its repair (`repair.rs`), which sets
-//! its `released` to [`GONE`]; a subscriber that closes does the same. A dead producer leaves
+//! its `released` to [`GONE`]; a subscriber that closes does the same, and a fresh segment's
+//! entries start so: a subscriber admitted to an entry holds nobody back until it joins. A dead producer leaves
 //! at most one slot at `2p + 1`, which subscribers read as empty; its successor resumes at the
 //! first position that is not committed, and publishes it before its first scan (a death
 //! between a commit and the position store leaves the position behind, and *Join* relies on it
@@ -547,6 +548,17 @@ fn bad_header(pos: u64, word: u64) -> Error {
         "bad broadcast slot header {word:#018x} at position {pos} (type {:?}, length {})",
         h.ty, h.len
     ))
+}
+
+/// A fresh segment's subscriber entries: free, holding nobody back (an admitted subscriber
+/// holds the producer back from its join on, not before).
+pub(crate) fn initialise(mem: &Memory) {
+    for i in 0..mem.geometry().max_consumers {
+        if let Some(e) = mem.participant(Role::Consumer, i) {
+            // Relaxed: published by the segment's Release store of its ready state.
+            e.released.store(GONE, Relaxed);
+        }
+    }
 }
 
 /// For the repair of a dead subscriber: it holds nobody back any more.
