@@ -46,13 +46,18 @@
 //!   broadcast segment starts, and is freed, with `released = GONE`, so a stale value never
 //!   constrains the producer.
 //! * **Lapped**: the subscriber skips to the oldest intact frame, `tail + 1 - S` (the slot of
-//!   `tail` may be mid-write), and counts every skipped position at or past its join as missed.
+//!   `tail` may be mid-write), but on a `Block` channel no further than `p1` (the positions
+//!   from there on are protected: a producer that reached `p1 + S` with the limit of a scan
+//!   made before the join's fence has left `p1` intact), and counts every skipped position at
+//!   or past its join as missed.
 //!   Each position after the join is so either delivered or counted, exactly once.
 //!
 //! A dead subscriber holds the producer back only until its repair (`repair.rs`), which sets
 //! its `released` to [`GONE`]; a subscriber that closes does the same. A dead producer leaves
 //! at most one slot at `2p + 1`, which subscribers read as empty; its successor resumes at the
-//! first position that is not committed. Everything read from shared memory is checked: a
+//! first position that is not committed, and publishes it before its first scan (a death
+//! between a commit and the position store leaves the position behind, and *Join* relies on it
+//! showing the tail a scan starts from). Everything read from shared memory is checked: a
 //! `seq` of another slot's position, a bad header, a cursor out of range are `Corrupted`.
 
 use crate::error::{Error, Result};
@@ -124,14 +129,22 @@ pub(crate) struct ProducerCore {
 impl ProducerCore {
     /// Takes over the producer side: resumes at the first position that is not committed,
     /// walking from the published tail (a predecessor may have died between a commit and its
-    /// tail store). The walk is bounded by the slot count.
+    /// tail store), and publishes that tail. The walk is bounded by the slot count.
     pub(crate) fn attach(mem: &Memory) -> Result<ProducerCore> {
         let geo = mem.geometry();
         // Acquire: pairs with nothing in particular; the slots are checked one by one below.
-        let mut tail = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let published = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let mut tail = published;
         for _ in 0..=geo.capacity {
             // Acquire: pairs with the commit's Release.
             if mem.slot_seq(tail).load(Acquire) != committed(tail) {
+                if tail != published {
+                    // *Join* needs the position to show the tail each scan starts from: a
+                    // subscriber joining at the stale position would be protected below our
+                    // limit. Relaxed: ordered before the first scan's loads by its SeqCst
+                    // fence, as a commit's position store is.
+                    mem.producer_line().position.store(tail, Relaxed);
+                }
                 let limit = if geo.overflow == Overflow::DropOldest {
                     u64::MAX
                 } else {
@@ -407,7 +420,12 @@ impl ConsumerCore {
         // Acquire: a hint for where the producer is, bounded below by what the slot showed.
         let tail = position(mem.producer_line().position.load(Acquire), "tail")?
             .max(seen_at.saturating_add(1));
-        let next = (tail + 1).saturating_sub(cap).max(self.cursor + 1);
+        let mut next = (tail + 1).saturating_sub(cap).max(self.cursor + 1);
+        // On a `Block` channel only history (below `protected_from`) can be overwritten: the
+        // frames from there on are intact however far the producer is. Always a step on.
+        if next > self.protected_from {
+            next = self.protected_from.max(self.cursor + 1);
+        }
         // `next > cursor`, so the difference is never negative.
         self.missed += next.max(self.joined) - self.cursor.max(self.joined);
         self.cursor = next;
@@ -527,9 +545,15 @@ fn bad_header(pos: u64, word: u64) -> Error {
 /// Joins the subscriber whose entry `entry` was just taken (module docs, *Join*): its cursor
 /// goes into `released`, the join position into `claim`.
 pub(crate) fn join(mem: &Memory, entry: &crate::layout::Participant) -> Result<()> {
-    let geo = mem.geometry();
     // Acquire: the position is a hint for the history's start, checked below.
     let p0 = position(mem.producer_line().position.load(Acquire), "tail")?;
+    join_from(mem, entry, p0)
+}
+
+/// The rest of [`join`], after its first load of the position found `p0` (apart so that a
+/// test can run the producer between the join's two loads).
+pub(crate) fn join_from(mem: &Memory, entry: &crate::layout::Participant, p0: u64) -> Result<()> {
+    let geo = mem.geometry();
     let history = u64::from(geo.history).min(geo.capacity - 1);
     let start = p0.saturating_sub(history);
     // Relaxed: ordered before the load below by the SeqCst fence; published to the attaching

@@ -2,9 +2,9 @@
 //! wake-ups on MPMC skips (6), waits that trusted one shared word (7), unbounded MPMC skip loops
 //! (8), the SPSC attach after a producer killed mid-publish (9), the MPMC copy receive's
 //! double read (10) and arithmetic overflow on hostile cursors (11); and a lost wake-up found in
-//! review of step 5 (a drain whose callback panics). White-box: they write the
-//! segment's words directly, as a hostile or dying process would. Each test names the item it
-//! guards and what it showed before the fix.
+//! review of step 5 (a drain whose callback panics); and defects of broadcast channels found in
+//! review of step 6. White-box: they write the segment's words directly, as a hostile or dying
+//! process would. Each test names the item it guards and what it showed before the fix.
 
 use crate::layout::{Role, decode_owner, encode_header, encode_owner};
 use crate::region::Memory;
@@ -581,4 +581,142 @@ fn a_drain_whose_callback_panics_wakes_a_parked_producer() {
         let got = c.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
         assert_eq!(&buf[..got.len], b"three");
     });
+}
+
+/// Found in review of step 6 (broadcast, issue 11): a broadcast producer killed between its
+/// commit and its position store leaves the position one behind. Its successor resumed past
+/// the committed frame but left the position as it was, so its first scan's limit came from
+/// a tail the position did not show: a subscriber joining before the successor's first commit
+/// took the stale position for its join and was protected there, and under `Block` the
+/// producer overwrote that frame while the subscriber held it in place, then lapped it past
+/// a frame committed after the join (`missed` 2 on a `Block` channel). The successor now
+/// publishes the tail it resumes at before its first scan.
+#[test]
+fn broadcast_successor_publishes_its_tail_before_a_subscriber_joins_below_it() {
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(4 * 64)
+            .max_frame_size(64)
+            .max_consumers(1),
+    )
+    .unwrap();
+    let mut tx = seg.producer().unwrap();
+    for i in 0..3u8 {
+        tx.try_send(&[i]).unwrap();
+    }
+    // Killed after committing position 2, before storing the position 3.
+    seg.mem.producer_line().position.store(2, Relaxed);
+    std::mem::forget(tx);
+    evict(&seg, Role::Producer, 0);
+    let mut tx = seg.producer().unwrap();
+    // Its first claim (position 3) scans the subscribers: there are none yet.
+    let mut claim = tx.try_claim(1).unwrap();
+    let mut rx = seg.consumer().unwrap();
+    claim[0] = 3;
+    claim.commit();
+    // The subscriber reads its first frame in place and holds it while the producer goes
+    // as far as the ring lets it.
+    let f = rx.try_read().unwrap();
+    let held = f.to_vec();
+    let mut sent = Vec::new();
+    for i in 4..=8u8 {
+        if tx.try_send(&[i]).is_err() {
+            break;
+        }
+        sent.push(i);
+    }
+    assert_eq!(&*f, &held[..], "a frame held in place was overwritten");
+    assert_eq!(held, [3], "the first frame after the join");
+    drop(f);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(r) = rx.try_recv(&mut buf) {
+        got.extend_from_slice(&buf[..r.len]);
+    }
+    assert_eq!(got, sent, "every frame after the held one, in order");
+    assert_eq!(rx.missed(), 0, "nothing missed on a Block channel");
+}
+
+/// Found in review of step 6 (broadcast, issue 11): a subscriber whose join straddles a commit
+/// (its first load of the position saw `p0`, its second `p1 > p0`) while the producer's scan
+/// came before the join's fence may be lapped on the positions below `p1` (module docs of
+/// `broadcast.rs`, *Join*; here, its one frame of history), never on those at or past `p1`. A
+/// lapped subscriber skipped to the
+/// producer's tail plus one less a ring, which on a `Block` channel whose producer had filled
+/// the ring up to the limit that scan gave it is `p1 + 1`: the frame at `p1`, committed after
+/// the join and intact in its slot, was skipped and counted missed. A `Block` subscriber now
+/// skips no further than its join.
+#[test]
+fn broadcast_block_joiner_lapped_in_its_history_keeps_the_frames_after_its_join() {
+    use crate::broadcast::{ConsumerCore, ProducerCore};
+    use crate::sync::Ordering::Acquire;
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(2 * 16)
+            .max_frame_size(16)
+            .max_consumers(1)
+            .history(1),
+    )
+    .unwrap();
+    let mem = &*seg.mem;
+    assert_eq!(mem.geometry().capacity, 2, "two slots");
+    let send = |p: &mut ProducerCore, i: u8| p.try_send(mem, &[i; 16]);
+    // The subscriber's entry, admitted; a subscriber that held it before closed (its
+    // `released` says gone) and this one has not joined yet.
+    let entry = mem.participant(Role::Consumer, 0).unwrap();
+    entry
+        .owner
+        .store(encode_owner(std::process::id(), 2), Relaxed);
+    entry.released.store(u64::MAX, Relaxed);
+    let mut p = ProducerCore::attach(mem).unwrap();
+    send(&mut p, 0).unwrap();
+    // The subscriber's first load of the position, before the commit of position 1.
+    let p0 = mem.producer_line().position.load(Acquire);
+    assert_eq!(p0, 1);
+    send(&mut p, 1).unwrap();
+    // The producer claims position 2, at its cached limit: it scans, before the join's
+    // fence, and finds no subscriber to wait for.
+    let (pos, bytes) = p.try_claim(mem, 16).unwrap();
+    // The subscriber finishes its join: its second load finds 2.
+    crate::broadcast::join_from(mem, entry, p0).unwrap();
+    let mut c = ConsumerCore::attach(mem, 0).unwrap();
+    mem.copy_in(bytes, &[2; 16]);
+    p.commit(mem, pos, 16);
+    send(&mut p, 3).unwrap();
+    assert!(
+        matches!(send(&mut p, 4), Err(Error::WouldBlock(_))),
+        "the producer waits for the subscriber"
+    );
+    // Position 1 (history) was overwritten; positions 2 and 3 were committed after the join.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    while let Ok((len, _)) = c.try_recv(mem, &mut buf) {
+        assert_eq!(buf[..len], [buf[0]; 16], "intact");
+        got.push(buf[0]);
+    }
+    assert_eq!(got, [2, 3], "every frame committed after the join");
+    assert_eq!(c.missed(), 0, "nothing missed on a Block channel");
+}
+
+/// Found in review of step 6 (broadcast, issue 11): a subscriber entry never used before had
+/// `released` zero. A subscriber admitted to it (its owner word set, as the coordinator does
+/// before the process maps the segment and joins) so held a `Block` producer that was a ring
+/// past position zero back before it had joined: `WouldBlock("full")` here, and a parked
+/// producer slept until a recheck. Free subscriber entries now say gone from the start.
+#[test]
+fn broadcast_subscriber_admitted_but_not_joined_holds_nobody_back() {
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(4 * 64)
+            .max_frame_size(64)
+            .max_consumers(2),
+    )
+    .unwrap();
+    let mut tx = seg.producer().unwrap();
+    for i in 0..8u8 {
+        tx.try_send(&[i]).unwrap();
+    }
+    crate::segment::take_entry(&seg.mem, Role::Consumer, std::process::id(), 0).unwrap();
+    tx.try_send(&[8])
+        .expect("a subscriber that has not joined holds nobody back");
 }

@@ -205,8 +205,10 @@ impl Segment {
         // truncated by anyone allowed to open it, even now.
         let mem = Memory::new(map, geo);
         mem.write_header(&geo.header(origin));
-        if geo.kind == Kind::Mpmc {
-            mpmc::initialise(&mem);
+        match geo.kind {
+            Kind::Mpmc => mpmc::initialise(&mem),
+            Kind::Broadcast => broadcast::initialise(&mem),
+            Kind::Spsc => {}
         }
         if geo.kind == Kind::Broadcast {
             broadcast::initialise(&mem);

@@ -613,3 +613,321 @@ pub fn remove_runtime_files(ns: &str) {
         let _ = std::fs::remove_file(shmring::default_socket_path(ns).with_extension(ext));
     }
 }
+
+/// A test's view of a broadcast channel's segment, mapped through a [`SharedFile`] (a path
+/// from [`memfds`]): the producer's published position and each slot's `seq` word, read as
+/// the channel's own code reads them (`core/src/broadcast.rs`: `2p + 1` while position `p` is
+/// being written, `2p + 2` once it is committed).
+pub struct BroadcastView {
+    file: SharedFile,
+    slots: u64,
+    stride: u64,
+    data: u64,
+    producer_line: u64,
+    participants: u64,
+    max_producers: u64,
+    max_consumers: u64,
+}
+
+impl BroadcastView {
+    /// Maps the segment at `path` and reads its geometry from the header.
+    pub fn open(path: &std::path::Path) -> BroadcastView {
+        use shmring::layout::SegmentHeader;
+        use std::mem::offset_of;
+        let file = SharedFile::open(path);
+        let u64_at = |off: usize| {
+            assert!(off.is_multiple_of(8));
+            file.word(off / 8).load(Ordering::Relaxed)
+        };
+        // Little-endian: a u32 at offset 8k + 4 is the high half of word k.
+        let u32_at = |off: usize| {
+            let w = file.word(off / 8).load(Ordering::Relaxed);
+            (w >> (8 * (off % 8))) as u32
+        };
+        let kind = u32_at(offset_of!(SegmentHeader, kind));
+        assert_eq!(
+            kind,
+            shmring::Kind::Broadcast as u32,
+            "not a broadcast segment"
+        );
+        let slots = u64_at(offset_of!(SegmentHeader, capacity));
+        let stride = u64::from(u32_at(offset_of!(SegmentHeader, slot_stride)));
+        let data = u64_at(offset_of!(SegmentHeader, data));
+        let producer_line = u64_at(offset_of!(SegmentHeader, producer_line));
+        let participants = u64_at(offset_of!(SegmentHeader, participants));
+        let max_producers = u64::from(u32_at(offset_of!(SegmentHeader, max_producers)));
+        let max_consumers = u64::from(u32_at(offset_of!(SegmentHeader, max_consumers)));
+        assert!(slots.is_power_of_two() && stride.is_multiple_of(8) && data.is_multiple_of(8));
+        BroadcastView {
+            file,
+            slots,
+            stride,
+            data,
+            producer_line,
+            participants,
+            max_producers,
+            max_consumers,
+        }
+    }
+
+    /// The segment of broadcast channel `channel` that process `pid` holds.
+    pub fn of_process(pid: u32, channel: &str) -> BroadcastView {
+        let path = memfds(pid, "shmring.")
+            .into_iter()
+            .find(|(n, _)| n.ends_with(&format!(".{channel}")))
+            .unwrap_or_else(|| panic!("process {pid} holds no segment of channel {channel}"))
+            .1;
+        BroadcastView::open(&path)
+    }
+
+    /// Slots of the ring.
+    pub fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    /// The producer's published position (`position` of the producer line).
+    pub fn position(&self) -> u64 {
+        self.file
+            .word(self.producer_line as usize / 8)
+            .load(Ordering::Acquire)
+    }
+
+    /// The `seq` word of the slot of `pos`.
+    pub fn seq(&self, pos: u64) -> u64 {
+        let off = self.data + (pos % self.slots) * self.stride;
+        self.file.word(off as usize / 8).load(Ordering::Acquire)
+    }
+
+    /// The first position not committed, walking from the published position as a successor
+    /// producer does (a producer killed between a commit and its position store leaves the
+    /// position one behind). Only meaningful while no producer runs.
+    pub fn committed_end(&self) -> u64 {
+        let from = self.position();
+        (from..=from + self.slots)
+            .find(|&p| self.seq(p) != 2 * p + 2)
+            .expect("every slot is committed past the published position")
+    }
+
+    /// The `released` word of the subscriber entry that process `pid` owns, if any: what holds
+    /// a `Block` producer back (it never writes a position at or past `released` plus the
+    /// slot count).
+    pub fn released_of(&self, pid: u32) -> Option<u64> {
+        use shmring::layout::{LINE, Participant, decode_owner};
+        (0..self.max_consumers).find_map(|i| {
+            let entry = self.participants as usize + (self.max_producers + i) as usize * LINE;
+            let owner = self.file.word(entry / 8).load(Ordering::Relaxed);
+            (decode_owner(owner).0 == pid).then(|| {
+                self.file
+                    .word((entry + std::mem::offset_of!(Participant, released)) / 8)
+                    .load(Ordering::Acquire)
+            })
+        })
+    }
+
+    /// Whether the slot of `pos` is marked as being written at `pos` (a producer claimed it
+    /// and has not committed).
+    pub fn being_written(&self, pos: u64) -> bool {
+        self.seq(pos) == 2 * pos + 1
+    }
+}
+
+/// One frame as a broadcast subscriber recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The producer incarnation that sent it.
+    pub incarnation: u32,
+    /// Its sequence number (the broadcast torture numbers frames by ring position).
+    pub seq: u64,
+    /// What the subscriber's `missed()` said right after receiving it, where that is exact
+    /// (a frame received alone, or the last of a batch that stopped at its limit).
+    pub missed: Option<u64>,
+}
+
+/// What a broadcast subscriber records in a [`SharedFile`]: word 0 counts the entries, word 1
+/// is its join position plus one (zero until known), word 2 how often it reopened to pin its
+/// join; each entry is three words (incarnation, seq, missed or `u64::MAX`), written before
+/// the count that covers it.
+pub struct SubscriberLog(SharedFile);
+
+impl SubscriberLog {
+    const HEAD: usize = 3;
+
+    /// A new log with room for `entries`.
+    pub fn create(path: &std::path::Path, entries: usize) -> SubscriberLog {
+        SubscriberLog(SharedFile::create(path, Self::HEAD + 3 * entries))
+    }
+
+    /// An existing log.
+    pub fn open(path: &std::path::Path) -> SubscriberLog {
+        SubscriberLog(SharedFile::open(path))
+    }
+
+    /// Records the join position, and how many opens it took to pin it.
+    pub fn set_join(&self, pos: u64, reopens: u64) {
+        self.0.word(2).store(reopens, Ordering::Relaxed);
+        self.0.word(1).store(pos + 1, Ordering::Release);
+    }
+
+    /// The join position, once recorded.
+    pub fn join(&self) -> Option<u64> {
+        self.0.word(1).load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// How often the subscriber reopened before its join was pinned.
+    pub fn reopens(&self) -> u64 {
+        self.0.word(2).load(Ordering::Relaxed)
+    }
+
+    /// Appends an entry; `false` if the log is full.
+    pub fn append(&self, e: Received) -> bool {
+        let n = self.0.word(0).load(Ordering::Relaxed) as usize;
+        let at = Self::HEAD + 3 * n;
+        if at + 3 > self.0.words() {
+            return false;
+        }
+        self.0
+            .word(at)
+            .store(u64::from(e.incarnation), Ordering::Relaxed);
+        self.0.word(at + 1).store(e.seq, Ordering::Relaxed);
+        self.0
+            .word(at + 2)
+            .store(e.missed.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.0.word(0).store(n as u64 + 1, Ordering::Release);
+        true
+    }
+
+    /// The entries recorded.
+    pub fn entries(&self) -> Vec<Received> {
+        let n = self.len() as usize;
+        (0..n)
+            .map(|i| {
+                let at = Self::HEAD + 3 * i;
+                let missed = self.0.word(at + 2).load(Ordering::Relaxed);
+                Received {
+                    incarnation: self.0.word(at).load(Ordering::Relaxed) as u32,
+                    seq: self.0.word(at + 1).load(Ordering::Relaxed),
+                    missed: (missed != u64::MAX).then_some(missed),
+                }
+            })
+            .collect()
+    }
+
+    /// The last entry recorded.
+    pub fn last(&self) -> Option<Received> {
+        let n = self.len() as usize;
+        let at = Self::HEAD + 3 * n.checked_sub(1)?;
+        let missed = self.0.word(at + 2).load(Ordering::Relaxed);
+        Some(Received {
+            incarnation: self.0.word(at).load(Ordering::Relaxed) as u32,
+            seq: self.0.word(at + 1).load(Ordering::Relaxed),
+            missed: (missed != u64::MAX).then_some(missed),
+        })
+    }
+
+    /// How many entries are recorded.
+    pub fn len(&self) -> u64 {
+        self.0.word(0).load(Ordering::Acquire)
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Positions `[first, end)` of a broadcast stream, committed by producer `incarnation`, whose
+/// frames are numbered by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The producer incarnation.
+    pub incarnation: u32,
+    /// Its first position (where its predecessor's commits ended).
+    pub first: u64,
+    /// The first position it did not commit.
+    pub end: u64,
+}
+
+/// Checks what one broadcast subscriber recorded against the committed stream (contiguous
+/// ranges, in order): it joined at `join` (`None`: killed before it knew, and then it recorded
+/// nothing) and received `got`, in order. Every frame is the one committed at its position,
+/// never a frame a dead producer left uncommitted there; positions strictly increase from the
+/// join on; and every position from the join to a received frame was either received or
+/// counted in the subscriber's `missed` at that frame, exactly. `lossless` (BLOCK): nothing is
+/// missed, so the frames are exactly the positions from the join on. `to_end`: the subscriber
+/// lived until the stream ended and caught up, so its last frame is the last one committed.
+/// Returns (frames received, frames counted missed at its last exact record).
+pub fn check_subscriber(
+    stream: &[Committed],
+    join: Option<u64>,
+    got: &[Received],
+    lossless: bool,
+    to_end: bool,
+) -> Result<(u64, u64), String> {
+    let Some(join) = join else {
+        return if got.is_empty() {
+            Ok((0, 0))
+        } else {
+            Err(format!("{} frames recorded but no join", got.len()))
+        };
+    };
+    let start = stream.first().map_or(0, |c| c.first);
+    let end = stream.last().map_or(start, |c| c.end);
+    if join < start || join > end {
+        return Err(format!(
+            "joined at {join}, outside the stream's positions [{start}, {end})"
+        ));
+    }
+    let owner = |pos: u64| {
+        let i = stream.partition_point(|c| c.end <= pos);
+        stream.get(i).filter(|c| c.first <= pos)
+    };
+    let mut missed = 0;
+    let mut prev: Option<u64> = None;
+    for (i, r) in got.iter().enumerate() {
+        let at = || format!("frame {i} (position {}, joined at {join})", r.seq);
+        if r.seq < join || r.seq >= end || prev.is_some_and(|p| r.seq <= p) {
+            return Err(format!(
+                "{}: out of order, a duplicate, or outside [{join}, {end}) (previous: {prev:?})",
+                at()
+            ));
+        }
+        match owner(r.seq) {
+            Some(c) if c.incarnation == r.incarnation => {}
+            c => {
+                return Err(format!(
+                    "{}: sent by incarnation {}, but that position was committed by {c:?}",
+                    at(),
+                    r.incarnation
+                ));
+            }
+        }
+        if lossless && r.seq != join + i as u64 {
+            return Err(format!(
+                "{}: a gap, position {} was lost",
+                at(),
+                join + i as u64
+            ));
+        }
+        if let Some(m) = r.missed {
+            // Positions join..=seq: each received or counted missed, exactly once.
+            if r.seq - join + 1 != i as u64 + 1 + m || m < missed {
+                return Err(format!(
+                    "{}: {} positions since the join, {} received and {m} counted missed \
+                     (before: {missed})",
+                    at(),
+                    r.seq - join + 1,
+                    i + 1
+                ));
+            }
+            missed = m;
+        }
+        prev = Some(r.seq);
+    }
+    if to_end && end > join && prev != Some(end - 1) {
+        return Err(format!(
+            "lived to the end, but its last frame is at {prev:?}, not the last committed {}",
+            end - 1
+        ));
+    }
+    Ok((got.len() as u64, missed))
+}

@@ -6,9 +6,10 @@
 //! producers and consumers are `shmring-peer` helpers recording what they committed and
 //! received in shared files that survive their deaths. Every test runs under a watchdog.
 
-use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Kind};
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Kind, Overflow};
 use shmring_tests::{
-    FrameLog, Helper, Logged, Rng, SharedFile, Watchdog, check_delivery, check_mpmc_frame, serial,
+    BroadcastView, Committed, FrameLog, Helper, Logged, Rng, SharedFile, SubscriberLog, Watchdog,
+    check_delivery, check_mpmc_frame, check_subscriber, serial,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -508,10 +509,7 @@ struct Lane {
 /// flagged, and the channel drains to empty.
 fn torture(kind: Kind, producers: usize, consumers: usize) {
     let _serial = serial();
-    let kills_wanted: u32 = std::env::var("SHMRING_TORTURE_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let kills_wanted = torture_kills();
     let dog = Watchdog::new(&format!("torture {kind}"), Duration::from_secs(600));
     let place = Place::new("torture");
     let coord = place.coordinator();
@@ -633,9 +631,322 @@ fn kill_torture_spsc() {
     torture(Kind::Spsc, 1, 1);
 }
 
+/// A helper of the crash tests ended by itself: they only end by being killed.
+fn died(out: shmring_tests::Output) -> ! {
+    panic!(
+        "a helper ended by itself ({}):\n{}\n{}",
+        out.status, out.stdout, out.stderr
+    )
+}
+
+/// Kills per torture run: `SHMRING_TORTURE_KILLS` (default 300).
+fn torture_kills() -> u32 {
+    std::env::var("SHMRING_TORTURE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+/// Broadcast kill torture: one producer and three subscribers, each a `shmring-peer` process
+/// admitted by the embedded coordinator, SIGKILLed at random moments and respawned. Frames are
+/// numbered by ring position: after each producer kill the test reads from the segment where
+/// the committed frames end (the first position not committed, as a successor resumes) and
+/// starts the successor numbering there; the dead producer's log of returned sends must
+/// account for all of its range but at most one frame (killed between commit and log). Each
+/// subscriber pins the position it joined at and records every frame with its missed count.
+/// After the random kills, one producer is killed holding a claim, and one subscriber is
+/// stopped: under `Block` the producer must halt exactly a ring ahead of what it released and
+/// go on once it is SIGKILLed; under `DropOldest` it must lap the stopped subscriber, which
+/// then resumes. Then, for every subscriber process: every frame is the one committed at its
+/// position (never what a dead producer left uncommitted there), in order, no duplicate, and
+/// every position from its join to its last record was received or counted missed, exactly.
+/// Under `Block` nothing is missed, so those are exactly the positions from the join on; the
+/// subscribers alive at the end catch up to the last frame committed.
+fn broadcast_torture(overflow: Overflow) {
+    const SUBSCRIBERS: usize = 3;
+    const SLOTS: u64 = 16;
+    let _serial = serial();
+    let kills_wanted = torture_kills();
+    let lossless = overflow == Overflow::Block;
+    let what = format!("broadcast torture ({overflow})");
+    let dog = Watchdog::new(&what, Duration::from_secs(600));
+    let place = Place::new("btorture");
+    let coord = place.coordinator();
+    let client = place.client();
+    let cfg = ChannelConfig::broadcast()
+        .capacity(SLOTS * 64)
+        .max_frame_size(64)
+        .max_consumers(SUBSCRIBERS as u32)
+        .overflow(overflow);
+    client.create("t", &cfg).unwrap();
+    let view = BroadcastView::open(&place.segment_path("t"));
+    assert_eq!(view.slots(), SLOTS);
+
+    // Producer incarnations: (incarnation, first position, log of returned sends).
+    let mut producers: Vec<(u32, u64, PathBuf)> = Vec::new();
+    let spawn_producer = |producers: &mut Vec<(u32, u64, PathBuf)>, first: u64| {
+        let inc = producers.len() as u32 + 1;
+        let path = place.dir.join(format!("commits-{inc}"));
+        SharedFile::create(&path, 1);
+        producers.push((inc, first, path.clone()));
+        spawn_role(
+            &dog,
+            &place,
+            &[
+                "client-produce",
+                "t",
+                &inc.to_string(),
+                path.to_str().unwrap(),
+                "park",
+                &first.to_string(),
+            ],
+        )
+    };
+    let mut logs: Vec<PathBuf> = Vec::new();
+    let spawn_subscriber = |logs: &mut Vec<PathBuf>| {
+        let path = place.dir.join(format!("sub-{}", logs.len()));
+        SubscriberLog::create(&path, 1 << 20);
+        logs.push(path.clone());
+        spawn_role(
+            &dog,
+            &place,
+            &["client-subscribe", "t", path.to_str().unwrap(), "park"],
+        )
+    };
+    // Where the dead producer's commits end (its successor starts there), and whether it
+    // died with that slot marked being written.
+    let mut ends: Vec<u64> = Vec::new();
+    let kill_producer = |p: Helper, ends: &mut Vec<u64>| {
+        p.kill().unwrap_or_else(|out| died(out));
+        let end = view.committed_end();
+        ends.push(end);
+        (end, view.being_written(end))
+    };
+
+    let mut producer = spawn_producer(&mut producers, 0);
+    // The subscriber processes running now, each with the index of its log.
+    let mut subscribers: Vec<(Helper, usize)> = (0..SUBSCRIBERS)
+        .map(|_| (spawn_subscriber(&mut logs), logs.len() - 1))
+        .collect();
+    let (mut producer_kills, mut subscriber_kills, mut half_written) = (0u32, 0u32, 0u32);
+    let mut rng = Rng::new(0xb40c);
+    let started = Instant::now();
+    for k in 0..kills_wanted {
+        std::thread::sleep(Duration::from_micros(1000 + rng.below(19_000)));
+        // The first kill is a subscriber's, so that a run of few kills has both.
+        let lane = if k == 0 {
+            0
+        } else {
+            rng.below(SUBSCRIBERS as u64 + 1) as usize
+        };
+        if lane == SUBSCRIBERS {
+            let (end, marked) = kill_producer(producer, &mut ends);
+            half_written += u32::from(marked);
+            producer = spawn_producer(&mut producers, end);
+            producer_kills += 1;
+        } else {
+            let (h, _) = subscribers.swap_remove(lane);
+            h.kill().unwrap_or_else(|out| died(out));
+            subscribers.push((spawn_subscriber(&mut logs), logs.len() - 1));
+            subscriber_kills += 1;
+        }
+    }
+    let tortured = started.elapsed();
+    // However few kills were asked for, one producer dies holding a claim (the slot of its
+    // published position marked being written), and a successor takes over from there.
+    let deadline = Instant::now() + T;
+    loop {
+        while !view.being_written(view.position()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the producer never held a claim"
+            );
+            std::hint::spin_loop();
+        }
+        let (end, marked) = kill_producer(producer, &mut ends);
+        producer = spawn_producer(&mut producers, end);
+        producer_kills += 1;
+        if marked {
+            half_written += 1;
+            break;
+        }
+    }
+    // A subscriber stopped (SIGSTOP) once it has joined. Under `Block` the producer comes to
+    // a halt exactly a ring ahead of what it released, and goes on once the subscriber is
+    // SIGKILLed and repaired (checked below). Under `DropOldest` the producer never waits:
+    // it laps the stopped subscriber, which resumes and must count what it missed.
+    let (stopped, i) = subscribers.swap_remove(0);
+    let joined = SubscriberLog::open(&logs[i]);
+    let deadline = Instant::now() + T;
+    while joined.join().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: a subscriber never joined"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill has no memory effects; the helper is our child and not yet reaped.
+    unsafe { libc::kill(stopped.pid() as i32, libc::SIGSTOP) };
+    let deadline = Instant::now() + T;
+    loop {
+        let released = view
+            .released_of(stopped.pid())
+            .expect("the stopped subscriber holds its entry");
+        let position = view.position();
+        if lossless {
+            assert!(
+                position <= released + SLOTS,
+                "{what}: the producer is at {position}, past a stopped subscriber's \
+                 released {released} plus the ring"
+            );
+            if position == released + SLOTS {
+                break;
+            }
+        } else if position >= released + 2 * SLOTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the producer stopped at {position} (a stopped subscriber released \
+             {released})"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if lossless {
+        stopped.kill().unwrap_or_else(|out| died(out));
+        subscribers.push((spawn_subscriber(&mut logs), logs.len() - 1));
+        subscriber_kills += 1;
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::kill(stopped.pid() as i32, libc::SIGCONT) };
+        subscribers.push((stopped, i));
+    }
+
+    // The producer is not stuck behind a dead subscriber: with the last ones running, it
+    // still commits (a few laps of the ring).
+    let (_, _, last_log) = producers.last().unwrap();
+    let commits = SharedFile::open(last_log);
+    let before = commits.word(0).load(Ordering::Acquire);
+    let deadline = Instant::now() + T;
+    while commits.word(0).load(Ordering::Acquire) < before + 4 * SLOTS {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the producer made no progress after the last kill ({before} commits)"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (end, marked) = kill_producer(producer, &mut ends);
+    half_written += u32::from(marked);
+
+    // Every subscriber alive now catches up to the last frame committed.
+    for (_, i) in &subscribers {
+        let log = SubscriberLog::open(&logs[*i]);
+        let deadline = Instant::now() + T;
+        loop {
+            let caught_up = match (log.join(), log.last()) {
+                (Some(_), Some(r)) => r.seq + 1 >= end,
+                (Some(j), None) => j >= end,
+                (None, _) => false,
+            };
+            if caught_up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: subscriber {i} did not catch up to position {end}: joined at {:?}, \
+                 last frame {:?}",
+                log.join(),
+                log.last()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let survivors: Vec<usize> = subscribers.iter().map(|(_, i)| *i).collect();
+    for (h, _) in subscribers {
+        h.kill().unwrap_or_else(|out| died(out));
+    }
+    wait_until_vacant(&client, "t");
+
+    // The committed stream, incarnation by incarnation.
+    let mut stream = Vec::new();
+    let mut unlogged = 0;
+    for ((inc, first, path), end) in producers.iter().zip(&ends) {
+        let logged = SharedFile::open(path).word(0).load(Ordering::Acquire);
+        let n = end - first;
+        assert!(
+            n == logged || n == logged + 1,
+            "{what}: producer incarnation {inc} committed positions [{first}, {end}) but \
+             logged {logged} returned sends"
+        );
+        unlogged += n - logged;
+        stream.push(Committed {
+            incarnation: *inc,
+            first: *first,
+            end: *end,
+        });
+    }
+    let (mut received, mut missed, mut joined, mut reopens) = (0u64, 0u64, 0u32, 0u64);
+    for (i, path) in logs.iter().enumerate() {
+        let log = SubscriberLog::open(path);
+        let got = log.entries();
+        let to_end = survivors.contains(&i);
+        match check_subscriber(&stream, log.join(), &got, lossless, to_end) {
+            Ok((r, m)) => (received, missed) = (received + r, missed + m),
+            Err(e) => panic!("{what}: subscriber {i}: {e}"),
+        }
+        joined += u32::from(log.join().is_some());
+        reopens += log.reopens();
+    }
+    let s = client.stats("t").unwrap();
+    println!(
+        "{what}: {} kills in {:.1} s ({producer_kills} of the producer, {half_written} of them \
+         with a slot marked being written, {unlogged} between a commit and its log; \
+         {subscriber_kills} of subscribers); {end} frames committed by {} producer \
+         incarnations; {} subscriber processes ({joined} joined, {reopens} reopens to pin a \
+         join) received {received} and missed {missed}; coordinator: {} repairs",
+        producer_kills + subscriber_kills,
+        tortured.as_secs_f64(),
+        producers.len(),
+        logs.len(),
+        s.repairs
+    );
+    assert!(
+        producer_kills > 0 && subscriber_kills > 0,
+        "{what}: kills on both sides"
+    );
+    assert!(
+        half_written > 0,
+        "{what}: no producer was killed with a slot marked being written"
+    );
+    assert!(received > 0, "{what}: nothing received");
+    if lossless {
+        assert_eq!(missed, 0);
+    } else {
+        assert!(missed > 0, "{what}: no subscriber was lapped");
+    }
+    assert_eq!(s.info.depth, 0);
+    drop(client);
+    coord.stop();
+    dog.check();
+    assert!(place.segments().is_empty(), "{:?}", place.segments());
+}
+
+#[test]
+fn kill_torture_broadcast_block() {
+    broadcast_torture(Overflow::Block);
+}
+
+#[test]
+fn kill_torture_broadcast_drop_oldest() {
+    broadcast_torture(Overflow::DropOldest);
+}
+
 /// The coordinator is SIGKILLed mid-stream: producer and consumer keep exchanging frames; a
 /// restarted coordinator adopts the channel, notices when the consumer it never admitted dies,
-/// repairs its entry and admits a new consumer; nothing committed is lost.
+/// repairs its entry and admits a new consumer; nothing committed is lost. For a broadcast
+/// channel (`Block`) the dead subscriber holds the producer back until that repair, each
+/// subscriber receives every frame from its join on, and the second one, alive until the
+/// producer's end, every frame up to the last.
 fn coordinator_killed(kind: Kind) {
     let _serial = serial();
     let dog = Watchdog::new("coordinator_killed", Duration::from_secs(120));
@@ -655,13 +966,40 @@ fn coordinator_killed(kind: Kind) {
             .capacity(32 * 64)
             .max_frame_size(64),
     };
+    let broadcast = kind == Kind::Broadcast;
     client.create("t", &cfg).unwrap();
     let commits = place.dir.join("commits");
     SharedFile::create(&commits, 1);
     let logs = [place.dir.join("log-0"), place.dir.join("log-1")];
     for l in &logs {
-        FrameLog::create(l, 1 << 20);
+        if broadcast {
+            SubscriberLog::create(l, 1 << 20);
+        } else {
+            FrameLog::create(l, 1 << 20);
+        }
     }
+    // Frames consumer `i` has recorded.
+    let received = |i: usize| {
+        if broadcast {
+            SubscriberLog::open(&logs[i]).len()
+        } else {
+            FrameLog::open(&logs[i]).len()
+        }
+    };
+    let consume = |i: usize| {
+        let role = if broadcast {
+            "client-subscribe"
+        } else {
+            "client-consume"
+        };
+        let mut c = spawn_role(
+            &dog,
+            &place,
+            &[role, "t", logs[i].to_str().unwrap(), "park"],
+        );
+        c.expect_line("consuming");
+        c
+    };
     let mut producer = spawn_role(
         &dog,
         &place,
@@ -674,59 +1012,79 @@ fn coordinator_killed(kind: Kind) {
         ],
     );
     producer.expect_line("producing");
-    let mut consumer = spawn_role(
-        &dog,
-        &place,
-        &["client-consume", "t", logs[0].to_str().unwrap(), "park"],
-    );
-    consumer.expect_line("consuming");
-    let log0 = FrameLog::open(&logs[0]);
-    let grows = |log: &FrameLog, what: &str| {
-        let before = log.len();
+    let consumer = consume(0);
+    let grows = |i: usize, what: &str| {
+        let before = received(i);
         let deadline = Instant::now() + T;
-        while log.len() < before + 100 {
+        while received(i) < before + 100 {
             assert!(Instant::now() < deadline, "{what}: frames stopped flowing");
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    grows(&log0, "before the coordinator is killed");
+    grows(0, "before the coordinator is killed");
     d1.kill().expect("the coordinator was running");
-    grows(&log0, "while no coordinator runs");
+    grows(0, "while no coordinator runs");
 
     let d2 = daemon();
     consumer.kill().expect("the consumer was running");
-    let mut consumer = spawn_role(
-        &dog,
-        &place,
-        &["client-consume", "t", logs[1].to_str().unwrap(), "park"],
-    );
-    consumer.expect_line("consuming");
-    grows(
-        &FrameLog::open(&logs[1]),
-        "through a consumer the new coordinator admitted",
-    );
+    let consumer = consume(1);
+    grows(1, "through a consumer the new coordinator admitted");
     producer.kill().expect("the producer was running");
-    consumer.kill().expect("the consumer was running");
-    wait_until_vacant(&client, "t");
-    let mut delivered: Vec<Logged> = logs
-        .iter()
-        .flat_map(|p| FrameLog::open(p).entries())
-        .collect();
-    delivered.extend(drain(&client, "t"));
-    let committed: HashMap<u32, u64> = [(
-        1,
-        SharedFile::open(&commits).word(0).load(Ordering::Acquire),
-    )]
-    .into();
+    let logged = SharedFile::open(&commits).word(0).load(Ordering::Acquire);
+    if broadcast {
+        // Where the committed frames end, in the segment the new coordinator holds; the
+        // second subscriber catches up to there before it is killed.
+        let end = BroadcastView::of_process(d2.pid(), "t").committed_end();
+        assert!(
+            end == logged || end == logged + 1,
+            "{end} frames committed, {logged} sends returned"
+        );
+        let log = SubscriberLog::open(&logs[1]);
+        let deadline = Instant::now() + T;
+        while log.last().is_none_or(|r| r.seq + 1 < end) {
+            assert!(
+                Instant::now() < deadline,
+                "the second subscriber stopped at {:?}, before {end}",
+                log.last()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        consumer.kill().expect("the consumer was running");
+        wait_until_vacant(&client, "t");
+        let stream = [Committed {
+            incarnation: 1,
+            first: 0,
+            end,
+        }];
+        for (i, path) in logs.iter().enumerate() {
+            let log = SubscriberLog::open(path);
+            match check_subscriber(&stream, log.join(), &log.entries(), true, i == 1) {
+                Ok((n, _)) => println!(
+                    "coordinator killed ({kind}): subscriber {i} joined at {:?} and received \
+                     {n} of the {end} frames committed",
+                    log.join()
+                ),
+                Err(e) => panic!("coordinator killed ({kind}): subscriber {i}: {e}"),
+            }
+        }
+    } else {
+        consumer.kill().expect("the consumer was running");
+        wait_until_vacant(&client, "t");
+        let mut delivered: Vec<Logged> = logs
+            .iter()
+            .flat_map(|p| FrameLog::open(p).entries())
+            .collect();
+        delivered.extend(drain(&client, "t"));
+        let committed: HashMap<u32, u64> = [(1, logged)].into();
+        match check_delivery(&committed, &delivered) {
+            Ok(summary) => {
+                println!("coordinator killed ({kind}): {logged} frames committed; {summary}")
+            }
+            Err(e) => panic!("coordinator killed ({kind}): {e}"),
+        }
+    }
     let s = client.stats("t").unwrap();
     assert_eq!(s.info.depth, 0);
-    match check_delivery(&committed, &delivered) {
-        Ok(summary) => println!(
-            "coordinator killed ({kind}): {} frames committed; {summary}; {} repairs",
-            committed[&1], s.repairs
-        ),
-        Err(e) => panic!("coordinator killed ({kind}): {e}"),
-    }
     assert_eq!(
         s.repairs, 3,
         "the first consumer, the producer and the second consumer"
@@ -749,6 +1107,84 @@ fn coordinator_killed_spsc() {
 #[test]
 fn coordinator_killed_mpmc() {
     coordinator_killed(Kind::Mpmc);
+}
+
+#[test]
+fn coordinator_killed_broadcast() {
+    coordinator_killed(Kind::Broadcast);
+}
+
+/// Issue 11: a broadcast producer blocked (`Block`, parked) behind a subscriber that holds
+/// the oldest frame goes on once that subscriber is SIGKILLed, as soon as the coordinator has
+/// repaired it (no timeout). Prints the time from SIGKILL to the producer's send returning.
+#[test]
+fn producer_blocked_behind_a_dead_subscriber_goes_on() {
+    use shmring::layout::{PARKED_ON_CONSUMER, PARTICIPANTS, Participant};
+    const SLOTS: u64 = 4;
+    let _serial = serial();
+    let dog = Watchdog::new(
+        "producer_blocked_behind_a_dead_subscriber",
+        Duration::from_secs(120),
+    );
+    let place = Place::new("bblocked");
+    let coord = place.coordinator();
+    let client = place.client();
+    let cfg = ChannelConfig::broadcast()
+        .capacity(SLOTS * 64)
+        .max_frame_size(64)
+        .max_consumers(2);
+    client.create("c", &cfg).unwrap();
+    let seg = SharedFile::open(&place.segment_path("c"));
+    // The producer's entry (the first of the table) says it sleeps on the consumer line.
+    let parked_word = PARTICIPANTS + std::mem::offset_of!(Participant, parked);
+    assert!(parked_word.is_multiple_of(8));
+    let parked = || seg.word(parked_word / 8).load(Ordering::Relaxed) as u32 == PARKED_ON_CONSUMER;
+    let mut tx = client.producer("c").unwrap();
+    tx.set_wait_strategy(shmring::WaitStrategy::Park);
+    let mut times = Vec::new();
+    let kills = recovery_kills();
+    for round in 0..kills {
+        let mut holder = spawn_role(&dog, &place, &["hold-frame", "c"]);
+        holder.expect_line("opened");
+        tx.send_timeout(b"held", T).unwrap();
+        holder.expect_line("held held");
+        // The holder released nothing: the producer fills the ring up to the held frame.
+        for _ in 1..SLOTS {
+            tx.try_send(b"more").unwrap();
+        }
+        assert!(
+            matches!(tx.try_send(b"more"), Err(Error::WouldBlock(_))),
+            "round {round}: the ring is full behind the holder"
+        );
+        let (back, killed, sent) = std::thread::scope(|s| {
+            let sender = s.spawn(move || {
+                let r = tx.send_timeout(b"next", T);
+                (tx, r, Instant::now())
+            });
+            let deadline = Instant::now() + T;
+            while !parked() {
+                assert!(Instant::now() < deadline, "the producer never parked");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let killed = Instant::now();
+            holder.kill().expect("the holder was still holding");
+            let (tx, r, sent) = sender.join().unwrap();
+            r.unwrap_or_else(|e| panic!("round {round}: the producer stayed blocked: {e}"));
+            (tx, killed, sent)
+        });
+        tx = back;
+        times.push(sent.duration_since(killed));
+    }
+    let s = client.stats("c").unwrap();
+    assert_eq!(s.repairs, u64::from(kills));
+    report(
+        "broadcast subscriber killed while the producer is parked behind it (to the send \
+         returning)",
+        &mut times,
+    );
+    drop((tx, client));
+    coord.stop();
+    dog.check();
 }
 
 /// The index, in 64-bit words of the segment, of the owner word of `role`'s entry `index` in a

@@ -29,18 +29,24 @@ fn usage() -> ! {
                                            then touch a page of FILE past its end: must die
   daemon SOCKET NAMESPACE                  run a coordinator until SIGTERM (prints ready)
   daemon-as UID GID SOCKET NAMESPACE       the same, as user UID and group GID
-  client-produce SOCKET CHANNEL INC COMMITS WAIT
+  client-produce SOCKET CHANNEL INC COMMITS WAIT [FIRST]
                                            open a producer through the coordinator and send
-                                           frames of incarnation INC until killed, counting
-                                           returned sends in the shared file COMMITS
+                                           frames of incarnation INC, numbered from FIRST
+                                           (default 0), until killed, counting returned sends
+                                           in the shared file COMMITS
   client-consume SOCKET CHANNEL LOG WAIT   open a consumer through the coordinator and record
                                            every frame in the shared file LOG before
                                            releasing it, until killed
+  client-subscribe SOCKET CHANNEL LOG WAIT subscribe to a broadcast channel through the
+                                           coordinator, record the position it joined at,
+                                           then every frame and its missed count in the
+                                           shared file LOG, until killed
   client-flood SOCKET CHANNEL              open a producer through the coordinator (print
                                            refused: ERROR if that fails) and send 8-byte
                                            frames as fast as it can, spinning, until killed
   hold-claim SOCKET CHANNEL                claim a slot, print held, wait to be killed
-  hold-frame SOCKET CHANNEL                read a frame, print its length, wait to be killed
+  hold-frame SOCKET CHANNEL                print opened, read a frame, print it, wait to be
+                                           killed
   park SOCKET CHANNEL                      wait for a frame, parked, to be killed
   as-user UID GID SOCKET PRIVATE PUBLIC COORDINATOR_PID
                                            drop to UID/GID, then try the two channels and
@@ -110,6 +116,7 @@ fn main() {
         }
         Some("client-produce") => coordinated::produce(&args),
         Some("client-consume") => coordinated::consume(&args),
+        Some("client-subscribe") => coordinated::subscribe(&args),
         Some("client-flood") => coordinated::flood(&args),
         Some("hold-claim") => coordinated::hold_claim(&args),
         Some("hold-frame") => coordinated::hold_frame(&args),
@@ -617,12 +624,15 @@ mod coordinated {
         let mut tx = admitted(&channel, || c.producer(&channel));
         tx.set_wait_strategy(wait_arg(args, 5));
         let max = tx.max_frame_size();
+        let first: u64 = args.get(6).map_or(0, |_| arg(args, 6));
         let mut rng = Rng::new(u64::from(inc));
         let mut buf = Vec::with_capacity(max);
-        let mut seq = 0u64;
+        // Sends that returned.
+        let mut sent = 0u64;
         println!("producing");
         let _ = std::io::stdout().flush();
         loop {
+            let seq = first + sent;
             mpmc_frame(inc, seq, max, &mut buf);
             let r = if rng.below(2) == 0 {
                 tx.send_timeout(&buf, Duration::from_millis(200))
@@ -639,15 +649,15 @@ mod coordinated {
             };
             match r {
                 Ok(()) => {
-                    seq += 1;
+                    sent += 1;
                     commits
                         .word(0)
-                        .store(seq, std::sync::atomic::Ordering::Release);
+                        .store(sent, std::sync::atomic::Ordering::Release);
                 }
                 Err(Error::TimedOut(_)) => continue, // no consumer right now
                 Err(e) => fail(format!("send {seq}: {e}")),
             }
-            if seq.is_multiple_of(8) {
+            if sent.is_multiple_of(8) {
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
@@ -684,6 +694,99 @@ mod coordinated {
                 std::thread::sleep(Duration::from_micros(200));
             }
             drop(f);
+        }
+    }
+
+    /// A broadcast subscriber for the crash tests. It first pins the position it joined at:
+    /// after opening, it reads the producer's published position from the segment, then
+    /// asks its handle for its lag. The handle's cursor is a position loaded when it joined,
+    /// no later than the one read here, and the lag is a later load minus the cursor, so a
+    /// lag of zero means all three are the same position: the join. Otherwise it reopens.
+    /// Then it records every frame with its `missed()`, receiving one frame at a time or in
+    /// batches, holding some frames and stalling now and then (a slow subscriber: a `Block`
+    /// producer waits for it, a `DropOldest` one laps it).
+    pub(super) fn subscribe(args: &[String]) {
+        use shmring_tests::{BroadcastView, Received, SubscriberLog};
+        let (socket, channel, log): (String, String, String) =
+            (arg(args, 1), arg(args, 2), arg(args, 3));
+        let log = SubscriberLog::open(Path::new(&log));
+        let c = client(&socket);
+        let mut reopens = 0u64;
+        let mut rx = loop {
+            let rx = admitted(&channel, || c.consumer(&channel));
+            let view = BroadcastView::of_process(std::process::id(), &channel);
+            let pos = view.position();
+            match rx.lag() {
+                Some(0) => {
+                    log.set_join(pos, reopens);
+                    break rx;
+                }
+                Some(_) if reopens < 10_000 => reopens += 1,
+                other => fail(format!(
+                    "no join pinned after {reopens} reopens: lag {other:?}"
+                )),
+            }
+        };
+        rx.set_wait_strategy(wait_arg(args, 4));
+        let max = rx.max_frame_size();
+        let mut rng = Rng::new(u64::from(std::process::id()));
+        let mut buf = vec![0u8; max];
+        let record = |f: &[u8], missed: Option<u64>| {
+            let (incarnation, seq) = check_mpmc_frame(f, max).unwrap_or_else(|e| fail(e));
+            let r = Received {
+                incarnation,
+                seq,
+                missed,
+            };
+            if !log.append(r) {
+                fail("the subscriber log is full");
+            }
+        };
+        let t = Duration::from_millis(200);
+        println!("consuming");
+        let _ = std::io::stdout().flush();
+        loop {
+            let r = match rng.below(8) {
+                0..=3 => {
+                    // In place (the frame borrows the handle): recorded once released.
+                    let len = rx.read_timeout(t).map(|f| {
+                        buf[..f.len()].copy_from_slice(&f);
+                        if rng.below(16) == 0 {
+                            // Hold the frame a while: a kill now leaves it read and unreleased.
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        f.len()
+                    });
+                    len.map(|len| record(&buf[..len], Some(rx.missed())))
+                }
+                4 | 5 => rx
+                    .recv_timeout(&mut buf, t)
+                    .map(|got| record(&buf[..got.len], Some(rx.missed()))),
+                _ => {
+                    // `missed()` after a batch is exact for its last frame only if the batch
+                    // stopped at its limit: otherwise it looked once more, and may have been
+                    // lapped then.
+                    let limit = 1 + rng.below(4) as usize;
+                    let mut frames = Vec::new();
+                    rx.drain_timeout(limit, t, |f, _| frames.push(f.to_vec()))
+                        .map(|n| {
+                            for (i, f) in frames.iter().enumerate() {
+                                let last = i + 1 == n && n == limit;
+                                record(f, last.then(|| rx.missed()));
+                            }
+                        })
+                }
+            };
+            match r {
+                Ok(()) => {}
+                Err(Error::TimedOut(_)) => continue,
+                Err(e) => fail(format!("receive: {e}")),
+            }
+            if rng.below(256) == 0 {
+                // A stall: under `Block` the producer waits for it, under `DropOldest` it
+                // gets lapped.
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
     }
 
@@ -736,6 +839,8 @@ mod coordinated {
         let (socket, channel): (String, String) = (arg(args, 1), arg(args, 2));
         let c = client(&socket);
         let mut rx = c.consumer(&channel).unwrap_or_else(|e| fail(e));
+        println!("opened");
+        let _ = std::io::stdout().flush();
         let f = rx.read_timeout(OP_TIMEOUT).unwrap_or_else(|e| fail(e));
         println!("held {}", String::from_utf8_lossy(&f));
         let _ = std::io::stdout().flush();
