@@ -167,6 +167,63 @@ fn daemon_and_cli_manage_channels() {
         .unwrap();
     assert!(String::from_utf8_lossy(&env.stdout).contains("ticks"));
 
+    // A broadcast channel: its policy and history as created, each subscriber's lag and
+    // misses in `stat`; an overflow policy on another kind is refused with the reason.
+    let created = json(&ok(
+        &sock,
+        &[
+            "create",
+            "feed",
+            "--kind",
+            "broadcast",
+            "--overflow",
+            "drop-oldest",
+            "--history",
+            "4",
+            "--capacity",
+            "8K",
+            "--max-frame-size",
+            "64",
+            "--json",
+        ],
+    ));
+    assert_eq!(created["kind"], "broadcast");
+    assert_eq!(created["overflow"], "drop-oldest");
+    assert_eq!(
+        (created["history"].clone(), created["slots"].clone()),
+        (4.into(), 128.into())
+    );
+    let client = shmring::Client::connect(Some(&sock)).unwrap();
+    let mut tx = client.producer("feed").unwrap();
+    let mut rx = client.consumer("feed").unwrap();
+    for i in 0..300u32 {
+        tx.try_send(&i.to_le_bytes()).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(u32::from_le_bytes(buf[..4].try_into().unwrap()), 300 - 127);
+    let stat = json(&ok(&sock, &["stat", "feed", "--json"]));
+    let sub = stat["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "consumer")
+        .unwrap()
+        .clone();
+    assert_eq!(sub["missed"], 300 - 127);
+    assert_eq!(stat["info"]["overflow"], "drop-oldest");
+    let text = ok(&sock, &["stat", "feed"]);
+    assert!(
+        text.contains("LAG") && text.contains("MISSED") && text.contains("overflow drop-oldest"),
+        "{text}"
+    );
+    drop((tx, rx, client));
+    assert_eq!(ok(&sock, &["delete", "feed"]), "deleted feed\n");
+    let refused = cli(&sock, &["create", "odd", "--overflow", "drop-oldest"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("broadcast channels only"), "{err}");
+
     assert_eq!(ok(&sock, &["delete", "jobs"]), "deleted jobs\n");
     // Channels are sealed memfds the coordinator holds: none has a name in /dev/shm (nor has
     // the namespace's lock, which is in the user's runtime directory).
@@ -177,6 +234,11 @@ fn daemon_and_cli_manage_channels() {
             .filter(|n| n.starts_with(&format!("shmring.{ns}@")))
             .count()
     };
+    // The deleted "feed" goes once the coordinator has handled its holders' closes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while memfds(daemon.0.id(), &format!("shmring.{ns}@")).len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(
         memfds(daemon.0.id(), &format!("shmring.{ns}@")).len(),
         1,

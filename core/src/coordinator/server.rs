@@ -1148,6 +1148,7 @@ impl Server {
     }
 
     fn drop_conn(&mut self, id: u64) {
+        self.apply_last_closes(id);
         if let Some(c) = self.conns.remove(&id) {
             self.held.remove(&id);
             let _ = self.epoll.delete(&c.stream);
@@ -1173,6 +1174,44 @@ impl Server {
             }
             self.registry.disconnected(&self.epoll, c.peer.pid);
             tracing::debug!(pid = c.peer.pid, "client disconnected");
+        }
+    }
+}
+
+impl Server {
+    /// Applies the closes a client sent before it went away that no reply could be written
+    /// for: a client that drops its last handles and its connection together sends their
+    /// closes and hangs up, and the reply to the first fails, which dropped the rest unread.
+    /// Their admissions then stayed in the books until the process exited, and a deleted
+    /// channel's memory with them. A close only gives back what the client held, so it needs
+    /// no reply; what else is buffered is dropped. Bounded: one buffer's worth, read once.
+    fn apply_last_closes(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !c.greeted {
+            return;
+        }
+        let mut buf = [0u8; 16 << 10];
+        let mut fds = Vec::new();
+        while c.reader.buffered() < MAX_BUFFERED {
+            let take = (MAX_BUFFERED - c.reader.buffered()).min(buf.len());
+            match sys::recv_with_fds(&c.stream, &mut buf[..take], &mut fds) {
+                Ok(n) if n > 0 => c.reader.push(&buf[..n]),
+                _ => break,
+            }
+        }
+        // Descriptors that came with them were sent for no request: closed with the rest.
+        c.fds.extend(fds);
+        let peer = c.peer.clone();
+        let mut closes = Vec::new();
+        while let Ok(Some(payload)) = c.reader.next_frame() {
+            if let Ok(req @ Request::Close { .. }) = protocol::decode::<Request>(&payload) {
+                closes.push(req);
+            }
+        }
+        for req in closes {
+            let _ = self.registry.handle(&self.epoll, &peer, req);
         }
     }
 }
