@@ -417,9 +417,12 @@ impl ConsumerCore {
     #[inline(never)]
     fn lapped(&mut self, mem: &Memory, seen_at: u64) -> Result<()> {
         let cap = mem.geometry().capacity;
-        // Acquire: a hint for where the producer is, bounded below by what the slot showed.
-        let tail = position(mem.producer_line().position.load(Acquire), "tail")?
-            .max(seen_at.saturating_add(1));
+        // Acquire: a hint for where the producer is, bounded below by what the slot showed
+        // (the position store follows the commit, so it may lag), but trusted only a lap past
+        // the published position: a slot scribbled with a far position makes a skip of at most
+        // a lap, not a jump past everything the producer will ever write.
+        let published = position(mem.producer_line().position.load(Acquire), "tail")?;
+        let tail = published.max(seen_at.saturating_add(1).min(published.saturating_add(cap)));
         let mut next = (tail + 1).saturating_sub(cap).max(self.cursor + 1);
         // On a `Block` channel only history (below `protected_from`) can be overwritten: the
         // frames from there on are intact however far the producer is. Always a step on.

@@ -720,3 +720,38 @@ fn broadcast_subscriber_admitted_but_not_joined_holds_nobody_back() {
     tx.try_send(&[8])
         .expect("a subscriber that has not joined holds nobody back");
 }
+
+/// Found in review of step 6: a slot scribbled with the sequence word of a far position (the
+/// right slot, a position a million laps ahead) made a lapped subscriber skip to that
+/// position, past everything the producer would write for years: it missed every frame from
+/// then on and waited for good. A slot's position is now trusted only a lap past the
+/// producer's published position.
+#[test]
+fn broadcast_slot_scribbled_with_a_far_position_costs_at_most_a_lap() {
+    let seg = Segment::anonymous(
+        &ChannelConfig::broadcast()
+            .capacity(4 * 64)
+            .max_frame_size(64)
+            .max_consumers(1)
+            .overflow(crate::layout::Overflow::DropOldest),
+    )
+    .unwrap();
+    let mut tx = seg.producer().unwrap();
+    let mut rx = seg.consumer().unwrap();
+    tx.try_send(&[0]).unwrap();
+    // Position 0's slot now claims position 4 << 20 is committed there (same slot).
+    let far = 4u64 << 20;
+    seg.mem.slot_seq(0).store(2 * far + 2, Relaxed);
+    let mut buf = [0u8; 64];
+    assert!(rx.try_recv(&mut buf).is_err());
+    for i in 1..=8u8 {
+        tx.try_send(&[i]).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Ok(r) = rx.try_recv(&mut buf) {
+        got.push(buf[..r.len][0]);
+    }
+    assert!(!got.is_empty(), "frames after the scribble still arrive");
+    assert_eq!(*got.last().unwrap(), 8);
+    assert!(rx.missed() <= 8, "missed {}", rx.missed());
+}
