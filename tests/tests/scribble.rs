@@ -171,6 +171,25 @@ fn mpmc_survives_scribbling() {
     torture(ChannelConfig::mpmc().capacity(16 * 256).max_frame_size(256));
 }
 
+#[test]
+fn broadcast_block_survives_scribbling() {
+    torture(
+        ChannelConfig::broadcast()
+            .capacity(16 * 256)
+            .max_frame_size(256),
+    );
+}
+
+#[test]
+fn broadcast_drop_oldest_survives_scribbling() {
+    torture(
+        ChannelConfig::broadcast()
+            .capacity(16 * 256)
+            .max_frame_size(256)
+            .overflow(shmring::Overflow::DropOldest),
+    );
+}
+
 /// Defect 2 (step 5): a daemon-less named segment is a file in `/dev/shm` that anyone allowed to
 /// open it may shrink. Before the fix, truncating it under a live stream killed the producer
 /// and the consumer with SIGBUS on their next access to a lost page. Now their calls end in
