@@ -370,11 +370,22 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         stdout.contains("64-byte frames") && stdout.contains("vs floor"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("shmring-broadcast-spin / shmring-spsc-spin, p50:"),
+        "{stdout}"
+    );
+    // The fan-out says where its three processes ran.
+    assert!(
+        stdout.contains("broadcast fan-out: one producer process")
+            && stdout.contains("two subscriber processes"),
+        "{stdout}"
+    );
 
     let transports = [
         "atomic-floor",
         "shmring-spsc-spin",
         "shmring-mpmc-spin",
+        "shmring-broadcast-spin",
         "futex-floor",
         "shmring-spsc-park",
         "uds",
@@ -421,19 +432,53 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
     }
 
     let throughput = report["throughput"].as_array().unwrap();
-    assert_eq!(throughput.len(), 8, "2 payloads x 2 ring kinds x 2 APIs");
+    let fanout = [
+        "shmring-broadcast-fanout-block",
+        "shmring-broadcast-fanout-drop-oldest",
+        "shmring-broadcast-fanout-drop-oldest-received",
+        "shmring-broadcast-drop-oldest-stopped",
+    ];
+    assert_eq!(
+        throughput.len(),
+        2 * (2 * 2 + fanout.len()),
+        "2 payloads x (2 ring kinds x 2 APIs + the broadcast fan-out's rows)"
+    );
     for row in throughput {
         assert_eq!(
             keys(row),
             ["api", "bytes_per_s", "frames_per_s", "payload", "transport"]
         );
-        assert!(["shmring-spsc", "shmring-mpmc"].contains(&row["transport"].as_str().unwrap()));
-        assert!(["copy", "zero-copy"].contains(&row["api"].as_str().unwrap()));
+        let t = row["transport"].as_str().unwrap();
+        assert!(
+            ["shmring-spsc", "shmring-mpmc"].contains(&t) || fanout.contains(&t),
+            "{row}"
+        );
+        let api = row["api"].as_str().unwrap();
+        assert!(["copy", "zero-copy"].contains(&api));
+        assert!(!fanout.contains(&t) || api == "copy", "{row}");
         let fps = row["frames_per_s"].as_f64().unwrap();
         let bps = row["bytes_per_s"].as_f64().unwrap();
         let payload = row["payload"].as_f64().unwrap();
-        assert!(fps > 0.0, "{row}");
+        // A subscriber that was lapped throughout may receive only what the ring held last.
+        assert!(fps > 0.0 || t.ends_with("-received"), "{row}");
         assert!((bps - fps * payload).abs() <= 1e-6 * bps, "{row}");
+    }
+    for payload in [8, 64] {
+        let fps = |t: &str| {
+            throughput
+                .iter()
+                .find(|r| r["transport"] == t && r["payload"] == payload)
+                .unwrap_or_else(|| panic!("no throughput row for {t} at {payload} B"))
+                ["frames_per_s"]
+                .as_f64()
+                .unwrap()
+        };
+        // What a subscriber received is part of what the producer sent in the same cell.
+        assert!(
+            fps("shmring-broadcast-fanout-drop-oldest-received")
+                <= fps("shmring-broadcast-fanout-drop-oldest"),
+            "{payload} B: a subscriber received more than was sent"
+        );
     }
     assert!(report["memcpy_bytes_per_s"].as_f64().unwrap() > 0.0);
 
@@ -463,6 +508,7 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
 fn bench_rejects_bad_options_with_a_remedy() {
     for (args, needle) in [
         (&["--cpus", "1,1"][..], "two different CPU numbers"),
+        (&["--cpus", "0,1,1"][..], "two different CPU numbers"),
         (&["--payload", "0"][..], "frames of 1 byte to 16 MiB"),
         (&["--duration=0"][..], "positive number of seconds"),
     ] {
@@ -473,35 +519,27 @@ fn bench_rejects_bad_options_with_a_remedy() {
     }
 }
 
-#[test]
-fn bench_interrupted_removes_its_files_and_its_peer() {
+/// Runs `shmring bench` with `args`, sends it SIGTERM once `ready(pid)` holds, and checks that
+/// it reports the interruption, exits with 128 + SIGTERM and leaves nothing behind. Each wait
+/// kills the bench and fails after its deadline.
+fn interrupt_bench(args: &[&str], what: &str, ready: impl Fn(u32) -> bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmring"))
-        .args([
-            "bench",
-            "pingpong",
-            "--payload",
-            "8",
-            "--transports",
-            "atomic-floor,shmring-spsc-spin",
-            "--iterations",
-            "100000000",
-        ])
+        .arg("bench")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Each wait below kills the bench and fails after the deadline.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let control = format!("/dev/shm/shmring-bench-{pid}.ctl");
-    while peers_of(pid).is_empty() || !Path::new(&control).exists() {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready(pid) {
         if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
             let _ = child.kill();
-            panic!("the bench did not start its peer");
+            let _ = child.wait();
+            panic!("the bench never reached the point to interrupt: {what}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(300)); // into the round trips
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = loop {
@@ -510,6 +548,7 @@ fn bench_interrupted_removes_its_files_and_its_peer() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("the bench ignored SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -525,6 +564,54 @@ fn bench_interrupted_removes_its_files_and_its_peer() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_cleaned_up(pid);
+}
+
+#[test]
+fn bench_interrupted_removes_its_files_and_its_peer() {
+    interrupt_bench(
+        &[
+            "pingpong",
+            "--payload",
+            "8",
+            "--transports",
+            "atomic-floor,shmring-spsc-spin",
+            "--iterations",
+            "100000000",
+        ],
+        "its peer started",
+        |pid| {
+            let ready = !peers_of(pid).is_empty()
+                && Path::new(&format!("/dev/shm/shmring-bench-{pid}.ctl")).exists();
+            if ready {
+                std::thread::sleep(Duration::from_millis(300)); // into the round trips
+            }
+            ready
+        },
+    );
+}
+
+/// Whether one of the peers of bench `parent` is stopped (SIGSTOP: state `T`).
+fn stopped_peer(parent: u32) -> bool {
+    peers_of(parent).iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('T'))
+    })
+}
+
+#[test]
+fn bench_interrupted_with_a_subscriber_stopped_kills_it_too() {
+    // The fan-out's `drop-oldest-stopped` cell keeps its second subscriber stopped for the
+    // whole 5 s cell (after a `block` and a `drop-oldest` cell as long): interrupted then, the
+    // bench must not leave it behind, stopped or not (`assert_cleaned_up` counts a stopped
+    // peer as alive).
+    interrupt_bench(
+        &["fanout", "--payload", "8", "--duration", "5"],
+        "a stopped subscriber",
+        stopped_peer,
+    );
 }
 
 /// The names of the memfds process `pid` holds whose names start with `prefix`, one per name.

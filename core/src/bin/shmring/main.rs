@@ -120,6 +120,9 @@ enum Command {
         cpu: Option<usize>,
         #[arg(long)]
         parent: u32,
+        /// 0: the first peer; 1: the second subscriber of the fan-out runs
+        #[arg(long, default_value = "0")]
+        index: usize,
     },
 }
 
@@ -233,7 +236,8 @@ fn run(args: &Args) -> Result<(), String> {
             dir,
             cpu,
             parent,
-        } => bench::run_peer(control, socket, dir, *cpu, *parent),
+            index,
+        } => bench::run_peer(control, socket, dir, *cpu, *parent, *index),
         _ => manage(args).map_err(|e| e.to_string()),
     }
 }

@@ -1,17 +1,18 @@
-//! Ctrl-C, SIGTERM or SIGHUP during a run: remove what the run made, stop the peer, exit.
-//! (The peer also dies with its parent, on SIGKILL too: see `peer::run`.)
+//! Ctrl-C, SIGTERM or SIGHUP during a run: remove what the run made, stop the peers, exit.
+//! (The peers also die with their parent, on SIGKILL too: see `peer::run`.)
 
 use nix::sys::signal::{SigSet, Signal};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-/// The peer's pid, once started.
-static PEER: OnceLock<u32> = OnceLock::new();
+/// The peers' pids, as they are started.
+static PEERS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Blocks the three signals in this thread (and so in the threads it starts later: call it
 /// before the coordinator starts) and starts a thread that waits for them. On one, it kills
-/// the peer, removes the control page, the run's directory and the objects of the run's
-/// coordinator namespace (`bench-<pid>`, nobody else's), and exits with 128 + the signal.
+/// the peers (a stopped one too: SIGKILL ends a stopped process), removes the control page,
+/// the run's directory and the objects of the run's coordinator namespace (`bench-<pid>`,
+/// nobody else's), and exits with 128 + the signal.
 pub fn catch(control: &Path, dir: &Path, pid: u32) {
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -23,7 +24,8 @@ pub fn catch(control: &Path, dir: &Path, pid: u32) {
     let (control, dir) = (control.to_path_buf(), dir.to_path_buf());
     std::thread::spawn(move || {
         let Ok(sig) = set.wait() else { return };
-        if let Some(&peer) = PEER.get() {
+        let peers = PEERS.lock().map(|p| p.clone()).unwrap_or_default();
+        for peer in peers {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(peer as i32), Signal::SIGKILL);
         }
@@ -43,7 +45,9 @@ pub fn catch(control: &Path, dir: &Path, pid: u32) {
     });
 }
 
-/// Records the peer's pid for the signal thread.
+/// Records a peer's pid for the signal thread.
 pub fn peer_started(pid: u32) {
-    let _ = PEER.set(pid);
+    if let Ok(mut p) = PEERS.lock() {
+        p.push(pid);
+    }
 }

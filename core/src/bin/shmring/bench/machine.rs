@@ -90,3 +90,11 @@ pub fn exited(pid: u32) -> Option<String> {
         _ => None,
     }
 }
+
+/// Whether process `pid` is stopped (state `T` in /proc: SIGSTOP took effect).
+pub fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
+}

@@ -8,6 +8,11 @@
 //! (ping-pong) or consumes (throughput) until done. Ping-pong cells are measured in interleaved
 //! rounds, every transport once per round, so that each round's ratio to the atomic floor
 //! compares figures taken with the two virtual CPUs placed the same way on the host.
+//!
+//! The broadcast fan-out rows (`fanout`) need a third process: a second peer (`--index 1`,
+//! with command and acknowledgement lines of its own) is started for them, so that this
+//! process publishes to two subscriber processes. Where there is no third CPU, the two
+//! subscribers share the peer's.
 
 mod interrupt;
 mod machine;
@@ -19,27 +24,33 @@ mod transport;
 use hdrhistogram::Histogram;
 use machine::Machine;
 use serde::Serialize;
-use shared::{Control, Shared, spin_until};
-use shmring::{Client, Coordinator, CoordinatorConfig, Kind, WaitStrategy};
+use shared::{Line, Shared, spin_until};
+use shmring::{Client, Coordinator, CoordinatorConfig, Kind, Overflow, WaitStrategy};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use transport::{Api, Ends, PATIENCE, Res, Transport, create_channels, memcpy_bandwidth, produce};
+use transport::{
+    Api, Ends, PATIENCE, Res, Transport, create_channels, create_fanout_channel, memcpy_bandwidth,
+    produce,
+};
 
 pub(crate) const OP_PINGPONG: u64 = 1;
 pub(crate) const OP_THROUGHPUT: u64 = 2;
 pub(crate) const OP_EXIT: u64 = 3;
+pub(crate) const OP_FANOUT: u64 = 4;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Round-trip latency, then throughput.
+    /// Round-trip latency, then throughput (with the broadcast fan-out).
     All,
     /// Round-trip latency only.
     Pingpong,
-    /// Throughput only.
+    /// Throughput only (with the broadcast fan-out).
     Throughput,
+    /// The broadcast fan-out rows only: one producer, two subscriber processes.
+    Fanout,
 }
 
 /// `shmring bench` options.
@@ -60,9 +71,12 @@ pub struct BenchArgs {
     /// Seconds of streaming per throughput measurement [default: 1; --quick: 0.2]
     #[arg(long)]
     duration: Option<f64>,
-    /// The two CPUs to pin the processes to [default: the first two this process may use]
+    /// The CPUs to pin the processes to: this one (the producer of the throughput runs), the
+    /// peer, and optionally a third for the second subscriber of the broadcast fan-out
+    /// [default: the first two this process may use, and the third if it may use three;
+    /// without a third, the two subscribers share the second CPU]
     #[arg(long, value_parser = parse_cpus)]
-    cpus: Option<(usize, usize)>,
+    cpus: Option<Cpus>,
     /// Transports to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',')]
     transports: Option<Vec<Transport>>,
@@ -82,11 +96,19 @@ pub struct BenchArgs {
     svg: Option<PathBuf>,
 }
 
-fn parse_cpus(s: &str) -> Result<(usize, usize), String> {
+/// `--cpus`: two different CPUs, and optionally a third for the fan-out's second subscriber.
+#[derive(Clone, Copy, Debug)]
+struct Cpus(usize, usize, Option<usize>);
+
+fn parse_cpus(s: &str) -> Result<Cpus, String> {
     let v: Vec<usize> = s.split(',').filter_map(|c| c.trim().parse().ok()).collect();
     match v[..] {
-        [a, b] if a != b => Ok((a, b)),
-        _ => Err(format!("{s:?}: give two different CPU numbers, e.g. 0,1")),
+        [a, b] if a != b => Ok(Cpus(a, b, None)),
+        [a, b, c] if a != b && a != c && b != c => Ok(Cpus(a, b, Some(c))),
+        _ => Err(format!(
+            "{s:?}: give two different CPU numbers, e.g. 0,1 (or three, e.g. 0,1,2, to give \
+             the fan-out's second subscriber a CPU of its own)"
+        )),
     }
 }
 
@@ -98,6 +120,8 @@ struct Plan {
     rounds: u32,
     duration: Duration,
     cpus: Option<(usize, usize)>,
+    /// The CPU of the fan-out's second subscriber: a third one, or the peer's.
+    fanout_cpu: Option<usize>,
     transports: Vec<Transport>,
     think: Duration,
 }
@@ -128,25 +152,29 @@ impl Plan {
                 "--duration {duration} must be a positive number of seconds"
             ));
         }
-        if a.svg.is_some() && a.mode == Mode::Throughput {
+        if a.svg.is_some() && matches!(a.mode, Mode::Throughput | Mode::Fanout) {
             return Err("--svg plots round trips: run `pingpong` or `all` with it".into());
         }
         let allowed = machine::allowed_cpus();
-        let cpus = match (a.cpus, allowed.as_slice()) {
-            (Some((x, y)), _) => {
-                if let Some(c) = [x, y].into_iter().find(|c| !allowed.contains(c)) {
+        let (cpus, third) = match (a.cpus, allowed.as_slice()) {
+            (Some(Cpus(x, y, z)), _) => {
+                if let Some(c) = [Some(x), Some(y), z]
+                    .into_iter()
+                    .flatten()
+                    .find(|c| !allowed.contains(c))
+                {
                     let list: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
                     return Err(format!(
                         "--cpus: CPU {c} is not available to this process (available: {}); \
-                         pick two of those",
+                         pick from those",
                         list.join(",")
                     ));
                 }
-                Some((x, y))
+                (Some((x, y)), z)
             }
-            // The first two CPUs this process may run on.
-            (None, [x, y, ..]) => Some((*x, *y)),
-            (None, _) => None,
+            // The first two (three) CPUs this process may run on.
+            (None, [x, y, rest @ ..]) => (Some((*x, *y)), rest.first().copied()),
+            (None, _) => (None, None),
         };
         Ok(Plan {
             mode: a.mode,
@@ -158,6 +186,7 @@ impl Plan {
             rounds: a.rounds.unwrap_or(if a.quick { 3 } else { 5 }).max(1),
             duration: Duration::from_secs_f64(duration),
             cpus,
+            fanout_cpu: third.or(cpus.map(|(_, b)| b)),
             transports,
             think: Duration::from_micros(a.think_us),
         })
@@ -226,16 +255,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Removes the bench's files and stops its peer, also when it fails.
+/// Removes the bench's files and stops its peers, also when it fails.
 struct Cleanup {
     control: PathBuf,
     dir: PathBuf,
-    peer: Option<std::process::Child>,
+    /// The peers still running (SIGKILL ends a stopped one too).
+    peers: Vec<std::process::Child>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(mut p) = self.peer.take() {
+        for mut p in self.peers.drain(..) {
             let _ = p.kill();
             let _ = p.wait();
         }
@@ -255,9 +285,11 @@ pub(crate) fn remove_runtime_files(pid: u32) {
     }
 }
 
-/// The parent's side of the conversation with the peer.
+/// The parent's side of the conversation with a peer.
 struct Conversation<'a> {
-    ctl: &'a Control,
+    /// The peer's command and acknowledgement lines (`Control::lines`).
+    cmd: &'a Line,
+    ack: &'a Line,
     seq: u64,
     /// The peer process, watched while waiting for it.
     peer: u32,
@@ -268,10 +300,10 @@ impl Conversation<'_> {
     fn command(&mut self, args: [u64; 6], wait_ready: bool) -> Res<u64> {
         self.seq += 1;
         for (i, a) in args.iter().enumerate() {
-            self.ctl.cmd.0[i + 1].store(*a, Ordering::Relaxed);
+            self.cmd.0[i + 1].store(*a, Ordering::Relaxed);
         }
         // Release: the arguments above are visible to a peer that sees the new sequence.
-        self.ctl.cmd.0[0].store(self.seq, Ordering::Release);
+        self.cmd.0[0].store(self.seq, Ordering::Release);
         if wait_ready {
             self.wait(0)?;
         }
@@ -291,12 +323,12 @@ impl Conversation<'_> {
     fn wait(&self, i: usize) -> Res<()> {
         let deadline = Instant::now() + PATIENCE;
         let ok = loop {
-            if spin_until(&self.ctl.ack.0[i], self.seq, Duration::from_millis(1)) {
+            if spin_until(&self.ack.0[i], self.seq, Duration::from_millis(1)) {
                 break true;
             }
-            if self.ctl.ack.0[1].load(Ordering::Acquire) == self.seq {
+            if self.ack.0[1].load(Ordering::Acquire) == self.seq {
                 // Done without the acknowledgement asked for: it failed.
-                break self.ctl.ack.0[i].load(Ordering::Acquire) == self.seq;
+                break self.ack.0[i].load(Ordering::Acquire) == self.seq;
             }
             if let Some(how) = machine::exited(self.peer) {
                 return Err(format!("the peer process {how} (see its message above)"));
@@ -305,7 +337,7 @@ impl Conversation<'_> {
                 break false;
             }
         };
-        if self.ctl.ack.0[3].load(Ordering::Relaxed) != 0 {
+        if self.ack.0[3].load(Ordering::Relaxed) != 0 {
             return Err("the peer process failed (see its message above)".into());
         }
         if !ok {
@@ -344,7 +376,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     let mut cleanup = Cleanup {
         control,
         dir: dir.clone(),
-        peer: None,
+        peers: Vec::new(),
     };
     let shared = Shared::map(&cleanup.control, true).map_err(|e| format!("control page: {e}"))?;
     let ctl = shared.control();
@@ -354,32 +386,38 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             .map_err(|e| format!("starting the coordinator: {e}"))?;
     let client = Client::connect(Some(&socket)).map_err(|e| format!("connecting: {e}"))?;
     for &p in &plan.payloads {
-        for kind in [Kind::Spsc, Kind::Mpmc] {
+        for kind in [Kind::Spsc, Kind::Mpmc, Kind::Broadcast] {
             create_channels(&client, kind, p)?;
         }
     }
     let mut ends = Ends::parent(client.clone(), &dir)?;
-    let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
-    let mut peer = std::process::Command::new(exe);
-    peer.arg("bench-peer")
-        .arg("--control")
-        .arg(&cleanup.control)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    if let Some((_, b)) = plan.cpus {
-        peer.arg("--cpu").arg(b.to_string());
-    }
-    peer.arg("--parent").arg(pid.to_string());
-    let child = peer
-        .spawn()
-        .map_err(|e| format!("starting the peer process: {e}"))?;
-    let peer_pid = child.id();
-    interrupt::peer_started(peer_pid);
-    cleanup.peer = Some(child);
+    let start_peer = |cleanup: &mut Cleanup, index: usize, cpu: Option<usize>| -> Res<u32> {
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+        let mut peer = std::process::Command::new(exe);
+        peer.arg("bench-peer")
+            .arg("--control")
+            .arg(&cleanup.control)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--index")
+            .arg(index.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(cpu) = cpu {
+            peer.arg("--cpu").arg(cpu.to_string());
+        }
+        peer.arg("--parent").arg(pid.to_string());
+        let child = peer
+            .spawn()
+            .map_err(|e| format!("starting a peer process: {e}"))?;
+        let peer_pid = child.id();
+        interrupt::peer_started(peer_pid);
+        cleanup.peers.push(child);
+        Ok(peer_pid)
+    };
+    let peer_pid = start_peer(&mut cleanup, 0, plan.cpus.map(|(_, b)| b))?;
     let pinned = plan.cpus.is_some_and(|(a, _)| machine::pin(a));
 
     println!("shmring bench: {machine}");
@@ -402,7 +440,8 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         None => println!("could not read /proc/stat to check that the machine is idle"),
     }
     let mut talk = Conversation {
-        ctl,
+        cmd: &ctl.cmd,
+        ack: &ctl.ack,
         seq: 0,
         peer: peer_pid,
     };
@@ -415,7 +454,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     };
     let mut plots: BTreeMap<usize, Vec<(Transport, Histogram<u64>)>> = BTreeMap::new();
 
-    if plan.mode != Mode::Throughput {
+    if matches!(plan.mode, Mode::All | Mode::Pingpong) {
         let sleepers: Vec<&str> = plan
             .transports
             .iter()
@@ -497,7 +536,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     }
 
     report.memcpy_bytes_per_s = memcpy_bandwidth(plan.duration);
-    if plan.mode != Mode::Pingpong {
+    if matches!(plan.mode, Mode::All | Mode::Throughput) {
         println!(
             "\nthroughput: one producer process, one consumer process, {:.1} s per cell; copy: send and recv \
              copy each frame;\nzero-copy: the producer fills each claimed frame in place, the consumer reads \
@@ -562,9 +601,28 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             }
         }
     }
+    if plan.mode != Mode::Pingpong {
+        let second_pid = start_peer(&mut cleanup, 1, plan.fanout_cpu)?;
+        let (cmd, ack) = ctl.lines(1);
+        let mut second = Conversation {
+            cmd,
+            ack,
+            seq: 0,
+            peer: second_pid,
+        };
+        fanout(
+            &plan,
+            &client,
+            &mut ends,
+            [&mut talk, &mut second],
+            &mut report,
+        )?;
+        second.command([OP_EXIT, 0, 0, 0, 0, 0], false)?;
+        second.wait(1)?;
+    }
     talk.command([OP_EXIT, 0, 0, 0, 0, 0], false)?;
     talk.wait(1)?;
-    if let Some(mut p) = cleanup.peer.take() {
+    for mut p in cleanup.peers.drain(..) {
         let _ = p.wait();
     }
     drop(ends);
@@ -599,6 +657,220 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     Ok(())
 }
 
+/// A frame count, short.
+fn count(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2} M", n as f64 / 1e6)
+    } else {
+        n.to_string()
+    }
+}
+
+/// A peer stopped (SIGSTOP) for one cell, and continued (SIGCONT) when this is dropped, also
+/// when the cell fails. A bench that is interrupted or fails meanwhile kills it (`Cleanup`,
+/// `interrupt`): SIGKILL ends a stopped process.
+struct Stopped(u32);
+
+impl Stopped {
+    /// Stops `pid` and waits until it is stopped.
+    fn new(pid: u32) -> Res<Stopped> {
+        use nix::sys::signal::{Signal, kill};
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP)
+            .map_err(|e| format!("stopping the subscriber (pid {pid}): {e}"))?;
+        let stopped = Stopped(pid);
+        let deadline = Instant::now() + PATIENCE;
+        while !machine::stopped(pid) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the subscriber (pid {pid}) did not stop within {PATIENCE:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        let _ = kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGCONT);
+    }
+}
+
+/// The broadcast fan-out: this process publishes on a broadcast channel, the two peers
+/// subscribe to it, one cell per row, for each payload:
+///
+/// * `shmring-broadcast-fanout-block`: overflow `block`, both subscribers running;
+/// * `shmring-broadcast-fanout-drop-oldest`: overflow `drop-oldest`, both running; and
+///   `shmring-broadcast-fanout-drop-oldest-received`: what the subscriber that received fewer
+///   frames received, per second of the same cell (the rest it missed);
+/// * `shmring-broadcast-drop-oldest-stopped`: overflow `drop-oldest`, the second subscriber
+///   stopped (SIGSTOP) from before the first frame to after the last: what a stopped
+///   subscriber costs the producer, against the row above.
+///
+/// `frames_per_s` is what the producer sent per second of sending (copies, `send`), whoever
+/// received it. Each subscriber's frames received plus missed must equal the frames sent, and
+/// under `block` none may be missed: a cell where they do not fails the run.
+///
+/// Placement: the producer has its CPU to itself; the subscribers share the peer's CPU unless
+/// there is a third (`Plan::fanout_cpu`). Subscribers that share a CPU wait by yielding it
+/// (`WaitStrategy::Yield`), so that one that has caught up lets the other run rather than
+/// spinning out its time slice while the producer waits for the other (`block`) or laps it
+/// (`drop-oldest`); each on a CPU of its own, they busy-spin. The producer busy-spins.
+fn fanout(
+    plan: &Plan,
+    client: &Client,
+    ends: &mut Ends,
+    talks: [&mut Conversation; 2],
+    report: &mut Report,
+) -> Res<()> {
+    let shared = match plan.cpus {
+        Some((_, b)) => plan.fanout_cpu == Some(b),
+        None => true,
+    };
+    let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
+    println!(
+        "\nbroadcast fan-out: one producer process (this one, {}), two subscriber processes (pid {}, {}; \
+         pid {}, {}){};\nsend and recv copy each frame, {:.1} s per cell; the subscribers {}; \
+         frames/s: frames the producer sent per second of sending;\nreceived + missed: each \
+         subscriber's frames of the cell (drop-oldest: a lapped subscriber skips to the oldest \
+         intact frame and counts what it skipped)",
+        cpu(plan.cpus.map(|(a, _)| a)),
+        talks[0].peer,
+        cpu(plan.cpus.map(|(_, b)| b)),
+        talks[1].peer,
+        cpu(plan.fanout_cpu),
+        if shared && plan.cpus.is_some() {
+            ": three processes on two CPUs, the subscribers share one"
+        } else {
+            ""
+        },
+        plan.duration.as_secs_f64(),
+        if shared {
+            "share a CPU and wait by yielding it, so that one that has caught up lets the other run"
+        } else {
+            "busy-spin"
+        },
+    );
+    println!(
+        "{:>9}  {:<46} {:>12} {:>10}   received + missed, per subscriber",
+        "payload", "transport", "frames/s", "GB/s"
+    );
+    // Subscribers wait a cell's length longer than usual: one stays stopped that long.
+    let patience_ms = plan.duration.as_millis() as u64;
+    let [first, second] = talks;
+    for &payload in &plan.payloads {
+        for overflow in [Overflow::Block, Overflow::DropOldest] {
+            create_fanout_channel(client, overflow, payload)?;
+        }
+        let mut running_fps = f64::NAN;
+        for (overflow, stop, name) in [
+            (Overflow::Block, false, "shmring-broadcast-fanout-block"),
+            (
+                Overflow::DropOldest,
+                false,
+                "shmring-broadcast-fanout-drop-oldest",
+            ),
+            (
+                Overflow::DropOldest,
+                true,
+                "shmring-broadcast-drop-oldest-stopped",
+            ),
+        ] {
+            let cmd = [
+                OP_FANOUT,
+                u64::from(overflow == Overflow::DropOldest),
+                payload as u64,
+                patience_ms,
+                0,
+                u64::from(shared),
+            ];
+            first.command(cmd, true)?;
+            second.command(cmd, true)?;
+            let tx = ends.fanout_producer(overflow, payload)?;
+            let stopped = if stop {
+                Some(Stopped::new(second.peer)?)
+            } else {
+                None
+            };
+            let start = Instant::now();
+            let sent = produce(tx, Api::Copy, payload, plan.duration)
+                .map_err(|e| second.explain(first.explain(e)))?;
+            let secs = start.elapsed().as_secs_f64();
+            drop(stopped);
+            let mut subs = Vec::new();
+            for talk in [&*first, &*second] {
+                talk.wait(1)?;
+                subs.push((
+                    talk.ack.0[2].load(Ordering::Relaxed),
+                    talk.ack.0[4].load(Ordering::Relaxed),
+                ));
+            }
+            for (i, &(received, missed)) in subs.iter().enumerate() {
+                let exact = match overflow {
+                    Overflow::Block => received == sent && missed == 0,
+                    Overflow::DropOldest => received + missed == sent,
+                };
+                if !exact {
+                    return Err(format!(
+                        "{name} {payload} B: the producer sent {sent} frames, subscriber {} \
+                         received {received} and missed {missed}",
+                        i + 1
+                    ));
+                }
+            }
+            let fps = sent as f64 / secs;
+            let mut row = |transport: &'static str, fps: f64, note: String| {
+                println!(
+                    "{:>7} B  {:<46} {:>10.2} M {:>10.2}   {note}",
+                    payload,
+                    transport,
+                    fps / 1e6,
+                    fps * payload as f64 / 1e9,
+                );
+                report.throughput.push(ThroughputRow {
+                    transport,
+                    api: Api::Copy.name(),
+                    payload,
+                    frames_per_s: fps,
+                    bytes_per_s: fps * payload as f64,
+                });
+            };
+            let each: Vec<String> = subs
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, m))| {
+                    format!(
+                        "{} + {}{}",
+                        count(r),
+                        count(m),
+                        if stop && i == 1 { " (stopped)" } else { "" }
+                    )
+                })
+                .collect();
+            let mut note = each.join(", ");
+            if stop {
+                note += &format!(
+                    "; {:.2}x the producer's rate with both running",
+                    fps / running_fps
+                );
+            }
+            row(name, fps, note);
+            if overflow == Overflow::DropOldest && !stop {
+                running_fps = fps;
+                let fewest = subs.iter().map(|&(r, _)| r).min().unwrap_or(0);
+                row(
+                    "shmring-broadcast-fanout-drop-oldest-received",
+                    fewest as f64 / secs,
+                    "frames the subscriber that received fewer received, per second of the row above".into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Prints one payload's ping-pong: each round's p50 and its ratio to the atomic floor of the
 /// same round, then every transport's percentiles over all rounds with the ratios that matter.
 fn print_pingpong(
@@ -618,7 +890,7 @@ fn print_pingpong(
     let uds = plan.transports.iter().position(|&t| t == Transport::Uds);
     println!("\n{payload}-byte frames");
     println!(
-        "{:<19}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>12}  {:>13}",
+        "{:<23}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>12}  {:>13}",
         "", "p50", "p90", "p99", "p99.9", "max", "vs floor", "uds / this"
     );
     for (i, (t, h)) in all.iter().enumerate() {
@@ -649,7 +921,21 @@ fn print_pingpong(
                 format!("{:>8.1}x", median(ratios))
             })
             .unwrap_or_default();
-        println!("{:<19}{cells}  {vs:>12}  {faster:>13}", t.name());
+        println!("{:<23}{cells}  {vs:>12}  {faster:>13}", t.name());
+    }
+    // A broadcast channel with one subscriber against SPSC, round by round as above.
+    let at = |t| plan.transports.iter().position(|&x| x == t);
+    if let (Some(b), Some(s)) = (
+        at(Transport::ShmringBroadcastSpin),
+        at(Transport::ShmringSpscSpin),
+    ) {
+        let ratios: Vec<f64> = p50s[b].iter().zip(&p50s[s]).map(|(a, b)| a / b).collect();
+        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "shmring-broadcast-spin / shmring-spsc-spin, p50: {:.2}x (median of the rounds: {})",
+            median(ratios.clone()),
+            rounds.join(", ")
+        );
     }
 }
 
@@ -660,6 +946,7 @@ pub fn run_peer(
     dir: &Path,
     cpu: Option<usize>,
     parent: u32,
+    index: usize,
 ) -> Res<()> {
-    peer::run(control, socket, dir, cpu, parent)
+    peer::run(control, socket, dir, cpu, parent, index)
 }

@@ -1,19 +1,27 @@
 //! The benchmark's second process (`shmring bench-peer`, started by `shmring bench`): echoes
 //! ping-pong frames and consumes throughput runs, as the parent commands through the control
-//! page.
+//! page. The broadcast fan-out runs start a second one (`--index 1`), with command and
+//! acknowledgement lines of its own: the two subscribe to the parent's broadcast channel.
 
 use super::shared::Shared;
-use super::transport::{Api, Ends, Res, Transport, consume};
-use super::{OP_EXIT, OP_PINGPONG, OP_THROUGHPUT};
-use shmring::{Client, Kind, WaitStrategy};
+use super::transport::{Api, Ends, PATIENCE, Res, Transport, consume};
+use super::{OP_EXIT, OP_FANOUT, OP_PINGPONG, OP_THROUGHPUT};
+use shmring::{Client, Kind, Overflow, WaitStrategy};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Runs the peer until told to exit. Errors are reported to the parent through the control
-/// page (and on standard error). The peer dies with its parent (`parent`), however the parent
-/// ends.
-pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>, parent: u32) -> Res<()> {
+/// Runs peer `index` (0 or 1) until told to exit. Errors are reported to the parent through
+/// the control page (and on standard error). The peer dies with its parent (`parent`), however
+/// the parent ends.
+pub fn run(
+    control: &Path,
+    socket: &Path,
+    dir: &Path,
+    cpu: Option<usize>,
+    parent: u32,
+    index: usize,
+) -> Res<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     if std::os::unix::process::parent_id() != parent {
@@ -27,31 +35,32 @@ pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>, parent
     let shared =
         Shared::map(control, false).map_err(|e| format!("mapping {}: {e}", control.display()))?;
     let ctl = shared.control();
+    let (cmd, ack) = ctl.lines(index);
     let client = Client::connect(Some(socket)).map_err(|e| format!("connecting: {e}"))?;
     let mut ends = Ends::peer(client, dir);
     let mut seen = 0;
     loop {
         // Idle between commands: a light poll, not a spin (the parent times nothing then).
         let seq = loop {
-            let s = ctl.cmd.0[0].load(Ordering::Acquire);
+            let s = cmd.0[0].load(Ordering::Acquire);
             if s != seen {
                 break s;
             }
             std::thread::sleep(Duration::from_micros(20));
         };
         seen = seq;
-        let arg = |i: usize| ctl.cmd.0[i].load(Ordering::Relaxed);
+        let arg = |i: usize| cmd.0[i].load(Ordering::Relaxed);
         let (op, payload, iterations, port) = (arg(1), arg(3) as usize, arg(4), arg(5) as u16);
         let result = match op {
             OP_EXIT => {
-                ctl.ack.0[1].store(seq, Ordering::Release);
+                ack.0[1].store(seq, Ordering::Release);
                 return Ok(());
             }
             OP_PINGPONG => Transport::from_id(arg(2))
                 .ok_or_else(|| format!("unknown transport {}", arg(2)))
                 .and_then(|t| {
                     ends.prepare(t, payload, port)?;
-                    ctl.ack.0[0].store(seq, Ordering::Release);
+                    ack.0[0].store(seq, Ordering::Release);
                     ends.echo(ctl, t, payload, iterations, port)
                 }),
             OP_THROUGHPUT => {
@@ -63,18 +72,41 @@ pub fn run(control: &Path, socket: &Path, dir: &Path, cpu: Option<usize>, parent
                 };
                 ends.channels(kind, payload, WaitStrategy::Spin)
                     .and_then(|(_, rx)| {
-                        ctl.ack.0[0].store(seq, Ordering::Release);
-                        consume(rx, api)
+                        ack.0[0].store(seq, Ordering::Release);
+                        consume(rx, api, PATIENCE)
                     })
-                    .map(|n| ctl.ack.0[2].store(n, Ordering::Relaxed))
+                    .map(|n| ack.0[2].store(n, Ordering::Relaxed))
+            }
+            OP_FANOUT => {
+                let overflow = if arg(2) == 1 {
+                    Overflow::DropOldest
+                } else {
+                    Overflow::Block
+                };
+                let wait = if arg(6) == 1 {
+                    WaitStrategy::Yield
+                } else {
+                    WaitStrategy::Spin
+                };
+                ends.subscriber(overflow, payload, wait).and_then(|rx| {
+                    let missed = rx.missed();
+                    ack.0[0].store(seq, Ordering::Release);
+                    // One of the two may be stopped for a cell (`fanout`): it waits that
+                    // much longer.
+                    let patience = PATIENCE + Duration::from_millis(iterations);
+                    let n = consume(rx, Api::Copy, patience)?;
+                    ack.0[2].store(n, Ordering::Relaxed);
+                    ack.0[4].store(rx.missed() - missed, Ordering::Relaxed);
+                    Ok(())
+                })
             }
             other => Err(format!("unknown command {other}")),
         };
         if let Err(e) = &result {
-            ctl.ack.0[3].store(1, Ordering::Relaxed);
+            ack.0[3].store(1, Ordering::Relaxed);
             eprintln!("shmring bench-peer: {e}");
         }
-        ctl.ack.0[1].store(seq, Ordering::Release);
+        ack.0[1].store(seq, Ordering::Release);
         result?;
     }
 }

@@ -26,13 +26,28 @@ pub struct Control {
     /// Word 0: command sequence (written last); words 1..: its arguments.
     pub cmd: Line,
     /// Word 0: the sequence the peer is ready for; word 1: the one it finished; word 2: a
-    /// result (frames received); word 3: an error flag.
+    /// result (frames received); word 3: an error flag; word 4: a second result (frames
+    /// missed).
     pub ack: Line,
     /// The atomic floor's word.
     pub floor: Line,
     /// The futex floor's words: parent to peer, peer to parent (32-bit futex words).
     pub futex_a: FutexLine,
     pub futex_b: FutexLine,
+    /// `cmd` and `ack` of the second peer (the second subscriber of the fan-out runs).
+    pub cmd2: Line,
+    pub ack2: Line,
+}
+
+impl Control {
+    /// The command and acknowledgement lines of peer `index` (0 or 1).
+    pub fn lines(&self, index: usize) -> (&Line, &Line) {
+        if index == 0 {
+            (&self.cmd, &self.ack)
+        } else {
+            (&self.cmd2, &self.ack2)
+        }
+    }
 }
 
 #[repr(C, align(128))]

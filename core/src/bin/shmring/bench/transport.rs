@@ -4,7 +4,7 @@
 
 use super::shared::{Control, futex_wake, spin_until, wait_for};
 use hdrhistogram::Histogram;
-use shmring::{ChannelConfig, Client, Consumer, Kind, Producer, WaitStrategy};
+use shmring::{ChannelConfig, Client, Consumer, Kind, Overflow, Producer, WaitStrategy};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,6 +29,10 @@ pub enum Transport {
     /// Two MPMC channels, both sides busy-spinning.
     #[value(name = "shmring-mpmc-spin")]
     ShmringMpmcSpin,
+    /// Two broadcast channels (overflow `block`), one subscriber each, both sides
+    /// busy-spinning.
+    #[value(name = "shmring-broadcast-spin")]
+    ShmringBroadcastSpin,
     /// Two futex words; a waiting side spins 20 µs, then sleeps until woken: with the pause
     /// before each round trip, one wake-up per round trip, the limit for a sleeping consumer.
     #[value(name = "futex-floor")]
@@ -49,10 +53,11 @@ pub enum Transport {
 
 impl Transport {
     /// Every transport, in the order they are run and shown.
-    pub const ALL: [Transport; 8] = [
+    pub const ALL: [Transport; 9] = [
         Transport::AtomicFloor,
         Transport::ShmringSpscSpin,
         Transport::ShmringMpmcSpin,
+        Transport::ShmringBroadcastSpin,
         Transport::FutexFloor,
         Transport::ShmringSpscPark,
         Transport::Uds,
@@ -65,6 +70,7 @@ impl Transport {
             Transport::AtomicFloor => "atomic-floor",
             Transport::ShmringSpscSpin => "shmring-spsc-spin",
             Transport::ShmringMpmcSpin => "shmring-mpmc-spin",
+            Transport::ShmringBroadcastSpin => "shmring-broadcast-spin",
             Transport::FutexFloor => "futex-floor",
             Transport::ShmringSpscPark => "shmring-spsc-park",
             Transport::Uds => "uds",
@@ -93,6 +99,7 @@ impl Transport {
             Transport::ShmringSpscSpin => Some((Kind::Spsc, WaitStrategy::Spin)),
             Transport::ShmringSpscPark => Some((Kind::Spsc, WaitStrategy::Park)),
             Transport::ShmringMpmcSpin => Some((Kind::Mpmc, WaitStrategy::Spin)),
+            Transport::ShmringBroadcastSpin => Some((Kind::Broadcast, WaitStrategy::Spin)),
             _ => None,
         }
     }
@@ -113,6 +120,19 @@ fn channel(kind: Kind, payload: usize, dir: &str) -> String {
     format!("{kind}-{payload}-{dir}")
 }
 
+/// The slotted (MPMC, broadcast) channel of `kind` for frames of `payload` bytes: slots for
+/// about 1 MiB, at most 4096 of them, one producer, one consumer.
+fn slotted(kind: Kind, payload: usize) -> ChannelConfig {
+    let frame = payload as u64;
+    let stride = (frame + 16).div_ceil(64) * 64;
+    let slots = ((1u64 << 20) / stride).clamp(2, 4096);
+    ChannelConfig::new(kind)
+        .capacity(slots * frame)
+        .max_frame_size(payload as u32)
+        .max_producers(1)
+        .max_consumers(1)
+}
+
 /// Creates the two channels of `kind` for frames of `payload` bytes (rings of about 1 MiB, or
 /// four frames when that is more).
 pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
@@ -121,15 +141,7 @@ pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
         Kind::Spsc => ChannelConfig::spsc()
             .capacity((1u64 << 20).max(4 * (frame + 8)))
             .max_frame_size(payload as u32),
-        Kind::Mpmc | Kind::Broadcast => {
-            let stride = (frame + 16).div_ceil(64) * 64;
-            let slots = ((1u64 << 20) / stride).clamp(2, 4096);
-            ChannelConfig::new(kind)
-                .capacity(slots * frame)
-                .max_frame_size(payload as u32)
-                .max_producers(1)
-                .max_consumers(1)
-        }
+        Kind::Mpmc | Kind::Broadcast => slotted(kind, payload),
     };
     for dir in ["ping", "pong"] {
         client
@@ -139,6 +151,23 @@ pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
     Ok(())
 }
 
+/// The broadcast channel of the fan-out runs with `overflow`, for frames of `payload` bytes.
+fn fanout_channel(overflow: Overflow, payload: usize) -> String {
+    format!("broadcast-{overflow}-{payload}-fanout")
+}
+
+/// Creates the fan-out runs' broadcast channel with `overflow` for frames of `payload` bytes:
+/// the slots of the ping-pong's, two subscribers.
+pub fn create_fanout_channel(client: &Client, overflow: Overflow, payload: usize) -> Res<()> {
+    let cfg = slotted(Kind::Broadcast, payload)
+        .max_consumers(2)
+        .overflow(overflow);
+    client
+        .create(&fanout_channel(overflow, payload), &cfg)
+        .map(drop)
+        .map_err(err("creating a channel"))
+}
+
 /// One process's ends of every transport, set up on first use.
 pub struct Ends {
     parent: bool,
@@ -146,6 +175,9 @@ pub struct Ends {
     dir: PathBuf,
     /// (kind, payload) -> (send end, receive end).
     shmring: HashMap<(Kind, usize), (Producer, Consumer)>,
+    /// The fan-out runs' broadcast producer (parent) or subscriber (peers), by channel.
+    fanout_tx: HashMap<(Overflow, usize), Producer>,
+    fanout_rx: HashMap<(Overflow, usize), Consumer>,
     uds_listener: Option<UnixListener>,
     uds: Option<UnixStream>,
     tcp_listener: Option<TcpListener>,
@@ -174,6 +206,8 @@ impl Ends {
             client,
             dir: dir.to_path_buf(),
             shmring: HashMap::new(),
+            fanout_tx: HashMap::new(),
+            fanout_rx: HashMap::new(),
             uds_listener: Some(uds),
             uds: None,
             tcp_listener: Some(tcp),
@@ -189,6 +223,8 @@ impl Ends {
             client,
             dir: dir.to_path_buf(),
             shmring: HashMap::new(),
+            fanout_tx: HashMap::new(),
+            fanout_rx: HashMap::new(),
             uds_listener: None,
             uds: None,
             tcp_listener: None,
@@ -235,6 +271,42 @@ impl Ends {
         ends.0.set_wait_strategy(wait);
         ends.1.set_wait_strategy(wait);
         Ok(ends)
+    }
+
+    /// The producer of the fan-out channel with `overflow` and `payload`, opened on first use;
+    /// it busy-spins when it waits.
+    pub fn fanout_producer(&mut self, overflow: Overflow, payload: usize) -> Res<&mut Producer> {
+        let key = (overflow, payload);
+        if !self.fanout_tx.contains_key(&key) {
+            let mut tx = self
+                .client
+                .producer(&fanout_channel(overflow, payload))
+                .map_err(err("opening a channel"))?;
+            tx.set_wait_strategy(WaitStrategy::Spin);
+            self.fanout_tx.insert(key, tx);
+        }
+        Ok(self.fanout_tx.get_mut(&key).expect("inserted above"))
+    }
+
+    /// A subscriber of the fan-out channel with `overflow` and `payload`, opened (joined) on
+    /// first use, with `wait`.
+    pub fn subscriber(
+        &mut self,
+        overflow: Overflow,
+        payload: usize,
+        wait: WaitStrategy,
+    ) -> Res<&mut Consumer> {
+        let key = (overflow, payload);
+        if !self.fanout_rx.contains_key(&key) {
+            let rx = self
+                .client
+                .consumer(&fanout_channel(overflow, payload))
+                .map_err(err("opening a channel"))?;
+            self.fanout_rx.insert(key, rx);
+        }
+        let rx = self.fanout_rx.get_mut(&key).expect("inserted above");
+        rx.set_wait_strategy(wait);
+        Ok(rx)
     }
 
     /// The byte stream of a stream transport, connected on first use.
@@ -555,8 +627,9 @@ pub fn produce(tx: &mut Producer, api: Api, payload: usize, duration: Duration) 
     Ok(n)
 }
 
-/// The consumer's side: receives until the empty frame; returns how many frames it received.
-pub fn consume(rx: &mut Consumer, api: Api) -> Res<u64> {
+/// The consumer's side: receives until the empty frame, waiting at most `patience` for each
+/// frame; returns how many frames it received.
+pub fn consume(rx: &mut Consumer, api: Api, patience: Duration) -> Res<u64> {
     let mut buf = vec![0u8; rx.max_frame_size()];
     let mut n = 0u64;
     let mut fold = 0u64;
@@ -564,7 +637,7 @@ pub fn consume(rx: &mut Consumer, api: Api) -> Res<u64> {
         match api {
             Api::Copy => {
                 let got = rx
-                    .recv_timeout(&mut buf, PATIENCE)
+                    .recv_timeout(&mut buf, patience)
                     .map_err(err("receiving"))?;
                 if got.len == 0 {
                     break;
@@ -573,7 +646,7 @@ pub fn consume(rx: &mut Consumer, api: Api) -> Res<u64> {
             }
             Api::ZeroCopy => {
                 let mut end = false;
-                rx.drain_timeout(256, PATIENCE, |f, _| {
+                rx.drain_timeout(256, patience, |f, _| {
                     if f.is_empty() {
                         end = true;
                         return;
