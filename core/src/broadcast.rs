@@ -12,7 +12,10 @@
 //! | `2p + 2`   | position `p` is committed                                |
 //!
 //! * **Write** (producer, position `p`): `seq = 2p + 1` (Relaxed), a **Release fence**, the
-//!   payload and header (Relaxed), then `seq = 2p + 2` (**Release**). The producer line's
+//!   payload and header (Relaxed), then `seq = 2p + 2` (**Release**). The marker and its fence
+//!   are left out on a `Block` channel without history, where no read is validated (below):
+//!   there the marker was a second store to the line the waiting subscriber polls. The
+//!   producer line's
 //!   `position` is then set to `p + 1` (Relaxed; read by joining and lapped subscribers and by
 //!   statistics only).
 //! * **Read** (subscriber at cursor `c`): load `seq` (**Acquire**, pairs with the commit's
@@ -124,6 +127,9 @@ pub(crate) struct ProducerCore {
     limit: u64,
     /// The subscriber that set `limit` and the `released` it had: what a full producer watches.
     slowest: Option<(u32, u64)>,
+    /// Whether a subscriber may read a slot while it is overwritten (a `DropOldest` channel, or
+    /// one with history), so that writes must mark the slot first (module docs, *Write*).
+    mark: bool,
 }
 
 impl ProducerCore {
@@ -154,6 +160,7 @@ impl ProducerCore {
                     tail,
                     limit,
                     slowest: None,
+                    mark: geo.overflow == Overflow::DropOldest || geo.history > 0,
                 });
             }
             tail = position(tail + 1, "tail")?;
@@ -214,11 +221,13 @@ impl ProducerCore {
             return Err(bad_position(pos, "tail"));
         }
         let bytes = payload(mem, pos, len)?;
-        // Relaxed: ordered before the payload stores by the fence below.
-        mem.slot_seq(pos).store(writing(pos), Relaxed);
-        // Release fence: a subscriber whose validated copy sees any of our payload stores sees
-        // the marker above in its second `seq` load (module docs, *Read*).
-        fence(Release);
+        if self.mark {
+            // Relaxed: ordered before the payload stores by the fence below.
+            mem.slot_seq(pos).store(writing(pos), Relaxed);
+            // Release fence: a subscriber whose validated copy sees any of our payload stores
+            // sees the marker above in its second `seq` load (module docs, *Read*).
+            fence(Release);
+        }
         Ok((pos, bytes))
     }
 
