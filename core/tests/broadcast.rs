@@ -7,23 +7,8 @@
 use shmring::{ChannelConfig, Error, Overflow, Segment, WaitStrategy};
 use std::time::Duration;
 
-/// Aborts the test process if a test runs past `secs` (a hang fails instead of stalling CI).
-struct Watchdog {
-    _disarm: std::sync::mpsc::Sender<()>,
-}
-
-fn watchdog(what: &'static str, secs: u64) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(Duration::from_secs(secs))
-        {
-            eprintln!("watchdog: {what} still running after {secs} s: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog { _disarm: tx }
-}
+mod common;
+use common::watchdog;
 
 /// Frame `i`: its index in the first 8 bytes, then a pattern of `i`, 8 to 100 bytes long.
 fn frame(i: u64) -> Vec<u8> {

@@ -11,24 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Aborts the test process if a test runs past `secs` (a hang fails instead of stalling CI).
-/// Dropping it (the test ended) disconnects the channel, which disarms it.
-struct Watchdog {
-    _disarm: std::sync::mpsc::Sender<()>,
-}
-
-fn watchdog(what: &'static str, secs: u64) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(Duration::from_secs(secs))
-        {
-            eprintln!("watchdog: {what} still running after {secs} s: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog { _disarm: tx }
-}
+mod common;
+use common::watchdog;
 
 /// Removes a test's socket directory when the test ends, and what the coordinator keeps of its
 /// namespace in the user's runtime directory (its lock and its record of the channels).

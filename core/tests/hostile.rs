@@ -28,23 +28,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Aborts the test process if a test runs past `secs` (a hang fails instead of stalling CI).
-struct Watchdog {
-    _disarm: std::sync::mpsc::Sender<()>,
-}
-
-fn watchdog(what: &'static str, secs: u64) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(Duration::from_secs(secs))
-        {
-            eprintln!("watchdog: {what} still running after {secs} s: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog { _disarm: tx }
-}
+mod common;
+use common::watchdog;
 
 /// Taken shared around every start of a child process, and exclusively while this process holds
 /// a socket whose last close blocks (`lingering_socket`): a child forked meanwhile holds a copy

@@ -8,6 +8,7 @@
 //! * [`SharedFile`], [`FrameLog`]: what a helper records there is in the page cache the moment
 //!   it is stored, so it survives the helper's SIGKILL (crash tests read it afterwards).
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -930,4 +931,86 @@ pub fn check_subscriber(
         ));
     }
     Ok((got.len() as u64, missed))
+}
+
+// ---------------------------------------------------------------------------------------------
+// C and C++ programs of the tests
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The directory holding this build's `libshmring.so`: the test binary's own (`deps`).
+pub fn lib_dir() -> PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(
+        dir.join("libshmring.so").exists(),
+        "{} has no libshmring.so (is shmring-ffi a dev-dependency of this crate?)",
+        dir.display()
+    );
+    dir
+}
+
+#[derive(Clone, Copy)]
+pub enum Build {
+    Plain,
+    /// -fsanitize=address,undefined, stopping at the first report.
+    Sanitized,
+}
+
+/// Compiles `source` (C11, or C++17 for `.cpp`) warning-free against include/ and this build's
+/// library; returns the program.
+pub fn compile(source: &str, out_dir: &Path, build: Build) -> PathBuf {
+    let src = root().join(source);
+    let cpp = source.ends_with(".cpp");
+    let stem = src.file_stem().unwrap().to_str().unwrap();
+    let exe = out_dir.join(match build {
+        Build::Plain => stem.to_string(),
+        Build::Sanitized => format!("{stem}-san"),
+    });
+    let lib = lib_dir();
+    let mut cmd = Command::new(if cpp { "g++" } else { "gcc" });
+    cmd.arg(if cpp { "-std=c++17" } else { "-std=c11" })
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-O1",
+            "-g",
+            "-pthread",
+        ])
+        .arg("-I")
+        .arg(root().join("include"));
+    if let Build::Sanitized = build {
+        cmd.args([
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]);
+    }
+    cmd.arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lshmring")
+        .arg(format!("-Wl,-rpath,{}", lib.display()));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the compiler: {e}"));
+    assert!(
+        out.status.success(),
+        "{source} does not compile warning-free:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
 }

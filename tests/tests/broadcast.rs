@@ -9,34 +9,11 @@
 //! figures are printed).
 
 use shmring::{Client, Coordinator, CoordinatorConfig, Kind, Overflow};
-use shmring_tests::{Helper, Watchdog, serial};
+use shmring_tests::{Build, Helper, Watchdog, serial};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-/// The repository's root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The directory holding this build's `libshmring.so`: the test binary's own (`deps`).
-fn lib_dir() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    assert!(
-        dir.join("libshmring.so").exists(),
-        "{} has no libshmring.so (is shmring-ffi a dev-dependency of this crate?)",
-        dir.display()
-    );
-    dir
-}
 
 /// A coordinator of a namespace of its own, its socket, and a scratch directory.
 struct Place {
@@ -74,33 +51,12 @@ impl Place {
     /// library; `sanitized`: under AddressSanitizer and UndefinedBehaviorSanitizer, stopping at
     /// the first report.
     fn compile(&self, sanitized: bool) -> PathBuf {
-        let exe = self.dir.join("broadcast_fanout");
-        let lib = lib_dir();
-        let mut cc = Command::new("gcc");
-        cc.args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror"])
-            .args(["-O2", "-g"]);
-        if sanitized {
-            cc.args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
-                .arg("-fno-omit-frame-pointer");
-        }
-        let out = cc
-            .arg("-I")
-            .arg(root().join("include"))
-            .arg(root().join("tests/c/broadcast_fanout.c"))
-            .arg("-o")
-            .arg(&exe)
-            .arg("-L")
-            .arg(&lib)
-            .arg("-lshmring")
-            .arg(format!("-Wl,-rpath,{}", lib.display()))
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run the compiler: {e}"));
-        assert!(
-            out.status.success(),
-            "broadcast_fanout.c does not compile warning-free:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        exe
+        let build = if sanitized {
+            Build::Sanitized
+        } else {
+            Build::Plain
+        };
+        shmring_tests::compile("tests/c/broadcast_fanout.c", &self.dir, build)
     }
 
     /// `broadcast_fanout ARGS` as a helper of `dog`, connecting to this place's coordinator.

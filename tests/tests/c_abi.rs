@@ -7,34 +7,11 @@
 //! (cargo builds it because this crate dev-depends on shmring-ffi).
 
 use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind, Overflow};
-use shmring_tests::{Watchdog, serial};
-use std::path::{Path, PathBuf};
+use shmring_tests::{Build, Watchdog, compile, lib_dir, root, serial};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-
-/// The repository's root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The directory holding this build's `libshmring.so`: the test binary's own (`deps`).
-fn lib_dir() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    assert!(
-        dir.join("libshmring.so").exists(),
-        "{} has no libshmring.so (is shmring-ffi a dev-dependency of this crate?)",
-        dir.display()
-    );
-    dir
-}
 
 /// A scratch directory of this test.
 fn scratch(tag: &str) -> PathBuf {
@@ -46,62 +23,6 @@ fn scratch(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-#[derive(Clone, Copy)]
-enum Build {
-    Plain,
-    /// -fsanitize=address,undefined, stopping at the first report.
-    Sanitized,
-}
-
-/// Compiles `source` (C11, or C++17 for `.cpp`) warning-free against include/ and this build's
-/// library; returns the program.
-fn compile(source: &str, out_dir: &Path, build: Build) -> PathBuf {
-    let src = root().join(source);
-    let cpp = source.ends_with(".cpp");
-    let stem = src.file_stem().unwrap().to_str().unwrap();
-    let exe = out_dir.join(match build {
-        Build::Plain => stem.to_string(),
-        Build::Sanitized => format!("{stem}-san"),
-    });
-    let lib = lib_dir();
-    let mut cmd = Command::new(if cpp { "g++" } else { "gcc" });
-    cmd.arg(if cpp { "-std=c++17" } else { "-std=c11" })
-        .args([
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-O1",
-            "-g",
-            "-pthread",
-        ])
-        .arg("-I")
-        .arg(root().join("include"));
-    if let Build::Sanitized = build {
-        cmd.args([
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=all",
-            "-fno-omit-frame-pointer",
-        ]);
-    }
-    cmd.arg(&src)
-        .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(&lib)
-        .arg("-lshmring")
-        .arg(format!("-Wl,-rpath,{}", lib.display()));
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the compiler: {e}"));
-    assert!(
-        out.status.success(),
-        "{source} does not compile warning-free:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
 }
 
 /// Runs a program to completion under the watchdog; returns its output. Its runtime directory
