@@ -668,6 +668,11 @@ fn broadcast_torture(overflow: Overflow) {
     let _serial = serial();
     let kills_wanted = torture_kills();
     let lossless = overflow == Overflow::Block;
+    // Only a `DropOldest` channel (or one with history) marks a slot being written: on a
+    // `Block` channel without history a half-written slot still holds the previous lap's frame
+    // and cannot be told from one the producer has not reached (the per-frame check below is
+    // what shows that it is never delivered).
+    let marks = !lossless;
     let what = format!("broadcast torture ({overflow})");
     let dog = Watchdog::new(&what, Duration::from_secs(600));
     let place = Place::new("btorture");
@@ -752,10 +757,11 @@ fn broadcast_torture(overflow: Overflow) {
         }
     }
     let tortured = started.elapsed();
-    // However few kills were asked for, one producer dies holding a claim (the slot of its
-    // published position marked being written), and a successor takes over from there.
+    // However few kills were asked for, one producer dies holding a claim (on a channel that
+    // marks: the slot of its published position marked being written), and a successor takes
+    // over from there.
     let deadline = Instant::now() + T;
-    loop {
+    while marks {
         while !view.being_written(view.position()) {
             assert!(
                 Instant::now() < deadline,
@@ -915,7 +921,7 @@ fn broadcast_torture(overflow: Overflow) {
         "{what}: kills on both sides"
     );
     assert!(
-        half_written > 0,
+        !marks || half_written > 0,
         "{what}: no producer was killed with a slot marked being written"
     );
     assert!(received > 0, "{what}: nothing received");
