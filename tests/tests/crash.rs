@@ -761,20 +761,22 @@ fn broadcast_torture(overflow: Overflow) {
     // marks: the slot of its published position marked being written), and a successor takes
     // over from there.
     let deadline = Instant::now() + T;
-    while marks {
-        while !view.being_written(view.position()) {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the producer never held a claim"
-            );
-            std::hint::spin_loop();
-        }
-        let (end, marked) = kill_producer(producer, &mut ends);
-        producer = spawn_producer(&mut producers, end);
-        producer_kills += 1;
-        if marked {
-            half_written += 1;
-            break;
+    if marks {
+        loop {
+            while !view.being_written(view.position()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: the producer never held a claim"
+                );
+                std::hint::spin_loop();
+            }
+            let (end, marked) = kill_producer(producer, &mut ends);
+            producer = spawn_producer(&mut producers, end);
+            producer_kills += 1;
+            if marked {
+                half_written += 1;
+                break;
+            }
         }
     }
     // A subscriber stopped (SIGSTOP) once it has joined. Under `Block` the producer comes to
