@@ -120,8 +120,9 @@ struct Conn {
 fn unavailable(path: &Path, e: &std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => Error::PermissionDenied(format!(
-            "connecting to the coordinator at {}: {e}",
-            path.display()
+            "connecting to the coordinator at {}: {e}{}",
+            path.display(),
+            refused_by(path)
         )),
         _ => Error::Unavailable(format!(
             "no coordinator answers at {} ({e}): start `shmringd`, embed one with \
@@ -129,6 +130,50 @@ fn unavailable(path: &Path, e: &std::io::Error) -> Error {
             path.display()
         )),
     }
+}
+
+/// Which part of `path` refused this process, for a connection refused with `EACCES`: the
+/// first directory on the way it may not search, or else the socket it may not write, with
+/// its owner and mode and what its owner can do. Empty if neither shows (a security module
+/// refused, say).
+fn refused_by(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let describe = |p: &Path, what: &str, remedy: &str| {
+        let (owner, mode) = std::fs::metadata(p)
+            .map(|m| (m.uid().to_string(), format!("{:04o}", m.mode() & 0o7777)))
+            .unwrap_or_else(|_| ("?".into(), "?".into()));
+        format!(
+            ": {what} {} (owner uid {owner}, mode {mode}) does not let uid {} {remedy}",
+            p.display(),
+            sys::euid()
+        )
+    };
+    let mut dirs: Vec<&Path> = path
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    dirs.reverse();
+    for dir in dirs {
+        if !sys::may_access(dir, false) {
+            return describe(
+                dir,
+                "the directory",
+                "reach the socket: a coordinator that serves other users needs its socket's \
+                 directory searchable by them (its owner can `chmod o+x` it, or `g+x` with a \
+                 shared group)",
+            );
+        }
+    }
+    if !sys::may_access(path, true) {
+        return describe(
+            path,
+            "the socket",
+            "connect: the coordinator's `--socket-mode` decides who may (e.g. 660 for its \
+             group, 666 for everyone)",
+        );
+    }
+    String::new()
 }
 
 impl Conn {

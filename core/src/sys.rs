@@ -735,3 +735,14 @@ mod tests {
         assert!(s.start_time > 0);
     }
 }
+
+/// Whether this process may search (`exec`) directory `path`, or write `path` with `write`:
+/// `access(2)`, for telling a user which part of a path refuses them.
+pub(crate) fn may_access(path: &std::path::Path, write: bool) -> bool {
+    let how = if write {
+        nix::unistd::AccessFlags::W_OK
+    } else {
+        nix::unistd::AccessFlags::X_OK
+    };
+    nix::unistd::access(path, how).is_ok()
+}

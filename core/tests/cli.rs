@@ -636,3 +636,78 @@ fn memfds(pid: u32, prefix: &str) -> Vec<String> {
     }
     names.into_iter().collect()
 }
+
+/// Issue 12: the documented multi-user setup (`shmringd --socket DIR/md.sock --socket-mode
+/// 666`) in a directory other users cannot search admitted nobody else, and their error
+/// ("permission denied: connecting to the coordinator at ...") did not say why. Now shmringd
+/// warns about the directory when it starts, and the refused client's error names it, with
+/// what to do; once the directory is searchable, the other user is served.
+#[test]
+fn a_socket_other_users_cannot_reach_is_explained_on_both_sides() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the client as another user needs root (CI runs as root)");
+        return;
+    }
+    let ns = format!("cliperm{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = dir.join("md.sock");
+    let log = dir.with_extension("log");
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_shmringd"))
+            .args(["--namespace", &ns, "--socket-mode", "666", "--socket"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "shmringd did not start listening"
+        );
+        assert!(daemon.0.try_wait().unwrap().is_none(), "shmringd exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        warned.contains(&format!("the directory {}", dir.display())) && warned.contains("o+x"),
+        "{warned}"
+    );
+    let as_nobody = || {
+        Command::new(env!("CARGO_BIN_EXE_shmring"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("list")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let refused = as_nobody();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!("the directory {}", dir.display())) && err.contains("mode 0700"),
+        "{err}"
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let served = as_nobody();
+    assert!(
+        served.status.success(),
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
+    }
+}

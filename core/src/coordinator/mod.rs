@@ -722,12 +722,77 @@ fn bind(path: &Path, mode: u32) -> Result<Bound> {
             e,
         ));
     }
+    if let Some(warning) = unreachable_for_others(path, mode) {
+        tracing::warn!("{warning}");
+    }
     Ok(Bound { listener, socket })
+}
+
+/// What keeps the users a socket of mode `mode` admits from reaching it: the first directory on
+/// its path that those users (other users for a mode granting `o+w`, the group for `g+w`)
+/// cannot search. `None` when nothing does, or when the mode admits nobody else.
+pub(crate) fn unreachable_for_others(path: &Path, mode: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (who, bit) = if mode & 0o002 != 0 {
+        ("other users", 0o001)
+    } else if mode & 0o020 != 0 {
+        ("its group", 0o010)
+    } else {
+        return None;
+    };
+    let mut dirs: Vec<&Path> = path
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    dirs.reverse();
+    for dir in dirs {
+        let m = std::fs::metadata(dir).ok()?;
+        // Enough for the group when the group bit is set, or when the others' bit is and
+        // the directory is not the group's (then the group searches it as "other").
+        let ok = m.mode() & bit != 0 || (bit == 0o010 && m.mode() & 0o001 != 0);
+        if !ok {
+            return Some(format!(
+                "the socket {} has mode {mode:03o}, but {who} cannot reach it: the directory {} \
+                 (owner uid {}, mode {:04o}) is not searchable by them (`chmod {}+x {}`)",
+                path.display(),
+                dir.display(),
+                m.uid(),
+                m.mode() & 0o7777,
+                if bit == 0o001 { "o" } else { "g" },
+                dir.display()
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: `shmringd --socket /run/shmring/md.sock --socket-mode 666` in a directory of
+    /// mode 0700 admitted nobody else, silently. The coordinator now says which directory keeps
+    /// them out.
+    #[test]
+    fn a_shared_socket_in_a_private_directory_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shmring-unreach-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("md.sock");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let w = unreachable_for_others(&sock, 0o666).expect("a warning");
+        assert!(
+            w.contains(&dir.display().to_string()) && w.contains("o+x"),
+            "{w}"
+        );
+        let w = unreachable_for_others(&sock, 0o660).expect("a warning");
+        assert!(w.contains("g+x"), "{w}");
+        assert_eq!(unreachable_for_others(&sock, 0o600), None);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(unreachable_for_others(&sock, 0o666), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn namespace(tag: &str) -> String {
         format!("u{tag}{}", std::process::id())
