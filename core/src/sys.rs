@@ -685,6 +685,17 @@ pub(crate) fn trim_memory() {
     }
 }
 
+/// Whether this process may search (`exec`) directory `path`, or write `path` with `write`:
+/// `access(2)`, for telling a user which part of a path refuses them.
+pub(crate) fn may_access(path: &std::path::Path, write: bool) -> bool {
+    let how = if write {
+        nix::unistd::AccessFlags::W_OK
+    } else {
+        nix::unistd::AccessFlags::X_OK
+    };
+    nix::unistd::access(path, how).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,15 +745,4 @@ mod tests {
         assert_eq!(s.start_time, own_start_time());
         assert!(s.start_time > 0);
     }
-}
-
-/// Whether this process may search (`exec`) directory `path`, or write `path` with `write`:
-/// `access(2)`, for telling a user which part of a path refuses them.
-pub(crate) fn may_access(path: &std::path::Path, write: bool) -> bool {
-    let how = if write {
-        nix::unistd::AccessFlags::W_OK
-    } else {
-        nix::unistd::AccessFlags::X_OK
-    };
-    nix::unistd::access(path, how).is_ok()
 }
