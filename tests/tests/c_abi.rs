@@ -3,12 +3,14 @@
 //! AddressSanitizer and UndefinedBehaviorSanitizer; checksummed frames cross between C, Rust
 //! and Python over SPSC and MPMC channels; the broadcast examples run in C, C++ and Python, and
 //! Python creates broadcast channels as asked; `ffi/install.sh` installs a library that
-//! `pkg-config` finds. The programs link `libshmring.so` from this build's `deps` directory
-//! (cargo builds it because this crate dev-depends on shmring-ffi).
+//! `pkg-config` and CMake find, stripped and with its SONAME, that also links fully
+//! statically. The programs link `libshmring.so` from this build's `deps` directory (cargo
+//! builds it because this crate dev-depends on shmring-ffi).
 
 use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind, Overflow};
 use shmring_tests::{Build, Watchdog, compile, lib_dir, root, serial};
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -488,6 +490,291 @@ fn installed_library_is_found_by_pkg_config() {
     let stats = place.client().stats("pc").unwrap();
     assert_eq!(stats.frames_in, 11, "ten frames and the empty one");
     dog.check();
+}
+
+/// Installs this build's library with `ffi/install.sh` into `prefix`.
+fn install(dog: &Watchdog, prefix: &Path) {
+    ok(
+        &run(
+            dog,
+            Command::new("bash")
+                .arg(root().join("ffi/install.sh"))
+                .arg("--no-build")
+                .arg("--lib-dir")
+                .arg(lib_dir())
+                .arg(prefix),
+        ),
+        "ffi/install.sh",
+    );
+}
+
+/// Runs a tool on files; panics, saying how to get the tool, if it is missing.
+fn tool(dog: &Watchdog, program: &str, package: &str, args: &[&OsStr]) -> String {
+    if Command::new(program).arg("--version").output().is_err() {
+        panic!("{program} is missing: install {package} (apt-get install {package}; .ci/run does)");
+    }
+    ok(&run(dog, Command::new(program).args(args)), program)
+}
+
+/// `readelf -d`'s lines about `file`'s needed libraries and SONAME.
+fn dynamic(dog: &Watchdog, file: &Path) -> String {
+    tool(dog, "readelf", "binutils", &["-d".as_ref(), file.as_ref()])
+}
+
+/// The example program of the CMake package, also built statically in its own test.
+const ROUNDTRIP: &str = "examples/cmake/roundtrip.c";
+
+/// The installed library is `libshmring.so.VERSION` with the SONAME `libshmring.so.0`, linked
+/// to by `libshmring.so.0` and `libshmring.so`; a program linked against it needs
+/// `libshmring.so.0`. It exports the `shmring_` functions and nothing else, and neither it nor
+/// `libshmring.a` carries debug information.
+#[test]
+fn installed_library_has_a_soname_and_only_shmring_symbols_and_is_stripped() {
+    let _serial = serial();
+    let dog = Watchdog::new("installed_library", Duration::from_secs(120));
+    let place = Place::new("soname");
+    let prefix = place.dir.join("prefix");
+    install(&dog, &prefix);
+    let lib = prefix.join("lib");
+    let real = format!("libshmring.so.{}", env!("CARGO_PKG_VERSION"));
+    let soname = format!("libshmring.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+    assert_eq!(soname, "libshmring.so.0");
+    let link =
+        |name: &str| std::fs::read_link(lib.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(link(&soname), Path::new(&real));
+    assert_eq!(link("libshmring.so"), Path::new(&soname));
+    let d = dynamic(&dog, &lib.join(&real));
+    assert!(d.contains(&format!("Library soname: [{soname}]")), "{d}");
+
+    let exported = tool(
+        &dog,
+        "nm",
+        "binutils",
+        &[
+            "-D".as_ref(),
+            "--defined-only".as_ref(),
+            lib.join(&real).as_ref(),
+        ],
+    );
+    let names: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(names.contains(&"shmring_send"), "{exported}");
+    let others: Vec<&&str> = names
+        .iter()
+        .filter(|n| !n.starts_with("shmring_"))
+        .collect();
+    assert!(others.is_empty(), "exported besides shmring_*: {others:?}");
+
+    for file in [real.as_str(), "libshmring.a"] {
+        let sections = tool(
+            &dog,
+            "readelf",
+            "binutils",
+            &["-S".as_ref(), lib.join(file).as_ref()],
+        );
+        assert!(
+            !sections.contains(".debug_"),
+            "{file} has debug information"
+        );
+    }
+    let symtab = tool(
+        &dog,
+        "readelf",
+        "binutils",
+        &["-S".as_ref(), lib.join(&real).as_ref()],
+    );
+    assert!(
+        !symtab.contains(".symtab"),
+        "{real} has a symbol table besides .dynsym"
+    );
+
+    let exe = place.dir.join("roundtrip");
+    let out = run(
+        &dog,
+        Command::new("cc")
+            .args([
+                "-std=c11",
+                "-Wall",
+                "-Wextra",
+                "-Wpedantic",
+                "-Werror",
+                "-I",
+            ])
+            .arg(prefix.join("include"))
+            .arg(root().join(ROUNDTRIP))
+            .arg("-L")
+            .arg(&lib)
+            .arg("-lshmring")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-o")
+            .arg(&exe),
+    );
+    ok(&out, "cc roundtrip.c -lshmring");
+    let d = dynamic(&dog, &exe);
+    assert!(d.contains(&format!("Shared library: [{soname}]")), "{d}");
+    let text = ok(
+        &run(&dog, Command::new(&exe).arg(&place.socket)),
+        "roundtrip",
+    );
+    assert!(
+        text.contains("received \"hello through shmring\""),
+        "{text}"
+    );
+    assert!(
+        place.client().list().unwrap().is_empty(),
+        "roundtrip left its channel"
+    );
+    dog.check();
+}
+
+/// `cc -static app.c $(pkg-config --static --cflags --libs shmring)` builds a program with no
+/// dynamic section, which runs (a coordinator inside, no daemon). The `.pc` file used to name
+/// `-lgcc_s`, which has no static library: "cannot find -lgcc_s".
+#[test]
+fn a_fully_static_program_builds_with_pkg_config_and_runs() {
+    let _serial = serial();
+    let dog = Watchdog::new("static", Duration::from_secs(120));
+    let dir = scratch("static");
+    let prefix = dir.join("prefix");
+    install(&dog, &prefix);
+    let exe = dir.join("roundtrip");
+    let out = run(
+        &dog,
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cc -std=c11 -Wall -Wextra -Wpedantic -Werror -static {} -o {} \
+                 $(pkg-config --static --cflags --libs shmring)",
+                root().join(ROUNDTRIP).display(),
+                exe.display()
+            ))
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+    );
+    ok(
+        &out,
+        "cc -static $(pkg-config --static --cflags --libs shmring)",
+    );
+    let d = dynamic(&dog, &exe);
+    assert!(d.contains("no dynamic section"), "not static: {d}");
+    let text = ok(
+        &run(&dog, Command::new(&exe).arg(dir.join("s.sock"))),
+        "static roundtrip",
+    );
+    assert!(
+        text.contains("received \"hello through shmring\""),
+        "{text}"
+    );
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `examples/cmake` finds the installed library with `find_package(shmring 0.1)`, builds its
+/// program against `shmring::shmring` (needing `libshmring.so.0`) and `shmring::shmring_static`
+/// (needing no libshmring), warning-free, and both run; a newer major version is not found.
+#[test]
+fn cmake_finds_the_installed_library() {
+    let _serial = serial();
+    let dog = Watchdog::new("cmake", Duration::from_secs(300));
+    let place = Place::new("cmake");
+    let prefix = place.dir.join("prefix");
+    install(&dog, &prefix);
+    let build = place.dir.join("build");
+    let prefix_path = format!("-DCMAKE_PREFIX_PATH={}", prefix.display());
+    tool(
+        &dog,
+        "cmake",
+        "cmake",
+        &[
+            "-S".as_ref(),
+            root().join("examples/cmake").as_ref(),
+            "-B".as_ref(),
+            build.as_ref(),
+            prefix_path.as_ref(),
+            "-DCMAKE_C_FLAGS=-Wall -Wextra -Wpedantic -Werror".as_ref(),
+        ],
+    );
+    tool(
+        &dog,
+        "cmake",
+        "cmake",
+        &["--build".as_ref(), build.as_ref()],
+    );
+    let soname = format!("libshmring.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+    for (exe, shared) in [("roundtrip", true), ("roundtrip-static", false)] {
+        let d = dynamic(&dog, &build.join(exe));
+        assert_eq!(d.contains(&format!("[{soname}]")), shared, "{exe}: {d}");
+        let text = ok(
+            &run(&dog, Command::new(build.join(exe)).arg(&place.socket)),
+            exe,
+        );
+        assert!(
+            text.contains("received \"hello through shmring\""),
+            "{exe}: {text}"
+        );
+    }
+    assert!(
+        place.client().list().unwrap().is_empty(),
+        "roundtrip left its channel"
+    );
+
+    let newer = place.dir.join("newer");
+    std::fs::create_dir_all(&newer).unwrap();
+    let major: u32 = env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap();
+    std::fs::write(
+        newer.join("CMakeLists.txt"),
+        format!(
+            "cmake_minimum_required(VERSION 3.16)\nproject(newer LANGUAGES C)\n\
+             find_package(shmring {}.0 REQUIRED)\n",
+            major + 1
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &dog,
+        Command::new("cmake")
+            .arg("-S")
+            .arg(&newer)
+            .arg("-B")
+            .arg(newer.join("build"))
+            .arg(&prefix_path),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("compatible with requested version"),
+        "{said}"
+    );
+    dog.check();
+}
+
+/// The programs the README builds in the repository's root (`cc ... -o hello`) are ignored by
+/// git.
+#[test]
+fn programs_the_readme_builds_are_ignored_by_git() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let ignore = std::fs::read_to_string(root().join(".gitignore")).unwrap();
+    let ignored: Vec<&str> = ignore.lines().map(str::trim).collect();
+    let mut built = Vec::new();
+    let mut in_code = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for w in words.windows(2) {
+            if in_code && w[0] == "-o" && !w[1].contains('/') {
+                built.push(w[1].to_string());
+            }
+        }
+    }
+    assert!(built.iter().any(|b| b == "hello"), "found {built:?}");
+    let missing: Vec<&String> = built
+        .iter()
+        .filter(|b| !ignored.contains(&format!("/{b}").as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not in .gitignore: {missing:?}");
 }
 
 /// The README's "Using shmring from C" program compiles warning-free and sends its frames.
