@@ -1239,7 +1239,9 @@ mod tests {
     #[test]
     fn one_capacity_rule_for_every_kind_stated_in_the_error() {
         for kind in [Kind::Spsc, Kind::Mpmc, Kind::Broadcast] {
-            let small = ChannelConfig::new(kind).capacity(64 << 10).max_frame_size(128 << 10);
+            let small = ChannelConfig::new(kind)
+                .capacity(64 << 10)
+                .max_frame_size(128 << 10);
             let e = Geometry::new(&small).unwrap_err().to_string();
             assert!(
                 e.contains("capacity 64 KiB is below two frames of max_frame_size 128 KiB")
@@ -1254,7 +1256,9 @@ mod tests {
                 Kind::Mpmc | Kind::Broadcast => assert_eq!(g.capacity, 2),
             }
         }
-        let huge = ChannelConfig::spsc().capacity(1 << 30).max_frame_size(1 << 30);
+        let huge = ChannelConfig::spsc()
+            .capacity(1 << 30)
+            .max_frame_size(1 << 30);
         let e = Geometry::new(&huge).unwrap_err().to_string();
         assert!(e.contains("at least 2 GiB"), "{e}");
         let g = Geometry::new(&huge.capacity(2 << 30)).unwrap();
@@ -1277,7 +1281,10 @@ mod tests {
                 let g = Geometry::new(&cfg.capacity(c)).unwrap();
                 assert!(g.data_len as u64 <= limit, "{cfg:?} {limit}");
                 let next = Geometry::new(&cfg.capacity(c + 1)).unwrap();
-                assert!(next.data_len as u64 > limit, "{cfg:?} {limit}: {c} is not the largest");
+                assert!(
+                    next.data_len as u64 > limit,
+                    "{cfg:?} {limit}: {c} is not the largest"
+                );
             }
         }
         assert_eq!(

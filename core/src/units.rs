@@ -26,7 +26,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let what = "a size is a whole number of bytes, optionally followed by K, M, G or T \
                 (powers of 1024), as in 4096, 64K or 1G";
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size: {what}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: {what}"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -35,8 +37,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         other => return Err(format!("{s:?}: unknown size unit {other:?}: {what}")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large (the largest size is {} bytes)", u64::MAX))
+    n.checked_mul(mult).ok_or_else(|| {
+        format!(
+            "{s:?} is too large (the largest size is {} bytes)",
+            u64::MAX
+        )
+    })
 }
 
 /// A size for a table, in the largest unit it reaches: exact when that unit divides it
@@ -71,7 +77,7 @@ fn exact_unit(n: u64) -> Option<(&'static str, u64)> {
         .find(|(_, u)| n >= *u)
         .copied()
         .unwrap_or(UNITS[0]);
-    (n % unit.1 == 0).then_some(unit)
+    n.is_multiple_of(unit.1).then_some(unit)
 }
 
 #[cfg(test)]

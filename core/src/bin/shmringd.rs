@@ -81,39 +81,11 @@ impl std::fmt::Display for Size {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let unit = [(40, "T"), (30, "G"), (20, "M"), (10, "K")]
             .into_iter()
-            .find(|&(shift, _)| self.0 >= 1 << shift && self.0 % (1 << shift) == 0);
+            .find(|&(shift, _)| self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift));
         match unit {
             Some((shift, u)) => write!(f, "{}{u}", self.0 >> shift),
             None => write!(f, "{}", self.0),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Found trying the daemon as a new user: `--max-channel-bytes 1G` failed with "invalid
-    /// digit found in string"; the flags take the sizes `shmring create` takes.
-    #[test]
-    fn size_flags_take_units_and_show_their_defaults_so() {
-        let args = Args::try_parse_from([
-            "shmringd",
-            "--max-channel-bytes",
-            "1G",
-            "--max-bytes-per-uid",
-            "2T",
-        ])
-        .unwrap();
-        assert_eq!(args.max_channel_bytes.0, 1 << 30);
-        assert_eq!(args.max_bytes_per_uid.0, 2 << 40);
-        let args = Args::try_parse_from(["shmringd"]).unwrap();
-        assert_eq!(args.max_channel_bytes.0, shmring::DEFAULT_MAX_CHANNEL_BYTES);
-        assert_eq!(args.max_bytes_per_uid.0, shmring::DEFAULT_MAX_BYTES_PER_UID);
-        assert_eq!(Size(1 << 30).to_string(), "1G");
-        assert_eq!(Size(1536).to_string(), "1536");
-        let e = Args::try_parse_from(["shmringd", "--max-channel-bytes", "1Q"]).unwrap_err();
-        assert!(e.to_string().contains("K, M, G or T"), "{e}");
     }
 }
 
@@ -227,4 +199,32 @@ fn raise_fd_limit() -> Result<(), nix::Error> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found trying the daemon as a new user: `--max-channel-bytes 1G` failed with "invalid
+    /// digit found in string"; the flags take the sizes `shmring create` takes.
+    #[test]
+    fn size_flags_take_units_and_show_their_defaults_so() {
+        let args = Args::try_parse_from([
+            "shmringd",
+            "--max-channel-bytes",
+            "1G",
+            "--max-bytes-per-uid",
+            "2T",
+        ])
+        .unwrap();
+        assert_eq!(args.max_channel_bytes.0, 1 << 30);
+        assert_eq!(args.max_bytes_per_uid.0, 2 << 40);
+        let args = Args::try_parse_from(["shmringd"]).unwrap();
+        assert_eq!(args.max_channel_bytes.0, shmring::DEFAULT_MAX_CHANNEL_BYTES);
+        assert_eq!(args.max_bytes_per_uid.0, shmring::DEFAULT_MAX_BYTES_PER_UID);
+        assert_eq!(Size(1 << 30).to_string(), "1G");
+        assert_eq!(Size(1536).to_string(), "1536");
+        let e = Args::try_parse_from(["shmringd", "--max-channel-bytes", "1Q"]).unwrap_err();
+        assert!(e.to_string().contains("K, M, G or T"), "{e}");
+    }
 }

@@ -147,12 +147,9 @@ enum OverflowArg {
 
 /// `watch --count`: zero refreshes would show nothing, and is refused.
 fn parse_count(s: &str) -> Result<u64, String> {
-    s.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            format!("{s:?} is not a count of at least 1 (leave --count out to run until interrupted)")
-        })
+    s.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        format!("{s:?} is not a count of at least 1 (leave --count out to run until interrupted)")
+    })
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -193,7 +190,10 @@ fn capacity_text(info: &ChannelInfo) -> String {
 fn main() -> ExitCode {
     // Arguments clap refuses are reported as JSON too when the command asked for JSON (the
     // bench's --json names a file: not that).
-    let raw: Vec<_> = std::env::args_os().skip(1).take_while(|a| a != "--").collect();
+    let raw: Vec<_> = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .collect();
     let wants_json = raw.iter().any(|a| a == "--json") && !raw.iter().any(|a| a == "bench");
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -512,8 +512,8 @@ fn print_list(
     }
     writeln!(
         out,
-        "{:<24} {:<5} {:>12} {:>10} {:>5} {:>5} {:>14} {:>5}  {}",
-        "CHANNEL", "KIND", "CAPACITY", "MAX FRAME", "PROD", "CONS", "DEPTH", "MODE", "OWNER"
+        "{:<24} {:<5} {:>12} {:>10} {:>5} {:>5} {:>14} {:>5}  OWNER",
+        "CHANNEL", "KIND", "CAPACITY", "MAX FRAME", "PROD", "CONS", "DEPTH", "MODE"
     )?;
     for c in channels {
         writeln!(

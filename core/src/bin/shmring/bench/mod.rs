@@ -957,9 +957,8 @@ fn print_pingpong(
         "{:<23}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>15}  {:>14}  {:>11}",
         "", "p50", "p90", "p99", "p99.9", "max", "/ atomic-floor", "/ futex-floor", "uds / this"
     );
-    let ratio = |a: usize, b: usize| {
-        median(p50s[a].iter().zip(&p50s[b]).map(|(x, y)| x / y).collect())
-    };
+    let ratio =
+        |a: usize, b: usize| median(p50s[a].iter().zip(&p50s[b]).map(|(x, y)| x / y).collect());
     let mut slower_than_uds = Vec::new();
     for (i, (t, h)) in all.iter().enumerate() {
         let cells: String = [0.5, 0.9, 0.99, 0.999]
@@ -1014,6 +1013,18 @@ fn print_pingpong(
     }
 }
 
+/// `shmring bench-peer` (started by `shmring bench`).
+pub fn run_peer(
+    control: &Path,
+    socket: &Path,
+    dir: &Path,
+    cpu: Option<usize>,
+    parent: u32,
+    index: usize,
+) -> Res<()> {
+    peer::run(control, socket, dir, cpu, parent, index)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1031,7 +1042,9 @@ mod tests {
         assert_eq!(share(1.54), "154%");
         assert_eq!(share(0.023), "2.3%");
         assert_eq!(share(0.0004), "0.04%");
-        assert!(PINGPONG_LEGEND.contains("/ atomic-floor") && PINGPONG_LEGEND.contains("uds / this"));
+        assert!(
+            PINGPONG_LEGEND.contains("/ atomic-floor") && PINGPONG_LEGEND.contains("uds / this")
+        );
     }
 
     /// Found trying the bench as a new user: `shmring-spsc-park` at 0.7x in `uds / this` was
@@ -1051,16 +1064,4 @@ mod tests {
             "{note}"
         );
     }
-}
-
-/// `shmring bench-peer` (started by `shmring bench`).
-pub fn run_peer(
-    control: &Path,
-    socket: &Path,
-    dir: &Path,
-    cpu: Option<usize>,
-    parent: u32,
-    index: usize,
-) -> Res<()> {
-    peer::run(control, socket, dir, cpu, parent, index)
 }
