@@ -783,6 +783,12 @@ const fn align_up(v: u64, a: u64) -> u64 {
     (v + a - 1) & !(a - 1)
 }
 
+/// Bytes of an MPMC or broadcast slot for frames up to `max_frame_size`: the slot header and
+/// the payload, rounded up to a cache line.
+const fn slot_stride(max_frame_size: u32) -> u64 {
+    align_up(SLOT_PAYLOAD as u64 + max_frame_size as u64, 64)
+}
+
 fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
@@ -790,24 +796,42 @@ fn invalid(msg: String) -> Error {
 impl Geometry {
     /// Computes the geometry of a new channel.
     ///
+    /// One rule for every kind: frames are 1 byte to [`MAX_FRAME_SIZE`], and `capacity` (bytes
+    /// of frame storage) holds at least two of the largest frames, `capacity >= 2 *
+    /// max_frame_size`, so that a producer can write one while the consumer reads the other.
+    ///
     /// * SPSC: the ring is `capacity` rounded up to a power of two (at least
-    ///   [`MIN_SPSC_CAPACITY`]), and must hold two records of the largest frame, so that a
-    ///   largest frame always fits after at most one padding record.
-    /// * MPMC: `slots = capacity / max_frame_size` rounded up to a power of two, at least
-    ///   [`MIN_SLOTS`]; each slot is `16 + max_frame_size` bytes rounded up to 64, so producers
-    ///   writing neighbouring slots never share a cache line.
+    ///   [`MIN_SPSC_CAPACITY`]) that holds two records of the largest frame (each with its
+    ///   8-byte header), so that a largest frame always fits after at most one padding record.
+    /// * MPMC: `slots = capacity / max_frame_size` rounded up to a power of two (so at least
+    ///   [`MIN_SLOTS`]); each slot is `16 + max_frame_size` bytes rounded up to 64, so
+    ///   producers writing neighbouring slots never share a cache line.
     /// * Broadcast: slots as MPMC; one producer; `history` below the slot count.
     pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
-        if cfg.max_frame_size > MAX_FRAME_SIZE {
+        use crate::units::format_size_exact as size;
+        if cfg.max_frame_size == 0 || cfg.max_frame_size > MAX_FRAME_SIZE {
             return Err(invalid(format!(
-                "max_frame_size {} exceeds the limit of {MAX_FRAME_SIZE} bytes",
-                cfg.max_frame_size
+                "max_frame_size {} must be between 1 byte and {}",
+                size(u64::from(cfg.max_frame_size)),
+                size(u64::from(MAX_FRAME_SIZE))
             )));
         }
         if cfg.capacity == 0 || cfg.capacity > MAX_DATA_LEN {
             return Err(invalid(format!(
-                "capacity {} must be between 1 and {MAX_DATA_LEN} bytes",
-                cfg.capacity
+                "capacity {} must be between 1 byte and {}",
+                size(cfg.capacity),
+                size(MAX_DATA_LEN)
+            )));
+        }
+        let two_frames = 2 * u64::from(cfg.max_frame_size);
+        if cfg.capacity < two_frames {
+            return Err(invalid(format!(
+                "capacity {} is below two frames of max_frame_size {}: a channel holds at least \
+                 two of its largest frames, so capacity must be at least {} (raise capacity or \
+                 lower max_frame_size)",
+                size(cfg.capacity),
+                size(u64::from(cfg.max_frame_size)),
+                size(two_frames)
             )));
         }
         if cfg.mode & !0o777 != 0 {
@@ -830,14 +854,20 @@ impl Geometry {
                         cfg.max_producers, cfg.max_consumers
                     )));
                 }
-                let capacity = cfg.capacity.max(MIN_SPSC_CAPACITY).next_power_of_two();
-                let need = 2 * record_size(cfg.max_frame_size as usize) as u64;
-                if need > capacity {
+                // Two records of the largest frame, headers included: at most 2 * (1 GiB + 8)
+                // bytes, so no overflow.
+                let records = 2 * record_size(cfg.max_frame_size as usize) as u64;
+                let capacity = cfg
+                    .capacity
+                    .max(records)
+                    .max(MIN_SPSC_CAPACITY)
+                    .next_power_of_two();
+                if capacity > MAX_DATA_LEN {
                     return Err(invalid(format!(
-                        "an SPSC ring must hold two records of the largest frame: max_frame_size {} needs capacity of at least {} bytes (got {})",
-                        cfg.max_frame_size,
-                        need.next_power_of_two(),
-                        cfg.capacity
+                        "capacity {} rounds up to a ring of {}, over the limit of {}",
+                        size(cfg.capacity),
+                        size(capacity),
+                        size(MAX_DATA_LEN)
                     )));
                 }
                 Geometry::build(Kind::Spsc, capacity, cfg.max_frame_size, 0, 1, 1)
@@ -859,16 +889,17 @@ impl Geometry {
                         )));
                     }
                 }
-                let stride = align_up(SLOT_PAYLOAD as u64 + u64::from(cfg.max_frame_size), 64);
-                let per_slot = u64::from(cfg.max_frame_size.max(1));
+                let stride = slot_stride(cfg.max_frame_size);
                 let slots = cfg
                     .capacity
-                    .div_ceil(per_slot)
+                    .div_ceil(u64::from(cfg.max_frame_size))
                     .max(MIN_SLOTS)
                     .next_power_of_two();
                 if slots.saturating_mul(stride) > MAX_DATA_LEN {
                     return Err(invalid(format!(
-                        "{slots} slots of {stride} bytes exceed the limit of {MAX_DATA_LEN} bytes"
+                        "{slots} slots of {} exceed the limit of {}",
+                        size(stride),
+                        size(MAX_DATA_LEN)
                     )));
                 }
                 if u64::from(cfg.history) >= slots {
@@ -890,6 +921,25 @@ impl Geometry {
                 Ok(g)
             }
         }
+    }
+
+    /// The largest `capacity` for channels shaped as `cfg` (its kind and max_frame_size) whose
+    /// frame storage ([`Geometry::data_len`]) is at most `limit` bytes; `None` when not even the
+    /// smallest such channel fits. What a refusal over a storage limit tells the user.
+    pub fn largest_capacity(cfg: &ChannelConfig, limit: u64) -> Option<u64> {
+        let limit = limit.min(MAX_DATA_LEN);
+        let mfs = u64::from(cfg.max_frame_size.max(1));
+        let floor_pow2 = |v: u64| (v > 0).then(|| 1u64 << (63 - v.leading_zeros()));
+        let capacity = match cfg.kind {
+            // The ring is the capacity rounded up to a power of two.
+            Kind::Spsc => floor_pow2(limit)?,
+            // `capacity / max_frame_size` slots, a power of two of them.
+            Kind::Mpmc | Kind::Broadcast => {
+                floor_pow2(limit / slot_stride(cfg.max_frame_size.max(1)))? * mfs
+            }
+        };
+        let fits = Geometry::new(&cfg.capacity(capacity)).is_ok_and(|g| g.data_len as u64 <= limit);
+        fits.then_some(capacity)
     }
 
     fn build(
@@ -1164,9 +1214,83 @@ mod tests {
         assert_eq!(g.slot_stride, 1088);
         let g = Geometry::new(&ChannelConfig::mpmc().capacity(100).max_frame_size(48)).unwrap();
         assert_eq!((g.capacity, g.slot_stride), (4, 64));
-        let g = Geometry::new(&ChannelConfig::mpmc().capacity(1).max_frame_size(0)).unwrap();
+        let g = Geometry::new(&ChannelConfig::mpmc().capacity(128).max_frame_size(64)).unwrap();
         assert_eq!(g.capacity, MIN_SLOTS);
         assert!(Geometry::new(&ChannelConfig::mpmc().max_consumers(0)).is_err());
+    }
+
+    /// Found trying the CLI as a new user: `--max-frame-size 0` made a channel of "frames up to
+    /// 0 B" (an MPMC one of 1048576 slots).
+    #[test]
+    fn a_max_frame_size_of_zero_is_refused() {
+        for kind in [Kind::Spsc, Kind::Mpmc, Kind::Broadcast] {
+            let e = Geometry::new(&ChannelConfig::new(kind).max_frame_size(0)).unwrap_err();
+            assert!(
+                e.to_string().contains("must be between 1 byte and 1 GiB"),
+                "{kind}: {e}"
+            );
+        }
+    }
+
+    /// Found trying the CLI as a new user: MPMC `capacity 64K, max_frame_size 128K` silently
+    /// became 2 slots (256 KiB) while SPSC refused the same shape, and the SPSC message for
+    /// 1 GiB frames asked for 4 GiB "(two records)". One rule, stated in the error: capacity
+    /// holds at least two of the largest frames.
+    #[test]
+    fn one_capacity_rule_for_every_kind_stated_in_the_error() {
+        for kind in [Kind::Spsc, Kind::Mpmc, Kind::Broadcast] {
+            let small = ChannelConfig::new(kind)
+                .capacity(64 << 10)
+                .max_frame_size(128 << 10);
+            let e = Geometry::new(&small).unwrap_err().to_string();
+            assert!(
+                e.contains("capacity 64 KiB is below two frames of max_frame_size 128 KiB")
+                    && e.contains("at least 256 KiB"),
+                "{kind}: {e}"
+            );
+            // Exactly two frames is enough, for every kind.
+            let g = Geometry::new(&small.capacity(256 << 10)).unwrap();
+            match kind {
+                // The ring holds two records of 128 KiB with their headers.
+                Kind::Spsc => assert!(g.capacity >= 2 * record_size(128 << 10) as u64),
+                Kind::Mpmc | Kind::Broadcast => assert_eq!(g.capacity, 2),
+            }
+        }
+        let huge = ChannelConfig::spsc()
+            .capacity(1 << 30)
+            .max_frame_size(1 << 30);
+        let e = Geometry::new(&huge).unwrap_err().to_string();
+        assert!(e.contains("at least 2 GiB"), "{e}");
+        let g = Geometry::new(&huge.capacity(2 << 30)).unwrap();
+        assert!(g.capacity >= 2 * record_size(1 << 30) as u64);
+    }
+
+    #[test]
+    fn largest_capacity_fits_the_limit_and_nothing_larger_does() {
+        for cfg in [
+            ChannelConfig::spsc(),
+            ChannelConfig::spsc().max_frame_size(300 << 20),
+            ChannelConfig::mpmc(),
+            ChannelConfig::broadcast().max_frame_size(100),
+        ] {
+            for limit in [1 << 20, (1 << 30) - 1, 1 << 30, 3 << 30] {
+                let Some(c) = Geometry::largest_capacity(&cfg, limit) else {
+                    assert!(cfg.max_frame_size == 300 << 20 && limit < 1 << 30);
+                    continue;
+                };
+                let g = Geometry::new(&cfg.capacity(c)).unwrap();
+                assert!(g.data_len as u64 <= limit, "{cfg:?} {limit}");
+                let next = Geometry::new(&cfg.capacity(c + 1)).unwrap();
+                assert!(
+                    next.data_len as u64 > limit,
+                    "{cfg:?} {limit}: {c} is not the largest"
+                );
+            }
+        }
+        assert_eq!(
+            Geometry::largest_capacity(&ChannelConfig::spsc(), 1 << 30),
+            Some(1 << 30)
+        );
     }
 
     #[test]

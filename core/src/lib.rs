@@ -58,6 +58,7 @@ mod region;
 mod repair;
 mod spsc;
 mod sync;
+pub mod units;
 
 #[cfg(not(loom))]
 mod client;

@@ -42,28 +42,15 @@ pub const MAX_REQUEST: usize = 64 << 10;
 pub const MAX_REPLY: usize = 4 << 20;
 
 /// Longest channel name.
-pub const MAX_CHANNEL_NAME: usize = 64;
+pub const MAX_CHANNEL_NAME: usize = crate::segment::MAX_NAME_LEN;
 
 /// Longest namespace name.
 pub const MAX_NAMESPACE: usize = 32;
 
-/// Checks a channel name: 1 to [`MAX_CHANNEL_NAME`] characters of `[A-Za-z0-9._-]`, not `.`
-/// or `..`.
+/// Checks a channel name by the one rule of [`validate_name`](crate::validate_name): 1 to
+/// [`MAX_CHANNEL_NAME`] characters of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn validate_channel_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_CHANNEL_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && name != "."
-        && name != "..";
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "channel name {name:?} must be 1 to {MAX_CHANNEL_NAME} characters of [A-Za-z0-9._-]"
-        )))
-    }
+    crate::segment::validate_name(name)
 }
 
 /// Checks a namespace name: 1 to [`MAX_NAMESPACE`] characters of `[A-Za-z0-9_-]` (no dots: a
@@ -189,7 +176,8 @@ pub struct Limits {
     pub bytes: u64,
     /// Most bytes of segments one user may own (`shmringd --max-bytes-per-uid`).
     pub max_bytes_per_uid: u64,
-    /// Largest channel (segment) a client may create (`shmringd --max-channel-bytes`).
+    /// Largest frame storage of a channel a client may create (`capacity_bytes` of
+    /// [`ChannelInfo`]; `shmringd --max-channel-bytes`).
     pub max_channel_bytes: u64,
     /// Channels of the namespace, every user's.
     pub namespace_channels: u64,
@@ -638,8 +626,16 @@ mod tests {
         for ok in ["a", "prices.v2", "md_feed-1", &"x".repeat(64)] {
             validate_channel_name(ok).unwrap();
         }
-        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65), "é"] {
-            assert!(validate_channel_name(bad).is_err(), "{bad:?}");
+        // Found trying the CLI as a new user: the coordinator took ".hidden" and 64
+        // characters while `validate_name` refused the one and took 200; the message for "."
+        // gave a character set that "." is made of. One rule, one message, saying why.
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(65), "é"] {
+            let e = validate_channel_name(bad).unwrap_err().to_string();
+            assert_eq!(e, crate::validate_name(bad).unwrap_err().to_string());
+            assert!(e.contains("1 to 64 characters"), "{bad:?}: {e}");
+            if bad.starts_with('.') {
+                assert!(e.contains("must not start with '.'"), "{bad:?}: {e}");
+            }
         }
         validate_namespace("default").unwrap();
         assert!(validate_namespace("a.b").is_err());

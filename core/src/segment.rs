@@ -19,18 +19,20 @@ use std::time::{Duration, Instant};
 /// How long [`Segment::open`] waits for a segment that is still being initialised.
 pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Longest segment name.
-pub const MAX_NAME_LEN: usize = 200;
+/// Longest name of a channel or a named segment.
+pub const MAX_NAME_LEN: usize = 64;
 
-/// Checks a segment name: 1 to [`MAX_NAME_LEN`] characters of `[A-Za-z0-9._-]`, not starting
-/// with `.` (so no name is a path or a hidden file).
+/// Checks the name of a channel or a named segment, the one rule for both: 1 to
+/// [`MAX_NAME_LEN`] characters of `[A-Za-z0-9._-]`, not starting with `.` (so no name is a
+/// path, `.` or `..`, or a hidden file).
 pub fn validate_name(name: &str) -> Result<()> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars || name.starts_with('.') {
         return Err(Error::InvalidArgument(format!(
-            "segment name {name:?} must be 1 to {MAX_NAME_LEN} characters of [A-Za-z0-9._-] and not start with '.'"
+            "name {name:?} must be 1 to {MAX_NAME_LEN} characters, each a letter, a digit, '.', \
+             '_' or '-', and must not start with '.'"
         )));
     }
     Ok(())

@@ -290,7 +290,7 @@ fn named_segments_create_open_unlink() {
 
 #[test]
 fn bad_names_and_configs_are_refused() {
-    for name in ["", ".hidden", "a/b", "../x", "sp ace", &"x".repeat(201)] {
+    for name in ["", ".hidden", "a/b", "../x", "sp ace", &"x".repeat(65)] {
         assert!(
             matches!(
                 Segment::create(name, &ChannelConfig::spsc()),
@@ -301,7 +301,7 @@ fn bad_names_and_configs_are_refused() {
     }
     let e =
         Segment::anonymous(&ChannelConfig::spsc().capacity(1024).max_frame_size(1000)).unwrap_err();
-    assert!(e.to_string().contains("capacity of at least 2048"), "{e}");
+    assert!(e.to_string().contains("at least 2000 bytes"), "{e}");
     assert!(Segment::anonymous(&ChannelConfig::mpmc().max_producers(0)).is_err());
 }
 

@@ -118,7 +118,7 @@ fn daemon_and_cli_manage_channels() {
     ));
     assert_eq!(created["kind"], "mpmc");
     assert_eq!(created["slots"], 256);
-    assert_eq!(created["mode"], 0o660);
+    assert_eq!(created["mode"], "0660");
     let text = ok(&sock, &["create", "ticks"]);
     assert!(text.starts_with("created spsc channel ticks"), "{text}");
 
@@ -265,6 +265,206 @@ fn daemon_and_cli_manage_channels() {
     }
 }
 
+/// Starts `shmringd` on a socket of its own with `extra` flags; returns it, its socket and its
+/// namespace once it listens.
+fn daemon(tag: &str, extra: &[&str]) -> (Daemon, std::path::PathBuf, String) {
+    let ns = format!("{tag}{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("d.sock");
+    let mut d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_shmringd"))
+            .args(["--namespace", &ns, "--socket"])
+            .arg(&sock)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "shmringd did not start listening"
+        );
+        assert!(
+            d.0.try_wait().unwrap().is_none(),
+            "shmringd {extra:?} exited"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (d, sock, ns)
+}
+
+/// Runs `shmring` with `args` on `socket` and checks that it failed with `code`; returns its
+/// standard output and standard error.
+fn fails(socket: &Path, args: &[&str], code: i32) -> (String, String) {
+    let out = cli(socket, args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "shmring {args:?}:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// Found trying the programs as a new user (step 7): each check below failed before.
+#[test]
+fn validation_and_messages_a_new_user_meets() {
+    // The daemon's size flags take units; the limit is on the capacity asked for.
+    let (d, sock, ns) = daemon("val", &["--max-channel-bytes", "1M"]);
+    let text = ok(
+        &sock,
+        &[
+            "create",
+            "whole",
+            "--capacity",
+            "1M",
+            "--max-frame-size",
+            "1K",
+        ],
+    );
+    assert!(text.contains("1 MiB"), "{text}");
+    let (_, err) = fails(
+        &sock,
+        &["create", "m", "--kind", "mpmc", "--capacity", "1M"],
+        7,
+    );
+    assert!(
+        err.contains("over this coordinator's limit of 1 MiB per channel")
+            && err.contains("--capacity 512 KiB fits"),
+        "{err}"
+    );
+    let (_, err) = fails(&sock, &["create", "t", "--capacity", "1T"], 7);
+    assert!(err.contains("takes 1 TiB of frame storage"), "{err}");
+    let (_, err) = fails(&sock, &["create", "z", "--max-frame-size", "0"], 7);
+    assert!(err.contains("must be between 1 byte and 1 GiB"), "{err}");
+    for kind in ["spsc", "mpmc"] {
+        let (_, err) = fails(
+            &sock,
+            &[
+                "create",
+                "s",
+                "--kind",
+                kind,
+                "--capacity",
+                "64K",
+                "--max-frame-size",
+                "128K",
+            ],
+            7,
+        );
+        assert!(
+            err.contains("below two frames of max_frame_size 128 KiB")
+                && err.contains("at least 256 KiB"),
+            "{kind}: {err}"
+        );
+    }
+    for name in [".hidden", "."] {
+        let (_, err) = fails(&sock, &["create", name], 7);
+        assert!(err.contains("must not start with '.'"), "{name}: {err}");
+    }
+    // A name that looks like an option: the hint puts it after `--`.
+    let (_, err) = fails(&sock, &["stat", "--", "-x"], 3);
+    assert!(err.contains("`shmring create -- -x`"), "{err}");
+
+    // --json: errors as JSON on standard output, an exit code per failure.
+    let (out, err) = fails(&sock, &["stat", "nosuch", "--json"], 3);
+    assert_eq!(err, "");
+    let v = json(&out);
+    assert_eq!(v["error"]["status"], "not_found", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nosuch"));
+    let (out, _) = fails(&sock, &["create", "whole", "--json"], 4);
+    assert_eq!(json(&out)["error"]["status"], "already_exists");
+    let (out, _) = fails(&sock, &["create", "u", "--capacity", "1Q", "--json"], 2);
+    assert_eq!(json(&out)["error"]["status"], "usage");
+
+    // JSON modes as written; owners by name (and uid).
+    ok(&sock, &["create", "grp", "--mode", "660"]);
+    let list = json(&ok(&sock, &["list", "--json"]));
+    let grp = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "grp")
+        .unwrap();
+    assert_eq!(grp["mode"], "0660");
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .unwrap()
+        .map(|u| u.name);
+    assert_eq!(grp["owner"].as_str().map(str::to_string), me);
+    assert_eq!(grp["owner_uid"], uid);
+    let table = ok(&sock, &["list"]);
+    if let Some(me) = &me {
+        assert!(table.contains(&format!("{me} ({uid})")), "{table}");
+    }
+    assert!(table.contains("0660"), "{table}");
+
+    // watch: no escapes into a pipe; a channel that is not there is an error; --count 0 is
+    // refused.
+    let text = ok(&sock, &["watch", "--count", "2", "--interval", "0.01"]);
+    assert!(!text.contains('\x1b') && text.contains("grp"), "{text:?}");
+    fails(&sock, &["watch", "nosuch", "--count", "1"], 3);
+    let (_, err) = fails(&sock, &["watch", "--count", "0"], 2);
+    assert!(err.contains("at least 1"), "{err}");
+
+    // Standard output closed early (`| head -1`): a quiet exit.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["stat", "grp"])
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    drop(d);
+    let _ = std::fs::remove_dir_all(sock.parent().unwrap());
+    for ext in ["lock", "channels"] {
+        let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
+    }
+
+    // No coordinator: the hint names the daemon to start, not a Rust call; exit code 8.
+    let nobody = format!("nobody{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .args(["--namespace", &nobody, "list"])
+        .env_remove("SHMRING_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    assert!(
+        err.contains(&format!("`shmringd --namespace {nobody}`"))
+            && !err.contains("Coordinator::start"),
+        "{err}"
+    );
+    // The exit codes are documented where a user looks.
+    let help = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit status:") && help.contains("3  not_found"),
+        "{help}"
+    );
+}
+
 /// Runs `shmring bench` with `args` under a watchdog; returns its output, after checking that
 /// it left no process or file behind.
 fn bench(args: &[&str]) -> Output {
@@ -367,7 +567,20 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("64-byte frames") && stdout.contains("vs floor"),
+        stdout.contains("64-byte frames") && stdout.contains("/ atomic-floor"),
+        "{stdout}"
+    );
+    // Found trying the bench as a new user: no legend, one "vs floor" column for two floors,
+    // throughput in "0.02 M" and "0.00x".
+    assert!(
+        stdout.contains("columns: p50 to max")
+            && stdout.contains("/ atomic-floor")
+            && stdout.contains("/ futex-floor")
+            && stdout.contains("uds / this"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(" M ") && !stdout.contains("0.00x") && stdout.contains("B/s"),
         "{stdout}"
     );
     assert!(

@@ -902,7 +902,7 @@ fn embedded_per_user_limits() {
         "big",
         &ChannelConfig::spsc().capacity(1 << 20).max_frame_size(64),
     ) {
-        Err(Error::Busy(m)) => assert!(m.contains("limit of 1048576 bytes per user"), "{m}"),
+        Err(Error::Busy(m)) => assert!(m.contains("limit of 1 MiB per user"), "{m}"),
         other => panic!("{other:?}"),
     }
     c.create("two", &small).unwrap();

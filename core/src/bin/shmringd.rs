@@ -33,15 +33,18 @@ struct Args {
     /// use
     #[arg(long)]
     keep_channels: bool,
-    /// Largest channel (segment) a client may create, in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = shmring::DEFAULT_MAX_CHANNEL_BYTES)]
-    max_channel_bytes: u64,
+    /// Largest frame storage of one channel a client may create (suffixes K, M, G, T, as
+    /// `shmring create --capacity`): an SPSC channel's capacity, or an MPMC or broadcast
+    /// channel's slots (each its largest frame plus 16 bytes, rounded up to 64)
+    #[arg(long, value_name = "SIZE", default_value_t = Size(shmring::DEFAULT_MAX_CHANNEL_BYTES))]
+    max_channel_bytes: Size,
     /// Most channels one user (uid) may own in the namespace
     #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CHANNELS_PER_UID)]
     max_channels_per_uid: usize,
-    /// Most bytes of channels (segments) one user may own in the namespace, all together
-    #[arg(long, value_name = "BYTES", default_value_t = shmring::DEFAULT_MAX_BYTES_PER_UID)]
-    max_bytes_per_uid: u64,
+    /// Most bytes of channels (segments, headers included) one user may own in the namespace,
+    /// all together (suffixes K, M, G, T)
+    #[arg(long, value_name = "SIZE", default_value_t = Size(shmring::DEFAULT_MAX_BYTES_PER_UID))]
+    max_bytes_per_uid: Size,
     /// Most client connections at once (lowered to what the open-file limit allows: six
     /// descriptors a connection; shmringd raises its soft limit to the hard one)
     #[arg(long, value_name = "N", default_value_t = shmring::DEFAULT_MAX_CONNECTIONS,
@@ -60,6 +63,30 @@ struct Args {
     /// Log level: error, warn, info, debug or trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: tracing::Level,
+}
+
+/// A size flag: parsed as `shmring create --capacity` is (`1G`, `512M`, `4096`), and shown as
+/// it would be typed.
+#[derive(Clone, Copy, Debug)]
+struct Size(u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        shmring::units::parse_size(s).map(Size)
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = [(40, "T"), (30, "G"), (20, "M"), (10, "K")]
+            .into_iter()
+            .find(|&(shift, _)| self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift));
+        match unit {
+            Some((shift, u)) => write!(f, "{}{u}", self.0 >> shift),
+            None => write!(f, "{}", self.0),
+        }
+    }
 }
 
 fn parse_count(s: &str) -> Result<usize, String> {
@@ -106,9 +133,9 @@ fn main() -> ExitCode {
         socket: args.socket,
         socket_mode: args.socket_mode,
         keep_channels: args.keep_channels,
-        max_channel_bytes: args.max_channel_bytes,
+        max_channel_bytes: args.max_channel_bytes.0,
         max_channels_per_uid: args.max_channels_per_uid,
-        max_bytes_per_uid: args.max_bytes_per_uid,
+        max_bytes_per_uid: args.max_bytes_per_uid.0,
         max_connections: args.max_connections,
         max_connections_per_uid: args.max_connections_per_uid,
         message_timeout: Duration::from_secs_f64(args.message_timeout),
@@ -172,4 +199,32 @@ fn raise_fd_limit() -> Result<(), nix::Error> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found trying the daemon as a new user: `--max-channel-bytes 1G` failed with "invalid
+    /// digit found in string"; the flags take the sizes `shmring create` takes.
+    #[test]
+    fn size_flags_take_units_and_show_their_defaults_so() {
+        let args = Args::try_parse_from([
+            "shmringd",
+            "--max-channel-bytes",
+            "1G",
+            "--max-bytes-per-uid",
+            "2T",
+        ])
+        .unwrap();
+        assert_eq!(args.max_channel_bytes.0, 1 << 30);
+        assert_eq!(args.max_bytes_per_uid.0, 2 << 40);
+        let args = Args::try_parse_from(["shmringd"]).unwrap();
+        assert_eq!(args.max_channel_bytes.0, shmring::DEFAULT_MAX_CHANNEL_BYTES);
+        assert_eq!(args.max_bytes_per_uid.0, shmring::DEFAULT_MAX_BYTES_PER_UID);
+        assert_eq!(Size(1 << 30).to_string(), "1G");
+        assert_eq!(Size(1536).to_string(), "1536");
+        let e = Args::try_parse_from(["shmringd", "--max-channel-bytes", "1Q"]).unwrap_err();
+        assert!(e.to_string().contains("K, M, G or T"), "{e}");
+    }
 }

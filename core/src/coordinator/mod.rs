@@ -63,9 +63,13 @@ pub struct CoordinatorConfig {
     /// adopts those that processes still use (it finds them in the processes it may inspect,
     /// and clients hand theirs back when they reconnect); one nobody holds is gone.
     pub keep_channels: bool,
-    /// Largest segment a client may have created, in bytes (default [`DEFAULT_MAX_CHANNEL_BYTES`]):
-    /// any user who can reach the socket can create channels, and each one's memory is
-    /// allocated up front (charged to the coordinator's memory).
+    /// Largest frame storage of a channel a client may have created, in bytes (default
+    /// [`DEFAULT_MAX_CHANNEL_BYTES`]): an SPSC ring's capacity, or an MPMC or broadcast
+    /// channel's slots, each `max_frame_size` plus a 16-byte header rounded up to 64 (what
+    /// `ChannelInfo::capacity_bytes` shows). Any user who can reach the socket can create
+    /// channels, and each one's memory is allocated up front (charged to the coordinator's
+    /// memory); the segment's header and participant tables on top (at most 2048 entries of 128
+    /// bytes) count in [`CoordinatorConfig::max_bytes_per_uid`].
     pub max_channel_bytes: u64,
     /// Most channels owned by one user (default [`DEFAULT_MAX_CHANNELS_PER_UID`]), so that one
     /// user cannot take the whole namespace (4096 channels).

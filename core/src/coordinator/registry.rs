@@ -11,6 +11,7 @@ use crate::protocol::{
 use crate::repair::{self, Repaired};
 use crate::segment::{Segment, free_entry, take_entry};
 use crate::sync::Ordering::{Relaxed, Release};
+use crate::units::format_size_exact;
 use crate::{sys, wait};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use std::collections::{BTreeMap, HashMap};
@@ -964,8 +965,10 @@ impl Registry {
         }
         let ch = self.channels.get(name).ok_or_else(|| {
             Error::NotFound(format!(
-                "no channel {name:?} in namespace {:?} (create it first: `shmring create {name}`)",
-                self.namespace
+                "no channel {name:?} in namespace {:?} (create it first: `shmring create {}{name}`)",
+                self.namespace,
+                // A name that looks like an option goes after `--`.
+                if name.starts_with('-') { "-- " } else { "" }
             ))
         })?;
         Ok(ch)
@@ -1003,11 +1006,28 @@ impl Registry {
             )));
         }
         let geo = Geometry::new(config)?;
-        if geo.total_size as u64 > self.max_channel_bytes {
+        // The limit is on the frame storage, what `capacity` asks for (a 1 GiB SPSC ring fits
+        // a 1 GiB limit): the header and participant tables on top are bounded (at most
+        // 2048 entries of 128 bytes) and count in the per-user bytes.
+        if geo.data_len as u64 > self.max_channel_bytes {
+            let fits = match Geometry::largest_capacity(config, self.max_channel_bytes) {
+                Some(c) => format!(
+                    "--capacity {} fits (with frames up to {})",
+                    format_size_exact(c),
+                    format_size_exact(u64::from(config.max_frame_size))
+                ),
+                None => format!(
+                    "no {} channel with frames up to {} fits",
+                    config.kind,
+                    format_size_exact(u64::from(config.max_frame_size))
+                ),
+            };
             return Err(Error::InvalidArgument(format!(
-                "a channel of this shape takes {} bytes, over this coordinator's limit of {} \
-                 (shmringd --max-channel-bytes)",
-                geo.total_size, self.max_channel_bytes
+                "this {} channel takes {} of frame storage, over this coordinator's limit of {} \
+                 per channel (shmringd --max-channel-bytes): {fits}",
+                config.kind,
+                format_size_exact(geo.data_len as u64),
+                format_size_exact(self.max_channel_bytes)
             )));
         }
         self.check_quota(peer.uid, geo.total_size as u64)?;
@@ -1386,15 +1406,18 @@ impl Registry {
                 format!(
                     " ({} of them of deleted channels that processes still hold: their memory \
                      stays until those processes close them)",
-                    used.deleted_bytes
+                    format_size_exact(used.deleted_bytes)
                 )
             } else {
                 String::new()
             };
             return Err(Error::Busy(format!(
-                "uid {uid} owns {} bytes of channels in namespace {:?}{held}; {bytes} more would \
-                 pass its limit of {} bytes per user (shmringd --max-bytes-per-uid)",
-                used.bytes, self.namespace, q.bytes_per_uid
+                "uid {uid} owns {} of channels in namespace {:?}{held}; {} more would pass its \
+                 limit of {} per user (shmringd --max-bytes-per-uid)",
+                format_size_exact(used.bytes),
+                self.namespace,
+                format_size_exact(bytes),
+                format_size_exact(q.bytes_per_uid)
             )));
         }
         Ok(())

@@ -2,20 +2,24 @@
 //! against the alternatives (`shmring bench`).
 
 mod bench;
+mod failure;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use failure::Failure;
+use shmring::units::{format_size as bytes, parse_size};
 use shmring::{
     ChannelConfig, ChannelInfo, ChannelStats, Client, DEFAULT_NAMESPACE, Kind, Limits, Overflow,
     Role, SOCKET_ENV, default_socket_path,
 };
-use std::io::Write;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Inspect and manage the channels of a shmring coordinator (shmringd), and measure shmring.
 #[derive(Parser, Debug)]
-#[command(name = "shmring", version)]
+#[command(name = "shmring", version, after_help = failure::EXIT_CODES)]
 struct Args {
     /// The coordinator's socket [default: $SHMRING_SOCKET, else the namespace's default socket]
     #[arg(long, global = true, value_name = "PATH")]
@@ -50,8 +54,8 @@ enum Command {
         /// Seconds between refreshes
         #[arg(long, default_value = "1")]
         interval: f64,
-        /// Stop after this many refreshes [default: run until interrupted]
-        #[arg(long)]
+        /// Stop after this many refreshes, at least 1 [default: run until interrupted]
+        #[arg(long, value_parser = parse_count)]
         count: Option<u64>,
         /// Print one JSON object per refresh, one per line
         #[arg(long)]
@@ -59,7 +63,8 @@ enum Command {
     },
     /// Create a channel owned by you
     Create {
-        /// Channel name: 1 to 64 characters of [A-Za-z0-9._-]
+        /// Channel name: 1 to 64 characters, each a letter, a digit, '.', '_' or '-', not
+        /// starting with '.'; one that starts with '-' goes after `--` (`shmring create -- -x`)
         channel: String,
         /// spsc (one producer, one consumer, variable-length frames), mpmc (many of each,
         /// fixed-size slots, each frame to one consumer) or broadcast (one producer, many
@@ -75,12 +80,13 @@ enum Command {
         /// [default: 0]
         #[arg(long)]
         history: Option<u32>,
-        /// Bytes of frame storage (suffixes K, M, G), rounded up to a power of two
-        /// [default: 1M]
+        /// Bytes of frame storage (suffixes K, M, G, T: powers of 1024), at least twice
+        /// --max-frame-size (a channel holds two of its largest frames), rounded up to a power
+        /// of two [default: 1M]
         #[arg(long, value_parser = parse_size)]
         capacity: Option<u64>,
-        /// Largest frame in bytes (suffixes K, M) [default: 64K for spsc, 1K for mpmc and
-        /// broadcast]
+        /// Largest frame, 1 byte to 1G (suffixes K, M, G) [default: 64K for spsc, 1K for mpmc
+        /// and broadcast]
         #[arg(long, value_parser = parse_size)]
         max_frame_size: Option<u64>,
         /// Producers admitted at once (mpmc) [default: 16]
@@ -139,45 +145,19 @@ enum OverflowArg {
     DropOldest,
 }
 
+/// `watch --count`: zero refreshes would show nothing, and is refused.
+fn parse_count(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        format!("{s:?} is not a count of at least 1 (leave --count out to run until interrupted)")
+    })
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     u32::from_str_radix(digits, 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("{s:?} is not an octal mode between 000 and 777"))
-}
-
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (a number, optionally with K, M or G)"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 || v.fract() == 0.0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn rate(per_s: f64) -> String {
@@ -208,28 +188,107 @@ fn capacity_text(info: &ChannelInfo) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Arguments clap refuses are reported as JSON too when the command asked for JSON (the
+    // bench's --json names a file: not that).
+    let raw: Vec<_> = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .collect();
+    let wants_json = raw.iter().any(|a| a == "--json") && !raw.iter().any(|a| a == "bench");
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if wants_json && e.use_stderr() => {
+            let text = e.render().to_string();
+            let message = text.trim().trim_start_matches("error: ").to_string();
+            return report(
+                true,
+                Failure {
+                    status: "usage",
+                    message,
+                },
+            );
+        }
+        Err(e) => e.exit(),
+    };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shmring: {e}");
-            ExitCode::FAILURE
+        Err(f) => report(args.command.json(), f),
+    }
+}
+
+/// Says what failed, as JSON on standard output or in words on standard error, and gives the
+/// exit code of the failure.
+fn report(as_json: bool, f: Failure) -> ExitCode {
+    if as_json {
+        let _ = writeln!(std::io::stdout(), "{}", f.json());
+    } else {
+        let _ = writeln!(std::io::stderr(), "shmring: {}", f.message);
+    }
+    ExitCode::from(f.code())
+}
+
+impl Command {
+    /// Whether the command prints JSON (`--json`).
+    fn json(&self) -> bool {
+        match self {
+            Command::List { json }
+            | Command::Stat { json, .. }
+            | Command::Watch { json, .. }
+            | Command::Create { json, .. }
+            | Command::Delete { json, .. } => *json,
+            Command::Bench(_) | Command::BenchPeer { .. } => false,
         }
     }
 }
 
-fn connect(args: &Args) -> shmring::Result<Client> {
-    let socket = args.socket.clone().or_else(|| {
+/// The coordinator's socket: --socket, else the default socket of an explicit --namespace, else
+/// `SHMRING_SOCKET`, else the default namespace's default socket.
+fn socket_path(args: &Args) -> PathBuf {
+    if let Some(s) = &args.socket {
+        return s.clone();
+    }
+    match std::env::var_os(SOCKET_ENV) {
         // An explicit --namespace picks that namespace's default socket over SHMRING_SOCKET.
-        (args.namespace != DEFAULT_NAMESPACE || std::env::var_os(SOCKET_ENV).is_none())
-            .then(|| default_socket_path(&args.namespace))
-    });
-    Client::connect(socket.as_deref())
+        Some(p) if !p.is_empty() && args.namespace == DEFAULT_NAMESPACE => PathBuf::from(p),
+        _ => default_socket_path(&args.namespace),
+    }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn connect(args: &Args) -> shmring::Result<Client> {
+    let path = socket_path(args);
+    Client::connect(Some(&path)).map_err(|e| match e {
+        // The library's hint is for programs; this one says which daemon to start.
+        shmring::Error::Unavailable(_) => {
+            shmring::Error::Unavailable(no_coordinator(&path, &args.namespace))
+        }
+        e => e,
+    })
+}
+
+/// What to do when no coordinator answers at `path`: the `shmringd` command that serves it.
+fn no_coordinator(path: &Path, namespace: &str) -> String {
+    let why = if path.exists() {
+        "nothing listens on the socket there (its coordinator has stopped)"
+    } else {
+        "there is no socket there"
+    };
+    let mut start = String::from("shmringd");
+    if namespace != DEFAULT_NAMESPACE {
+        start += &format!(" --namespace {namespace}");
+    }
+    if path != default_socket_path(namespace) {
+        start += &format!(" --socket {}", path.display());
+    }
+    format!(
+        "no coordinator answers at {} ({why}): start one with `{start}`, or name the socket of a \
+         running one with --socket or {SOCKET_ENV}",
+        path.display()
+    )
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
     match &args.command {
-        Command::Bench(b) => bench::run(b),
+        Command::Bench(b) => bench::run(b).map_err(Failure::other),
         Command::BenchPeer {
             control,
             socket,
@@ -237,26 +296,33 @@ fn run(args: &Args) -> Result<(), String> {
             cpu,
             parent,
             index,
-        } => bench::run_peer(control, socket, dir, *cpu, *parent, *index),
-        _ => manage(args).map_err(|e| e.to_string()),
+        } => bench::run_peer(control, socket, dir, *cpu, *parent, *index).map_err(Failure::other),
+        _ => match manage(args) {
+            // Standard output was closed early (`shmring stat x | head -1`): what was wanted
+            // has been read; nothing to report.
+            Err(shmring::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                Ok(())
+            }
+            r => r.map_err(|e| Failure::of(&e)),
+        },
     }
 }
 
 fn manage(args: &Args) -> shmring::Result<()> {
     let client = connect(args)?;
     let out = &mut std::io::stdout().lock();
-    let w = |e: std::io::Error| shmring::Error::Io {
-        context: "writing to standard output".into(),
-        source: e,
-    };
+    let names = &mut Names::default();
     match &args.command {
         Command::Bench(_) | Command::BenchPeer { .. } => unreachable!("handled by run"),
         Command::List { json } => {
             let channels = client.list()?;
             if *json {
-                writeln!(out, "{}", to_json(&channels)).map_err(w)?;
+                let v: Vec<_> = channels.iter().map(|c| info_json(c, names)).collect();
+                writeln!(out, "{}", serde_json::Value::Array(v)).map_err(w)?;
             } else {
-                print_list(out, &channels).map_err(w)?;
+                print_list(out, &channels, names).map_err(w)?;
                 // A coordinator of an earlier release does not know the request: no line then.
                 if let Ok(l) = client.limits() {
                     print_limits(out, &l).map_err(w)?;
@@ -267,7 +333,7 @@ fn manage(args: &Args) -> shmring::Result<()> {
             let s = client.stats(channel)?;
             let limits = client.limits().ok();
             if *json {
-                let mut v = serde_json::to_value(&s).expect("protocol types serialise to JSON");
+                let mut v = stats_json(&s, names);
                 if let (Some(l), Some(o)) = (&limits, v.as_object_mut()) {
                     o.insert(
                         "limits".into(),
@@ -276,7 +342,7 @@ fn manage(args: &Args) -> shmring::Result<()> {
                 }
                 writeln!(out, "{v}").map_err(w)?;
             } else {
-                print_stat(out, &s).map_err(w)?;
+                print_stat(out, &s, names).map_err(w)?;
                 if let Some(l) = &limits {
                     print_limits(out, l).map_err(w)?;
                 }
@@ -287,7 +353,7 @@ fn manage(args: &Args) -> shmring::Result<()> {
             interval,
             count,
             json,
-        } => watch(&client, *json, channels, *interval, *count)?,
+        } => watch(&client, *json, channels, *interval, *count, names)?,
         Command::Create {
             channel,
             kind,
@@ -320,7 +386,10 @@ fn manage(args: &Args) -> shmring::Result<()> {
             }
             if let Some(m) = max_frame_size {
                 cfg = cfg.max_frame_size(u32::try_from(*m).map_err(|_| {
-                    shmring::Error::InvalidArgument(format!("max frame size {m} is too large"))
+                    shmring::Error::InvalidArgument(format!(
+                        "--max-frame-size {} is too large: frames are 1 byte to 1 GiB",
+                        bytes(*m)
+                    ))
                 })?);
             }
             if let Some(n) = max_producers {
@@ -331,16 +400,16 @@ fn manage(args: &Args) -> shmring::Result<()> {
             }
             let info = client.create(channel, &cfg)?;
             if *json {
-                writeln!(out, "{}", to_json(&info)).map_err(w)?;
+                writeln!(out, "{}", info_json(&info, names)).map_err(w)?;
             } else {
                 writeln!(
                     out,
-                    "created {} channel {}: {}, frames up to {}, mode {:03o}, generation {}",
+                    "created {} channel {}: {}, frames up to {}, mode {}, generation {}",
                     info.kind,
                     info.name,
                     capacity_text(&info),
                     bytes(u64::from(info.max_frame_size)),
-                    info.mode,
+                    mode_text(info.mode),
                     info.generation
                 )
                 .map_err(w)?;
@@ -355,26 +424,101 @@ fn manage(args: &Args) -> shmring::Result<()> {
             }
         }
     }
-    Ok(())
+    out.flush().map_err(w)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("protocol types serialise to JSON")
+/// A failure to write standard output, as an error of the command.
+fn w(e: std::io::Error) -> shmring::Error {
+    shmring::Error::Io {
+        context: "writing to standard output".into(),
+        source: e,
+    }
 }
 
-fn print_list(out: &mut impl Write, channels: &[ChannelInfo]) -> std::io::Result<()> {
+/// Permission bits as people write them: `0660`.
+fn mode_text(mode: u32) -> String {
+    format!("{mode:04o}")
+}
+
+/// User and group names, looked up once each.
+#[derive(Default)]
+struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+
+    /// `alice (1000)`, or `1000` for a uid with no name.
+    fn owner(&mut self, uid: u32) -> String {
+        match self.user(uid) {
+            Some(n) => format!("{n} ({uid})"),
+            None => uid.to_string(),
+        }
+    }
+}
+
+/// A channel as JSON: the protocol's fields, with the mode as the octal text people write
+/// (`"0660"`) and the owner's user and group names beside their ids (null without one).
+fn info_json(info: &ChannelInfo, names: &mut Names) -> serde_json::Value {
+    let mut v = serde_json::to_value(info).expect("protocol types serialise to JSON");
+    if let Some(o) = v.as_object_mut() {
+        o.insert("mode".into(), mode_text(info.mode).into());
+        o.insert("owner".into(), names.user(info.owner_uid).into());
+        o.insert("group".into(), names.group(info.owner_gid).into());
+    }
+    v
+}
+
+/// A channel's statistics as JSON, its `info` as [`info_json`].
+fn stats_json(s: &ChannelStats, names: &mut Names) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("protocol types serialise to JSON");
+    if let Some(o) = v.as_object_mut() {
+        o.insert("info".into(), info_json(&s.info, names));
+    }
+    v
+}
+
+fn print_list(
+    out: &mut impl Write,
+    channels: &[ChannelInfo],
+    names: &mut Names,
+) -> std::io::Result<()> {
     if channels.is_empty() {
         return writeln!(out, "no channels");
     }
     writeln!(
         out,
-        "{:<24} {:<5} {:>12} {:>10} {:>5} {:>5} {:>14} {:>5} {:>6}",
-        "CHANNEL", "KIND", "CAPACITY", "MAX FRAME", "PROD", "CONS", "DEPTH", "MODE", "OWNER"
+        "{:<24} {:<5} {:>12} {:>10} {:>5} {:>5} {:>14} {:>5}  OWNER",
+        "CHANNEL", "KIND", "CAPACITY", "MAX FRAME", "PROD", "CONS", "DEPTH", "MODE"
     )?;
     for c in channels {
         writeln!(
             out,
-            "{:<24} {:<5} {:>12} {:>10} {:>2}/{:<2} {:>2}/{:<2} {:>14} {:>5} {:>6}",
+            "{:<24} {:<5} {:>12} {:>10} {:>2}/{:<2} {:>2}/{:<2} {:>14} {:>5}  {}",
             c.name,
             c.kind.to_string(),
             capacity_text(c),
@@ -384,8 +528,8 @@ fn print_list(out: &mut impl Write, channels: &[ChannelInfo]) -> std::io::Result
             c.consumers,
             c.max_consumers,
             depth(c),
-            format!("{:03o}", c.mode),
-            c.owner_uid
+            mode_text(c.mode),
+            names.owner(c.owner_uid)
         )?;
     }
     Ok(())
@@ -395,8 +539,8 @@ fn print_list(out: &mut impl Write, channels: &[ChannelInfo]) -> std::io::Result
 fn print_limits(out: &mut impl Write, l: &Limits) -> std::io::Result<()> {
     writeln!(
         out,
-        "limits      uid {}: {} of {} channels, {} of {}; channels up to {}; namespace: {} of {} \
-         channels",
+        "limits      uid {}: {} of {} channels, {} of {}; channel storage up to {}; namespace: {} \
+         of {} channels",
         l.uid,
         l.channels,
         l.max_channels_per_uid,
@@ -413,7 +557,7 @@ fn print_limits(out: &mut impl Write, l: &Limits) -> std::io::Result<()> {
     )
 }
 
-fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
+fn print_stat(out: &mut impl Write, s: &ChannelStats, names: &mut Names) -> std::io::Result<()> {
     let i = &s.info;
     writeln!(
         out,
@@ -427,10 +571,15 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
         bytes(i.capacity_bytes),
         bytes(u64::from(i.max_frame_size))
     )?;
+    let group = match names.group(i.owner_gid) {
+        Some(g) => format!("{g} ({})", i.owner_gid),
+        None => i.owner_gid.to_string(),
+    };
     writeln!(
         out,
-        "access      owner uid {} gid {}, mode {:03o}",
-        i.owner_uid, i.owner_gid, i.mode
+        "access      owner {}, group {group}, mode {}",
+        names.owner(i.owner_uid),
+        mode_text(i.mode)
     )?;
     writeln!(out, "depth       {}", depth(i))?;
     writeln!(
@@ -493,9 +642,10 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats) -> std::io::Result<()> {
 fn watch(
     client: &Client,
     as_json: bool,
-    names: &[String],
+    named: &[String],
     interval: f64,
     count: Option<u64>,
+    names: &mut Names,
 ) -> shmring::Result<()> {
     if !(interval.is_finite() && interval > 0.0) {
         return Err(shmring::Error::InvalidArgument(format!(
@@ -503,37 +653,49 @@ fn watch(
         )));
     }
     let mut out = std::io::stdout().lock();
+    // A terminal is redrawn in place, as top does; a pipe or a file gets one table after
+    // another, without escapes.
+    let redraw = !as_json && out.is_terminal();
     let mut n = 0;
     loop {
-        let names: Vec<String> = if names.is_empty() {
-            client.list()?.into_iter().map(|c| c.name).collect()
-        } else {
-            names.to_vec()
-        };
         let mut stats = Vec::new();
-        for name in &names {
-            match client.stats(name) {
-                Ok(s) => stats.push(s),
-                // Deleted between the list and the stat, or not ours to read: left out.
-                Err(shmring::Error::NotFound(_) | shmring::Error::PermissionDenied(_)) => {}
-                Err(e) => return Err(e),
+        if named.is_empty() {
+            for c in client.list()? {
+                match client.stats(&c.name) {
+                    Ok(s) => stats.push(s),
+                    // Deleted between the list and the stat, or not ours to read: left out.
+                    Err(shmring::Error::NotFound(_) | shmring::Error::PermissionDenied(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            // A channel asked for by name that is not there (or not for us to see) is an
+            // error, not an empty table.
+            for name in named {
+                stats.push(client.stats(name)?);
             }
         }
-        let written = if as_json {
+        if as_json {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
+            let channels: Vec<_> = stats.iter().map(|s| stats_json(s, names)).collect();
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({ "time": now, "channels": stats })
+                serde_json::json!({ "time": now, "channels": channels })
             )
+            .map_err(w)?;
         } else {
-            print_watch(&mut out, client, &stats)
-        };
-        if written.and_then(|()| out.flush()).is_err() {
-            return Ok(()); // standard output closed (a pipe to `head`, say)
+            if redraw {
+                // Clear the screen and home the cursor.
+                write!(out, "\x1b[2J\x1b[H").map_err(w)?;
+            } else if n > 0 {
+                writeln!(out).map_err(w)?;
+            }
+            print_watch(&mut out, client, &stats, redraw).map_err(w)?;
         }
+        out.flush().map_err(w)?;
         n += 1;
         if count.is_some_and(|c| n >= c) {
             return Ok(());
@@ -546,14 +708,14 @@ fn print_watch(
     out: &mut impl Write,
     client: &Client,
     stats: &[ChannelStats],
+    redraw: bool,
 ) -> std::io::Result<()> {
-    // Clear the screen and home the cursor, as top does.
-    write!(out, "\x1b[2J\x1b[H")?;
     writeln!(
         out,
-        "shmring watch: {} on {}   (Ctrl-C to quit)\n",
+        "shmring watch: {} on {}{}",
         client.namespace().unwrap_or_default(),
-        client.socket_path().display()
+        client.socket_path().display(),
+        if redraw { "   (Ctrl-C to quit)\n" } else { "" }
     )?;
     writeln!(
         out,
@@ -601,19 +763,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_modes_parse() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("12q").is_err());
-        assert!(parse_size("").is_err());
+    fn modes_parse_and_print_as_people_write_them() {
         assert_eq!(parse_mode("0600"), Ok(0o600));
         assert_eq!(parse_mode("666"), Ok(0o666));
         assert!(parse_mode("800").is_err());
         assert!(parse_mode("1777").is_err());
-        assert_eq!(bytes(1 << 20), "1 MiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(100), "100 B");
+        assert_eq!(mode_text(0o660), "0660");
+        assert_eq!(mode_text(0o6), "0006");
+    }
+
+    /// Found trying the CLI as a new user: with --namespace nobody, the hint said to start
+    /// `shmringd` (which serves "default") and named the Rust call `Coordinator::start`.
+    #[test]
+    fn the_hint_names_the_daemon_that_serves_the_socket() {
+        let hint = no_coordinator(&default_socket_path("nobody"), "nobody");
+        assert!(hint.contains("`shmringd --namespace nobody`"), "{hint}");
+        assert!(!hint.contains("Coordinator::start"), "{hint}");
+        let hint = no_coordinator(&default_socket_path(DEFAULT_NAMESPACE), DEFAULT_NAMESPACE);
+        assert!(hint.contains("start one with `shmringd`,"), "{hint}");
+        let hint = no_coordinator(Path::new("/nonexistent/x.sock"), DEFAULT_NAMESPACE);
+        assert!(
+            hint.contains("`shmringd --socket /nonexistent/x.sock`")
+                && hint.contains("there is no socket there"),
+            "{hint}"
+        );
     }
 }

@@ -476,6 +476,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                 )
             }
         );
+        println!("{}", PINGPONG_LEGEND);
         for &payload in &plan.payloads {
             let mut all: Vec<(Transport, Histogram<u64>)> =
                 plan.transports.iter().map(|&t| (t, histogram())).collect();
@@ -547,8 +548,12 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             report.memcpy_bytes_per_s / 1e9
         );
         println!(
+            "columns: frames/s and bytes/s the consumer received per second of sending; \
+             memcpy: bytes/s against memcpy's bandwidth above"
+        );
+        println!(
             "{:>9}  {:<14} {:<10} {:>12} {:>11} {:>10}",
-            "payload", "transport", "api", "frames/s", "GB/s", "vs memcpy"
+            "payload", "transport", "api", "frames/s", "bytes/s", "memcpy"
         );
         for &payload in &plan.payloads {
             for (kind, name) in [(Kind::Spsc, "shmring-spsc"), (Kind::Mpmc, "shmring-mpmc")] {
@@ -582,13 +587,13 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                     let fps = sent as f64 / secs;
                     let bps = fps * payload as f64;
                     println!(
-                        "{:>7} B  {:<14} {:<10} {:>10.2} M {:>11.2} {:>9.2}x",
+                        "{:>7} B  {:<14} {:<10} {:>12} {:>11} {:>10}",
                         payload,
                         name,
                         api.name(),
-                        fps / 1e6,
-                        bps / 1e9,
-                        bps / report.memcpy_bytes_per_s
+                        per_second(fps, ""),
+                        per_second(bps, "B"),
+                        share(bps / report.memcpy_bytes_per_s)
                     );
                     report.throughput.push(ThroughputRow {
                         transport: name,
@@ -655,6 +660,65 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// What the columns of a ping-pong table mean.
+const PINGPONG_LEGEND: &str = "\
+columns: p50 to max: round-trip time percentiles over all rounds; / atomic-floor and \
+/ futex-floor: this row's p50\nover that floor's (the median of the rounds' ratios; spinning \
+transports and the kernel's against atomic-floor, the ones\nthat sleep against futex-floor); \
+uds / this: uds's p50 over this row's (above 1x: faster than a Unix socket)";
+
+/// Why a shmring row is slower than a Unix socket (`uds / this` of `r`, below 1).
+fn slower_than_uds_note(t: Transport, r: f64, think: Duration, futex_p50: Option<u64>) -> String {
+    if t.sleeps() {
+        format!(
+            "note: {} is slower than uds here ({r:.1}x): it pauses {} µs before each round trip \
+             so that the echoing side is asleep, and each round trip then pays a futex \
+             wake-up\n(futex-floor is the least one costs{}); uds runs without the pause. On a \
+             busy machine the wake-up, not the ring, sets its time: compare it with futex-floor",
+            t.name(),
+            think.as_micros(),
+            futex_p50
+                .map(|p| format!(": {} at p50", ns(p)))
+                .unwrap_or_default()
+        )
+    } else {
+        format!(
+            "note: {} is slower than uds here ({r:.1}x): a spinning handle needs a CPU of its \
+             own, and the machine gave it less (see how busy it was, above)",
+            t.name()
+        )
+    }
+}
+
+/// A rate in the unit that fits it: `75.7 M/s`, `352 k/s`, `23.1 GB/s` (`unit` "B": bytes).
+fn per_second(v: f64, unit: &str) -> String {
+    let (div, prefix) = [(1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")]
+        .into_iter()
+        .find(|&(d, _)| v >= d)
+        .unwrap_or((1.0, ""));
+    let x = v / div;
+    let digits = if x >= 100.0 || prefix.is_empty() {
+        0
+    } else if x >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{x:.digits$} {prefix}{unit}/s")
+}
+
+/// A ratio as a percentage with the digits that show it: `2.3%`, `94%`, `154%`.
+fn share(r: f64) -> String {
+    let p = r * 100.0;
+    if p >= 10.0 {
+        format!("{p:.0}%")
+    } else if p >= 0.1 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
+    }
 }
 
 /// A frame count, short.
@@ -754,8 +818,8 @@ fn fanout(
         },
     );
     println!(
-        "{:>9}  {:<46} {:>12} {:>10}   received + missed, per subscriber",
-        "payload", "transport", "frames/s", "GB/s"
+        "{:>9}  {:<46} {:>12} {:>11}   received + missed, per subscriber",
+        "payload", "transport", "frames/s", "bytes/s"
     );
     // Subscribers wait a cell's length longer than usual: one stays stopped that long.
     let patience_ms = plan.duration.as_millis() as u64;
@@ -823,11 +887,11 @@ fn fanout(
             let fps = sent as f64 / secs;
             let mut row = |transport: &'static str, fps: f64, note: String| {
                 println!(
-                    "{:>7} B  {:<46} {:>10.2} M {:>10.2}   {note}",
+                    "{:>7} B  {:<46} {:>12} {:>11}   {note}",
                     payload,
                     transport,
-                    fps / 1e6,
-                    fps * payload as f64 / 1e9,
+                    per_second(fps, ""),
+                    per_second(fps * payload as f64, "B"),
                 );
                 report.throughput.push(ThroughputRow {
                     transport,
@@ -890,9 +954,12 @@ fn print_pingpong(
     let uds = plan.transports.iter().position(|&t| t == Transport::Uds);
     println!("\n{payload}-byte frames");
     println!(
-        "{:<23}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>12}  {:>13}",
-        "", "p50", "p90", "p99", "p99.9", "max", "vs floor", "uds / this"
+        "{:<23}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>15}  {:>14}  {:>11}",
+        "", "p50", "p90", "p99", "p99.9", "max", "/ atomic-floor", "/ futex-floor", "uds / this"
     );
+    let ratio =
+        |a: usize, b: usize| median(p50s[a].iter().zip(&p50s[b]).map(|(x, y)| x / y).collect());
+    let mut slower_than_uds = Vec::new();
     for (i, (t, h)) in all.iter().enumerate() {
         let cells: String = [0.5, 0.9, 0.99, 0.999]
             .iter()
@@ -901,27 +968,34 @@ fn print_pingpong(
             .map(|v| format!("{:>10}", ns(v)))
             .collect();
         // The ratio of p50s taken round by round, then their median (module docs); the
-        // sleeping transports are compared with the futex floor.
-        let reference = if t.sleeps() { futex } else { floor };
-        let vs = reference
-            .filter(|&r| r != i)
-            .map(|r| {
-                let ratios = p50s[i].iter().zip(&p50s[r]).map(|(a, b)| a / b).collect();
-                format!(
-                    "{:>6.2}x {}",
-                    median(ratios),
-                    if t.sleeps() { "futex" } else { "atomic" }
-                )
-            })
-            .unwrap_or_default();
+        // sleeping transports are compared with the futex floor, each in its own column.
+        let against = |floor: Option<usize>, here: bool| {
+            floor
+                .filter(|&r| r != i && here)
+                .map(|r| format!("{:.2}x", ratio(i, r)))
+                .unwrap_or_default()
+        };
+        let vs_atomic = against(floor, !t.sleeps());
+        let vs_futex = against(futex, t.sleeps());
         let faster = uds
             .filter(|&u| u != i && t.name().starts_with("shmring"))
             .map(|u| {
-                let ratios = p50s[u].iter().zip(&p50s[i]).map(|(a, b)| a / b).collect();
-                format!("{:>8.1}x", median(ratios))
+                let r = ratio(u, i);
+                if r < 1.0 {
+                    slower_than_uds.push((*t, r));
+                }
+                format!("{r:.1}x")
             })
             .unwrap_or_default();
-        println!("{:<23}{cells}  {vs:>12}  {faster:>13}", t.name());
+        println!(
+            "{:<23}{cells}  {vs_atomic:>15}  {vs_futex:>14}  {faster:>11}",
+            t.name()
+        );
+    }
+    // A figure below 1x in `uds / this` is explained, not left bare.
+    let futex_p50 = futex.map(|f| all[f].1.value_at_quantile(0.5));
+    for (t, r) in slower_than_uds {
+        println!("{}", slower_than_uds_note(t, r, plan.think, futex_p50));
     }
     // A broadcast channel with one subscriber against SPSC, round by round as above.
     let at = |t| plan.transports.iter().position(|&x| x == t);
@@ -949,4 +1023,45 @@ pub fn run_peer(
     index: usize,
 ) -> Res<()> {
     peer::run(control, socket, dir, cpu, parent, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found trying the bench as a new user: throughput mixed units ("0.02 M", "0.00x").
+    #[test]
+    fn rates_and_shares_take_the_unit_that_fits_the_row() {
+        assert_eq!(per_second(75.72e6, ""), "75.7 M/s");
+        assert_eq!(per_second(0.35e6, ""), "350 k/s");
+        assert_eq!(per_second(3.5e3, ""), "3.50 k/s");
+        assert_eq!(per_second(12.0, ""), "12 /s");
+        assert_eq!(per_second(23.13e9, "B"), "23.1 GB/s");
+        assert_eq!(per_second(0.61e9, "B"), "610 MB/s");
+        assert_eq!(share(0.94), "94%");
+        assert_eq!(share(1.54), "154%");
+        assert_eq!(share(0.023), "2.3%");
+        assert_eq!(share(0.0004), "0.04%");
+        assert!(
+            PINGPONG_LEGEND.contains("/ atomic-floor") && PINGPONG_LEGEND.contains("uds / this")
+        );
+    }
+
+    /// Found trying the bench as a new user: `shmring-spsc-park` at 0.7x in `uds / this` was
+    /// a bare number.
+    #[test]
+    fn a_park_row_slower_than_uds_is_explained() {
+        let note = slower_than_uds_note(
+            Transport::ShmringSpscPark,
+            0.7,
+            Duration::from_micros(50),
+            Some(6960),
+        );
+        assert!(
+            note.contains("shmring-spsc-park is slower than uds here (0.7x)")
+                && note.contains("pauses 50 µs")
+                && note.contains("futex-floor is the least one costs: 6.96 µs at p50"),
+            "{note}"
+        );
+    }
 }
