@@ -2,7 +2,8 @@
 //! without a warning (C11, C++17, `-Wall -Wextra -Wpedantic -Werror`) and run, also under
 //! AddressSanitizer and UndefinedBehaviorSanitizer; checksummed frames cross between C, Rust
 //! and Python over SPSC and MPMC channels; the broadcast examples run in C, C++ and Python, and
-//! Python creates broadcast channels as asked; `ffi/install.sh` installs a library that
+//! Python creates broadcast channels as asked; the Python package installs into a virtual
+//! environment carrying the library, and runs from it; `ffi/install.sh` installs a library that
 //! `pkg-config` and CMake find, stripped and with its SONAME, that also links fully
 //! statically. The programs link `libshmring.so` from this build's `deps` directory (cargo
 //! builds it because this crate dev-depends on shmring-ffi).
@@ -120,6 +121,7 @@ impl Place {
     fn python(&self, script: &str) -> Command {
         let mut c = self.command("python3");
         c.arg(root().join("examples/python").join(script))
+            .env("PYTHONPATH", root().join("python"))
             .env("SHMRING_LIB", lib_dir().join("libshmring.so"));
         c
     }
@@ -369,6 +371,7 @@ fn broadcast_examples_run_in_c_cpp_and_python() {
             Command::new("python3")
                 .arg(root().join("examples/python/broadcast.py"))
                 .args(["3000", policy])
+                .env("PYTHONPATH", root().join("python"))
                 .env("SHMRING_LIB", lib_dir().join("libshmring.so")),
         );
         check_fan_out(&ok(&out, "broadcast.py"), 3000, policy);
@@ -398,7 +401,7 @@ print("created")
             .command("python3")
             .arg("-c")
             .arg(script)
-            .env("PYTHONPATH", root().join("examples/python"))
+            .env("PYTHONPATH", root().join("python"))
             .env("SHMRING_LIB", lib_dir().join("libshmring.so")),
     );
     assert_eq!(ok(&out, "python").trim(), "created");
@@ -436,6 +439,126 @@ print("created")
             want.max_consumers
         ),
         "{info:?}"
+    );
+    dog.check();
+}
+
+/// Copies the Python package's sources (`python/`, without build output) into `to`.
+fn copy_package(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "build" || name == "__pycache__" || name.ends_with(".egg-info") {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_package(&entry.path(), &to.join(&*name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&*name)).unwrap();
+        }
+    }
+}
+
+/// The Python package installs with pip into a fresh virtual environment, bundling this
+/// build's `libshmring.so`, and a Python producer and consumer run with that environment's
+/// Python from a directory outside the repository, with no `PYTHONPATH`, `SHMRING_LIB` or
+/// `LD_LIBRARY_PATH`: they import the installed package, which loads the library it carries.
+/// Needs Python's `venv` (Debian: python3-venv) and PyPI, from which pip fetches setuptools.
+#[test]
+fn the_python_package_installs_and_runs_with_the_library_it_carries() {
+    let _serial = serial();
+    let dog = Watchdog::new("python_package", Duration::from_secs(300));
+    let place = Place::new("py-package");
+    let (venv, source, app) = (
+        place.dir.join("venv"),
+        place.dir.join("source"),
+        place.dir.join("app"),
+    );
+    copy_package(&root().join("python"), &source);
+    let made = run(
+        &dog,
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+    );
+    assert!(
+        made.status.success(),
+        "python3 -m venv failed: install python3-venv (apt-get install python3-venv; .ci/run \
+         does):\n{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let python = venv.join("bin/python3");
+    ok(
+        &run(
+            &dog,
+            Command::new(&python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check"])
+                .arg(&source)
+                .env("SHMRING_LIB", lib_dir().join("libshmring.so")),
+        ),
+        "pip install python/ (it fetches setuptools from PyPI)",
+    );
+    std::fs::create_dir_all(&app).unwrap();
+    for script in ["producer.py", "consumer.py", "frames.py"] {
+        std::fs::copy(
+            root().join("examples/python").join(script),
+            app.join(script),
+        )
+        .unwrap();
+    }
+    // Away from the checkout and from everything that could lead Python or the loader to it.
+    fn outside<'c>(c: &'c mut Command, app: &Path) -> &'c mut Command {
+        c.current_dir(app)
+            .env_remove("PYTHONPATH")
+            .env_remove("SHMRING_LIB")
+            .env_remove("LD_LIBRARY_PATH")
+    }
+
+    let check = r#"
+import importlib.metadata, pathlib, shmring
+package = pathlib.Path(shmring.__file__).parent
+print(f"package={package} library={shmring.LIBRARY}")
+print(f"version={importlib.metadata.version('shmring')}")
+print(importlib.metadata.distribution("shmring").read_text("WHEEL"))
+"#;
+    let text = ok(
+        &run(
+            &dog,
+            outside(place.command(&python).args(["-c", check]), &app),
+        ),
+        "import shmring",
+    );
+    let package = Path::new(word(&text, "package"));
+    assert!(package.starts_with(&venv), "{text}");
+    assert_eq!(
+        Path::new(word(&text, "library")),
+        package.join("libshmring.so"),
+        "{text}"
+    );
+    assert_eq!(word(&text, "version"), env!("CARGO_PKG_VERSION"), "{text}");
+    assert!(text.contains("Tag: py3-none-linux_"), "{text}");
+
+    let name = "installed";
+    let receiver = dog.spawn(outside(
+        place.command(&python).args(["consumer.py", name]),
+        &app,
+    ));
+    let sent = ok(
+        &run(
+            &dog,
+            outside(
+                place.command(&python).args(["producer.py", name, "2000"]),
+                &app,
+            ),
+        ),
+        "installed Python producer",
+    );
+    let got = receiver.success();
+    assert_eq!(word(&got, "received"), "2000", "{got}");
+    assert_eq!(
+        word(&got, "checksum"),
+        word(&sent, "checksum"),
+        "{sent} / {got}"
     );
     dog.check();
 }
@@ -862,7 +985,7 @@ print("parent unharmed")
             .arg("-c")
             .arg(script)
             .arg(&sock)
-            .env("PYTHONPATH", root().join("examples/python"))
+            .env("PYTHONPATH", root().join("python"))
             .env("SHMRING_LIB", lib_dir().join("libshmring.so"))
             .env("SHMRING_NAMESPACE", format!("pyfork{}", std::process::id())),
     );

@@ -1,8 +1,9 @@
 """shmring from Python: shared-memory channels between processes, through libshmring.so.
 
-Pure ctypes, no compiled extension. The library is found at $SHMRING_LIB, else in this
-repository's target/release (after `cargo build --release -p shmring-ffi`), else wherever the
-dynamic loader finds libshmring.so (an installed one).
+Pure ctypes, no compiled extension. The library is loaded from $SHMRING_LIB if set, else the
+copy installed with this package (`pip install ./python` bundles target/release/libshmring.so
+when it was built), else, imported from a checkout, its target/release, else the system's
+(libshmring.so.0, as ffi/install.sh installs it). `shmring.LIBRARY` says which.
 
     import shmring
     with shmring.Client() as client:                  # $SHMRING_SOCKET or the default socket
@@ -36,27 +37,34 @@ __all__ = ["Client", "Coordinator", "Producer", "Consumer", "Error", "Closed", "
 
 
 def _find_library():
-    candidates = []
-    if os.environ.get("SHMRING_LIB"):
-        candidates.append(os.environ["SHMRING_LIB"])
-    root = pathlib.Path(__file__).resolve().parent.parent.parent
-    candidates.append(str(root / "target" / "release" / "libshmring.so"))
-    found = ctypes.util.find_library("shmring")
-    if found:
-        candidates.append(found)
+    path = os.environ.get("SHMRING_LIB")
+    if path:  # asked for explicitly: that one or none
+        try:
+            return ctypes.CDLL(path)
+        except OSError as e:
+            raise OSError(f"SHMRING_LIB={path} cannot be loaded: {e}") from None
+    here = pathlib.Path(__file__).resolve().parent
+    candidates = [here / "libshmring.so"]  # bundled by the package's build
+    if (here.parent.parent / "Cargo.toml").is_file():  # python/shmring in a checkout
+        candidates.append(here.parent.parent / "target" / "release" / "libshmring.so")
     for c in candidates:
-        if os.path.exists(c) or "/" not in c:
+        if c.is_file():
+            return ctypes.CDLL(str(c))
+    for name in ("libshmring.so.0", ctypes.util.find_library("shmring")):
+        if name:
             try:
-                return ctypes.CDLL(c)
+                return ctypes.CDLL(name)
             except OSError:
                 continue
     raise OSError(
-        "libshmring.so not found: build it with `cargo build --release -p shmring-ffi`, "
-        "or set SHMRING_LIB to its path"
+        "libshmring.so not found: build it with `cargo build --release -p shmring-ffi` before "
+        "`pip install ./python` (which then bundles it), set SHMRING_LIB to its path, or install "
+        "it with ffi/install.sh"
     )
 
 
 _lib = _find_library()
+LIBRARY = _lib._name  # the path (or, for the system's, the name) libshmring was loaded from
 
 _STATUS_NAMES = [
     "SHMRING_OK", "SHMRING_WOULD_BLOCK", "SHMRING_TIMED_OUT", "SHMRING_CLOSED",
