@@ -403,6 +403,9 @@ fn victim(args: &[String]) {
     let classify = |r: Result<(), Error>| match r {
         Ok(()) => "ok",
         Err(Error::Corrupted(_)) => "corrupted",
+        // The state word is shared memory too: a scribble that reads as deleted or finished
+        // ends receives (and sends into a full ring) as a delete or a finish would.
+        Err(Error::Closed(_)) => "closed",
         Err(Error::TimedOut(_)) => "timed_out",
         Err(Error::WouldBlock(_)) => "would_block",
         Err(Error::FrameTooLarge { .. }) => "too_large",
