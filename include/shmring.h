@@ -271,8 +271,9 @@ typedef struct shmring_frame {
 #define SHMRING_TIMED_OUT 2
 
 /**
- * The channel was deleted: a consumer got everything that was in it; a producer's frame has
- * nowhere to go.
+ * The channel was deleted, or its stream finished (`shmring_producer_finish`): a consumer got
+ * everything that was in it; a deleted channel's producer (or a finished one) sends nothing
+ * more.
  */
 #define SHMRING_CLOSED 3
 
@@ -509,6 +510,20 @@ shmring_status shmring_commit(struct shmring_producer *p, size_t len);
 shmring_status shmring_abort(struct shmring_producer *p);
 
 /**
+ * Finishes the stream: every frame sent is published, the producer leaves the channel, and,
+ * if no other producer is attached, consumers receive what is left in the ring and then get
+ * `SHMRING_CLOSED` instead of waiting for more (consumers asleep in a blocking receive are
+ * woken). With several MPMC producers, each finishes when it is done and the stream ends with
+ * the last one's finish. A producer opened after a finish continues the stream: consumers
+ * that receive again get its frames. A producer that crashes or is only closed does not
+ * finish the stream (`shmring_consumer_producers` tells consumers whether any is left).
+ * `p` stays allocated: close it with `shmring_producer_close`; every other call on it returns
+ * `SHMRING_CLOSED` (a second finish too). `SHMRING_INVALID_ARGUMENT` while a claim is open,
+ * and in a child forked after `p` was opened. The producer's thread.
+ */
+shmring_status shmring_producer_finish(struct shmring_producer *p);
+
+/**
  * Closes a producer and frees it (an open claim is aborted), freeing its place in the
  * channel. NULL is ignored. The producer's thread, once; `p` is invalid afterwards. A producer
  * that another thread is using at that moment is left open (and `shmring_last_error()` says
@@ -544,6 +559,17 @@ shmring_status shmring_consumer_set_wait(struct shmring_consumer *c, shmring_wai
 uint64_t shmring_consumer_missed(const struct shmring_consumer *c);
 
 /**
+ * How many producers hold an entry of the consumer's channel now: live ones, and dead ones
+ * whose entries the coordinator has not repaired yet (it frees them within milliseconds of
+ * the death). 0 with the ring empty means that nothing arrives until a producer opens the
+ * channel: a finished stream (`shmring_producer_finish`) makes receives return
+ * `SHMRING_CLOSED`, but a producer that crashed or was closed without finishing does not, and
+ * this count is how a consumer learns that it is alone. 0 also for a `c` that is not a
+ * consumer (then `shmring_last_error()` says why). The consumer's thread.
+ */
+uint32_t shmring_consumer_producers(const struct shmring_consumer *c);
+
+/**
  * The largest frame the consumer's channel carries, in bytes: a buffer this long fits every
  * frame (0 if `c` is not a consumer). The consumer's thread.
  */
@@ -554,8 +580,8 @@ size_t shmring_consumer_max_frame_size(struct shmring_consumer *c);
  * waiting up to `timeout_ns` for one (0: do not wait, `SHMRING_WOULD_BLOCK` if empty; negative:
  * wait as long as it takes). `*out_len` receives the frame's length. A frame longer than `cap`
  * stays unread: `SHMRING_BUFFER_TOO_SMALL`, with the length it needs in `*out_len`.
- * `SHMRING_CLOSED` once the channel was deleted and everything in it was received. The
- * consumer's thread.
+ * `SHMRING_CLOSED` once the channel was deleted, or its stream finished
+ * (`shmring_producer_finish`), and everything in it was received. The consumer's thread.
  */
 shmring_status shmring_recv(struct shmring_consumer *c,
                             void *buf,

@@ -167,6 +167,12 @@ class Producer {
         return Claim(p_, data, len);
     }
 
+    /// Ends the stream: consumers receive what was sent, then SHMRING_CLOSED (with several MPMC
+    /// producers, once the last one attached finished). Nothing more can be sent through this
+    /// producer (every call throws SHMRING_CLOSED); a producer opened afterwards continues the
+    /// stream. A producer destroyed without finishing, or one that crashes, does not end it.
+    void finish() { detail::check(shmring_producer_finish(p_)); }
+
   private:
     friend class Client;
     explicit Producer(shmring_producer *p) : p_(p) {}
@@ -211,9 +217,14 @@ class Consumer {
     /// Broadcast with Overflow::drop_oldest: frames published since this consumer opened that
     /// were overwritten before it received them (received + missed() = published). Otherwise 0.
     uint64_t missed() const { return shmring_consumer_missed(c_); }
+    /// Producers attached to the channel now (a dead one until the coordinator repairs it): 0
+    /// tells a consumer that nothing comes until a producer opens the channel, which a crashed
+    /// producer does not say otherwise (only Producer::finish ends the stream).
+    uint32_t producers() const { return shmring_consumer_producers(c_); }
 
     /// Lends the next frame in place, waiting as long as the ring is empty. Throws Error with
-    /// SHMRING_CLOSED once the channel was deleted and drained.
+    /// SHMRING_CLOSED once the stream was finished (Producer::finish), or the channel deleted,
+    /// and drained.
     Frame read() { return std::move(*read_for(std::chrono::nanoseconds(-1))); }
     /// Lends the next frame, waiting at most `timeout`; empty if none came.
     std::optional<Frame> read_for(std::chrono::nanoseconds timeout) {
@@ -222,6 +233,15 @@ class Consumer {
         return Frame(c_, f);
     }
     std::optional<Frame> try_read() { return read_for(std::chrono::nanoseconds(0)); }
+    /// Lends the next frame, waiting as long as it takes; empty once the stream was finished
+    /// (Producer::finish), or the channel deleted, and drained: `while (auto f = rx.next())`.
+    std::optional<Frame> next() {
+        shmring_frame f{};
+        shmring_status s = shmring_read(c_, &f, -1);
+        if (s == SHMRING_CLOSED) return std::nullopt;
+        detail::check(s);
+        return Frame(c_, f);
+    }
     /// Copies the next frame into a string, waiting as long as the ring is empty.
     std::string recv() {
         std::string s(max_frame_size(), '\0');

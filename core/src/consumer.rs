@@ -1,10 +1,10 @@
 //! The consumer handle: copy and zero-copy receives, draining, blocking variants.
 
 use crate::error::{Error, Result};
-use crate::layout::FLAG_REDELIVERED;
+use crate::layout::{FLAG_REDELIVERED, STATE_DELETED, STATE_FINISHED, state_of};
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
-use crate::sync::Ordering::Relaxed;
+use crate::sync::Ordering::{Acquire, Relaxed};
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{broadcast, mpmc, spsc};
 use std::ops::Deref;
@@ -301,8 +301,8 @@ impl Consumer {
     }
 
     /// The ring was found empty: if that gave space back (SPSC), wakes a producer that may be
-    /// asleep waiting for it; an empty ring of a deleted channel is `Closed`: nothing will
-    /// come. Out of line: the path that delivers a frame stays short.
+    /// asleep waiting for it; an empty ring of a deleted channel, or of a finished stream, is
+    /// `Closed`: nothing will come. Out of line: the path that delivers a frame stays short.
     #[inline(never)]
     fn settle_empty(&mut self, what: &'static str) -> Error {
         let freed = match &mut self.ring {
@@ -313,10 +313,67 @@ impl Consumer {
         if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
-        if self.mem.deleted() {
-            deleted(&self.mem)
+        if self.mem.ending() {
+            self.ended(what)
         } else {
             Error::WouldBlock(what)
+        }
+    }
+
+    /// The ring was found empty and the state word says deleted or finished. A finish is
+    /// believed only if the ring still looks empty after the state was loaded with Acquire:
+    /// the frames committed before the finish may have arrived after our look at the ring.
+    #[cold]
+    #[inline(never)]
+    fn ended(&self, what: &'static str) -> Error {
+        // Acquire: pairs with the Release of the mark in `segment::finish_stream`: every frame
+        // committed before the finish is visible to the look at the ring below.
+        match state_of(self.mem.state().load(Acquire)) {
+            STATE_DELETED => deleted(&self.mem),
+            STATE_FINISHED if !self.watch().ready() => Error::Closed(
+                "the stream is finished: its last producer called finish (Producer::finish, \
+                 shmring_producer_finish) and every frame was received; a producer that \
+                 attaches again continues it"
+                    .into(),
+            ),
+            _ => Error::WouldBlock(what),
+        }
+    }
+
+    /// How many producers hold an entry of the channel now: live ones, and dead ones whose
+    /// entries a coordinator has not repaired yet (it frees them within milliseconds of the
+    /// death; without a coordinator a dead producer's entry stays taken). Zero with the ring
+    /// empty means that nothing arrives until a producer attaches: after a
+    /// [`finish`](crate::Producer::finish) receives return `Closed`, but a producer that died
+    /// or was dropped does not finish the stream, and this tells a consumer that it is alone.
+    pub fn producers(&self) -> u32 {
+        crate::segment::producers_attached(&self.mem)
+    }
+
+    /// A blocking iterator over the frames, copied out as [`OwnedFrame`]s: it waits for each
+    /// frame as [`read`](Consumer::read) does, and ends when the stream is finished
+    /// ([`Producer::finish`](crate::Producer::finish)) or the channel deleted and every frame
+    /// was received. Any other error is yielded once, and then the iterator ends.
+    /// `for frame in &mut consumer` does the same.
+    ///
+    /// ```
+    /// use shmring::{ChannelConfig, Segment};
+    ///
+    /// let seg = Segment::anonymous(&ChannelConfig::spsc())?;
+    /// let (mut tx, mut rx) = (seg.producer()?, seg.consumer()?);
+    /// tx.send_batch([&b"one"[..], b"two"])?;
+    /// tx.finish()?;
+    /// let mut got = Vec::new();
+    /// for frame in &mut rx {
+    ///     got.push(frame?.into_vec());
+    /// }
+    /// assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+    /// # Ok::<(), shmring::Error>(())
+    /// ```
+    pub fn iter(&mut self) -> Frames<'_> {
+        Frames {
+            consumer: self,
+            done: false,
         }
     }
 
@@ -771,6 +828,86 @@ impl Drop for Consumer {
             }
         }
         self.membership.leave(&self.mem);
+    }
+}
+
+/// The blocking iterator of [`Consumer::iter`] (and of `for frame in &mut consumer`).
+#[derive(Debug)]
+pub struct Frames<'a> {
+    consumer: &'a mut Consumer,
+    done: bool,
+}
+
+impl Iterator for Frames<'_> {
+    type Item = Result<OwnedFrame>;
+
+    fn next(&mut self) -> Option<Result<OwnedFrame>> {
+        if self.done {
+            return None;
+        }
+        match self.consumer.read() {
+            Ok(frame) => Some(Ok(OwnedFrame {
+                bytes: frame.to_vec(),
+                flags: frame.flags(),
+            })),
+            Err(Error::Closed(_)) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for Frames<'_> {}
+
+impl<'a> IntoIterator for &'a mut Consumer {
+    type Item = Result<OwnedFrame>;
+    type IntoIter = Frames<'a>;
+
+    fn into_iter(self) -> Frames<'a> {
+        self.iter()
+    }
+}
+
+/// A frame copied out of the ring by [`Consumer::iter`]: dereferences to its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedFrame {
+    bytes: Vec<u8>,
+    flags: FrameFlags,
+}
+
+impl OwnedFrame {
+    /// The frame's flags.
+    pub fn flags(&self) -> FrameFlags {
+        self.flags
+    }
+
+    /// Whether the frame may have been seen by a consumer that died before releasing it.
+    pub fn is_redelivered(&self) -> bool {
+        self.flags.is_redelivered()
+    }
+
+    /// The frame's bytes.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+impl Deref for OwnedFrame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl From<OwnedFrame> for Vec<u8> {
+    fn from(frame: OwnedFrame) -> Vec<u8> {
+        frame.bytes
     }
 }
 

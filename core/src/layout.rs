@@ -138,6 +138,22 @@
 //! whatever its dead predecessor's claim left half done. The counters count repairs (dead
 //! participants whose entries were freed), frames delivered again, and positions turned into
 //! skip records; they live here so that they survive a restart of the coordinator.
+//!
+//! # State word (`SegmentHeader::state`, 4 bytes at offset 12)
+//!
+//! ```text
+//!   0        8                                 32
+//!  +--------+----------------------------------+
+//!  | state  |  finishes (24 bits, wrapping)    |
+//!  +--------+----------------------------------+
+//! ```
+//! The low byte ([`state_of`]) is [`STATE_INITIALISING`], [`STATE_READY`], [`STATE_DELETED`]
+//! or [`STATE_FINISHED`]; the upper 24 bits count the finish marks ever made. A producer that
+//! finishes a channel stores `FINISHED` with the count one higher; one that finds, after its
+//! mark, that a producer attached meanwhile takes the mark back only by a compare-and-swap
+//! from exactly the word it stored, so it can never take back a later producer's finish
+//! (ARCHITECTURE.md, "End of stream"). A coordinator's delete stores plain `DELETED`, which
+//! nothing changes afterwards.
 
 use crate::error::Error;
 use crate::sync::{AtomicU32, AtomicU64};
@@ -145,8 +161,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"shmring\0"` read as a native-endian `u64`: the first eight bytes of every segment.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
 /// Bumped on any change to the bytes described in this module (3: broadcast channels, the
-/// header's `overflow` and `history`, the participant's `missed`).
-pub const LAYOUT_VERSION: u32 = 3;
+/// header's `overflow` and `history`, the participant's `missed`; 4: the state word's
+/// `FINISHED` and its count of finishes).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -173,6 +190,26 @@ pub const STATE_READY: u32 = 1;
 /// `SegmentHeader::state` once a coordinator deleted the channel: consumers take what is left
 /// in the ring and then get `Closed`; a producer that finds the ring full gets `Closed`.
 pub const STATE_DELETED: u32 = 2;
+/// `SegmentHeader::state` once the last attached producer finished the stream
+/// (`Producer::finish`): consumers take what is left in the ring and then get `Closed`. A
+/// producer admitted afterwards turns the state back to `READY` (the stream continues).
+pub const STATE_FINISHED: u32 = 3;
+/// The bits of the state word that hold the state; the rest count finishes.
+pub const STATE_MASK: u32 = 0xff;
+/// One finish in the state word's count of finishes.
+pub const FINISH_ONE: u32 = 1 << 8;
+
+/// The state ([`STATE_READY`], ...) of a state word.
+#[inline(always)]
+pub const fn state_of(word: u32) -> u32 {
+    word & STATE_MASK
+}
+
+/// State word `word` with its state replaced by `state`, its count of finishes kept.
+#[inline(always)]
+pub const fn with_state(word: u32, state: u32) -> u32 {
+    (word & !STATE_MASK) | state
+}
 
 /// Size of an SPSC record header.
 pub const RECORD_HEADER: usize = 8;
@@ -246,7 +283,8 @@ pub struct SegmentHeader {
     pub magic: u64,
     /// [`LAYOUT_VERSION`].
     pub layout_version: u32,
-    /// [`STATE_INITIALISING`] or [`STATE_READY`].
+    /// The state word: [`STATE_INITIALISING`], [`STATE_READY`], [`STATE_DELETED`] or
+    /// [`STATE_FINISHED`] in the low byte, a count of finishes above (see the module docs).
     pub state: u32,
     /// A [`Kind`] as `u32`.
     pub kind: u32,

@@ -77,6 +77,8 @@ pub struct Producer {
     /// that was leaked (`mem::forget`) never gives it back; the next claim aborts it, or the
     /// slot would stay unwritten and wedge every consumer at its position.
     mpmc_claimed: Option<u64>,
+    /// The entry was given up ([`Producer::finish`]); the drop has nothing left to do.
+    left: bool,
 }
 
 /// Tries `$op` (an expression over `$p`, the handle) once, inline; while it returns
@@ -134,7 +136,63 @@ impl Producer {
             frames,
             bytes,
             mpmc_claimed: None,
+            left: false,
         })
+    }
+
+    /// Ends the stream: every frame sent so far is published, this producer leaves the channel
+    /// (as when it is dropped), and, if no other producer is attached, the channel is marked
+    /// finished and every consumer woken. Consumers then receive what is left in the ring and
+    /// get [`Error::Closed`] instead of waiting for more.
+    ///
+    /// * With several MPMC producers, each finishes when it is done: the stream ends with the
+    ///   finish of the last one attached (a producer that is dropped or dies instead leaves
+    ///   without ending it; [`Consumer::producers`](crate::Consumer::producers) tells
+    ///   consumers whether anyone is left).
+    /// * A producer that attaches after a finish continues the stream: consumers that read
+    ///   again receive its frames (a consumer that already got `Closed` was told the stream
+    ///   had ended then).
+    /// * A producer that crashes, or is dropped, does not finish the stream.
+    ///
+    /// Fails with `InvalidArgument` in a process forked after this producer was opened (the
+    /// stream is its parent's), and with `Corrupted` if the segment's memory is gone.
+    ///
+    /// ```
+    /// use shmring::{ChannelConfig, Error, Segment};
+    ///
+    /// let seg = Segment::anonymous(&ChannelConfig::spsc())?;
+    /// let (mut tx, mut rx) = (seg.producer()?, seg.consumer()?);
+    /// tx.send(b"last words")?;
+    /// tx.finish()?;
+    /// assert_eq!(&*rx.read()?, b"last words");      // what was sent is still delivered
+    /// assert!(matches!(rx.read(), Err(Error::Closed(_))));
+    /// # Ok::<(), shmring::Error>(())
+    /// ```
+    pub fn finish(mut self) -> Result<()> {
+        if !self.membership.held_here() {
+            return Err(Error::InvalidArgument(
+                "this producer was opened by another process (inherited across fork): only \
+                 that process can finish its stream; open a producer of your own"
+                    .into(),
+            ));
+        }
+        if self.mem.truncated() {
+            return Err(crate::consumer::deleted(&self.mem));
+        }
+        self.leave();
+        crate::segment::finish_stream(&self.mem);
+        Ok(())
+    }
+
+    /// Publishes what is staged, aborts a leaked claim and gives up the entry, once.
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        self.abort_leaked();
+        self.batching = false;
+        self.publish();
+        self.membership.leave(&self.mem);
     }
 
     /// The largest frame this channel carries.
@@ -510,10 +568,7 @@ impl Drop for Producer {
             // books are the parent's (defect 18). Only the memory is freed.
             return;
         }
-        self.abort_leaked();
-        self.batching = false;
-        self.publish();
-        self.membership.leave(&self.mem);
+        self.leave();
     }
 }
 

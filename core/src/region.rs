@@ -233,7 +233,19 @@ mod mapped {
         /// paths (an empty or full ring, a wait); the line holding it is written only then.
         #[inline]
         pub(crate) fn deleted(&self) -> bool {
-            self.state().load(crate::sync::Ordering::Relaxed) == layout::STATE_DELETED
+            layout::state_of(self.state().load(crate::sync::Ordering::Relaxed))
+                == layout::STATE_DELETED
+        }
+
+        /// Whether a consumer finding the ring empty must look further: the channel was
+        /// deleted or its stream finished. Relaxed, as `deleted`: the consumer's Acquire load
+        /// comes after it (`Consumer::settle_empty`).
+        #[inline]
+        pub(crate) fn ending(&self) -> bool {
+            matches!(
+                layout::state_of(self.state().load(crate::sync::Ordering::Relaxed)),
+                layout::STATE_DELETED | layout::STATE_FINISHED
+            )
         }
 
         /// The producer cursor line.

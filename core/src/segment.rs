@@ -4,12 +4,14 @@
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::layout::{
-    self, ChannelConfig, Geometry, Kind, Origin, PARKED_NONE, Participant, Role, STATE_DELETED,
-    STATE_INITIALISING, STATE_READY, decode_owner, encode_claim, encode_owner,
+    self, ChannelConfig, FINISH_ONE, Geometry, Kind, Origin, PARKED_NONE, Participant, Role,
+    STATE_DELETED, STATE_FINISHED, STATE_INITIALISING, STATE_READY, decode_owner, encode_claim,
+    encode_owner, state_of, with_state,
 };
 use crate::producer::Producer;
 use crate::region::{self, Memory};
-use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use crate::sync::fence;
 use crate::{broadcast, mpmc, spsc, sys};
 use memmap2::{MmapOptions, MmapRaw};
 use std::os::fd::OwnedFd;
@@ -264,8 +266,8 @@ impl Segment {
             } else {
                 None // the creator sizes the object right after creating it
             };
-            match state.map(|h| (h.state, h)) {
-                Some((STATE_READY, h)) => break (h, len),
+            match state.map(|h| (state_of(h.state), h)) {
+                Some((STATE_READY | STATE_FINISHED, h)) => break (h, len),
                 Some((STATE_DELETED, _)) => {
                     return Err(Error::NotFound(format!("segment {label:?} was deleted")));
                 }
@@ -296,8 +298,8 @@ impl Segment {
         if mem.truncated() {
             return Err(truncated(label));
         }
-        match state {
-            STATE_READY => {}
+        match state_of(state) {
+            STATE_READY | STATE_FINISHED => {}
             STATE_DELETED => {
                 return Err(Error::NotFound(format!("segment {label:?} was deleted")));
             }
@@ -597,6 +599,9 @@ pub(crate) fn take_entry(
                 // position, so whatever record it kept is stale.
                 p.claim.store(encode_claim(0, 0), Release);
             }
+            if role == Role::Producer {
+                reopen(mem);
+            }
             if geo.kind == Kind::Broadcast && role == Role::Consumer {
                 // The subscriber joins now: what is published from here on reaches it, even
                 // before its process attaches (the coordinator counts it from here).
@@ -622,6 +627,96 @@ pub(crate) fn take_entry(
         "every {role} entry of this {} channel is taken (by pids {holders:?})",
         geo.kind
     )))
+}
+
+/// A producer was just admitted (its entry taken): if the stream was finished, it continues.
+///
+/// The store-buffer pattern with `finish_stream`, each side storing then loading after a
+/// SeqCst fence: either this load sees the finisher's mark (and takes it back here), or the
+/// finisher's count of producers, after its fence, sees the entry just taken (and it takes its
+/// mark back itself). So no producer stays attached to a finished stream.
+fn reopen(mem: &Memory) {
+    // SeqCst: pairs with the fence in `finish_stream` (see above); orders the entry's CAS
+    // before the load of the state.
+    fence(SeqCst);
+    // Relaxed: the fence orders it; the CAS below decides.
+    let word = mem.state().load(Relaxed);
+    if state_of(word) == STATE_FINISHED {
+        // Relaxed: nothing is published with the state turning ready again; a CAS from exactly
+        // the word seen, so that a delete (or another change) made meanwhile stands.
+        let _ = mem
+            .state()
+            .compare_exchange(word, with_state(word, STATE_READY), Relaxed, Relaxed);
+    }
+}
+
+/// How many entries of the producer table are held (by live producers, by dead ones not yet
+/// repaired, or, in a damaged segment, by an owner word that names no process).
+pub(crate) fn producers_attached(mem: &Memory) -> u32 {
+    let n = mem.geometry().max_producers;
+    (0..n)
+        .filter(|&index| {
+            mem.participant(Role::Producer, index).is_some_and(|p| {
+                // Acquire: pairs with the Release of `free_entry`, so a producer's commits made
+                // before it left are visible to whoever saw its entry free (`finish_stream`).
+                decode_owner(p.owner.load(Acquire)).0 != 0
+            })
+        })
+        .count() as u32
+}
+
+/// Ends the stream, if no producer holds an entry (the caller has left its own): marks the
+/// state `FINISHED` (counting one more finish) and wakes the consumers, which take what is
+/// left and then get `Closed`. Returns whether it marked the stream finished; `false` when
+/// another producer is attached (its own finish will end the stream), when the channel was
+/// deleted, or when it was finished already.
+pub(crate) fn finish_stream(mem: &Memory) -> bool {
+    match mark_finished(mem) {
+        Some(marked) => confirm_finished(mem, marked),
+        None => false,
+    }
+}
+
+/// The first half of [`finish_stream`]: if no producer holds an entry and the state is
+/// `READY`, stores `FINISHED` with the count of finishes one higher, and returns that word.
+pub(crate) fn mark_finished(mem: &Memory) -> Option<u32> {
+    if producers_attached(mem) != 0 {
+        return None;
+    }
+    // Relaxed: the CAS below decides.
+    let mut word = mem.state().load(Relaxed);
+    loop {
+        if state_of(word) != STATE_READY {
+            return None;
+        }
+        let mark = with_state(word.wrapping_add(FINISH_ONE), STATE_FINISHED);
+        // Release: pairs with the Acquire in `Consumer::ended`: every frame committed before
+        // the finish (this producer's, and those of producers whose entries were seen free
+        // above) is visible to a consumer that sees the mark.
+        match mem.state().compare_exchange(word, mark, Release, Relaxed) {
+            Ok(_) => return Some(mark),
+            Err(now) => word = now,
+        }
+    }
+}
+
+/// The second half of [`finish_stream`], after the mark `marked`: a producer admitted
+/// meanwhile may not have seen the mark (`reopen`); then the count after the fence sees it,
+/// and the mark is taken back, by a CAS from exactly the word stored: a later finish has a
+/// higher count, so a stale take-back cannot undo it. Otherwise wakes the consumers. Returns
+/// whether the mark stands.
+pub(crate) fn confirm_finished(mem: &Memory, marked: u32) -> bool {
+    // SeqCst: pairs with the fence in `reopen` (store-buffer pattern: mark, fence, count).
+    fence(SeqCst);
+    if producers_attached(mem) != 0 {
+        // Relaxed: only the exact word stored by `mark_finished` is taken back.
+        let _ =
+            mem.state()
+                .compare_exchange(marked, with_state(marked, STATE_READY), Relaxed, Relaxed);
+        return false;
+    }
+    crate::wait::wake_consumers(mem);
+    true
 }
 
 /// The largest pid Linux can hand out (`PID_MAX_LIMIT` on 64-bit systems, 2^22).

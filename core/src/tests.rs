@@ -213,3 +213,45 @@ fn spsc_head_is_published_in_batches_and_when_the_ring_is_empty() {
         "the received frame is not delivered again"
     );
 }
+
+/// A finish racing a producer's admission (`segment::finish_stream` against `reopen`), in the
+/// two interleavings the store-buffer pattern has to handle, and the stale take-back that the
+/// state word's count of finishes rules out.
+#[test]
+fn a_finish_mark_is_taken_back_only_by_its_own_finisher_and_only_once() {
+    use crate::layout::{STATE_FINISHED, STATE_READY, state_of};
+    use crate::segment::{confirm_finished, mark_finished};
+    let seg = Segment::anonymous(&ChannelConfig::mpmc().max_producers(2)).unwrap();
+    let state = || state_of(seg.mem.state().load(Relaxed));
+    let mut rx = seg.consumer().unwrap();
+
+    // A producer whose admission looked at the state before the mark (so it did not take the
+    // mark back): the finisher's count after its fence sees it, and takes its own mark back.
+    let marked = mark_finished(&seg.mem).expect("no producer is attached");
+    let p = seg.mem.participant(Role::Producer, 0).unwrap();
+    let (_, inc) = decode_owner(p.owner.load(Relaxed));
+    p.owner.store(encode_owner(4242, inc + 1), Relaxed); // admitted without `reopen`
+    assert!(!confirm_finished(&seg.mem, marked));
+    assert_eq!(state(), STATE_READY);
+    assert!(matches!(
+        rx.try_recv(&mut [0; 8]),
+        Err(Error::WouldBlock(_))
+    ));
+    evict(&seg, Role::Producer, 0);
+
+    // A producer admitted after the mark (`take_entry` runs `reopen`) takes it back itself...
+    let stale = mark_finished(&seg.mem).unwrap();
+    let tx = seg.producer().unwrap();
+    assert_eq!(state(), STATE_READY);
+    // ...and finishes in turn, while the first finisher has not yet confirmed: the first
+    // finisher's take-back of its own (stale) mark must not undo the second finish.
+    tx.finish().unwrap();
+    assert_eq!(state(), STATE_FINISHED);
+    let p = seg.mem.participant(Role::Producer, 1).unwrap();
+    let (_, inc) = decode_owner(p.owner.load(Relaxed));
+    p.owner.store(encode_owner(4243, inc + 1), Relaxed); // seen by the stale confirm
+    assert!(!confirm_finished(&seg.mem, stale));
+    assert_eq!(state(), STATE_FINISHED, "a later finish was taken back");
+    evict(&seg, Role::Producer, 1);
+    assert!(matches!(rx.try_recv(&mut [0; 8]), Err(Error::Closed(_))));
+}

@@ -84,7 +84,8 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_millis(20);
 /// What ended a wait (see [`Waiter::wait_until`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Woke {
-    /// The watched word says that the ring may be ready, or the channel was deleted.
+    /// The watched word says that the ring may be ready, or the channel was deleted (for a
+    /// consumer: or its stream finished).
     Ready,
     /// Nothing was seen for a while ([`RECHECK_INTERVAL`]): retry anyway and, if the ring is
     /// still not ready, check it for damage.
@@ -158,6 +159,14 @@ pub(crate) fn wake_all(mem: &Memory) {
     wake(mem.consumer_line());
 }
 
+/// Wakes every consumer asleep on the producer line, whether or not it announced itself (the
+/// stream was finished: they must look at the state word).
+pub(crate) fn wake_consumers(mem: &Memory) {
+    // SeqCst: orders the caller's state store before the futex increment, as in `wake_all`.
+    fence(SeqCst);
+    wake(mem.producer_line());
+}
+
 #[cold]
 #[inline(never)]
 fn wake(line: &CursorLine) {
@@ -176,6 +185,17 @@ pub(crate) enum Line {
 }
 
 impl Line {
+    /// Whether a waiter on this line must retry for what the state word says: consumers
+    /// (waiting on the producer line) for a deleted channel or a finished stream, producers for
+    /// a deleted channel (a finish does not concern them).
+    #[inline(always)]
+    fn ending(self, mem: &Memory) -> bool {
+        match self {
+            Line::Producer => mem.ending(),
+            Line::Consumer => mem.deleted(),
+        }
+    }
+
     #[inline(always)]
     fn of(self, mem: &Memory) -> &CursorLine {
         match self {
@@ -247,7 +267,8 @@ impl Waiter {
 
     /// Waits, by the strategy, until `ready()` (a cheap look at one word of the ring; see
     /// `region::Watch`) says that the side owning `line` may have made progress, or the channel
-    /// was deleted (looked at every [`SPIN_CHECK_EVERY`] rounds of a spin): [`Woke::Ready`].
+    /// was deleted or, for a consumer, its stream finished (looked at every
+    /// [`SPIN_CHECK_EVERY`] rounds of a spin): [`Woke::Ready`].
     /// Returns [`Woke::Recheck`] when nothing was seen for about [`RECHECK_INTERVAL`]: the
     /// caller retries its operation anyway and checks the ring for damage. `Err(TimedOut)` once
     /// the deadline has passed; a call after the first checks the deadline before anything
@@ -278,7 +299,7 @@ impl Waiter {
                         }
                         spin_hint();
                     }
-                    if mem.deleted() {
+                    if line.ending(mem) {
                         return Ok(Woke::Ready); // the caller's retry reports it
                     }
                     self.check_deadline()?;
@@ -286,7 +307,7 @@ impl Waiter {
                 Ok(Woke::Recheck)
             }
             WaitStrategy::Yield => loop {
-                if ready() || mem.deleted() {
+                if ready() || line.ending(mem) {
                     return Ok(Woke::Ready);
                 }
                 self.backoff.snooze();
@@ -296,7 +317,7 @@ impl Waiter {
                 }
             },
             WaitStrategy::Park => loop {
-                if ready() || mem.deleted() {
+                if ready() || line.ending(mem) {
                     return Ok(Woke::Ready);
                 }
                 if self.backoff.is_completed() {

@@ -7,7 +7,7 @@
  * unsafe), runs a coordinator on one of its threads (no daemon needed), creates the channel,
  * waits until both subscribers say (over a pipe) that they have opened it, since a subscriber
  * receives what is published after it opened, then publishes FRAMES frames of the pattern in
- * frames.h and an empty frame.
+ * frames.h and finishes the stream (shmring_producer_finish).
  * Each subscriber checks that its frames are intact and in order, and prints how many it
  * received and how many it missed: none under block (the producer waits for the slower
  * subscriber); under drop-oldest the producer never waits, and received + missed = FRAMES.
@@ -38,7 +38,7 @@ static void nap(void) {
 }
 
 /* A subscriber: connects once the coordinator is up, opens the channel once it exists, says
- * so on `ready`, and receives until the empty frame. */
+ * so on `ready`, and receives until the producer finishes the stream (SHMRING_CLOSED). */
 static int subscribe(const char *socket, int id, int ready) {
     shmring_client *client = NULL;
     shmring_status s;
@@ -59,8 +59,9 @@ static int subscribe(const char *socket, int id, int ready) {
     uint64_t received = 0;
     for (;;) {
         shmring_frame f;
-        check(shmring_read(rx, &f, 10LL * 1000 * 1000 * 1000), "subscriber: reading");
-        if (f.len == 0) break; /* the end */
+        s = shmring_read(rx, &f, 10LL * 1000 * 1000 * 1000);
+        if (s == SHMRING_CLOSED) break; /* the end: finished, and everything received */
+        check(s, "subscriber: reading");
         uint64_t i = 0;
         memcpy(&i, f.data, sizeof i); /* frames.h: little-endian index first */
         /* In order, none lost unsaid: the frames before i were all received or missed. */
@@ -71,7 +72,6 @@ static int subscribe(const char *socket, int id, int ready) {
         received++;
         check(shmring_release(rx), "subscriber: releasing");
     }
-    check(shmring_release(rx), "subscriber: releasing");
     printf("subscriber %d: received=%" PRIu64 " missed=%" PRIu64 "\n", id, received,
            shmring_consumer_missed(rx));
     shmring_consumer_close(rx);
@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
         frame_fill((uint64_t)i, buf, len);
         check(shmring_send(tx, buf, len, timeout), "publishing");
     }
-    check(shmring_send(tx, NULL, 0, timeout), "publishing the end");
+    check(shmring_producer_finish(tx), "finishing the stream");
     printf("producer: published=%ld overflow=%s\n", frames, drop ? "drop-oldest" : "block");
     fflush(stdout);
 

@@ -4,8 +4,8 @@
  *   consumer [CHANNEL]                            default: hello
  *
  * Waits up to 10 s for the channel to exist, receives (alternately in place with shmring_read
- * and copied with shmring_recv) until an empty frame, and prints how many frames it received
- * and their checksum.
+ * and copied with shmring_recv) until the producer finishes the stream (SHMRING_CLOSED), and
+ * prints how many frames it received and their checksum.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "frames.h"
@@ -47,17 +47,17 @@ int main(int argc, char **argv) {
         size_t len;
         if (i % 2 == 0) {
             shmring_frame f; /* zero-copy: the frame stays in the ring until released */
-            check(shmring_read(c, &f, 30LL * 1000 * 1000 * 1000), "reading");
+            s = shmring_read(c, &f, 30LL * 1000 * 1000 * 1000);
+            if (s == SHMRING_CLOSED) break; /* the stream is finished: everything was received */
+            check(s, "reading");
             data = f.data;
             len = f.len;
             redelivered += (f.flags & SHMRING_FRAME_REDELIVERED) != 0;
         } else {
-            check(shmring_recv(c, buf, sizeof buf, &len, 30LL * 1000 * 1000 * 1000), "receiving");
+            s = shmring_recv(c, buf, sizeof buf, &len, 30LL * 1000 * 1000 * 1000);
+            if (s == SHMRING_CLOSED) break;
+            check(s, "receiving");
             data = buf;
-        }
-        if (len == 0) {
-            if (i % 2 == 0) check(shmring_release(c), "releasing");
-            break;
         }
         if (!frame_ok(i, data, len)) {
             fprintf(stderr, "consumer: frame %" PRIu64 " (%zu bytes) is not what was sent\n", i,

@@ -1,7 +1,8 @@
 /*
  * The test pattern the examples send and check, the same in C, Rust and Python, so that any
  * producer can feed any consumer: frame i is 8 to 256 bytes long, starts with i (64 bits,
- * little-endian) and continues with the bytes (i + j) mod 256; an empty frame ends the stream.
+ * little-endian) and continues with the bytes (i + j) mod 256. The producer ends the stream by
+ * finishing it (shmring_producer_finish, Producer::finish).
  * Both ends print an FNV-1a 64 checksum of every payload byte, which must agree.
  */
 #ifndef SHMRING_EXAMPLE_FRAMES_H

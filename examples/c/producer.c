@@ -5,7 +5,8 @@
  *
  * Creates the channel if it does not exist, sends COUNT frames of the pattern in frames.h
  * (even ones copied with shmring_send, odd ones written in place with shmring_claim and
- * shmring_commit), then an empty frame, and prints how many it sent and their checksum.
+ * shmring_commit), then finishes the stream (shmring_producer_finish: the consumers receive
+ * what is left, then SHMRING_CLOSED), and prints how many it sent and their checksum.
  */
 #include "frames.h"
 #include "shmring.h"
@@ -57,7 +58,7 @@ int main(int argc, char **argv) {
             check(shmring_commit(p, len), "committing");
         }
     }
-    check(shmring_send(p, NULL, 0, -1), "sending the end"); /* an empty frame ends the stream */
+    check(shmring_producer_finish(p), "finishing the stream"); /* consumers then get CLOSED */
     printf("sent=%ld checksum=%016" PRIx64 "\n", count, sum);
 
     shmring_producer_close(p);

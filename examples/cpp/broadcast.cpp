@@ -41,14 +41,12 @@ int main(int argc, char **argv) {
     for (int k = 0; k < 2; k++) {
         subscribers[k] = std::thread([&, k, rx = client.consumer("ticks")]() mutable {
             uint64_t received = 0;
-            for (;;) {
-                auto frame = rx.read(); // released at the end of this iteration
-                if (frame.size() == 0) break;
-                auto data = static_cast<const uint8_t *>(frame.data());
+            while (auto frame = rx.next()) { // released at the end of this iteration
+                auto data = static_cast<const uint8_t *>(frame->data());
                 uint64_t i = 0;
                 std::memcpy(&i, data, sizeof i); // frames.h: little-endian index first
                 // In order, none lost unsaid: the frames before i were all received or missed.
-                if (i != received + rx.missed() || !frame_ok(i, data, frame.size())) {
+                if (i != received + rx.missed() || !frame_ok(i, data, frame->size())) {
                     std::fprintf(stderr, "subscriber %d: frame %" PRIu64 " out of order or damaged\n", k + 1, i);
                     failed[k] = true;
                     return;
@@ -72,7 +70,7 @@ int main(int argc, char **argv) {
             std::exit(1);
         }
     }
-    tx.send("", 0); // an empty frame ends the stream
+    tx.finish(); // the end: each subscriber receives what is left, then next() is empty
     std::printf("producer: published=%" PRIu64 " overflow=%s\n", frames, drop ? "drop-oldest" : "block");
     for (auto &t : subscribers) t.join();
     bool ok = !failed[0] && !failed[1];

@@ -41,19 +41,17 @@ int main() {
                 claim.commit();
             }
         }
-        tx.send("", 0); // an empty frame ends the stream
+        tx.finish(); // the end of the stream: the consumer drains, then next() is empty
     });
     auto rx = client.consumer("stream");
     uint64_t received = 0, sum = FNV_START;
-    for (;;) {
-        auto frame = rx.read(); // released at the end of this iteration
-        if (frame.size() == 0) break;
-        auto data = static_cast<const uint8_t *>(frame.data());
-        if (!frame_ok(received, data, frame.size())) {
+    while (auto frame = rx.next()) { // released at the end of this iteration
+        auto data = static_cast<const uint8_t *>(frame->data());
+        if (!frame_ok(received, data, frame->size())) {
             std::fprintf(stderr, "example: frame %" PRIu64 " is wrong\n", received);
             return 1;
         }
-        sum = fnv1a(sum, data, frame.size());
+        sum = fnv1a(sum, data, frame->size());
         received++;
     }
     producer.join();
@@ -65,10 +63,8 @@ int main() {
     std::atomic<uint64_t> total{0}, frames{0};
     auto worker = [&] {
         auto c = client.consumer("work");
-        for (;;) {
-            std::string job = c.recv();
-            if (job == "stop") return;
-            total += std::stoull(job);
+        while (auto job = c.next()) { // until the producer finishes the stream
+            total += std::stoull(std::string(job->view()));
             frames++;
         }
     };
@@ -76,8 +72,7 @@ int main() {
     {
         auto tx = client.producer("work");
         for (int i = 1; i <= 1000; i++) tx.send(std::to_string(i));
-        tx.send("stop");
-        tx.send("stop");
+        tx.finish(); // both workers drain what is left, then stop
     }
     a.join();
     b.join();

@@ -3,8 +3,9 @@
 
     python3 examples/python/consumer.py [CHANNEL]                        default: hello
 
-Waits up to 10 s for the channel to exist, receives until an empty frame (alternately copied
-with recv and in place with read), and prints how many frames it received and their checksum.
+Waits up to 10 s for the channel to exist, receives until the producer finishes the stream
+(alternately copied with recv and in place with read), and prints how many frames it received
+and their checksum.
 """
 import sys
 import time
@@ -27,16 +28,17 @@ with shmring.Client() as client:
     with rx:
         checksum, i, redelivered = FNV_START, 0, 0
         while True:
-            if i % 2 == 0:
-                data = rx.recv(timeout=30)
-            else:
-                with rx.read(timeout=30) as view:  # zero-copy, valid inside the block
-                    data = None if view is None else bytes(view)
-                redelivered += rx.last_redelivered
+            try:
+                if i % 2 == 0:
+                    data = rx.recv(timeout=30)
+                else:
+                    with rx.read(timeout=30) as view:  # zero-copy, valid inside the block
+                        data = None if view is None else bytes(view)
+                    redelivered += rx.last_redelivered
+            except shmring.Closed:
+                break  # the producer finished the stream: everything was received
             if data is None:
                 sys.exit(f"consumer: no frame for 30 s after frame {i}")
-            if not data:
-                break
             if data != frame(i):
                 sys.exit(f"consumer: frame {i} ({len(data)} bytes) is not what was sent")
             checksum = fnv1a(checksum, data)

@@ -1,6 +1,7 @@
 """The test pattern of examples/c/frames.h, in Python: frame i is 8 to 256 bytes long, starts
-with i (64 bits, little-endian) and continues with the bytes (i + j) mod 256; an empty frame ends
-the stream. Both ends print an FNV-1a 64 checksum of every payload byte."""
+with i (64 bits, little-endian) and continues with the bytes (i + j) mod 256. The producer ends
+the stream by finishing it (Producer.finish). Both ends print an FNV-1a 64 checksum of every
+payload byte."""
 
 FRAME_MAX = 256
 FNV_START = 0xCBF29CE484222325

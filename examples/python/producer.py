@@ -3,8 +3,9 @@
 
     python3 examples/python/producer.py [CHANNEL [COUNT [spsc|mpmc]]]   defaults: hello 1000 spsc
 
-Creates the channel if it does not exist, sends COUNT frames of the pattern in frames.py and
-an empty frame, and prints how many it sent and their checksum (as examples/c/producer does).
+Creates the channel if it does not exist, sends COUNT frames of the pattern in frames.py,
+finishes the stream (consumers then get Closed), and prints how many it sent and their checksum
+(as examples/c/producer does).
 """
 import sys
 
@@ -27,5 +28,5 @@ with shmring.Client() as client:
             f = frame(i)
             checksum = fnv1a(checksum, f)
             tx.send(f)
-        tx.send(b"")  # an empty frame ends the stream
+        tx.finish()  # the end of the stream: consumers drain, then get Closed
 print(f"sent={count} checksum={checksum:016x}")

@@ -198,7 +198,8 @@ struct ProducerHandle {
 }
 
 struct ProducerState {
-    producer: Producer,
+    /// `None` once finished (`shmring_producer_finish`): the handle waits for its close.
+    producer: Option<Producer>,
     /// The claim handed to C and not yet committed or aborted: while it is open the producer
     /// must do nothing else (`Producer::claim_detached`'s contract), which every call checks.
     claim: Option<DetachedClaim>,
@@ -743,7 +744,7 @@ pub unsafe extern "C" fn shmring_producer_open(
             busy: InUse::default(),
             pid: std::process::id(),
             state: ProducerState {
-                producer,
+                producer: Some(producer),
                 claim: None,
             },
         });
@@ -769,6 +770,25 @@ impl ProducerState {
         }
         Ok(self)
     }
+
+    /// The producer, unless it finished.
+    #[inline(always)]
+    fn live(&mut self) -> Result<&mut Producer, Error> {
+        match &mut self.producer {
+            Some(p) => Ok(p),
+            None => Err(finished()),
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn finished() -> Error {
+    Error::Closed(
+        "this producer finished its stream (shmring_producer_finish): it sends nothing more; \
+         close it with shmring_producer_close (open a new producer to continue the stream)"
+            .into(),
+    )
 }
 
 /// Sets how a producer's blocking calls wait (default `SHMRING_WAIT_PARK`). The producer's
@@ -782,7 +802,7 @@ pub unsafe extern "C" fn shmring_producer_set_wait(
         let wait = wait_of(wait)?;
         // SAFETY: the header's contract for `p`.
         exclusive(unsafe { producer(p) }?, |h| {
-            h.producer.set_wait_strategy(wait);
+            h.live()?.set_wait_strategy(wait);
             Ok(())
         })
     })
@@ -795,7 +815,7 @@ pub unsafe extern "C" fn shmring_producer_max_frame_size(p: *mut shmring_produce
     let mut n = 0;
     let _ = guard(|| {
         // SAFETY: the header's contract for `p`.
-        n = unsafe { producer(p) }?.state.producer.max_frame_size();
+        n = unsafe { producer(p) }?.state.live()?.max_frame_size();
         Ok(())
     });
     n
@@ -824,11 +844,11 @@ pub unsafe extern "C" fn shmring_send(
         };
         // SAFETY: the header's contract for `p`.
         exclusive(unsafe { producer(p) }?, |h| {
-            let h = h.idle()?;
+            let p = h.idle()?.live()?;
             match timeout(timeout_ns) {
-                Some(Duration::ZERO) => h.producer.try_send(frame),
-                Some(t) => h.producer.send_timeout(frame, t),
-                None => h.producer.send(frame),
+                Some(Duration::ZERO) => p.try_send(frame),
+                Some(t) => p.send_timeout(frame, t),
+                None => p.send(frame),
             }
         })
     })
@@ -857,7 +877,7 @@ pub unsafe extern "C" fn shmring_claim(
             // SAFETY: no claim is open (checked above) and this handle refuses every other
             // call until the claim is committed or aborted, which is the contract of
             // claim_detached.
-            let claim = unsafe { h.producer.claim_detached(len, timeout(timeout_ns)) }?;
+            let claim = unsafe { h.live()?.claim_detached(len, timeout(timeout_ns)) }?;
             let ptr = claim.as_mut_ptr();
             h.claim = Some(claim);
             // SAFETY: checked non-NULL; writable (the header's contract).
@@ -888,7 +908,7 @@ pub unsafe extern "C" fn shmring_commit(p: *mut shmring_producer, len: usize) ->
             let claim = h.claim.take().expect("checked above");
             // SAFETY: the claim came from this producer's claim_detached and nothing else was
             // done with the producer since (every other call refuses while a claim is open).
-            unsafe { h.producer.commit_detached(claim, len) }
+            unsafe { h.live()?.commit_detached(claim, len) }
         })
     })
 }
@@ -905,8 +925,36 @@ pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_stat
                 .take()
                 .ok_or_else(|| invalid("no claim is open: shmring_claim first"))?;
             // SAFETY: as in shmring_commit.
-            unsafe { h.producer.abort_detached(claim) };
+            unsafe { h.live()?.abort_detached(claim) };
             Ok(())
+        })
+    })
+}
+
+/// Finishes the stream: every frame sent is published, the producer leaves the channel, and,
+/// if no other producer is attached, consumers receive what is left in the ring and then get
+/// `SHMRING_CLOSED` instead of waiting for more (consumers asleep in a blocking receive are
+/// woken). With several MPMC producers, each finishes when it is done and the stream ends with
+/// the last one's finish. A producer opened after a finish continues the stream: consumers
+/// that receive again get its frames. A producer that crashes or is only closed does not
+/// finish the stream (`shmring_consumer_producers` tells consumers whether any is left).
+/// `p` stays allocated: close it with `shmring_producer_close`; every other call on it returns
+/// `SHMRING_CLOSED` (a second finish too). `SHMRING_INVALID_ARGUMENT` while a claim is open,
+/// and in a child forked after `p` was opened. The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_finish(p: *mut shmring_producer) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `p`.
+        let h = unsafe { producer(p) }?;
+        if h.pid != std::process::id() {
+            return Err(invalid(
+                "this producer was opened by the parent process (inherited across fork): only \
+                 it can finish the stream; open a producer of your own",
+            ));
+        }
+        exclusive(h, |h| {
+            h.idle()?.live()?;
+            h.producer.take().expect("checked live above").finish()
         })
     })
 }
@@ -932,9 +980,10 @@ pub unsafe extern "C" fn shmring_producer_close(p: *mut shmring_producer) {
         if let Some(mut h) = unsafe { take_handle::<ProducerHandle>(p.cast(), PRODUCER_TAG) }
             && h.pid == std::process::id()
             && let Some(claim) = h.state.claim.take()
+            && let Some(producer) = &mut h.state.producer
         {
             // SAFETY: as in shmring_commit.
-            unsafe { h.state.producer.abort_detached(claim) };
+            unsafe { producer.abort_detached(claim) };
         }
         Ok(())
     });
@@ -1029,6 +1078,26 @@ pub unsafe extern "C" fn shmring_consumer_missed(c: *const shmring_consumer) -> 
     n
 }
 
+/// How many producers hold an entry of the consumer's channel now: live ones, and dead ones
+/// whose entries the coordinator has not repaired yet (it frees them within milliseconds of
+/// the death). 0 with the ring empty means that nothing arrives until a producer opens the
+/// channel: a finished stream (`shmring_producer_finish`) makes receives return
+/// `SHMRING_CLOSED`, but a producer that crashed or was closed without finishing does not, and
+/// this count is how a consumer learns that it is alone. 0 also for a `c` that is not a
+/// consumer (then `shmring_last_error()` says why). The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_producers(c: *const shmring_consumer) -> u32 {
+    let mut n = 0;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`; the handle is only read.
+        exclusive(unsafe { consumer(c.cast_mut()) }?, |h| {
+            n = h.consumer.producers();
+            Ok(())
+        })
+    });
+    n
+}
+
 /// The largest frame the consumer's channel carries, in bytes: a buffer this long fits every
 /// frame (0 if `c` is not a consumer). The consumer's thread.
 #[unsafe(no_mangle)]
@@ -1046,8 +1115,8 @@ pub unsafe extern "C" fn shmring_consumer_max_frame_size(c: *mut shmring_consume
 /// waiting up to `timeout_ns` for one (0: do not wait, `SHMRING_WOULD_BLOCK` if empty; negative:
 /// wait as long as it takes). `*out_len` receives the frame's length. A frame longer than `cap`
 /// stays unread: `SHMRING_BUFFER_TOO_SMALL`, with the length it needs in `*out_len`.
-/// `SHMRING_CLOSED` once the channel was deleted and everything in it was received. The
-/// consumer's thread.
+/// `SHMRING_CLOSED` once the channel was deleted, or its stream finished
+/// (`shmring_producer_finish`), and everything in it was received. The consumer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_recv(
     c: *mut shmring_consumer,

@@ -17,8 +17,9 @@ pub const SHMRING_OK: shmring_status = 0;
 pub const SHMRING_WOULD_BLOCK: shmring_status = 1;
 /// The call waited for its whole timeout.
 pub const SHMRING_TIMED_OUT: shmring_status = 2;
-/// The channel was deleted: a consumer got everything that was in it; a producer's frame has
-/// nowhere to go.
+/// The channel was deleted, or its stream finished (`shmring_producer_finish`): a consumer got
+/// everything that was in it; a deleted channel's producer (or a finished one) sends nothing
+/// more.
 pub const SHMRING_CLOSED: shmring_status = 3;
 /// An argument is NULL, out of range or malformed, or the call does not fit the handle's state
 /// (a commit without a claim, a read while a frame is held).

@@ -13,6 +13,9 @@ when it was built), else, imported from a checkout, its target/release, else the
             print(rx.recv())                           # b'AAPL 187.2'
             with rx.read() as frame:                   # zero-copy: a memoryview of shared memory,
                 ...                                    # valid inside the block only
+            tx.finish()                                # end of stream: rx drains, then Closed
+            for frame in rx:                           # bytes, until the stream is finished
+                ...
 
 A broadcast channel has one producer, and every consumer opened on it is a subscriber that
 receives every frame published after it opened, in order:
@@ -93,7 +96,8 @@ class Error(Exception):
 
 
 class Closed(Error):
-    """The channel was deleted: a consumer has received everything that was in it."""
+    """The channel was deleted, or its stream finished (Producer.finish): a consumer has
+    received everything that was in it."""
 
 
 class _Config(ctypes.Structure):
@@ -147,11 +151,13 @@ _producer_open = _fn("shmring_producer_open", _S, _P, ctypes.c_char_p, ctypes.PO
 _producer_set_wait = _fn("shmring_producer_set_wait", _S, _P, ctypes.c_uint32)
 _producer_max = _fn("shmring_producer_max_frame_size", ctypes.c_size_t, _P)
 _send = _fn("shmring_send", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
+_producer_finish = _fn("shmring_producer_finish", _S, _P)
 _producer_close = _fn("shmring_producer_close", None, _P)
 _consumer_open = _fn("shmring_consumer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
 _consumer_set_wait = _fn("shmring_consumer_set_wait", _S, _P, ctypes.c_uint32)
 _consumer_max = _fn("shmring_consumer_max_frame_size", ctypes.c_size_t, _P)
 _consumer_missed = _fn("shmring_consumer_missed", ctypes.c_uint64, _P)
+_consumer_producers = _fn("shmring_consumer_producers", ctypes.c_uint32, _P)
 _recv = _fn("shmring_recv", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int64)
 _read = _fn("shmring_read", _S, _P, ctypes.POINTER(_Frame), ctypes.c_int64)
 _release = _fn("shmring_release", _S, _P)
@@ -234,6 +240,12 @@ class Producer:
         data = bytes(data)
         return _done(_send(self._h, data, len(data), _ns(timeout)))
 
+    def finish(self):
+        """Ends the stream: consumers receive what was sent, then Closed (with several MPMC
+        producers, once the last one attached finished). A producer opened afterwards continues
+        the stream. Close (or exit the `with` block) after it; nothing more can be sent."""
+        _check(_producer_finish(self._h))
+
     def close(self):
         h, self._h = self._h, None
         if h:
@@ -271,9 +283,24 @@ class Consumer:
         every other channel."""
         return _consumer_missed(self._h)
 
+    def producers(self):
+        """How many producers are attached to the channel now (dead ones until the coordinator
+        repairs them). A crashed producer does not finish the stream: 0 tells a consumer that
+        nothing will come until a producer opens the channel again."""
+        return _consumer_producers(self._h)
+
+    def __iter__(self):
+        """The frames, copied, as bytes, waiting for each; ends when the stream is finished (or
+        the channel deleted) and everything was received."""
+        while True:
+            try:
+                yield self.recv()
+            except Closed:
+                return
+
     def recv(self, timeout=None):
         """The next frame, copied, as bytes; None if none came within `timeout`. Raises Closed
-        once the channel was deleted and everything in it received."""
+        once the channel was deleted, or its stream finished, and everything was received."""
         n = ctypes.c_size_t()
         if not _done(_recv(self._h, self._buf, len(self._buf), ctypes.byref(n), _ns(timeout))):
             return None

@@ -7,16 +7,16 @@
  *   broadcast_fanout publish CHANNEL FRAMES block|drop-oldest [PAUSE_AT]
  *
  * Frame i is 8 to FRAME_MAX bytes: i (64 bits, little-endian), then bytes that all depend on i.
- * An empty frame ends the stream.
+ * The publisher ends the stream with shmring_producer_finish.
  *
  * subscribe: prints "subscribed" once open, then receives (alternately in place with
- * shmring_read and copied with shmring_recv) until the empty frame, checking every byte of
+ * shmring_read and copied with shmring_recv) until SHMRING_CLOSED, checking every byte of
  * every frame and that frame i comes after exactly i frames were received or missed (in order,
  * nothing lost without being counted); prints "done received=R missed=M". With STALL_AT it
  * reads frame STALL_AT in place, prints "stalled" and waits forever holding it.
  *
- * publish: sends FRAMES frames (even ones copied, odd ones claimed and committed in place) and
- * the empty one. Under block it waits as long as it takes; under drop-oldest every call has
+ * publish: sends FRAMES frames (even ones copied, odd ones claimed and committed in place),
+ * then finishes the stream. Under block it waits as long as it takes; under drop-oldest every call has
  * timeout 0, and any status but SHMRING_OK (SHMRING_WOULD_BLOCK included) fails the program.
  * With PAUSE_AT it prints "paused" after that many frames and waits for SIGUSR1. Prints
  * "published=N".
@@ -101,19 +101,18 @@ static int subscribe(const char *channel, long stall_at) {
         const uint8_t *data;
         size_t len;
         int in_place = received % 2 == 0 || (long)received == stall_at;
+        shmring_status s;
         if (in_place) {
-            shmring_frame f;
-            check(shmring_read(rx, &f, WAIT_NS), "reading");
+            shmring_frame f = {0};
+            s = shmring_read(rx, &f, WAIT_NS);
             data = f.data;
             len = f.len;
         } else {
-            check(shmring_recv(rx, buf, sizeof buf, &len, WAIT_NS), "receiving");
+            s = shmring_recv(rx, buf, sizeof buf, &len, WAIT_NS);
             data = buf;
         }
-        if (len == 0) {
-            if (in_place) check(shmring_release(rx), "releasing");
-            break;
-        }
+        if (s == SHMRING_CLOSED) break; /* finished, and everything received */
+        check(s, in_place ? "reading" : "receiving");
         int64_t i = frame_index(data, len);
         uint64_t missed = shmring_consumer_missed(rx);
         if (i < 0 || (uint64_t)i != received + missed) {
@@ -177,7 +176,7 @@ static int publish(const char *channel, long frames, const char *policy, long pa
             return 1;
         }
     }
-    check(shmring_send(tx, NULL, 0, timeout), "sending the end");
+    check(shmring_producer_finish(tx), "finishing the stream");
     printf("published=%ld\n", frames);
     shmring_producer_close(tx);
     shmring_client_close(client);

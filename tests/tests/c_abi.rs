@@ -190,11 +190,14 @@ fn frames_cross_between_c_and_rust() {
         let sender = dog.spawn(&mut p);
         let mut sum = FNV_START;
         for i in 0.. {
-            let f = rx.read_timeout(Duration::from_secs(30)).unwrap();
-            if f.is_empty() {
-                assert_eq!(i, count);
-                break;
-            }
+            let f = match rx.read_timeout(Duration::from_secs(30)) {
+                Ok(f) => f,
+                Err(shmring::Error::Closed(_)) => {
+                    assert_eq!(i, count, "C finished the stream after every frame");
+                    break;
+                }
+                Err(e) => panic!("frame {i} from C: {e}"),
+            };
             assert_eq!(&*f, &frame(i)[..], "frame {i} from C");
             sum = fnv(sum, &f);
         }
@@ -213,7 +216,7 @@ fn frames_cross_between_c_and_rust() {
             sum = fnv(sum, &f);
             tx.send_timeout(&f, Duration::from_secs(30)).unwrap();
         }
-        tx.send(&[]).unwrap();
+        tx.finish().unwrap(); // the C consumer stops at SHMRING_CLOSED
         let said = receiver.success();
         assert_eq!(word(&said, "received"), count.to_string(), "{said}");
         assert_eq!(word(&said, "checksum"), format!("{sum:016x}"), "{said}");
@@ -611,7 +614,7 @@ fn installed_library_is_found_by_pkg_config() {
     );
     assert_eq!(word(&sent, "sent"), "10");
     let stats = place.client().stats("pc").unwrap();
-    assert_eq!(stats.frames_in, 11, "ten frames and the empty one");
+    assert_eq!(stats.frames_in, 10, "ten frames, and no end frame");
     dog.check();
 }
 
@@ -921,6 +924,11 @@ fn readme_c_example_works() {
         let f = rx.read_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(&*f, format!("hello #{i}").as_bytes());
     }
+    // hello.c finished the stream: a consumer ends instead of waiting.
+    assert!(matches!(
+        rx.read_timeout(Duration::from_secs(5)),
+        Err(shmring::Error::Closed(_))
+    ));
     dog.check();
 }
 
@@ -991,6 +999,35 @@ print("parent unharmed")
     );
     let text = ok(&out, "python fork");
     assert!(text.contains("parent unharmed"), "{text}");
+    dog.check();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// End of stream from C (`tests/c/finish.c`): `shmring_producer_finish` on every kind of
+/// channel (consumers drain, then `SHMRING_CLOSED`; one asleep in a receive is woken), a
+/// producer opened after it, several MPMC producers, and `shmring_consumer_producers`.
+#[test]
+fn producer_finish_and_the_producers_count_from_c() {
+    let _serial = serial();
+    let dog = Watchdog::new("finish_from_c", Duration::from_secs(120));
+    let dir = scratch("finish");
+    for build in [Build::Plain, Build::Sanitized] {
+        let exe = compile("tests/c/finish.c", &dir, build);
+        let work = dir.join(match build {
+            Build::Plain => "plain",
+            Build::Sanitized => "san",
+        });
+        std::fs::create_dir_all(&work).unwrap();
+        let out = run(
+            &dog,
+            Command::new(&exe)
+                .arg(&work)
+                .env("ASAN_OPTIONS", "detect_leaks=1")
+                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+        );
+        let text = ok(&out, "finish");
+        assert!(text.contains("all checked"), "{text}");
+    }
     dog.check();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -165,6 +165,9 @@ fn mpmc_four_by_four_exactly_once() {
     let logs: Vec<_> = (0..4)
         .map(|i| dir.join(format!("{name}-c{i}.log")))
         .collect();
+    // Attached throughout, so that the stream ends with its finish, after every producer's:
+    // the stream of an MPMC channel ends with the finish of the last producer attached.
+    let last = seg.seg.producer().unwrap();
     let consumers: Vec<_> = logs
         .iter()
         .map(|log| dog.spawn(peer().args(["mpmc-consume", &name, log.to_str().unwrap(), "yield"])))
@@ -183,11 +186,9 @@ fn mpmc_four_by_four_exactly_once() {
     for p in producers {
         p.success();
     }
-    // Every data frame now precedes these in the ring: one end marker per consumer.
-    let mut tx = seg.seg.producer().unwrap();
-    for _ in 0..4 {
-        tx.send(&[]).unwrap();
-    }
+    // Every producer finished; `last` is the one left attached, and its finish ends the
+    // stream (a consumer that got `Closed` at an earlier finish would miss frames below).
+    last.finish().unwrap();
     let mut seen: HashMap<u32, Vec<bool>> = (0..4)
         .map(|id| (id, vec![false; PER_PRODUCER as usize]))
         .collect();

@@ -5,7 +5,7 @@
 //! Runs a coordinator on a thread of this process (no daemon needed), creates the channel,
 //! starts two subscribers (this program again: `broadcast subscribe SOCKET K`), waits until
 //! each says it has opened the channel (a subscriber receives what is published after it
-//! opened), then publishes FRAMES frames (default 100000) and an empty one. Each subscriber
+//! opened), then publishes FRAMES frames (default 100000) and finishes the stream. Each subscriber
 //! checks that its frames are intact and in order, and prints how many it received and missed:
 //! none under `block` (the producer waits for the slower subscriber); under `drop-oldest` the
 //! producer never waits, and received + missed = FRAMES.
@@ -68,17 +68,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut buf = Vec::new();
-    for i in 0..=frames {
-        if i < frames {
-            frame(i, &mut buf);
-        } else {
-            buf.clear(); // an empty frame ends the stream
-        }
+    for i in 0..frames {
+        frame(i, &mut buf);
         match overflow {
             Overflow::Block => tx.send(&buf)?, // waits for the slower subscriber
             Overflow::DropOldest => tx.try_send(&buf)?, // never full: never waits
         }
     }
+    tx.finish()?; // the end: each subscriber receives what is left, then `Closed`
     println!("producer: published={frames} overflow={overflow}");
 
     let mut ok = true;
@@ -86,13 +83,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::io::copy(&mut out, &mut std::io::stdout())?; // what it printed after "subscribed"
         ok &= child.wait()?.success();
     }
-    drop(tx);
     coordinator.stop();
     println!("{}", if ok { "ok" } else { "a subscriber failed" });
     std::process::exit(if ok { 0 } else { 1 });
 }
 
-/// A subscriber: receives until the empty frame, checking every byte.
+/// A subscriber: receives until the producer finishes the stream, checking every byte.
 fn subscribe(socket: &str, k: &str) -> Result<(), Error> {
     let client = Client::connect(Some(socket.as_ref()))?;
     let mut rx = client.consumer("ticks")?;
@@ -100,10 +96,11 @@ fn subscribe(socket: &str, k: &str) -> Result<(), Error> {
     let mut received = 0u64;
     let mut want = Vec::new();
     loop {
-        let f = rx.read_timeout(Duration::from_secs(10))?; // released when dropped
-        if f.is_empty() {
-            break;
-        }
+        let f = match rx.read_timeout(Duration::from_secs(10)) {
+            Ok(f) => f,                     // released when dropped
+            Err(Error::Closed(_)) => break, // finished, and everything received
+            Err(e) => return Err(e),
+        };
         let i = u64::from_le_bytes(f[..8].try_into().expect("frames have 8 bytes or more"));
         frame(i, &mut want);
         let intact = *f == want[..];

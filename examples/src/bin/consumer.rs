@@ -2,8 +2,9 @@
 //!
 //!     cargo run --release --bin consumer -- [CHANNEL]
 //!
-//! Waits up to 10 s for the channel to exist, then prints every frame until an empty one. The
-//! coordinator is found at `SHMRING_SOCKET`, else at the default socket.
+//! Waits up to 10 s for the channel to exist, then prints every frame until the producer
+//! finishes the stream. The coordinator is found at `SHMRING_SOCKET`, else at the default
+//! socket.
 
 use shmring::{Client, Error, WaitStrategy};
 use std::time::{Duration, Instant};
@@ -23,11 +24,9 @@ fn main() -> Result<(), Error> {
     };
     rx.set_wait_strategy(WaitStrategy::Park);
     let mut received = 0;
-    loop {
-        let frame = rx.read_timeout(Duration::from_secs(30))?; // zero-copy view
-        if frame.is_empty() {
-            break;
-        }
+    // Waits for each frame; ends when the producer finishes the stream (`Producer::finish`).
+    for frame in &mut rx {
+        let frame = frame?;
         received += 1;
         println!(
             "consumer: {}{}",
@@ -38,7 +37,7 @@ fn main() -> Result<(), Error> {
                 ""
             }
         );
-    } // each frame is released when it goes out of scope
+    }
     println!("consumer: {received} frames");
     Ok(())
 }

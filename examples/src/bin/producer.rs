@@ -4,9 +4,9 @@
 //!     cargo run --release --bin shmringd &                # the coordinator
 //!     cargo run --release --bin producer -- [CHANNEL] [COUNT]
 //!
-//! Creates the channel (or uses the one of that name), sends COUNT frames (default 10) and a
-//! final empty frame, waits up to 10 s for the consumer to take them, and deletes the channel
-//! if it created it. The coordinator is found at `SHMRING_SOCKET`, else at the default socket.
+//! Creates the channel (or uses the one of that name), sends COUNT frames (default 10),
+//! finishes the stream (the consumer then gets `Closed`), waits up to 10 s for the consumer to
+//! take them, and deletes the channel if it created it. The coordinator is found at `SHMRING_SOCKET`, else at the default socket.
 
 use shmring::{ChannelConfig, Client, Error, WaitStrategy};
 use std::io::Write;
@@ -49,14 +49,13 @@ fn main() -> Result<(), Error> {
             claim.commit_len(written)?;
         }
     }
-    tx.send(&[])?; // an empty frame says "that's all"
+    tx.finish()?; // "that's all": the consumer receives what was sent, then `Closed`
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while client.stats(&name)?.info.depth > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let left = client.stats(&name)?.info.depth;
-    drop(tx);
     if created {
         client.delete(&name)?;
     }

@@ -267,11 +267,13 @@ fn mpmc_produce(args: &[String]) {
             seq += k;
         }
     }
+    // The stream ends with the last attached producer's finish.
+    tx.finish().unwrap_or_else(|e| fail(format!("finish: {e}")));
     println!("frames={count}");
 }
 
-/// Receives until a zero-length frame; writes (producer id u32, seq u64) of every frame, in the
-/// order received, to OUTFILE.
+/// Receives until the stream is finished (`Closed`); writes (producer id u32, seq u64) of every
+/// frame, in the order received, to OUTFILE.
 fn mpmc_consume(args: &[String]) {
     let (name, out): (String, String) = (arg(args, 1), arg(args, 2));
     let seg = open(&name);
@@ -280,12 +282,8 @@ fn mpmc_consume(args: &[String]) {
     let max = rx.max_frame_size();
     let mut log = Vec::new();
     let mut api = Rng::new(std::process::id().into());
-    let mut stop = false;
     let mut n = 0u64;
-    let mut take = |f: &[u8], redelivered: bool, log: &mut Vec<u8>| -> bool {
-        if f.is_empty() {
-            return true;
-        }
+    let mut take = |f: &[u8], redelivered: bool, log: &mut Vec<u8>| {
         if redelivered {
             fail("a frame was flagged redelivered, but no consumer died");
         }
@@ -293,20 +291,21 @@ fn mpmc_consume(args: &[String]) {
         log.extend_from_slice(&id.to_le_bytes());
         log.extend_from_slice(&seq.to_le_bytes());
         n += 1;
-        false
     };
-    while !stop {
-        if api.below(3) == 0 {
-            // Drain one at a time, so a zero-length frame is never taken past.
-            rx.drain_timeout(1, OP_TIMEOUT, |f, flags| {
-                stop = take(f, flags.is_redelivered(), &mut log)
+    loop {
+        let r = if api.below(3) == 0 {
+            rx.drain_timeout(4, OP_TIMEOUT, |f, flags| {
+                take(f, flags.is_redelivered(), &mut log)
             })
-            .unwrap_or_else(|e| fail(format!("drain: {e}")));
+            .map(drop)
         } else {
-            let f = rx
-                .read_timeout(OP_TIMEOUT)
-                .unwrap_or_else(|e| fail(format!("read: {e}")));
-            stop = take(&f, f.is_redelivered(), &mut log);
+            rx.read_timeout(OP_TIMEOUT)
+                .map(|f| take(&f, f.is_redelivered(), &mut log))
+        };
+        match r {
+            Ok(()) => {}
+            Err(Error::Closed(_)) => break, // finished, and everything received
+            Err(e) => fail(format!("receive: {e}")),
         }
     }
     std::fs::write(&out, &log).unwrap_or_else(|e| fail(format!("writing {out}: {e}")));
@@ -404,6 +403,9 @@ fn victim(args: &[String]) {
     let classify = |r: Result<(), Error>| match r {
         Ok(()) => "ok",
         Err(Error::Corrupted(_)) => "corrupted",
+        // The state word is shared memory too: a scribble that reads as deleted or finished
+        // ends receives (and sends into a full ring) as a delete or a finish would.
+        Err(Error::Closed(_)) => "closed",
         Err(Error::TimedOut(_)) => "timed_out",
         Err(Error::WouldBlock(_)) => "would_block",
         Err(Error::FrameTooLarge { .. }) => "too_large",
