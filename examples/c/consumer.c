@@ -4,8 +4,10 @@
  *   consumer [CHANNEL]                            default: hello
  *
  * Waits up to 10 s for the channel to exist, receives (alternately in place with shmring_read
- * and copied with shmring_recv) until the producer finishes the stream (SHMRING_CLOSED), and
- * prints how many frames it received and their checksum.
+ * and copied with shmring_recv) until the producer finishes the stream (SHMRING_CLOSED), prints
+ * how many frames it received and their checksum, and deletes the channel: the stream is over,
+ * and nothing is left behind (a channel already deleted, or one this user may not delete, is
+ * left as it is).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "frames.h"
@@ -72,6 +74,8 @@ int main(int argc, char **argv) {
            redelivered);
 
     shmring_consumer_close(c);
+    s = shmring_channel_delete(client, channel);
+    if (s != SHMRING_NOT_FOUND && s != SHMRING_PERMISSION_DENIED) check(s, "deleting the channel");
     shmring_client_close(client);
     return 0;
 }

@@ -4,8 +4,9 @@
     python3 examples/python/consumer.py [CHANNEL]                        default: hello
 
 Waits up to 10 s for the channel to exist, receives until the producer finishes the stream
-(alternately copied with recv and in place with read), and prints how many frames it received
-and their checksum.
+(alternately copied with recv and in place with read), prints how many frames it received and
+their checksum, and deletes the channel: the stream is over, and nothing is left behind (a
+channel already deleted, or one this user may not delete, is left as it is).
 """
 import sys
 import time
@@ -43,4 +44,9 @@ with shmring.Client() as client:
                 sys.exit(f"consumer: frame {i} ({len(data)} bytes) is not what was sent")
             checksum = fnv1a(checksum, data)
             i += 1
+    try:
+        client.delete(channel)
+    except shmring.Error as e:
+        if e.status not in ("SHMRING_NOT_FOUND", "SHMRING_PERMISSION_DENIED"):
+            raise
 print(f"received={i} checksum={checksum:016x} redelivered={redelivered}")

@@ -903,31 +903,137 @@ fn programs_the_readme_builds_are_ignored_by_git() {
     assert!(missing.is_empty(), "not in .gitignore: {missing:?}");
 }
 
-/// The README's "Using shmring from C" program compiles warning-free and sends its frames.
+/// The README's "Using shmring from C" walkthrough, from the README's own text: its two
+/// programs (`hello.c`, `hello_read.c`) compile warning-free, and the three lines that build and
+/// run them run as written (in a scratch directory whose `include` and `target/release` are
+/// this checkout's headers and this build's library), against a coordinator found through
+/// `SHMRING_SOCKET`. The consumer prints the ten frames, ends when the producer finishes, and
+/// deletes the channel. Found trying the README as a new user: the walkthrough paired
+/// `hello.c` with `examples/c/consumer.c`, which refused its frames ("frame 0 (8 bytes) is not
+/// what was sent"), waited for an end frame hello.c never sent, and left the channel behind.
 #[test]
 fn readme_c_example_works() {
     let _serial = serial();
     let dog = Watchdog::new("readme_c_example", Duration::from_secs(120));
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let section = &readme[readme.find("## Using shmring from C").expect("the section")..];
-    let start = section.find("```c\n").expect("a C block") + 5;
-    let code = &section[start..start + section[start..].find("```").unwrap()];
-    let place = Place::new("readme");
-    let src = place.dir.join("hello.c");
-    std::fs::write(&src, code).unwrap();
-    let exe = compile(src.to_str().unwrap(), &place.dir, Build::Plain);
-    let mut rx = {
-        ok(&run(&dog, &mut place.command(&exe)), "the README's hello.c");
-        place.client().consumer("hello").unwrap()
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let blocks = |lang: &str| -> Vec<String> {
+        let fence = format!("```{lang}\n");
+        let mut out = Vec::new();
+        let mut rest = section;
+        while let Some(i) = rest.find(&fence) {
+            let body = &rest[i + fence.len()..];
+            let end = body.find("```").expect("a closed block");
+            out.push(body[..end].to_string());
+            rest = &body[end + 3..];
+        }
+        out
     };
-    for i in 0..10 {
-        let f = rx.read_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(&*f, format!("hello #{i}").as_bytes());
+    let place = Place::new("readme");
+    let c = blocks("c");
+    assert_eq!(c.len(), 2, "hello.c and hello_read.c");
+    for (name, code) in ["hello.c", "hello_read.c"].iter().zip(&c) {
+        let src = place.dir.join(name);
+        std::fs::write(&src, code).unwrap();
+        // Warning-free under the strictest flags the tests use.
+        compile(src.to_str().unwrap(), &place.dir, Build::Plain);
     }
-    // hello.c finished the stream: a consumer ends instead of waiting.
+    let run = blocks("sh")
+        .into_iter()
+        .find(|b| b.contains("./hello_read & ./hello"))
+        .expect("the block that builds and runs them");
+    std::os::unix::fs::symlink(root().join("include"), place.dir.join("include")).unwrap();
+    std::fs::create_dir_all(place.dir.join("target")).unwrap();
+    std::os::unix::fs::symlink(lib_dir(), place.dir.join("target/release")).unwrap();
+    let out = dog
+        .spawn(
+            place
+                .command("bash")
+                .args(["-euc", &format!("{run}wait $!")])
+                .current_dir(&place.dir),
+        )
+        .wait();
+    assert!(
+        out.status.success(),
+        "the README's lines failed:\n{run}\n--- stdout\n{}\n--- stderr\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let want: String = (0..10).map(|i| format!("hello #{i}\n")).collect();
+    assert_eq!(out.stdout, want, "{}", out.stderr);
+    // hello_read deleted the channel: the next walkthrough starts afresh.
     assert!(matches!(
-        rx.read_timeout(Duration::from_secs(5)),
-        Err(shmring::Error::Closed(_))
+        place.client().stats("hello"),
+        Err(shmring::Error::NotFound(_))
+    ));
+    dog.check();
+}
+
+/// The README's "Using shmring from Python" walkthrough, from the README's own text: in a
+/// scratch directory that holds a copy of `python/`, this checkout's `examples/` and this
+/// build's library as `target/release`, the block's lines run as written (but the first,
+/// `cargo build`, which this build stands for): a virtual environment, `pip install ./python`,
+/// and the consumer and producer pair, against a coordinator found through `SHMRING_SOCKET`.
+/// The consumer receives the thousand frames, the checksums agree, and it deletes the channel
+/// (found trying the README: the Python pair left its channel behind, and the next walkthrough
+/// met its frames).
+#[test]
+fn readme_python_walkthrough_works() {
+    let _serial = serial();
+    let dog = Watchdog::new("readme_python_walkthrough", Duration::from_secs(300));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").expect("a closed block")])
+        .find(|b| b.contains("pip install ./python"))
+        .expect("the README's Python block");
+    let lines: String = block
+        .lines()
+        .filter(|l| !l.starts_with("cargo build"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let place = Place::new("readme-py");
+    copy_package(&root().join("python"), &place.dir.join("python"));
+    std::os::unix::fs::symlink(root().join("examples"), place.dir.join("examples")).unwrap();
+    std::fs::create_dir_all(place.dir.join("target")).unwrap();
+    std::os::unix::fs::symlink(lib_dir(), place.dir.join("target/release")).unwrap();
+    let out = dog
+        .spawn(
+            place
+                .command("bash")
+                .args(["-euc", &format!("{lines}wait $!")])
+                .current_dir(&place.dir)
+                .env_remove("SHMRING_LIB")
+                .env_remove("PYTHONPATH"),
+        )
+        .wait();
+    assert!(
+        out.status.success(),
+        "the README's lines failed:\n{lines}\n--- stdout\n{}\n--- stderr\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("sent=1000") && out.stdout.contains("received=1000"),
+        "{}",
+        out.stdout
+    );
+    let sum = |key: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(key))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("checksum="))
+            })
+            .map(str::to_string)
+    };
+    assert_eq!(sum("sent="), sum("received="), "{}", out.stdout);
+    assert!(matches!(
+        place.client().stats("hello"),
+        Err(shmring::Error::NotFound(_))
     ));
     dog.check();
 }
