@@ -94,7 +94,7 @@ typedef struct shmring_channel_config {
      */
     uint64_t capacity;
     /**
-     * The largest frame, in bytes.
+     * The largest frame, in bytes: at least 1, and `capacity` must hold two of them.
      */
     uint32_t max_frame_size;
     /**
@@ -423,9 +423,9 @@ shmring_status shmring_client_connect(const char *socket_path, struct shmring_cl
 void shmring_client_close(struct shmring_client *client);
 
 /**
- * Creates a channel `name` (1 to 64 characters of [A-Za-z0-9._-]) of shape `*cfg`, owned by
- * this process's user. `SHMRING_ALREADY_EXISTS` if the name is taken, `SHMRING_INVALID_ARGUMENT`
- * for a bad name or shape. Any thread.
+ * Creates a channel `name` (1 to 64 characters of [A-Za-z0-9._-], not starting with '.') of
+ * shape `*cfg`, owned by this process's user. `SHMRING_ALREADY_EXISTS` if the name is taken,
+ * `SHMRING_INVALID_ARGUMENT` for a bad name or shape (the message says which rule). Any thread.
  */
 shmring_status shmring_channel_create(struct shmring_client *client,
                                       const char *name,

@@ -934,3 +934,49 @@ fn a_socket_other_users_cannot_reach_is_explained_on_both_sides() {
         let _ = std::fs::remove_file(shmring::default_socket_path(&ns).with_extension(ext));
     }
 }
+
+/// Issue 12: `shmring bench | head -1` made the bench panic ("failed printing to stdout: Broken
+/// pipe") once its reader was gone. Now it stops quietly with status 0, and cleans up as an
+/// interrupted run does (no peer, control page, namespace files or directory left).
+#[test]
+fn bench_into_a_closed_pipe_stops_quietly_and_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmring"))
+        .args([
+            "bench",
+            "pingpong",
+            "--payload",
+            "8",
+            "--transports",
+            "atomic-floor",
+            "--iterations",
+            "2000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("shmring bench:"), "{first}");
+    // The reader goes away, as `head -1` does.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the bench outlived its reader");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_cleaned_up(pid);
+}

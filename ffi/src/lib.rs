@@ -85,7 +85,7 @@ pub struct shmring_channel_config {
     /// Bytes of frame storage, rounded up to a power of two (MPMC and broadcast: divided into
     /// slots of max_frame_size, a power of two of them).
     pub capacity: u64,
-    /// The largest frame, in bytes.
+    /// The largest frame, in bytes: at least 1, and `capacity` must hold two of them.
     pub max_frame_size: u32,
     /// Permission bits, as for a file (e.g. 0600: the owner only; 0666: everyone).
     pub mode: u32,
@@ -635,9 +635,9 @@ unsafe fn client<'a>(client: *mut shmring_client) -> Result<&'a Client, Error> {
     Ok(&unsafe { handle::<ClientHandle>(client.cast(), CLIENT_TAG, "client") }?.client)
 }
 
-/// Creates a channel `name` (1 to 64 characters of [A-Za-z0-9._-]) of shape `*cfg`, owned by
-/// this process's user. `SHMRING_ALREADY_EXISTS` if the name is taken, `SHMRING_INVALID_ARGUMENT`
-/// for a bad name or shape. Any thread.
+/// Creates a channel `name` (1 to 64 characters of [A-Za-z0-9._-], not starting with '.') of
+/// shape `*cfg`, owned by this process's user. `SHMRING_ALREADY_EXISTS` if the name is taken,
+/// `SHMRING_INVALID_ARGUMENT` for a bad name or shape (the message says which rule). Any thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_channel_create(
     client: *mut shmring_client,

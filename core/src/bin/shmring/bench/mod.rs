@@ -14,12 +14,33 @@
 //! process publishes to two subscriber processes. Where there is no third CPU, the two
 //! subscribers share the peer's.
 
+/// Prints a line of the report (as `println!`, without its panic on a closed output): see
+/// [`say_line`].
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::bench::say_line(format_args!($($t)*))
+    };
+}
+
 mod interrupt;
 mod machine;
 mod peer;
 mod shared;
 mod svg;
 mod transport;
+
+/// Writes a line of the report to standard output. Output closed early (`shmring bench | head`):
+/// the reader has what it wanted, so the run stops quietly, cleaning up as an interrupt does,
+/// and exits 0 (it used to panic with "failed printing to stdout: Broken pipe").
+pub(crate) fn say_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => interrupt::abandon(0, None),
+        Err(e) => interrupt::abandon(1, Some(&format!("shmring bench: writing the report: {e}"))),
+    }
+}
 
 use hdrhistogram::Histogram;
 use machine::Machine;
@@ -420,8 +441,8 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     let peer_pid = start_peer(&mut cleanup, 0, plan.cpus.map(|(_, b)| b))?;
     let pinned = plan.cpus.is_some_and(|(a, _)| machine::pin(a));
 
-    println!("shmring bench: {machine}");
-    println!(
+    say!("shmring bench: {machine}");
+    say!(
         "two processes: this one (pid {pid}{}) and its peer (pid {peer_pid}{}); coordinator embedded, no daemon",
         if pinned {
             format!(", CPU {}", plan.cpus.unwrap().0)
@@ -432,12 +453,12 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             .map_or(String::new(), |(_, b)| format!(", CPU {b}")),
     );
     match busy {
-        Some(b) if b > 0.10 => println!(
+        Some(b) if b > 0.10 => say!(
             "WARNING: the machine was {:.0}% busy before the run: other work disturbs these figures",
             b * 100.0
         ),
-        Some(b) => println!("machine idle before the run ({:.0}% busy)", b * 100.0),
-        None => println!("could not read /proc/stat to check that the machine is idle"),
+        Some(b) => say!("machine idle before the run ({:.0}% busy)", b * 100.0),
+        None => say!("could not read /proc/stat to check that the machine is idle"),
     }
     let mut talk = Conversation {
         cmd: &ctl.cmd,
@@ -461,7 +482,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             .filter(|t| t.sleeps())
             .map(|t| t.name())
             .collect();
-        println!(
+        say!(
             "\nping-pong: round trip = send a frame, receive its echo; {} rounds of {} round trips per cell, \
              transports interleaved;\nevery round trip timed (two clock reads, ~40 ns, included){}",
             plan.rounds,
@@ -476,7 +497,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                 )
             }
         );
-        println!("{}", PINGPONG_LEGEND);
+        say!("{}", PINGPONG_LEGEND);
         for &payload in &plan.payloads {
             let mut all: Vec<(Transport, Histogram<u64>)> =
                 plan.transports.iter().map(|&t| (t, histogram())).collect();
@@ -538,7 +559,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
 
     report.memcpy_bytes_per_s = memcpy_bandwidth(plan.duration);
     if matches!(plan.mode, Mode::All | Mode::Throughput) {
-        println!(
+        say!(
             "\nthroughput: one producer process, one consumer process, {:.1} s per cell; copy: send and recv \
              copy each frame;\nzero-copy: the producer fills each claimed frame in place, the consumer reads \
              every byte in place (drain);\nmemcpy ({} KiB blocks between {} MiB buffers, one core): {:.2} GB/s",
@@ -547,13 +568,18 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             transport::MEMCPY_SPAN >> 20,
             report.memcpy_bytes_per_s / 1e9
         );
-        println!(
+        say!(
             "columns: frames/s and bytes/s the consumer received per second of sending; \
              memcpy: bytes/s against memcpy's bandwidth above"
         );
-        println!(
+        say!(
             "{:>9}  {:<14} {:<10} {:>12} {:>11} {:>10}",
-            "payload", "transport", "api", "frames/s", "bytes/s", "memcpy"
+            "payload",
+            "transport",
+            "api",
+            "frames/s",
+            "bytes/s",
+            "memcpy"
         );
         for &payload in &plan.payloads {
             for (kind, name) in [(Kind::Spsc, "shmring-spsc"), (Kind::Mpmc, "shmring-mpmc")] {
@@ -586,7 +612,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                     }
                     let fps = sent as f64 / secs;
                     let bps = fps * payload as f64;
-                    println!(
+                    say!(
                         "{:>7} B  {:<14} {:<10} {:>12} {:>11} {:>10}",
                         payload,
                         name,
@@ -638,7 +664,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         let text = serde_json::to_string_pretty(&report).expect("the report serialises");
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        println!("\nwrote {}", path.display());
+        say!("\nwrote {}", path.display());
     }
     if let Some(path) = &args.svg {
         let payload = if plots.contains_key(&64) {
@@ -657,7 +683,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             &series,
         );
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        println!("wrote {}", path.display());
+        say!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -794,7 +820,7 @@ fn fanout(
         None => true,
     };
     let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
-    println!(
+    say!(
         "\nbroadcast fan-out: one producer process (this one, {}), two subscriber processes (pid {}, {}; \
          pid {}, {}){};\nsend and recv copy each frame, {:.1} s per cell; the subscribers {}; \
          frames/s: frames the producer sent per second of sending;\nreceived + missed: each \
@@ -817,9 +843,12 @@ fn fanout(
             "busy-spin"
         },
     );
-    println!(
+    say!(
         "{:>9}  {:<46} {:>12} {:>11}   received + missed, per subscriber",
-        "payload", "transport", "frames/s", "bytes/s"
+        "payload",
+        "transport",
+        "frames/s",
+        "bytes/s"
     );
     // Subscribers wait a cell's length longer than usual: one stays stopped that long.
     let patience_ms = plan.duration.as_millis() as u64;
@@ -886,7 +915,7 @@ fn fanout(
             }
             let fps = sent as f64 / secs;
             let mut row = |transport: &'static str, fps: f64, note: String| {
-                println!(
+                say!(
                     "{:>7} B  {:<46} {:>12} {:>11}   {note}",
                     payload,
                     transport,
@@ -952,10 +981,18 @@ fn print_pingpong(
         .iter()
         .position(|&t| t == Transport::FutexFloor);
     let uds = plan.transports.iter().position(|&t| t == Transport::Uds);
-    println!("\n{payload}-byte frames");
-    println!(
+    say!("\n{payload}-byte frames");
+    say!(
         "{:<23}{:>10}{:>10}{:>10}{:>10}{:>10}  {:>15}  {:>14}  {:>11}",
-        "", "p50", "p90", "p99", "p99.9", "max", "/ atomic-floor", "/ futex-floor", "uds / this"
+        "",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "/ atomic-floor",
+        "/ futex-floor",
+        "uds / this"
     );
     let ratio =
         |a: usize, b: usize| median(p50s[a].iter().zip(&p50s[b]).map(|(x, y)| x / y).collect());
@@ -987,7 +1024,7 @@ fn print_pingpong(
                 format!("{r:.1}x")
             })
             .unwrap_or_default();
-        println!(
+        say!(
             "{:<23}{cells}  {vs_atomic:>15}  {vs_futex:>14}  {faster:>11}",
             t.name()
         );
@@ -995,7 +1032,7 @@ fn print_pingpong(
     // A figure below 1x in `uds / this` is explained, not left bare.
     let futex_p50 = futex.map(|f| all[f].1.value_at_quantile(0.5));
     for (t, r) in slower_than_uds {
-        println!("{}", slower_than_uds_note(t, r, plan.think, futex_p50));
+        say!("{}", slower_than_uds_note(t, r, plan.think, futex_p50));
     }
     // A broadcast channel with one subscriber against SPSC, round by round as above.
     let at = |t| plan.transports.iter().position(|&x| x == t);
@@ -1005,7 +1042,7 @@ fn print_pingpong(
     ) {
         let ratios: Vec<f64> = p50s[b].iter().zip(&p50s[s]).map(|(a, b)| a / b).collect();
         let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        println!(
+        say!(
             "shmring-broadcast-spin / shmring-spsc-spin, p50: {:.2}x (median of the rounds: {})",
             median(ratios.clone()),
             rounds.join(", ")
