@@ -396,6 +396,16 @@ with shmring.Client() as client:
     client.create("cfg", kind="broadcast", capacity=64 * 256, max_frame_size=256, mode=0o640,
                   max_consumers=3, overflow="drop-oldest", history=7)
     client.create("plain", kind="broadcast")
+    # End of stream from Python: producers counted, the finish seen, iteration ending there.
+    with client.consumer("cfg") as rx:
+        assert rx.producers() == 0, rx.producers()
+        with client.producer("cfg") as tx:
+            assert rx.producers() == 1, rx.producers()
+            tx.send(b"one")
+            tx.send(b"two")
+            tx.finish()
+        assert [bytes(f) for f in rx] == [b"one", b"two"]
+        assert rx.producers() == 0, rx.producers()
 print("created")
 "#;
     let out = run(
