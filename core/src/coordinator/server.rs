@@ -453,13 +453,24 @@ impl Server {
             .add(&closer.wake, EpollEvent::new(EpollFlags::EPOLLIN, CLOSER))
             .map_err(|e| Error::os("watching the closer's wake socket", e))?;
         if max < config.max_connections {
-            tracing::warn!(
-                configured = config.max_connections,
-                max,
-                nofile,
-                "the open-file limit allows fewer connections than configured: raise the \
-                 soft limit (ulimit -n, setrlimit, LimitNOFILE=) before starting"
-            );
+            // The default asks for more than most machines' limits give: said, not warned
+            // about, unless a larger number was asked for.
+            if config.max_connections == super::DEFAULT_MAX_CONNECTIONS {
+                tracing::info!(
+                    max,
+                    nofile,
+                    "serving at most {max} connections at once, what the open-file limit \
+                     allows (for more: a higher hard limit, e.g. LimitNOFILE= in a systemd unit)"
+                );
+            } else {
+                tracing::warn!(
+                    configured = config.max_connections,
+                    max,
+                    nofile,
+                    "the open-file limit allows fewer connections than configured: raise it \
+                     (the hard limit: ulimit -Hn, LimitNOFILE= in a systemd unit) before starting"
+                );
+            }
         }
         Ok(Server {
             epoll,

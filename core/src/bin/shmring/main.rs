@@ -172,18 +172,15 @@ fn depth(info: &ChannelInfo) -> String {
     match info.kind {
         Kind::Spsc => bytes(info.depth),
         Kind::Mpmc => format!("{} frames", info.depth),
-        Kind::Broadcast => format!("{} frames behind", info.depth),
+        // The slowest subscriber's lag (`stat` shows each one's).
+        Kind::Broadcast => format!("{} frames", info.depth),
     }
 }
 
 fn capacity_text(info: &ChannelInfo) -> String {
     match info.kind {
         Kind::Spsc => bytes(info.capacity_bytes),
-        Kind::Mpmc => format!("{} slots", info.slots),
-        Kind::Broadcast => format!(
-            "{} slots, overflow {}, history {}",
-            info.slots, info.overflow, info.history
-        ),
+        Kind::Mpmc | Kind::Broadcast => format!("{} slots", info.slots),
     }
 }
 
@@ -402,9 +399,14 @@ fn manage(args: &Args) -> shmring::Result<()> {
             if *json {
                 writeln!(out, "{}", info_json(&info, names)).map_err(w)?;
             } else {
+                let policy = if info.kind == Kind::Broadcast {
+                    format!(", overflow {}, history {}", info.overflow, info.history)
+                } else {
+                    String::new()
+                };
                 writeln!(
                     out,
-                    "created {} channel {}: {}, frames up to {}, mode {}, generation {}",
+                    "created {} channel {}: {}{policy}, frames up to {}, mode {}, generation {}",
                     info.kind,
                     info.name,
                     capacity_text(&info),
@@ -581,6 +583,13 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats, names: &mut Names) -> std:
         names.owner(i.owner_uid),
         mode_text(i.mode)
     )?;
+    if i.kind == Kind::Broadcast {
+        writeln!(
+            out,
+            "broadcast   overflow {}, history {} frames",
+            i.overflow, i.history
+        )?;
+    }
     writeln!(out, "depth       {}", depth(i))?;
     writeln!(
         out,
