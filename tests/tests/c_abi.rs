@@ -144,30 +144,39 @@ fn create(client: &Client, name: &str, kind: Kind) {
         .unwrap();
 }
 
-#[test]
-fn every_status_is_reachable_from_c() {
-    let _serial = serial();
-    let dog = Watchdog::new("every_status_is_reachable_from_c", Duration::from_secs(120));
-    let dir = scratch("statuses");
+/// Compiles the self-checking C program `source` plain and under the sanitizers and runs each
+/// build with a scratch directory of its own as its argument (and `env`), under `dog`;
+/// checks that each build's output says `done`.
+fn run_c_check(dog: &Watchdog, source: &str, env: &[(&str, String)], done: &str) {
+    let tag = Path::new(source).file_stem().unwrap().to_str().unwrap();
+    let dir = scratch(tag);
     for build in [Build::Plain, Build::Sanitized] {
-        let exe = compile("tests/c/statuses.c", &dir, build);
+        let exe = compile(source, &dir, build);
         let work = dir.join(match build {
             Build::Plain => "plain",
             Build::Sanitized => "san",
         });
         std::fs::create_dir_all(&work).unwrap();
         let out = run(
-            &dog,
+            dog,
             Command::new(&exe)
                 .arg(&work)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("ASAN_OPTIONS", "detect_leaks=1")
                 .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
         );
-        let text = ok(&out, "statuses");
-        assert!(text.contains("all reached"), "{text}");
+        let text = ok(&out, tag);
+        assert!(text.contains(done), "{text}");
     }
-    dog.check();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_status_is_reachable_from_c() {
+    let _serial = serial();
+    let dog = Watchdog::new("every_status_is_reachable_from_c", Duration::from_secs(120));
+    run_c_check(&dog, "tests/c/statuses.c", &[], "all reached");
+    dog.check();
 }
 
 /// C producer to a Rust consumer and Rust producer to a C consumer, over both kinds.
@@ -1056,25 +1065,9 @@ fn readme_python_walkthrough_works() {
 fn a_forked_child_that_stops_inherited_handles_leaves_the_parent_alone() {
     let _serial = serial();
     let dog = Watchdog::new("fork_stop", Duration::from_secs(120));
-    let dir = scratch("fork");
-    for build in [Build::Plain, Build::Sanitized] {
-        let exe = compile("tests/c/fork_stop.c", &dir, build);
-        let work = dir.join(match build {
-            Build::Plain => "plain",
-            Build::Sanitized => "san",
-        });
-        std::fs::create_dir_all(&work).unwrap();
-        let out = run(
-            &dog,
-            Command::new(&exe)
-                .arg(&work)
-                .env("SHMRING_NAMESPACE", format!("cfork{}", std::process::id()))
-                .env("ASAN_OPTIONS", "detect_leaks=1")
-                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
-        );
-        let text = ok(&out, "fork_stop");
-        assert!(text.contains("parent unharmed"), "{text}");
-    }
+    let namespace = ("SHMRING_NAMESPACE", format!("cfork{}", std::process::id()));
+    run_c_check(&dog, "tests/c/fork_stop.c", &[namespace], "parent unharmed");
+    let dir = scratch("fork-py");
     // Python: the inherited objects' finalizers run in the child (as in a multiprocessing
     // worker that is torn down), then the parent carries on.
     let script = r#"
@@ -1126,24 +1119,6 @@ print("parent unharmed")
 fn producer_finish_and_the_producers_count_from_c() {
     let _serial = serial();
     let dog = Watchdog::new("finish_from_c", Duration::from_secs(120));
-    let dir = scratch("finish");
-    for build in [Build::Plain, Build::Sanitized] {
-        let exe = compile("tests/c/finish.c", &dir, build);
-        let work = dir.join(match build {
-            Build::Plain => "plain",
-            Build::Sanitized => "san",
-        });
-        std::fs::create_dir_all(&work).unwrap();
-        let out = run(
-            &dog,
-            Command::new(&exe)
-                .arg(&work)
-                .env("ASAN_OPTIONS", "detect_leaks=1")
-                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
-        );
-        let text = ok(&out, "finish");
-        assert!(text.contains("all checked"), "{text}");
-    }
+    run_c_check(&dog, "tests/c/finish.c", &[], "all checked");
     dog.check();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -507,22 +507,20 @@ struct Lane {
 /// Kill torture: producers and consumers are SIGKILLed at random moments and respawned while
 /// frames stream; afterwards nothing committed is missing, there are no gaps, duplicates are
 /// flagged, and the channel drains to empty.
-fn torture(kind: Kind, producers: usize, consumers: usize) {
+/// `cfg` is an SPSC or MPMC channel (broadcast has `broadcast_torture`), with as many
+/// producers and consumers as processes run at once.
+fn torture(cfg: ChannelConfig) {
+    let (kind, producers, consumers) = (
+        cfg.kind,
+        cfg.max_producers as usize,
+        cfg.max_consumers as usize,
+    );
     let _serial = serial();
     let kills_wanted = torture_kills();
     let dog = Watchdog::new(&format!("torture {kind}"), Duration::from_secs(600));
     let place = Place::new("torture");
     let coord = place.coordinator();
     let client = place.client();
-    let cfg = match kind {
-        Kind::Spsc => ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64),
-        Kind::Mpmc => ChannelConfig::mpmc()
-            .capacity(32 * 64)
-            .max_frame_size(64)
-            .max_producers(producers as u32)
-            .max_consumers(consumers as u32),
-        Kind::Broadcast => unimplemented!("the broadcast torture is `broadcast_torture`"),
-    };
     client.create("t", &cfg).unwrap();
     let mut commit_files: HashMap<u32, PathBuf> = HashMap::new();
     let mut logs: Vec<PathBuf> = Vec::new();
@@ -623,12 +621,18 @@ fn torture(kind: Kind, producers: usize, consumers: usize) {
 
 #[test]
 fn kill_torture_mpmc() {
-    torture(Kind::Mpmc, 2, 2);
+    torture(
+        ChannelConfig::mpmc()
+            .capacity(32 * 64)
+            .max_frame_size(64)
+            .max_producers(2)
+            .max_consumers(2),
+    );
 }
 
 #[test]
 fn kill_torture_spsc() {
-    torture(Kind::Spsc, 1, 1);
+    torture(ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64));
 }
 
 /// A helper of the crash tests ended by itself: they only end by being killed.
