@@ -81,24 +81,13 @@ fn daemon_and_cli_manage_channels() {
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("d.sock");
-    let mut daemon = Daemon(
+    let mut daemon = listening(
         Command::new(env!("CARGO_BIN_EXE_shmringd"))
             .args(["--namespace", &ns, "--socket"])
             .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::piped()),
+        &sock,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "shmringd did not start listening"
-        );
-        assert!(daemon.0.try_wait().unwrap().is_none(), "shmringd exited");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 
     let created = json(&ok(
         &sock,
@@ -272,29 +261,31 @@ fn daemon(tag: &str, extra: &[&str]) -> (Daemon, std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("d.sock");
-    let mut d = Daemon(
+    let d = listening(
         Command::new(env!("CARGO_BIN_EXE_shmringd"))
             .args(["--namespace", &ns, "--socket"])
             .arg(&sock)
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
+        &sock,
     );
+    (d, sock, ns)
+}
+
+/// Starts `cmd` (shmringd, its stdout discarded) and waits until it listens on `sock`; fails
+/// if it exits first or is not listening within 30 s.
+fn listening(cmd: &mut Command, sock: &Path) -> Daemon {
+    let mut d = Daemon(cmd.stdout(Stdio::null()).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
         assert!(
             Instant::now() < deadline,
             "shmringd did not start listening"
         );
-        assert!(
-            d.0.try_wait().unwrap().is_none(),
-            "shmringd {extra:?} exited"
-        );
+        assert!(d.0.try_wait().unwrap().is_none(), "shmringd {cmd:?} exited");
         std::thread::sleep(Duration::from_millis(5));
     }
-    (d, sock, ns)
+    d
 }
 
 /// Runs `shmring` with `args` on `socket` and checks that it failed with `code`; returns its
@@ -880,24 +871,13 @@ fn a_socket_other_users_cannot_reach_is_explained_on_both_sides() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let sock = dir.join("md.sock");
     let log = dir.with_extension("log");
-    let mut daemon = Daemon(
+    let daemon = listening(
         Command::new(env!("CARGO_BIN_EXE_shmringd"))
             .args(["--namespace", &ns, "--socket-mode", "666", "--socket"])
             .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+            .stderr(std::fs::File::create(&log).unwrap()),
+        &sock,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "shmringd did not start listening"
-        );
-        assert!(daemon.0.try_wait().unwrap().is_none(), "shmringd exited");
-        std::thread::sleep(Duration::from_millis(5));
-    }
     let warned = std::fs::read_to_string(&log).unwrap();
     assert!(
         warned.contains(&format!("the directory {}", dir.display())) && warned.contains("o+x"),
