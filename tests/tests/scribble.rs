@@ -130,7 +130,7 @@ fn torture(cfg: ChannelConfig) {
     std::thread::sleep(Duration::from_millis(100));
     let map = RawMap::open(&name);
     let mut rng = Rng::new(0x5C81_BB1E);
-    let end = Instant::now() + Duration::from_millis(MILLIS - 300);
+    let end = Instant::now() + Duration::from_millis(MILLIS - 400);
     let mut writes = 0u64;
     while Instant::now() < end {
         for _ in 0..(1 + rng.below(20)) {
@@ -138,6 +138,24 @@ fn torture(cfg: ChannelConfig) {
             writes += 1;
         }
         std::thread::sleep(Duration::from_micros(200 + rng.below(2000)));
+    }
+    if geo.kind == shmring::Kind::Broadcast {
+        // A producer that never waits rewrites a damaged slot within microseconds, so random
+        // damage often goes unseen: it read as a lap, or was gone before the subscriber came
+        // (one run in several of the DropOldest torture saw none, and the check below failed).
+        // For 100 ms every slot's sequence word says it holds a position of another slot,
+        // which a subscriber that reads one must report.
+        let end = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < end {
+            for slot in 0..geo.capacity {
+                let other = (slot + 1) % geo.capacity + geo.capacity;
+                map.write_u64(
+                    geo.data + slot as usize * geo.slot_stride as usize,
+                    2 * other + 2,
+                );
+                writes += 1;
+            }
+        }
     }
     let outs = [producer.success(), consumer.success()];
     dog.check();
