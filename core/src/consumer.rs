@@ -5,9 +5,11 @@ use crate::layout::{FLAG_REDELIVERED, STATE_DELETED, STATE_FINISHED, state_of};
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::sync::Ordering::{Acquire, Relaxed};
+use crate::pollable::Pollable;
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{broadcast, mpmc, spsc};
 use std::ops::Deref;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +109,8 @@ pub struct Consumer {
     light: bool,
     frames: u64,
     bytes: u64,
+    /// The pollable descriptor, once [`Consumer::fd`] made it.
+    pollable: Option<Box<Pollable>>,
 }
 
 /// Tries `$op` (an expression over `$c`, the handle) once, inline; while it returns
@@ -164,7 +168,65 @@ impl Consumer {
             wait: WaitStrategy::default(),
             frames,
             bytes,
+            pollable: None,
         })
+    }
+
+    /// A descriptor that an event loop (`poll`, `epoll`, tokio's `AsyncFd`, asyncio's
+    /// `add_reader`) waits on beside its sockets and timers: readable when frames may be
+    /// waiting, or the channel was deleted or its stream finished. Made on the first call, then
+    /// the same each time; it belongs to the consumer (do not close it) and lives as long as it.
+    ///
+    /// The contract: once the descriptor is readable, receive with [`try_recv`]
+    /// (or [`try_read`], [`try_drain`]) until it returns [`Error::WouldBlock`], which re-arms the
+    /// descriptor; then poll again. `Closed` leaves it readable. Readiness is a hint: a receive
+    /// may still find nothing. While frames flow, neither side makes a system call. The
+    /// descriptor is an io_uring instance on Linux 6.7+ and an eventfd written by a waker
+    /// thread on 5.16+ where io_uring is unavailable (ARCHITECTURE.md, "Pollable
+    /// descriptors"); older kernels get an error.
+    ///
+    /// Not an [`AsFd`](std::os::fd::AsFd) implementation: making the descriptor can fail, and
+    /// it is only meaningful under the contract above.
+    ///
+    /// ```
+    /// use shmring::{ChannelConfig, Error, Segment};
+    /// use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    /// use std::os::fd::BorrowedFd;
+    ///
+    /// let seg = Segment::anonymous(&ChannelConfig::spsc())?;
+    /// let (mut tx, mut rx) = (seg.producer()?, seg.consumer()?);
+    /// let fd = rx.fd()?;
+    /// let mut buf = [0u8; 64];
+    /// assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_)))); // arms it
+    /// tx.send(b"tick")?;
+    /// // SAFETY: the consumer owns the descriptor and outlives this borrow.
+    /// let mut fds = [PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN)];
+    /// poll(&mut fds, PollTimeout::from(1000u16)).unwrap();
+    /// assert!(fds[0].revents().unwrap().contains(PollFlags::POLLIN));
+    /// assert_eq!(rx.try_recv(&mut buf)?.len, 4);
+    /// # Ok::<(), shmring::Error>(())
+    /// ```
+    ///
+    /// [`try_recv`]: Consumer::try_recv
+    /// [`try_read`]: Consumer::try_read
+    /// [`try_drain`]: Consumer::try_drain
+    pub fn fd(&mut self) -> Result<RawFd> {
+        if let Some(p) = &self.pollable {
+            return Ok(p.fd());
+        }
+        if !self.membership.held_here() {
+            return Err(Error::InvalidArgument(
+                "this consumer was opened by another process (inherited across fork): open a \
+                 consumer of your own to poll"
+                    .into(),
+            ));
+        }
+        let p = Pollable::new(
+            Arc::clone(&self.mem),
+            Line::Producer,
+            (self.membership.role(), self.membership.index()),
+        )?;
+        Ok(self.pollable.insert(Box::new(p)).fd())
     }
 
     /// The largest frame this channel carries: a buffer this long fits every frame.
@@ -289,6 +351,9 @@ impl Consumer {
                 .store(missed_base.wrapping_add(core.missed()), Relaxed);
         }
         wait::notify(self.mem.consumer_line(), self.light);
+        if let Some(p) = &mut self.pollable {
+            p.disarm();
+        }
     }
 
     /// Passes `r` through; if it is `WouldBlock`, see `settle_empty`.
@@ -313,11 +378,41 @@ impl Consumer {
         if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
-        if self.mem.ending() {
+        let e = if self.mem.ending() {
             self.ended(what)
         } else {
             Error::WouldBlock(what)
+        };
+        if self.pollable.is_some() {
+            return self.settle_pollable(e);
         }
+        e
+    }
+
+    /// `settle_empty` of a handle with a pollable descriptor: `WouldBlock` arms it (and, if a
+    /// recheck fell due, the ring is checked for damage), `Closed` leaves it readable.
+    #[cold]
+    fn settle_pollable(&mut self, e: Error) -> Error {
+        let Some(mut p) = self.pollable.take() else {
+            return e;
+        };
+        let e = match e {
+            Error::WouldBlock(what) => match p.arm(|| self.watch().ready()) {
+                Ok(true) => match self.check_ring() {
+                    Ok(()) => Error::WouldBlock(what),
+                    Err(damage) => damage,
+                },
+                Ok(false) => Error::WouldBlock(what),
+                Err(failed) => failed,
+            },
+            Error::Closed(why) => {
+                p.ended();
+                Error::Closed(why)
+            }
+            other => other,
+        };
+        self.pollable = Some(p);
+        e
     }
 
     /// The ring was found empty and the state word says deleted or finished. A finish is
@@ -807,6 +902,10 @@ impl Drop for Consumer {
             // Inherited by a forked child: the ring, the cursors, the entry and the coordinator's
             // books are the parent's (defect 18). Only the memory is freed.
             return;
+        }
+        // Counted out while the entry is still ours.
+        if let Some(p) = &mut self.pollable {
+            p.disarm();
         }
         match &mut self.ring {
             // Gives back all space consumed, including frames read through a leaked `Frame`

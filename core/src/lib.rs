@@ -69,6 +69,8 @@ mod coordinator;
 #[cfg(not(loom))]
 mod guard;
 #[cfg(not(loom))]
+mod pollable;
+#[cfg(not(loom))]
 mod producer;
 #[cfg(not(loom))]
 pub mod protocol;
@@ -102,6 +104,8 @@ pub use coordinator::{
     DEFAULT_MAX_CHANNELS_PER_UID, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
     DEFAULT_MESSAGE_TIMEOUT, DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path,
 };
+#[cfg(not(loom))]
+pub use pollable::{FD_RECHECK_INTERVAL, FdBackend, set_fd_backend};
 #[cfg(not(loom))]
 pub use producer::{Batch, Claim, DetachedClaim, Producer};
 #[cfg(not(loom))]

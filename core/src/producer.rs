@@ -2,10 +2,12 @@
 
 use crate::error::{Error, Result};
 use crate::region::{DataRange, Memory, Watch};
+use crate::pollable::Pollable;
 use crate::segment::Membership;
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{broadcast, mpmc, spsc};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +81,8 @@ pub struct Producer {
     mpmc_claimed: Option<u64>,
     /// The entry was given up ([`Producer::finish`]); the drop has nothing left to do.
     left: bool,
+    /// The pollable descriptor, once [`Producer::fd`] made it.
+    pollable: Option<Box<Pollable>>,
 }
 
 /// Tries `$op` (an expression over `$p`, the handle) once, inline; while it returns
@@ -137,7 +141,35 @@ impl Producer {
             bytes,
             mpmc_claimed: None,
             left: false,
+            pollable: None,
         })
+    }
+
+    /// A descriptor that an event loop waits on beside its sockets and timers: readable when
+    /// room may have been made in the ring, or the channel was deleted. Made on the first
+    /// call, then the same each time; it belongs to the producer (do not close it).
+    ///
+    /// The contract is the consumer's ([`Consumer::fd`](crate::Consumer::fd)): once it is
+    /// readable, send with [`try_send`](Producer::try_send) (or
+    /// [`try_claim`](Producer::try_claim)) until [`Error::WouldBlock`], which re-arms it, then
+    /// poll again. `Closed` leaves it readable.
+    pub fn fd(&mut self) -> Result<RawFd> {
+        if let Some(p) = &self.pollable {
+            return Ok(p.fd());
+        }
+        if !self.membership.held_here() {
+            return Err(Error::InvalidArgument(
+                "this producer was opened by another process (inherited across fork): open a \
+                 producer of your own to poll"
+                    .into(),
+            ));
+        }
+        let p = Pollable::new(
+            Arc::clone(&self.mem),
+            Line::Consumer,
+            (self.membership.role(), self.membership.index()),
+        )?;
+        Ok(self.pollable.insert(Box::new(p)).fd())
     }
 
     /// Ends the stream: every frame sent so far is published, this producer leaves the channel
@@ -192,6 +224,10 @@ impl Producer {
         self.abort_leaked();
         self.batching = false;
         self.publish();
+        // Counted out while the entry is still ours.
+        if let Some(p) = &mut self.pollable {
+            p.disarm();
+        }
         self.membership.leave(&self.mem);
     }
 
@@ -246,12 +282,46 @@ impl Producer {
 
     /// A full ring of a deleted channel is `Closed`: nobody will make room.
     #[cold]
-    fn full(&self, e: Error) -> Error {
-        if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
+    fn full(&mut self, e: Error) -> Error {
+        let e = if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
             crate::consumer::deleted(&self.mem)
         } else {
             e
+        };
+        if self.pollable.is_some() {
+            return self.full_pollable(e);
         }
+        e
+    }
+
+    /// `full` of a handle with a pollable descriptor: `WouldBlock` publishes what is staged
+    /// (the consumers cannot make room for frames they cannot see) and arms the descriptor;
+    /// `Closed` leaves it readable.
+    #[cold]
+    fn full_pollable(&mut self, e: Error) -> Error {
+        let Some(mut p) = self.pollable.take() else {
+            return e;
+        };
+        let e = match e {
+            Error::WouldBlock(what) => {
+                self.publish();
+                match p.arm(|| self.watch().ready()) {
+                    Ok(true) => match self.check_ring() {
+                        Ok(()) => Error::WouldBlock(what),
+                        Err(damage) => damage,
+                    },
+                    Ok(false) => Error::WouldBlock(what),
+                    Err(failed) => failed,
+                }
+            }
+            Error::Closed(why) => {
+                p.ended();
+                Error::Closed(why)
+            }
+            other => other,
+        };
+        self.pollable = Some(p);
+        e
     }
 
     /// Aborts the position of an MPMC claim that was leaked (`mem::forget`); see [`leaked`].
@@ -316,6 +386,9 @@ impl Producer {
             me.frames.store(self.frames, crate::sync::Ordering::Relaxed);
             me.bytes.store(self.bytes, crate::sync::Ordering::Relaxed);
             wait::notify(self.mem.producer_line(), self.light);
+            if let Some(p) = &mut self.pollable {
+                p.disarm();
+            }
         }
     }
 

@@ -471,6 +471,9 @@ impl Segment {
         stats.repairs = r.repairs.load(Relaxed);
         stats.redelivered = r.redelivered.load(Relaxed);
         stats.skipped = r.skipped.load(Relaxed);
+        // Relaxed: statistics.
+        stats.waiting_consumers = self.mem.producer_line().waiters.load(Relaxed);
+        stats.waiting_producers = self.mem.consumer_line().waiters.load(Relaxed);
         stats
     }
 }
@@ -515,6 +518,11 @@ pub struct SegmentStats {
     pub redelivered: u64,
     /// Positions a dead producer took and never committed, turned into skip records.
     pub skipped: u64,
+    /// Consumers counted as waiting for frames (parked, or with an armed pollable
+    /// descriptor): each publish wakes them with a system call.
+    pub waiting_consumers: u32,
+    /// Producers counted as waiting for room.
+    pub waiting_producers: u32,
 }
 
 /// One participant's counters.

@@ -55,6 +55,11 @@ macro_rules! atomic {
             }
 
             #[inline(always)]
+            pub(crate) fn swap(&self, v: $int, order: Ordering) -> $int {
+                self.0.swap(v, order)
+            }
+
+            #[inline(always)]
             pub(crate) fn fetch_sub(&self, v: $int, order: Ordering) -> $int {
                 self.0.fetch_sub(v, order)
             }

@@ -746,3 +746,203 @@ mod tests {
         assert!(s.start_time > 0);
     }
 }
+
+/// `futex2` flag: the futex word is 32 bits wide.
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// `futex2` flag: the word is private to this process (the waker thread's control word).
+const FUTEX2_PRIVATE: u32 = 128;
+
+/// An io_uring instance whose completion queue is the pollable descriptor of a handle
+/// (`pollable.rs`): a `FUTEX_WAIT` request on the watched line's futex word completes when any
+/// process wakes that word, which makes the ring's descriptor readable. Linux 6.7+.
+pub(crate) struct Uring {
+    ring: io_uring::IoUring,
+    /// Read by the kernel when a timeout request is submitted.
+    timeout: Box<io_uring::types::Timespec>,
+}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uring")
+            .field("fd", &std::os::fd::AsRawFd::as_raw_fd(&self.ring))
+            .finish()
+    }
+}
+
+impl Uring {
+    /// A small ring (a futex wait, a timeout and a no-op are all it ever holds), or why not:
+    /// `Unsupported` when the kernel lacks io_uring or its futex requests, or forbids them.
+    pub(crate) fn new() -> std::io::Result<Uring> {
+        let ring = io_uring::IoUring::builder().build(8)?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(io_uring::opcode::FutexWait::CODE) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "io_uring lacks futex requests (Linux 6.7+)",
+            ));
+        }
+        Ok(Uring {
+            ring,
+            timeout: Box::new(io_uring::types::Timespec::new()),
+        })
+    }
+
+    /// The descriptor: readable while a completion is queued.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
+    }
+
+    /// Queues a wait on `word` (shared between processes), which completes when another call
+    /// wakes it, or at once if it no longer holds `expected`.
+    pub(crate) fn push_futex_wait(&mut self, word: &AtomicU32, expected: u32, user_data: u64) {
+        let sqe = io_uring::opcode::FutexWait::new(
+            word.as_ptr(),
+            u64::from(expected),
+            u64::from(u32::MAX), // FUTEX_BITSET_MATCH_ANY
+            FUTEX2_SIZE_U32,
+        )
+        .build()
+        .user_data(user_data);
+        self.push(&sqe);
+    }
+
+    /// Queues a request that completes after `after`.
+    pub(crate) fn push_timeout(&mut self, after: Duration, user_data: u64) {
+        *self.timeout = io_uring::types::Timespec::from(after);
+        let ts: *const io_uring::types::Timespec = &*self.timeout;
+        let sqe = io_uring::opcode::Timeout::new(ts)
+            .build()
+            .user_data(user_data);
+        self.push(&sqe);
+    }
+
+    /// Queues a request that completes at once (the descriptor becomes readable).
+    pub(crate) fn push_nop(&mut self, user_data: u64) {
+        let sqe = io_uring::opcode::Nop::new().build().user_data(user_data);
+        self.push(&sqe);
+    }
+
+    fn push(&mut self, sqe: &io_uring::squeue::Entry) {
+        // SAFETY: the futex word is in a mapping the caller (`Pollable`) keeps alive as long as
+        // the ring (the kernel resolves a shared futex's key when the wait is issued, and never
+        // writes the word); the timespec is in `self.timeout`, read by the kernel during the
+        // submission, which happens before it can be overwritten (every push is followed by
+        // `submit` before the next timeout is pushed). The queue holds 8 entries and a caller
+        // pushes at most 3 between submissions.
+        let pushed = unsafe { self.ring.submission().push(sqe) };
+        debug_assert!(pushed.is_ok(), "the submission queue holds every request pushed");
+    }
+
+    /// Submits what was pushed.
+    pub(crate) fn submit(&mut self) -> std::io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => return r.map(drop),
+            }
+        }
+    }
+
+    /// Takes every queued completion, passing each one's user data and result to `f`.
+    pub(crate) fn reap(&mut self, mut f: impl FnMut(u64, i32)) {
+        for cqe in self.ring.completion() {
+            f(cqe.user_data(), cqe.result());
+        }
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd.
+pub(crate) fn eventfd() -> std::io::Result<OwnedFd> {
+    nix::sys::eventfd::EventFd::from_flags(
+        nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+    )
+    .map(OwnedFd::from)
+    .map_err(std::io::Error::from)
+}
+
+/// Makes an eventfd readable.
+pub(crate) fn eventfd_signal(fd: &OwnedFd) {
+    // EAGAIN (the counter at its maximum) leaves it readable, which is all that is wanted.
+    let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Empties an eventfd (it stops being readable); whether it was readable.
+pub(crate) fn eventfd_drain(fd: &OwnedFd) -> bool {
+    let mut buf = [0u8; 8];
+    nix::unistd::read(fd, &mut buf).is_ok()
+}
+
+/// One word of a [`futex_waitv`] call.
+#[derive(Clone, Copy)]
+pub(crate) struct FutexWaitv {
+    pub word: *const AtomicU32,
+    pub expected: u32,
+    /// The word is private to this process (else shared between processes).
+    pub private: bool,
+}
+
+/// Sleeps until one of `words` is woken, one no longer holds its expected value, or the
+/// monotonic clock reaches `deadline` (Linux 5.16+). At most 128 words. `Err(ENOSYS)` when the
+/// kernel lacks the call.
+pub(crate) fn futex_waitv(words: &[FutexWaitv], deadline: std::time::Instant) -> Result<(), Errno> {
+    #[repr(C)]
+    struct Waitv {
+        val: u64,
+        uaddr: u64,
+        flags: u32,
+        reserved: u32,
+    }
+    let v: Vec<Waitv> = words
+        .iter()
+        .map(|w| Waitv {
+            val: u64::from(w.expected),
+            uaddr: w.word as u64,
+            flags: FUTEX2_SIZE_U32 | if w.private { FUTEX2_PRIVATE } else { 0 },
+            reserved: 0,
+        })
+        .collect();
+    let now = std::time::Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    let mut ts = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut ts) };
+    let at = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32) + left;
+    let abs = nix::libc::timespec {
+        tv_sec: at.as_secs() as nix::libc::time_t,
+        tv_nsec: at.subsec_nanos() as nix::libc::c_long,
+    };
+    // SAFETY: `v` is an array of `futex_waitv` structs as the kernel defines them, naming words
+    // that the caller keeps mapped for the call (the kernel only reads them); `abs` outlives
+    // the call.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_futex_waitv,
+            v.as_ptr(),
+            v.len() as nix::libc::c_uint,
+            0 as nix::libc::c_uint,
+            &abs as *const nix::libc::timespec,
+            nix::libc::CLOCK_MONOTONIC,
+        )
+    };
+    if r == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Wakes every thread of this process sleeping on a private futex word.
+pub(crate) fn futex_wake_private(word: &AtomicU32) {
+    // SAFETY: as in futex_wake_all.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_futex,
+            word.as_ptr(),
+            nix::libc::FUTEX_WAKE | nix::libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+            std::ptr::null::<nix::libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}

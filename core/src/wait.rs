@@ -98,14 +98,14 @@ pub const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
 
 /// How this process makes its side of the wake-up protocol hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Barriers {
+pub(crate) struct Barriers {
     /// Registered for global expedited membarrier: wakers need only a compiler barrier.
     registered: bool,
     /// `membarrier(GLOBAL_EXPEDITED)` works here: sleepers may sleep without a time limit.
-    global: bool,
+    pub(crate) global: bool,
 }
 
-fn barriers() -> Barriers {
+pub(crate) fn barriers() -> Barriers {
     static BARRIERS: OnceLock<Barriers> = OnceLock::new();
     *BARRIERS.get_or_init(|| {
         if std::env::var_os("SHMRING_MEMBARRIER").is_some_and(|v| v == "0") {
@@ -189,7 +189,7 @@ impl Line {
     /// (waiting on the producer line) for a deleted channel or a finished stream, producers for
     /// a deleted channel (a finish does not concern them).
     #[inline(always)]
-    fn ending(self, mem: &Memory) -> bool {
+    pub(crate) fn ending(self, mem: &Memory) -> bool {
         match self {
             Line::Producer => mem.ending(),
             Line::Consumer => mem.deleted(),
@@ -197,7 +197,7 @@ impl Line {
     }
 
     #[inline(always)]
-    fn of(self, mem: &Memory) -> &CursorLine {
+    pub(crate) fn of(self, mem: &Memory) -> &CursorLine {
         match self {
             Line::Producer => mem.producer_line(),
             Line::Consumer => mem.consumer_line(),
@@ -205,7 +205,7 @@ impl Line {
     }
 
     /// The `Participant::parked` value of a waiter counted on this line.
-    fn parked_code(self) -> u32 {
+    pub(crate) fn parked_code(self) -> u32 {
         match self {
             Line::Producer => PARKED_ON_PRODUCER,
             Line::Consumer => PARKED_ON_CONSUMER,
@@ -421,7 +421,7 @@ impl Waiter {
 
 /// Counts a waiter in `line`'s `waiters` and returns the futex word to sleep on (read after the
 /// announcement): the sleeper's half of the protocol in the module docs.
-fn announce(l: &CursorLine, barriers: Barriers) -> u32 {
+pub(crate) fn announce(l: &CursorLine, barriers: Barriers) -> u32 {
     // Relaxed increment, then a SeqCst fence: the store-buffer pattern with the waker's fence in
     // `notify` (or with its compiler barrier plus our membarrier below).
     l.waiters.fetch_add(1, Relaxed);
@@ -464,7 +464,7 @@ impl Drop for Waiter {
 
 /// Takes one waiter out of a `waiters` count, never below zero: the word may have been
 /// overwritten (a count wrapped to `u32::MAX` would cost every publish a `FUTEX_WAKE`).
-fn leave(waiters: &crate::sync::AtomicU32) {
+pub(crate) fn leave(waiters: &crate::sync::AtomicU32) {
     // Relaxed: a waker that still sees us costs one spurious FUTEX_WAKE, nothing more.
     let mut cur = waiters.load(Relaxed);
     while cur > 0 {

@@ -1,0 +1,219 @@
+//! Pollable descriptors (`Consumer::fd`, `Producer::fd`) in one process, for every kind of
+//! channel and both backends: readable when frames arrive or room is made, quiet once a
+//! non-waiting call found nothing, readable for good when the stream ends or the channel is
+//! deleted. Several processes, crash repair and the C ABI are in `tests/tests/pollable.rs`.
+
+#![cfg(not(loom))]
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use shmring::{
+    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, FdBackend, Overflow, Segment,
+    set_fd_backend,
+};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+mod common;
+use common::watchdog;
+
+/// The backend is a process-wide setting: tests that set it take turns.
+static BACKEND: Mutex<()> = Mutex::new(());
+
+fn backends() -> [FdBackend; 2] {
+    [FdBackend::Uring, FdBackend::Thread]
+}
+
+fn kinds() -> [ChannelConfig; 4] {
+    [
+        ChannelConfig::spsc().capacity(4096).max_frame_size(256),
+        ChannelConfig::mpmc().capacity(4096).max_frame_size(256),
+        ChannelConfig::broadcast().capacity(4096).max_frame_size(256),
+        ChannelConfig::broadcast()
+            .capacity(4096)
+            .max_frame_size(256)
+            .overflow(Overflow::DropOldest),
+    ]
+}
+
+/// Whether `fd` is readable within `ms` milliseconds.
+fn readable(fd: RawFd, ms: u16) -> bool {
+    // SAFETY: the handle owning `fd` outlives the call.
+    let mut fds = [PollFd::new(
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        PollFlags::POLLIN,
+    )];
+    poll(&mut fds, PollTimeout::from(ms)).expect("poll");
+    fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+/// Waits (up to 10 s) for `fd` to be readable.
+fn wait_readable(fd: RawFd, what: &str) {
+    assert!(readable(fd, 10_000), "{what}: the descriptor never became readable");
+}
+
+#[test]
+fn a_consumer_descriptor_wakes_for_frames_and_is_quiet_when_drained() {
+    let _dog = watchdog("consumer descriptor", 120);
+    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in backends() {
+        set_fd_backend(backend);
+        for cfg in kinds() {
+            let what = format!("{backend:?} {:?} {:?}", cfg.kind, cfg.overflow);
+            let seg = Segment::anonymous(&cfg).unwrap();
+            let mut rx = seg.consumer().unwrap();
+            let mut tx = seg.producer().unwrap();
+            let fd = rx.fd().unwrap();
+            assert_eq!(rx.fd().unwrap(), fd, "{what}: one descriptor per handle");
+            let mut buf = [0u8; 256];
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+            assert!(!readable(fd, 0), "{what}: readable with nothing sent");
+            for round in 0u32..20 {
+                let sender = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(2));
+                    for i in 0..3u32 {
+                        tx.send(&(round * 3 + i).to_le_bytes()).unwrap();
+                    }
+                    tx
+                });
+                let mut got = Vec::new();
+                while got.len() < 3 {
+                    wait_readable(fd, &what);
+                    loop {
+                        match rx.try_recv(&mut buf) {
+                            Ok(r) => got.push(u32::from_le_bytes(buf[..r.len].try_into().unwrap())),
+                            Err(Error::WouldBlock(_)) => break,
+                            Err(e) => panic!("{what}: {e}"),
+                        }
+                    }
+                }
+                assert_eq!(got, [round * 3, round * 3 + 1, round * 3 + 2], "{what}");
+                tx = sender.join().unwrap();
+            }
+            tx.finish().unwrap();
+            wait_readable(fd, &what);
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))), "{what}");
+            assert!(readable(fd, 0), "{what}: Closed leaves the descriptor readable");
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_producer_descriptor_wakes_when_room_is_made() {
+    let _dog = watchdog("producer descriptor", 120);
+    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in backends() {
+        set_fd_backend(backend);
+        // DropOldest never fills.
+        for cfg in kinds().into_iter().take(3) {
+            let what = format!("{backend:?} {:?}", cfg.kind);
+            let seg = Segment::anonymous(&cfg).unwrap();
+            let mut rx = seg.consumer().unwrap();
+            let mut tx = seg.producer().unwrap();
+            let fd = tx.fd().unwrap();
+            let mut sent = 0u32;
+            loop {
+                match tx.try_send(&sent.to_le_bytes()) {
+                    Ok(()) => sent += 1,
+                    Err(Error::WouldBlock(_)) => break,
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+            assert!(!readable(fd, 0), "{what}: readable with the ring full");
+            let total = sent + 500;
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                for i in 0..total {
+                    if i % 50 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let r = rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+                    assert_eq!(u32::from_le_bytes(buf[..r.len].try_into().unwrap()), i);
+                }
+                rx
+            });
+            while sent < total {
+                wait_readable(fd, &what);
+                loop {
+                    match tx.try_send(&sent.to_le_bytes()) {
+                        Ok(()) if sent + 1 == total => {
+                            sent += 1;
+                            break;
+                        }
+                        Ok(()) => sent += 1,
+                        Err(Error::WouldBlock(_)) => break,
+                        Err(e) => panic!("{what}: {e}"),
+                    }
+                }
+            }
+            let mut rx = reader.join().unwrap();
+            let mut buf = [0u8; 256];
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))), "{what}");
+        }
+    }
+}
+
+/// Deleting the channel makes both sides' descriptors readable, and their calls `Closed`.
+#[test]
+fn deleting_a_channel_wakes_every_descriptor() {
+    let _dog = watchdog("delete wakes descriptors", 120);
+    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = format!("pollable{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("coordinator.sock");
+    let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
+    let client = Client::connect(Some(&socket)).unwrap();
+    for backend in backends() {
+        set_fd_backend(backend);
+        for (i, cfg) in kinds().into_iter().take(3).enumerate() {
+            let name = format!("del{i}");
+            let what = format!("{backend:?} {:?}", cfg.kind);
+            client.create(&name, &cfg).unwrap();
+            let mut rx = client.consumer(&name).unwrap();
+            let mut tx = client.producer(&name).unwrap();
+            let (rfd, tfd) = (rx.fd().unwrap(), tx.fd().unwrap());
+            let mut buf = [0u8; 256];
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+            while tx.try_send(b"x").is_ok() {}
+            assert!(!readable(tfd, 0), "{what}: readable with the ring full");
+            client.delete(&name).unwrap();
+            wait_readable(tfd, &what);
+            wait_readable(rfd, &what);
+            assert!(matches!(tx.try_send(b"x"), Err(Error::Closed(_))), "{what}");
+            while rx.try_recv(&mut buf).is_ok() {}
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))), "{what}");
+            assert!(readable(rfd, 0) && readable(tfd, 0), "{what}: stays readable");
+        }
+    }
+    drop(client);
+    drop(coordinator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A consumer that keeps receiving leaves nobody counted: the producer's publishes find no
+/// waiter (no system call), and the descriptor is quiet once drained.
+#[test]
+fn a_receiving_consumer_is_not_counted_as_a_waiter() {
+    let _dog = watchdog("not counted", 60);
+    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in backends() {
+        set_fd_backend(backend);
+        let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+        let mut rx = seg.consumer().unwrap();
+        let mut tx = seg.producer().unwrap();
+        rx.fd().unwrap();
+        let mut buf = [0u8; 64];
+        assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+        let counted = |seg: &Segment| seg.stats().waiting_consumers;
+        assert_eq!(counted(&seg), 1, "{backend:?}: armed is counted");
+        tx.send(b"a").unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(counted(&seg), 0, "{backend:?}: a received frame counts it out");
+        drop(rx);
+        assert_eq!(counted(&seg), 0, "{backend:?}");
+    }
+}
