@@ -22,7 +22,7 @@ use shmring_core::{
     ChannelConfig, Client, Consumer, Coordinator, CoordinatorConfig, DetachedClaim, DetachedFrame,
     Error, Kind, Overflow, Producer, WaitStrategy,
 };
-use std::ffi::{CStr, CString, c_char, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -931,6 +931,28 @@ pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_stat
     })
 }
 
+/// A descriptor to wait on for this producer in an event loop: readable when room may have
+/// been made in the ring (a consumer received), or when the channel was deleted. -1 on failure
+/// (`shmring_last_error()` says why).
+///
+/// The contract is `shmring_consumer_fd`'s: after the descriptor is readable, send with
+/// timeout 0 (`shmring_send`, `shmring_claim`) until one returns `SHMRING_WOULD_BLOCK`, which
+/// re-arms it (and publishes what a batch staged); then wait on it again. Readiness is a
+/// hint; `SHMRING_CLOSED` leaves it readable; the descriptor belongs to the producer (do not
+/// close it). The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_fd(p: *mut shmring_producer) -> c_int {
+    let mut fd = -1;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `p`.
+        exclusive(unsafe { producer(p) }?, |h| {
+            fd = h.live()?.fd()?;
+            Ok(())
+        })
+    });
+    fd
+}
+
 /// Finishes the stream: every frame sent is published, the producer leaves the channel, and,
 /// if no other producer is attached, consumers receive what is left in the ring and then get
 /// `SHMRING_CLOSED` instead of waiting for more (consumers asleep in a blocking receive are
@@ -1096,6 +1118,43 @@ pub unsafe extern "C" fn shmring_consumer_producers(c: *const shmring_consumer) 
         })
     });
     n
+}
+
+/// A descriptor to wait on for this consumer in `poll`, `epoll`, `select` or any event loop,
+/// beside sockets, pipes and timers: readable when frames may be waiting, or when the channel
+/// was deleted or its stream finished. -1 on failure (`shmring_last_error()` says why: an
+/// inherited handle in a forked child, or a kernel older than 5.16).
+///
+/// The contract:
+/// - After the descriptor is readable, receive with timeout 0 (`shmring_recv`,
+///   `shmring_read`, `shmring_drain`) until one returns `SHMRING_WOULD_BLOCK`: that return
+///   re-arms the descriptor. Then wait on it again. (A receive that finds the ring empty arms
+///   it; readiness before the first such receive means nothing.)
+/// - Readiness is a hint: a receive may still find nothing (another consumer took the frame,
+///   or a periodic recheck fired: an armed descriptor becomes readable at least every 100 ms
+///   so that the library can check the ring for damage). Poll level-triggered (or, with
+///   EPOLLET, always receive until `SHMRING_WOULD_BLOCK`).
+/// - `SHMRING_CLOSED` leaves the descriptor readable: stop polling it.
+/// - The descriptor belongs to the consumer: do not close, read or write it. It stays the same
+///   for the consumer's life (each call returns it) and is closed by
+///   `shmring_consumer_close`.
+/// - While frames flow neither side makes a system call: the consumer counts itself as a
+///   waiter only from a `SHMRING_WOULD_BLOCK` until its next received frame.
+///
+/// On Linux 6.7+ the descriptor is an io_uring instance with a futex wait queued; where
+/// io_uring is unavailable (5.16+, or `SHMRING_FD_WAKER=thread`) it is an eventfd that a
+/// thread of the library writes. The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_fd(c: *mut shmring_consumer) -> c_int {
+    let mut fd = -1;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            fd = h.consumer.fd()?;
+            Ok(())
+        })
+    });
+    fd
 }
 
 /// The largest frame the consumer's channel carries, in bytes: a buffer this long fits every

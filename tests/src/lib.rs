@@ -191,8 +191,17 @@ impl Watchdog {
 
     /// Starts `cmd` as a helper process that the watchdog kills on expiry.
     pub fn spawn(&self, cmd: &mut Command) -> Helper {
+        self.spawn_with_stdin(cmd.stdin(Stdio::null()))
+    }
+
+    /// Like [`spawn`](Watchdog::spawn), with the helper's standard input a pipe:
+    /// [`Helper::stdin`] is its writing end.
+    pub fn spawn_piped(&self, cmd: &mut Command) -> Helper {
+        self.spawn_with_stdin(cmd.stdin(Stdio::piped()))
+    }
+
+    fn spawn_with_stdin(&self, cmd: &mut Command) -> Helper {
         let child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -256,6 +265,12 @@ pub struct Output {
 }
 
 impl Helper {
+    /// The writing end of the standard input of a helper started with
+    /// [`Watchdog::spawn_piped`] (taken once; dropping it closes the pipe).
+    pub fn stdin(&mut self) -> std::process::ChildStdin {
+        self.child.stdin.take().expect("spawned with spawn_piped, stdin taken once")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -959,7 +974,7 @@ pub fn lib_dir() -> PathBuf {
     dir
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum Build {
     Plain,
     /// -fsanitize=address,undefined, stopping at the first report.

@@ -1,0 +1,258 @@
+//! Pollable descriptors across processes: the C program `tests/c/poll_mix.c` polls two channel
+//! descriptors and a pipe in one `poll()` while two producer processes send and this test
+//! writes the pipe; a crashed participant's repair wakes the descriptors it held back. Each
+//! runs with both backends (`SHMRING_FD_WAKER=uring` and `thread`), under a watchdog; no test
+//! asserts a duration (the figures are printed).
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use shmring::{
+    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, FdBackend, set_fd_backend,
+};
+use shmring_tests::{Build, Helper, Watchdog, serial};
+use std::io::Write;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// A coordinator of a namespace of its own, its socket, and a scratch directory.
+struct Place {
+    dir: PathBuf,
+    socket: PathBuf,
+    ns: String,
+    coordinator: Option<Coordinator>,
+}
+
+impl Place {
+    fn new(tag: &str) -> Place {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let ns = format!(
+            "poll{tag}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("c.sock");
+        let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
+        Place {
+            dir,
+            socket,
+            ns,
+            coordinator: Some(coordinator),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(Some(&self.socket)).unwrap()
+    }
+
+    fn command(&self, exe: &Path, backend: &str) -> Command {
+        let mut cmd = Command::new(exe);
+        cmd.env("SHMRING_SOCKET", &self.socket)
+            .env("SHMRING_FD_WAKER", backend)
+            .env("ASAN_OPTIONS", "detect_leaks=1")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1");
+        cmd
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(c) = self.coordinator.take() {
+            c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        shmring_tests::remove_runtime_files(&self.ns);
+    }
+}
+
+fn number(text: &str, key: &str) -> u64 {
+    shmring_tests::field(text, key).unwrap_or_else(|| panic!("no {key}= in {text:?}"))
+}
+
+/// The issue's C test: one process polls two channel descriptors (an SPSC and an MPMC channel)
+/// and a pipe in one `poll()`; two producer processes send 20 000 frames each in bursts, and
+/// this test writes 100 chunks into the pipe. Every frame and byte arrives, in order, and the
+/// consumer does not busy-wait: poll returns after which it found nothing are a handful (the
+/// rechecks and races), not the thousands a spinning loop makes.
+#[test]
+fn two_channels_and_a_pipe_in_one_poll() {
+    let _serial = serial();
+    let dog = Watchdog::new("two channels and a pipe", Duration::from_secs(240));
+    const FRAMES: u64 = 20_000;
+    const CHUNKS: usize = 100;
+    const CHUNK: usize = 64;
+    for (backend, build) in [
+        ("uring", Build::Plain),
+        ("thread", Build::Plain),
+        ("auto", Build::Sanitized),
+    ] {
+        let place = Place::new("mix");
+        let exe = shmring_tests::compile("tests/c/poll_mix.c", &place.dir, build);
+        let client = place.client();
+        client
+            .create(
+                "a",
+                &ChannelConfig::spsc().capacity(16 << 10).max_frame_size(64),
+            )
+            .unwrap();
+        client
+            .create(
+                "b",
+                &ChannelConfig::mpmc().capacity(16 << 10).max_frame_size(64),
+            )
+            .unwrap();
+        let (f, p) = (FRAMES.to_string(), (CHUNKS * CHUNK).to_string());
+        let mut consumer = dog.spawn_piped(
+            place
+                .command(&exe, backend)
+                .args(["consume", "a", &f, "b", &f, &p]),
+        );
+        let mut pipe = consumer.stdin();
+        consumer.expect_line("opened");
+        let producers: Vec<Helper> = ["a", "b"]
+            .iter()
+            .map(|ch| dog.spawn(place.command(&exe, backend).args(["produce", ch, &f])))
+            .collect();
+        let mut sent = 0usize;
+        for _ in 0..CHUNKS {
+            let chunk: Vec<u8> = (sent..sent + CHUNK).map(|k| (k % 251) as u8).collect();
+            pipe.write_all(&chunk).unwrap();
+            sent += CHUNK;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(pipe);
+        for p in producers {
+            p.success();
+        }
+        let said = consumer.success();
+        dog.check();
+        let (polls, empty, wall_us, cpu_us) = (
+            number(&said, "polls"),
+            number(&said, "empty"),
+            number(&said, "wall_us"),
+            number(&said, "cpu_us"),
+        );
+        println!("{backend} {build:?}: {}", said.trim());
+        assert_eq!(number(&said, "a"), FRAMES);
+        assert_eq!(number(&said, "b"), FRAMES);
+        assert_eq!(number(&said, "pipe"), (CHUNKS * CHUNK) as u64);
+        // Two armed descriptors recheck 10 times a second each; a wake-up racing a receive
+        // gives one more. A busy loop gives one per poll, thousands in this run.
+        let allowed = 50 + 2 * (wall_us / 50_000);
+        assert!(
+            empty <= allowed,
+            "{backend}: {empty} of {polls} poll returns found nothing (at most {allowed} \
+             expected in {wall_us} µs): the consumer busy-waits"
+        );
+        assert!(
+            polls < 2 * FRAMES,
+            "{backend}: {polls} polls for {} frames: not batching",
+            2 * FRAMES
+        );
+        let _ = cpu_us;
+    }
+}
+
+fn readable(fd: RawFd, ms: u16) -> bool {
+    // SAFETY: the handle owning `fd` outlives the call.
+    let mut fds = [PollFd::new(
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        PollFlags::POLLIN,
+    )];
+    poll(&mut fds, PollTimeout::from(ms)).expect("poll");
+    fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+fn peer(dog: &Watchdog, place: &Place, args: &[&str]) -> Helper {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmring-peer"));
+    cmd.arg(args[0]).arg(&place.socket).args(&args[1..]);
+    dog.spawn(&mut cmd)
+}
+
+/// A producer armed behind a broadcast subscriber that holds a frame, and an MPMC consumer
+/// armed behind a producer that holds a claim at the head: when the holder is SIGKILLed, the
+/// coordinator's repair (the subscriber's entry freed, the claim turned into a skip) makes the
+/// descriptor readable, and the call it was waiting for succeeds.
+#[test]
+fn a_repaired_ring_wakes_the_descriptors_it_held_back() {
+    let _serial = serial();
+    let dog = Watchdog::new("repair wakes descriptors", Duration::from_secs(180));
+    for backend in [FdBackend::Uring, FdBackend::Thread] {
+        set_fd_backend(backend);
+        let place = Place::new("repair");
+        let client = place.client();
+
+        // A broadcast producer behind a dead subscriber.
+        client
+            .create(
+                "b",
+                &ChannelConfig::broadcast().capacity(4096).max_frame_size(64),
+            )
+            .unwrap();
+        let mut holder = peer(&dog, &place, &["hold-frame", "b"]);
+        holder.expect_line("opened");
+        let mut tx = client.producer("b").unwrap();
+        let fd = tx.fd().unwrap();
+        tx.send(b"first").unwrap();
+        holder.expect_line("held first");
+        while tx.try_send(b"more").is_ok() {}
+        assert!(!readable(fd, 50), "{backend:?}: readable behind a live subscriber");
+        holder.kill().expect("the subscriber was running");
+        assert!(
+            readable(fd, 10_000),
+            "{backend:?}: the repair did not wake the producer's descriptor"
+        );
+        let mut sent = false;
+        for _ in 0..100 {
+            match tx.try_send(b"after") {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(Error::WouldBlock(_)) => assert!(readable(fd, 10_000)),
+                Err(e) => panic!("{backend:?}: {e}"),
+            }
+        }
+        assert!(sent, "{backend:?}: no room after the repair");
+        drop(tx);
+
+        // An MPMC consumer behind a dead producer's claim.
+        client.create("m", &ChannelConfig::mpmc()).unwrap();
+        let mut rx = client.consumer("m").unwrap();
+        let fd = rx.fd().unwrap();
+        let mut holder = peer(&dog, &place, &["hold-claim", "m"]);
+        holder.expect_line("held");
+        let mut tx = client.producer("m").unwrap();
+        tx.send(b"behind the claim").unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))),
+            "{backend:?}: the claim at the head holds the frame back"
+        );
+        assert!(!readable(fd, 50), "{backend:?}: readable behind a live claim");
+        holder.kill().expect("the producer was running");
+        let mut got = None;
+        for _ in 0..100 {
+            assert!(
+                readable(fd, 10_000),
+                "{backend:?}: the repair did not wake the consumer's descriptor"
+            );
+            match rx.try_recv(&mut buf) {
+                Ok(r) => {
+                    got = Some(buf[..r.len].to_vec());
+                    break;
+                }
+                Err(Error::WouldBlock(_)) => {}
+                Err(e) => panic!("{backend:?}: {e}"),
+            }
+        }
+        assert_eq!(got.as_deref(), Some(&b"behind the claim"[..]), "{backend:?}");
+        dog.check();
+    }
+    set_fd_backend(FdBackend::Auto);
+}
