@@ -72,7 +72,7 @@ enum Ring {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Token {
+pub(crate) struct Token {
     payload: DataRange,
     flags: u8,
     /// MPMC position; unused for SPSC and broadcast.
@@ -592,6 +592,21 @@ impl Consumer {
         Ok(self.frame(token))
     }
 
+    /// [`try_read`](Consumer::try_read) in two steps, for a caller that retries in a loop and
+    /// cannot hold the frame's borrow across iterations (the `tokio` module): the frame taken,
+    /// unreleased, ...
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_take(&mut self) -> Result<Token> {
+        let r = self.take(None);
+        self.settle(r)
+    }
+
+    /// ... and the frame lent from it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn lend(&mut self, token: Token) -> Frame<'_> {
+        self.frame(token)
+    }
+
     /// Lends the next frame in place, waiting as long as the ring is empty.
     #[inline(always)]
     pub fn read(&mut self) -> Result<Frame<'_>> {
@@ -945,10 +960,7 @@ impl Iterator for Frames<'_> {
             return None;
         }
         match self.consumer.read() {
-            Ok(frame) => Some(Ok(OwnedFrame {
-                bytes: frame.to_vec(),
-                flags: frame.flags(),
-            })),
+            Ok(frame) => Some(Ok(frame.to_owned_frame())),
             Err(Error::Closed(_)) => {
                 self.done = true;
                 None
@@ -1061,6 +1073,14 @@ impl Frame<'_> {
 
     /// Releases the frame (what dropping it does).
     pub fn release(self) {}
+
+    /// Copies the frame out and releases it.
+    pub fn to_owned_frame(self) -> OwnedFrame {
+        OwnedFrame {
+            bytes: self.to_vec(),
+            flags: self.flags(),
+        }
+    }
 }
 
 impl Deref for Frame<'_> {

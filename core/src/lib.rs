@@ -78,6 +78,8 @@ pub mod protocol;
 mod segment;
 #[cfg(not(loom))]
 mod sys;
+#[cfg(all(feature = "tokio", not(loom)))]
+pub mod tokio;
 #[cfg(not(loom))]
 mod wait;
 

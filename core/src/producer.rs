@@ -19,7 +19,7 @@ enum Ring {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Token {
+pub(crate) enum Token {
     Spsc(spsc::Claimed),
     Mpmc { pos: u64, payload: DataRange },
     Broadcast { pos: u64, payload: DataRange },
@@ -495,6 +495,20 @@ impl Producer {
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
         let token = self.try_claim_token(len)?;
         Ok(Claim::new(self, token))
+    }
+
+    /// [`try_claim`](Producer::try_claim) in two steps, for a caller that retries in a loop and
+    /// cannot hold the claim's borrow across iterations (the `tokio` module): the space
+    /// reserved, ...
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_reserve(&mut self, len: usize) -> Result<Token> {
+        self.try_claim_token(len)
+    }
+
+    /// ... and the claim made of it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn claim_of(&mut self, token: Token) -> Claim<'_> {
+        Claim::new(self, token)
     }
 
     /// Reserves `len` bytes, waiting as long as the ring is full.
