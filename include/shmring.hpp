@@ -53,6 +53,11 @@ namespace detail {
 inline void check(shmring_status s) {
     if (s != SHMRING_OK) throw Error(s, shmring_last_error());
 }
+/// A descriptor from shmring_consumer_fd or shmring_producer_fd; throws on -1.
+inline int descriptor(int fd) {
+    if (fd < 0) throw Error(SHMRING_IO_ERROR, shmring_last_error());
+    return fd;
+}
 /// true for SHMRING_OK, false for back-pressure, throws for anything else.
 inline bool done(shmring_status s) {
     if (s == SHMRING_WOULD_BLOCK || s == SHMRING_TIMED_OUT) return false;
@@ -173,6 +178,11 @@ class Producer {
     /// stream. A producer destroyed without finishing, or one that crashes, does not end it.
     void finish() { detail::check(shmring_producer_finish(p_)); }
 
+    /// A descriptor for an event loop, readable when room may have been made: once it is,
+    /// try_send until it returns false (which re-arms it). Owned by the producer: do not close
+    /// it. See shmring_producer_fd.
+    int fd() { return detail::descriptor(shmring_producer_fd(p_)); }
+
   private:
     friend class Client;
     explicit Producer(shmring_producer *p) : p_(p) {}
@@ -221,6 +231,10 @@ class Consumer {
     /// tells a consumer that nothing comes until a producer opens the channel, which a crashed
     /// producer does not say otherwise (only Producer::finish ends the stream).
     uint32_t producers() const { return shmring_consumer_producers(c_); }
+    /// A descriptor for poll/epoll or any event loop, readable when frames may be waiting (or
+    /// the stream ended): once it is, try_read until it returns empty (which re-arms it), then
+    /// poll again. Owned by the consumer: do not close it. See shmring_consumer_fd.
+    int fd() { return detail::descriptor(shmring_consumer_fd(c_)); }
 
     /// Lends the next frame in place, waiting as long as the ring is empty. Throws Error with
     /// SHMRING_CLOSED once the stream was finished (Producer::finish), or the channel deleted,

@@ -1,6 +1,7 @@
 // shmring from C++ (include/shmring.hpp): a coordinator embedded in this process, an SPSC
-// channel streaming the frames.h pattern from a producer thread to a consumer, copied and in
-// place, and an MPMC channel shared by two consumer threads. Prints what arrived.
+// channel streaming the frames.h pattern from a producer thread to a consumer that waits in
+// poll() on its descriptor, copied and in place, and an MPMC channel shared by two consumer
+// threads. Prints what arrived.
 //
 //   g++ -std=c++17 -Iinclude examples/cpp/example.cpp -Ltarget/release -lshmring -pthread
 //       -Wl,-rpath,$PWD/target/release -o example && ./example
@@ -12,6 +13,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <string>
+#include <poll.h>
 #include <thread>
 #include <unistd.h>
 
@@ -45,14 +47,27 @@ int main() {
     });
     auto rx = client.consumer("stream");
     uint64_t received = 0, sum = FNV_START;
-    while (auto frame = rx.next()) { // released at the end of this iteration
-        auto data = static_cast<const uint8_t *>(frame->data());
-        if (!frame_ok(received, data, frame->size())) {
-            std::fprintf(stderr, "example: frame %" PRIu64 " is wrong\n", received);
-            return 1;
+    // The consumer waits in poll() on its descriptor, as an event loop would beside its
+    // sockets; once it is readable, it takes every frame there is (an empty try_read re-arms
+    // the descriptor). The end of the stream is an Error with SHMRING_CLOSED.
+    pollfd pfd{rx.fd(), POLLIN, 0};
+    for (bool open = true; open;) {
+        try {
+            while (auto frame = rx.try_read()) { // released at the end of this iteration
+                auto data = static_cast<const uint8_t *>(frame->data());
+                if (!frame_ok(received, data, frame->size())) {
+                    std::fprintf(stderr, "example: frame %" PRIu64 " is wrong\n", received);
+                    return 1;
+                }
+                sum = fnv1a(sum, data, frame->size());
+                received++;
+            }
+        } catch (const shmring::Error &e) {
+            if (e.status() != SHMRING_CLOSED) throw;
+            open = false;
+            continue;
         }
-        sum = fnv1a(sum, data, frame->size());
-        received++;
+        poll(&pfd, 1, -1);
     }
     producer.join();
     std::printf("spsc: %" PRIu64 " frames, checksum %016" PRIx64 " (sent %016" PRIx64 ")\n", received, sum,

@@ -152,12 +152,14 @@ _producer_set_wait = _fn("shmring_producer_set_wait", _S, _P, ctypes.c_uint32)
 _producer_max = _fn("shmring_producer_max_frame_size", ctypes.c_size_t, _P)
 _send = _fn("shmring_send", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
 _producer_finish = _fn("shmring_producer_finish", _S, _P)
+_producer_fd = _fn("shmring_producer_fd", ctypes.c_int, _P)
 _producer_close = _fn("shmring_producer_close", None, _P)
 _consumer_open = _fn("shmring_consumer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
 _consumer_set_wait = _fn("shmring_consumer_set_wait", _S, _P, ctypes.c_uint32)
 _consumer_max = _fn("shmring_consumer_max_frame_size", ctypes.c_size_t, _P)
 _consumer_missed = _fn("shmring_consumer_missed", ctypes.c_uint64, _P)
 _consumer_producers = _fn("shmring_consumer_producers", ctypes.c_uint32, _P)
+_consumer_fd = _fn("shmring_consumer_fd", ctypes.c_int, _P)
 _recv = _fn("shmring_recv", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int64)
 _read = _fn("shmring_read", _S, _P, ctypes.POINTER(_Frame), ctypes.c_int64)
 _release = _fn("shmring_release", _S, _P)
@@ -240,6 +242,16 @@ class Producer:
         data = bytes(data)
         return _done(_send(self._h, data, len(data), _ns(timeout)))
 
+    def fileno(self):
+        """A descriptor for an event loop (selectors, asyncio's loop.add_writer... as readable:
+        use add_reader), readable when room may have been made. Once it is, send with
+        timeout=0 until send returns False, which re-arms it. It belongs to the producer: do
+        not close it."""
+        fd = _producer_fd(self._h)
+        if fd < 0:
+            raise Error(_STATUS_NAMES.index("SHMRING_IO_ERROR"), _last_error().decode("utf-8", "replace"))
+        return fd
+
     def finish(self):
         """Ends the stream: consumers receive what was sent, then Closed (with several MPMC
         producers, once the last one attached finished). A producer opened afterwards continues
@@ -288,6 +300,17 @@ class Consumer:
         repairs them). A crashed producer does not finish the stream: 0 tells a consumer that
         nothing will come until a producer opens the channel again."""
         return _consumer_producers(self._h)
+
+    def fileno(self):
+        """A descriptor to wait on in an event loop (asyncio's loop.add_reader, selectors,
+        select.poll), readable when frames may be waiting or the stream ended. Once it is,
+        receive with timeout=0 until recv returns None, which re-arms it (a receive that finds
+        nothing arms it; readiness is a hint). It belongs to the consumer: do not close it.
+        See examples/python/asyncio_consumer.py."""
+        fd = _consumer_fd(self._h)
+        if fd < 0:
+            raise Error(_STATUS_NAMES.index("SHMRING_IO_ERROR"), _last_error().decode("utf-8", "replace"))
+        return fd
 
     def __iter__(self):
         """The frames, copied, as bytes, waiting for each; ends when the stream is finished (or

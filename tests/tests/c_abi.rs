@@ -277,6 +277,42 @@ fn frames_cross_between_c_and_python() {
     dog.check();
 }
 
+/// The asyncio example receives on its event loop, through `loop.add_reader` on the
+/// consumer's descriptor, what a C producer and a Python producer send (SPSC and MPMC), every
+/// frame checked, while a timer task shares the loop (its ticks are printed).
+#[test]
+fn the_python_asyncio_example_receives_beside_a_timer() {
+    let _serial = serial();
+    let dog = Watchdog::new("python asyncio example", Duration::from_secs(180));
+    let place = Place::new("asyncio");
+    let producer = compile("examples/c/producer.c", &place.dir, Build::Plain);
+    for (kind, from_c) in [("spsc", true), ("mpmc", false)] {
+        let name = format!("asyncio-{kind}");
+        let receiver = dog.spawn(place.python("asyncio_consumer.py").arg(&name));
+        // Slow enough that the consumer goes idle between frames and waits in the loop.
+        let sent = if from_c {
+            ok(
+                &run(&dog, place.command(&producer).args([&name, "20000", kind])),
+                "C producer",
+            )
+        } else {
+            ok(
+                &run(&dog, place.python("producer.py").args([&name, "20000", kind])),
+                "Python producer",
+            )
+        };
+        let got = receiver.success();
+        assert_eq!(word(&got, "received"), "20000", "{got}");
+        assert_eq!(
+            word(&got, "checksum"),
+            word(&sent, "checksum"),
+            "{sent} / {got}"
+        );
+        println!("{kind}: {}", got.trim());
+    }
+    dog.check();
+}
+
 /// The C examples under AddressSanitizer and UndefinedBehaviorSanitizer: a producer and a
 /// consumer exchange frames through this test's coordinator.
 #[test]
