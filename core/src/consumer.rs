@@ -2,10 +2,10 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{FLAG_REDELIVERED, STATE_DELETED, STATE_FINISHED, state_of};
+use crate::pollable::Pollable;
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::sync::Ordering::{Acquire, Relaxed};
-use crate::pollable::Pollable;
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{broadcast, mpmc, spsc};
 use std::ops::Deref;
@@ -475,8 +475,31 @@ impl Consumer {
     /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
     /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
     /// so that a spinning wait notices the other side within a pause and a load.
+    ///
+    /// A pollable descriptor is not armed by a blocking call (it waits by its strategy, and a
+    /// descriptor counted as a waiter meanwhile would cost the producer a system call per
+    /// publish); one armed before is counted out when the call returns a frame.
     #[inline(never)]
     fn wait_and_retry<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        first: &'static str,
+        op: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let pollable = self.pollable.take();
+        let r = self.wait_and_retry_inner(timeout, first, op);
+        if let Some(mut p) = pollable {
+            match &r {
+                Ok(_) => p.disarm(),
+                Err(Error::Closed(_)) => p.ended(),
+                Err(_) => {}
+            }
+            self.pollable = Some(p);
+        }
+        r
+    }
+
+    fn wait_and_retry_inner<T>(
         &mut self,
         timeout: Option<Duration>,
         first: &'static str,

@@ -380,9 +380,11 @@ fn waker() -> std::result::Result<&'static Waker, String> {
             // An empty list is refused with EINVAL by a kernel that has the call, ENOSYS by one
             // that has not.
             if sys::futex_waitv(&[], Instant::now()) == Err(nix::errno::Errno::ENOSYS) {
-                return Err("futex_waitv is missing (Linux 5.16+ is needed for a pollable \
+                return Err(
+                    "futex_waitv is missing (Linux 5.16+ is needed for a pollable \
                             descriptor where io_uring futex waits are unavailable)"
-                    .into());
+                        .into(),
+                );
             }
             let w: &'static Waker = Box::leak(Box::new(Waker {
                 slots: Mutex::new(Vec::new()),
@@ -515,7 +517,8 @@ impl Waker {
             let _ = sys::futex_waitv(&words, deadline);
             for s in watched {
                 // Relaxed loads: as above.
-                if s.armed.load(Relaxed) != 0 && s.word().load(Acquire) != s.expected.load(Relaxed) {
+                if s.armed.load(Relaxed) != 0 && s.word().load(Acquire) != s.expected.load(Relaxed)
+                {
                     s.fire(false);
                 }
             }

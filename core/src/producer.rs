@@ -1,8 +1,8 @@
 //! The producer handle: copy and zero-copy sends, batches, blocking variants.
 
 use crate::error::{Error, Result};
-use crate::region::{DataRange, Memory, Watch};
 use crate::pollable::Pollable;
+use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
 use crate::{broadcast, mpmc, spsc};
@@ -282,19 +282,27 @@ impl Producer {
 
     /// A full ring of a deleted channel is `Closed`: nobody will make room.
     #[cold]
-    fn full(&mut self, e: Error) -> Error {
-        let e = if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
+    fn full(&self, e: Error) -> Error {
+        if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
             crate::consumer::deleted(&self.mem)
         } else {
             e
-        };
-        if self.pollable.is_some() {
-            return self.full_pollable(e);
         }
-        e
     }
 
-    /// `full` of a handle with a pollable descriptor: `WouldBlock` publishes what is staged
+    /// The result of a non-waiting call: with a pollable descriptor, `WouldBlock` arms it and
+    /// `Closed` leaves it readable (see `full_pollable`). Blocking calls do not arm it: they
+    /// wait by their strategy, and a descriptor counted as a waiter there would cost the
+    /// consumers a system call per release while frames flow.
+    #[inline(always)]
+    fn polled<T>(&mut self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(e) if self.pollable.is_some() => Err(self.full_pollable(e)),
+            r => r,
+        }
+    }
+
+    /// A non-waiting call of a handle with a pollable descriptor failed: `WouldBlock` publishes what is staged
     /// (the consumers cannot make room for frames they cannot see) and arms the descriptor;
     /// `Closed` leaves it readable.
     #[cold]
@@ -476,7 +484,8 @@ impl Producer {
     /// Sends a copy of `frame` if the ring has room, without waiting.
     #[inline]
     pub fn try_send(&mut self, frame: &[u8]) -> Result<()> {
-        self.try_send_inner(frame)
+        let r = self.try_send_inner(frame);
+        self.polled(r)
     }
 
     /// Sends a copy of `frame`, waiting as long as the ring is full.
@@ -493,7 +502,8 @@ impl Producer {
     /// [`Claim`] and commit it. Nothing is visible to consumers before the commit.
     #[inline(always)]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
-        let token = self.try_claim_token(len)?;
+        let r = self.try_claim_token(len);
+        let token = self.polled(r)?;
         Ok(Claim::new(self, token))
     }
 
@@ -502,7 +512,8 @@ impl Producer {
     /// reserved, ...
     #[cfg(feature = "tokio")]
     pub(crate) fn try_reserve(&mut self, len: usize) -> Result<Token> {
-        self.try_claim_token(len)
+        let r = self.try_claim_token(len);
+        self.polled(r)
     }
 
     /// ... and the claim made of it.
@@ -540,7 +551,10 @@ impl Producer {
         timeout: Option<Duration>,
     ) -> Result<DetachedClaim> {
         let token = match timeout {
-            Some(Duration::ZERO) => self.try_claim_token(len)?,
+            Some(Duration::ZERO) => {
+                let r = self.try_claim_token(len);
+                self.polled(r)?
+            }
             t => blocking!(self, t, |p| p.try_claim_token(len))?,
         };
         let bytes = token.payload();
@@ -611,16 +625,23 @@ impl Producer {
     where
         I: IntoIterator<Item = &'f [u8]>,
     {
-        let mut batch = self.batch();
-        let mut sent = 0;
-        for frame in frames {
-            match batch.try_send_inner(frame) {
-                Ok(()) => sent += 1,
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => break,
+        let r = {
+            let mut batch = self.batch();
+            let mut sent = 0;
+            let mut failed = None;
+            for frame in frames {
+                match batch.try_send_inner(frame) {
+                    Ok(()) => sent += 1,
+                    Err(e) if sent == 0 => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
-        }
-        Ok(sent)
+            failed.map_or(Ok(sent), Err)
+        };
+        self.polled(r)
     }
 
     /// Sends every frame of `frames`, publishing once at the end (and before each wait for

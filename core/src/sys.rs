@@ -831,7 +831,10 @@ impl Uring {
         // `submit` before the next timeout is pushed). The queue holds 8 entries and a caller
         // pushes at most 3 between submissions.
         let pushed = unsafe { self.ring.submission().push(sqe) };
-        debug_assert!(pushed.is_ok(), "the submission queue holds every request pushed");
+        debug_assert!(
+            pushed.is_ok(),
+            "the submission queue holds every request pushed"
+        );
     }
 
     /// Submits what was pushed.

@@ -588,6 +588,10 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         stdout.contains("shmring-broadcast-spin / shmring-spsc-spin, p50:"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("idle: a consumer waiting in poll on its descriptor"),
+        "{stdout}"
+    );
     // The fan-out says where its three processes ran.
     assert!(
         stdout.contains("broadcast fan-out: one producer process")
@@ -602,6 +606,7 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         "shmring-broadcast-spin",
         "futex-floor",
         "shmring-spsc-park",
+        "shmring-spsc-fd",
         "uds",
         "pipe",
         "tcp",
@@ -609,8 +614,18 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
     let report = json(&std::fs::read_to_string(&json_path).unwrap());
     assert_eq!(
         keys(&report),
-        ["machine", "memcpy_bytes_per_s", "pingpong", "throughput"]
+        [
+            "idle_fd",
+            "machine",
+            "memcpy_bytes_per_s",
+            "pingpong",
+            "throughput"
+        ]
     );
+    let idle = &report["idle_fd"];
+    assert_eq!(keys(idle), ["cpu_ns", "seconds", "wakeups"]);
+    assert!(idle["cpu_ns"].as_u64().is_some() && idle["seconds"].as_f64().unwrap() > 0.0);
+    assert!(idle["wakeups"].as_u64().is_some());
     let machine = &report["machine"];
     assert_eq!(keys(machine), ["cores", "cpu", "kernel"]);
     let cpu = machine["cpu"].as_str().unwrap();

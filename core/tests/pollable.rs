@@ -28,7 +28,9 @@ fn kinds() -> [ChannelConfig; 4] {
     [
         ChannelConfig::spsc().capacity(4096).max_frame_size(256),
         ChannelConfig::mpmc().capacity(4096).max_frame_size(256),
-        ChannelConfig::broadcast().capacity(4096).max_frame_size(256),
+        ChannelConfig::broadcast()
+            .capacity(4096)
+            .max_frame_size(256),
         ChannelConfig::broadcast()
             .capacity(4096)
             .max_frame_size(256)
@@ -51,7 +53,10 @@ fn readable(fd: RawFd, ms: u16) -> bool {
 
 /// Waits (up to 10 s) for `fd` to be readable.
 fn wait_readable(fd: RawFd, what: &str) {
-    assert!(readable(fd, 10_000), "{what}: the descriptor never became readable");
+    assert!(
+        readable(fd, 10_000),
+        "{what}: the descriptor never became readable"
+    );
 }
 
 #[test]
@@ -94,9 +99,18 @@ fn a_consumer_descriptor_wakes_for_frames_and_is_quiet_when_drained() {
             }
             tx.finish().unwrap();
             wait_readable(fd, &what);
-            assert!(matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))), "{what}");
-            assert!(readable(fd, 0), "{what}: Closed leaves the descriptor readable");
-            assert!(matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))), "{what}");
+            assert!(
+                matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))),
+                "{what}"
+            );
+            assert!(
+                readable(fd, 0),
+                "{what}: Closed leaves the descriptor readable"
+            );
+            assert!(
+                matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))),
+                "{what}"
+            );
         }
     }
 }
@@ -151,7 +165,10 @@ fn a_producer_descriptor_wakes_when_room_is_made() {
             }
             let mut rx = reader.join().unwrap();
             let mut buf = [0u8; 256];
-            assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))), "{what}");
+            assert!(
+                matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))),
+                "{what}"
+            );
         }
     }
 }
@@ -185,8 +202,14 @@ fn deleting_a_channel_wakes_every_descriptor() {
             wait_readable(rfd, &what);
             assert!(matches!(tx.try_send(b"x"), Err(Error::Closed(_))), "{what}");
             while rx.try_recv(&mut buf).is_ok() {}
-            assert!(matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))), "{what}");
-            assert!(readable(rfd, 0) && readable(tfd, 0), "{what}: stays readable");
+            assert!(
+                matches!(rx.try_recv(&mut buf), Err(Error::Closed(_))),
+                "{what}"
+            );
+            assert!(
+                readable(rfd, 0) && readable(tfd, 0),
+                "{what}: stays readable"
+            );
         }
     }
     drop(client);
@@ -212,8 +235,114 @@ fn a_receiving_consumer_is_not_counted_as_a_waiter() {
         assert_eq!(counted(&seg), 1, "{backend:?}: armed is counted");
         tx.send(b"a").unwrap();
         rx.try_recv(&mut buf).unwrap();
-        assert_eq!(counted(&seg), 0, "{backend:?}: a received frame counts it out");
+        assert_eq!(
+            counted(&seg),
+            0,
+            "{backend:?}: a received frame counts it out"
+        );
         drop(rx);
         assert_eq!(counted(&seg), 0, "{backend:?}");
+    }
+}
+
+/// A blocking call of a handle that has a descriptor waits by its own strategy and does not
+/// arm the descriptor: a spinning consumer is not counted as a waiter (which would cost the
+/// producer a system call per publish), and neither is a producer spinning on a full ring.
+#[test]
+fn a_blocking_call_does_not_arm_the_descriptor() {
+    let _dog = watchdog("blocking calls leave the descriptor alone", 60);
+    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    set_fd_backend(FdBackend::Auto);
+    let seg = Segment::anonymous(&ChannelConfig::spsc().capacity(1024).max_frame_size(64)).unwrap();
+    let mut rx = seg.consumer().unwrap();
+    let mut tx = seg.producer().unwrap();
+    rx.fd().unwrap();
+    tx.fd().unwrap();
+    rx.set_wait_strategy(shmring::WaitStrategy::Spin);
+    tx.set_wait_strategy(shmring::WaitStrategy::Spin);
+    let waiting = |seg: &Segment| {
+        let s = seg.stats();
+        (s.waiting_consumers, s.waiting_producers)
+    };
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        rx
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(waiting(&seg), (0, 0), "a spinning consumer was counted");
+    tx.send(b"x").unwrap();
+    let mut rx = reader.join().unwrap();
+    while tx.try_send(&[7; 64]).is_ok() {}
+    // The failed try_send armed the producer's descriptor: counted until it sends again.
+    assert_eq!(waiting(&seg), (0, 1));
+    let writer = std::thread::spawn(move || {
+        tx.send_timeout(&[8; 64], Duration::from_secs(10)).unwrap();
+        tx
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut buf = [0u8; 64];
+    while rx.try_recv(&mut buf).is_ok() {}
+    let _tx = writer.join().unwrap();
+    assert_eq!(waiting(&seg).1, 0, "a producer that sent is counted out");
+}
+
+/// The thread that armed the descriptor need not be the one that polls it (tokio moves tasks
+/// between workers): the arming thread sleeps, spins, or has exited, and a frame sent then
+/// still makes the descriptor readable for the polling thread.
+#[test]
+fn a_descriptor_armed_by_one_thread_wakes_a_poll_in_another() {
+    let _dog = watchdog("armed elsewhere", 60);
+    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in backends() {
+        set_fd_backend(backend);
+        for armer in ["sleeps", "spins", "exits"] {
+            let what = format!("{backend:?}, the arming thread {armer}");
+            let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+            let mut tx = seg.producer().unwrap();
+            let mut rx = seg.consumer().unwrap();
+            let fd = rx.fd().unwrap();
+            let (armed_tx, armed_rx) = std::sync::mpsc::channel();
+            // A channel as the stop flag (the crate forbids std's atomics outside its shim).
+            let (stop, stop2) = std::sync::mpsc::channel::<()>();
+            let mut armer_thread = Some(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+                armed_tx.send(rx).unwrap();
+                match armer {
+                    "sleeps" => std::thread::sleep(Duration::from_secs(1)),
+                    "spins" => {
+                        while let Err(std::sync::mpsc::TryRecvError::Empty) = stop2.try_recv() {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    _ => {}
+                }
+            }));
+            let mut rx = armed_rx.recv().unwrap();
+            if armer == "exits" {
+                armer_thread.take().unwrap().join().unwrap();
+            }
+            tx.send(b"hello").unwrap();
+            let mut buf = [0u8; 64];
+            let mut got = false;
+            for _ in 0..10 {
+                assert!(readable(fd, 5_000), "{what}: never readable");
+                match rx.try_recv(&mut buf) {
+                    Ok(r) => {
+                        assert_eq!(&buf[..r.len], b"hello", "{what}");
+                        got = true;
+                        break;
+                    }
+                    Err(Error::WouldBlock(_)) => {} // a cancelled request: armed again here
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+            assert!(got, "{what}: the frame never came");
+            drop(stop);
+            if let Some(t) = armer_thread {
+                t.join().unwrap();
+            }
+        }
     }
 }

@@ -268,7 +268,10 @@ impl Helper {
     /// The writing end of the standard input of a helper started with
     /// [`Watchdog::spawn_piped`] (taken once; dropping it closes the pipe).
     pub fn stdin(&mut self) -> std::process::ChildStdin {
-        self.child.stdin.take().expect("spawned with spawn_piped, stdin taken once")
+        self.child
+            .stdin
+            .take()
+            .expect("spawned with spawn_piped, stdin taken once")
     }
 
     /// The process id.

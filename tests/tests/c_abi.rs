@@ -297,7 +297,10 @@ fn the_python_asyncio_example_receives_beside_a_timer() {
             )
         } else {
             ok(
-                &run(&dog, place.python("producer.py").args([&name, "20000", kind])),
+                &run(
+                    &dog,
+                    place.python("producer.py").args([&name, "20000", kind]),
+                ),
                 "Python producer",
             )
         };
@@ -1075,9 +1078,8 @@ fn readme_python_walkthrough_works() {
         "{}",
         out.stdout
     );
-    let sum = |key: &str| {
-        out.stdout
-            .lines()
+    let sum = |text: &str, key: &str| {
+        text.lines()
             .find(|l| l.contains(key))
             .and_then(|l| {
                 l.split_whitespace()
@@ -1085,11 +1087,46 @@ fn readme_python_walkthrough_works() {
             })
             .map(str::to_string)
     };
-    assert_eq!(sum("sent="), sum("received="), "{}", out.stdout);
+    assert_eq!(
+        sum(&out.stdout, "sent="),
+        sum(&out.stdout, "received="),
+        "{}",
+        out.stdout
+    );
     assert!(matches!(
         place.client().stats("hello"),
         Err(shmring::Error::NotFound(_))
     ));
+
+    // "Event loops and async": the asyncio line, in the venv the walkthrough made.
+    let asyncio = readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").expect("a closed block")])
+        .find(|b| b.contains("asyncio_consumer.py"))
+        .expect("the README's asyncio line");
+    let out = dog
+        .spawn(
+            place
+                .command("bash")
+                .args(["-euc", &format!("{asyncio}wait $!")])
+                .current_dir(&place.dir)
+                .env_remove("SHMRING_LIB")
+                .env_remove("PYTHONPATH"),
+        )
+        .wait();
+    assert!(
+        out.status.success() && out.stdout.contains("received=1000"),
+        "the README's asyncio line failed:\n{asyncio}\n--- stdout\n{}\n--- stderr\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        sum(&out.stdout, "sent="),
+        sum(&out.stdout, "received="),
+        "{}",
+        out.stdout
+    );
     dog.check();
 }
 

@@ -201,7 +201,10 @@ fn a_repaired_ring_wakes_the_descriptors_it_held_back() {
         tx.send(b"first").unwrap();
         holder.expect_line("held first");
         while tx.try_send(b"more").is_ok() {}
-        assert!(!readable(fd, 50), "{backend:?}: readable behind a live subscriber");
+        assert!(
+            !readable(fd, 50),
+            "{backend:?}: readable behind a live subscriber"
+        );
         holder.kill().expect("the subscriber was running");
         assert!(
             readable(fd, 10_000),
@@ -234,7 +237,10 @@ fn a_repaired_ring_wakes_the_descriptors_it_held_back() {
             matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))),
             "{backend:?}: the claim at the head holds the frame back"
         );
-        assert!(!readable(fd, 50), "{backend:?}: readable behind a live claim");
+        assert!(
+            !readable(fd, 50),
+            "{backend:?}: readable behind a live claim"
+        );
         holder.kill().expect("the producer was running");
         let mut got = None;
         for _ in 0..100 {
@@ -251,7 +257,11 @@ fn a_repaired_ring_wakes_the_descriptors_it_held_back() {
                 Err(e) => panic!("{backend:?}: {e}"),
             }
         }
-        assert_eq!(got.as_deref(), Some(&b"behind the claim"[..]), "{backend:?}");
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"behind the claim"[..]),
+            "{backend:?}"
+        );
         dog.check();
     }
     set_fd_backend(FdBackend::Auto);

@@ -30,10 +30,16 @@ fn select_over_two_channels_and_a_unix_stream() {
     let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
     let client = Client::connect(Some(&socket)).unwrap();
     client
-        .create("a", &ChannelConfig::spsc().max_frame_size(64).capacity(16 << 10))
+        .create(
+            "a",
+            &ChannelConfig::spsc().max_frame_size(64).capacity(16 << 10),
+        )
         .unwrap();
     client
-        .create("b", &ChannelConfig::mpmc().max_frame_size(64).capacity(16 << 10))
+        .create(
+            "b",
+            &ChannelConfig::mpmc().max_frame_size(64).capacity(16 << 10),
+        )
         .unwrap();
     let exe = shmring_tests::compile("tests/c/poll_mix.c", &dir, Build::Plain);
     const FRAMES: u64 = 20_000;
@@ -63,7 +69,9 @@ fn select_over_two_channels_and_a_unix_stream() {
         let writer = Command::new("sh")
             .args([
                 "-c",
-                &format!("i=0; while [ $i -lt {LINES} ]; do echo line$i; i=$((i+1)); sleep 0.002; done"),
+                &format!(
+                    "i=0; while [ $i -lt {LINES} ]; do echo line$i; i=$((i+1)); sleep 0.002; done"
+                ),
             ])
             .stdout(OwnedFd::from(theirs))
             .spawn()
@@ -121,10 +129,9 @@ fn select_over_two_channels_and_a_unix_stream() {
 #[test]
 fn an_async_producer_and_consumer_share_one_thread() {
     let _dog = Watchdog::new("tokio one thread", Duration::from_secs(60));
-    let seg = shmring::Segment::anonymous(
-        &ChannelConfig::spsc().max_frame_size(64).capacity(16 * 64),
-    )
-    .unwrap();
+    let seg =
+        shmring::Segment::anonymous(&ChannelConfig::spsc().max_frame_size(64).capacity(16 * 64))
+            .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -219,8 +219,17 @@ impl Plan {
 struct Report {
     machine: Machine,
     pingpong: Vec<PingRow>,
+    /// With the ping-pong: what a consumer waiting on its descriptor costs while idle.
+    idle_fd: Option<IdleFd>,
     throughput: Vec<ThroughputRow>,
     memcpy_bytes_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct IdleFd {
+    seconds: f64,
+    cpu_ns: u64,
+    wakeups: u64,
 }
 
 #[derive(Serialize)]
@@ -470,6 +479,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     let mut report = Report {
         machine: machine.clone(),
         pingpong: Vec::new(),
+        idle_fd: None,
         throughput: Vec::new(),
         memcpy_bytes_per_s: 0.0,
     };
@@ -555,6 +565,21 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             }
             plots.insert(payload, all);
         }
+        // As long as a throughput cell: 1 s by default.
+        let span = plan.duration;
+        let (cpu, wakeups) = transport::idle_fd_cost(span)?;
+        say!(
+            "idle: a consumer waiting in poll on its descriptor, nothing sent, for {:.1} s used \
+             {:.3} ms of CPU ({:.3} ms per second; {wakeups} wake-ups, the rechecks)",
+            span.as_secs_f64(),
+            cpu.as_secs_f64() * 1e3,
+            cpu.as_secs_f64() * 1e3 / span.as_secs_f64()
+        );
+        report.idle_fd = Some(IdleFd {
+            seconds: span.as_secs_f64(),
+            cpu_ns: cpu.as_nanos() as u64,
+            wakeups,
+        });
     }
 
     report.memcpy_bytes_per_s = memcpy_bandwidth(plan.duration);

@@ -8,6 +8,7 @@ use shmring::{ChannelConfig, Client, Consumer, Kind, Overflow, Producer, WaitStr
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::RawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -40,6 +41,10 @@ pub enum Transport {
     /// Two SPSC channels, both sides parking on the futex when idle.
     #[value(name = "shmring-spsc-park")]
     ShmringSpscPark,
+    /// Two SPSC channels, both sides waiting in `poll` on the consumer's descriptor
+    /// (`Consumer::fd`) as an event loop does.
+    #[value(name = "shmring-spsc-fd")]
+    ShmringSpscFd,
     /// A Unix stream socket.
     #[value(name = "uds")]
     Uds,
@@ -53,13 +58,14 @@ pub enum Transport {
 
 impl Transport {
     /// Every transport, in the order they are run and shown.
-    pub const ALL: [Transport; 9] = [
+    pub const ALL: [Transport; 10] = [
         Transport::AtomicFloor,
         Transport::ShmringSpscSpin,
         Transport::ShmringMpmcSpin,
         Transport::ShmringBroadcastSpin,
         Transport::FutexFloor,
         Transport::ShmringSpscPark,
+        Transport::ShmringSpscFd,
         Transport::Uds,
         Transport::Pipe,
         Transport::Tcp,
@@ -73,6 +79,7 @@ impl Transport {
             Transport::ShmringBroadcastSpin => "shmring-broadcast-spin",
             Transport::FutexFloor => "futex-floor",
             Transport::ShmringSpscPark => "shmring-spsc-park",
+            Transport::ShmringSpscFd => "shmring-spsc-fd",
             Transport::Uds => "uds",
             Transport::Pipe => "pipe",
             Transport::Tcp => "tcp",
@@ -90,7 +97,10 @@ impl Transport {
     /// The waiting side sleeps in the kernel: the parent pauses between round trips so that it
     /// really is asleep when the frame comes (see `Plan::think`).
     pub fn sleeps(self) -> bool {
-        matches!(self, Transport::FutexFloor | Transport::ShmringSpscPark)
+        matches!(
+            self,
+            Transport::FutexFloor | Transport::ShmringSpscPark | Transport::ShmringSpscFd
+        )
     }
 
     /// The shmring channel kind and wait strategy, for the shmring transports.
@@ -147,8 +157,19 @@ pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
         client
             .create(&channel(kind, payload, dir), &cfg)
             .map_err(err("creating a channel"))?;
+        if kind == Kind::Spsc {
+            // shmring-spsc-fd's own: the spin and park rows keep handles without descriptors.
+            client
+                .create(&fd_channel(payload, dir), &cfg)
+                .map_err(err("creating a channel"))?;
+        }
     }
     Ok(())
+}
+
+/// The channel names of shmring-spsc-fd.
+fn fd_channel(payload: usize, dir: &str) -> String {
+    format!("spsc-fd-{payload}-{dir}")
 }
 
 /// The broadcast channel of the fan-out runs with `overflow`, for frames of `payload` bytes.
@@ -175,6 +196,8 @@ pub struct Ends {
     dir: PathBuf,
     /// (kind, payload) -> (send end, receive end).
     shmring: HashMap<(Kind, usize), (Producer, Consumer)>,
+    /// payload -> shmring-spsc-fd's send end, receive end, and the receive end's descriptor.
+    fd: HashMap<usize, (Producer, Consumer, RawFd)>,
     /// The fan-out runs' broadcast producer (parent) or subscriber (peers), by channel.
     fanout_tx: HashMap<(Overflow, usize), Producer>,
     fanout_rx: HashMap<(Overflow, usize), Consumer>,
@@ -206,6 +229,7 @@ impl Ends {
             client,
             dir: dir.to_path_buf(),
             shmring: HashMap::new(),
+            fd: HashMap::new(),
             fanout_tx: HashMap::new(),
             fanout_rx: HashMap::new(),
             uds_listener: Some(uds),
@@ -223,6 +247,7 @@ impl Ends {
             client,
             dir: dir.to_path_buf(),
             shmring: HashMap::new(),
+            fd: HashMap::new(),
             fanout_tx: HashMap::new(),
             fanout_rx: HashMap::new(),
             uds_listener: None,
@@ -271,6 +296,29 @@ impl Ends {
         ends.0.set_wait_strategy(wait);
         ends.1.set_wait_strategy(wait);
         Ok(ends)
+    }
+
+    /// shmring-spsc-fd's ends for `payload`, opened on first use, with the receive end's
+    /// descriptor, armed.
+    fn fd_channels(&mut self, payload: usize) -> Res<&mut (Producer, Consumer, RawFd)> {
+        if !self.fd.contains_key(&payload) {
+            let (out, inn) = if self.parent {
+                ("ping", "pong")
+            } else {
+                ("pong", "ping")
+            };
+            let tx = self
+                .client
+                .producer(&fd_channel(payload, out))
+                .map_err(err("opening a channel"))?;
+            let mut rx = self
+                .client
+                .consumer(&fd_channel(payload, inn))
+                .map_err(err("opening a channel"))?;
+            let fd = rx.fd().map_err(err("making the consumer's descriptor"))?;
+            self.fd.insert(payload, (tx, rx, fd));
+        }
+        Ok(self.fd.get_mut(&payload).expect("inserted above"))
     }
 
     /// The producer of the fan-out channel with `overflow` and `payload`, opened on first use;
@@ -416,6 +464,22 @@ impl Ends {
                     h.saturating_record(t0.elapsed().as_nanos() as u64);
                 }
             }
+            Transport::ShmringSpscFd => {
+                let (tx, rx, fd) = self.fd_channels(payload)?;
+                for _ in 0..n {
+                    pause();
+                    let t0 = Instant::now();
+                    tx.send_timeout(&frame, PATIENCE).map_err(err("sending"))?;
+                    loop {
+                        match rx.try_recv(&mut buf) {
+                            Ok(_) => break,
+                            Err(shmring::Error::WouldBlock(_)) => poll_in(*fd)?,
+                            Err(e) => return Err(format!("receiving the echo: {e}")),
+                        }
+                    }
+                    h.saturating_record(t0.elapsed().as_nanos() as u64);
+                }
+            }
             _ => {
                 if let Some((kind, wait)) = t.shmring() {
                     let (tx, rx) = self.channels(kind, payload, wait)?;
@@ -445,6 +509,7 @@ impl Ends {
     pub fn prepare(&mut self, t: Transport, payload: usize, port: u16) -> Res<()> {
         match t {
             Transport::AtomicFloor | Transport::FutexFloor => Ok(()),
+            Transport::ShmringSpscFd => self.fd_channels(payload).map(drop),
             _ => match t.shmring() {
                 Some((kind, wait)) => self.channels(kind, payload, wait).map(drop),
                 None => self.stream(t, port).map(drop),
@@ -481,6 +546,21 @@ impl Ends {
                     futex_wake(b);
                 }
             }
+            Transport::ShmringSpscFd => {
+                let (tx, rx, fd) = self.fd_channels(payload)?;
+                for _ in 0..n {
+                    loop {
+                        match rx.try_read() {
+                            Ok(f) => {
+                                tx.send_timeout(&f, PATIENCE).map_err(err("echoing"))?;
+                                break;
+                            }
+                            Err(shmring::Error::WouldBlock(_)) => poll_in(*fd)?,
+                            Err(e) => return Err(format!("reading: {e}")),
+                        }
+                    }
+                }
+            }
             _ => {
                 if let Some((kind, wait)) = t.shmring() {
                     let (tx, rx) = self.channels(kind, payload, wait)?;
@@ -499,6 +579,66 @@ impl Ends {
         }
         Ok(())
     }
+}
+
+/// Waits in `poll` until `fd` is readable, at most `PATIENCE`.
+fn poll_in(fd: RawFd) -> Res<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // SAFETY: the consumer owning `fd` outlives the call.
+    let mut fds = [PollFd::new(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        PollFlags::POLLIN,
+    )];
+    let ms = PollTimeout::try_from(PATIENCE.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    loop {
+        match poll(&mut fds, ms) {
+            Ok(0) => return Err("the other side stopped answering (poll timed out)".into()),
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
+}
+
+/// What a consumer waiting on its descriptor, with nothing sent, costs: the CPU time this
+/// thread used while it waited in `poll` (and handled each readiness, a recheck, as an event
+/// loop does) for `span`, and how many times the descriptor became readable.
+pub fn idle_fd_cost(span: Duration) -> Res<(Duration, u64)> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let seg = shmring::Segment::anonymous(&ChannelConfig::spsc()).map_err(err("a channel"))?;
+    let _tx = seg.producer().map_err(err("a producer"))?;
+    let mut rx = seg.consumer().map_err(err("a consumer"))?;
+    let fd = rx.fd().map_err(err("the consumer's descriptor"))?;
+    let mut buf = [0u8; 64];
+    let cpu = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let (cpu0, t0) = (cpu(), Instant::now());
+    let mut wakeups = 0;
+    // The first receive arms the descriptor.
+    let _ = rx.try_recv(&mut buf);
+    while let Some(left) = span.checked_sub(t0.elapsed()) {
+        // SAFETY: `rx` owns `fd` and outlives the call.
+        let mut fds = [PollFd::new(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            PollFlags::POLLIN,
+        )];
+        let ms = PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
+        if poll(&mut fds, ms).map_err(|e| format!("poll: {e}"))? > 0 {
+            wakeups += 1;
+            match rx.try_recv(&mut buf) {
+                Err(shmring::Error::WouldBlock(_)) => {}
+                other => return Err(format!("an idle channel gave {other:?}")),
+            }
+        }
+    }
+    Ok((cpu() - cpu0, wakeups))
 }
 
 /// Accepts a connection on a listener made non-blocking, waiting at most `PATIENCE`.
