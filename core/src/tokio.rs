@@ -1,7 +1,7 @@
 //! Async receive and send on tokio (the `tokio` feature): [`AsyncConsumer`] and
 //! [`AsyncProducer`] wrap a handle and register its pollable descriptor
 //! ([`Consumer::fd`], [`Producer::fd`]) with tokio's reactor through
-//! [`AsyncFd`](::tokio::io::unix::AsyncFd). No thread is started per channel: a task waiting
+//! [`AsyncFd`]. No thread is started per channel: a task waiting
 //! for frames sleeps in the reactor's `epoll` with the program's sockets and timers, and while
 //! frames flow a receive is the synchronous `try_recv`, with no system call.
 //!
