@@ -287,9 +287,16 @@ impl Pollable {
     /// The handle's operation succeeded: counts the waiter out, so that the other side's
     /// publishes and releases stop calling the kernel. A request still queued stays (a later
     /// wake completes it: one spurious readiness).
-    #[cold]
+    #[inline]
     pub(crate) fn disarm(&mut self) {
-        if !self.counted || !self.here() {
+        if self.counted {
+            self.count_out();
+        }
+    }
+
+    #[cold]
+    fn count_out(&mut self) {
+        if !self.here() {
             return;
         }
         self.counted = false;
@@ -514,7 +521,23 @@ impl Waker {
                 }
             }
             let deadline = self.epoch + Duration::from_nanos(next);
-            let _ = sys::futex_waitv(&words, deadline);
+            match sys::futex_waitv(&words, deadline) {
+                Ok(())
+                | Err(nix::errno::Errno::EAGAIN)
+                | Err(nix::errno::Errno::ETIMEDOUT)
+                | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    // Not expected (the words are aligned and mapped); never spin on it.
+                    static WARNED: AtomicU32 = AtomicU32::new(0);
+                    // Relaxed: a once-only log line.
+                    if WARNED.swap(1, Relaxed) == 0 {
+                        tracing::warn!(
+                            "futex_waitv failed: {e}; the waker thread retries every ms"
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             for s in watched {
                 // Relaxed loads: as above.
                 if s.armed.load(Relaxed) != 0 && s.word().load(Acquire) != s.expected.load(Relaxed)
