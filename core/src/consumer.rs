@@ -177,10 +177,14 @@ impl Consumer {
     /// waiting, or the channel was deleted or its stream finished. Made on the first call, then
     /// the same each time; it belongs to the consumer (do not close it) and lives as long as it.
     ///
-    /// The contract: once the descriptor is readable, receive with [`try_recv`]
-    /// (or [`try_read`], [`try_drain`]) until it returns [`Error::WouldBlock`], which re-arms the
-    /// descriptor; then poll again. `Closed` leaves it readable. Readiness is a hint: a receive
-    /// may still find nothing. While frames flow, neither side makes a system call. The
+    /// The contract: the descriptor is armed when made (readable at once if a frame is
+    /// waiting); once it is readable, receive with [`try_recv`] (or [`try_read`],
+    /// [`try_drain`]) until it returns [`Error::WouldBlock`], which re-arms the descriptor; then
+    /// poll again. `Closed` leaves it readable. Readiness is a hint: a receive may still find
+    /// nothing. Blocking calls wait by the wait strategy and leave the descriptor alone
+    /// (re-arming it if they time out). An armed consumer is counted as a waiter until its next
+    /// frame, and each frame sent meanwhile costs the producer a `FUTEX_WAKE`; a consumer that
+    /// never finds the ring empty costs neither side a system call. The
     /// descriptor is an io_uring instance on Linux 6.7+ and an eventfd written by a waker
     /// thread on 5.16+ where io_uring is unavailable (ARCHITECTURE.md, "Pollable
     /// descriptors"); older kernels get an error.
@@ -226,7 +230,17 @@ impl Consumer {
             Line::Producer,
             (self.membership.role(), self.membership.index()),
         )?;
-        Ok(self.pollable.insert(Box::new(p)).fd())
+        let fd = p.fd();
+        self.pollable = Some(Box::new(p));
+        // Armed at once, so that an event loop may wait on it before its first call: readable
+        // now if the call would succeed now.
+        match self.settle_pollable(Error::WouldBlock("arming")) {
+            Error::WouldBlock(_) => Ok(fd),
+            e => {
+                self.pollable = None;
+                Err(e)
+            }
+        }
     }
 
     /// The largest frame this channel carries: a buffer this long fits every frame.
@@ -356,11 +370,21 @@ impl Consumer {
         }
     }
 
-    /// Passes `r` through; if it is `WouldBlock`, see `settle_empty`.
+    /// Passes the result of a non-waiting call through; if it is `WouldBlock`, see
+    /// `settle_empty`.
     #[inline(always)]
     fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
         match r {
             Err(Error::WouldBlock(w)) => Err(self.settle_empty(w)),
+            r => r,
+        }
+    }
+
+    /// `settle` for a blocking call's attempts, which leave the pollable descriptor alone.
+    #[inline(always)]
+    fn settle_quiet<T>(&mut self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(Error::WouldBlock(w)) => Err(self.settle_empty_quiet(w)),
             r => r,
         }
     }
@@ -370,6 +394,15 @@ impl Consumer {
     /// `Closed`: nothing will come. Out of line: the path that delivers a frame stays short.
     #[inline(never)]
     fn settle_empty(&mut self, what: &'static str) -> Error {
+        let e = self.settle_empty_quiet(what);
+        if self.pollable.is_some() {
+            return self.settle_pollable(e);
+        }
+        e
+    }
+
+    /// `settle_empty` without the pollable descriptor.
+    fn settle_empty_quiet(&mut self, what: &'static str) -> Error {
         let freed = match &mut self.ring {
             Ring::Spsc(core) => core.take_freed(),
             Ring::Broadcast { core, .. } => core.settle_empty(&self.mem),
@@ -378,15 +411,11 @@ impl Consumer {
         if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
-        let e = if self.mem.ending() {
+        if self.mem.ending() {
             self.ended(what)
         } else {
             Error::WouldBlock(what)
-        };
-        if self.pollable.is_some() {
-            return self.settle_pollable(e);
         }
-        e
     }
 
     /// `settle_empty` of a handle with a pollable descriptor: `WouldBlock` arms it (and, if a
@@ -476,9 +505,10 @@ impl Consumer {
     /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
     /// so that a spinning wait notices the other side within a pause and a load.
     ///
-    /// A pollable descriptor is not armed by a blocking call (it waits by its strategy, and a
-    /// descriptor counted as a waiter meanwhile would cost the producer a system call per
-    /// publish); one armed before is counted out when the call returns a frame.
+    /// A blocking call waits by its strategy, not through the pollable descriptor: one that was
+    /// armed is counted out first (it would be counted twice on the line, and the entry's
+    /// `parked` word, which a repair trusts, names only the waiter's count), and armed again if
+    /// the call ends with the ring still empty (`TimedOut`), as a non-waiting call would.
     #[inline(never)]
     fn wait_and_retry<T>(
         &mut self,
@@ -486,15 +516,19 @@ impl Consumer {
         first: &'static str,
         op: impl FnMut(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        let pollable = self.pollable.take();
+        if let Some(p) = &mut self.pollable {
+            p.disarm();
+        }
         let r = self.wait_and_retry_inner(timeout, first, op);
-        if let Some(mut p) = pollable {
-            match &r {
-                Ok(_) => p.disarm(),
-                Err(Error::Closed(_)) => p.ended(),
-                Err(_) => {}
-            }
-            self.pollable = Some(p);
+        if self.pollable.is_some() {
+            return match r {
+                Err(Error::TimedOut(t)) => match self.settle_pollable(Error::WouldBlock("empty")) {
+                    Error::WouldBlock(_) => Err(Error::TimedOut(t)),
+                    other => Err(other),
+                },
+                Err(e @ Error::Closed(_)) => Err(self.settle_pollable(e)),
+                r => r,
+            };
         }
         r
     }
@@ -505,7 +539,7 @@ impl Consumer {
         first: &'static str,
         mut op: impl FnMut(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        match self.settle_empty(first) {
+        match self.settle_empty_quiet(first) {
             Error::WouldBlock(_) => {}
             e => return Err(e),
         }
@@ -520,7 +554,7 @@ impl Consumer {
                 waiter.wait_until(&self.mem, Line::Producer, || watch.ready())?
             };
             let r = op(self);
-            match self.settle(r) {
+            match self.settle_quiet(r) {
                 Err(Error::WouldBlock(_)) if woke == Woke::Recheck => self.check_ring()?,
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,

@@ -107,7 +107,7 @@ pub use coordinator::{
     DEFAULT_MESSAGE_TIMEOUT, DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path,
 };
 #[cfg(not(loom))]
-pub use pollable::{FD_RECHECK_INTERVAL, FdBackend, set_fd_backend};
+pub use pollable::{FD_RECHECK_INTERVAL, FdBackend, set_fd_backend, set_fd_recheck_interval};
 #[cfg(not(loom))]
 pub use producer::{Batch, Claim, DetachedClaim, Producer};
 #[cfg(not(loom))]

@@ -57,6 +57,30 @@ use std::time::{Duration, Instant};
 /// loop ten wake-ups a second.
 pub const FD_RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// 0: the default interval, else the interval in milliseconds (`set_fd_recheck_interval`).
+static RECHECK_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the recheck interval of descriptors armed from now on in this process; tests stretch it
+/// so that a wake-up path that does not work cannot pass for one that does. Overrides
+/// `SHMRING_FD_RECHECK_MS`.
+#[doc(hidden)]
+pub fn set_fd_recheck_interval(interval: Duration) {
+    // Relaxed: a setting read when a descriptor is armed.
+    RECHECK_MS.store((interval.as_millis() as u64).max(1), Relaxed);
+}
+
+fn recheck_interval() -> Duration {
+    // Relaxed: as in `set_fd_recheck_interval`.
+    match RECHECK_MS.load(Relaxed) {
+        0 => std::env::var("SHMRING_FD_RECHECK_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map_or(FD_RECHECK_INTERVAL, Duration::from_millis),
+        ms => Duration::from_millis(ms),
+    }
+}
+
 /// Which mechanism wakes a descriptor (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[doc(hidden)]
@@ -107,6 +131,8 @@ const NOP: u64 = 3;
 /// A handle's pollable descriptor and its armed state.
 #[derive(Debug)]
 pub(crate) struct Pollable {
+    /// Declared first, so dropped first: the ring's queued wait goes before the mapping.
+    backend: Backend,
     mem: Arc<Memory>,
     /// The line of the side the handle waits for.
     line: Line,
@@ -116,7 +142,6 @@ pub(crate) struct Pollable {
     pid: u32,
     /// Counted in the line's `waiters`.
     counted: bool,
-    backend: Backend,
 }
 
 #[derive(Debug)]
@@ -213,7 +238,7 @@ impl Pollable {
         };
         let now = ready() || self.line.ending(&self.mem);
         let interval = if barriers.global {
-            FD_RECHECK_INTERVAL
+            recheck_interval()
         } else {
             // A waker may miss the announcement (see `wait::FALLBACK_SLEEP`).
             wait::FALLBACK_SLEEP
@@ -225,25 +250,21 @@ impl Pollable {
                 timer_out,
                 nop_out,
             } => {
-                let mut pushed = false;
                 // A wait still queued was made with an older `seen`: the word changed since only
-                // by a wake, which completes it, so it stays.
-                if !*wait_out {
-                    ring.push_futex_wait(&line.futex, seen, WAIT);
-                    *wait_out = true;
-                    pushed = true;
-                }
+                // by a wake, which completes it, so it stays. A request is marked queued once
+                // pushed: if the submission fails it stays in the submission queue, and the next
+                // arming submits it (`pending`).
+                // The timeout first: its timespec is only rewritten with nothing pending.
                 if !*timer_out {
-                    ring.push_timeout(interval, TIMER);
-                    *timer_out = true;
-                    pushed = true;
+                    *timer_out = ring.push_timeout(interval, TIMER);
+                }
+                if !*wait_out {
+                    *wait_out = ring.push_futex_wait(&line.futex, seen, WAIT);
                 }
                 if now && !*nop_out {
-                    ring.push_nop(NOP);
-                    *nop_out = true;
-                    pushed = true;
+                    *nop_out = ring.push_nop(NOP);
                 }
-                if pushed {
+                if ring.pending() {
                     ring.submit()
                         .map_err(|e| Error::os("arming the pollable descriptor (io_uring)", e))?;
                 }
@@ -319,15 +340,19 @@ impl Pollable {
             return;
         }
         self.disarm();
+        self.signal();
+    }
+
+    /// Makes the descriptor readable now (until the next arming).
+    pub(crate) fn signal(&mut self) {
         match &mut self.backend {
             Backend::Uring { ring, nop_out, .. } => {
                 if !*nop_out {
-                    ring.push_nop(NOP);
-                    *nop_out = true;
-                    if ring.submit().is_err() {
-                        // Still queued: the next submission carries it.
-                        tracing::debug!("could not submit the closing no-op");
-                    }
+                    *nop_out = ring.push_nop(NOP);
+                }
+                if ring.pending() && ring.submit().is_err() {
+                    // Still in the submission queue: the next arming submits it.
+                    tracing::debug!("could not submit the closing no-op");
                 }
             }
             Backend::Thread(slot) => sys::eventfd_signal(&slot.efd),
@@ -349,6 +374,7 @@ impl Drop for Pollable {
 
 /// One armed descriptor of the waker-thread backend.
 struct Slot {
+    waker: &'static Waker,
     mem: Arc<Memory>,
     line: Line,
     efd: OwnedFd,
@@ -379,32 +405,53 @@ struct Waker {
     epoch: Instant,
 }
 
-/// The waker thread, started on first use; `Err` with the reason when `futex_waitv` is missing.
+/// How many processes of one lineage (a process, a child it forked, that child's child...) can
+/// each have a waker thread: a forked child does not inherit its parent's thread, so it starts
+/// its own, in the next free entry.
+const WAKERS: usize = 64;
+
+/// The waker thread of this process, started on first use; `Err` with the reason when
+/// `futex_waitv` is missing or refused. Lock-free to look up (a child forked while a parent's
+/// thread held a lock would hang on it): the entries are set once, each by one process, and a
+/// process uses the one that names its pid.
 fn waker() -> std::result::Result<&'static Waker, String> {
-    static WAKER: OnceLock<std::result::Result<&'static Waker, String>> = OnceLock::new();
-    WAKER
-        .get_or_init(|| {
-            // An empty list is refused with EINVAL by a kernel that has the call, ENOSYS by one
-            // that has not.
-            if sys::futex_waitv(&[], Instant::now()) == Err(nix::errno::Errno::ENOSYS) {
-                return Err(
-                    "futex_waitv is missing (Linux 5.16+ is needed for a pollable \
-                            descriptor where io_uring futex waits are unavailable)"
-                        .into(),
-                );
-            }
-            let w: &'static Waker = Box::leak(Box::new(Waker {
-                slots: Mutex::new(Vec::new()),
-                control: crate::sync::AtomicU32::new(0),
-                epoch: Instant::now(),
-            }));
-            std::thread::Builder::new()
-                .name("shmring-waker".into())
-                .spawn(move || w.run())
-                .map_err(|e| format!("cannot start the waker thread: {e}"))?;
-            Ok(w)
-        })
-        .clone()
+    type Entry = OnceLock<(u32, std::result::Result<&'static Waker, String>)>;
+    static TABLE: [Entry; WAKERS] = [const { OnceLock::new() }; WAKERS];
+    let pid = sys::pid();
+    for entry in &TABLE {
+        let (owner, w) = entry.get_or_init(|| (pid, start_waker()));
+        if *owner == pid {
+            return w.clone();
+        }
+    }
+    Err(format!(
+        "{WAKERS} generations of forked processes each started a waker thread: no entry is left"
+    ))
+}
+
+fn start_waker() -> std::result::Result<&'static Waker, String> {
+    // An empty list is refused with EINVAL by a kernel that has the call; ENOSYS (too old) or
+    // anything else (a seccomp filter's EPERM) means that it cannot be used.
+    match sys::futex_waitv(&[], Instant::now()) {
+        Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => {
+            return Err(format!(
+                "futex_waitv is unavailable ({e}): a pollable descriptor needs io_uring futex \
+                 waits (Linux 6.7+) or futex_waitv (Linux 5.16+)"
+            ));
+        }
+        Ok(()) => return Err("futex_waitv accepted an empty list".into()),
+    }
+    let w: &'static Waker = Box::leak(Box::new(Waker {
+        slots: Mutex::new(Vec::new()),
+        control: crate::sync::AtomicU32::new(0),
+        epoch: Instant::now(),
+    }));
+    std::thread::Builder::new()
+        .name("shmring-waker".into())
+        .spawn(move || w.run())
+        .map_err(|e| format!("cannot start the waker thread: {e}"))?;
+    Ok(w)
 }
 
 impl Slot {
@@ -417,6 +464,7 @@ impl Slot {
         })?;
         let efd = sys::eventfd().map_err(|e| Error::os("making a pollable descriptor", e))?;
         let slot = Arc::new(Slot {
+            waker: w,
             mem: Arc::clone(mem),
             line,
             efd,
@@ -433,7 +481,7 @@ impl Slot {
     }
 
     fn arm(&self, seen: u32, interval: Duration) {
-        let Ok(w) = waker() else { return };
+        let w = self.waker;
         let due = (w.epoch.elapsed() + interval).as_nanos() as u64;
         // Relaxed: published by the Release store of `armed`.
         self.expected.store(seen, Relaxed);
@@ -444,7 +492,7 @@ impl Slot {
     }
 
     fn unregister(self: &Arc<Self>) {
-        let Ok(w) = waker() else { return };
+        let w = self.waker;
         w.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -516,7 +564,9 @@ impl Waker {
                     watched.push(s);
                     next = next.min(due);
                 } else {
-                    // More armed slots than one call watches: look at the rest every ms.
+                    // More armed slots than one call watches (127): the rest are looked at
+                    // every millisecond, which costs this thread 1000 wake-ups a second while
+                    // so many are armed at once.
                     next = next.min(now + 1_000_000);
                 }
             }

@@ -169,7 +169,22 @@ impl Producer {
             Line::Consumer,
             (self.membership.role(), self.membership.index()),
         )?;
-        Ok(self.pollable.insert(Box::new(p)).fd())
+        let fd = p.fd();
+        self.pollable = Some(Box::new(p));
+        // Armed at once, and readable at once: whether there is room is for the first send to
+        // tell (a look at the ring cannot, for every kind); its `WouldBlock` arms it again.
+        match self.full_pollable(Error::WouldBlock("arming")) {
+            Error::WouldBlock(_) => {
+                if let Some(p) = &mut self.pollable {
+                    p.signal();
+                }
+                Ok(fd)
+            }
+            e => {
+                self.pollable = None;
+                Err(e)
+            }
+        }
     }
 
     /// Ends the stream: every frame sent so far is published, this producer leaves the channel
@@ -403,8 +418,34 @@ impl Producer {
     /// Retries `op` while it returns `WouldBlock`. Between attempts it waits by the handle's
     /// strategy, watching one shared word ([`Watch`]) rather than retrying the whole operation,
     /// so that a spinning wait notices the other side within a pause and a load.
+    ///
+    /// A blocking call waits by its strategy, not through the pollable descriptor: one that was
+    /// armed is counted out first and armed again if the call ends with the ring still full
+    /// (`TimedOut`), as a non-waiting call would (see the consumer's `wait_and_retry`).
     #[inline(never)]
     fn wait_and_retry<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        op: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(p) = &mut self.pollable {
+            p.disarm();
+        }
+        let r = self.wait_and_retry_inner(timeout, op);
+        if self.pollable.is_some() {
+            return match r {
+                Err(Error::TimedOut(t)) => match self.full_pollable(Error::WouldBlock("full")) {
+                    Error::WouldBlock(_) => Err(Error::TimedOut(t)),
+                    other => Err(other),
+                },
+                Err(e @ Error::Closed(_)) => Err(self.full_pollable(e)),
+                r => r,
+            };
+        }
+        r
+    }
+
+    fn wait_and_retry_inner<T>(
         &mut self,
         timeout: Option<Duration>,
         mut op: impl FnMut(&mut Self) -> Result<T>,

@@ -794,8 +794,13 @@ impl Uring {
     }
 
     /// Queues a wait on `word` (shared between processes), which completes when another call
-    /// wakes it, or at once if it no longer holds `expected`.
-    pub(crate) fn push_futex_wait(&mut self, word: &AtomicU32, expected: u32, user_data: u64) {
+    /// wakes it, or at once if it no longer holds `expected`. False if the queue was full.
+    pub(crate) fn push_futex_wait(
+        &mut self,
+        word: &AtomicU32,
+        expected: u32,
+        user_data: u64,
+    ) -> bool {
         let sqe = io_uring::opcode::FutexWait::new(
             word.as_ptr(),
             u64::from(expected),
@@ -804,37 +809,42 @@ impl Uring {
         )
         .build()
         .user_data(user_data);
-        self.push(&sqe);
+        self.push(&sqe)
     }
 
-    /// Queues a request that completes after `after`.
-    pub(crate) fn push_timeout(&mut self, after: Duration, user_data: u64) {
+    /// Queues a request that completes after `after`. False if the queue was full.
+    pub(crate) fn push_timeout(&mut self, after: Duration, user_data: u64) -> bool {
+        if self.pending() {
+            // The timespec of a timeout still to be submitted must not change under it.
+            return false;
+        }
         *self.timeout = io_uring::types::Timespec::from(after);
         let ts: *const io_uring::types::Timespec = &*self.timeout;
         let sqe = io_uring::opcode::Timeout::new(ts)
             .build()
             .user_data(user_data);
-        self.push(&sqe);
+        self.push(&sqe)
     }
 
-    /// Queues a request that completes at once (the descriptor becomes readable).
-    pub(crate) fn push_nop(&mut self, user_data: u64) {
+    /// Queues a request that completes at once (the descriptor becomes readable). False if the
+    /// queue was full.
+    pub(crate) fn push_nop(&mut self, user_data: u64) -> bool {
         let sqe = io_uring::opcode::Nop::new().build().user_data(user_data);
-        self.push(&sqe);
+        self.push(&sqe)
     }
 
-    fn push(&mut self, sqe: &io_uring::squeue::Entry) {
-        // SAFETY: the futex word is in a mapping the caller (`Pollable`) keeps alive as long as
-        // the ring (the kernel resolves a shared futex's key when the wait is issued, and never
-        // writes the word); the timespec is in `self.timeout`, read by the kernel during the
-        // submission, which happens before it can be overwritten (every push is followed by
-        // `submit` before the next timeout is pushed). The queue holds 8 entries and a caller
-        // pushes at most 3 between submissions.
-        let pushed = unsafe { self.ring.submission().push(sqe) };
-        debug_assert!(
-            pushed.is_ok(),
-            "the submission queue holds every request pushed"
-        );
+    fn push(&mut self, sqe: &io_uring::squeue::Entry) -> bool {
+        // SAFETY: the futex word is in a mapping the caller (`Pollable`) keeps alive longer
+        // than the ring (the kernel resolves a shared futex's key when the wait is issued, and
+        // never writes the word); the timespec is in `self.timeout`, which is only rewritten
+        // when nothing is left to submit (`push_timeout`), and the kernel reads it during the
+        // submission.
+        unsafe { self.ring.submission().push(sqe) }.is_ok()
+    }
+
+    /// Whether requests were pushed and not yet submitted.
+    pub(crate) fn pending(&mut self) -> bool {
+        !self.ring.submission().is_empty()
     }
 
     /// Submits what was pushed.

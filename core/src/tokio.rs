@@ -34,32 +34,36 @@ use crate::producer::Claim;
 use crate::{Consumer, Producer};
 use ::tokio::io::Interest;
 use ::tokio::io::unix::AsyncFd;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-/// A handle's descriptor, as tokio registers it (the handle owns and closes it).
+/// A duplicate of a handle's descriptor, owned here: what tokio registers stays open, and
+/// refers to the handle's io_uring or eventfd, for as long as the registration.
 #[derive(Debug)]
-struct Descriptor(RawFd);
+struct Descriptor(OwnedFd);
 
 impl AsRawFd for Descriptor {
     fn as_raw_fd(&self) -> RawFd {
-        self.0
+        self.0.as_raw_fd()
     }
 }
 
-/// Registers `fd`, which its handle owns. The caller keeps the handle alive, and the
-/// descriptor open, for as long as the returned `AsyncFd`: both wrappers hold the `AsyncFd`
-/// in a field declared (so dropped) before the handle's, and `into_inner` drops it first.
+/// Registers a duplicate of `fd` (a handle's descriptor) with the current runtime.
 fn register(fd: RawFd) -> Result<AsyncFd<Descriptor>> {
     if ::tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::InvalidArgument(
             "an async shmring handle is made inside a tokio runtime (with IO enabled)".into(),
         ));
     }
-    // SAFETY: `fd` is the handle's open descriptor, which stays open and the same for the
-    // handle's life (`Consumer::fd`), and the handle outlives the `AsyncFd` (see above).
-    unsafe { AsyncFd::register_with_interest(Descriptor(fd), Interest::READABLE) }.map_err(|e| {
+    // SAFETY: `fd` is the handle's open descriptor (`Consumer::fd`), valid for this call; the
+    // duplicate is ours.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(|e| Error::os("duplicating the pollable descriptor", e))?;
+    // SAFETY: the `AsyncFd` owns the duplicate, which stays open and the same for the
+    // registration's life.
+    unsafe { AsyncFd::register_with_interest(Descriptor(dup), Interest::READABLE) }.map_err(|e| {
         Error::os(
-            "registering the pollable descriptor with tokio (is the runtime's IO enabled?)",
+            "registering the pollable descriptor with tokio",
             e.into_parts().1,
         )
     })
@@ -84,7 +88,8 @@ pub struct AsyncConsumer {
 }
 
 impl AsyncConsumer {
-    /// Wraps `consumer`, registering its descriptor with the current tokio runtime.
+    /// Wraps `consumer`, registering its descriptor with the current tokio runtime (which
+    /// must have IO enabled: tokio panics otherwise, as for any `AsyncFd`).
     pub fn new(mut consumer: Consumer) -> Result<AsyncConsumer> {
         let fd = register(consumer.fd()?)?;
         Ok(AsyncConsumer { fd, consumer })
@@ -123,9 +128,11 @@ impl AsyncConsumer {
         }
     }
 
-    /// The wrapped consumer, for what has no `async` form (statistics, `try_drain`).
-    pub fn get_mut(&mut self) -> &mut Consumer {
-        &mut self.consumer
+    /// The wrapped consumer, for what reads without receiving (statistics, `missed`); for
+    /// anything else, [`into_inner`](AsyncConsumer::into_inner). (No `&mut`: replacing the
+    /// consumer would leave this wrapper waiting on the old one's descriptor.)
+    pub fn get_ref(&self) -> &Consumer {
+        &self.consumer
     }
 
     /// Unwraps the consumer (its descriptor leaves the reactor).
@@ -143,7 +150,8 @@ pub struct AsyncProducer {
 }
 
 impl AsyncProducer {
-    /// Wraps `producer`, registering its descriptor with the current tokio runtime.
+    /// Wraps `producer`, registering its descriptor with the current tokio runtime (which
+    /// must have IO enabled).
     pub fn new(mut producer: Producer) -> Result<AsyncProducer> {
         let fd = register(producer.fd()?)?;
         Ok(AsyncProducer { fd, producer })
@@ -176,9 +184,9 @@ impl AsyncProducer {
         self.into_inner().finish()
     }
 
-    /// The wrapped producer.
-    pub fn get_mut(&mut self) -> &mut Producer {
-        &mut self.producer
+    /// The wrapped producer (see [`AsyncConsumer::get_ref`]).
+    pub fn get_ref(&self) -> &Producer {
+        &self.producer
     }
 
     /// Unwraps the producer (its descriptor leaves the reactor).

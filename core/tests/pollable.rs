@@ -8,7 +8,7 @@
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use shmring::{
     ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, FdBackend, Overflow, Segment,
-    set_fd_backend,
+    set_fd_backend, set_fd_recheck_interval,
 };
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Mutex;
@@ -17,8 +17,16 @@ use std::time::Duration;
 mod common;
 use common::watchdog;
 
-/// The backend is a process-wide setting: tests that set it take turns.
+/// The backend and the recheck interval are process-wide settings: tests take turns.
 static BACKEND: Mutex<()> = Mutex::new(());
+
+/// Takes this test's turn and stretches the recheck to a minute: only a working wake-up then
+/// makes a descriptor readable within the tests' waits (a recheck would hide a broken one).
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    let t = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    set_fd_recheck_interval(Duration::from_secs(60));
+    t
+}
 
 fn backends() -> [FdBackend; 2] {
     [FdBackend::Uring, FdBackend::Thread]
@@ -62,7 +70,7 @@ fn wait_readable(fd: RawFd, what: &str) {
 #[test]
 fn a_consumer_descriptor_wakes_for_frames_and_is_quiet_when_drained() {
     let _dog = watchdog("consumer descriptor", 120);
-    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     for backend in backends() {
         set_fd_backend(backend);
         for cfg in kinds() {
@@ -118,7 +126,7 @@ fn a_consumer_descriptor_wakes_for_frames_and_is_quiet_when_drained() {
 #[test]
 fn a_producer_descriptor_wakes_when_room_is_made() {
     let _dog = watchdog("producer descriptor", 120);
-    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     for backend in backends() {
         set_fd_backend(backend);
         // DropOldest never fills.
@@ -177,7 +185,7 @@ fn a_producer_descriptor_wakes_when_room_is_made() {
 #[test]
 fn deleting_a_channel_wakes_every_descriptor() {
     let _dog = watchdog("delete wakes descriptors", 120);
-    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     let ns = format!("pollable{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -222,7 +230,7 @@ fn deleting_a_channel_wakes_every_descriptor() {
 #[test]
 fn a_receiving_consumer_is_not_counted_as_a_waiter() {
     let _dog = watchdog("not counted", 60);
-    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     for backend in backends() {
         set_fd_backend(backend);
         let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
@@ -251,7 +259,7 @@ fn a_receiving_consumer_is_not_counted_as_a_waiter() {
 #[test]
 fn a_blocking_call_does_not_arm_the_descriptor() {
     let _dog = watchdog("blocking calls leave the descriptor alone", 60);
-    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     set_fd_backend(FdBackend::Auto);
     let seg = Segment::anonymous(&ChannelConfig::spsc().capacity(1024).max_frame_size(64)).unwrap();
     let mut rx = seg.consumer().unwrap();
@@ -270,7 +278,8 @@ fn a_blocking_call_does_not_arm_the_descriptor() {
         rx
     });
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(waiting(&seg), (0, 0), "a spinning consumer was counted");
+    // (The producer's descriptor was armed when made: counted until it sends.)
+    assert_eq!(waiting(&seg).0, 0, "a spinning consumer was counted");
     tx.send(b"x").unwrap();
     let mut rx = reader.join().unwrap();
     while tx.try_send(&[7; 64]).is_ok() {}
@@ -293,7 +302,7 @@ fn a_blocking_call_does_not_arm_the_descriptor() {
 #[test]
 fn a_descriptor_armed_by_one_thread_wakes_a_poll_in_another() {
     let _dog = watchdog("armed elsewhere", 60);
-    let _turn = BACKEND.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn();
     for backend in backends() {
         set_fd_backend(backend);
         for armer in ["sleeps", "spins", "exits"] {
@@ -344,5 +353,86 @@ fn a_descriptor_armed_by_one_thread_wakes_a_poll_in_another() {
                 t.join().unwrap();
             }
         }
+    }
+}
+
+/// With nothing sent, an armed descriptor still becomes readable once per recheck interval,
+/// and the receive then made finds nothing and arms it again.
+#[test]
+fn an_idle_descriptor_becomes_readable_at_each_recheck() {
+    let _dog = watchdog("recheck", 60);
+    let _turn = turn();
+    set_fd_recheck_interval(Duration::from_millis(30));
+    for backend in backends() {
+        set_fd_backend(backend);
+        let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+        let _tx = seg.producer().unwrap();
+        let mut rx = seg.consumer().unwrap();
+        let fd = rx.fd().unwrap();
+        let mut buf = [0u8; 64];
+        for round in 0..5 {
+            wait_readable(fd, &format!("{backend:?} recheck {round}"));
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+        }
+    }
+}
+
+/// Found in review: a blocking drain whose callback panicked lost the descriptor (it was moved
+/// out of the handle for the call), so `fd()` then made a new one with another number under
+/// an event loop still polling the old.
+#[test]
+fn a_panic_in_a_blocking_drain_keeps_the_descriptor() {
+    let _dog = watchdog("panic keeps the descriptor", 60);
+    let _turn = turn();
+    set_fd_backend(FdBackend::Auto);
+    let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+    let mut tx = seg.producer().unwrap();
+    let mut rx = seg.consumer().unwrap();
+    let fd = rx.fd().unwrap();
+    tx.send(b"boom").unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rx.drain_timeout(8, Duration::from_secs(5), |_, _| {
+            panic!("the callback panics")
+        })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(rx.fd().unwrap(), fd, "the descriptor changed");
+    let mut buf = [0u8; 64];
+    assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+    tx.send(b"after").unwrap();
+    wait_readable(fd, "after the panic");
+    assert_eq!(rx.try_recv(&mut buf).unwrap().len, 5);
+}
+
+/// A descriptor is armed when made: an event loop may wait on it before its first call, and
+/// it is readable at once when a frame is already waiting (consumer) or there is room
+/// (producer).
+#[test]
+fn a_descriptor_is_armed_when_made() {
+    let _dog = watchdog("armed when made", 60);
+    let _turn = turn();
+    for backend in backends() {
+        set_fd_backend(backend);
+        let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+        let mut tx = seg.producer().unwrap();
+        let mut rx = seg.consumer().unwrap();
+        let rfd = rx.fd().unwrap();
+        assert!(!readable(rfd, 0), "{backend:?}: readable with nothing sent");
+        tx.send(b"one").unwrap();
+        wait_readable(rfd, &format!("{backend:?}: a frame sent after the making"));
+        let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+        let mut tx = seg.producer().unwrap();
+        let mut rx = seg.consumer().unwrap();
+        tx.send(b"two").unwrap();
+        let rfd = rx.fd().unwrap();
+        assert!(
+            readable(rfd, 0),
+            "{backend:?}: a frame waiting when it was made"
+        );
+        let tfd = tx.fd().unwrap();
+        assert!(
+            readable(tfd, 0),
+            "{backend:?}: a producer's is readable when made"
+        );
     }
 }

@@ -304,8 +304,8 @@ class Consumer:
     def fileno(self):
         """A descriptor to wait on in an event loop (asyncio's loop.add_reader, selectors,
         select.poll), readable when frames may be waiting or the stream ended. Once it is,
-        receive with timeout=0 until recv returns None, which re-arms it (a receive that finds
-        nothing arms it; readiness is a hint). It belongs to the consumer: do not close it.
+        receive with timeout=0 until recv returns None, which re-arms it (it is armed when
+        made; readiness is a hint). It belongs to the consumer: do not close it.
         See examples/python/asyncio_consumer.py."""
         fd = _consumer_fd(self._h)
         if fd < 0:

@@ -4,6 +4,7 @@
  *
  *   poll_mix produce CHANNEL FRAMES
  *   poll_mix consume CHANNEL_A FRAMES_A CHANNEL_B FRAMES_B PIPE_BYTES
+ *   poll_mix fork CHANNEL_A CHANNEL_B
  *
  * produce: sends FRAMES frames, frame i being 8 to 64 bytes (i, little-endian, then bytes
  * that depend on i), in bursts of 100 with a 1 ms pause between bursts so that the consumer
@@ -18,6 +19,12 @@
  *   "received a=A b=B pipe=P polls=N empty=E cpu_us=C wall_us=W"
  * where `empty` counts poll returns after which nothing at all was received or read (the
  * busy-wait detector: a recheck or a race gives a few, a spinning loop thousands).
+ *
+ * fork: makes a consumer's descriptor on CHANNEL_A (which, with SHMRING_FD_WAKER=thread,
+ * starts the library's waker thread), then forks. The child, which has no waker thread of its
+ * parent's, opens its own consumer and producer of CHANNEL_B, makes the consumer's descriptor,
+ * sends one frame and polls (at most 10 s): the descriptor must become readable and the frame
+ * arrive. The parent waits for it and prints "child received".
  */
 #define _POSIX_C_SOURCE 200809L
 #include "shmring.h"
@@ -29,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -198,8 +206,63 @@ static int consume(const char *a, long frames_a, const char *b, long frames_b, l
     return 0;
 }
 
+static int forked(const char *a, const char *b) {
+    shmring_client *client = NULL;
+    check(shmring_client_connect(NULL, &client), "connecting");
+    shmring_consumer *rx = NULL;
+    check(shmring_consumer_open(client, a, &rx), "opening channel A");
+    if (shmring_consumer_fd(rx) < 0) {
+        fprintf(stderr, "poll_mix: shmring_consumer_fd: %s\n", shmring_last_error());
+        return 1;
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("poll_mix: fork");
+        return 1;
+    }
+    if (pid == 0) {
+        shmring_client *own = NULL;
+        check(shmring_client_connect(NULL, &own), "connecting in the child");
+        shmring_consumer *crx = NULL;
+        shmring_producer *ctx = NULL;
+        check(shmring_consumer_open(own, b, &crx), "opening channel B");
+        check(shmring_producer_open(own, b, &ctx), "opening channel B to send");
+        struct pollfd pfd = {shmring_consumer_fd(crx), POLLIN, 0};
+        if (pfd.fd < 0) {
+            fprintf(stderr, "poll_mix: child: shmring_consumer_fd: %s\n", shmring_last_error());
+            _exit(1);
+        }
+        uint8_t buf[FRAME_MAX];
+        size_t len = 0;
+        if (shmring_recv(crx, buf, sizeof buf, &len, 0) != SHMRING_WOULD_BLOCK) _exit(1);
+        check(shmring_send(ctx, "forked", 6, -1), "sending in the child");
+        if (poll(&pfd, 1, 10000) != 1) {
+            fprintf(stderr, "poll_mix: child: the descriptor did not become readable\n");
+            _exit(1);
+        }
+        check(shmring_recv(crx, buf, sizeof buf, &len, 0), "receiving in the child");
+        if (len != 6 || memcmp(buf, "forked", 6) != 0) _exit(1);
+        shmring_producer_close(ctx);
+        shmring_consumer_close(crx);
+        shmring_client_close(own);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "poll_mix: the forked child failed (status %d)\n", status);
+        return 1;
+    }
+    printf("child received\n");
+    shmring_consumer_close(rx);
+    shmring_client_close(client);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "produce") == 0) return produce(argv[2], atol(argv[3]));
+    if (argc >= 4 && strcmp(argv[1], "fork") == 0) return forked(argv[2], argv[3]);
     if (argc >= 7 && strcmp(argv[1], "consume") == 0)
         return consume(argv[2], atol(argv[3]), argv[4], atol(argv[5]), atol(argv[6]));
     fprintf(stderr, "usage: see the comment at the top of poll_mix.c\n");

@@ -288,7 +288,13 @@ fn the_python_asyncio_example_receives_beside_a_timer() {
     let producer = compile("examples/c/producer.c", &place.dir, Build::Plain);
     for (kind, from_c) in [("spsc", true), ("mpmc", false)] {
         let name = format!("asyncio-{kind}");
-        let receiver = dog.spawn(place.python("asyncio_consumer.py").arg(&name));
+        // No recheck for a minute: only a working wake-up lets the loop see the frames.
+        let receiver = dog.spawn(
+            place
+                .python("asyncio_consumer.py")
+                .arg(&name)
+                .env("SHMRING_FD_RECHECK_MS", "60000"),
+        );
         // Slow enough that the consumer goes idle between frames and waits in the loop.
         let sent = if from_c {
             ok(

@@ -7,6 +7,7 @@
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use shmring::{
     ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, FdBackend, set_fd_backend,
+    set_fd_recheck_interval,
 };
 use shmring_tests::{Build, Helper, Watchdog, serial};
 use std::io::Write;
@@ -48,10 +49,13 @@ impl Place {
         Client::connect(Some(&self.socket)).unwrap()
     }
 
+    /// `exe` with this place's coordinator and the descriptor backend `backend`; rechecks
+    /// every 60 s, so that only a working wake-up makes a descriptor readable in time.
     fn command(&self, exe: &Path, backend: &str) -> Command {
         let mut cmd = Command::new(exe);
         cmd.env("SHMRING_SOCKET", &self.socket)
             .env("SHMRING_FD_WAKER", backend)
+            .env("SHMRING_FD_RECHECK_MS", "60000")
             .env("ASAN_OPTIONS", "detect_leaks=1")
             .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1");
         cmd
@@ -182,6 +186,8 @@ fn peer(dog: &Watchdog, place: &Place, args: &[&str]) -> Helper {
 fn a_repaired_ring_wakes_the_descriptors_it_held_back() {
     let _serial = serial();
     let dog = Watchdog::new("repair wakes descriptors", Duration::from_secs(180));
+    // Only a working wake-up makes a descriptor readable within the tests' waits.
+    set_fd_recheck_interval(Duration::from_secs(60));
     for backend in [FdBackend::Uring, FdBackend::Thread] {
         set_fd_backend(backend);
         let place = Place::new("repair");
@@ -265,4 +271,89 @@ fn a_repaired_ring_wakes_the_descriptors_it_held_back() {
         dog.check();
     }
     set_fd_backend(FdBackend::Auto);
+}
+
+/// Found in review: a consumer whose descriptor was armed, then blocked in a receive that timed
+/// out, then was SIGKILLed, left the channel's waiter count at 1 for good after the repair
+/// (the blocking wait's `parked` mark replaced the descriptor's, so the repair took back
+/// nothing), and every later frame cost its producer a `FUTEX_WAKE`. A blocking call now counts
+/// the descriptor out first and arms it again when it times out.
+#[test]
+fn a_killed_consumer_armed_and_then_blocked_is_counted_out_by_the_repair() {
+    let _serial = serial();
+    let dog = Watchdog::new("armed then blocked", Duration::from_secs(120));
+    for backend in ["uring", "thread"] {
+        let place = Place::new("armblock");
+        let client = place.client();
+        client.create("c", &ChannelConfig::spsc()).unwrap();
+        let waiters = || {
+            let prefix = format!("shmring.{}@", place.ns);
+            let (_, path) = shmring_tests::memfds(std::process::id(), &prefix)
+                .into_iter()
+                .find(|(n, _)| n.ends_with(".c"))
+                .expect("the channel's memfd");
+            let mut word = [0u8; 4];
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(path)
+                .unwrap()
+                .read_exact_at(&mut word, (shmring::layout::PRODUCER_LINE + 8) as u64)
+                .unwrap();
+            u32::from_ne_bytes(word)
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmring-peer"));
+        cmd.args(["armed-then-blocked"])
+            .arg(&place.socket)
+            .arg("c")
+            .env("SHMRING_FD_WAKER", backend);
+        let mut helper = dog.spawn(&mut cmd);
+        helper.expect_line("armed");
+        assert_eq!(
+            waiters(),
+            1,
+            "{backend}: the re-armed descriptor is counted once"
+        );
+        helper.kill().expect("the consumer was running");
+        // The repair frees the entry; then the count must be back to zero.
+        let mut tx = None;
+        for _ in 0..1000 {
+            if let Ok(p) = client.producer("c")
+                && client.consumer("c").is_ok()
+            {
+                tx = Some(p);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            tx.is_some(),
+            "{backend}: the dead consumer's entry was never repaired"
+        );
+        assert_eq!(
+            waiters(),
+            0,
+            "{backend}: the dead consumer is still counted"
+        );
+        dog.check();
+    }
+}
+
+/// Found in review: with the waker-thread backend, a process forked from one whose thread had
+/// started made descriptors that nothing watched (the thread does not survive `fork`), so they
+/// never became readable. Each process now starts its own waker thread.
+#[test]
+fn a_forked_child_gets_a_waker_of_its_own() {
+    let _serial = serial();
+    let dog = Watchdog::new("forked child's descriptors", Duration::from_secs(120));
+    for backend in ["thread", "uring"] {
+        let place = Place::new("fork");
+        let exe = shmring_tests::compile("tests/c/poll_mix.c", &place.dir, Build::Plain);
+        let client = place.client();
+        client.create("a", &ChannelConfig::spsc()).unwrap();
+        client.create("b", &ChannelConfig::spsc()).unwrap();
+        let said = dog
+            .spawn(place.command(&exe, backend).args(["fork", "a", "b"]))
+            .success();
+        assert!(said.contains("child received"), "{backend}: {said}");
+        dog.check();
+    }
 }

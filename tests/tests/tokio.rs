@@ -4,7 +4,9 @@
 //! reactor's, with no thread per channel.
 
 use shmring::tokio::{AsyncConsumer, AsyncProducer};
-use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Error};
+use shmring::{
+    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, set_fd_recheck_interval,
+};
 use shmring_tests::{Build, Helper, Watchdog, serial};
 use std::os::fd::OwnedFd;
 use std::process::Command;
@@ -23,6 +25,8 @@ fn expected(i: u64) -> Vec<u8> {
 fn select_over_two_channels_and_a_unix_stream() {
     let _serial = serial();
     let dog = Watchdog::new("tokio select", Duration::from_secs(120));
+    // Only a working wake-up makes a descriptor readable in time (no recheck for a minute).
+    set_fd_recheck_interval(Duration::from_secs(60));
     let ns = format!("tokio{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -129,6 +133,7 @@ fn select_over_two_channels_and_a_unix_stream() {
 #[test]
 fn an_async_producer_and_consumer_share_one_thread() {
     let _dog = Watchdog::new("tokio one thread", Duration::from_secs(60));
+    set_fd_recheck_interval(Duration::from_secs(60));
     let seg =
         shmring::Segment::anonymous(&ChannelConfig::spsc().max_frame_size(64).capacity(16 * 64))
             .unwrap();

@@ -48,6 +48,9 @@ fn usage() -> ! {
   hold-frame SOCKET CHANNEL                print opened, read a frame, print it, wait to be
                                            killed
   park SOCKET CHANNEL                      wait for a frame, parked, to be killed
+  armed-then-blocked SOCKET CHANNEL        open a consumer and its pollable descriptor (armed),
+                                           then wait 50 ms in a blocking receive (parked),
+                                           which times out; print armed, wait to be killed
   as-user UID GID SOCKET PRIVATE PUBLIC COORDINATOR_PID
                                            drop to UID/GID, then try the two channels and
                                            their segments
@@ -121,6 +124,7 @@ fn main() {
         Some("hold-claim") => coordinated::hold_claim(&args),
         Some("hold-frame") => coordinated::hold_frame(&args),
         Some("park") => coordinated::park(&args),
+        Some("armed-then-blocked") => coordinated::armed_then_blocked(&args),
         Some("as-user") => coordinated::as_user(&args),
         _ => usage(),
     }
@@ -845,6 +849,23 @@ mod coordinated {
         let _ = std::io::stdout().flush();
         let f = rx.read_timeout(OP_TIMEOUT).unwrap_or_else(|e| fail(e));
         println!("held {}", String::from_utf8_lossy(&f));
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(600));
+        fail("was not killed");
+    }
+
+    pub(super) fn armed_then_blocked(args: &[String]) {
+        let (socket, channel): (String, String) = (arg(args, 1), arg(args, 2));
+        let c = client(&socket);
+        let mut rx = c.consumer(&channel).unwrap_or_else(|e| fail(e));
+        rx.fd().unwrap_or_else(|e| fail(e));
+        rx.set_wait_strategy(WaitStrategy::Park);
+        let mut buf = [0u8; 64];
+        match rx.recv_timeout(&mut buf, Duration::from_millis(50)) {
+            Err(Error::TimedOut(_)) => {}
+            other => fail(format!("expected a time-out, got {other:?}")),
+        }
+        println!("armed");
         let _ = std::io::stdout().flush();
         std::thread::sleep(Duration::from_secs(600));
         fail("was not killed");
