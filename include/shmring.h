@@ -589,10 +589,11 @@ uint32_t shmring_consumer_producers(const struct shmring_consumer *c);
  * inherited handle in a forked child, or a kernel older than 5.16).
  *
  * The contract:
- * - After the descriptor is readable, receive with timeout 0 (`shmring_recv`,
- *   `shmring_read`, `shmring_drain`) until one returns `SHMRING_WOULD_BLOCK`: that return
- *   re-arms the descriptor. Then wait on it again. (A receive that finds the ring empty arms
- *   it; readiness before the first such receive means nothing.)
+ * - The descriptor is armed when made (readable at once if a frame is waiting). After it is
+ *   readable, receive with timeout 0 (`shmring_recv`, `shmring_read`) until one returns
+ *   `SHMRING_WOULD_BLOCK`: that return re-arms the descriptor. Then wait on it again. A
+ *   blocking receive (timeout > 0 or < 0) waits by the wait strategy instead, and re-arms the
+ *   descriptor if it times out.
  * - Readiness is a hint: a receive may still find nothing (another consumer took the frame,
  *   or a periodic recheck fired: an armed descriptor becomes readable at least every 100 ms
  *   so that the library can check the ring for damage). Poll level-triggered (or, with
@@ -601,8 +602,11 @@ uint32_t shmring_consumer_producers(const struct shmring_consumer *c);
  * - The descriptor belongs to the consumer: do not close, read or write it. It stays the same
  *   for the consumer's life (each call returns it) and is closed by
  *   `shmring_consumer_close`.
- * - While frames flow neither side makes a system call: the consumer counts itself as a
- *   waiter only from a `SHMRING_WOULD_BLOCK` until its next received frame.
+ * - Cost: an armed consumer counts itself as a waiter, from its `SHMRING_WOULD_BLOCK` (or
+ *   the descriptor's making) until its next received frame, and while it is counted each
+ *   frame sent costs the producer one `FUTEX_WAKE`. Arming costs this side a few system
+ *   calls. A consumer that never finds the ring empty makes none, and neither does its
+ *   producer.
  *
  * On Linux 6.7+ the descriptor is an io_uring instance with a futex wait queued; where
  * io_uring is unavailable (5.16+, or `SHMRING_FD_WAKER=thread`) it is an eventfd that a
