@@ -518,7 +518,10 @@ shmring_status shmring_abort(struct shmring_producer *p);
  * timeout 0 (`shmring_send`, `shmring_claim`) until one returns `SHMRING_WOULD_BLOCK`, which
  * re-arms it (and publishes what a batch staged); then wait on it again. Readiness is a
  * hint; `SHMRING_CLOSED` leaves it readable; the descriptor belongs to the producer (do not
- * close it). The producer's thread.
+ * close it) and stays open until `shmring_producer_close`, also after
+ * `shmring_producer_finish` (then readable for good: remove it from the poll set). While
+ * there is room it stays readable, like `POLLOUT`: wait on it only while a send is pending.
+ * The producer's thread.
  */
 int shmring_producer_fd(struct shmring_producer *p);
 
@@ -610,7 +613,12 @@ uint32_t shmring_consumer_producers(const struct shmring_consumer *c);
  *
  * On Linux 6.7+ the descriptor is an io_uring instance with a futex wait queued; where
  * io_uring is unavailable (5.16+, or `SHMRING_FD_WAKER=thread`) it is an eventfd that a
- * thread of the library writes. The consumer's thread.
+ * thread of the library writes. With io_uring, the wake-up is delivered to the thread that
+ * armed the descriptor (its last receive) as a signal-like interruption: if that thread is
+ * blocked in `epoll_wait` (or `epoll_pwait`) at the time, the call returns -1 with `EINTR`
+ * (retry it, as for any signal; `poll`, `select`, `read` and sleeps are restarted by the
+ * kernel). `SHMRING_FD_WAKER=thread` avoids it at the cost of a second wake-up. The
+ * consumer's thread.
  */
 int shmring_consumer_fd(struct shmring_consumer *c);
 

@@ -215,15 +215,15 @@ impl Consumer {
     /// [`try_read`]: Consumer::try_read
     /// [`try_drain`]: Consumer::try_drain
     pub fn fd(&mut self) -> Result<RawFd> {
-        if let Some(p) = &self.pollable {
-            return Ok(p.fd());
-        }
         if !self.membership.held_here() {
             return Err(Error::InvalidArgument(
                 "this consumer was opened by another process (inherited across fork): open a \
                  consumer of your own to poll"
                     .into(),
             ));
+        }
+        if let Some(p) = &self.pollable {
+            return Ok(p.fd());
         }
         let p = Pollable::new(
             Arc::clone(&self.mem),
@@ -364,7 +364,15 @@ impl Consumer {
             me.missed
                 .store(missed_base.wrapping_add(core.missed()), Relaxed);
         }
-        wait::notify(self.mem.consumer_line(), self.light);
+        // An SPSC producer waits for the head, which is published once per batch: wake it only
+        // then (every release of the other kinds frees room).
+        let freed = match &mut self.ring {
+            Ring::Spsc(core) => core.take_freed(),
+            _ => true,
+        };
+        if freed {
+            wait::notify(self.mem.consumer_line(), self.light);
+        }
         if let Some(p) = &mut self.pollable {
             p.disarm();
         }

@@ -254,6 +254,12 @@ impl Pollable {
                 // by a wake, which completes it, so it stays. A request is marked queued once
                 // pushed: if the submission fails it stays in the submission queue, and the next
                 // arming submits it (`pending`).
+                // What an earlier failed submission left goes first, so that the timeout below
+                // (whose timespec is only rewritten with nothing pending) is not skipped.
+                if ring.pending() {
+                    ring.submit()
+                        .map_err(|e| Error::os("arming the pollable descriptor (io_uring)", e))?;
+                }
                 // The timeout first: its timespec is only rewritten with nothing pending.
                 if !*timer_out {
                     *timer_out = ring.push_timeout(interval, TIMER);
@@ -272,7 +278,7 @@ impl Pollable {
             Backend::Thread(slot) => {
                 slot.arm(seen, interval);
                 if now {
-                    sys::eventfd_signal(&slot.efd);
+                    slot.signal();
                 }
             }
         }
@@ -298,7 +304,11 @@ impl Pollable {
                 _ => {}
             }),
             Backend::Thread(slot) => {
-                sys::eventfd_drain(&slot.efd);
+                // Relaxed: set after the eventfd was written (a drain that comes too early
+                // leaves it readable: one spurious readiness, then this drains it).
+                if slot.signalled.swap(0, Relaxed) != 0 {
+                    sys::eventfd_drain(&slot.efd);
+                }
                 recheck = slot.timer.swap(0, Relaxed) != 0;
             }
         }
@@ -309,9 +319,16 @@ impl Pollable {
     /// publishes and releases stop calling the kernel. A request still queued stays (a later
     /// wake completes it: one spurious readiness).
     #[inline]
+    ///
+    /// The descriptor is also made readable: the handle is no longer armed, so only readiness
+    /// brings an event loop back to the call that arms it again. (Without this, a loop that
+    /// received through a blocking call, or stopped before `WouldBlock`, and then polled could
+    /// wait for good: nothing would wake a handle that is not counted.) It costs one system call
+    /// per counting out, that is per burst of frames, not per frame.
     pub(crate) fn disarm(&mut self) {
         if self.counted {
             self.count_out();
+            self.signal();
         }
     }
 
@@ -345,6 +362,9 @@ impl Pollable {
 
     /// Makes the descriptor readable now (until the next arming).
     pub(crate) fn signal(&mut self) {
+        if !self.here() {
+            return;
+        }
         match &mut self.backend {
             Backend::Uring { ring, nop_out, .. } => {
                 if !*nop_out {
@@ -355,14 +375,16 @@ impl Pollable {
                     tracing::debug!("could not submit the closing no-op");
                 }
             }
-            Backend::Thread(slot) => sys::eventfd_signal(&slot.efd),
+            Backend::Thread(slot) => slot.signal(),
         }
     }
 }
 
 impl Drop for Pollable {
     fn drop(&mut self) {
-        self.disarm();
+        if self.counted {
+            self.count_out();
+        }
         if let Backend::Thread(slot) = &self.backend
             && self.here()
         {
@@ -386,6 +408,9 @@ struct Slot {
     due: AtomicU64,
     /// Set when the thread fired the slot because its recheck fell due.
     timer: AtomicU32,
+    /// Set after the eventfd was written, cleared by the drain: an arming drains the eventfd
+    /// only when something wrote it.
+    signalled: AtomicU32,
 }
 
 impl std::fmt::Debug for Slot {
@@ -411,17 +436,32 @@ struct Waker {
 const WAKERS: usize = 64;
 
 /// The waker thread of this process, started on first use; `Err` with the reason when
-/// `futex_waitv` is missing or refused. Lock-free to look up (a child forked while a parent's
-/// thread held a lock would hang on it): the entries are set once, each by one process, and a
-/// process uses the one that names its pid.
+/// `futex_waitv` is missing or refused, or the thread could not start.
+///
+/// No lock is taken to find it: a child forked while another thread of its parent held a lock
+/// (or was inside a `OnceLock`'s initialisation) would wait on it for good. Each entry is first
+/// claimed with a compare-and-swap of this process's identity (its pid and start time, so that a
+/// reused pid is not mistaken for an ancestor), and only the claiming process ever initialises
+/// or reads the entry's `OnceLock`; another process's entry, finished or half-done, is passed
+/// over.
 fn waker() -> std::result::Result<&'static Waker, String> {
-    type Entry = OnceLock<(u32, std::result::Result<&'static Waker, String>)>;
-    static TABLE: [Entry; WAKERS] = [const { OnceLock::new() }; WAKERS];
+    type Started = OnceLock<std::result::Result<&'static Waker, String>>;
+    static CLAIMS: [AtomicU64; WAKERS] = [const { AtomicU64::new(0) }; WAKERS];
+    static STARTED: [Started; WAKERS] = [const { OnceLock::new() }; WAKERS];
+    // The start time read afresh: `sys::own_start_time` caches it, and a forked child inherits
+    // the cache.
     let pid = sys::pid();
-    for entry in &TABLE {
-        let (owner, w) = entry.get_or_init(|| (pid, start_waker()));
-        if *owner == pid {
-            return w.clone();
+    let start = sys::proc_stat(pid).map_or(0, |s| s.start_time);
+    let me = (u64::from(start as u32) << 32) | u64::from(pid);
+    for (claim, started) in CLAIMS.iter().zip(&STARTED) {
+        // Acquire/AcqRel: the claim orders nothing else (the OnceLock synchronises the waker);
+        // the strong orderings keep the reasoning simple.
+        let owner = match claim.compare_exchange(0, me, AcqRel, Acquire) {
+            Ok(_) => me,
+            Err(owner) => owner,
+        };
+        if owner == me {
+            return started.get_or_init(start_waker).clone();
         }
     }
     Err(format!(
@@ -472,6 +512,7 @@ impl Slot {
             armed: AtomicU32::new(0),
             due: AtomicU64::new(0),
             timer: AtomicU32::new(0),
+            signalled: AtomicU32::new(0),
         });
         w.slots
             .lock()
@@ -480,7 +521,17 @@ impl Slot {
         Ok(slot)
     }
 
+    fn signal(&self) {
+        sys::eventfd_signal(&self.efd);
+        // Relaxed: see `Pollable::reap`.
+        self.signalled.store(1, Relaxed);
+    }
+
     fn arm(&self, seen: u32, interval: Duration) {
+        // Relaxed: our own words. Armed on the same value already: the thread watches it.
+        if self.armed.load(Relaxed) != 0 && self.expected.load(Relaxed) == seen {
+            return;
+        }
         let w = self.waker;
         let due = (w.epoch.elapsed() + interval).as_nanos() as u64;
         // Relaxed: published by the Release store of `armed`.
@@ -507,7 +558,7 @@ impl Slot {
         }
         // AcqRel: one firing per arming.
         if self.armed.swap(0, AcqRel) != 0 {
-            sys::eventfd_signal(&self.efd);
+            self.signal();
         }
     }
 

@@ -154,14 +154,19 @@ impl Producer {
     /// [`try_claim`](Producer::try_claim)) until [`Error::WouldBlock`], which re-arms it, then
     /// poll again. `Closed` leaves it readable.
     pub fn fd(&mut self) -> Result<RawFd> {
-        if let Some(p) = &self.pollable {
-            return Ok(p.fd());
-        }
         if !self.membership.held_here() {
             return Err(Error::InvalidArgument(
                 "this producer was opened by another process (inherited across fork): open a \
                  producer of your own to poll"
                     .into(),
+            ));
+        }
+        if let Some(p) = &self.pollable {
+            return Ok(p.fd());
+        }
+        if self.left {
+            return Err(Error::Closed(
+                "this producer finished its stream: it sends nothing more".into(),
             ));
         }
         let p = Pollable::new(
@@ -216,6 +221,18 @@ impl Producer {
     /// # Ok::<(), shmring::Error>(())
     /// ```
     pub fn finish(mut self) -> Result<()> {
+        // SAFETY: `self` is dropped right after, unused.
+        unsafe { self.finish_in_place() }
+    }
+
+    /// [`finish`](Producer::finish) without giving the producer up: for the C ABI, whose
+    /// handle (and its pollable descriptor, which stays readable) lives until it is closed.
+    ///
+    /// # Safety
+    /// After it returns `Ok`, the producer must not send, claim or publish anything: it has left
+    /// its entry, which a successor may hold. Only [`fd`](Producer::fd) and dropping it remain.
+    #[doc(hidden)]
+    pub unsafe fn finish_in_place(&mut self) -> Result<()> {
         if !self.membership.held_here() {
             return Err(Error::InvalidArgument(
                 "this producer was opened by another process (inherited across fork): only \
@@ -228,6 +245,10 @@ impl Producer {
         }
         self.leave();
         crate::segment::finish_stream(&self.mem);
+        if let Some(p) = &mut self.pollable {
+            // Readable for good: nothing more will be sent through it.
+            p.signal();
+        }
         Ok(())
     }
 

@@ -345,8 +345,10 @@ pub(crate) struct ConsumerCore {
     /// when the ring is found empty: a producer waiting on a full ring polls the head, and a
     /// store per frame would cost the consumer a cache-line transfer per frame.
     release_batch: u64,
-    /// Set when finding the ring empty published the head: a producer waiting for room must
-    /// be woken (see `take_freed`).
+    /// Set when the head was published (a batch released, or the ring found empty): a
+    /// producer waiting for room must be woken (see `take_freed`). Only then: a producer
+    /// waits for the head, so waking it for a release that did not publish it would cost both
+    /// sides a system call for nothing.
     freed: bool,
     /// Size of the last record consumed: the guess for the next one's (prefetch).
     last_size: usize,
@@ -492,12 +494,13 @@ impl ConsumerCore {
         me(mem).released.store(self.read_pos, Relaxed);
         if self.read_pos - self.head >= self.release_batch {
             self.store_head(mem);
+            self.freed = true;
         }
     }
 
-    /// Whether finding the ring empty gave space back since the last call. The caller wakes a
-    /// producer that may be asleep waiting for exactly that space: a record behind padding can
-    /// need the whole ring, which only an empty, fully published ring has.
+    /// Whether the head was published since the last call (a batch released, or the ring found
+    /// empty): the caller wakes a producer that may be asleep waiting for that space (a record
+    /// behind padding can need the whole ring, which only an empty, fully published ring has).
     #[inline(always)]
     pub(crate) fn take_freed(&mut self) -> bool {
         std::mem::take(&mut self.freed)

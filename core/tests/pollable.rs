@@ -436,3 +436,90 @@ fn a_descriptor_is_armed_when_made() {
         );
     }
 }
+
+/// Found in review: a blocking receive that returned a frame counted an armed descriptor out
+/// without making it readable, so a loop that then polled (not receiving until `WouldBlock`
+/// first) waited for good with the waker thread (nothing watches a handle that is not counted).
+/// Counting out now makes the descriptor readable.
+#[test]
+fn a_poll_after_a_blocking_receive_sees_the_next_frame() {
+    let _dog = watchdog("poll after a blocking receive", 120);
+    let _turn = turn();
+    for backend in backends() {
+        for wait in [shmring::WaitStrategy::Park, shmring::WaitStrategy::Yield] {
+            set_fd_backend(backend);
+            let what = format!("{backend:?} {wait:?}");
+            let seg = Segment::anonymous(&ChannelConfig::spsc()).unwrap();
+            let mut tx = seg.producer().unwrap();
+            let mut rx = seg.consumer().unwrap();
+            rx.set_wait_strategy(wait);
+            let fd = rx.fd().unwrap();
+            let mut buf = [0u8; 64];
+            assert!(matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))));
+            let sender = std::thread::spawn(move || {
+                tx.send(b"a").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                tx.send(b"b").unwrap();
+                tx
+            });
+            let r = rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+            assert_eq!(&buf[..r.len], b"a", "{what}");
+            let mut got_b = false;
+            for _ in 0..20 {
+                wait_readable(fd, &what);
+                match rx.try_recv(&mut buf) {
+                    Ok(r) => {
+                        assert_eq!(&buf[..r.len], b"b", "{what}");
+                        got_b = true;
+                        break;
+                    }
+                    Err(Error::WouldBlock(_)) => {}
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+            assert!(got_b, "{what}: the second frame never came");
+            let _tx = sender.join().unwrap();
+        }
+    }
+}
+
+/// Found in review: a producer waiting on a full SPSC ring was woken by every frame the
+/// consumer released (one `FUTEX_WAKE` on the consumer's side and one readiness on the
+/// producer's), although room comes only when the consumer publishes its head, once per
+/// quarter ring or when it finds the ring empty. It is now woken only then.
+#[test]
+fn a_full_spsc_producer_is_woken_when_room_is_published_not_per_frame() {
+    let _dog = watchdog("producer woken per head publish", 60);
+    let _turn = turn();
+    for backend in backends() {
+        set_fd_backend(backend);
+        let seg =
+            Segment::anonymous(&ChannelConfig::spsc().capacity(4096).max_frame_size(48)).unwrap();
+        let mut tx = seg.producer().unwrap();
+        let mut rx = seg.consumer().unwrap();
+        let fd = tx.fd().unwrap();
+        let mut sent = 0u32;
+        while tx.try_send(&[sent as u8; 48]).is_ok() {
+            sent += 1;
+        }
+        assert!(!readable(fd, 0), "{backend:?}");
+        let mut buf = [0u8; 64];
+        rx.try_recv(&mut buf).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        assert!(
+            !readable(fd, 50),
+            "{backend:?}: woken by releases that published no room"
+        );
+        let mut received = 2;
+        // (The waker thread needs a moment to pass a wake-up on.)
+        while !readable(fd, 20) {
+            rx.try_recv(&mut buf).unwrap();
+            received += 1;
+            assert!(received < sent, "{backend:?}: never woken");
+        }
+        assert!(
+            tx.try_send(&[0; 48]).is_ok(),
+            "{backend:?}: woken without room"
+        );
+    }
+}

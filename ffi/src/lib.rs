@@ -200,6 +200,9 @@ struct ProducerHandle {
 struct ProducerState {
     /// `None` once finished (`shmring_producer_finish`): the handle waits for its close.
     producer: Option<Producer>,
+    /// The producer once finished, kept (never used to send) for the pollable descriptor that
+    /// `shmring_producer_fd` handed out, which stays open, and readable, until the close.
+    finished: Option<Producer>,
     /// The claim handed to C and not yet committed or aborted: while it is open the producer
     /// must do nothing else (`Producer::claim_detached`'s contract), which every call checks.
     claim: Option<DetachedClaim>,
@@ -745,6 +748,7 @@ pub unsafe extern "C" fn shmring_producer_open(
             pid: std::process::id(),
             state: ProducerState {
                 producer: Some(producer),
+                finished: None,
                 claim: None,
             },
         });
@@ -939,14 +943,22 @@ pub unsafe extern "C" fn shmring_abort(p: *mut shmring_producer) -> shmring_stat
 /// timeout 0 (`shmring_send`, `shmring_claim`) until one returns `SHMRING_WOULD_BLOCK`, which
 /// re-arms it (and publishes what a batch staged); then wait on it again. Readiness is a
 /// hint; `SHMRING_CLOSED` leaves it readable; the descriptor belongs to the producer (do not
-/// close it). The producer's thread.
+/// close it) and stays open until `shmring_producer_close`, also after
+/// `shmring_producer_finish` (then readable for good: remove it from the poll set). While
+/// there is room it stays readable, like `POLLOUT`: wait on it only while a send is pending.
+/// The producer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_fd(p: *mut shmring_producer) -> c_int {
     let mut fd = -1;
     let _ = guard(|| {
         // SAFETY: the header's contract for `p`.
         exclusive(unsafe { producer(p) }?, |h| {
-            fd = h.live()?.fd()?;
+            fd = match (&mut h.producer, &mut h.finished) {
+                (Some(live), _) => live.fd()?,
+                // Finished: the descriptor made before, readable for good.
+                (None, Some(done)) => done.fd()?,
+                (None, None) => return Err(finished()),
+            };
             Ok(())
         })
     });
@@ -976,7 +988,12 @@ pub unsafe extern "C" fn shmring_producer_finish(p: *mut shmring_producer) -> sh
         }
         exclusive(h, |h| {
             h.idle()?.live()?;
-            h.producer.take().expect("checked live above").finish()
+            let mut done = h.producer.take().expect("checked live above");
+            // SAFETY: `done` is only kept for its descriptor (`shmring_producer_fd`) and
+            // dropped at the close; nothing is sent through it.
+            let r = unsafe { done.finish_in_place() };
+            h.finished = Some(done);
+            r
         })
     })
 }
@@ -1147,7 +1164,12 @@ pub unsafe extern "C" fn shmring_consumer_producers(c: *const shmring_consumer) 
 ///
 /// On Linux 6.7+ the descriptor is an io_uring instance with a futex wait queued; where
 /// io_uring is unavailable (5.16+, or `SHMRING_FD_WAKER=thread`) it is an eventfd that a
-/// thread of the library writes. The consumer's thread.
+/// thread of the library writes. With io_uring, the wake-up is delivered to the thread that
+/// armed the descriptor (its last receive) as a signal-like interruption: if that thread is
+/// blocked in `epoll_wait` (or `epoll_pwait`) at the time, the call returns -1 with `EINTR`
+/// (retry it, as for any signal; `poll`, `select`, `read` and sleeps are restarted by the
+/// kernel). `SHMRING_FD_WAKER=thread` avoids it at the cost of a second wake-up. The
+/// consumer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_fd(c: *mut shmring_consumer) -> c_int {
     let mut fd = -1;

@@ -8,7 +8,8 @@
  *
  * produce: sends FRAMES frames, frame i being 8 to 64 bytes (i, little-endian, then bytes
  * that depend on i), in bursts of 100 with a 1 ms pause between bursts so that the consumer
- * goes idle often; then finishes the stream. Blocking sends.
+ * goes idle often; then finishes the stream. Blocking sends. Its pollable descriptor, made
+ * before the first send, must still be open and readable after the finish.
  *
  * consume: polls the two consumers' descriptors (shmring_consumer_fd) and standard input (the
  * pipe) in one poll() with no timeout. For each readable channel it receives with timeout 0
@@ -79,6 +80,12 @@ static int produce(const char *channel, long frames) {
     check(shmring_client_connect(NULL, &client), "connecting");
     shmring_producer *tx = NULL;
     check(shmring_producer_open(client, channel, &tx), "opening the channel");
+    /* Made before the stream: it must outlive the finish, open and readable, until the close. */
+    int fd = shmring_producer_fd(tx);
+    if (fd < 0) {
+        fprintf(stderr, "poll_mix: shmring_producer_fd: %s\n", shmring_last_error());
+        return 1;
+    }
     uint8_t buf[FRAME_MAX];
     for (long n = 0; n < frames; n++) {
         if (n % 100 == 0) {
@@ -90,6 +97,13 @@ static int produce(const char *channel, long frames) {
         check(shmring_send(tx, buf, len, -1), "sending");
     }
     check(shmring_producer_finish(tx), "finishing the stream");
+    struct pollfd after = {fd, POLLIN, 0};
+    if (poll(&after, 1, 0) != 1 || (after.revents & POLLNVAL) || !(after.revents & POLLIN) ||
+        shmring_producer_fd(tx) != fd) {
+        fprintf(stderr, "poll_mix: the producer's descriptor is not open and readable after the "
+                        "finish (revents %#x)\n", after.revents);
+        return 1;
+    }
     shmring_producer_close(tx);
     shmring_client_close(client);
     return 0;

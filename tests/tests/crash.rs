@@ -547,10 +547,16 @@ fn torture(cfg: ChannelConfig) {
             let path = place.dir.join(format!("log-{}", logs.len()));
             FrameLog::create(&path, 1 << 20);
             logs.push(path.clone());
+            // Every other consumer waits in poll(2) on its pollable descriptor.
+            let wait = if logs.len().is_multiple_of(2) {
+                "poll"
+            } else {
+                "park"
+            };
             spawn_role(
                 &dog,
                 &place,
-                &["client-consume", "t", path.to_str().unwrap(), "park"],
+                &["client-consume", "t", path.to_str().unwrap(), wait],
             )
         }
     };

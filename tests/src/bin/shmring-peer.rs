@@ -36,7 +36,8 @@ fn usage() -> ! {
                                            in the shared file COMMITS
   client-consume SOCKET CHANNEL LOG WAIT   open a consumer through the coordinator and record
                                            every frame in the shared file LOG before
-                                           releasing it, until killed
+                                           releasing it, until killed (WAIT may also be
+                                           poll: try_read, and poll(2) on its descriptor)
   client-subscribe SOCKET CHANNEL LOG WAIT subscribe to a broadcast channel through the
                                            coordinator, record the position it joined at,
                                            then every frame and its missed count in the
@@ -68,6 +69,17 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
     args.get(i)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| usage())
+}
+
+/// Waits in poll(2), at most `ms`, for `fd` to be readable.
+fn poll_in(fd: std::os::fd::RawFd, ms: i32) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own; `fd` belongs to a handle that outlives the call.
+    unsafe { libc::poll(&mut p, 1, ms) };
 }
 
 fn wait_arg(args: &[String], i: usize) -> WaitStrategy {
@@ -675,13 +687,29 @@ mod coordinated {
         let log = FrameLog::open(Path::new(&log));
         let c = client(&socket);
         let mut rx = admitted(&channel, || c.consumer(&channel));
-        rx.set_wait_strategy(wait_arg(args, 4));
+        // WAIT `poll`: wait in poll(2) on the consumer's descriptor, as an event loop does.
+        let fd = if args.get(4).map(String::as_str) == Some("poll") {
+            Some(rx.fd().unwrap_or_else(|e| fail(format!("fd: {e}"))))
+        } else {
+            rx.set_wait_strategy(wait_arg(args, 4));
+            None
+        };
         let max = rx.max_frame_size();
         let mut rng = Rng::new(u64::from(std::process::id()));
         println!("consuming");
         let _ = std::io::stdout().flush();
         loop {
-            let f = match rx.read_timeout(Duration::from_millis(200)) {
+            let got = match fd {
+                Some(fd) => match rx.try_read() {
+                    Err(Error::WouldBlock(_)) => {
+                        poll_in(fd, 200);
+                        continue;
+                    }
+                    r => r,
+                },
+                None => rx.read_timeout(Duration::from_millis(200)),
+            };
+            let f = match got {
                 Ok(f) => f,
                 Err(Error::TimedOut(_)) => continue,
                 Err(e) => fail(format!("read: {e}")),
