@@ -215,21 +215,11 @@ impl Consumer {
     /// [`try_read`]: Consumer::try_read
     /// [`try_drain`]: Consumer::try_drain
     pub fn fd(&mut self) -> Result<RawFd> {
-        if !self.membership.held_here() {
-            return Err(Error::InvalidArgument(
-                "this consumer was opened by another process (inherited across fork): open a \
-                 consumer of your own to poll"
-                    .into(),
-            ));
-        }
+        Pollable::check_held(&self.membership, "consumer")?;
         if let Some(p) = &self.pollable {
             return Ok(p.fd());
         }
-        let p = Pollable::new(
-            Arc::clone(&self.mem),
-            Line::Producer,
-            (self.membership.role(), self.membership.index()),
-        )?;
+        let p = Pollable::new(&self.mem, Line::Producer, &self.membership)?;
         let fd = p.fd();
         self.pollable = Some(Box::new(p));
         // Armed at once, so that an event loop may wait on it before its first call: readable

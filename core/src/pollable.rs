@@ -44,6 +44,7 @@
 use crate::error::{Error, Result};
 use crate::layout::{PARKED_NONE, Role};
 use crate::region::Memory;
+use crate::segment::Membership;
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use crate::sync::{AtomicU32, AtomicU64};
 use crate::sys;
@@ -128,6 +129,15 @@ const WAIT: u64 = 1;
 const TIMER: u64 = 2;
 const NOP: u64 = 3;
 
+/// Submits what was pushed and not yet submitted, if anything.
+fn submit_pending(ring: &mut sys::Uring) -> Result<()> {
+    if ring.pending() {
+        ring.submit()
+            .map_err(|e| Error::os("arming the pollable descriptor (io_uring)", e))?;
+    }
+    Ok(())
+}
+
 /// A handle's pollable descriptor and its armed state.
 #[derive(Debug)]
 pub(crate) struct Pollable {
@@ -157,8 +167,22 @@ enum Backend {
 }
 
 impl Pollable {
-    /// A descriptor for the handle holding entry `who`, waiting on `line`.
-    pub(crate) fn new(mem: Arc<Memory>, line: Line, who: (Role, u32)) -> Result<Pollable> {
+    /// Refuses a handle inherited across `fork` (`what`: "consumer" or "producer"): its entry is
+    /// the parent's.
+    pub(crate) fn check_held(membership: &Membership, what: &str) -> Result<()> {
+        if membership.held_here() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "this {what} was opened by another process (inherited across fork): open a {what} \
+             of your own to poll"
+        )))
+    }
+
+    /// A descriptor for the handle holding `membership`'s entry, waiting on `line`.
+    pub(crate) fn new(mem: &Arc<Memory>, line: Line, membership: &Membership) -> Result<Pollable> {
+        let mem = Arc::clone(mem);
+        let who = (membership.role(), membership.index());
         let uring = || {
             sys::Uring::new().map(|ring| Backend::Uring {
                 ring: Box::new(ring),
@@ -253,14 +277,10 @@ impl Pollable {
                 // A wait still queued was made with an older `seen`: the word changed since only
                 // by a wake, which completes it, so it stays. A request is marked queued once
                 // pushed: if the submission fails it stays in the submission queue, and the next
-                // arming submits it (`pending`).
-                // What an earlier failed submission left goes first, so that the timeout below
-                // (whose timespec is only rewritten with nothing pending) is not skipped.
-                if ring.pending() {
-                    ring.submit()
-                        .map_err(|e| Error::os("arming the pollable descriptor (io_uring)", e))?;
-                }
-                // The timeout first: its timespec is only rewritten with nothing pending.
+                // arming submits it. That goes first, so that the timeout (whose timespec is
+                // only rewritten with nothing pending) is not skipped; the timeout is pushed
+                // first for the same reason.
+                submit_pending(ring)?;
                 if !*timer_out {
                     *timer_out = ring.push_timeout(interval, TIMER);
                 }
@@ -270,10 +290,7 @@ impl Pollable {
                 if now && !*nop_out {
                     *nop_out = ring.push_nop(NOP);
                 }
-                if ring.pending() {
-                    ring.submit()
-                        .map_err(|e| Error::os("arming the pollable descriptor (io_uring)", e))?;
-                }
+                submit_pending(ring)?;
             }
             Backend::Thread(slot) => {
                 slot.arm(seen, interval);

@@ -154,13 +154,7 @@ impl Producer {
     /// [`try_claim`](Producer::try_claim)) until [`Error::WouldBlock`], which re-arms it, then
     /// poll again. `Closed` leaves it readable.
     pub fn fd(&mut self) -> Result<RawFd> {
-        if !self.membership.held_here() {
-            return Err(Error::InvalidArgument(
-                "this producer was opened by another process (inherited across fork): open a \
-                 producer of your own to poll"
-                    .into(),
-            ));
-        }
+        Pollable::check_held(&self.membership, "producer")?;
         if let Some(p) = &self.pollable {
             return Ok(p.fd());
         }
@@ -169,11 +163,7 @@ impl Producer {
                 "this producer finished its stream: it sends nothing more".into(),
             ));
         }
-        let p = Pollable::new(
-            Arc::clone(&self.mem),
-            Line::Consumer,
-            (self.membership.role(), self.membership.index()),
-        )?;
+        let p = Pollable::new(&self.mem, Line::Consumer, &self.membership)?;
         let fd = p.fd();
         self.pollable = Some(Box::new(p));
         // Armed at once, and readable at once: whether there is room is for the first send to
