@@ -6,11 +6,14 @@
 //! [`Consumer::fd`](crate::Consumer::fd) and [`Producer::fd`](crate::Producer::fd) return a
 //! descriptor that becomes readable when the handle's next operation may succeed: frames may be
 //! waiting, room may have been made, the channel was deleted or (for a consumer) its stream
-//! finished. It is level-triggered and armed by the handle's own calls: an operation that finds
-//! the ring not ready (`WouldBlock`) arms it, after which it stays quiet until the other side
-//! makes progress. So an event loop, once the descriptor is readable, receives (or sends) with
-//! no wait until `WouldBlock`, and polls again. A readable descriptor is a hint, never a
-//! promise: an operation may still find nothing (another consumer was faster, a recheck fired).
+//! finished. It is level-triggered and armed by the handle's own calls: making it, and a
+//! non-waiting operation that finds the ring not ready (`WouldBlock`), arm it, after which it
+//! stays quiet until the other side makes progress; it is readable whenever the handle is not
+//! armed. So an event loop, once the descriptor is readable, receives (or sends) with no wait
+//! until `WouldBlock`, and polls again. A readable descriptor is a hint, never a promise: an
+//! operation may still find nothing (another consumer was faster, a recheck fired). Blocking
+//! calls wait by their strategy: they count an armed descriptor out first and arm it again if
+//! they time out.
 //!
 //! # How a descriptor is woken without costing the data path
 //!
@@ -18,8 +21,9 @@
 //! line's `waiters` after it publishes and calls `FUTEX_WAKE` on the line's futex word only if
 //! someone is counted there. An armed descriptor counts itself in `waiters` (the same
 //! announcement: increment, fence, `membarrier`, then the re-check of the ring) and is counted
-//! out by the handle's first operation that succeeds: while frames flow, nobody is counted and
-//! no system call is made. What turns a `FUTEX_WAKE` on a word in shared memory into a readable
+//! out by the handle's first operation that succeeds (which makes it readable: a handle not
+//! counted is woken by nothing, so only readiness brings the loop back): while frames flow,
+//! nobody is counted and no system call is made. What turns a `FUTEX_WAKE` on a word in shared memory into a readable
 //! descriptor in this process is the backend:
 //!
 //! * **io_uring** (Linux 6.7+, the default where it works): the descriptor is an io_uring
@@ -29,8 +33,8 @@
 //!   crash repair, delete, finish) so wakes descriptors too, with no change on the waking side.
 //! * **a waker thread** (Linux 5.16+; where io_uring is missing or forbidden, as in containers
 //!   whose seccomp profile blocks it): one thread per process sleeps in `futex_waitv` on the
-//!   futex words of every armed descriptor (128 at a time) and writes each woken handle's
-//!   eventfd. It costs a second wake-up per wake (the thread's, then the event loop's).
+//!   futex words of every armed descriptor (127 at a time, beside its own control word) and
+//!   writes each woken handle's eventfd. It costs a second wake-up per wake (the thread's, then the event loop's).
 //!
 //! Below 5.16 [`Consumer::fd`](crate::Consumer::fd) fails with an error that says so.
 //! `SHMRING_FD_WAKER=thread` (or `uring`) in the environment picks a backend.
