@@ -5,6 +5,8 @@
 //! * [`Watchdog`]: every test that could hang runs under one; on expiry it kills the test's
 //!   helper processes, unlinks its segments and fails the test instead of hanging.
 //! * [`serial`]: multi-process tests take this lock so they do not oversubscribe the cores.
+//! * [`Place`]: a coordinator embedded in the test, with a namespace, socket and scratch
+//!   directory of its own, removed when dropped.
 //! * [`SharedFile`], [`FrameLog`]: what a helper records there is in the page cache the moment
 //!   it is stored, so it survives the helper's SIGKILL (crash tests read it afterwards).
 
@@ -13,6 +15,68 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// A coordinator embedded in the test process, serving a namespace and socket of its own, with
+/// a scratch directory; stopped, and its files removed, when dropped.
+pub struct Place {
+    /// The scratch directory (the socket is in it).
+    pub dir: PathBuf,
+    /// The coordinator's socket.
+    pub socket: PathBuf,
+    /// Its namespace: `TAG<pid>-<n>`.
+    pub ns: String,
+    coordinator: Option<shmring::Coordinator>,
+}
+
+impl Place {
+    /// A new place; `tag` starts its namespace (letters, digits, `-`).
+    pub fn new(tag: &str) -> Place {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let ns = format!(
+            "{tag}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("c.sock");
+        let coordinator =
+            shmring::Coordinator::start(shmring::CoordinatorConfig::new(&ns).socket(&socket))
+                .unwrap();
+        Place {
+            dir,
+            socket,
+            ns,
+            coordinator: Some(coordinator),
+        }
+    }
+
+    /// A client of this place's coordinator.
+    pub fn client(&self) -> shmring::Client {
+        shmring::Client::connect(Some(&self.socket)).unwrap()
+    }
+
+    /// `program`, finding this place's coordinator through `SHMRING_SOCKET`, with the
+    /// sanitizers' options (leaks detected, the first report fatal) and no standard input.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SHMRING_SOCKET", &self.socket)
+            .env("ASAN_OPTIONS", "detect_leaks=1")
+            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(c) = self.coordinator.take() {
+            c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_runtime_files(&self.ns);
+    }
+}
 
 /// splitmix64: small, fast, and the same in every process for the same seed.
 #[derive(Clone, Debug)]

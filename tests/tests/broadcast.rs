@@ -8,43 +8,24 @@
 //! coordinator repairs it. Every test runs under a watchdog; none asserts a duration (the
 //! figures are printed).
 
-use shmring::{Client, Coordinator, CoordinatorConfig, Kind, Overflow};
+use shmring::{Client, Kind, Overflow};
 use shmring_tests::{Build, Helper, Watchdog, serial};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A coordinator of a namespace of its own, its socket, and a scratch directory.
-struct Place {
-    dir: PathBuf,
-    socket: PathBuf,
-    ns: String,
-    coordinator: Option<Coordinator>,
+/// This test's place (`shmring_tests::Place`), with the C program's roles.
+struct Place(shmring_tests::Place);
+
+impl std::ops::Deref for Place {
+    type Target = shmring_tests::Place;
+    fn deref(&self) -> &shmring_tests::Place {
+        &self.0
+    }
 }
 
 impl Place {
     fn new(tag: &str) -> Place {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let ns = format!(
-            "bcast{tag}{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("c.sock");
-        let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
-        Place {
-            dir,
-            socket,
-            ns,
-            coordinator: Some(coordinator),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(Some(&self.socket)).unwrap()
+        Place(shmring_tests::Place::new(&format!("bcast{tag}")))
     }
 
     /// Compiles `tests/c/broadcast_fanout.c` warning-free against include/ and this build's
@@ -61,13 +42,7 @@ impl Place {
 
     /// `broadcast_fanout ARGS` as a helper of `dog`, connecting to this place's coordinator.
     fn spawn(&self, dog: &Watchdog, exe: &Path, args: &[&str]) -> Helper {
-        dog.spawn(
-            Command::new(exe)
-                .args(args)
-                .env("SHMRING_SOCKET", &self.socket)
-                .env("ASAN_OPTIONS", "detect_leaks=1")
-                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
-        )
+        dog.spawn(self.command(exe).args(args))
     }
 
     /// Creates broadcast channel `name` from C and checks what the coordinator made of it.
@@ -105,16 +80,6 @@ impl Place {
                 s
             })
             .collect()
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Some(c) = self.coordinator.take() {
-            c.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        shmring_tests::remove_runtime_files(&self.ns);
     }
 }
 

@@ -8,11 +8,11 @@
 //! statically. The programs link `libshmring.so` from this build's `deps` directory (cargo
 //! builds it because this crate dev-depends on shmring-ffi).
 
-use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, Kind, Overflow};
+use shmring::{ChannelConfig, Client, Kind, Overflow};
 use shmring_tests::{Build, Watchdog, compile, lib_dir, root, serial};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -78,44 +78,19 @@ fn fnv(mut h: u64, data: &[u8]) -> u64 {
     h
 }
 
-/// A coordinator for one exchange, with its socket.
-struct Place {
-    dir: PathBuf,
-    socket: PathBuf,
-    ns: String,
-    coordinator: Option<Coordinator>,
+/// This test's place (`shmring_tests::Place`), which also runs the Python examples.
+struct Place(shmring_tests::Place);
+
+impl std::ops::Deref for Place {
+    type Target = shmring_tests::Place;
+    fn deref(&self) -> &shmring_tests::Place {
+        &self.0
+    }
 }
 
 impl Place {
     fn new(tag: &str) -> Place {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = scratch(tag);
-        let socket = dir.join("c.sock");
-        let ns = format!(
-            "cabi{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
-        Place {
-            dir,
-            socket,
-            ns,
-            coordinator: Some(coordinator),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(Some(&self.socket)).unwrap()
-    }
-
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(program);
-        c.env("SHMRING_SOCKET", &self.socket)
-            .env("ASAN_OPTIONS", "detect_leaks=1")
-            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-            .stdin(Stdio::null());
-        c
+        Place(shmring_tests::Place::new(&format!("cabi-{tag}-")))
     }
 
     fn python(&self, script: &str) -> Command {
@@ -124,16 +99,6 @@ impl Place {
             .env("PYTHONPATH", root().join("python"))
             .env("SHMRING_LIB", lib_dir().join("libshmring.so"));
         c
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Some(c) = self.coordinator.take() {
-            c.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        shmring_tests::remove_runtime_files(&self.ns);
     }
 }
 

@@ -5,70 +5,36 @@
 //! asserts a duration (the figures are printed).
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use shmring::{
-    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, FdBackend, set_fd_backend,
-    set_fd_recheck_interval,
-};
+use shmring::{ChannelConfig, Error, FdBackend, set_fd_backend, set_fd_recheck_interval};
 use shmring_tests::{Build, Helper, Watchdog, serial};
 use std::io::Write;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// A coordinator of a namespace of its own, its socket, and a scratch directory.
-struct Place {
-    dir: PathBuf,
-    socket: PathBuf,
-    ns: String,
-    coordinator: Option<Coordinator>,
+/// This test's place (`shmring_tests::Place`).
+struct Place(shmring_tests::Place);
+
+impl std::ops::Deref for Place {
+    type Target = shmring_tests::Place;
+    fn deref(&self) -> &shmring_tests::Place {
+        &self.0
+    }
 }
 
 impl Place {
     fn new(tag: &str) -> Place {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let ns = format!(
-            "poll{tag}{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("c.sock");
-        let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
-        Place {
-            dir,
-            socket,
-            ns,
-            coordinator: Some(coordinator),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(Some(&self.socket)).unwrap()
+        Place(shmring_tests::Place::new(&format!("poll{tag}")))
     }
 
     /// `exe` with this place's coordinator and the descriptor backend `backend`; rechecks
     /// every 60 s, so that only a working wake-up makes a descriptor readable in time.
-    fn command(&self, exe: &Path, backend: &str) -> Command {
-        let mut cmd = Command::new(exe);
-        cmd.env("SHMRING_SOCKET", &self.socket)
-            .env("SHMRING_FD_WAKER", backend)
-            .env("SHMRING_FD_RECHECK_MS", "60000")
-            .env("ASAN_OPTIONS", "detect_leaks=1")
-            .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1");
+    fn fd_command(&self, exe: &Path, backend: &str) -> Command {
+        let mut cmd = self.command(exe);
+        cmd.env("SHMRING_FD_WAKER", backend)
+            .env("SHMRING_FD_RECHECK_MS", "60000");
         cmd
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Some(c) = self.coordinator.take() {
-            c.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        shmring_tests::remove_runtime_files(&self.ns);
     }
 }
 
@@ -111,14 +77,14 @@ fn two_channels_and_a_pipe_in_one_poll() {
         let (f, p) = (FRAMES.to_string(), (CHUNKS * CHUNK).to_string());
         let mut consumer = dog.spawn_piped(
             place
-                .command(&exe, backend)
+                .fd_command(&exe, backend)
                 .args(["consume", "a", &f, "b", &f, &p]),
         );
         let mut pipe = consumer.stdin();
         consumer.expect_line("opened");
         let producers: Vec<Helper> = ["a", "b"]
             .iter()
-            .map(|ch| dog.spawn(place.command(&exe, backend).args(["produce", ch, &f])))
+            .map(|ch| dog.spawn(place.fd_command(&exe, backend).args(["produce", ch, &f])))
             .collect();
         let mut sent = 0usize;
         for _ in 0..CHUNKS {
@@ -351,7 +317,7 @@ fn a_forked_child_gets_a_waker_of_its_own() {
         client.create("a", &ChannelConfig::spsc()).unwrap();
         client.create("b", &ChannelConfig::spsc()).unwrap();
         let said = dog
-            .spawn(place.command(&exe, backend).args(["fork", "a", "b"]))
+            .spawn(place.fd_command(&exe, backend).args(["fork", "a", "b"]))
             .success();
         assert!(said.contains("child received"), "{backend}: {said}");
         dog.check();

@@ -4,10 +4,8 @@
 //! reactor's, with no thread per channel.
 
 use shmring::tokio::{AsyncConsumer, AsyncProducer};
-use shmring::{
-    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, set_fd_recheck_interval,
-};
-use shmring_tests::{Build, Helper, Watchdog, serial};
+use shmring::{ChannelConfig, Error, set_fd_recheck_interval};
+use shmring_tests::{Build, Helper, Place, Watchdog, serial};
 use std::os::fd::OwnedFd;
 use std::process::Command;
 use std::time::Duration;
@@ -27,12 +25,8 @@ fn select_over_two_channels_and_a_unix_stream() {
     let dog = Watchdog::new("tokio select", Duration::from_secs(120));
     // Only a working wake-up makes a descriptor readable in time (no recheck for a minute).
     set_fd_recheck_interval(Duration::from_secs(60));
-    let ns = format!("tokio{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("c.sock");
-    let coordinator = Coordinator::start(CoordinatorConfig::new(&ns).socket(&socket)).unwrap();
-    let client = Client::connect(Some(&socket)).unwrap();
+    let place = Place::new("tokio");
+    let client = place.client();
     client
         .create(
             "a",
@@ -45,7 +39,7 @@ fn select_over_two_channels_and_a_unix_stream() {
             &ChannelConfig::mpmc().max_frame_size(64).capacity(16 << 10),
         )
         .unwrap();
-    let exe = shmring_tests::compile("tests/c/poll_mix.c", &dir, Build::Plain);
+    let exe = shmring_tests::compile("tests/c/poll_mix.c", &place.dir, Build::Plain);
     const FRAMES: u64 = 20_000;
     const LINES: u64 = 200;
 
@@ -64,9 +58,9 @@ fn select_over_two_channels_and_a_unix_stream() {
             .iter()
             .map(|ch| {
                 dog.spawn(
-                    Command::new(&exe)
-                        .args(["produce", ch, &FRAMES.to_string()])
-                        .env("SHMRING_SOCKET", &socket),
+                    place
+                        .command(&exe)
+                        .args(["produce", ch, &FRAMES.to_string()]),
                 )
             })
             .collect();
@@ -122,10 +116,6 @@ fn select_over_two_channels_and_a_unix_stream() {
     });
     dog.check();
     assert_eq!((a, b, lines), (FRAMES, FRAMES, LINES));
-    drop(client);
-    coordinator.stop();
-    let _ = std::fs::remove_dir_all(&dir);
-    shmring_tests::remove_runtime_files(&ns);
 }
 
 /// An async producer waits for room in the reactor while an async consumer on the same
