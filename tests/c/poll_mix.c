@@ -22,8 +22,8 @@
  * busy-wait detector: a recheck or a race gives a few, a spinning loop thousands).
  *
  * fork: makes a consumer's descriptor on CHANNEL_A (which, with SHMRING_FD_WAKER=thread,
- * starts the library's waker thread), then forks. The child, which has no waker thread of its
- * parent's, opens its own consumer and producer of CHANNEL_B, makes the consumer's descriptor,
+ * starts the library's waker thread), then forks. The child must be refused that inherited
+ * consumer's descriptor (-1). The child, which has no waker thread of its parent's, opens its own consumer and producer of CHANNEL_B, makes the consumer's descriptor,
  * sends one frame and polls (at most 10 s): the descriptor must become readable and the frame
  * arrive. The parent waits for it and prints "child received".
  */
@@ -236,6 +236,11 @@ static int forked(const char *a, const char *b) {
         return 1;
     }
     if (pid == 0) {
+        /* The inherited consumer is the parent's: its descriptor is not handed to the child. */
+        if (shmring_consumer_fd(rx) != -1) {
+            fprintf(stderr, "poll_mix: child: the parent's descriptor was handed out\n");
+            _exit(1);
+        }
         shmring_client *own = NULL;
         check(shmring_client_connect(NULL, &own), "connecting in the child");
         shmring_consumer *crx = NULL;
