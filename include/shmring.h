@@ -31,9 +31,10 @@
 /**
  * Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
  * A program built against one ABI version needs a library of the same. Version 2 added
- * broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`.
+ * broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`;
+ * version 3 its `max_message_size` field.
  */
-#define SHMRING_ABI_VERSION 2
+#define SHMRING_ABI_VERSION 3
 
 /**
  * `shmring_frame.flags` bit: the frame was handed to a consumer that died before releasing
@@ -119,6 +120,12 @@ typedef struct shmring_channel_config {
      * still in the ring, then live ones (default 0; below the slot count); other kinds: 0.
      */
     uint32_t history;
+    /**
+     * SPSC and broadcast: the largest message, in bytes (0, the default: `max_frame_size`).
+     * `shmring_send` splits a message longer than `max_frame_size` into records, however
+     * small the ring, and `shmring_recv` returns it whole; see `shmring_send`. MPMC: 0.
+     */
+    uint64_t max_message_size;
 } shmring_channel_config;
 
 /**
@@ -182,6 +189,10 @@ typedef struct shmring_stats {
      * Positions a dead producer took and never committed, skipped.
      */
     uint64_t skipped;
+    /**
+     * The largest message (`max_frame_size` unless the channel splits longer ones).
+     */
+    uint64_t max_message_size;
 } shmring_stats;
 
 /**
@@ -465,17 +476,30 @@ shmring_status shmring_producer_open(struct shmring_client *client,
 shmring_status shmring_producer_set_wait(struct shmring_producer *p, shmring_wait wait);
 
 /**
- * The largest frame the producer's channel carries, in bytes (0 if `p` is not a producer).
- * The producer's thread.
+ * The largest frame the producer's channel carries, in bytes (0 if `p` is not a producer):
+ * the longest claim. The producer's thread.
  */
 size_t shmring_producer_max_frame_size(struct shmring_producer *p);
 
 /**
- * Sends a copy of the `len` bytes at `data` (which may be NULL if `len` is 0) as one frame,
+ * The largest message `shmring_send` takes on the producer's channel, in bytes (0 if `p` is
+ * not a producer). The producer's thread.
+ */
+size_t shmring_producer_max_message_size(struct shmring_producer *p);
+
+/**
+ * Sends a copy of the `len` bytes at `data` (which may be NULL if `len` is 0) as one message,
  * waiting up to `timeout_ns` nanoseconds for room (0: do not wait, `SHMRING_WOULD_BLOCK` if
  * full; negative: wait as long as it takes; `SHMRING_TIMED_OUT` when the time is up).
- * `SHMRING_FRAME_TOO_LARGE` if `len` exceeds the channel's max_frame_size. The bytes are
- * copied before it returns. The producer's thread.
+ * `SHMRING_FRAME_TOO_LARGE` if `len` exceeds the channel's max_message_size (by default its
+ * max_frame_size). The bytes are copied before it returns. The producer's thread.
+ *
+ * A message longer than max_frame_size is split into records and arrives whole and in
+ * order. One the ring can hold at once is written when all of it fits, then published at
+ * once. A longer one streams through the ring while the consumer takes it: that takes
+ * waiting, so timeout 0 refuses it (`SHMRING_INVALID_ARGUMENT`), and a timeout covers the
+ * whole message; one that times out midway is never delivered (the consumer drops what it
+ * received and counts it in `shmring_consumer_missed`).
  */
 shmring_status shmring_send(struct shmring_producer *p,
                             const void *data,
@@ -566,11 +590,13 @@ shmring_status shmring_consumer_open(struct shmring_client *client,
 shmring_status shmring_consumer_set_wait(struct shmring_consumer *c, shmring_wait wait);
 
 /**
- * The frames this consumer missed since it opened: on a broadcast channel with
+ * What this consumer missed since it opened: on a broadcast channel with
  * `SHMRING_OVERFLOW_DROP_OLDEST`, frames published after it opened that the producer
  * overwrote before it received them (every such frame is either received or counted here,
- * exactly once). 0 for every other channel, and for a `c` that is not a consumer (then
- * `shmring_last_error()` says why). The consumer's thread.
+ * exactly once); and messages longer than a frame that it dropped unfinished, because their
+ * producer died or timed out midway (a message is never delivered in part). 0 otherwise, and
+ * for a `c` that is not a consumer (then `shmring_last_error()` says why). The consumer's
+ * thread.
  */
 uint64_t shmring_consumer_missed(const struct shmring_consumer *c);
 
@@ -623,16 +649,28 @@ uint32_t shmring_consumer_producers(const struct shmring_consumer *c);
 int shmring_consumer_fd(struct shmring_consumer *c);
 
 /**
- * The largest frame the consumer's channel carries, in bytes: a buffer this long fits every
- * frame (0 if `c` is not a consumer). The consumer's thread.
+ * The largest frame the consumer's channel carries in one record, in bytes (0 if `c` is
+ * not a consumer). On a channel without a larger max_message_size, a buffer this long fits
+ * everything. The consumer's thread.
  */
 size_t shmring_consumer_max_frame_size(struct shmring_consumer *c);
+
+/**
+ * The largest message the consumer's channel carries, in bytes: a buffer this long fits
+ * every message (0 if `c` is not a consumer). The consumer's thread.
+ */
+size_t shmring_consumer_max_message_size(struct shmring_consumer *c);
 
 /**
  * Copies the next frame into `buf` (`cap` bytes; may be NULL if `cap` is 0) and releases it,
  * waiting up to `timeout_ns` for one (0: do not wait, `SHMRING_WOULD_BLOCK` if empty; negative:
  * wait as long as it takes). `*out_len` receives the frame's length. A frame longer than `cap`
  * stays unread: `SHMRING_BUFFER_TOO_SMALL`, with the length it needs in `*out_len`.
+ *
+ * A message longer than max_frame_size arrives whole, put back together in `buf`. If the
+ * call must return before the rest of it arrives (`SHMRING_WOULD_BLOCK`, `SHMRING_TIMED_OUT`),
+ * the consumer keeps what arrived, and the next receive, into any buffer long enough,
+ * continues it.
  * `SHMRING_CLOSED` once the channel was deleted, or its stream finished
  * (`shmring_producer_finish`), and everything in it was received. The consumer's thread.
  */
@@ -648,6 +686,11 @@ shmring_status shmring_recv(struct shmring_consumer *c,
  * stays the consumer's until `shmring_release`; until then the consumer receives nothing else
  * (other receives return `SHMRING_INVALID_ARGUMENT`); after it, `out->data` must not be used.
  * The consumer's thread.
+ *
+ * A message longer than max_frame_size is not contiguous in the ring: `out->data` points to
+ * a copy put back together in memory the consumer owns (one copy, as `shmring_recv` makes),
+ * valid until `shmring_release` like any frame. Frames up to max_frame_size are lent in
+ * place.
  */
 shmring_status shmring_read(struct shmring_consumer *c,
                             struct shmring_frame *out,

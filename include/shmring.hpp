@@ -95,6 +95,8 @@ struct ChannelConfig : shmring_channel_config {
     ChannelConfig &overflow(Overflow o) { shmring_channel_config::overflow = static_cast<shmring_overflow>(o); return *this; }
     /// Broadcast: how many of the most recent frames a new subscriber receives first (default 0).
     ChannelConfig &history(uint32_t frames) { shmring_channel_config::history = frames; return *this; }
+    /// SPSC and broadcast: the largest message send takes, split into frames (default: max_frame_size).
+    ChannelConfig &max_message_size(uint64_t bytes) { shmring_channel_config::max_message_size = bytes; return *this; }
 };
 
 /// A coordinator running on a thread of this process; stopped when destroyed.
@@ -152,6 +154,8 @@ class Producer {
 
     void set_wait(Wait w) { detail::check(shmring_producer_set_wait(p_, static_cast<shmring_wait>(w))); }
     std::size_t max_frame_size() const { return shmring_producer_max_frame_size(p_); }
+    /// The longest message send takes (split into frames above max_frame_size()).
+    std::size_t max_message_size() const { return shmring_producer_max_message_size(p_); }
 
     /// Sends a copy, waiting as long as the ring is full.
     void send(const void *data, std::size_t len) { detail::check(shmring_send(p_, data, len, -1)); }
@@ -224,8 +228,12 @@ class Consumer {
 
     void set_wait(Wait w) { detail::check(shmring_consumer_set_wait(c_, static_cast<shmring_wait>(w))); }
     std::size_t max_frame_size() const { return shmring_consumer_max_frame_size(c_); }
+    /// The longest message recv returns.
+    std::size_t max_message_size() const { return shmring_consumer_max_message_size(c_); }
     /// Broadcast with Overflow::drop_oldest: frames published since this consumer opened that
-    /// were overwritten before it received them (received + missed() = published). Otherwise 0.
+    /// were overwritten before it received them (received + missed() = published); and
+    /// messages longer than a frame dropped unfinished (their producer died or timed out
+    /// midway). Otherwise 0.
     uint64_t missed() const { return shmring_consumer_missed(c_); }
     /// Producers attached to the channel now (a dead one until the coordinator repairs it): 0
     /// tells a consumer that nothing comes until a producer opens the channel, which a crashed
@@ -256,11 +264,14 @@ class Consumer {
         detail::check(s);
         return Frame(c_, f);
     }
-    /// Copies the next frame into a string, waiting as long as the ring is empty.
+    /// Copies the next frame (or message) into a string, waiting as long as the ring is empty.
     std::string recv() {
         std::string s(max_frame_size(), '\0');
         std::size_t len = 0;
-        detail::check(shmring_recv(c_, s.data(), s.size(), &len, -1));
+        shmring_status st;
+        // A message longer than a frame stays in the ring while the string grows to it.
+        while ((st = shmring_recv(c_, s.data(), s.size(), &len, -1)) == SHMRING_BUFFER_TOO_SMALL) s.resize(len);
+        detail::check(st);
         s.resize(len);
         return s;
     }

@@ -65,9 +65,10 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    MAX_POSITION, Overflow, RecordType, Role, SLOT_PAYLOAD, decode_header, decode_owner,
-    encode_header,
+    MAX_POSITION, MESSAGE_PREFIX, Overflow, RecordType, Role, SLOT_PAYLOAD, decode_header,
+    decode_owner, encode_header,
 };
+use crate::message::{Assembled, Assembly, Part, Src};
 use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::sync::fence;
@@ -234,10 +235,55 @@ impl ProducerCore {
     /// Commits the claimed position `pos` as a frame of `len` bytes.
     #[inline(always)]
     pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize) {
+        self.commit_as(mem, pos, len, RecordType::Data);
+    }
+
+    /// Whether the next `slots` positions may be written now (scanning the subscribers if the
+    /// cached limit says no): `WouldBlock` if not. For a split message that a call which does
+    /// not wait sends whole or not at all.
+    pub(crate) fn try_room(&mut self, mem: &Memory, slots: u64) -> Result<()> {
+        if self.tail.saturating_add(slots) > self.limit {
+            self.scan(mem);
+            if self.tail.saturating_add(slots) > self.limit {
+                return Err(Error::WouldBlock("full"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes and commits one record of a split message: `FIRST` with the message's length
+    /// `total` before `data`, or `PART` (`total` is `None`); at most `max_frame_size` bytes.
+    pub(crate) fn try_put_fragment(
+        &mut self,
+        mem: &Memory,
+        total: Option<u64>,
+        data: &[u8],
+    ) -> Result<()> {
+        let prefix = if total.is_some() { MESSAGE_PREFIX } else { 0 };
+        let len = prefix + data.len();
+        let (pos, bytes) = self.try_claim(mem, len)?;
+        let (ty, rest) = match total {
+            Some(total) => {
+                let (head, rest) = bytes
+                    .split_at(MESSAGE_PREFIX)
+                    .expect("a FIRST record is claimed with room for its prefix");
+                mem.copy_in(head, &total.to_ne_bytes());
+                (RecordType::First, rest)
+            }
+            None => (RecordType::Part, bytes),
+        };
+        mem.copy_in(rest, data);
+        self.commit_as(mem, pos, len, ty);
+        Ok(())
+    }
+
+    /// Commits the claimed position `pos` as a record of type `ty`, `len` bytes.
+    #[inline(always)]
+    fn commit_as(&mut self, mem: &Memory, pos: u64, len: usize, ty: RecordType) {
         debug_assert!(pos == self.tail && len <= mem.geometry().max_frame_size as usize);
         // Relaxed: published by the Release below.
         mem.slot_header(pos)
-            .store(encode_header(len as u32, RecordType::Data, 0, 0), Relaxed);
+            .store(encode_header(len as u32, ty, 0, 0), Relaxed);
         // Release: pairs with the subscriber's Acquire of `seq`.
         mem.slot_seq(pos).store(committed(pos), Release);
         self.tail = pos + 1;
@@ -275,6 +321,8 @@ pub(crate) enum Taken {
     /// Copied and validated into the subscriber's buffer ([`ConsumerCore::scratch`]), this
     /// many bytes: the producer may overwrite the slot at any time.
     Copied(usize),
+    /// A split message of this many bytes, put back together in the `Assembly`'s buffer.
+    Message(usize),
 }
 
 /// A subscriber's private state.
@@ -356,11 +404,11 @@ impl ConsumerCore {
         pos < self.protected_from
     }
 
-    /// Looks at the slot of the cursor: `Ok(Some((len, flags)))` for a committed frame (its
-    /// header checked), `Ok(None)` after a lap (the cursor moved on: look again), or
-    /// `WouldBlock` when there is nothing yet.
+    /// Looks at the slot of the cursor: `Ok(Some((len, flags, part)))` for a committed frame
+    /// or record of a split message (its header checked), `Ok(None)` after a lap (the cursor
+    /// moved on: look again), or `WouldBlock` when there is nothing yet.
     #[inline(always)]
-    fn peek(&mut self, mem: &Memory) -> Result<Option<(usize, u8)>> {
+    fn peek(&mut self, mem: &Memory) -> Result<Option<(usize, u8, Part)>> {
         let c = self.cursor;
         // Acquire: pairs with the commit's Release store of `seq`.
         let s = mem.slot_seq(c).load(Acquire);
@@ -368,8 +416,18 @@ impl ConsumerCore {
             // Relaxed: ordered after the producer's store by the Acquire above.
             let word = mem.slot_header(c).load(Relaxed);
             let h = decode_header(word);
-            if h.ty == Some(RecordType::Data) && h.len <= mem.geometry().max_frame_size {
-                return Ok(Some((h.len as usize, h.flags)));
+            if h.len <= mem.geometry().max_frame_size {
+                let part = match h.ty {
+                    Some(RecordType::Data) => Some(Part::Whole),
+                    Some(RecordType::First) if h.len as usize >= MESSAGE_PREFIX => {
+                        Some(Part::First)
+                    }
+                    Some(RecordType::Part) => Some(Part::More),
+                    _ => None,
+                };
+                if let Some(part) = part {
+                    return Ok(Some((h.len as usize, h.flags, part)));
+                }
             }
             if self.exposed(c) && self.overwritten(mem, c) {
                 // A header torn by an overwrite: lapped, not damage.
@@ -384,7 +442,7 @@ impl ConsumerCore {
     /// The slot of `c` holds `s`, which is not the frame: empty, lapped or damage.
     #[cold]
     #[inline(never)]
-    fn not_there(&mut self, mem: &Memory, c: u64, s: u64) -> Result<Option<(usize, u8)>> {
+    fn not_there(&mut self, mem: &Memory, c: u64, s: u64) -> Result<Option<(usize, u8, Part)>> {
         let cap = mem.geometry().capacity;
         if s == 0 {
             if c < cap {
@@ -444,13 +502,25 @@ impl ConsumerCore {
         Ok(())
     }
 
-    /// Copies the next frame into `buf` and releases it. Returns its length and flags.
+    /// Copies the next frame into `buf` and releases it. Returns its length and flags. A split
+    /// message goes to `assemble`.
     #[inline(always)]
-    pub(crate) fn try_recv(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
+    pub(crate) fn try_recv(
+        &mut self,
+        mem: &Memory,
+        buf: &mut [u8],
+        asm: &mut Assembly,
+    ) -> Result<(usize, u8)> {
         for _ in 0..MAX_LAPS_PER_CALL {
-            let Some((len, flags)) = self.peek(mem)? else {
+            let Some((len, flags, part)) = self.peek(mem)? else {
                 continue;
             };
+            if part != Part::Whole || asm.active() {
+                match self.assemble(mem, asm, Some(buf))? {
+                    Assembled::Message(len, flags) => return Ok((len, flags)),
+                    Assembled::Whole => continue,
+                }
+            }
             if len > buf.len() {
                 return Err(Error::BufferTooSmall {
                     needed: len,
@@ -471,13 +541,20 @@ impl ConsumerCore {
     }
 
     /// Takes the next frame, unreleased: in place when the producer cannot overwrite it before
-    /// the release, else as a validated copy in the scratch buffer.
+    /// the release, else as a validated copy in the scratch buffer; a split message, put back
+    /// together in `asm`.
     #[inline(always)]
-    pub(crate) fn try_take(&mut self, mem: &Memory) -> Result<(Taken, u8)> {
+    pub(crate) fn try_take(&mut self, mem: &Memory, asm: &mut Assembly) -> Result<(Taken, u8)> {
         for _ in 0..MAX_LAPS_PER_CALL {
-            let Some((len, flags)) = self.peek(mem)? else {
+            let Some((len, flags, part)) = self.peek(mem)? else {
                 continue;
             };
+            if part != Part::Whole || asm.active() {
+                match self.assemble(mem, asm, None)? {
+                    Assembled::Message(len, flags) => return Ok((Taken::Message(len), flags)),
+                    Assembled::Whole => continue,
+                }
+            }
             let c = self.cursor;
             let bytes = payload(mem, c, len)?;
             if !self.exposed(c) {
@@ -494,6 +571,106 @@ impl ConsumerCore {
             return Ok((Taken::Copied(len), flags));
         }
         Err(Error::WouldBlock("lapped"))
+    }
+
+    /// Receives the split message that starts (or continues) at the cursor, into `dst` (a
+    /// caller's buffer; `None`: `asm`'s), as `spsc::ConsumerCore::assemble` does. Each record
+    /// is released as it is taken (a subscriber's successor does not receive again what it was
+    /// handed), so a message longer than the ring streams through it. A lap midway drops the
+    /// message: the records of it taken so far and those skipped are counted missed.
+    #[cold]
+    #[inline(never)]
+    fn assemble(
+        &mut self,
+        mem: &Memory,
+        asm: &mut Assembly,
+        mut dst: Option<&mut [u8]>,
+    ) -> Result<Assembled> {
+        let r = self.assemble_slots(mem, asm, dst.as_deref_mut());
+        if !matches!(r, Ok(Assembled::Message(..))) {
+            asm.suspend(dst);
+        }
+        r
+    }
+
+    fn assemble_slots(
+        &mut self,
+        mem: &Memory,
+        asm: &mut Assembly,
+        mut dst: Option<&mut [u8]>,
+    ) -> Result<Assembled> {
+        let mut laps = 0;
+        loop {
+            let missed = self.missed;
+            let peeked = self.peek(mem);
+            if self.missed != missed {
+                // Lapped: the message being assembled lost records.
+                asm.abandon();
+                laps += 1;
+            }
+            let Some((len, flags, part)) = peeked? else {
+                if laps >= MAX_LAPS_PER_CALL {
+                    return Err(Error::WouldBlock("lapped"));
+                }
+                continue;
+            };
+            let c = self.cursor;
+            let range = payload(mem, c, len)?;
+            let src = if self.exposed(c) {
+                self.scratch.resize(len, 0);
+                mem.copy_out(range, &mut self.scratch);
+                if self.overwritten(mem, c) {
+                    self.lapped(mem, c)?;
+                    asm.abandon();
+                    laps += 1;
+                    if laps >= MAX_LAPS_PER_CALL {
+                        return Err(Error::WouldBlock("lapped"));
+                    }
+                    continue;
+                }
+                Src::Bytes(&self.scratch[..len])
+            } else {
+                Src::Ring(range)
+            };
+            let counted = c >= self.joined;
+            match part {
+                Part::Whole => {
+                    asm.whole();
+                    return Ok(Assembled::Whole);
+                }
+                Part::First => {
+                    let (total, data) = Assembly::first(mem, src)?;
+                    if let Some(d) = &dst
+                        && total > d.len()
+                    {
+                        return Err(Error::BufferTooSmall {
+                            needed: total,
+                            cap: d.len(),
+                        });
+                    }
+                    asm.start(total, flags, dst.is_none());
+                    asm.put(mem, data, dst.as_deref_mut());
+                    asm.took(counted);
+                }
+                Part::More if !asm.active() => asm.orphan(counted),
+                Part::More => {
+                    asm.fits(len)?;
+                    asm.resume(dst.as_deref_mut())?;
+                    asm.put(mem, src, dst.as_deref_mut());
+                    asm.took(counted);
+                }
+            }
+            self.cursor = c + 1;
+            let published = self.published;
+            self.release(mem);
+            if self.published != published {
+                // A producer waiting for this room is woken now: the message streams.
+                asm.freed(mem);
+            }
+            if let Some((len, flags)) = asm.complete(dst.as_deref_mut()) {
+                return Ok(Assembled::Message(len, flags));
+            }
+        }
     }
 
     /// Releases everything taken: stores `released` every quarter ring.
@@ -665,7 +842,7 @@ mod loom_tests {
 
     fn recv(c: &mut ConsumerCore, mem: &Memory) -> Option<u8> {
         let mut buf = [0u8; 16];
-        match c.try_recv(mem, &mut buf) {
+        match c.try_recv(mem, &mut buf, &mut Assembly::default()) {
             Ok((len, _)) => Some(intact(&buf[..len])),
             Err(Error::WouldBlock(_)) => None,
             Err(e) => panic!("{e}"),
@@ -791,7 +968,7 @@ mod loom_tests {
                 let mut c = c;
                 for i in 0..3 {
                     loop {
-                        match c.try_take(&m2) {
+                        match c.try_take(&m2, &mut Assembly::default()) {
                             Ok((Taken::InPlace(r), _)) => {
                                 let mut buf = [0u8; 16];
                                 m2.copy_out(r, &mut buf);
@@ -799,7 +976,9 @@ mod loom_tests {
                                 c.release(&m2);
                                 break;
                             }
-                            Ok((Taken::Copied(_), _)) => panic!("a Block read is in place"),
+                            Ok((Taken::Copied(_) | Taken::Message(_), _)) => {
+                                panic!("a Block read of a frame is in place")
+                            }
                             Err(Error::WouldBlock(_)) => {
                                 c.settle_empty(&m2);
                                 loom::thread::yield_now();
@@ -845,7 +1024,7 @@ mod loom_tests {
             let joiner = loom::thread::spawn(move || {
                 admit(&m2, 0);
                 let mut c = ConsumerCore::attach(&m2, 0).unwrap();
-                if let Ok((Taken::InPlace(r), _)) = c.try_take(&m2) {
+                if let Ok((Taken::InPlace(r), _)) = c.try_take(&m2, &mut Assembly::default()) {
                     // Read twice, the producer running in between: a frame held in place
                     // must not change before it is released.
                     let (mut a, mut b) = ([0u8; 16], [0u8; 16]);

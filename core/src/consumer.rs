@@ -2,12 +2,13 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{FLAG_REDELIVERED, STATE_DELETED, STATE_FINISHED, state_of};
+use crate::message::Assembly;
 use crate::pollable::Pollable;
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
 use crate::sync::Ordering::{Acquire, Relaxed};
 use crate::wait::{self, Line, WaitStrategy, Waiter, Woke};
-use crate::{broadcast, mpmc, spsc};
+use crate::{broadcast, message, mpmc, spsc};
 use std::ops::Deref;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -63,12 +64,18 @@ enum Ring {
         core: mpmc::ConsumerCore,
         outstanding: Option<u64>,
     },
-    /// `missed_base`: the entry's `missed` counter when this subscriber joined (the entry's
-    /// counters continue a predecessor's; the handle's count starts at zero).
-    Broadcast {
-        core: broadcast::ConsumerCore,
-        missed_base: u64,
-    },
+    Broadcast(broadcast::ConsumerCore),
+}
+
+/// Where the bytes of a frame taken by a [`Token`] are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// In the ring, at the token's `payload`.
+    Ring,
+    /// Broadcast: a validated copy in the subscriber's scratch buffer (`payload.len()` bytes).
+    Scratch,
+    /// A split message of this many bytes, put back together in the handle's assembly buffer.
+    Message(usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,9 +84,18 @@ pub(crate) struct Token {
     flags: u8,
     /// MPMC position; unused for SPSC and broadcast.
     pos: u64,
-    /// Broadcast: the frame is a validated copy in the subscriber's scratch buffer
-    /// (`payload.len()` bytes), not in the ring.
-    copied: bool,
+    held: Held,
+}
+
+impl Token {
+    /// The frame's length.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        match self.held {
+            Held::Message(len) => len,
+            Held::Ring | Held::Scratch => self.payload.len(),
+        }
+    }
 }
 
 /// The receiving end of a channel: SPSC, MPMC or broadcast (a subscriber).
@@ -109,6 +125,11 @@ pub struct Consumer {
     light: bool,
     frames: u64,
     bytes: u64,
+    /// The entry's `missed` counter when this consumer opened (the entry's counters continue a
+    /// predecessor's; the handle's count starts at zero).
+    missed_base: u64,
+    /// A split message being put back together (SPSC, broadcast).
+    asm: Assembly,
     /// The pollable descriptor, once [`Consumer::fd`] made it.
     pollable: Option<Box<Pollable>>,
 }
@@ -145,11 +166,7 @@ impl Consumer {
             },
             crate::Kind::Broadcast => {
                 match broadcast::ConsumerCore::attach(&mem, membership.index()) {
-                    Ok(core) => Ring::Broadcast {
-                        core,
-                        // Relaxed: our own counter, continued from a predecessor's.
-                        missed_base: membership.participant(&mem).missed.load(Relaxed),
-                    },
+                    Ok(core) => Ring::Broadcast(core),
                     Err(e) => {
                         membership.leave(&mem);
                         return Err(e);
@@ -160,8 +177,13 @@ impl Consumer {
         let me = membership.participant(&mem);
         // Relaxed: our own counters, continued from a predecessor's.
         let (frames, bytes) = (me.frames.load(Relaxed), me.bytes.load(Relaxed));
+        // Relaxed: as the counters above.
+        let missed_base = me.missed.load(Relaxed);
+        let light = wait::light_waker();
         Ok(Consumer {
-            light: wait::light_waker(),
+            missed_base,
+            asm: Assembly::new(mem.geometry().kind == crate::Kind::Broadcast, light),
+            light,
             mem,
             ring,
             membership,
@@ -233,9 +255,18 @@ impl Consumer {
         }
     }
 
-    /// The largest frame this channel carries: a buffer this long fits every frame.
+    /// The largest frame this channel carries in one record, as [`read`](Consumer::read) lends
+    /// in place.
     pub fn max_frame_size(&self) -> usize {
         self.mem.geometry().max_frame_size as usize
+    }
+
+    /// The largest message this channel carries: a buffer this long fits every message. Equal
+    /// to [`max_frame_size`](Consumer::max_frame_size) unless the channel was created with a
+    /// larger `max_message_size`.
+    pub fn max_message_size(&self) -> usize {
+        // No truncation: `Geometry` keeps it within the address space.
+        self.mem.geometry().max_message_size as usize
     }
 
     /// How blocking calls wait (default [`WaitStrategy::Park`]).
@@ -253,15 +284,22 @@ impl Consumer {
         self.membership.index()
     }
 
-    /// Frames this consumer missed since it opened: on a broadcast channel with
-    /// [`Overflow::DropOldest`](crate::Overflow::DropOldest), frames published after it joined
-    /// that the producer overwrote before it received them. Every frame published after the
-    /// join is either received or counted here. Zero for every other channel.
+    /// What this consumer missed since it opened:
+    ///
+    /// * on a broadcast channel with [`Overflow::DropOldest`](crate::Overflow::DropOldest),
+    ///   frames published after it joined that the producer overwrote before it received them
+    ///   (every frame published after the join is either received or counted here);
+    /// * messages longer than a frame that it dropped unfinished: their producer died or timed
+    ///   out midway, or (SPSC) a predecessor consumer died receiving one too long for the ring
+    ///   and had given its first records back. A message is never delivered in part.
+    ///
+    /// Zero otherwise.
     pub fn missed(&self) -> u64 {
-        match &self.ring {
-            Ring::Broadcast { core, .. } => core.missed(),
+        let lapped = match &self.ring {
+            Ring::Broadcast(core) => core.missed(),
             _ => 0,
-        }
+        };
+        lapped.wrapping_add(self.asm.missed())
     }
 
     /// Frames published and not yet received by this consumer, as far as it can tell without
@@ -269,7 +307,7 @@ impl Consumer {
     /// for other kinds.
     pub fn lag(&self) -> Option<u64> {
         match &self.ring {
-            Ring::Broadcast { core, .. } => Some(core.lag(&self.mem)),
+            Ring::Broadcast(core) => Some(core.lag(&self.mem)),
             _ => None,
         }
     }
@@ -280,7 +318,22 @@ impl Consumer {
     fn take(&mut self, fits: Option<usize>) -> Result<Token> {
         match &mut self.ring {
             Ring::Spsc(core) => {
-                let peeked = core.try_peek(&self.mem)?;
+                let mut peeked = core.try_peek(&self.mem)?;
+                if !peeked.is_whole() || self.asm.active() {
+                    match core.assemble(&self.mem, &mut self.asm, None)? {
+                        message::Assembled::Message(len, flags) => {
+                            // SPSC copies go through `spsc::ConsumerCore::try_recv`.
+                            debug_assert!(fits.is_none(), "a message {len} long taken to fit");
+                            return Ok(Token {
+                                payload: DataRange::EMPTY,
+                                flags,
+                                pos: 0,
+                                held: Held::Message(len),
+                            });
+                        }
+                        message::Assembled::Whole => peeked = core.try_peek(&self.mem)?,
+                    }
+                }
                 let len = peeked.payload().len();
                 if let Some(cap) = fits.filter(|&cap| len > cap) {
                     return Err(Error::BufferTooSmall { needed: len, cap });
@@ -290,25 +343,26 @@ impl Consumer {
                     payload: peeked.payload(),
                     flags: peeked.flags(),
                     pos: 0,
-                    copied: false,
+                    held: Held::Ring,
                 })
             }
-            Ring::Broadcast { core, .. } => {
-                let (taken, flags) = core.try_take(&self.mem)?;
-                let (payload, copied) = match taken {
-                    broadcast::Taken::InPlace(r) => (r, false),
+            Ring::Broadcast(core) => {
+                let (taken, flags) = core.try_take(&self.mem, &mut self.asm)?;
+                let (payload, held) = match taken {
+                    broadcast::Taken::InPlace(r) => (r, Held::Ring),
+                    broadcast::Taken::Message(len) => (DataRange::EMPTY, Held::Message(len)),
                     broadcast::Taken::Copied(len) => (
                         self.mem
                             .range(0, len)
                             .expect("a copy is at most max_frame_size, within the data region"),
-                        true,
+                        Held::Scratch,
                     ),
                 };
                 Ok(Token {
                     payload,
                     flags,
                     pos: 0,
-                    copied,
+                    held,
                 })
             }
             Ring::Mpmc { core, outstanding } => {
@@ -334,11 +388,11 @@ impl Consumer {
         match &mut self.ring {
             Ring::Spsc(core) => core.release(&self.mem),
             Ring::Mpmc { core, .. } => core.release(&self.mem, token.pos),
-            Ring::Broadcast { core, .. } => core.release(&self.mem),
+            Ring::Broadcast(core) => core.release(&self.mem),
         }
         // Wrapping: the counters continue a predecessor's, read from shared memory.
         self.frames = self.frames.wrapping_add(1);
-        self.bytes = self.bytes.wrapping_add(token.payload.len() as u64);
+        self.bytes = self.bytes.wrapping_add(token.len() as u64);
         self.finish();
     }
 
@@ -349,10 +403,10 @@ impl Consumer {
         // Relaxed: statistics, read without synchronisation.
         me.frames.store(self.frames, Relaxed);
         me.bytes.store(self.bytes, Relaxed);
-        if let Ring::Broadcast { core, missed_base } = &self.ring {
+        if matches!(self.ring, Ring::Broadcast(_)) || self.asm.missed() != 0 {
             // Relaxed: a statistic, like the counters above.
             me.missed
-                .store(missed_base.wrapping_add(core.missed()), Relaxed);
+                .store(self.missed_base.wrapping_add(self.missed()), Relaxed);
         }
         // An SPSC producer waits for the head, which is published once per batch: wake it only
         // then (every release of the other kinds frees room).
@@ -403,14 +457,20 @@ impl Consumer {
     fn settle_empty_quiet(&mut self, what: &'static str) -> Error {
         let freed = match &mut self.ring {
             Ring::Spsc(core) => core.take_freed(),
-            Ring::Broadcast { core, .. } => core.settle_empty(&self.mem),
+            Ring::Broadcast(core) => core.settle_empty(&self.mem),
             Ring::Mpmc { .. } => false,
         };
         if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
         if self.mem.ending() {
-            self.ended(what)
+            let e = self.ended(what);
+            if matches!(e, Error::Closed(_)) && self.asm.active() {
+                // Nothing more comes: a message left unfinished is dropped.
+                self.asm.abandon();
+                self.finish();
+            }
+            e
         } else {
             Error::WouldBlock(what)
         }
@@ -567,7 +627,7 @@ impl Consumer {
     fn check_ring(&self) -> Result<()> {
         match &self.ring {
             // A broadcast retry re-reads and checks the slot it waits on.
-            Ring::Spsc(_) | Ring::Broadcast { .. } => Ok(()),
+            Ring::Spsc(_) | Ring::Broadcast(_) => Ok(()),
             Ring::Mpmc { .. } => mpmc::check_cursors(&self.mem).map(drop),
         }
     }
@@ -578,15 +638,15 @@ impl Consumer {
         match &self.ring {
             Ring::Spsc(core) => core.watch(&self.mem),
             Ring::Mpmc { core, .. } => core.watch(&self.mem),
-            Ring::Broadcast { core, .. } => core.watch(&self.mem),
+            Ring::Broadcast(core) => core.watch(&self.mem),
         }
     }
 
     #[inline(always)]
     fn try_recv_inner(&mut self, buf: &mut [u8]) -> Result<Received> {
         let (len, flags) = match &mut self.ring {
-            Ring::Spsc(core) => core.try_recv(&self.mem, buf)?,
-            Ring::Broadcast { core, .. } => core.try_recv(&self.mem, buf)?,
+            Ring::Spsc(core) => core.try_recv(&self.mem, buf, &mut self.asm)?,
+            Ring::Broadcast(core) => core.try_recv(&self.mem, buf, &mut self.asm)?,
             Ring::Mpmc { .. } => {
                 // `take` checked the length it delivers against the buffer (`mpmc_take`).
                 let token = self.take(Some(buf.len()))?;
@@ -697,7 +757,9 @@ impl Consumer {
         }
         let ptr = match &self.ring {
             // The copy stays in the scratch buffer until the next receive.
-            Ring::Broadcast { core, .. } if token.copied => core.scratch().as_ptr(),
+            Ring::Broadcast(core) if token.held == Held::Scratch => core.scratch().as_ptr(),
+            // So does a message put back together in the assembly buffer.
+            _ if matches!(token.held, Held::Message(_)) => self.asm.bytes(0).as_ptr(),
             // SAFETY: the frame was taken by this consumer and stays unreleased until
             // `release_detached`; the pointer is handed out raw.
             _ => unsafe { self.mem.slice(token.payload) }.as_ptr(),
@@ -705,7 +767,7 @@ impl Consumer {
         Ok(DetachedFrame {
             token,
             ptr,
-            len: token.payload.len(),
+            len: token.len(),
         })
     }
 
@@ -735,6 +797,21 @@ impl Consumer {
                         Err(e) if n == 0 => return Err(e),
                         Err(_) => break,
                     };
+                    if !peeked.is_whole() || self.asm.active() {
+                        if n > 0 {
+                            break; // the frames so far are released first
+                        }
+                        match core.assemble(mem, &mut self.asm, None)? {
+                            message::Assembled::Message(len, flags) => {
+                                self.bytes = self.bytes.wrapping_add(len as u64);
+                                n += 1;
+                                f(self.asm.bytes(len), FrameFlags::from_bits(flags));
+                                break;
+                            }
+                            // A frame after a message left unfinished: the next round takes it.
+                            message::Assembled::Whole => continue,
+                        }
+                    }
                     core.take(mem, &peeked);
                     // SAFETY: the frame was taken and is not released before the callback
                     // returns; the producer does not write it until then.
@@ -746,10 +823,10 @@ impl Consumer {
                 // One release for the whole batch (if `f` panicked, the next release covers it).
                 core.release(mem);
             }
-            Ring::Broadcast { core, .. } => {
+            Ring::Broadcast(core) => {
                 let mem = &*self.mem;
                 while n < max {
-                    let (taken, flags) = match core.try_take(mem) {
+                    let (taken, flags) = match core.try_take(mem, &mut self.asm) {
                         Ok(t) => t,
                         Err(e) if n == 0 => return Err(e),
                         Err(_) => break,
@@ -759,6 +836,7 @@ impl Consumer {
                         // returns; the producer does not write it until then.
                         broadcast::Taken::InPlace(r) => unsafe { mem.slice(r) },
                         broadcast::Taken::Copied(len) => &core.scratch()[..len],
+                        broadcast::Taken::Message(len) => self.asm.bytes(len),
                     };
                     self.bytes = self.bytes.wrapping_add(bytes.len() as u64);
                     n += 1;
@@ -900,7 +978,7 @@ fn mpmc_take(
                     payload,
                     flags,
                     pos,
-                    copied: false,
+                    held: Held::Ring,
                 });
             }
             Ok(mpmc::Slot::Skip) => {
@@ -991,7 +1069,7 @@ impl Drop for Consumer {
                 }
             }
             // Holds the producer back no more, and wakes it if it waits for us.
-            Ring::Broadcast { core, .. } => {
+            Ring::Broadcast(core) => {
                 core.close(&self.mem);
                 wait::notify(self.mem.consumer_line(), self.light);
             }
@@ -1143,10 +1221,12 @@ impl Deref for Frame<'_> {
 
     #[inline(always)]
     fn deref(&self) -> &[u8] {
-        if let Ring::Broadcast { core, .. } = &self.consumer.ring
-            && self.token.copied
-        {
-            return &core.scratch()[..self.token.payload.len()];
+        match (&self.consumer.ring, self.token.held) {
+            (_, Held::Message(len)) => return self.consumer.asm.bytes(len),
+            (Ring::Broadcast(core), Held::Scratch) => {
+                return &core.scratch()[..self.token.payload.len()];
+            }
+            _ => {}
         }
         // SAFETY: the frame was taken by this consumer and is released only when the Frame
         // drops; the producer does not write its bytes before that. The Frame borrows the

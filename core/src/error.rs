@@ -18,8 +18,11 @@ pub enum Error {
     /// The peer side is gone or the handle was closed.
     #[error("closed: {0}")]
     Closed(String),
-    /// A frame is longer than the channel's `max_frame_size`.
-    #[error("frame of {len} bytes exceeds the channel's max_frame_size of {max} bytes")]
+    /// A frame is longer than the channel allows: its `max_message_size` for a send, its
+    /// `max_frame_size` for a claim.
+    #[error(
+        "frame of {len} bytes exceeds the channel's limit of {max} bytes (max_message_size for a send, max_frame_size for a claim)"
+    )]
     FrameTooLarge {
         /// Length of the frame offered.
         len: usize,

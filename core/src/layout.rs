@@ -162,8 +162,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
 /// Bumped on any change to the bytes described in this module (3: broadcast channels, the
 /// header's `overflow` and `history`, the participant's `missed`; 4: the state word's
-/// `FINISHED` and its count of finishes).
-pub const LAYOUT_VERSION: u32 = 4;
+/// `FINISHED` and its count of finishes; 5: the header's `max_message_size`, the record types
+/// `FIRST` and `PART` of a message split over several records).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -221,6 +222,10 @@ pub const MIN_SPSC_CAPACITY: u64 = 64;
 pub const MAX_DATA_LEN: u64 = 1 << 40;
 /// Largest frame, in bytes.
 pub const MAX_FRAME_SIZE: u32 = 1 << 30;
+/// Largest message, in bytes (a message longer than `max_frame_size` is split into records).
+pub const MAX_MESSAGE_SIZE: u64 = 1 << 40;
+/// Bytes at the start of a `FIRST` record's payload that give the whole message's length.
+pub const MESSAGE_PREFIX: usize = 8;
 
 /// Offset of `seq` in an MPMC slot.
 pub const SLOT_SEQ: usize = 0;
@@ -327,10 +332,12 @@ pub struct SegmentHeader {
     pub owner_gid: u32,
     /// Broadcast: frames a new subscriber is offered from before it joined; otherwise zero.
     pub history: u64,
+    /// Largest message payload, bytes (at least `max_frame_size`).
+    pub max_message_size: u64,
     /// FNV-1a 64 of the fields above, with `state` counted as zero.
     pub checksum: u64,
     /// Zero.
-    pub reserved: [u64; 14],
+    pub reserved: [u64; 13],
 }
 
 /// Offset of `SegmentHeader::state` (the only header field accessed atomically).
@@ -359,7 +366,8 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, owner_uid) == 120);
     assert!(offset_of!(SegmentHeader, owner_gid) == 124);
     assert!(offset_of!(SegmentHeader, history) == 128);
-    assert!(offset_of!(SegmentHeader, checksum) == 136);
+    assert!(offset_of!(SegmentHeader, max_message_size) == 136);
+    assert!(offset_of!(SegmentHeader, checksum) == 144);
 };
 
 impl SegmentHeader {
@@ -389,6 +397,7 @@ impl SegmentHeader {
         h.u32(self.owner_uid);
         h.u32(self.owner_gid);
         h.u64(self.history);
+        h.u64(self.max_message_size);
         h.0
     }
 }
@@ -505,6 +514,11 @@ pub enum RecordType {
     Padding = 2,
     /// Space given up by an aborted claim (MPMC) or a repair; consumers step over it.
     Skip = 3,
+    /// The first record of a message split over several: its payload starts with the whole
+    /// message's length ([`MESSAGE_PREFIX`] bytes, a native-endian `u64`), then the first bytes.
+    First = 4,
+    /// A further record of a split message: the next bytes.
+    Part = 5,
 }
 
 /// Header flag: the frame was handed to a consumer that died before releasing it.
@@ -536,6 +550,8 @@ pub const fn decode_header(word: u64) -> RecordHeader {
         1 => Some(RecordType::Data),
         2 => Some(RecordType::Padding),
         3 => Some(RecordType::Skip),
+        4 => Some(RecordType::First),
+        5 => Some(RecordType::Part),
         _ => None,
     };
     RecordHeader {
@@ -657,6 +673,9 @@ pub struct ChannelConfig {
     /// Broadcast: how many of the most recent frames still in the ring a new subscriber
     /// receives before the live ones (less than the slot count; other kinds: zero).
     pub history: u32,
+    /// Largest message in bytes: `send` splits a longer one than `max_frame_size` into
+    /// records and `recv` returns it whole. Zero means `max_frame_size`. SPSC and broadcast.
+    pub max_message_size: u64,
 }
 
 impl ChannelConfig {
@@ -671,6 +690,7 @@ impl ChannelConfig {
             mode: 0o600,
             overflow: Overflow::Block,
             history: 0,
+            max_message_size: 0,
         }
     }
 
@@ -686,6 +706,7 @@ impl ChannelConfig {
             mode: 0o600,
             overflow: Overflow::Block,
             history: 0,
+            max_message_size: 0,
         }
     }
 
@@ -701,6 +722,7 @@ impl ChannelConfig {
             mode: 0o600,
             overflow: Overflow::Block,
             history: 0,
+            max_message_size: 0,
         }
     }
 
@@ -722,6 +744,12 @@ impl ChannelConfig {
     /// Sets [`ChannelConfig::history`].
     pub const fn history(mut self, frames: u32) -> ChannelConfig {
         self.history = frames;
+        self
+    }
+
+    /// Sets [`ChannelConfig::max_message_size`].
+    pub const fn max_message_size(mut self, bytes: u64) -> ChannelConfig {
+        self.max_message_size = bytes;
         self
     }
 
@@ -803,6 +831,13 @@ pub struct Geometry {
     pub capacity_log2: u32,
     /// Largest frame payload.
     pub max_frame_size: u32,
+    /// Largest message payload (at least `max_frame_size`; longer messages than that are
+    /// split into records).
+    pub max_message_size: u64,
+    /// Largest payload of one record of a split message: SPSC, `max_frame_size` or a quarter of
+    /// the ring less a header, whichever is larger (so that a message streams through the ring
+    /// in a few records, never more than half the ring each); broadcast, `max_frame_size`.
+    pub max_fragment: u32,
     /// MPMC and broadcast bytes per slot; zero for SPSC.
     pub slot_stride: u32,
     /// Producer table entries.
@@ -831,6 +866,35 @@ fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
+/// The largest message of a channel of `kind` whose config asks for `requested` (zero:
+/// `max_frame_size`), checked.
+fn message_size(kind: Kind, max_frame_size: u32, requested: u64) -> Result<u64, Error> {
+    use crate::units::format_size_exact as size;
+    let mfs = u64::from(max_frame_size);
+    let message = match requested {
+        0 => mfs,
+        m => m,
+    };
+    if message < mfs || message > MAX_MESSAGE_SIZE {
+        return Err(invalid(format!(
+            "max_message_size {} must be 0 (meaning max_frame_size) or between max_frame_size {} and {}",
+            size(message),
+            size(mfs),
+            size(MAX_MESSAGE_SIZE)
+        )));
+    }
+    if message > mfs && kind == Kind::Mpmc {
+        return Err(invalid(format!(
+            "an MPMC channel carries messages up to its max_frame_size ({}), so \
+                 max_message_size {} cannot apply: raise max_frame_size, or use an SPSC or \
+                 broadcast channel, which split longer messages",
+            size(mfs),
+            size(message)
+        )));
+    }
+    Ok(message)
+}
+
 impl Geometry {
     /// Computes the geometry of a new channel.
     ///
@@ -845,7 +909,17 @@ impl Geometry {
     ///   [`MIN_SLOTS`]); each slot is `16 + max_frame_size` bytes rounded up to 64, so
     ///   producers writing neighbouring slots never share a cache line.
     /// * Broadcast: slots as MPMC; one producer; `history` below the slot count.
+    ///
+    /// `max_message_size` is zero (meaning `max_frame_size`) or from `max_frame_size` to
+    /// [`MAX_MESSAGE_SIZE`]; above `max_frame_size` only for SPSC and broadcast channels.
     pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
+        let mut g = Geometry::shape(cfg)?;
+        g.max_message_size = message_size(cfg.kind, cfg.max_frame_size, cfg.max_message_size)?;
+        Ok(g)
+    }
+
+    /// [`Geometry::new`] but for `max_message_size`.
+    fn shape(cfg: &ChannelConfig) -> Result<Geometry, Error> {
         use crate::units::format_size_exact as size;
         if cfg.max_frame_size == 0 || cfg.max_frame_size > MAX_FRAME_SIZE {
             return Err(invalid(format!(
@@ -1006,6 +1080,17 @@ impl Geometry {
             capacity,
             capacity_log2: capacity.trailing_zeros(),
             max_frame_size,
+            max_message_size: u64::from(max_frame_size),
+            max_fragment: match kind {
+                // A quarter of a ring of at least 64 bytes, less a header, 8-aligned: a record
+                // of it takes at most half the ring, as one of the largest frame does.
+                Kind::Spsc => max_frame_size.max(
+                    u32::try_from(capacity / 4 - RECORD_HEADER as u64)
+                        .unwrap_or(u32::MAX)
+                        .min(MAX_FRAME_SIZE),
+                ),
+                Kind::Mpmc | Kind::Broadcast => max_frame_size,
+            },
             slot_stride,
             max_producers,
             max_consumers,
@@ -1057,8 +1142,9 @@ impl Geometry {
             owner_uid: origin.owner_uid,
             owner_gid: origin.owner_gid,
             history: u64::from(self.history),
+            max_message_size: self.max_message_size,
             checksum: 0,
-            reserved: [0; 14],
+            reserved: [0; 13],
         };
         h.checksum = h.compute_checksum();
         h
@@ -1112,6 +1198,7 @@ impl Geometry {
                     mode: h.mode & 0o777,
                     overflow,
                     history,
+                    max_message_size: h.max_message_size,
                 };
                 Geometry::new(&cfg)
             }
@@ -1146,10 +1233,11 @@ impl Geometry {
                     h.max_producers,
                     h.max_consumers,
                 )
-                .map(|mut g| {
+                .and_then(|mut g| {
                     g.overflow = overflow;
                     g.history = history;
-                    g
+                    g.max_message_size = message_size(kind, g.max_frame_size, h.max_message_size)?;
+                    Ok(g)
                 })
             }
         }

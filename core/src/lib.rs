@@ -53,6 +53,7 @@
 mod broadcast;
 mod error;
 pub mod layout;
+mod message;
 mod mpmc;
 mod region;
 mod repair;

@@ -1,6 +1,8 @@
 //! The producer handle: copy and zero-copy sends, batches, blocking variants.
 
 use crate::error::{Error, Result};
+use crate::layout::MESSAGE_PREFIX;
+use crate::message;
 use crate::pollable::Pollable;
 use crate::region::{DataRange, Memory, Watch};
 use crate::segment::Membership;
@@ -9,7 +11,7 @@ use crate::{broadcast, mpmc, spsc};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 enum Ring {
@@ -260,6 +262,14 @@ impl Producer {
     /// The largest frame this channel carries.
     pub fn max_frame_size(&self) -> usize {
         self.mem.geometry().max_frame_size as usize
+    }
+
+    /// The largest message [`send`](Producer::send) takes: longer than
+    /// [`max_frame_size`](Producer::max_frame_size) if the channel was created with a larger
+    /// `max_message_size` (claims stay limited to a frame).
+    pub fn max_message_size(&self) -> usize {
+        // No truncation: `Geometry` keeps it within the address space.
+        self.mem.geometry().max_message_size as usize
     }
 
     /// How blocking calls wait (default [`WaitStrategy::Park`]).
@@ -534,20 +544,173 @@ impl Producer {
     }
 
     /// Sends a copy of `frame` if the ring has room, without waiting.
+    ///
+    /// A message longer than [`max_frame_size`](Producer::max_frame_size) (up to
+    /// [`max_message_size`](Producer::max_message_size)) is sent whole if the ring has room
+    /// for all of it now; one too long for the ring to hold at once can only stream through
+    /// it, which takes waiting: `InvalidArgument` (use [`send`](Producer::send) or
+    /// [`send_timeout`](Producer::send_timeout)).
     #[inline]
     pub fn try_send(&mut self, frame: &[u8]) -> Result<()> {
-        let r = self.try_send_inner(frame);
+        let r = self.try_send_any(frame);
         self.polled(r)
     }
 
-    /// Sends a copy of `frame`, waiting as long as the ring is full.
-    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
-        blocking!(self, None, |p| p.try_send_inner(frame))
+    /// `try_send` of a frame or a message.
+    #[inline(always)]
+    fn try_send_any(&mut self, frame: &[u8]) -> Result<()> {
+        match self.try_send_inner(frame) {
+            Err(Error::FrameTooLarge { .. }) if self.splits() => {
+                self.send_message(frame, Some(Duration::ZERO))
+            }
+            r => r,
+        }
     }
 
-    /// Sends a copy of `frame`, waiting at most `timeout` for room.
+    /// Sends a copy of `frame`, waiting as long as the ring is full.
+    ///
+    /// A message longer than [`max_frame_size`](Producer::max_frame_size) (up to
+    /// [`max_message_size`](Producer::max_message_size)) is split into records and arrives
+    /// whole. One that the ring can hold at once is written when it all fits and published at
+    /// once; a longer one streams through the ring, the consumer taking its first records while
+    /// this call writes the last.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        match blocking!(self, None, |p| p.try_send_inner(frame)) {
+            Err(Error::FrameTooLarge { .. }) if self.splits() => self.send_message(frame, None),
+            r => r,
+        }
+    }
+
+    /// Sends a copy of `frame`, waiting at most `timeout` for room (in all: a message that
+    /// streams through the ring must be sent whole within it).
+    ///
+    /// A message that times out midway is not delivered: the consumer drops the part it
+    /// received when the next message begins (and counts it in
+    /// [`Consumer::missed`](crate::Consumer::missed)).
     pub fn send_timeout(&mut self, frame: &[u8], timeout: Duration) -> Result<()> {
-        blocking!(self, Some(timeout), |p| p.try_send_inner(frame))
+        match blocking!(self, Some(timeout), |p| p.try_send_inner(frame)) {
+            Err(Error::FrameTooLarge { .. }) if self.splits() => {
+                self.send_message(frame, Some(timeout))
+            }
+            r => r,
+        }
+    }
+
+    /// Whether the channel carries messages longer than a frame.
+    #[inline]
+    fn splits(&self) -> bool {
+        let geo = self.mem.geometry();
+        geo.max_message_size > u64::from(geo.max_frame_size)
+    }
+
+    /// Sends `msg`, longer than a frame, split into records (see `message`). `timeout`: `None`
+    /// waits as long as it takes, zero does not wait.
+    #[cold]
+    #[inline(never)]
+    fn send_message(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
+        let geo = *self.mem.geometry();
+        if msg.len() as u64 > geo.max_message_size {
+            return Err(Error::FrameTooLarge {
+                len: msg.len(),
+                // No truncation: `Geometry` keeps it within the address space.
+                max: geo.max_message_size as usize,
+            });
+        }
+        // `need`: the room the message takes (SPSC: bytes; broadcast: slots). `staged`: whether
+        // it is written only once all of it fits, then published at once (SPSC, a message
+        // the ring can hold at once: the consumer then never waits for its next record and
+        // holds them all unreleased until it has the message, `spsc::ConsumerCore::assemble`).
+        // Otherwise each record is published as it is written and the message streams through
+        // the ring; a call that does not wait sends it only if all of its room is free now.
+        let (start, need, fits) = match &self.ring {
+            Ring::Spsc(core) => {
+                let need = message::spsc_need(&geo, msg.len());
+                (core.tail(), need, need <= geo.capacity)
+            }
+            Ring::Broadcast(_) => {
+                let (_, parts, last) = message::split(&geo, msg.len());
+                let slots = 1 + parts + u64::from(last > 0);
+                let never_full = geo.overflow == crate::Overflow::DropOldest;
+                (0, slots, never_full || slots <= geo.capacity)
+            }
+            Ring::Mpmc(_) => {
+                unreachable!("MPMC channels have no max_message_size above max_frame_size")
+            }
+        };
+        let staged = fits && matches!(self.ring, Ring::Spsc(_));
+        match timeout {
+            Some(Duration::ZERO) if !fits => {
+                return Err(Error::InvalidArgument(format!(
+                    "a message of {} bytes needs more of the ring than it holds at once: it \
+                     streams through the ring as consumers take it, which a call that does not \
+                     wait cannot do (send it with send or send_timeout, shmring_send with a \
+                     timeout)",
+                    msg.len(),
+                )));
+            }
+            Some(Duration::ZERO) => self.try_room(need)?,
+            t if staged => blocking!(self, t, |p| p.try_room(need))?,
+            _ => {}
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut total = Some(msg.len() as u64);
+        let mut off = 0;
+        while off < msg.len() {
+            let room = geo.max_fragment as usize - if total.is_some() { MESSAGE_PREFIX } else { 0 };
+            let piece = &msg[off..msg.len().min(off + room)];
+            let r = if staged {
+                self.try_fragment(total, piece)
+            } else {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                blocking!(self, left, |p| p.try_fragment(total, piece))
+            };
+            if let Err(e) = r {
+                if let (true, Ring::Spsc(core)) = (staged, &mut self.ring) {
+                    core.unstage(&self.mem, start);
+                }
+                // Records published already stay in the ring: consumers drop the unfinished
+                // message when the next one begins (`message::Assembly`).
+                return Err(e);
+            }
+            off += piece.len();
+            total = None;
+            if !staged {
+                // Each record is visible now (SPSC: published; broadcast: committed), and a
+                // consumer waiting for it is woken: the message streams.
+                self.dirty = true;
+                self.publish();
+            }
+        }
+        // Wrapping: as in `try_send_inner`.
+        self.frames = self.frames.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(msg.len() as u64);
+        self.dirty = true;
+        if !self.batching {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Whether the ring has room now for `need` (SPSC: bytes; broadcast: slots):
+    /// `WouldBlock` if not.
+    fn try_room(&mut self, need: u64) -> Result<()> {
+        let r = match &mut self.ring {
+            Ring::Spsc(core) => core.try_room(&self.mem, need),
+            Ring::Broadcast(core) => core.try_room(&self.mem, need),
+            Ring::Mpmc(_) => Ok(()),
+        };
+        r.map_err(|e| self.full(e))
+    }
+
+    /// Writes one record of a split message (`try_put_fragment` of the ring): staged (SPSC)
+    /// or committed (broadcast).
+    fn try_fragment(&mut self, total: Option<u64>, piece: &[u8]) -> Result<()> {
+        let r = match &mut self.ring {
+            Ring::Spsc(core) => core.try_put_fragment(&self.mem, total, piece),
+            Ring::Broadcast(core) => core.try_put_fragment(&self.mem, total, piece),
+            Ring::Mpmc(_) => unreachable!("see send_message"),
+        };
+        r.map_err(|e| self.full(e))
     }
 
     /// Reserves `len` bytes in the ring without waiting; write the frame into the returned
@@ -682,7 +845,7 @@ impl Producer {
             let mut sent = 0;
             let mut failed = None;
             for frame in frames {
-                match batch.try_send_inner(frame) {
+                match batch.try_send_any(frame) {
                     Ok(()) => sent += 1,
                     Err(e) if sent == 0 => {
                         failed = Some(e);

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this library speaks. Bumped on any incompatible change to
 /// [`Request`] or [`Reply`]; the hello format never changes.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first eight bytes of both hellos.
 pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
@@ -282,6 +282,8 @@ pub struct ChannelInfo {
     pub slots: u64,
     /// Largest frame.
     pub max_frame_size: u32,
+    /// Largest message (longer ones than `max_frame_size` are split into records).
+    pub max_message_size: u64,
     /// Producers admitted at once.
     pub max_producers: u32,
     /// Consumers admitted at once.

@@ -34,6 +34,23 @@ impl DataRange {
     pub(crate) fn len(self) -> usize {
         self.len
     }
+
+    /// The first `n` bytes and the rest; `None` if the range is shorter than `n`.
+    pub(crate) fn split_at(self, n: usize) -> Option<(DataRange, DataRange)> {
+        (n <= self.len).then_some((
+            DataRange {
+                off: self.off,
+                len: n,
+            },
+            DataRange {
+                off: self.off + n,
+                len: self.len - n,
+            },
+        ))
+    }
+
+    /// An empty range (the length of a message held outside the ring is kept elsewhere).
+    pub(crate) const EMPTY: DataRange = DataRange { off: 0, len: 0 };
 }
 
 #[cfg(not(loom))]

@@ -690,7 +690,7 @@ fn broadcast_block_joiner_lapped_in_its_history_keeps_the_frames_after_its_join(
     // Position 1 (history) was overwritten; positions 2 and 3 were committed after the join.
     let mut got = Vec::new();
     let mut buf = [0u8; 16];
-    while let Ok((len, _)) = c.try_recv(mem, &mut buf) {
+    while let Ok((len, _)) = c.try_recv(mem, &mut buf, &mut crate::message::Assembly::default()) {
         assert_eq!(buf[..len], [buf[0]; 16], "intact");
         got.push(buf[0]);
     }

@@ -20,9 +20,10 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    CACHE_LINE, FLAG_REDELIVERED, Participant, RECORD_HEADER, RecordType, Role, decode_header,
-    encode_header, lap_tag, record_size,
+    CACHE_LINE, FLAG_REDELIVERED, MESSAGE_PREFIX, Participant, RECORD_HEADER, RecordType, Role,
+    decode_header, encode_header, lap_tag, record_size,
 };
+use crate::message::{Assembled, Assembly, Part, Src};
 use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 
@@ -126,6 +127,14 @@ impl ProducerCore {
                 max: geo.max_frame_size as usize,
             });
         }
+        self.try_claim_record(mem, len)
+    }
+
+    /// `try_claim` for a record of `len` payload bytes, already checked against the limit of
+    /// its type (`max_frame_size`, or `max_fragment` for a record of a split message).
+    #[inline(always)]
+    fn try_claim_record(&mut self, mem: &Memory, len: usize) -> Result<Claimed> {
+        let geo = mem.geometry();
         let cap = geo.capacity;
         let size = record_size(len) as u64;
         let off = self.tail & geo.mask();
@@ -197,6 +206,84 @@ impl ProducerCore {
         );
         let end = claim.pos + record_size(len) as u64;
         self.put(mem, claim.pos, word, end, publish);
+    }
+
+    /// Whether the ring has `need` bytes free past the tail (loading the consumer's head if the
+    /// cached one says no): `WouldBlock` if not. For a split message, written only once all of
+    /// it fits (see `message::spsc_need`).
+    pub(crate) fn try_room(&mut self, mem: &Memory, need: u64) -> Result<()> {
+        let cap = mem.geometry().capacity;
+        if self.tail - self.head_cache + need <= cap {
+            return Ok(());
+        }
+        // Acquire: as in `try_claim_record`.
+        let head = mem.consumer_line().position.load(Acquire);
+        if head < self.head_cache || head > self.tail || !head.is_multiple_of(8) {
+            return Err(corrupted(format!(
+                "SPSC head {head} moved outside [{}, {}]",
+                self.head_cache, self.tail
+            )));
+        }
+        self.head_cache = head;
+        if self.tail - head + need <= cap {
+            Ok(())
+        } else {
+            Err(Error::WouldBlock("full"))
+        }
+    }
+
+    /// Stages one record of a split message: `FIRST` with the message's length `total` before
+    /// `data`, or `PART` (`total` is `None`). `data` is at most `max_fragment` bytes (less the
+    /// prefix for a `FIRST`). Published by the caller's next `publish`.
+    pub(crate) fn try_put_fragment(
+        &mut self,
+        mem: &Memory,
+        total: Option<u64>,
+        data: &[u8],
+    ) -> Result<()> {
+        let prefix = if total.is_some() { MESSAGE_PREFIX } else { 0 };
+        let len = prefix + data.len();
+        debug_assert!(len <= mem.geometry().max_fragment as usize);
+        let claim = self.try_claim_record(mem, len)?;
+        let (ty, payload) = match total {
+            Some(total) => {
+                let (head, rest) = claim
+                    .payload
+                    .split_at(MESSAGE_PREFIX)
+                    .expect("a FIRST record is claimed with room for its prefix");
+                mem.copy_in(head, &total.to_ne_bytes());
+                (RecordType::First, rest)
+            }
+            None => (RecordType::Part, claim.payload),
+        };
+        mem.copy_in(payload, data);
+        let word = encode_header(
+            len as u32,
+            ty,
+            0,
+            lap_tag(claim.pos, mem.geometry().capacity_log2),
+        );
+        let end = claim.pos + record_size(len) as u64;
+        self.put(mem, claim.pos, word, end, false);
+        Ok(())
+    }
+
+    /// The next position to write.
+    pub(crate) fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Takes back the records staged from `pos` on (a split message that could not be
+    /// finished); `pos` was the tail, and nothing has been published since.
+    pub(crate) fn unstage(&mut self, mem: &Memory, pos: u64) {
+        match self.staged {
+            Some((first, _)) if first >= pos => self.staged = None,
+            // Records staged before `pos` stay; the header at `pos` was stored (Relaxed, not
+            // yet visible) and is zeroed again, so that the batch ends there.
+            Some(_) => mem.record_word(pos).store(0, Relaxed),
+            None => {}
+        }
+        self.tail = pos;
     }
 
     /// Adds the record at `pos` (header `word`, ending at `end`) to the ring. With `publish`
@@ -274,6 +361,12 @@ fn check_record(mem: &Memory, pos: u64, word: u64) -> Result<usize> {
     let size = record_size(h.len as usize) as u64;
     let fits = match h.ty {
         Some(RecordType::Data) => h.len <= geo.max_frame_size && off + size <= geo.capacity,
+        Some(RecordType::First) => {
+            h.len as usize >= MESSAGE_PREFIX
+                && h.len <= geo.max_fragment
+                && off + size <= geo.capacity
+        }
+        Some(RecordType::Part) => h.len <= geo.max_fragment && off + size <= geo.capacity,
         Some(RecordType::Padding) => off + size == geo.capacity,
         Some(RecordType::Skip) => off + size <= geo.capacity,
         None => false,
@@ -299,23 +392,31 @@ fn bad_record(mem: &Memory, pos: u64, word: u64) -> Error {
         ));
     }
     corrupted(format!(
-        "bad record header {word:#018x} at position {pos} (type {:?}, length {}, max frame {}, ring offset {})",
+        "bad record header {word:#018x} at position {pos} (type {:?}, length {}, max frame {}, max record of a message {}, ring offset {})",
         h.ty,
         h.len,
         geo.max_frame_size,
+        geo.max_fragment,
         pos & geo.mask()
     ))
 }
 
-/// A frame found by [`ConsumerCore::try_peek`].
+/// A frame (or a record of a split message) found by [`ConsumerCore::try_peek`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Peeked {
     end: u64,
     payload: DataRange,
     flags: u8,
+    part: Part,
 }
 
 impl Peeked {
+    /// Whether the record is a whole frame (not part of a split message).
+    #[inline(always)]
+    pub(crate) fn is_whole(&self) -> bool {
+        self.part == Part::Whole
+    }
+
     /// The payload bytes.
     pub(crate) fn payload(&self) -> DataRange {
         self.payload
@@ -352,6 +453,9 @@ pub(crate) struct ConsumerCore {
     freed: bool,
     /// Size of the last record consumed: the guess for the next one's (prefetch).
     last_size: usize,
+    /// The message being assembled is too long for the ring to hold at once: its records are
+    /// released as they are taken (see `assemble`).
+    streaming: bool,
 }
 
 impl ConsumerCore {
@@ -372,6 +476,7 @@ impl ConsumerCore {
             release_batch: (geo.capacity / 4).max(RECORD_HEADER as u64),
             freed: false,
             last_size: 0,
+            streaming: false,
         })
     }
 
@@ -391,7 +496,13 @@ impl ConsumerCore {
             }
             let size = check_record(mem, pos, word)?;
             let h = decode_header(word);
-            if h.ty == Some(RecordType::Data) {
+            let part = match h.ty {
+                Some(RecordType::Data) => Some(Part::Whole),
+                Some(RecordType::First) => Some(Part::First),
+                Some(RecordType::Part) => Some(Part::More),
+                _ => None,
+            };
+            if let Some(part) = part {
                 let off = (pos & geo.mask()) as usize + RECORD_HEADER;
                 let payload = mem
                     .range(off, h.len as usize)
@@ -405,6 +516,7 @@ impl ConsumerCore {
                     end: pos + size as u64,
                     payload,
                     flags,
+                    part,
                 });
             }
             // Padding or skip: step over it. A legitimate producer cannot have written more than
@@ -525,9 +637,21 @@ impl ConsumerCore {
 
     /// Copies the next frame into `buf` and releases it: `try_peek`, `take`, the copy, then
     /// `release`. Returns its length and flags.
+    /// A split message goes to `assemble`.
     #[inline(always)]
-    pub(crate) fn try_recv(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
-        let peeked = self.try_peek(mem)?;
+    pub(crate) fn try_recv(
+        &mut self,
+        mem: &Memory,
+        buf: &mut [u8],
+        asm: &mut Assembly,
+    ) -> Result<(usize, u8)> {
+        let mut peeked = self.try_peek(mem)?;
+        if !peeked.is_whole() || asm.active() {
+            match self.assemble(mem, asm, Some(buf))? {
+                Assembled::Message(len, flags) => return Ok((len, flags)),
+                Assembled::Whole => peeked = self.try_peek(mem)?,
+            }
+        }
         let len = peeked.payload.len();
         if len > buf.len() {
             return Err(Error::BufferTooSmall {
@@ -539,6 +663,121 @@ impl ConsumerCore {
         mem.copy_out(peeked.payload, buf);
         self.release(mem);
         Ok((len, peeked.flags))
+    }
+}
+
+impl ConsumerCore {
+    /// Receives the split message that starts (or continues) at the read position, into `dst`
+    /// (a caller's buffer; `None`: the handle's, `asm`'s). `BufferTooSmall` (nothing taken) if
+    /// the message does not fit `dst`; `WouldBlock` if its next record has not arrived (what
+    /// arrived is kept in `asm` for the next call); `Whole` if a whole frame comes first, after
+    /// a message left unfinished by its producer (dropped and counted).
+    ///
+    /// The records of a message stay unreleased until its last one is taken: if this consumer
+    /// dies meanwhile, a successor resumes at the first record and receives the message again,
+    /// flagged redelivered. A message longer than the ring cannot wait like that: the producer
+    /// needs its first records' space for its last ones. So when the next record has not
+    /// arrived, everything taken is released (and the head published): the producer writes on,
+    /// and a successor of this consumer would find the message's start gone and drop the rest.
+    /// A message that fits the ring is published all at once (`Producer`), so its records are
+    /// never found missing midway, and it keeps the guarantee.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn assemble(
+        &mut self,
+        mem: &Memory,
+        asm: &mut Assembly,
+        mut dst: Option<&mut [u8]>,
+    ) -> Result<Assembled> {
+        let r = self.assemble_records(mem, asm, dst.as_deref_mut());
+        if !matches!(r, Ok(Assembled::Message(..))) {
+            asm.suspend(dst);
+        }
+        r
+    }
+
+    fn assemble_records(
+        &mut self,
+        mem: &Memory,
+        asm: &mut Assembly,
+        mut dst: Option<&mut [u8]>,
+    ) -> Result<Assembled> {
+        loop {
+            let peeked = match self.try_peek(mem) {
+                Ok(p) => p,
+                Err(e) => {
+                    if matches!(e, Error::WouldBlock(_)) && self.in_flight {
+                        // The next record has not arrived: give back what was taken (see above).
+                        self.release(mem);
+                        if self.read_pos != self.head {
+                            self.store_head(mem);
+                            self.freed = true;
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            match peeked.part {
+                Part::Whole => {
+                    asm.whole();
+                    // Records of the dropped message that were taken: released with the frame.
+                    return Ok(Assembled::Whole);
+                }
+                Part::First => {
+                    let (total, data) = Assembly::first(mem, Src::Ring(peeked.payload))?;
+                    if let Some(d) = &dst
+                        && total > d.len()
+                    {
+                        return Err(Error::BufferTooSmall {
+                            needed: total,
+                            cap: d.len(),
+                        });
+                    }
+                    if asm.active() && self.in_flight {
+                        // The records of a message its producer never finished: given back.
+                        self.release(mem);
+                    }
+                    asm.start(total, peeked.flags, dst.is_none());
+                    self.streaming =
+                        crate::message::spsc_need(mem.geometry(), total) > mem.geometry().capacity;
+                    self.take(mem, &peeked);
+                    asm.put(mem, data, dst.as_deref_mut());
+                    asm.took(true);
+                }
+                Part::More if !asm.active() => {
+                    asm.orphan(true);
+                    self.take(mem, &peeked);
+                    self.release(mem);
+                    continue;
+                }
+                Part::More => {
+                    asm.fits(peeked.payload.len())?;
+                    asm.resume(dst.as_deref_mut())?;
+                    self.take(mem, &peeked);
+                    asm.put(mem, Src::Ring(peeked.payload), dst.as_deref_mut());
+                    asm.took(true);
+                }
+            }
+            if self.streaming {
+                // Too long to be held whole: each record is given back once copied, and a
+                // producer waiting for the space is woken as the head moves.
+                self.release(mem);
+                if self.take_freed() {
+                    asm.freed(mem);
+                }
+            }
+            let copied = dst.is_some();
+            if let Some((len, flags)) = asm.complete(dst.as_deref_mut()) {
+                // A copy is released at once, as `try_recv` releases a frame; a message lent
+                // from the handle's buffer (`read`, `drain`) stays taken until the caller is
+                // done with it, as a frame lent in place does: a consumer that dies before
+                // then leaves it to its successor.
+                if copied {
+                    self.release(mem);
+                }
+                return Ok(Assembled::Message(len, flags));
+            }
+        }
     }
 }
 

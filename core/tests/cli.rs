@@ -110,6 +110,21 @@ fn daemon_and_cli_manage_channels() {
     assert_eq!(created["mode"], "0660");
     let text = ok(&sock, &["create", "ticks"]);
     assert!(text.starts_with("created spsc channel ticks"), "{text}");
+    let text = ok(&sock, &["create", "frames", "--max-message-size", "8M"]);
+    assert!(text.contains("messages up to 8 MiB"), "{text}");
+    let stat = ok(&sock, &["stat", "frames"]);
+    assert!(
+        stat.contains("frames up to 64 KiB, messages up to 8 MiB"),
+        "{stat}"
+    );
+    let stat = json(&ok(&sock, &["stat", "frames", "--json"]));
+    assert_eq!(stat["info"]["max_message_size"], 8 << 20);
+    let refused = cli(
+        &sock,
+        &["create", "m", "--kind", "mpmc", "--max-message-size", "8M"],
+    );
+    assert!(!refused.status.success());
+    ok(&sock, &["delete", "frames"]);
 
     let list = json(&ok(&sock, &["list", "--json"]));
     let names: Vec<&str> = list

@@ -75,6 +75,7 @@ fn random_request(r: &mut Rng) -> Request {
                     Overflow::DropOldest
                 },
                 history: r.wild() as u32,
+                max_message_size: r.wild(),
             },
         },
         1 => Request::Open {

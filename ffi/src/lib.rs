@@ -35,8 +35,9 @@ pub const SHMRING_VERSION_MINOR: u32 = 1;
 pub const SHMRING_VERSION_PATCH: u32 = 0;
 /// Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
 /// A program built against one ABI version needs a library of the same. Version 2 added
-/// broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`.
-pub const SHMRING_ABI_VERSION: u32 = 2;
+/// broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`;
+/// version 3 its `max_message_size` field.
+pub const SHMRING_ABI_VERSION: u32 = 3;
 
 /// A channel kind: `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
 pub type shmring_kind = u32;
@@ -99,6 +100,10 @@ pub struct shmring_channel_config {
     /// Broadcast: a new subscriber first receives up to this many of the most recent frames
     /// still in the ring, then live ones (default 0; below the slot count); other kinds: 0.
     pub history: u32,
+    /// SPSC and broadcast: the largest message, in bytes (0, the default: `max_frame_size`).
+    /// `shmring_send` splits a message longer than `max_frame_size` into records, however
+    /// small the ring, and `shmring_recv` returns it whole; see `shmring_send`. MPMC: 0.
+    pub max_message_size: u64,
 }
 
 /// A frame lent by `shmring_read`: `len` bytes at `data` (in shared memory, read-only), valid
@@ -147,6 +152,8 @@ pub struct shmring_stats {
     pub redelivered: u64,
     /// Positions a dead producer took and never committed, skipped.
     pub skipped: u64,
+    /// The largest message (`max_frame_size` unless the channel splits longer ones).
+    pub max_message_size: u64,
 }
 
 /// A coordinator running on a thread of this process (opaque).
@@ -485,6 +492,7 @@ pub unsafe extern "C" fn shmring_channel_config_default(
             max_consumers: d.max_consumers,
             overflow: d.overflow as shmring_overflow,
             history: d.history,
+            max_message_size: d.max_message_size,
         };
         // SAFETY: NULL or writable (the header's contract).
         let _ = unsafe { put(cfg, value, "cfg") };
@@ -664,6 +672,7 @@ pub unsafe extern "C" fn shmring_channel_create(
             mode: cfg.mode,
             overflow: overflow_of(cfg.overflow)?,
             history: cfg.history,
+            max_message_size: cfg.max_message_size,
         };
         c.create(name, &config).map(drop)
     })
@@ -712,6 +721,7 @@ pub unsafe extern "C" fn shmring_channel_stats(
             repairs: s.repairs,
             redelivered: s.redelivered,
             skipped: s.skipped,
+            max_message_size: s.info.max_message_size,
         };
         // SAFETY: checked non-NULL; writable (the header's contract).
         unsafe { put(out, value, "out") }
@@ -812,8 +822,8 @@ pub unsafe extern "C" fn shmring_producer_set_wait(
     })
 }
 
-/// The largest frame the producer's channel carries, in bytes (0 if `p` is not a producer).
-/// The producer's thread.
+/// The largest frame the producer's channel carries, in bytes (0 if `p` is not a producer):
+/// the longest claim. The producer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_producer_max_frame_size(p: *mut shmring_producer) -> usize {
     let mut n = 0;
@@ -825,11 +835,31 @@ pub unsafe extern "C" fn shmring_producer_max_frame_size(p: *mut shmring_produce
     n
 }
 
-/// Sends a copy of the `len` bytes at `data` (which may be NULL if `len` is 0) as one frame,
+/// The largest message `shmring_send` takes on the producer's channel, in bytes (0 if `p` is
+/// not a producer). The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_producer_max_message_size(p: *mut shmring_producer) -> usize {
+    let mut n = 0;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `p`.
+        n = unsafe { producer(p) }?.state.live()?.max_message_size();
+        Ok(())
+    });
+    n
+}
+
+/// Sends a copy of the `len` bytes at `data` (which may be NULL if `len` is 0) as one message,
 /// waiting up to `timeout_ns` nanoseconds for room (0: do not wait, `SHMRING_WOULD_BLOCK` if
 /// full; negative: wait as long as it takes; `SHMRING_TIMED_OUT` when the time is up).
-/// `SHMRING_FRAME_TOO_LARGE` if `len` exceeds the channel's max_frame_size. The bytes are
-/// copied before it returns. The producer's thread.
+/// `SHMRING_FRAME_TOO_LARGE` if `len` exceeds the channel's max_message_size (by default its
+/// max_frame_size). The bytes are copied before it returns. The producer's thread.
+///
+/// A message longer than max_frame_size is split into records and arrives whole and in
+/// order. One the ring can hold at once is written when all of it fits, then published at
+/// once. A longer one streams through the ring while the consumer takes it: that takes
+/// waiting, so timeout 0 refuses it (`SHMRING_INVALID_ARGUMENT`), and a timeout covers the
+/// whole message; one that times out midway is never delivered (the consumer drops what it
+/// received and counts it in `shmring_consumer_missed`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_send(
     p: *mut shmring_producer,
@@ -1099,11 +1129,13 @@ pub unsafe extern "C" fn shmring_consumer_set_wait(
     })
 }
 
-/// The frames this consumer missed since it opened: on a broadcast channel with
+/// What this consumer missed since it opened: on a broadcast channel with
 /// `SHMRING_OVERFLOW_DROP_OLDEST`, frames published after it opened that the producer
 /// overwrote before it received them (every such frame is either received or counted here,
-/// exactly once). 0 for every other channel, and for a `c` that is not a consumer (then
-/// `shmring_last_error()` says why). The consumer's thread.
+/// exactly once); and messages longer than a frame that it dropped unfinished, because their
+/// producer died or timed out midway (a message is never delivered in part). 0 otherwise, and
+/// for a `c` that is not a consumer (then `shmring_last_error()` says why). The consumer's
+/// thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_missed(c: *const shmring_consumer) -> u64 {
     let mut n = 0;
@@ -1183,8 +1215,9 @@ pub unsafe extern "C" fn shmring_consumer_fd(c: *mut shmring_consumer) -> c_int 
     fd
 }
 
-/// The largest frame the consumer's channel carries, in bytes: a buffer this long fits every
-/// frame (0 if `c` is not a consumer). The consumer's thread.
+/// The largest frame the consumer's channel carries in one record, in bytes (0 if `c` is
+/// not a consumer). On a channel without a larger max_message_size, a buffer this long fits
+/// everything. The consumer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_max_frame_size(c: *mut shmring_consumer) -> usize {
     let mut n = 0;
@@ -1196,10 +1229,28 @@ pub unsafe extern "C" fn shmring_consumer_max_frame_size(c: *mut shmring_consume
     n
 }
 
+/// The largest message the consumer's channel carries, in bytes: a buffer this long fits
+/// every message (0 if `c` is not a consumer). The consumer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_max_message_size(c: *mut shmring_consumer) -> usize {
+    let mut n = 0;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`.
+        n = unsafe { consumer(c) }?.state.consumer.max_message_size();
+        Ok(())
+    });
+    n
+}
+
 /// Copies the next frame into `buf` (`cap` bytes; may be NULL if `cap` is 0) and releases it,
 /// waiting up to `timeout_ns` for one (0: do not wait, `SHMRING_WOULD_BLOCK` if empty; negative:
 /// wait as long as it takes). `*out_len` receives the frame's length. A frame longer than `cap`
 /// stays unread: `SHMRING_BUFFER_TOO_SMALL`, with the length it needs in `*out_len`.
+///
+/// A message longer than max_frame_size arrives whole, put back together in `buf`. If the
+/// call must return before the rest of it arrives (`SHMRING_WOULD_BLOCK`, `SHMRING_TIMED_OUT`),
+/// the consumer keeps what arrived, and the next receive, into any buffer long enough,
+/// continues it.
 /// `SHMRING_CLOSED` once the channel was deleted, or its stream finished
 /// (`shmring_producer_finish`), and everything in it was received. The consumer's thread.
 #[unsafe(no_mangle)]
@@ -1248,6 +1299,11 @@ pub unsafe extern "C" fn shmring_recv(
 /// stays the consumer's until `shmring_release`; until then the consumer receives nothing else
 /// (other receives return `SHMRING_INVALID_ARGUMENT`); after it, `out->data` must not be used.
 /// The consumer's thread.
+///
+/// A message longer than max_frame_size is not contiguous in the ring: `out->data` points to
+/// a copy put back together in memory the consumer owns (one copy, as `shmring_recv` makes),
+/// valid until `shmring_release` like any frame. Frames up to max_frame_size are lent in
+/// place.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_read(
     c: *mut shmring_consumer,

@@ -77,11 +77,12 @@ _STATUS_NAMES = [
     "SHMRING_UNAVAILABLE", "SHMRING_IO_ERROR", "SHMRING_PANIC",
 ]
 _OK, _WOULD_BLOCK, _TIMED_OUT, _CLOSED = 0, 1, 2, 3
+_BUFFER_TOO_SMALL = _STATUS_NAMES.index("SHMRING_BUFFER_TOO_SMALL")
 SPSC, MPMC, BROADCAST = 1, 2, 3
 _KINDS = {"spsc": SPSC, "mpmc": MPMC, "broadcast": BROADCAST}
 OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST = 0, 1
 _OVERFLOWS = {"block": OVERFLOW_BLOCK, "drop-oldest": OVERFLOW_DROP_OLDEST}
-ABI_VERSION = 2  # SHMRING_ABI_VERSION of the header these declarations follow
+ABI_VERSION = 3  # SHMRING_ABI_VERSION of the header these declarations follow
 _WAITS = {"spin": 0, "yield": 1, "park": 2}
 REDELIVERED = 1  # shmring_frame.flags bit
 
@@ -107,6 +108,7 @@ class _Config(ctypes.Structure):
         ("max_frame_size", ctypes.c_uint32), ("mode", ctypes.c_uint32),
         ("max_producers", ctypes.c_uint32), ("max_consumers", ctypes.c_uint32),
         ("overflow", ctypes.c_uint32), ("history", ctypes.c_uint32),
+        ("max_message_size", ctypes.c_uint64),
     ]
 
 
@@ -122,7 +124,7 @@ class _Stats(ctypes.Structure):
         ("frames_out", ctypes.c_uint64), ("bytes_out", ctypes.c_uint64),
         ("producers", ctypes.c_uint32), ("consumers", ctypes.c_uint32),
         ("repairs", ctypes.c_uint64), ("redelivered", ctypes.c_uint64),
-        ("skipped", ctypes.c_uint64),
+        ("skipped", ctypes.c_uint64), ("max_message_size", ctypes.c_uint64),
     ]
 
 
@@ -150,6 +152,7 @@ _channel_stats = _fn("shmring_channel_stats", _S, _P, ctypes.c_char_p, ctypes.PO
 _producer_open = _fn("shmring_producer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
 _producer_set_wait = _fn("shmring_producer_set_wait", _S, _P, ctypes.c_uint32)
 _producer_max = _fn("shmring_producer_max_frame_size", ctypes.c_size_t, _P)
+_producer_max_message = _fn("shmring_producer_max_message_size", ctypes.c_size_t, _P)
 _send = _fn("shmring_send", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
 _producer_finish = _fn("shmring_producer_finish", _S, _P)
 _producer_fd = _fn("shmring_producer_fd", ctypes.c_int, _P)
@@ -157,6 +160,7 @@ _producer_close = _fn("shmring_producer_close", None, _P)
 _consumer_open = _fn("shmring_consumer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
 _consumer_set_wait = _fn("shmring_consumer_set_wait", _S, _P, ctypes.c_uint32)
 _consumer_max = _fn("shmring_consumer_max_frame_size", ctypes.c_size_t, _P)
+_consumer_max_message = _fn("shmring_consumer_max_message_size", ctypes.c_size_t, _P)
 _consumer_missed = _fn("shmring_consumer_missed", ctypes.c_uint64, _P)
 _consumer_producers = _fn("shmring_consumer_producers", ctypes.c_uint32, _P)
 _consumer_fd = _fn("shmring_consumer_fd", ctypes.c_int, _P)
@@ -237,8 +241,16 @@ class Producer:
     def max_frame_size(self):
         return _producer_max(self._h)
 
+    @property
+    def max_message_size(self):
+        """The longest message send takes (split into frames above max_frame_size)."""
+        return _producer_max_message(self._h)
+
     def send(self, data, timeout=None):
-        """Sends a copy of `data` (bytes-like); False if the ring stayed full for `timeout`."""
+        """Sends a copy of `data` (bytes-like); False if the ring stayed full for `timeout`.
+        Up to max_message_size bytes: a longer message than max_frame_size is split into frames
+        and arrives whole (one longer than the ring streams through it, which needs a timeout
+        other than 0)."""
         data = bytes(data)
         return _done(_send(self._h, data, len(data), _ns(timeout)))
 
@@ -289,10 +301,16 @@ class Consumer:
     def max_frame_size(self):
         return _consumer_max(self._h)
 
+    @property
+    def max_message_size(self):
+        """The longest message recv returns."""
+        return _consumer_max_message(self._h)
+
     def missed(self):
         """Broadcast with overflow="drop-oldest": frames published since this consumer opened
-        that were overwritten before it received them (received + missed = published). 0 for
-        every other channel."""
+        that were overwritten before it received them (received + missed = published); and
+        messages longer than a frame dropped unfinished because their producer died or timed
+        out midway. 0 otherwise."""
         return _consumer_missed(self._h)
 
     def producers(self):
@@ -325,7 +343,13 @@ class Consumer:
         """The next frame, copied, as bytes; None if none came within `timeout`. Raises Closed
         once the channel was deleted, or its stream finished, and everything was received."""
         n = ctypes.c_size_t()
-        if not _done(_recv(self._h, self._buf, len(self._buf), ctypes.byref(n), _ns(timeout))):
+        while True:
+            status = _recv(self._h, self._buf, len(self._buf), ctypes.byref(n), _ns(timeout))
+            if status != _BUFFER_TOO_SMALL:
+                break
+            # A message longer than a frame: the buffer grows to it (the message stays).
+            self._buf = ctypes.create_string_buffer(n.value)
+        if not _done(status):
             return None
         return self._buf.raw[: n.value]
 
@@ -370,18 +394,21 @@ class Client:
         _check(_client_connect(_path(socket), ctypes.byref(self._h)))
 
     def create(self, name, kind="spsc", capacity=None, max_frame_size=None, mode=0o600,
-               max_producers=None, max_consumers=None, overflow=None, history=None):
+               max_producers=None, max_consumers=None, overflow=None, history=None,
+               max_message_size=None):
         """Creates a channel owned by this user; kind is "spsc", "mpmc" or "broadcast".
         Broadcast only: overflow is "block" (the default: the producer waits for the slowest
         subscriber) or "drop-oldest" (it never waits); history is how many of the most recent
-        frames a new subscriber receives first (default 0)."""
+        frames a new subscriber receives first (default 0). SPSC and broadcast: a message up to
+        max_message_size bytes (default max_frame_size) is split into frames by send and
+        returned whole by recv."""
         cfg = _Config()
         _config_default(ctypes.byref(cfg), _KINDS[kind])
         if overflow is not None:
             cfg.overflow = _OVERFLOWS[overflow]
         for field, value in (("capacity", capacity), ("max_frame_size", max_frame_size),
                              ("max_producers", max_producers), ("max_consumers", max_consumers),
-                             ("history", history)):
+                             ("history", history), ("max_message_size", max_message_size)):
             if value is not None:
                 setattr(cfg, field, value)
         cfg.mode = mode

@@ -425,6 +425,21 @@ with shmring.Client() as client:
             tx.finish()
         assert [bytes(f) for f in rx] == [b"one", b"two"]
         assert rx.producers() == 0, rx.producers()
+    # Messages longer than a frame: recv grows its buffer to them; stats report the limit.
+    client.create("big", kind="spsc", capacity=64 << 10, max_frame_size=1024,
+                  max_message_size=1 << 20)
+    assert client.stats("big")["max_message_size"] == 1 << 20
+    with client.consumer("big") as rx, client.producer("big") as tx:
+        assert (tx.max_message_size, rx.max_message_size) == (1 << 20, 1 << 20)
+        small, big = b"x" * 10, bytes(range(256)) * 160
+        tx.send(big, timeout=5)
+        tx.send(small)
+        assert rx.recv(timeout=5) == big
+        assert rx.recv(timeout=5) == small
+        tx.send(big, timeout=5)
+        with rx.read(timeout=5) as view:
+            assert bytes(view) == big
+        assert rx.missed() == 0
 print("created")
 "#;
     let out = run(

@@ -1563,6 +1563,7 @@ fn info(name: &str, seg: &Segment) -> ChannelInfo {
             0
         },
         max_frame_size: geo.max_frame_size,
+        max_message_size: geo.max_message_size,
         max_producers: geo.max_producers,
         max_consumers: geo.max_consumers,
         mode: origin.mode,

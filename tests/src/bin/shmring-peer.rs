@@ -641,7 +641,8 @@ mod coordinated {
         let c = client(&socket);
         let mut tx = admitted(&channel, || c.producer(&channel));
         tx.set_wait_strategy(wait_arg(args, 5));
-        let max = tx.max_frame_size();
+        // Messages longer than a frame where the channel takes them (sent, never claimed).
+        let (max, claimable) = (tx.max_message_size(), tx.max_frame_size());
         let first: u64 = args.get(6).map_or(0, |_| arg(args, 6));
         let mut rng = Rng::new(u64::from(inc));
         let mut buf = Vec::with_capacity(max);
@@ -652,7 +653,7 @@ mod coordinated {
         loop {
             let seq = first + sent;
             mpmc_frame(inc, seq, max, &mut buf);
-            let r = if rng.below(2) == 0 {
+            let r = if rng.below(2) == 0 || buf.len() > claimable {
                 tx.send_timeout(&buf, Duration::from_millis(200))
             } else {
                 tx.claim_timeout(buf.len(), Duration::from_millis(200))
@@ -694,7 +695,7 @@ mod coordinated {
             rx.set_wait_strategy(wait_arg(args, 4));
             None
         };
-        let max = rx.max_frame_size();
+        let max = rx.max_message_size();
         let mut rng = Rng::new(u64::from(std::process::id()));
         println!("consuming");
         let _ = std::io::stdout().flush();

@@ -89,6 +89,11 @@ enum Command {
         /// and broadcast]
         #[arg(long, value_parser = parse_size)]
         max_frame_size: Option<u64>,
+        /// spsc, broadcast: largest message, from --max-frame-size to 1T (suffixes K, M, G,
+        /// T): a longer message than a frame is split into frames and received whole
+        /// [default: --max-frame-size]
+        #[arg(long, value_parser = parse_size)]
+        max_message_size: Option<u64>,
         /// Producers admitted at once (mpmc) [default: 16]
         #[arg(long)]
         max_producers: Option<u32>,
@@ -356,6 +361,7 @@ fn manage(args: &Args) -> shmring::Result<()> {
             kind,
             capacity,
             max_frame_size,
+            max_message_size,
             max_producers,
             max_consumers,
             overflow,
@@ -389,6 +395,9 @@ fn manage(args: &Args) -> shmring::Result<()> {
                     ))
                 })?);
             }
+            if let Some(m) = max_message_size {
+                cfg = cfg.max_message_size(*m);
+            }
             if let Some(n) = max_producers {
                 cfg = cfg.max_producers(*n);
             }
@@ -406,11 +415,12 @@ fn manage(args: &Args) -> shmring::Result<()> {
                 };
                 writeln!(
                     out,
-                    "created {} channel {}: {}{policy}, frames up to {}, mode {}, generation {}",
+                    "created {} channel {}: {}{policy}, frames up to {}{}, mode {}, generation {}",
                     info.kind,
                     info.name,
                     capacity_text(&info),
                     bytes(u64::from(info.max_frame_size)),
+                    messages_text(&info),
                     mode_text(info.mode),
                     info.generation
                 )
@@ -485,6 +495,15 @@ impl Names {
 
 /// A channel as JSON: the protocol's fields, with the mode as the octal text people write
 /// (`"0660"`) and the owner's user and group names beside their ids (null without one).
+/// ", messages up to N" for a channel that splits messages longer than a frame, else nothing.
+fn messages_text(i: &ChannelInfo) -> String {
+    if i.max_message_size > u64::from(i.max_frame_size) {
+        format!(", messages up to {}", bytes(i.max_message_size))
+    } else {
+        String::new()
+    }
+}
+
 fn info_json(info: &ChannelInfo, names: &mut Names) -> serde_json::Value {
     let mut v = serde_json::to_value(info).expect("protocol types serialise to JSON");
     if let Some(o) = v.as_object_mut() {
@@ -568,10 +587,11 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats, names: &mut Names) -> std:
     )?;
     writeln!(
         out,
-        "capacity    {} ({} of storage), frames up to {}",
+        "capacity    {} ({} of storage), frames up to {}{}",
         capacity_text(i),
         bytes(i.capacity_bytes),
-        bytes(u64::from(i.max_frame_size))
+        bytes(u64::from(i.max_frame_size)),
+        messages_text(i)
     )?;
     let group = match names.group(i.owner_gid) {
         Some(g) => format!("{g} ({})", i.owner_gid),

@@ -1,0 +1,113 @@
+//! Messages longer than a frame across processes, through the C ABI: `tests/c/messages.c`
+//! creates the channel, produces and consumes, each a process of its own, against a
+//! coordinator embedded in this test (found through `SHMRING_SOCKET`). Messages of 1 byte to
+//! 8 MiB go through a 1 MiB ring; every byte is compared and both ends' checksums must agree.
+//! Every test runs under a watchdog; none asserts a duration (the figures are printed).
+
+use shmring_tests::{Build, Watchdog, serial};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// This test's place (`shmring_tests::Place`), with the C program.
+struct Place(shmring_tests::Place);
+
+impl std::ops::Deref for Place {
+    type Target = shmring_tests::Place;
+    fn deref(&self) -> &shmring_tests::Place {
+        &self.0
+    }
+}
+
+impl Place {
+    fn new(tag: &str) -> Place {
+        Place(shmring_tests::Place::new(&format!("msg{tag}")))
+    }
+
+    fn compile(&self, build: Build) -> PathBuf {
+        shmring_tests::compile("tests/c/messages.c", &self.dir, build)
+    }
+}
+
+/// The `key=value` number of a helper's output.
+fn number(text: &str, key: &str) -> u64 {
+    shmring_tests::field(text, key).unwrap_or_else(|| panic!("no {key}= in {text:?}"))
+}
+
+/// The `checksum=` of a helper's output.
+fn checksum(text: &str) -> String {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("checksum="))
+        .unwrap_or_else(|| panic!("no checksum= in {text:?}"))
+        .to_string()
+}
+
+/// `count` messages of 1 byte to 8 MiB through a 1 MiB channel of `kind` with `consumers`
+/// consumer processes, each of which must receive all of them, whole and in order.
+fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) {
+    let _serial = serial();
+    let dog = Watchdog::new(
+        &format!("{kind} messages through a 1 MiB ring"),
+        Duration::from_secs(600),
+    );
+    let place = Place::new(kind);
+    let exe = place.compile(build);
+    let max_len = (8u64 << 20).to_string();
+    let said = dog
+        .spawn(
+            place
+                .command(&exe)
+                .args(["create", "big", kind, "1048576", "65536", &max_len]),
+        )
+        .success();
+    assert_eq!(said.trim(), format!("created max_message_size={max_len}"));
+    let receivers: Vec<_> = (0..consumers)
+        .map(|_| {
+            let mut c = dog.spawn(place.command(&exe).args(["consume", "big"]));
+            c.expect_line("open");
+            c
+        })
+        .collect();
+    let start = Instant::now();
+    let produced = dog
+        .spawn(
+            place
+                .command(&exe)
+                .args(["produce", "big", &count.to_string(), &max_len]),
+        )
+        .success();
+    assert_eq!(number(&produced, "produced"), count);
+    let bytes = number(&produced, "bytes");
+    for r in receivers {
+        let consumed = r.success();
+        assert_eq!(number(&consumed, "consumed"), count, "{consumed}");
+        assert_eq!(number(&consumed, "bytes"), bytes, "{consumed}");
+        assert_eq!(checksum(&consumed), checksum(&produced), "{consumed}");
+        assert_eq!(number(&consumed, "missed"), 0, "{consumed}");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{kind}: {count} messages, {:.1} MiB, in {secs:.2} s ({:.0} MiB/s)",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / 1048576.0 / secs
+    );
+}
+
+/// Done when: a C program sends 10 000 messages of 1 byte to 8 MiB through a 1 MiB SPSC ring;
+/// every one arrives whole, checksummed, in order.
+#[test]
+fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_spsc_ring() {
+    through_a_small_ring("spsc", Build::Plain, 10_000, 1);
+}
+
+/// The same through a broadcast ring of 16 slots of 64 KiB, to two subscribers.
+#[test]
+fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_broadcast_ring() {
+    through_a_small_ring("broadcast", Build::Plain, 10_000, 2);
+}
+
+/// Fewer, under AddressSanitizer and UndefinedBehaviorSanitizer: the C side's buffers and
+/// the lent copies of messages.
+#[test]
+fn messages_under_the_sanitizers() {
+    through_a_small_ring("spsc", Build::Sanitized, 300, 1);
+}
