@@ -231,9 +231,10 @@ class Consumer {
     /// The longest message recv returns.
     std::size_t max_message_size() const { return shmring_consumer_max_message_size(c_); }
     /// Broadcast with Overflow::drop_oldest: frames published since this consumer opened that
-    /// were overwritten before it received them (received + missed() = published); and
-    /// messages longer than a frame dropped unfinished (their producer died or timed out
-    /// midway). Otherwise 0.
+    /// were overwritten before it received them (received + missed() = published, counted in
+    /// slots: a message longer than a frame takes several); and messages longer than a frame
+    /// dropped unfinished (their producer died or timed out midway: one per message on SPSC,
+    /// its slots on broadcast). Otherwise 0.
     uint64_t missed() const { return shmring_consumer_missed(c_); }
     /// Producers attached to the channel now (a dead one until the coordinator repairs it): 0
     /// tells a consumer that nothing comes until a producer opens the channel, which a crashed

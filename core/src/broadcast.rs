@@ -344,6 +344,9 @@ pub(crate) struct ConsumerCore {
     joined: u64,
     /// Frames lapped and never received since this subscriber joined.
     missed: u64,
+    /// Set by every lap (the cursor jumped ahead), cleared by `assemble`: the records of a
+    /// message being assembled no longer follow each other.
+    jumped: bool,
     /// The `seq` last found at the cursor when the ring was empty (what a wait watches).
     seen: u64,
     /// Validated copies handed out by `try_take`.
@@ -378,6 +381,7 @@ impl ConsumerCore {
             },
             joined,
             missed: 0,
+            jumped: false,
             seen: 0,
             scratch: Vec::new(),
         })
@@ -419,10 +423,9 @@ impl ConsumerCore {
             if h.len <= mem.geometry().max_frame_size {
                 let part = match h.ty {
                     Some(RecordType::Data) => Some(Part::Whole),
-                    Some(RecordType::First) if h.len as usize >= MESSAGE_PREFIX => {
-                        Some(Part::First)
-                    }
-                    Some(RecordType::Part) => Some(Part::More),
+                    // At least one byte of the message in each record (see `spsc::check_record`).
+                    Some(RecordType::First) if h.len as usize > MESSAGE_PREFIX => Some(Part::First),
+                    Some(RecordType::Part) if h.len > 0 => Some(Part::More),
                     _ => None,
                 };
                 if let Some(part) = part {
@@ -499,6 +502,7 @@ impl ConsumerCore {
         // `next > cursor`, so the difference is never negative.
         self.missed += next.max(self.joined) - self.cursor.max(self.joined);
         self.cursor = next;
+        self.jumped = true;
         Ok(())
     }
 
@@ -516,6 +520,7 @@ impl ConsumerCore {
                 continue;
             };
             if part != Part::Whole || asm.active() {
+                // (A lap that brought us here sets `jumped`, which `assemble` looks at first.)
                 match self.assemble(mem, asm, Some(buf))? {
                     Assembled::Message(len, flags) => return Ok((len, flags)),
                     Assembled::Whole => continue,
@@ -599,16 +604,20 @@ impl ConsumerCore {
         asm: &mut Assembly,
         mut dst: Option<&mut [u8]>,
     ) -> Result<Assembled> {
-        let mut laps = 0;
+        // Bounded as `spsc::ConsumerCore::assemble_records` is: a ring's worth of orphan
+        // records, or two messages begun, and the call ends.
+        let (mut laps, mut orphaned, mut begun) = (0, 0, 0);
         loop {
-            let missed = self.missed;
-            let peeked = self.peek(mem);
-            if self.missed != missed {
-                // Lapped: the message being assembled lost records.
-                asm.abandon();
-                laps += 1;
+            if orphaned > mem.geometry().capacity || begun > 2 {
+                return Err(Error::WouldBlock("message"));
             }
-            let Some((len, flags, part)) = peeked? else {
+            if std::mem::take(&mut self.jumped) {
+                // Lapped, here or in an earlier call: the message being assembled lost
+                // records.
+                asm.abandon();
+            }
+            let Some((len, flags, part)) = self.peek(mem)? else {
+                laps += 1;
                 if laps >= MAX_LAPS_PER_CALL {
                     return Err(Error::WouldBlock("lapped"));
                 }
@@ -621,7 +630,6 @@ impl ConsumerCore {
                 mem.copy_out(range, &mut self.scratch);
                 if self.overwritten(mem, c) {
                     self.lapped(mem, c)?;
-                    asm.abandon();
                     laps += 1;
                     if laps >= MAX_LAPS_PER_CALL {
                         return Err(Error::WouldBlock("lapped"));
@@ -649,10 +657,14 @@ impl ConsumerCore {
                         });
                     }
                     asm.start(total, flags, dst.is_none());
+                    begun += 1;
                     asm.put(mem, data, dst.as_deref_mut());
                     asm.took(counted);
                 }
-                Part::More if !asm.active() => asm.orphan(counted),
+                Part::More if !asm.active() => {
+                    orphaned += 1;
+                    asm.orphan(counted);
+                }
                 Part::More => {
                     asm.fits(len)?;
                     asm.resume(dst.as_deref_mut())?;

@@ -284,6 +284,12 @@ impl Consumer {
         self.membership.index()
     }
 
+    /// Bytes the handle holds for messages being put back together (tests).
+    #[cfg(test)]
+    pub(crate) fn asm_capacity(&self) -> usize {
+        self.asm.capacity()
+    }
+
     /// What this consumer missed since it opened:
     ///
     /// * on a broadcast channel with [`Overflow::DropOldest`](crate::Overflow::DropOldest),
@@ -455,6 +461,14 @@ impl Consumer {
 
     /// `settle_empty` without the pollable descriptor.
     fn settle_empty_quiet(&mut self, what: &'static str) -> Error {
+        if self.asm.missed() != 0 {
+            // Messages dropped by a call that found nothing to deliver count now too.
+            // Relaxed: a statistic, as in `finish`.
+            self.membership
+                .participant(&self.mem)
+                .missed
+                .store(self.missed_base.wrapping_add(self.missed()), Relaxed);
+        }
         let freed = match &mut self.ring {
             Ring::Spsc(core) => core.take_freed(),
             Ring::Broadcast(core) => core.settle_empty(&self.mem),

@@ -915,6 +915,7 @@ impl Geometry {
     pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
         let mut g = Geometry::shape(cfg)?;
         g.max_message_size = message_size(cfg.kind, cfg.max_frame_size, cfg.max_message_size)?;
+        g.check_fragments()?;
         Ok(g)
     }
 
@@ -1100,6 +1101,22 @@ impl Geometry {
         })
     }
 
+    /// A channel that splits messages must have room in a record for the length prefix and at
+    /// least one byte (broadcast: `max_frame_size` above 8).
+    fn check_fragments(&self) -> Result<(), Error> {
+        if self.max_message_size > u64::from(self.max_frame_size)
+            && self.max_fragment as usize <= MESSAGE_PREFIX
+        {
+            return Err(invalid(format!(
+                "a channel that splits messages needs records of more than {MESSAGE_PREFIX} \
+                 bytes (a message's first record starts with its length): raise \
+                 max_frame_size above {} bytes",
+                self.max_frame_size.max(MESSAGE_PREFIX as u32)
+            )));
+        }
+        Ok(())
+    }
+
     /// `capacity - 1`: masks a position to its offset (SPSC) or slot index (MPMC, broadcast).
     #[inline(always)]
     pub fn mask(&self) -> u64 {
@@ -1237,6 +1254,7 @@ impl Geometry {
                     g.overflow = overflow;
                     g.history = history;
                     g.max_message_size = message_size(kind, g.max_frame_size, h.max_message_size)?;
+                    g.check_fragments()?;
                     Ok(g)
                 })
             }

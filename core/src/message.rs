@@ -134,6 +134,12 @@ impl Assembly {
         self.active
     }
 
+    /// Bytes allocated for messages being put back together.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// What was dropped midway since the handle opened (see the field).
     pub(crate) fn missed(&self) -> u64 {
         self.missed
@@ -228,11 +234,12 @@ impl Assembly {
         }
     }
 
-    /// Makes the handle's buffer the message's home: `total` bytes long, its first `got` kept.
+    /// Makes the handle's buffer the message's home: it holds the `got` bytes received so
+    /// far, and grows as more arrive (never to the length a `FIRST` record claims before the
+    /// bytes are there: a producer that sends a first record of a huge message and nothing
+    /// else costs the consumer what it sent, not what it claimed).
     fn own(&mut self) {
-        if self.buf.len() != self.total {
-            self.buf.resize(self.total, 0);
-        }
+        self.buf.truncate(self.got);
     }
 
     /// Before a call adds the next record of a message that an earlier call began, for `dst`
@@ -284,7 +291,10 @@ impl Assembly {
         let (from, to) = (self.got, self.got + src.len());
         let out = match dst {
             Some(d) if self.in_caller => &mut d[from..to],
-            _ => &mut self.buf[from..to],
+            _ => {
+                self.buf.resize(to, 0);
+                &mut self.buf[from..to]
+            }
         };
         match src {
             Src::Ring(r) => mem.copy_out(r, out),

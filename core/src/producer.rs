@@ -582,7 +582,8 @@ impl Producer {
     }
 
     /// Sends a copy of `frame`, waiting at most `timeout` for room (in all: a message that
-    /// streams through the ring must be sent whole within it).
+    /// streams through the ring must be sent whole within it; with a zero timeout it is
+    /// refused, as [`try_send`](Producer::try_send) refuses it).
     ///
     /// A message that times out midway is not delivered: the consumer drops the part it
     /// received when the next message begins (and counts it in

@@ -755,3 +755,95 @@ fn broadcast_slot_scribbled_with_a_far_position_costs_at_most_a_lap() {
     assert_eq!(*got.last().unwrap(), 8);
     assert!(rx.missed() <= 8, "missed {}", rx.missed());
 }
+
+/// Review of step 9 (messages longer than a frame): records a hostile writer puts in an SPSC
+/// ring. Before the fixes an empty `PART` record was accepted (a run of them kept a receive
+/// from finishing), a run of orphan `PART` records or of `FIRST` records kept a non-waiting
+/// receive inside for as long as the writer kept writing, and a `FIRST` record claiming a huge
+/// message made `read` allocate all of it at once.
+#[test]
+fn hostile_records_of_split_messages() {
+    use crate::layout::{RecordType, lap_tag};
+    let cfg = ChannelConfig::spsc()
+        .capacity(4096)
+        .max_frame_size(64)
+        .max_message_size(1 << 40);
+    let lap = |pos: u64| lap_tag(pos, 12);
+    // Writes records `(type, length, first payload word)` one after the other from position 0,
+    // then publishes them (the first header last).
+    let write = |seg: &Segment, recs: &[(RecordType, u32, u64)]| {
+        let mut pos = 0u64;
+        let mut first = None;
+        for &(ty, len, word) in recs {
+            let payload = seg.mem.range(pos as usize + 8, 8).unwrap();
+            seg.mem.copy_in(payload, &word.to_ne_bytes());
+            let h = encode_header(len, ty, 0, lap(pos));
+            if first.is_none() {
+                first = Some((pos, h));
+            } else {
+                seg.mem.record_word(pos).store(h, Relaxed);
+            }
+            pos += crate::layout::record_size(len as usize) as u64;
+        }
+        let (p, h) = first.unwrap();
+        seg.mem.record_word(p).store(h, Release);
+    };
+
+    // An empty PART: damage, not a record to step over forever.
+    let seg = Segment::anonymous(&cfg).unwrap();
+    write(&seg, &[(RecordType::Part, 0, 0)]);
+    let r = seg.consumer().unwrap().try_recv(&mut [0u8; 64]);
+    assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+
+    // A FIRST record with no byte of its message after the prefix: damage too.
+    let seg = Segment::anonymous(&cfg).unwrap();
+    write(&seg, &[(RecordType::First, 8, 100)]);
+    let r = seg.consumer().unwrap().try_recv(&mut [0u8; 64]);
+    assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
+
+    // FIRST records one after the other, each claiming a terabyte: a receive ends after a few
+    // (the rest are there for the next call), and `read` holds only what arrived.
+    let seg = Segment::anonymous(&cfg).unwrap();
+    let recs: Vec<_> = (0..150)
+        .map(|_| (RecordType::First, 16, 1u64 << 40))
+        .collect();
+    write(&seg, &recs);
+    let mut rx = seg.consumer().unwrap();
+    let r = rx.try_read().map(|f| f.len());
+    assert!(matches!(r, Err(Error::WouldBlock("message"))), "{r:?}");
+    assert!(
+        rx.asm_capacity() < 1 << 20,
+        "{} bytes held",
+        rx.asm_capacity()
+    );
+    assert_eq!(rx.missed(), 2, "two messages begun and dropped");
+
+    // Orphan PART records filling the ring: stepped over, a ring's worth per call.
+    let seg = Segment::anonymous(&cfg).unwrap();
+    let recs: Vec<_> = (0..255).map(|_| (RecordType::Part, 8, 0)).collect();
+    write(&seg, &recs);
+    let mut rx = seg.consumer().unwrap();
+    let r = rx.try_recv(&mut [0u8; 64]);
+    assert!(matches!(r, Err(Error::WouldBlock(_))), "{r:?}");
+    assert_eq!(
+        rx.missed(),
+        1,
+        "the rest of one message whose start was never seen"
+    );
+}
+
+/// A broadcast channel that splits messages needs room for the length prefix in a slot.
+#[test]
+fn a_broadcast_channel_of_tiny_frames_cannot_split_messages() {
+    let cfg = ChannelConfig::broadcast()
+        .capacity(64)
+        .max_frame_size(8)
+        .max_message_size(100);
+    let r = Segment::anonymous(&cfg);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let ok = ChannelConfig::broadcast()
+        .capacity(64)
+        .max_frame_size(16)
+        .max_message_size(100);
+    assert!(Segment::anonymous(&ok).is_ok());
+}

@@ -361,12 +361,16 @@ fn check_record(mem: &Memory, pos: u64, word: u64) -> Result<usize> {
     let size = record_size(h.len as usize) as u64;
     let fits = match h.ty {
         Some(RecordType::Data) => h.len <= geo.max_frame_size && off + size <= geo.capacity,
+        // A record of a message carries at least one of its bytes (a producer never writes an
+        // empty one, and a run of them would keep a receive from ever finishing).
         Some(RecordType::First) => {
-            h.len as usize >= MESSAGE_PREFIX
+            h.len as usize > MESSAGE_PREFIX
                 && h.len <= geo.max_fragment
                 && off + size <= geo.capacity
         }
-        Some(RecordType::Part) => h.len <= geo.max_fragment && off + size <= geo.capacity,
+        Some(RecordType::Part) => {
+            h.len > 0 && h.len <= geo.max_fragment && off + size <= geo.capacity
+        }
         Some(RecordType::Padding) => off + size == geo.capacity,
         Some(RecordType::Skip) => off + size <= geo.capacity,
         None => false,
@@ -702,7 +706,16 @@ impl ConsumerCore {
         asm: &mut Assembly,
         mut dst: Option<&mut [u8]>,
     ) -> Result<Assembled> {
+        // What this call stepped over without it going into the message it returns: records of
+        // messages whose start it never saw, and messages begun. Past a ring's worth of the
+        // first or two of the second, the call ends (`WouldBlock`), so that a writer that keeps
+        // such records coming cannot keep a non-waiting call inside (a waiting one comes
+        // straight back: the next record is there). A legitimate ring holds less.
+        let (mut orphaned, mut begun) = (0, 0);
         loop {
+            if orphaned > mem.geometry().capacity || begun > 2 {
+                return Err(Error::WouldBlock("message"));
+            }
             let peeked = match self.try_peek(mem) {
                 Ok(p) => p,
                 Err(e) => {
@@ -738,6 +751,7 @@ impl ConsumerCore {
                         self.release(mem);
                     }
                     asm.start(total, peeked.flags, dst.is_none());
+                    begun += 1;
                     self.streaming =
                         crate::message::spsc_need(mem.geometry(), total) > mem.geometry().capacity;
                     self.take(mem, &peeked);
@@ -745,6 +759,7 @@ impl ConsumerCore {
                     asm.took(true);
                 }
                 Part::More if !asm.active() => {
+                    orphaned += peeked.end - self.read_pos;
                     asm.orphan(true);
                     self.take(mem, &peeked);
                     self.release(mem);

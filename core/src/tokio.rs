@@ -157,7 +157,11 @@ impl AsyncProducer {
         Ok(AsyncProducer { fd, producer })
     }
 
-    /// Sends a copy of `frame`, waiting while the ring is full.
+    /// Sends a copy of `frame`, waiting while the ring is full. A message longer than a frame
+    /// is sent whole once all of it fits ([`Producer::try_send`]); one too long for the ring
+    /// to hold at once is refused (`InvalidArgument`): it can only stream through the ring,
+    /// which a blocking [`Producer::send`] does (on a thread of its own, e.g.
+    /// `tokio::task::spawn_blocking`).
     pub async fn send(&mut self, frame: &[u8]) -> Result<()> {
         loop {
             match self.producer.try_send(frame) {

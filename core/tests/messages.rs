@@ -342,14 +342,22 @@ fn every_subscriber_receives_every_message_whole() {
 
 #[test]
 fn a_lapped_subscriber_drops_messages_whole_and_counts_every_slot() {
-    let _dog = watchdog(
-        "a_lapped_subscriber_drops_messages_whole_and_counts_every_slot",
-        60,
-    );
+    lapped_subscriber(&[10, 300, 1000, 3000, 8, 5000, 700], 3000);
+}
+
+/// Messages all of one length (12 slots of 16): a lap in the middle of one lands in the middle
+/// of another, whose last records would complete the first. Failed before a lap between two
+/// calls dropped the message being assembled: glued messages were delivered.
+#[test]
+fn a_subscriber_lapped_between_two_calls_never_glues_two_messages() {
+    lapped_subscriber(&[3000], 20_000);
+}
+
+fn lapped_subscriber(lengths: &'static [usize], count: usize) {
+    let _dog = watchdog("lapped subscriber", 60);
     let seg = Segment::anonymous(&broadcast(Overflow::DropOldest)).unwrap();
     let mut tx = seg.producer().unwrap();
     let mut rx = seg.consumer().unwrap();
-    let lengths = [10, 300, 1000, 3000, 8, 5000, 700];
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
         let (mut delivered, mut last) = (0u64, None);
@@ -375,7 +383,7 @@ fn a_lapped_subscriber_drops_messages_whole_and_counts_every_slot() {
         }
     });
     let mut published = 0;
-    for i in 0..3000 {
+    for i in 0..count {
         let len = lengths[i % lengths.len()];
         // Never waits under DROP_OLDEST, not even for a message longer than the ring.
         tx.try_send(&indexed(i, len)).unwrap();

@@ -308,9 +308,10 @@ class Consumer:
 
     def missed(self):
         """Broadcast with overflow="drop-oldest": frames published since this consumer opened
-        that were overwritten before it received them (received + missed = published); and
-        messages longer than a frame dropped unfinished because their producer died or timed
-        out midway. 0 otherwise."""
+        that were overwritten before it received them (received + missed = published, counted
+        in slots: a message longer than a frame takes several); and messages longer than a
+        frame dropped unfinished because their producer died or timed out midway (one per
+        message on SPSC, its slots on broadcast). 0 otherwise."""
         return _consumer_missed(self._h)
 
     def producers(self):
