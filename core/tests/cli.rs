@@ -633,10 +633,38 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
             "idle_fd",
             "machine",
             "memcpy_bytes_per_s",
+            "messages",
             "pingpong",
             "throughput"
         ]
     );
+    // Messages longer than the ring, 1 MiB and 16 MiB, each against the copy floor.
+    assert!(stdout.contains("messages longer than the ring"), "{stdout}");
+    let messages = report["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2 * 3, "{messages:?}");
+    for row in messages {
+        assert_eq!(
+            keys(row),
+            [
+                "bytes_per_s",
+                "message_bytes",
+                "messages_per_s",
+                "of_floor",
+                "ring_bytes",
+                "transport"
+            ]
+        );
+        let t = row["transport"].as_str().unwrap();
+        assert!(
+            ["copy-floor", "shmring-spsc", "shmring-broadcast"].contains(&t),
+            "{row}"
+        );
+        assert_eq!(row["ring_bytes"], 1 << 20);
+        assert!(row["bytes_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        if t == "copy-floor" {
+            assert_eq!(row["of_floor"].as_f64().unwrap(), 1.0, "{row}");
+        }
+    }
     let idle = &report["idle_fd"];
     assert_eq!(keys(idle), ["cpu_ns", "seconds", "wakeups"]);
     assert!(idle["cpu_ns"].as_u64().is_some() && idle["seconds"].as_f64().unwrap() > 0.0);
@@ -755,6 +783,11 @@ fn bench_rejects_bad_options_with_a_remedy() {
         (&["--cpus", "0,1,1"][..], "two different CPU numbers"),
         (&["--payload", "0"][..], "frames of 1 byte to 16 MiB"),
         (&["--duration=0"][..], "positive number of seconds"),
+        (&["--message-size", "0"][..], "messages of 1 byte to 1 GiB"),
+        (
+            &["messages", "--svg", "x.svg"][..],
+            "--svg plots round trips",
+        ),
     ] {
         let out = bench(args);
         assert!(!out.status.success(), "bench {args:?} succeeded");

@@ -60,6 +60,8 @@ pub(crate) const OP_PINGPONG: u64 = 1;
 pub(crate) const OP_THROUGHPUT: u64 = 2;
 pub(crate) const OP_EXIT: u64 = 3;
 pub(crate) const OP_FANOUT: u64 = 4;
+pub(crate) const OP_MESSAGES: u64 = 5;
+pub(crate) const OP_FLOOR: u64 = 6;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +74,9 @@ pub enum Mode {
     Throughput,
     /// The broadcast fan-out rows only: one producer, two subscriber processes.
     Fanout,
+    /// Messages longer than the ring (`--message-size`) through a 1 MiB ring, against the
+    /// two-process copy floor.
+    Messages,
 }
 
 /// `shmring bench` options.
@@ -89,6 +94,10 @@ pub struct BenchArgs {
     /// Rounds of ping-pong, every transport once per round [default: 5; --quick: 3]
     #[arg(long)]
     rounds: Option<u32>,
+    /// Message sizes of the `messages` runs, through a 1 MiB ring (suffixes K, M)
+    /// [default: 1M,16M]
+    #[arg(long, value_delimiter = ',', value_parser = crate::parse_size)]
+    message_size: Option<Vec<u64>>,
     /// Seconds of streaming per throughput measurement [default: 1; --quick: 0.2]
     #[arg(long)]
     duration: Option<f64>,
@@ -140,6 +149,7 @@ struct Plan {
     iterations: u64,
     rounds: u32,
     duration: Duration,
+    message_sizes: Vec<usize>,
     cpus: Option<(usize, usize)>,
     /// The CPU of the fan-out's second subscriber: a third one, or the peer's.
     fanout_cpu: Option<usize>,
@@ -167,13 +177,25 @@ impl Plan {
             .unwrap_or_else(|| Transport::ALL.to_vec());
         transports.sort();
         transports.dedup();
+        let message_sizes: Vec<usize> = a
+            .message_size
+            .clone()
+            .unwrap_or_else(|| vec![1 << 20, 16 << 20])
+            .into_iter()
+            .map(|m| m as usize)
+            .collect();
+        if let Some(m) = message_sizes.iter().find(|&&m| m == 0 || m > 1 << 30) {
+            return Err(format!(
+                "--message-size {m}: messages of 1 byte to 1 GiB are measured"
+            ));
+        }
         let duration = a.duration.unwrap_or(if a.quick { 0.2 } else { 1.0 });
         if !(duration.is_finite() && duration > 0.0) {
             return Err(format!(
                 "--duration {duration} must be a positive number of seconds"
             ));
         }
-        if a.svg.is_some() && matches!(a.mode, Mode::Throughput | Mode::Fanout) {
+        if a.svg.is_some() && matches!(a.mode, Mode::Throughput | Mode::Fanout | Mode::Messages) {
             return Err("--svg plots round trips: run `pingpong` or `all` with it".into());
         }
         let allowed = machine::allowed_cpus();
@@ -206,6 +228,7 @@ impl Plan {
                 .max(1),
             rounds: a.rounds.unwrap_or(if a.quick { 3 } else { 5 }).max(1),
             duration: Duration::from_secs_f64(duration),
+            message_sizes,
             cpus,
             fanout_cpu: third.or(cpus.map(|(_, b)| b)),
             transports,
@@ -223,6 +246,19 @@ struct Report {
     idle_fd: Option<IdleFd>,
     throughput: Vec<ThroughputRow>,
     memcpy_bytes_per_s: f64,
+    /// Messages longer than the ring, against the two-process copy floor.
+    messages: Vec<MessageRow>,
+}
+
+#[derive(Serialize)]
+struct MessageRow {
+    transport: &'static str,
+    message_bytes: usize,
+    ring_bytes: u64,
+    messages_per_s: f64,
+    bytes_per_s: f64,
+    /// bytes_per_s over the copy floor's, same message size, same run.
+    of_floor: f64,
 }
 
 #[derive(Serialize)]
@@ -482,6 +518,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         idle_fd: None,
         throughput: Vec::new(),
         memcpy_bytes_per_s: 0.0,
+        messages: Vec::new(),
     };
     let mut plots: BTreeMap<usize, Vec<(Transport, Histogram<u64>)>> = BTreeMap::new();
 
@@ -657,7 +694,10 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             }
         }
     }
-    if plan.mode != Mode::Pingpong {
+    if matches!(plan.mode, Mode::All | Mode::Messages) {
+        messages(&plan, &client, &dir, ctl, &mut talk, &mut report)?;
+    }
+    if matches!(plan.mode, Mode::All | Mode::Throughput | Mode::Fanout) {
         let second_pid = start_peer(&mut cleanup, 1, plan.fanout_cpu)?;
         let (cmd, ack) = ctl.lines(1);
         let mut second = Conversation {
@@ -984,6 +1024,129 @@ fn fanout(
                     "frames the subscriber that received fewer received, per second of the row above".into(),
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// The ring of the messages runs: 1 MiB, in 64 KiB frames (broadcast: 16 slots).
+const MESSAGE_RING: u64 = 1 << 20;
+
+/// Messages longer than the ring: the two-process copy floor (this process copies a message
+/// into a buffer both map, the peer copies it out, in turn), then shmring-spsc and
+/// shmring-broadcast (one subscriber) streaming messages of the same size through a 1 MiB ring,
+/// `send` and `recv` copying each, both sides busy-spinning.
+fn messages(
+    plan: &Plan,
+    client: &Client,
+    dir: &Path,
+    ctl: &shared::Control,
+    talk: &mut Conversation,
+    report: &mut Report,
+) -> Res<()> {
+    say!(
+        "\nmessages longer than the ring: one producer process, one consumer process, {:.1} s per cell;\n\
+         copy-floor: this process copies each message into a buffer both processes map, the peer copies it out, in turn;\n\
+         shmring: send splits each message into records that stream through a {} ring, recv puts it back together\n\
+         in the consumer's buffer; of floor: bytes/s over copy-floor's",
+        plan.duration.as_secs_f64(),
+        shmring::units::format_size_exact(MESSAGE_RING),
+    );
+    say!(
+        "{:>9}  {:<18} {:>12} {:>11} {:>9}",
+        "message",
+        "transport",
+        "messages/s",
+        "bytes/s",
+        "of floor"
+    );
+    for &size in &plan.message_sizes {
+        let message = vec![0x5au8; size];
+        // The floor: a buffer both map, handed back and forth through the floor's line.
+        let path = dir.join(format!("floor-{size}"));
+        let bulk =
+            shared::Bulk::map(&path, size, true).map_err(|e| format!("{}: {e}", path.display()))?;
+        ctl.floor.0[0].store(0, Ordering::Relaxed);
+        ctl.floor.0[1].store(0, Ordering::Relaxed);
+        talk.command([OP_FLOOR, 0, size as u64, 0, 0, 0], true)?;
+        let start = Instant::now();
+        let mut n = 0u64;
+        while n == 0 || start.elapsed() < plan.duration {
+            bulk.write_from(&message);
+            n += 1;
+            ctl.floor.0[0].store(n, Ordering::Release);
+            if !spin_until(&ctl.floor.0[1], n, transport::PATIENCE) {
+                return Err(talk.explain("the peer stopped copying the floor's buffer".into()));
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        ctl.floor.0[0].store(u64::MAX, Ordering::Release);
+        talk.wait(1)?;
+        drop(bulk);
+        let _ = std::fs::remove_file(&path);
+        let floor = n as f64 * size as f64 / secs;
+        let mut row = |transport: &'static str, mps: f64| {
+            let bps = mps * size as f64;
+            say!(
+                "{:>9}  {:<18} {:>12} {:>11} {:>9}",
+                shmring::units::format_size(size as u64),
+                transport,
+                per_second(mps, ""),
+                per_second(bps, "B"),
+                share(bps / floor)
+            );
+            report.messages.push(MessageRow {
+                transport,
+                message_bytes: size,
+                ring_bytes: MESSAGE_RING,
+                messages_per_s: mps,
+                bytes_per_s: bps,
+                of_floor: bps / floor,
+            });
+        };
+        row("copy-floor", n as f64 / secs);
+        for (kind, name) in [
+            (Kind::Spsc, "shmring-spsc"),
+            (Kind::Broadcast, "shmring-broadcast"),
+        ] {
+            let channel = transport::create_message_channel(client, kind, size)?;
+            talk.command(
+                [
+                    OP_MESSAGES,
+                    u64::from(kind == Kind::Broadcast),
+                    size as u64,
+                    0,
+                    0,
+                    0,
+                ],
+                true,
+            )?;
+            let mut tx = client
+                .producer(&channel)
+                .map_err(|e| format!("opening {channel}: {e}"))?;
+            tx.set_wait_strategy(WaitStrategy::Spin);
+            let start = Instant::now();
+            let mut n = 0u64;
+            while n == 0 || start.elapsed() < plan.duration {
+                tx.send_timeout(&message, transport::PATIENCE)
+                    .map_err(|e| talk.explain(format!("sending a message: {e}")))?;
+                n += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            tx.send_timeout(&[], transport::PATIENCE)
+                .map_err(|e| talk.explain(format!("sending the end: {e}")))?;
+            talk.wait(1)?;
+            let received = talk.ack.0[2].load(Ordering::Relaxed);
+            if received != n {
+                return Err(format!(
+                    "{name} {size} B messages: sent {n}, the peer received {received} whole"
+                ));
+            }
+            drop(tx);
+            client
+                .delete(&channel)
+                .map_err(|e| format!("deleting {channel}: {e}"))?;
+            row(name, n as f64 / secs);
         }
     }
     Ok(())

@@ -4,8 +4,9 @@
 //! acknowledgement lines of its own: the two subscribe to the parent's broadcast channel.
 
 use super::shared::Shared;
-use super::transport::{Api, Ends, PATIENCE, Res, Transport, consume};
-use super::{OP_EXIT, OP_FANOUT, OP_PINGPONG, OP_THROUGHPUT};
+use super::shared::{Bulk, spin_until_changed};
+use super::transport::{Api, Ends, PATIENCE, Res, Transport, consume, consume_messages};
+use super::{OP_EXIT, OP_FANOUT, OP_FLOOR, OP_MESSAGES, OP_PINGPONG, OP_THROUGHPUT};
 use shmring::{Client, Kind, Overflow, WaitStrategy};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -37,7 +38,7 @@ pub fn run(
     let ctl = shared.control();
     let (cmd, ack) = ctl.lines(index);
     let client = Client::connect(Some(socket)).map_err(|e| format!("connecting: {e}"))?;
-    let mut ends = Ends::peer(client, dir);
+    let mut ends = Ends::peer(client.clone(), dir);
     let mut seen = 0;
     loop {
         // Idle between commands: a light poll, not a spin (the parent times nothing then).
@@ -99,6 +100,51 @@ pub fn run(
                     ack.0[4].store(rx.missed() - missed, Ordering::Relaxed);
                     Ok(())
                 })
+            }
+            OP_MESSAGES => {
+                let kind = if arg(2) == 1 {
+                    Kind::Broadcast
+                } else {
+                    Kind::Spsc
+                };
+                let channel = super::transport::message_channel(kind, payload);
+                client
+                    .consumer(&channel)
+                    .map_err(|e| format!("opening {channel}: {e}"))
+                    .and_then(|mut rx| {
+                        rx.set_wait_strategy(WaitStrategy::Spin);
+                        // Open (a subscriber counted) before the parent sends.
+                        ack.0[0].store(seq, Ordering::Release);
+                        consume_messages(&mut rx, payload)
+                    })
+                    .map(|n| ack.0[2].store(n, Ordering::Relaxed))
+            }
+            OP_FLOOR => {
+                let path = dir.join(format!("floor-{payload}"));
+                Bulk::map(&path, payload, false)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|bulk| {
+                        let mut copy = vec![0u8; payload];
+                        ack.0[0].store(seq, Ordering::Release);
+                        let (word, done) = (&ctl.floor.0[0], &ctl.floor.0[1]);
+                        let mut n = 0u64;
+                        loop {
+                            // The parent's next copy is in (or it says the end).
+                            if !spin_until_changed(word, n, PATIENCE) {
+                                return Err("the parent stopped copying".into());
+                            }
+                            let m = word.load(Ordering::Acquire);
+                            if m == u64::MAX {
+                                break;
+                            }
+                            bulk.read_into(&mut copy);
+                            std::hint::black_box(&copy);
+                            n = m;
+                            done.store(n, Ordering::Release);
+                        }
+                        ack.0[2].store(n, Ordering::Relaxed);
+                        Ok(())
+                    })
             }
             other => Err(format!("unknown command {other}")),
         };

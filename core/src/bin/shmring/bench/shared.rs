@@ -125,6 +125,21 @@ pub fn spin_until(word: &AtomicU64, value: u64, patience: Duration) -> bool {
     true
 }
 
+/// Spins until `word` differs from `seen`; false if `patience` passes first (the other
+/// process died).
+pub fn spin_until_changed(word: &AtomicU64, seen: u64, patience: Duration) -> bool {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    while word.load(Ordering::Acquire) == seen {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1 << 16) && start.elapsed() > patience {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sleeps while `*word == expected` (FUTEX_WAIT, shared between processes), at most `timeout`.
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
@@ -189,5 +204,74 @@ pub fn wait_for(word: &AtomicU32, value: u32) -> bool {
             }
         }
         std::hint::spin_loop();
+    }
+}
+
+/// A buffer of bytes both processes map (the two-process copy floor of the messages runs): one
+/// process copies a message in, the other copies it out.
+pub struct Bulk {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Bulk {
+    /// Maps `path` (`len` bytes), creating it (it must not exist) with `create`.
+    pub fn map(path: &Path, len: usize, create: bool) -> std::io::Result<Bulk> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .mode(0o600)
+            .open(path)?;
+        if create {
+            file.set_len(len as u64)?;
+        }
+        if file.metadata()?.len() < len as u64 {
+            return Err(std::io::Error::other(
+                "the copy floor's buffer is too short",
+            ));
+        }
+        // SAFETY: a fresh shared mapping of a file we hold open and checked to be at least
+        // `len` bytes, checked for failure below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Bulk { ptr: p.cast(), len })
+    }
+
+    /// Copies `src` to the start of the buffer.
+    pub fn write_from(&self, src: &[u8]) {
+        let n = src.len().min(self.len);
+        // SAFETY: the mapping is `len` bytes long and lives as long as self; the other process
+        // only reads it between this copy's completion (published by the caller's Release
+        // store) and its acknowledgement, so the bytes are not written concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr, n) }
+    }
+
+    /// Copies the start of the buffer into `dst`.
+    pub fn read_into(&self, dst: &mut [u8]) {
+        let n = dst.len().min(self.len);
+        // SAFETY: as for write_from; the writer does not write again before our
+        // acknowledgement.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), n) }
+    }
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no reference outlives self.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }

@@ -167,6 +167,49 @@ pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
     Ok(())
 }
 
+/// The channel of the messages runs of `kind` for messages of `size` bytes.
+pub fn message_channel(kind: Kind, size: usize) -> String {
+    format!("{kind}-messages-{size}")
+}
+
+/// Creates the channel of the messages runs of `kind` (SPSC, or broadcast with one subscriber)
+/// for messages of `size` bytes: a 1 MiB ring of 64 KiB frames. Returns its name.
+pub fn create_message_channel(client: &Client, kind: Kind, size: usize) -> Res<String> {
+    let ring = super::MESSAGE_RING;
+    let cfg = ChannelConfig::new(kind)
+        .capacity(ring)
+        .max_frame_size(64 << 10)
+        .max_consumers(1)
+        .max_message_size(size as u64);
+    let name = message_channel(kind, size);
+    client
+        .create(&name, &cfg)
+        .map_err(err("creating a channel"))?;
+    Ok(name)
+}
+
+/// Receives messages of up to `size` bytes from `rx` into one buffer until the empty message;
+/// returns how many arrived.
+pub fn consume_messages(rx: &mut Consumer, size: usize) -> Res<u64> {
+    let mut buf = vec![0u8; size];
+    let mut n = 0u64;
+    loop {
+        let got = rx
+            .recv_timeout(&mut buf, PATIENCE)
+            .map_err(err("receiving a message"))?;
+        if got.len == 0 {
+            return Ok(n);
+        }
+        if got.len != size {
+            return Err(format!(
+                "a message of {} bytes arrived, {size} were sent",
+                got.len
+            ));
+        }
+        n += 1;
+    }
+}
+
 /// The channel names of shmring-spsc-fd.
 fn fd_channel(payload: usize, dir: &str) -> String {
     format!("spsc-fd-{payload}-{dir}")
