@@ -121,9 +121,11 @@ typedef struct shmring_channel_config {
      */
     uint32_t history;
     /**
-     * SPSC and broadcast: the largest message, in bytes (0, the default: `max_frame_size`).
+     * The largest message, in bytes (0, the default: `max_frame_size`). SPSC and broadcast:
      * `shmring_send` splits a message longer than `max_frame_size` into records, however
-     * small the ring, and `shmring_recv` returns it whole; see `shmring_send`. MPMC: 0.
+     * small the ring, and `shmring_recv` returns it whole. MPMC: such a message goes whole
+     * to one consumer through the channel's message pool (two of the largest messages, beside
+     * the slots; `max_frame_size` at least 24). See `shmring_send`.
      */
     uint64_t max_message_size;
 } shmring_channel_config;
@@ -494,12 +496,14 @@ size_t shmring_producer_max_message_size(struct shmring_producer *p);
  * `SHMRING_FRAME_TOO_LARGE` if `len` exceeds the channel's max_message_size (by default its
  * max_frame_size). The bytes are copied before it returns. The producer's thread.
  *
- * A message longer than max_frame_size is split into records and arrives whole and in
- * order. One the ring can hold at once is written when all of it fits, then published at
- * once. A longer one streams through the ring while the consumer takes it: that takes
- * waiting, so timeout 0 refuses it (`SHMRING_INVALID_ARGUMENT`), and a timeout covers the
- * whole message; one that times out midway is never delivered (the consumer drops what it
- * received and counts it in `shmring_consumer_missed`).
+ * A message longer than max_frame_size arrives whole. SPSC and broadcast: it is split into
+ * records, in order. One the ring can hold at once is written when all of it fits, then
+ * published at once. A longer one streams through the ring while the consumer takes it: that
+ * takes waiting, so timeout 0 refuses it (`SHMRING_INVALID_ARGUMENT`), and a timeout covers
+ * the whole message; one that times out midway is never delivered (the consumer drops what it
+ * received and counts it in `shmring_consumer_missed`). MPMC: it is copied into the channel's
+ * message pool and goes whole to one consumer (`SHMRING_WOULD_BLOCK` with timeout 0 while
+ * the pool or the slots are full).
  */
 shmring_status shmring_send(struct shmring_producer *p,
                             const void *data,
@@ -687,10 +691,10 @@ shmring_status shmring_recv(struct shmring_consumer *c,
  * (other receives return `SHMRING_INVALID_ARGUMENT`); after it, `out->data` must not be used.
  * The consumer's thread.
  *
- * A message longer than max_frame_size is not contiguous in the ring: `out->data` points to
- * a copy put back together in memory the consumer owns (one copy, as `shmring_recv` makes),
- * valid until `shmring_release` like any frame. Frames up to max_frame_size are lent in
- * place.
+ * A message longer than max_frame_size on an SPSC or broadcast channel is not contiguous in
+ * the ring: `out->data` points to a copy put back together in memory the consumer owns (one
+ * copy, as `shmring_recv` makes), valid until `shmring_release` like any frame. On an MPMC
+ * channel it is contiguous in the message pool and lent in place, as frames are.
  */
 shmring_status shmring_read(struct shmring_consumer *c,
                             struct shmring_frame *out,

@@ -95,7 +95,8 @@ struct ChannelConfig : shmring_channel_config {
     ChannelConfig &overflow(Overflow o) { shmring_channel_config::overflow = static_cast<shmring_overflow>(o); return *this; }
     /// Broadcast: how many of the most recent frames a new subscriber receives first (default 0).
     ChannelConfig &history(uint32_t frames) { shmring_channel_config::history = frames; return *this; }
-    /// SPSC and broadcast: the largest message send takes, split into frames (default: max_frame_size).
+    /// The largest message send takes (default: max_frame_size): split into frames (SPSC,
+    /// broadcast) or passed through the message pool (MPMC).
     ChannelConfig &max_message_size(uint64_t bytes) { shmring_channel_config::max_message_size = bytes; return *this; }
 };
 

@@ -62,7 +62,7 @@ enum Ring {
     /// (released on the next read if the `Frame` was leaked).
     Mpmc {
         core: mpmc::ConsumerCore,
-        outstanding: Option<u64>,
+        outstanding: Option<(u64, Held)>,
     },
     Broadcast(broadcast::ConsumerCore),
 }
@@ -76,6 +76,9 @@ enum Held {
     Scratch,
     /// A split message of this many bytes, put back together in the handle's assembly buffer.
     Message(usize),
+    /// MPMC: a message in the pool (at the token's `payload`), whose chunks are freed with
+    /// its slot.
+    Pool(mpmc::PoolRef),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -93,7 +96,7 @@ impl Token {
     fn len(&self) -> usize {
         match self.held {
             Held::Message(len) => len,
-            Held::Ring | Held::Scratch => self.payload.len(),
+            Held::Ring | Held::Scratch | Held::Pool(_) => self.payload.len(),
         }
     }
 }
@@ -375,8 +378,8 @@ impl Consumer {
                 // Whether a slot was released here (a leaked frame's, a skip, a bad one): a
                 // producer may be asleep waiting for exactly that room.
                 let mut freed = false;
-                if let Some(pos) = outstanding.take() {
-                    core.release(&self.mem, pos);
+                if let Some((pos, held)) = outstanding.take() {
+                    give_back(core, &self.mem, pos, held);
                     freed = true;
                 }
                 let r = mpmc_take(core, &self.mem, fits, &mut freed);
@@ -393,7 +396,7 @@ impl Consumer {
     fn release(&mut self, token: Token) {
         match &mut self.ring {
             Ring::Spsc(core) => core.release(&self.mem),
-            Ring::Mpmc { core, .. } => core.release(&self.mem, token.pos),
+            Ring::Mpmc { core, .. } => give_back(core, &self.mem, token.pos, token.held),
             Ring::Broadcast(core) => core.release(&self.mem),
         }
         // Wrapping: the counters continue a predecessor's, read from shared memory.
@@ -667,7 +670,7 @@ impl Consumer {
                 debug_assert!(token.payload.len() <= buf.len());
                 self.mem.copy_out(token.payload, buf);
                 if let Ring::Mpmc { core, .. } = &mut self.ring {
-                    core.release(&self.mem, token.pos);
+                    give_back(core, &self.mem, token.pos, token.held);
                 }
                 (token.payload.len(), token.flags)
             }
@@ -703,7 +706,7 @@ impl Consumer {
     #[inline(always)]
     fn frame(&mut self, token: Token) -> Frame<'_> {
         if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
-            *outstanding = Some(token.pos);
+            *outstanding = Some((token.pos, token.held));
         }
         Frame {
             consumer: self,
@@ -767,7 +770,7 @@ impl Consumer {
             t => blocking!(self, t, |c| c.take(None))?,
         };
         if let Ring::Mpmc { outstanding, .. } = &mut self.ring {
-            *outstanding = Some(token.pos);
+            *outstanding = Some((token.pos, token.held));
         }
         let ptr = match &self.ring {
             // The copy stays in the scratch buffer until the next receive.
@@ -862,8 +865,8 @@ impl Consumer {
                 let mem = &*self.mem;
                 // Whether a slot was released (see `take`); frames are released too.
                 let mut freed = false;
-                if let Some(pos) = outstanding.take() {
-                    core.release(mem, pos);
+                if let Some((pos, held)) = outstanding.take() {
+                    give_back(core, mem, pos, held);
                     freed = true;
                 }
                 let mut skips = 0u64;
@@ -887,6 +890,7 @@ impl Consumer {
                         light: self.light,
                         next: taken.position(0),
                         end: taken.position(0) + taken.count(),
+                        pooled: None,
                     };
                     while guard.next < guard.end {
                         let pos = guard.next;
@@ -894,6 +898,20 @@ impl Consumer {
                             Ok(mpmc::Slot::Frame { payload, flags }) => {
                                 // SAFETY: the slot was taken and is released only after the
                                 // callback returns (by the guard).
+                                let bytes = unsafe { mem.slice(payload) };
+                                self.bytes = self.bytes.wrapping_add(bytes.len() as u64);
+                                n += 1;
+                                f(bytes, FrameFlags::from_bits(flags));
+                            }
+                            Ok(mpmc::Slot::Pooled {
+                                payload,
+                                flags,
+                                reference,
+                            }) => {
+                                // Freed with the slot, by the guard if `f` panics.
+                                guard.pooled = Some(reference);
+                                // SAFETY: as for a frame: the chunks are this consumer's until
+                                // it frees them, after the callback returns.
                                 let bytes = unsafe { mem.slice(payload) };
                                 self.bytes = self.bytes.wrapping_add(bytes.len() as u64);
                                 n += 1;
@@ -907,6 +925,9 @@ impl Consumer {
                         }
                         guard.next += 1;
                         guard.core.release(mem, pos);
+                        if let Some(r) = guard.pooled.take() {
+                            mpmc::free_pooled(mem, &r);
+                        }
                     }
                     drop(guard);
                     if failed.is_some() {
@@ -995,6 +1016,24 @@ fn mpmc_take(
                     held: Held::Ring,
                 });
             }
+            Ok(mpmc::Slot::Pooled {
+                payload,
+                flags,
+                reference,
+            }) => {
+                let held = Held::Pool(reference);
+                if let Some(cap) = fits.filter(|&cap| payload.len() > cap) {
+                    give_back(core, mem, pos, held);
+                    *freed = true;
+                    return Err(grown(pos, payload.len(), cap));
+                }
+                return Ok(Token {
+                    payload,
+                    flags,
+                    pos,
+                    held,
+                });
+            }
             Ok(mpmc::Slot::Skip) => {
                 core.release(mem, pos);
                 *freed = true;
@@ -1043,6 +1082,8 @@ struct MpmcRelease<'a> {
     light: bool,
     next: u64,
     end: u64,
+    /// The pool message of the slot at `next`, while the callback has it.
+    pooled: Option<mpmc::PoolRef>,
 }
 
 impl Drop for MpmcRelease<'_> {
@@ -1054,7 +1095,22 @@ impl Drop for MpmcRelease<'_> {
             self.core.release(self.mem, self.next);
             self.next += 1;
         }
+        if let Some(r) = self.pooled.take() {
+            mpmc::free_pooled(self.mem, &r);
+        }
         wait::notify(self.mem.consumer_line(), self.light);
+    }
+}
+
+/// Gives back MPMC position `pos` that this consumer took: releases its slot, then frees its
+/// message's chunks if it held one in the pool (in that order: a consumer that dies between
+/// the two leaves chunks no slot references, which a repair frees; the other order could let a
+/// repair deliver again a message whose chunks were reused).
+#[inline(always)]
+fn give_back(core: &mut mpmc::ConsumerCore, mem: &Memory, pos: u64, held: Held) {
+    core.release(mem, pos);
+    if let Held::Pool(r) = held {
+        mpmc::free_pooled(mem, &r);
     }
 }
 
@@ -1077,8 +1133,8 @@ impl Drop for Consumer {
                 wait::notify(self.mem.consumer_line(), self.light);
             }
             Ring::Mpmc { core, outstanding } => {
-                if let Some(pos) = outstanding.take() {
-                    core.release(&self.mem, pos);
+                if let Some((pos, held)) = outstanding.take() {
+                    give_back(core, &self.mem, pos, held);
                     wait::notify(self.mem.consumer_line(), self.light);
                 }
             }

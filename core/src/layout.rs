@@ -35,16 +35,17 @@
 //! # Cursor line (128 bytes)
 //!
 //! ```text
-//!   0        8        12       16                                            128
-//!  +--------+--------+--------+----------------------------------------------+
-//!  |position|waiters | futex  |                (unused, zero)                |
-//!  +--------+--------+--------+----------------------------------------------+
+//!   0        8        12       16       24                                   128
+//!  +--------+--------+--------+--------+-------------------------------------+
+//!  |position|waiters | futex  | frees  |           (unused, zero)            |
+//!  +--------+--------+--------+--------+-------------------------------------+
 //! ```
 //! * producer line: `position` is the SPSC tail (published after every publish; consumers never
 //!   read it on the data path) or the MPMC enqueue position; `waiters`/`futex` belong to
 //!   consumers sleeping until data arrives.
 //! * consumer line: `position` is the SPSC head (bytes released) or the MPMC dequeue position;
-//!   `waiters`/`futex` belong to producers sleeping until space frees up.
+//!   `waiters`/`futex` belong to producers sleeping until space frees up; `frees` counts the
+//!   frees of an MPMC message pool's chunks (what a producer waiting for chunks watches).
 //!
 //! A cursor line holds nothing but what the other side reads: a producer waiting on a full
 //! ring spins on the consumer line, so a store there that it does not need would cost the
@@ -79,16 +80,25 @@
 //! `seq` is the per-slot sequence of Vyukov's bounded queue: `seq == pos` means free for the
 //! producer of position `pos`, `seq == pos + 1` committed for the consumer of `pos`, and the
 //! consumer sets it to `pos + slots` on release. `header` uses the record header encoding (lap
-//! tag unused, zero).
+//! tag unused, zero). A `POOL` record's payload is a reference to a message in the pool: first
+//! chunk, length, tag (three `u64`s).
+//!
+//! # MPMC message pool (channels with messages longer than a frame)
+//!
+//! After the slots: one `u64` word per chunk (64-aligned), zero when free, else the tag of the
+//! message in it; then the chunks (4096-aligned), `pool_chunk` bytes each. Sizes and offsets
+//! are derived from the header's (`Geometry::with_pool`).
 //!
 //! # Participant (128 bytes, one per admitted producer or consumer)
 //!
 //! ```text
-//!   0        8        16       24       32       40   44   48         56       64         128
-//!  +--------+--------+--------+--------+--------+----+----+----------+--------+----------+
-//!  | owner  | claim  | frames | bytes  |released|park|  0 |start_time| missed | (unused) |
-//!  +--------+--------+--------+--------+--------+----+----+----------+--------+----------+
+//!   0        8        16       24       32       40   44   48         56       64      72    128
+//!  +--------+--------+--------+--------+--------+----+----+----------+--------+--------+-----+
+//!  | owner  | claim  | frames | bytes  |released|park|  0 |start_time| missed |pool tag| (0) |
+//!  +--------+--------+--------+--------+--------+----+----+----------+--------+--------+-----+
 //! ```
+//! `pool tag` is an MPMC producer's: the tag of the message it is writing into the pool (zero:
+//! none; see `mpmc.rs`).
 //! `owner` is zero when free, else `incarnation << 32 | pid`. `start_time` is the owner's
 //! process start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`): with the pid it
 //! names the process even after the pid is reused, so a coordinator that adopts a segment can
@@ -226,6 +236,9 @@ pub const MAX_FRAME_SIZE: u32 = 1 << 30;
 pub const MAX_MESSAGE_SIZE: u64 = 1 << 40;
 /// Bytes at the start of a `FIRST` record's payload that give the whole message's length.
 pub const MESSAGE_PREFIX: usize = 8;
+/// Bytes of an MPMC slot's reference to a message in the pool: first chunk, length, tag (three
+/// `u64`s).
+pub const MPMC_POOL_REF: usize = 24;
 
 /// Offset of `seq` in an MPMC slot.
 pub const SLOT_SEQ: usize = 0;
@@ -430,6 +443,9 @@ pub struct CursorLine {
     pub waiters: AtomicU32,
     /// Event count: bumped by the owner of this line before it wakes sleepers.
     pub futex: AtomicU32,
+    /// Consumer line of an MPMC channel with a message pool: bumped each time chunks are freed
+    /// (what a producer waiting for pool space watches); otherwise zero.
+    pub frees: AtomicU64,
 }
 
 /// One admitted producer or consumer. See the module docs.
@@ -455,6 +471,8 @@ pub struct Participant {
     pub start_time: AtomicU64,
     /// Broadcast subscriber: frames it was lapped on and never received; otherwise zero.
     pub missed: AtomicU64,
+    /// MPMC producer: the tag of the message it is writing into the pool (zero: none).
+    pub pool_tag: AtomicU64,
 }
 
 /// `Participant::parked`: not counted in any line's waiters.
@@ -486,6 +504,7 @@ const _: () = {
     assert!(offset_of!(CursorLine, position) == 0);
     assert!(offset_of!(CursorLine, waiters) == 8);
     assert!(offset_of!(CursorLine, futex) == 12);
+    assert!(offset_of!(CursorLine, frees) == 16);
     assert!(size_of::<Participant>() == LINE && align_of::<Participant>() == LINE);
     assert!(offset_of!(Participant, owner) == 0);
     assert!(offset_of!(Participant, claim) == 8);
@@ -495,6 +514,7 @@ const _: () = {
     assert!(offset_of!(Participant, parked) == 40);
     assert!(offset_of!(Participant, start_time) == 48);
     assert!(offset_of!(Participant, missed) == 56);
+    assert!(offset_of!(Participant, pool_tag) == 64);
     assert!(size_of::<RepairLine>() == LINE && align_of::<RepairLine>() == LINE);
     assert!(offset_of!(RepairLine, owner) == 0);
     assert!(offset_of!(RepairLine, claim) == 8);
@@ -519,6 +539,8 @@ pub enum RecordType {
     First = 4,
     /// A further record of a split message: the next bytes.
     Part = 5,
+    /// MPMC: a reference to a message in the pool ([`MPMC_POOL_REF`] bytes).
+    Pool = 6,
 }
 
 /// Header flag: the frame was handed to a consumer that died before releasing it.
@@ -552,6 +574,7 @@ pub const fn decode_header(word: u64) -> RecordHeader {
         3 => Some(RecordType::Skip),
         4 => Some(RecordType::First),
         5 => Some(RecordType::Part),
+        6 => Some(RecordType::Pool),
         _ => None,
     };
     RecordHeader {
@@ -673,8 +696,9 @@ pub struct ChannelConfig {
     /// Broadcast: how many of the most recent frames still in the ring a new subscriber
     /// receives before the live ones (less than the slot count; other kinds: zero).
     pub history: u32,
-    /// Largest message in bytes: `send` splits a longer one than `max_frame_size` into
-    /// records and `recv` returns it whole. Zero means `max_frame_size`. SPSC and broadcast.
+    /// Largest message in bytes: `send` takes a longer one than `max_frame_size` (SPSC and
+    /// broadcast: split into records; MPMC: through the channel's message pool) and `recv`
+    /// returns it whole. Zero means `max_frame_size`.
     pub max_message_size: u64,
 }
 
@@ -838,6 +862,16 @@ pub struct Geometry {
     /// the ring less a header, whichever is larger (so that a message streams through the ring
     /// in a few records, never more than half the ring each); broadcast, `max_frame_size`.
     pub max_fragment: u32,
+    /// MPMC with messages longer than a frame: bytes of one chunk of the message pool
+    /// (`mpmc.rs`, "Messages in the pool"); zero without a pool.
+    pub pool_chunk: u32,
+    /// Chunks of the pool (zero: none).
+    pub pool_chunks: u64,
+    /// Data-region offset of the pool's chunk words (one `u64` per chunk: zero when free,
+    /// else the tag of the message that holds it).
+    pub pool_words: usize,
+    /// Data-region offset of the pool's chunks.
+    pub pool_data: usize,
     /// MPMC and broadcast bytes per slot; zero for SPSC.
     pub slot_stride: u32,
     /// Producer table entries.
@@ -868,7 +902,7 @@ fn invalid(msg: String) -> Error {
 
 /// The largest message of a channel of `kind` whose config asks for `requested` (zero:
 /// `max_frame_size`), checked.
-fn message_size(kind: Kind, max_frame_size: u32, requested: u64) -> Result<u64, Error> {
+fn message_size(max_frame_size: u32, requested: u64) -> Result<u64, Error> {
     use crate::units::format_size_exact as size;
     let mfs = u64::from(max_frame_size);
     let message = match requested {
@@ -881,15 +915,6 @@ fn message_size(kind: Kind, max_frame_size: u32, requested: u64) -> Result<u64, 
             size(message),
             size(mfs),
             size(MAX_MESSAGE_SIZE)
-        )));
-    }
-    if message > mfs && kind == Kind::Mpmc {
-        return Err(invalid(format!(
-            "an MPMC channel carries messages up to its max_frame_size ({}), so \
-                 max_message_size {} cannot apply: raise max_frame_size, or use an SPSC or \
-                 broadcast channel, which split longer messages",
-            size(mfs),
-            size(message)
         )));
     }
     Ok(message)
@@ -911,12 +936,13 @@ impl Geometry {
     /// * Broadcast: slots as MPMC; one producer; `history` below the slot count.
     ///
     /// `max_message_size` is zero (meaning `max_frame_size`) or from `max_frame_size` to
-    /// [`MAX_MESSAGE_SIZE`]; above `max_frame_size` only for SPSC and broadcast channels.
+    /// [`MAX_MESSAGE_SIZE`]; an MPMC channel with a larger one than `max_frame_size` gets a
+    /// message pool (`with_pool`).
     pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
         let mut g = Geometry::shape(cfg)?;
-        g.max_message_size = message_size(cfg.kind, cfg.max_frame_size, cfg.max_message_size)?;
+        g.max_message_size = message_size(cfg.max_frame_size, cfg.max_message_size)?;
         g.check_fragments()?;
-        Ok(g)
+        g.with_pool()
     }
 
     /// [`Geometry::new`] but for `max_message_size`.
@@ -1092,6 +1118,10 @@ impl Geometry {
                 ),
                 Kind::Mpmc | Kind::Broadcast => max_frame_size,
             },
+            pool_chunk: 0,
+            pool_chunks: 0,
+            pool_words: 0,
+            pool_data: 0,
             slot_stride,
             max_producers,
             max_consumers,
@@ -1115,6 +1145,47 @@ impl Geometry {
             )));
         }
         Ok(())
+    }
+
+    /// Adds the message pool of an MPMC channel whose messages may be longer than a frame:
+    /// chunks of `max_message_size / 128` (a power of two, 4 KiB to 1 MiB) holding two of the
+    /// largest messages, after the slots. A slot holds a frame, or a reference to a message in
+    /// the pool (`MPMC_POOL_REF` bytes, so such a channel's frames are at least that long).
+    fn with_pool(mut self) -> Result<Geometry, Error> {
+        use crate::units::format_size_exact as size;
+        if self.kind != Kind::Mpmc || self.max_message_size <= u64::from(self.max_frame_size) {
+            return Ok(self);
+        }
+        if (self.max_frame_size as usize) < MPMC_POOL_REF {
+            return Err(invalid(format!(
+                "an MPMC channel with messages longer than a frame needs max_frame_size of at \
+                 least {MPMC_POOL_REF} bytes (a slot holds a reference to a message in the \
+                 pool); it is {}",
+                size(u64::from(self.max_frame_size))
+            )));
+        }
+        let chunk = (self.max_message_size.next_power_of_two() / 128).clamp(4 << 10, 1 << 20);
+        let chunks = (2 * self.max_message_size).div_ceil(chunk);
+        let words = align_up(self.data_len as u64, 64);
+        let pool = align_up(words + 8 * chunks, DATA_ALIGN as u64);
+        let data_len = pool + chunks * chunk;
+        if data_len > 2 * MAX_DATA_LEN {
+            return Err(invalid(format!(
+                "a message pool for messages up to {} is too large",
+                size(self.max_message_size)
+            )));
+        }
+        let to_usize = |v: u64| {
+            usize::try_from(v)
+                .map_err(|_| invalid(format!("a segment of {v} bytes does not fit in memory")))
+        };
+        self.pool_chunk = chunk as u32;
+        self.pool_chunks = chunks;
+        self.pool_words = to_usize(words)?;
+        self.pool_data = to_usize(pool)?;
+        self.total_size = to_usize(self.data as u64 + data_len)?;
+        self.data_len = to_usize(data_len)?;
+        Ok(self)
     }
 
     /// `capacity - 1`: masks a position to its offset (SPSC) or slot index (MPMC, broadcast).
@@ -1253,9 +1324,9 @@ impl Geometry {
                 .and_then(|mut g| {
                     g.overflow = overflow;
                     g.history = history;
-                    g.max_message_size = message_size(kind, g.max_frame_size, h.max_message_size)?;
+                    g.max_message_size = message_size(g.max_frame_size, h.max_message_size)?;
                     g.check_fragments()?;
-                    Ok(g)
+                    g.with_pool()
                 })
             }
         }

@@ -32,8 +32,8 @@
 
 use crate::error::{Error, Result};
 use crate::layout::{
-    MAX_CLAIM_COUNT, MAX_POSITION, Participant, RecordType, SLOT_PAYLOAD, decode_header,
-    encode_claim, encode_header,
+    MAX_CLAIM_COUNT, MAX_POSITION, MPMC_POOL_REF, Participant, RecordType, SLOT_PAYLOAD,
+    decode_header, encode_claim, encode_header,
 };
 use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::AtomicU64;
@@ -132,14 +132,17 @@ fn take_loop(
             if let Some(cap) = fits {
                 // Relaxed: ordered after the producer's store by the Acquire of `seq` above.
                 let h = decode_header(mem.slot_header(pos).load(Relaxed));
-                if h.ty == Some(RecordType::Data) && h.len as usize > cap {
+                let len = match h.ty {
+                    Some(RecordType::Data) => h.len as usize,
+                    // A message in the pool: its length is the reference's second word.
+                    Some(RecordType::Pool) => pool_ref(mem, pos).map_or(0, |r| r.len),
+                    _ => 0,
+                };
+                if len > cap {
                     // Recheck that the slot is still this position's before reporting it.
                     let now = cursor.load(Relaxed);
                     if now == pos {
-                        return Err(Error::BufferTooSmall {
-                            needed: h.len as usize,
-                            cap,
-                        });
+                        return Err(Error::BufferTooSmall { needed: len, cap });
                     }
                     pos = now;
                     continue;
@@ -272,12 +275,127 @@ pub(crate) fn payload(mem: &Memory, pos: u64, len: usize) -> Result<DataRange> {
 #[derive(Debug)]
 pub(crate) struct ProducerCore {
     index: u32,
+    /// The owner word's incarnation (for pool tags).
+    incarnation: u32,
+    /// Messages put in the pool so far (the low bits of their tags).
+    seq: u32,
+    /// Where the next search of the pool starts: after the last run taken.
+    hint: u64,
 }
 
 impl ProducerCore {
     /// Producer `index` of the participant table (already owned by the caller).
     pub(crate) fn new(index: u32) -> ProducerCore {
-        ProducerCore { index }
+        ProducerCore {
+            index,
+            incarnation: 0,
+            seq: 0,
+            hint: 0,
+        }
+    }
+
+    /// The same, owning the entry as `incarnation` (the tags of its messages in the pool say so).
+    pub(crate) fn with_incarnation(mut self, incarnation: u32) -> ProducerCore {
+        self.incarnation = incarnation;
+        self
+    }
+
+    /// Starts a message in the pool: records its tag in this producer's entry (so that a repair
+    /// running meanwhile leaves the chunks it is about to take alone) and returns it.
+    pub(crate) fn begin_pooled(&mut self, mem: &Memory) -> u64 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let tag = pool_tag(self.index, self.incarnation, self.seq);
+        // Release: a repair that sees a chunk holding this tag (its Acquire pairs with the
+        // allocating CAS, ordered after this store) sees this record too.
+        self.me(mem).pool_tag.store(tag, Release);
+        tag
+    }
+
+    /// Ends the message begun with `begin_pooled`: its chunks are referenced by a slot, or
+    /// were freed.
+    pub(crate) fn end_pooled(&mut self, mem: &Memory) {
+        // Release: after the commit of the slot that references the chunks (a repair that sees
+        // the record gone sees the reference).
+        self.me(mem).pool_tag.store(0, Release);
+    }
+
+    /// Takes consecutive free chunks for a message of `len` bytes under `tag`: `WouldBlock`
+    /// if the pool has no such run now. A run found free is taken chunk by chunk; one taken
+    /// from under us gives back what we took of it, and the search goes on after it.
+    pub(crate) fn try_alloc(&mut self, mem: &Memory, len: usize, tag: u64) -> Result<PoolRef> {
+        let n = mem.geometry().pool_chunks;
+        let k = chunks_for(mem, len);
+        let word = |i: u64| mem.pool_word(i).expect("runs are searched inside the pool");
+        let mut start = if self.hint + k <= n { self.hint } else { 0 };
+        let mut looked = 0u64;
+        while looked <= n + k {
+            if start + k > n {
+                looked += n - start;
+                start = 0;
+                continue;
+            }
+            // Relaxed: a guess; the CAS below decides.
+            if let Some(busy) = (start..start + k).find(|&i| word(i).load(Relaxed) != 0) {
+                looked += busy + 1 - start;
+                start = busy + 1;
+                continue;
+            }
+            let mut taken = start;
+            while taken < start + k {
+                // AcqRel: Acquire pairs with the Release of `free_pooled` (the last reader is
+                // done); Release makes our `pool_tag` record visible with the tag.
+                if word(taken)
+                    .compare_exchange(0, tag, crate::sync::Ordering::AcqRel, Relaxed)
+                    .is_err()
+                {
+                    break;
+                }
+                taken += 1;
+            }
+            if taken == start + k {
+                self.hint = start + k;
+                return Ok(PoolRef {
+                    first: start,
+                    len,
+                    tag,
+                });
+            }
+            for i in start..taken {
+                // Release: as in `free_pooled`.
+                let _ = word(i).compare_exchange(tag, 0, Release, Relaxed);
+            }
+            looked += taken + 1 - start;
+            start = taken + 1;
+        }
+        Err(Error::WouldBlock("pool full"))
+    }
+
+    /// Enqueues a reference to the message `r` in the pool: one slot, committed as `Pool`.
+    pub(crate) fn try_send_ref(&mut self, mem: &Memory, r: &PoolRef) -> Result<()> {
+        let pos = self.try_claim(mem, MPMC_POOL_REF, 1)?.position(0);
+        let bytes = match payload(mem, pos, MPMC_POOL_REF) {
+            Ok(b) => b,
+            Err(e) => {
+                self.abort(mem, pos);
+                return Err(e);
+            }
+        };
+        let mut words = [0u8; MPMC_POOL_REF];
+        words[..8].copy_from_slice(&r.first.to_ne_bytes());
+        words[8..16].copy_from_slice(&(r.len as u64).to_ne_bytes());
+        words[16..].copy_from_slice(&r.tag.to_ne_bytes());
+        mem.copy_in(bytes, &words);
+        commit_slot(
+            mem,
+            pos,
+            encode_header(MPMC_POOL_REF as u32, RecordType::Pool, 0, 0),
+        );
+        Ok(())
+    }
+
+    /// What a producer waiting for room in the pool watches: the consumer line's `frees`.
+    pub(crate) fn watch_pool<'m>(&self, mem: &'m Memory, seen: u64) -> Watch<'m> {
+        Watch::new(&mem.consumer_line().frees, Until::Changed(seen))
     }
 
     fn me<'m>(&self, mem: &'m Memory) -> &'m Participant {
@@ -352,6 +470,15 @@ pub(crate) enum Slot {
     },
     /// An aborted or repaired position.
     Skip,
+    /// A message in the pool: its bytes (contiguous chunks), flags and reference.
+    Pooled {
+        /// The message's bytes, in the pool.
+        payload: DataRange,
+        /// `FLAG_*` bits.
+        flags: u8,
+        /// Where it is and whose it is.
+        reference: PoolRef,
+    },
 }
 
 /// Consumer side: takes committed slots, releases them.
@@ -403,6 +530,14 @@ impl ConsumerCore {
                 flags: h.flags,
             }),
             Some(RecordType::Skip) => Ok(Slot::Skip),
+            Some(RecordType::Pool) if h.len as usize == MPMC_POOL_REF => {
+                let reference = pool_ref(mem, pos)?;
+                Ok(Slot::Pooled {
+                    payload: reference.bytes(mem)?,
+                    flags: h.flags,
+                    reference,
+                })
+            }
             _ => Err(bad_slot(mem, pos, word)),
         }
     }
@@ -414,6 +549,102 @@ impl ConsumerCore {
         mem.slot_seq(pos)
             .store(pos + mem.geometry().capacity, Release);
     }
+}
+
+/// A message in the pool: `len` bytes in the chunks from `first` on, held under `tag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolRef {
+    /// The first chunk.
+    pub(crate) first: u64,
+    /// The message's length.
+    pub(crate) len: usize,
+    /// The tag its chunk words hold (`pool_tag`).
+    pub(crate) tag: u64,
+}
+
+impl PoolRef {
+    /// Chunks the message takes.
+    pub(crate) fn chunks(&self, mem: &Memory) -> u64 {
+        chunks_for(mem, self.len)
+    }
+
+    /// The message's bytes.
+    pub(crate) fn bytes(&self, mem: &Memory) -> Result<DataRange> {
+        let geo = mem.geometry();
+        // No overflow: first < chunks and chunk * chunks fits the data region.
+        mem.range(
+            geo.pool_data + self.first as usize * geo.pool_chunk as usize,
+            self.len,
+        )
+        .ok_or_else(|| corrupted("a pool reference outside the data region"))
+    }
+}
+
+/// Chunks a message of `len` bytes takes in the pool (at least one).
+pub(crate) fn chunks_for(mem: &Memory, len: usize) -> u64 {
+    (len as u64)
+        .div_ceil(u64::from(mem.geometry().pool_chunk.max(1)))
+        .max(1)
+}
+
+/// The tag of a message producer `index` (whose owner word has `incarnation`) puts in the
+/// pool: its `seq`-th (never zero). Tags name their producer entry and incarnation, so that a
+/// repair can tell whose chunks are whose (`repair::pool_gc`).
+pub(crate) fn pool_tag(index: u32, incarnation: u32, seq: u32) -> u64 {
+    (u64::from(incarnation & 0x3f_ffff) << 42) | (u64::from(index & 0x3ff) << 32) | u64::from(seq)
+}
+
+/// The producer entry and incarnation (its low 22 bits) of a tag.
+pub(crate) fn tag_owner(tag: u64) -> (u32, u32) {
+    (((tag >> 32) & 0x3ff) as u32, (tag >> 42) as u32)
+}
+
+/// Reads and checks the pool reference in the slot of `pos`.
+pub(crate) fn pool_ref(mem: &Memory, pos: u64) -> Result<PoolRef> {
+    let geo = mem.geometry();
+    let mut words = [0u8; MPMC_POOL_REF];
+    mem.copy_out(payload(mem, pos, MPMC_POOL_REF)?, &mut words);
+    let word = |i: usize| u64::from_ne_bytes(words[8 * i..8 * i + 8].try_into().unwrap());
+    let (first, len, tag) = (word(0), word(1), word(2));
+    let fits = tag != 0
+        && len >= 1
+        && len <= geo.max_message_size
+        && first < geo.pool_chunks
+        && len.div_ceil(u64::from(geo.pool_chunk)) <= geo.pool_chunks - first;
+    if !fits {
+        return Err(corrupted(format!(
+            "bad pool reference at position {pos}: chunk {first}, {len} bytes, tag {tag:#x} \
+             ({} chunks of {} bytes, messages up to {})",
+            geo.pool_chunks, geo.pool_chunk, geo.max_message_size
+        )));
+    }
+    Ok(PoolRef {
+        first,
+        // No truncation: at most max_message_size, which fits the address space.
+        len: len as usize,
+        tag,
+    })
+}
+
+/// Frees the chunks of `r`: each chunk word that still holds its tag goes back to zero (a word
+/// that does not was freed already, by a repair, and may be someone else's now), then the
+/// consumer line's `frees` count moves on, for a producer waiting for room in the pool.
+/// Returns how many chunks this call freed.
+pub(crate) fn free_pooled(mem: &Memory, r: &PoolRef) -> u64 {
+    let mut freed = 0;
+    for i in r.first..r.first + r.chunks(mem) {
+        let Some(w) = mem.pool_word(i) else { break };
+        // Release: pairs with the Acquire of the allocating CAS in `try_alloc`: our reads of
+        // the chunk happen before the next writer's writes.
+        if w.compare_exchange(r.tag, 0, Release, Relaxed).is_ok() {
+            freed += 1;
+        }
+    }
+    if freed > 0 {
+        // Release: pairs with the Acquire of a waiting producer's watch.
+        mem.consumer_line().frees.fetch_add(1, Release);
+    }
+    freed
 }
 
 /// What is wrong with a slot header `ConsumerCore::slot` refused.
@@ -481,6 +712,7 @@ pub(crate) mod model {
                         (pos, Some((u64::from_ne_bytes(b), flags)))
                     }
                     Slot::Skip => (pos, None),
+                    Slot::Pooled { .. } => panic!("these models send nothing through the pool"),
                 })
             }
             Err(Error::WouldBlock(_)) => None,
@@ -501,6 +733,92 @@ mod loom_tests {
     type Shared<T> = std::sync::Arc<Mutex<T>>;
 
     use model::{memory, try_send as send};
+
+    /// A producer sends a message through the pool and a consumer takes it and gives it back,
+    /// while a repair's collection of the pool (`repair::pool_gc`) runs with nobody dead: it
+    /// never frees the chunk while the producer writes it or the consumer holds it, and the
+    /// chunk is free at the end whoever freed it.
+    #[test]
+    fn pool_collection_never_frees_a_held_chunk() {
+        let outcomes = Shared::new(Mutex::new(HashSet::new()));
+        let outcomes2 = outcomes.clone();
+        loom::model(move || {
+            let cfg = ChannelConfig::mpmc()
+                .capacity(2 * 24)
+                .max_frame_size(24)
+                .max_producers(1)
+                .max_consumers(1)
+                .max_message_size(32);
+            let mem = Arc::new(Memory::new(Geometry::new(&cfg).unwrap()));
+            // The producer's entry is owned (a live producer, incarnation 1).
+            mem.participant(Role::Producer, 0)
+                .unwrap()
+                .owner
+                .store(crate::layout::encode_owner(7, 1), Relaxed);
+            let m = mem.clone();
+            let producer = loom::thread::spawn(move || {
+                let mut p = ProducerCore::new(0).with_incarnation(1);
+                let tag = p.begin_pooled(&m);
+                let r = p.try_alloc(&m, 8, tag).unwrap();
+                m.copy_in(r.bytes(&m).unwrap(), &42u64.to_ne_bytes());
+                assert_eq!(
+                    m.pool_word(r.first).unwrap().load(Relaxed),
+                    tag,
+                    "the collection freed a chunk being written"
+                );
+                p.try_send_ref(&m, &r).unwrap();
+                p.end_pooled(&m);
+            });
+            let m = mem.clone();
+            let consumer = loom::thread::spawn(move || {
+                let mut c = ConsumerCore::new(0);
+                loop {
+                    match c.try_take(&m, 1, None) {
+                        Ok(t) => {
+                            let pos = t.position(0);
+                            let Slot::Pooled {
+                                payload, reference, ..
+                            } = c.slot(&m, pos).unwrap()
+                            else {
+                                panic!("a message in the pool was sent");
+                            };
+                            let mut b = [0u8; 8];
+                            m.copy_out(payload, &mut b);
+                            assert_eq!(u64::from_ne_bytes(b), 42);
+                            assert_eq!(
+                                m.pool_word(reference.first).unwrap().load(Relaxed),
+                                reference.tag,
+                                "the collection freed a chunk a consumer holds"
+                            );
+                            c.release(&m, pos);
+                            return free_pooled(&m, &reference);
+                        }
+                        Err(Error::WouldBlock(_)) => loom::thread::yield_now(),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+            let m = mem.clone();
+            let collector = loom::thread::spawn(move || crate::repair::pool_gc(&m, &|_, _| false));
+            producer.join().unwrap();
+            let by_consumer = consumer.join().unwrap();
+            let by_collector = collector.join().unwrap();
+            assert_eq!(
+                by_consumer + by_collector,
+                1,
+                "the chunk is freed exactly once"
+            );
+            assert_eq!(mem.pool_word(0).unwrap().load(Relaxed), 0);
+            outcomes2.lock().unwrap().insert(by_collector);
+        });
+        // Both: the consumer freed it, and the collection did (after the slot's release).
+        assert_eq!(
+            outcomes.lock().unwrap().len(),
+            2,
+            "{:?}",
+            outcomes.lock().unwrap()
+        );
+    }
 
     /// Takes and releases one position: `Some(Some(value))` for a frame, `Some(None)` for a
     /// skip, `None` when the ring is empty.

@@ -85,6 +85,9 @@ pub struct Producer {
     left: bool,
     /// The pollable descriptor, once [`Producer::fd`] made it.
     pollable: Option<Box<Pollable>>,
+    /// MPMC: waiting for room in the message pool, last seen at this count of frees (what
+    /// `watch` watches then, instead of the ring).
+    pool_wait: Option<u64>,
 }
 
 /// Tries `$op` (an expression over `$p`, the handle) once, inline; while it returns
@@ -116,7 +119,10 @@ impl Producer {
                     return Err(e);
                 }
             },
-            crate::Kind::Mpmc => Ring::Mpmc(mpmc::ProducerCore::new(membership.index())),
+            crate::Kind::Mpmc => Ring::Mpmc(
+                mpmc::ProducerCore::new(membership.index())
+                    .with_incarnation(membership.incarnation()),
+            ),
             crate::Kind::Broadcast => match broadcast::ProducerCore::attach(&mem) {
                 Ok(core) => Ring::Broadcast(core),
                 Err(e) => {
@@ -144,6 +150,7 @@ impl Producer {
             mpmc_claimed: None,
             left: false,
             pollable: None,
+            pool_wait: None,
         })
     }
 
@@ -508,7 +515,10 @@ impl Producer {
     fn watch(&self) -> Watch<'_> {
         match &self.ring {
             Ring::Spsc(core) => core.watch(&self.mem),
-            Ring::Mpmc(core) => core.watch(&self.mem),
+            Ring::Mpmc(core) => match self.pool_wait {
+                Some(seen) => core.watch_pool(&self.mem, seen),
+                None => core.watch(&self.mem),
+            },
             Ring::Broadcast(core) => core.watch(&self.mem),
         }
     }
@@ -623,6 +633,9 @@ impl Producer {
         // holds them all unreleased until it has the message, `spsc::ConsumerCore::assemble`).
         // Otherwise each record is published as it is written and the message streams through
         // the ring; a call that does not wait sends it only if all of its room is free now.
+        if let Ring::Mpmc(_) = self.ring {
+            return self.send_pooled(msg, timeout);
+        }
         let (start, need, fits) = match &self.ring {
             Ring::Spsc(core) => {
                 let need = message::spsc_need(&geo, msg.len());
@@ -634,9 +647,7 @@ impl Producer {
                 let never_full = geo.overflow == crate::Overflow::DropOldest;
                 (0, slots, never_full || slots <= geo.capacity)
             }
-            Ring::Mpmc(_) => {
-                unreachable!("MPMC channels have no max_message_size above max_frame_size")
-            }
+            Ring::Mpmc(_) => unreachable!("sent through the pool above"),
         };
         let staged = fits && matches!(self.ring, Ring::Spsc(_));
         match timeout {
@@ -690,6 +701,91 @@ impl Producer {
             self.publish();
         }
         Ok(())
+    }
+
+    /// Sends `msg`, longer than a frame, through an MPMC channel's message pool: takes
+    /// consecutive free chunks, copies the message there, then enqueues a reference to it in
+    /// one slot (`mpmc.rs`, "Messages in the pool"). The message goes whole to whichever
+    /// consumer takes the slot. `timeout` covers both waits (for chunks, then for a slot); a
+    /// send that fails after taking chunks frees them.
+    fn send_pooled(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
+        let tag = match &mut self.ring {
+            Ring::Mpmc(core) => core.begin_pooled(&self.mem),
+            _ => unreachable!("only MPMC channels have a pool"),
+        };
+        let r = self.send_tagged(msg, timeout, tag);
+        self.pool_wait = None;
+        if let Ring::Mpmc(core) = &mut self.ring {
+            core.end_pooled(&self.mem);
+        }
+        r
+    }
+
+    fn send_tagged(&mut self, msg: &[u8], timeout: Option<Duration>, tag: u64) -> Result<()> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let chunks = match timeout {
+            Some(Duration::ZERO) => self.try_alloc(msg.len(), tag)?,
+            t => blocking!(self, t, |p| p.try_alloc(msg.len(), tag))?,
+        };
+        self.pool_wait = None;
+        let sent = chunks.bytes(&self.mem).and_then(|bytes| {
+            self.mem.copy_in(bytes, msg);
+            match timeout {
+                Some(Duration::ZERO) => self.try_send_ref(&chunks),
+                _ => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    blocking!(self, left, |p| p.try_send_ref(&chunks))
+                }
+            }
+        });
+        if let Err(e) = sent {
+            if mpmc::free_pooled(&self.mem, &chunks) > 0 {
+                wait::notify(self.mem.consumer_line(), self.light);
+            }
+            return Err(e);
+        }
+        // Wrapping: as in `try_send_inner`.
+        self.frames = self.frames.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(msg.len() as u64);
+        self.dirty = true;
+        if !self.batching {
+            self.announce();
+        }
+        Ok(())
+    }
+
+    /// Takes chunks of the pool for a message of `len` bytes under `tag`; on `WouldBlock`,
+    /// what to wait for is the next free of chunks (`watch`).
+    fn try_alloc(&mut self, len: usize, tag: u64) -> Result<mpmc::PoolRef> {
+        let Ring::Mpmc(core) = &mut self.ring else {
+            unreachable!("only MPMC channels have a pool")
+        };
+        // Acquire: pairs with the Release increment in `mpmc::free_pooled`; loaded before the
+        // search, so that a free that the search missed changes it.
+        let seen = self
+            .mem
+            .consumer_line()
+            .frees
+            .load(crate::sync::Ordering::Acquire);
+        match core.try_alloc(&self.mem, len, tag) {
+            Err(e @ Error::WouldBlock(_)) => {
+                self.pool_wait = Some(seen);
+                Err(self.full(e))
+            }
+            r => {
+                self.pool_wait = None;
+                r
+            }
+        }
+    }
+
+    /// Enqueues the reference to a message in the pool (one slot).
+    fn try_send_ref(&mut self, r: &mpmc::PoolRef) -> Result<()> {
+        let Ring::Mpmc(core) = &mut self.ring else {
+            unreachable!("only MPMC channels have a pool")
+        };
+        let sent = core.try_send_ref(&self.mem, r);
+        sent.map_err(|e| self.full(e))
     }
 
     /// Whether the ring has room now for `need` (SPSC: bytes; broadcast: slots):

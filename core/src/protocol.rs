@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this library speaks. Bumped on any incompatible change to
 /// [`Request`] or [`Reply`]; the hello format never changes.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The first eight bytes of both hellos.
 pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
@@ -351,6 +351,12 @@ pub struct ChannelStats {
     pub redelivered: u64,
     /// Positions a dead producer took and never committed, turned into skip records.
     pub skipped: u64,
+    /// MPMC with messages longer than a frame: chunks of the message pool (zero: no pool).
+    pub pool_chunks: u64,
+    /// Chunks of the pool that hold a message now.
+    pub pool_used: u64,
+    /// Bytes of a chunk of the pool.
+    pub pool_chunk_bytes: u32,
 }
 
 /// Prefixes `payload` with its length.

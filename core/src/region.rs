@@ -119,10 +119,18 @@ fn record_offset(geo: &Geometry, pos: u64) -> usize {
 }
 
 /// Byte offset of the MPMC slot of a position. `(pos & mask) < slots` and
-/// `slots * slot_stride == data_len`, so the whole slot lies in the data region.
+/// `slots * slot_stride <= data_len` (an MPMC message pool follows the slots), so the whole
+/// slot lies in the data region.
 #[inline(always)]
 fn slot_offset(geo: &Geometry, pos: u64) -> usize {
     (pos & geo.mask()) as usize * geo.slot_stride as usize
+}
+
+/// Byte offset of chunk word `i` of an MPMC message pool, if the pool has that chunk: the words
+/// lie 8-aligned before the chunks, inside the data region (`Geometry::with_pool`).
+#[inline(always)]
+fn pool_word_offset(geo: &Geometry, i: u64) -> Option<usize> {
+    (i < geo.pool_chunks).then(|| geo.pool_words + 8 * i as usize)
 }
 
 #[cfg(not(loom))]
@@ -302,6 +310,14 @@ mod mapped {
             unsafe { self.at(self.geo.data + off) }
         }
 
+        /// Chunk word `i` of the MPMC message pool; `None` past the pool's last chunk.
+        #[inline(always)]
+        pub(crate) fn pool_word(&self, i: u64) -> Option<&AtomicU64> {
+            let off = pool_word_offset(&self.geo, i)?;
+            // SAFETY: the word lies in the data region and is 8-aligned (pool_word_offset).
+            Some(unsafe { self.at(self.geo.data + off) })
+        }
+
         /// The sequence word of the MPMC slot of `pos`.
         #[inline(always)]
         pub(crate) fn slot_seq(&self, pos: u64) -> &AtomicU64 {
@@ -431,6 +447,7 @@ mod heap {
             position: AtomicU64::new(0),
             waiters: AtomicU32::new(0),
             futex: AtomicU32::new(0),
+            frees: AtomicU64::new(0),
         }
     }
 
@@ -460,6 +477,7 @@ mod heap {
                         reserved: AtomicU32::new(0),
                         start_time: AtomicU64::new(0),
                         missed: AtomicU64::new(0),
+                        pool_tag: AtomicU64::new(0),
                     })
                     .collect(),
                 words: (0..geo.data_len / 8).map(|_| AtomicU64::new(0)).collect(),
@@ -498,6 +516,9 @@ mod heap {
         }
         pub(crate) fn slot_seq(&self, pos: u64) -> &AtomicU64 {
             &self.words[(slot_offset(&self.geo, pos) + SLOT_SEQ) / 8]
+        }
+        pub(crate) fn pool_word(&self, i: u64) -> Option<&AtomicU64> {
+            Some(&self.words[pool_word_offset(&self.geo, i)? / 8])
         }
         pub(crate) fn slot_header(&self, pos: u64) -> &AtomicU64 {
             &self.words[(slot_offset(&self.geo, pos) + SLOT_HEADER_WORD) / 8]

@@ -49,6 +49,8 @@ pub struct Repaired {
     pub redelivered: u64,
     /// Positions given back without a frame to deliver (a consumer held a skip or garbage).
     pub released: u64,
+    /// Chunks of an MPMC message pool given back (`pool_gc`).
+    pub chunks_freed: u64,
     /// Something could not be decided yet: run the repair again.
     pub pending: bool,
     /// Damage found on the way (what was repairable was repaired).
@@ -60,6 +62,7 @@ impl Repaired {
         self.skipped += other.skipped;
         self.redelivered += other.redelivered;
         self.released += other.released;
+        self.chunks_freed += other.chunks_freed;
         self.pending |= other.pending;
         self.errors.extend(other.errors);
     }
@@ -93,10 +96,16 @@ pub fn repair_participant(
         }
         (Kind::Spsc, Role::Consumer) => spsc_consumer(mem, entry),
         (Kind::Mpmc, _) => {
-            let r = mpmc_positions(mem, role, index, entry, is_dead)?;
+            let mut r = mpmc_positions(mem, role, index, entry, is_dead)?;
             if !r.pending {
                 // Release: pairs with the Acquire in `covered`; nothing is held any more.
                 entry.claim.store(encode_claim(0, 0), Release);
+                if role == Role::Producer {
+                    // Release: the message it was writing is no longer being written (its
+                    // chunks go back below unless a slot references them).
+                    entry.pool_tag.store(0, Release);
+                }
+                r.chunks_freed = pool_gc(mem, is_dead);
             }
             Ok(r)
         }
@@ -231,14 +240,23 @@ fn mpmc_positions(
 fn redeliver(mem: &Memory, pos: u64) -> Result<Repaired> {
     // Relaxed: ordered after the dead consumer's take by the Acquire of `seq` in the caller.
     let h = decode_header(mem.slot_header(pos).load(Relaxed));
-    if h.ty != Some(RecordType::Data) || h.len > mem.geometry().max_frame_size {
+    // A frame, or a reference to a message in the pool (whose chunks stay: the copy of the
+    // reference holds them).
+    let deliverable = match h.ty {
+        Some(RecordType::Data) => h.len <= mem.geometry().max_frame_size,
+        Some(RecordType::Pool) => {
+            h.len as usize == crate::layout::MPMC_POOL_REF && mpmc::pool_ref(mem, pos).is_ok()
+        }
+        _ => false,
+    };
+    let Some(ty) = h.ty.filter(|_| deliverable) else {
         release_held(mem, pos);
         return Ok(Repaired {
             released: 1,
             ..Repaired::default()
         });
-    }
-    let header = encode_header(h.len, RecordType::Data, h.flags | FLAG_REDELIVERED, 0);
+    };
+    let header = encode_header(h.len, ty, h.flags | FLAG_REDELIVERED, 0);
     let r = enqueue_again(mem, pos, h.len as usize, header);
     // Release: pairs with the Acquire in `finish_repair_claim`. Whatever happened, the
     // coordinator holds no position now: a record left behind would name a position that
@@ -299,6 +317,84 @@ fn enqueue_again(mem: &Memory, pos: u64, len: usize, header: u64) -> Result<bool
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Gives back the chunks of an MPMC message pool that nobody holds: chunks whose tag no slot
+/// references (committed, or taken by a consumer) and no live producer is writing (its
+/// `pool_tag`). Run after every repair of an MPMC participant: a producer that died between
+/// taking chunks and enqueuing their reference, or a consumer that died between releasing a
+/// slot and freeing its chunks, leaves such chunks; no other way of leaving them exists.
+/// Returns how many were freed.
+///
+/// Orderings. A chunk's tag is loaded with Acquire (pairs with the allocating CAS, Release),
+/// so the producer's `pool_tag` record, stored before that CAS, is visible: a producer still
+/// writing the message is seen writing it. A record found cleared was cleared after the commit
+/// of the slot that references the chunks (Release, loaded with Acquire here), so the scan of
+/// the slots, made after, sees that reference, or its release by the consumer, which frees the
+/// chunks itself (both free with a compare-and-swap from the tag: one of the two does it, and
+/// a reused chunk, holding another tag, is never touched). A dead producer makes no new
+/// reference, so a chunk no slot references then is free for good.
+pub fn pool_gc(mem: &Memory, is_dead: &dyn Fn(Role, u32) -> bool) -> u64 {
+    let geo = mem.geometry();
+    if geo.pool_chunks == 0 {
+        return 0;
+    }
+    let mut candidates = Vec::new();
+    for i in 0..geo.pool_chunks {
+        let Some(w) = mem.pool_word(i) else { break };
+        // Acquire: see above.
+        let tag = w.load(Acquire);
+        if tag == 0 {
+            continue;
+        }
+        let (index, incarnation) = mpmc::tag_owner(tag);
+        let writing = mem.participant(Role::Producer, index).is_some_and(|e| {
+            // Acquire: as for the records in `covered`.
+            let (pid, owner) = crate::layout::decode_owner(e.owner.load(Acquire));
+            pid != 0
+                && !is_dead(Role::Producer, index)
+                && owner & 0x3f_ffff == incarnation
+                && e.pool_tag.load(Acquire) == tag
+        });
+        if !writing {
+            candidates.push((i, tag));
+        }
+    }
+    if candidates.is_empty() {
+        return 0;
+    }
+    let mut referenced = std::collections::HashSet::new();
+    for s in 0..geo.capacity {
+        // Acquire: pairs with the Release of a slot's commit (or the repair's move).
+        let seq = mem.slot_seq(s).load(Acquire);
+        // Committed or taken: `seq == p + 1` for the slot's position `p`.
+        if seq == 0 || (seq - 1) & geo.mask() != s {
+            continue;
+        }
+        // Relaxed: ordered after the commit by the Acquire above.
+        let h = decode_header(mem.slot_header(s).load(Relaxed));
+        if h.ty == Some(RecordType::Pool)
+            && let Ok(r) = mpmc::pool_ref(mem, seq - 1)
+        {
+            referenced.insert(r.tag);
+        }
+    }
+    let mut freed = 0;
+    for (i, tag) in candidates {
+        if referenced.contains(&tag) {
+            continue;
+        }
+        let w = mem.pool_word(i).expect("a chunk found above");
+        // Release: as in `mpmc::free_pooled`.
+        if w.compare_exchange(tag, 0, Release, Relaxed).is_ok() {
+            freed += 1;
+        }
+    }
+    if freed > 0 {
+        // Release: as in `mpmc::free_pooled`; the caller wakes waiting producers.
+        mem.consumer_line().frees.fetch_add(1, Release);
+    }
+    freed
 }
 
 /// Releases a held MPMC slot: free for the producer one lap on.

@@ -474,6 +474,12 @@ impl Segment {
         // Relaxed: statistics.
         stats.waiting_consumers = self.mem.producer_line().waiters.load(Relaxed);
         stats.waiting_producers = self.mem.consumer_line().waiters.load(Relaxed);
+        stats.pool_chunks = self.mem.geometry().pool_chunks;
+        stats.pool_used = (0..stats.pool_chunks)
+            .filter_map(|i| self.mem.pool_word(i))
+            // Relaxed: a statistic.
+            .filter(|w| w.load(Relaxed) != 0)
+            .count() as u64;
         stats
     }
 }
@@ -523,6 +529,11 @@ pub struct SegmentStats {
     pub waiting_consumers: u32,
     /// Producers counted as waiting for room.
     pub waiting_producers: u32,
+    /// MPMC with messages longer than a frame: chunks of the message pool, and how many hold
+    /// a message (zero without a pool).
+    pub pool_chunks: u64,
+    /// Chunks of the pool in use.
+    pub pool_used: u64,
 }
 
 /// One participant's counters.
@@ -798,6 +809,10 @@ impl Membership {
 
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+
+    pub(crate) fn incarnation(&self) -> u32 {
+        crate::layout::decode_owner(self.owner).1
     }
 
     pub(crate) fn role(&self) -> Role {

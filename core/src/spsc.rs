@@ -372,6 +372,7 @@ fn check_record(mem: &Memory, pos: u64, word: u64) -> Result<usize> {
             h.len > 0 && h.len <= geo.max_fragment && off + size <= geo.capacity
         }
         Some(RecordType::Padding) => off + size == geo.capacity,
+        Some(RecordType::Pool) => false, // MPMC only
         Some(RecordType::Skip) => off + size <= geo.capacity,
         None => false,
     };

@@ -121,9 +121,24 @@ fn daemon_and_cli_manage_channels() {
     assert_eq!(stat["info"]["max_message_size"], 8 << 20);
     let refused = cli(
         &sock,
-        &["create", "m", "--kind", "mpmc", "--max-message-size", "8M"],
+        &[
+            "create",
+            "m",
+            "--kind",
+            "mpmc",
+            "--max-frame-size",
+            "8",
+            "--max-message-size",
+            "8M",
+        ],
     );
     assert!(!refused.status.success());
+    let text = ok(
+        &sock,
+        &["create", "m", "--kind", "mpmc", "--max-message-size", "1M"],
+    );
+    assert!(text.contains("messages up to 1 MiB"), "{text}");
+    ok(&sock, &["delete", "m"]);
     ok(&sock, &["delete", "frames"]);
 
     let list = json(&ok(&sock, &["list", "--json"]));
@@ -641,7 +656,7 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
     // Messages longer than the ring, 1 MiB and 16 MiB, each against the copy floor.
     assert!(stdout.contains("messages longer than the ring"), "{stdout}");
     let messages = report["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 2 * 3, "{messages:?}");
+    assert_eq!(messages.len(), 2 * 4, "{messages:?}");
     for row in messages {
         assert_eq!(
             keys(row),
@@ -656,7 +671,13 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         );
         let t = row["transport"].as_str().unwrap();
         assert!(
-            ["copy-floor", "shmring-spsc", "shmring-broadcast"].contains(&t),
+            [
+                "copy-floor",
+                "shmring-spsc",
+                "shmring-broadcast",
+                "shmring-mpmc"
+            ]
+            .contains(&t),
             "{row}"
         );
         assert_eq!(row["ring_bytes"], 1 << 20);

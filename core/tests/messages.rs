@@ -165,8 +165,13 @@ fn limits_are_stated() {
         plain.producer().unwrap().try_send(&[0u8; 257]),
         Err(Error::FrameTooLarge { max: 256, .. })
     ));
-    // MPMC channels carry frames only.
-    let e = Segment::anonymous(&ChannelConfig::mpmc().max_message_size(1 << 20)).unwrap_err();
+    // An MPMC channel's slot must hold a reference to a message in its pool.
+    let e = Segment::anonymous(
+        &ChannelConfig::mpmc()
+            .max_frame_size(16)
+            .max_message_size(1 << 20),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     // Below max_frame_size.
     assert!(Segment::anonymous(&spsc().max_message_size(100)).is_err());
@@ -447,4 +452,86 @@ fn broadcast_limits_and_a_producer_that_gives_up_midway() {
     // are over: the first got 14 slots (the subscriber had released 8 of message 1's 10,
     // so the producer could go 16 past that), the second a whole ring of 16.
     assert_eq!(rx.missed(), 30);
+}
+
+/// An MPMC channel of 64 slots of 64-byte frames carrying messages up to 1 MiB in its pool.
+fn mpmc() -> ChannelConfig {
+    ChannelConfig::mpmc()
+        .capacity(64 * 64)
+        .max_frame_size(64)
+        .max_producers(2)
+        .max_consumers(2)
+        .max_message_size(1 << 20)
+}
+
+#[test]
+fn mpmc_messages_go_whole_to_exactly_one_consumer() {
+    let _dog = watchdog("mpmc_messages_go_whole_to_exactly_one_consumer", 60);
+    let seg = Segment::anonymous(&mpmc()).unwrap();
+    let producers: Vec<_> = (0..2usize)
+        .map(|k| {
+            let mut tx = seg.producer().unwrap();
+            std::thread::spawn(move || {
+                for i in 0..300usize {
+                    let len = LENGTHS[i % LENGTHS.len()];
+                    tx.send(&indexed(k * 1000 + i, len)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let consumers: Vec<_> = (0..2)
+        .map(|c| {
+            let mut rx = seg.consumer().unwrap();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    // Copied, lent in place, drained: every receive takes pool messages.
+                    let r: Option<Vec<u8>> = match got.len() % 3 {
+                        0 => match rx.recv_timeout(&mut buf, Duration::from_millis(500)) {
+                            Ok(r) => Some(buf[..r.len].to_vec()),
+                            Err(Error::TimedOut(_)) => None,
+                            Err(e) => panic!("{e}"),
+                        },
+                        1 => match rx.read_timeout(Duration::from_millis(500)) {
+                            Ok(f) => Some(f.to_vec()),
+                            Err(Error::TimedOut(_)) => None,
+                            Err(e) => panic!("{e}"),
+                        },
+                        _ => {
+                            let mut one = None;
+                            match rx.drain_timeout(1, Duration::from_millis(500), |b, _| {
+                                one = Some(b.to_vec())
+                            }) {
+                                Ok(_) => one,
+                                Err(Error::TimedOut(_)) => None,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    };
+                    match r {
+                        Some(m) => got.push(m),
+                        None => return (c, got),
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    for h in consumers {
+        let (_, got) = h.join().unwrap();
+        for m in got {
+            let i = u64::from_le_bytes(m[..8].try_into().unwrap()) as usize;
+            let len = LENGTHS[(i % 1000) % LENGTHS.len()];
+            assert!(m == indexed(i, len), "message {i} damaged");
+            assert!(seen.insert(i), "message {i} delivered twice");
+        }
+    }
+    assert_eq!(seen.len(), 600, "every message delivered");
+    // Every chunk is back in the pool: one more of the largest goes at once.
+    let mut tx = seg.producer().unwrap();
+    tx.try_send(&vec![1u8; 1 << 20]).unwrap();
 }

@@ -400,9 +400,9 @@ class Client:
         """Creates a channel owned by this user; kind is "spsc", "mpmc" or "broadcast".
         Broadcast only: overflow is "block" (the default: the producer waits for the slowest
         subscriber) or "drop-oldest" (it never waits); history is how many of the most recent
-        frames a new subscriber receives first (default 0). SPSC and broadcast: a message up to
-        max_message_size bytes (default max_frame_size) is split into frames by send and
-        returned whole by recv."""
+        frames a new subscriber receives first (default 0). A message up to max_message_size
+        bytes (default max_frame_size) is taken by send and returned whole by recv (SPSC and
+        broadcast split it into frames; MPMC passes it through a message pool)."""
         cfg = _Config()
         _config_default(ctypes.byref(cfg), _KINDS[kind])
         if overflow is not None:

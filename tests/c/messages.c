@@ -2,9 +2,9 @@
  * Messages longer than a frame through the C ABI, one role per process (tests/tests/messages.rs
  * runs them). The coordinator is the one at SHMRING_SOCKET.
  *
- *   messages create CHANNEL spsc|broadcast CAPACITY MAX_FRAME MAX_MESSAGE
+ *   messages create CHANNEL spsc|mpmc|broadcast CAPACITY MAX_FRAME MAX_MESSAGE
  *   messages produce CHANNEL COUNT MAX_LEN
- *   messages consume CHANNEL
+ *   messages consume CHANNEL [any]
  *
  * Message i is 1 to MAX_LEN bytes, its length drawn log-uniformly from i (so every order of
  * magnitude is as common as any other), its bytes a xorshift stream seeded by i; the first 8
@@ -12,14 +12,19 @@
  *
  * produce: sends COUNT messages with shmring_send (waiting as long as it takes), then finishes
  * the stream; prints "produced=N bytes=B checksum=C", C an FNV-1a 64 over the words of every
- * message (see checksum).
+ * message (see checksum), and "sum=S", the wrapping sum of each message's own checksum (the
+ * same whichever consumer receives which message).
  *
  * consume: prints "open" once its consumer is open, then receives until SHMRING_CLOSED, in
  * turn copied with shmring_recv (every third into a buffer one byte short first, which must
  * say SHMRING_BUFFER_TOO_SMALL with the message's length and leave it), in place with
  * shmring_read, and with a short timeout (SHMRING_TIMED_OUT midway keeps what arrived). Each
  * message must be the next one, every byte as produced. Prints "consumed=N bytes=B
- * checksum=C missed=M", C as the producer's, over what was received.
+ * checksum=C sum=S missed=M", C and S as the producer's, over what was received.
+ *
+ * consume ... any: for consumers that compete for the messages (MPMC): each message of 8 bytes
+ * or more is checked against its index, which it carries, rather than against the next one
+ * expected; the shorter ones count in S only.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "shmring.h"
@@ -93,7 +98,9 @@ static int create(const char *name, const char *kind, const char *capacity, cons
     shmring_client *client = NULL;
     check(shmring_client_connect(NULL, &client), "connect");
     struct shmring_channel_config cfg;
-    shmring_channel_config_default(&cfg, strcmp(kind, "spsc") == 0 ? SHMRING_SPSC : SHMRING_BROADCAST);
+    shmring_channel_config_default(&cfg, strcmp(kind, "spsc") == 0   ? SHMRING_SPSC
+                                         : strcmp(kind, "mpmc") == 0 ? SHMRING_MPMC
+                                                                     : SHMRING_BROADCAST);
     cfg.capacity = strtoull(capacity, NULL, 10);
     cfg.max_frame_size = (uint32_t)strtoul(max_frame, NULL, 10);
     cfg.max_message_size = strtoull(max_message, NULL, 10);
@@ -113,16 +120,18 @@ static int produce(const char *name, uint64_t count, size_t max_len) {
     if (shmring_producer_max_message_size(p) < max_len) fail("max_message_size below MAX_LEN", 0);
     uint8_t *buf = malloc(max_len);
     if (!buf) return 1;
-    uint64_t bytes = 0, sum = UINT64_C(0xcbf29ce484222325);
+    uint64_t bytes = 0, sum = UINT64_C(0xcbf29ce484222325), own = 0;
     for (uint64_t i = 0; i < count; i++) {
         size_t len = message_len(i, max_len);
         message_fill(i, buf, len);
         check(shmring_send(p, buf, len, -1), "send");
         sum = checksum(sum, buf, len);
+        own += checksum(UINT64_C(0xcbf29ce484222325), buf, len);
         bytes += len;
     }
     check(shmring_producer_finish(p), "finish");
-    printf("produced=%" PRIu64 " bytes=%" PRIu64 " checksum=%016" PRIx64 "\n", count, bytes, sum);
+    printf("produced=%" PRIu64 " bytes=%" PRIu64 " checksum=%016" PRIx64 " sum=%016" PRIx64 "\n", count,
+           bytes, sum, own);
     fflush(stdout);
     shmring_producer_close(p);
     shmring_client_close(client);
@@ -130,7 +139,7 @@ static int produce(const char *name, uint64_t count, size_t max_len) {
     return 0;
 }
 
-static int consume(const char *name) {
+static int consume(const char *name, int any) {
     shmring_client *client = NULL;
     check(shmring_client_connect(NULL, &client), "connect");
     shmring_consumer *c = NULL;
@@ -140,7 +149,7 @@ static int consume(const char *name) {
     size_t max_len = shmring_consumer_max_message_size(c);
     uint8_t *buf = malloc(max_len), *want = malloc(max_len);
     if (!buf || !want) return 1;
-    uint64_t i = 0, bytes = 0, sum = UINT64_C(0xcbf29ce484222325);
+    uint64_t i = 0, bytes = 0, sum = UINT64_C(0xcbf29ce484222325), own = 0;
     for (;; i++) {
         const uint8_t *got = buf;
         size_t len = 0;
@@ -159,8 +168,9 @@ static int consume(const char *name) {
             break;
         }
         default:
-            /* Too short by a byte first: told the length, nothing taken. */
-            s = shmring_recv(c, buf, 0, &len, 0);
+            /* Too short by a byte first: told the length, nothing taken (when nobody else
+             * can take it meanwhile). */
+            s = any ? SHMRING_OK : shmring_recv(c, buf, 0, &len, 0);
             if (s == SHMRING_BUFFER_TOO_SMALL && len > 0) {
                 s = shmring_recv(c, buf, len - 1, &len, -1);
                 if (s != SHMRING_BUFFER_TOO_SMALL) fail("a buffer a byte short was not refused", i);
@@ -171,19 +181,29 @@ static int consume(const char *name) {
         }
         if (s == SHMRING_CLOSED) break;
         check(s, "receive");
-        size_t expect = message_len(i, max_len);
-        if (len != expect) {
-            fprintf(stderr, "messages: message %" PRIu64 ": %zu bytes, expected %zu\n", i, len, expect);
-            exit(1);
+        uint64_t index = i;
+        if (any && len >= 8) {
+            index = 0;
+            for (size_t k = 0; k < 8; k++) index |= (uint64_t)got[k] << (8 * k);
         }
-        message_fill(i, want, len);
-        if (memcmp(got, want, len) != 0) fail("bytes differ", i);
+        if (!any || len >= 8) {
+            size_t expect = message_len(index, max_len);
+            if (len != expect) {
+                fprintf(stderr, "messages: message %" PRIu64 ": %zu bytes, expected %zu\n", index, len,
+                        expect);
+                exit(1);
+            }
+            message_fill(index, want, len);
+            if (memcmp(got, want, len) != 0) fail("bytes differ", index);
+        }
         sum = checksum(sum, got, len);
+        own += checksum(UINT64_C(0xcbf29ce484222325), got, len);
         bytes += len;
         if (lent) check(shmring_release(c), "release");
     }
-    printf("consumed=%" PRIu64 " bytes=%" PRIu64 " checksum=%016" PRIx64 " missed=%" PRIu64 "\n", i,
-           bytes, sum, shmring_consumer_missed(c));
+    printf("consumed=%" PRIu64 " bytes=%" PRIu64 " checksum=%016" PRIx64 " sum=%016" PRIx64
+           " missed=%" PRIu64 "\n",
+           i, bytes, sum, own, shmring_consumer_missed(c));
     shmring_consumer_close(c);
     shmring_client_close(client);
     free(buf);
@@ -196,9 +216,11 @@ int main(int argc, char **argv) {
     if (argc == 7 && strcmp(argv[1], "create") == 0) return create(argv[2], argv[3], argv[4], argv[5], argv[6]);
     if (argc == 5 && strcmp(argv[1], "produce") == 0)
         return produce(argv[2], strtoull(argv[3], NULL, 10), (size_t)strtoull(argv[4], NULL, 10));
-    if (argc == 3 && strcmp(argv[1], "consume") == 0) return consume(argv[2]);
-    fprintf(stderr, "usage: messages create CHANNEL spsc|broadcast CAPACITY MAX_FRAME MAX_MESSAGE\n"
+    if (argc == 3 && strcmp(argv[1], "consume") == 0) return consume(argv[2], 0);
+    if (argc == 4 && strcmp(argv[1], "consume") == 0 && strcmp(argv[3], "any") == 0)
+        return consume(argv[2], 1);
+    fprintf(stderr, "usage: messages create CHANNEL spsc|mpmc|broadcast CAPACITY MAX_FRAME MAX_MESSAGE\n"
                     "       messages produce CHANNEL COUNT MAX_LEN\n"
-                    "       messages consume CHANNEL\n");
+                    "       messages consume CHANNEL [any]\n");
     return 2;
 }

@@ -33,16 +33,19 @@ fn number(text: &str, key: &str) -> u64 {
     shmring_tests::field(text, key).unwrap_or_else(|| panic!("no {key}= in {text:?}"))
 }
 
-/// The `checksum=` of a helper's output.
-fn checksum(text: &str) -> String {
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("checksum="))
-        .unwrap_or_else(|| panic!("no checksum= in {text:?}"))
-        .to_string()
+/// The hexadecimal `key=` of a helper's output.
+fn hex(text: &str, key: &str) -> u64 {
+    let v = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {text:?}"));
+    u64::from_str_radix(v, 16).unwrap()
 }
 
 /// `count` messages of 1 byte to 8 MiB through a 1 MiB channel of `kind` with `consumers`
-/// consumer processes, each of which must receive all of them, whole and in order.
+/// consumer processes: SPSC and broadcast, each must receive all of them, whole and in order;
+/// MPMC, each message goes whole to one of them (their counts, bytes and order-independent
+/// sums of checksums add up to the producer's).
 fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) {
     let _serial = serial();
     let dog = Watchdog::new(
@@ -60,9 +63,14 @@ fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) 
         )
         .success();
     assert_eq!(said.trim(), format!("created max_message_size={max_len}"));
+    let shared = kind == "mpmc";
     let receivers: Vec<_> = (0..consumers)
         .map(|_| {
-            let mut c = dog.spawn(place.command(&exe).args(["consume", "big"]));
+            let mut args = vec!["consume", "big"];
+            if shared {
+                args.push("any");
+            }
+            let mut c = dog.spawn(place.command(&exe).args(&args));
             c.expect_line("open");
             c
         })
@@ -77,12 +85,31 @@ fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) 
         .success();
     assert_eq!(number(&produced, "produced"), count);
     let bytes = number(&produced, "bytes");
+    let (mut all, mut all_bytes, mut all_sum) = (0, 0, 0u64);
     for r in receivers {
         let consumed = r.success();
-        assert_eq!(number(&consumed, "consumed"), count, "{consumed}");
-        assert_eq!(number(&consumed, "bytes"), bytes, "{consumed}");
-        assert_eq!(checksum(&consumed), checksum(&produced), "{consumed}");
         assert_eq!(number(&consumed, "missed"), 0, "{consumed}");
+        if shared {
+            all += number(&consumed, "consumed");
+            all_bytes += number(&consumed, "bytes");
+            all_sum = all_sum.wrapping_add(hex(&consumed, "sum"));
+        } else {
+            assert_eq!(number(&consumed, "consumed"), count, "{consumed}");
+            assert_eq!(number(&consumed, "bytes"), bytes, "{consumed}");
+            assert_eq!(
+                hex(&consumed, "checksum"),
+                hex(&produced, "checksum"),
+                "{consumed}"
+            );
+        }
+    }
+    if shared {
+        assert_eq!(
+            (all, all_bytes),
+            (count, bytes),
+            "every message to one consumer"
+        );
+        assert_eq!(all_sum, hex(&produced, "sum"), "the same messages");
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -103,6 +130,13 @@ fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_spsc_ring() {
 #[test]
 fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_broadcast_ring() {
     through_a_small_ring("broadcast", Build::Plain, 10_000, 2);
+}
+
+/// The same through an MPMC ring of 16 slots of 64 KiB, shared by two consumers: every message
+/// goes through the pool, whole to one of them.
+#[test]
+fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_mpmc_ring() {
+    through_a_small_ring("mpmc", Build::Plain, 10_000, 2);
 }
 
 /// Fewer, under AddressSanitizer and UndefinedBehaviorSanitizer: the C side's buffers and

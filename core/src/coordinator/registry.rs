@@ -1277,6 +1277,9 @@ impl Registry {
             repairs: s.repairs,
             redelivered: s.redelivered,
             skipped: s.skipped,
+            pool_chunks: s.pool_chunks,
+            pool_used: s.pool_used,
+            pool_chunk_bytes: ch.seg.geometry().pool_chunk,
         })
     }
 }

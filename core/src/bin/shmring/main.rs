@@ -89,9 +89,9 @@ enum Command {
         /// and broadcast]
         #[arg(long, value_parser = parse_size)]
         max_frame_size: Option<u64>,
-        /// spsc, broadcast: largest message, from --max-frame-size to 1T (suffixes K, M, G,
-        /// T): a longer message than a frame is split into frames and received whole
-        /// [default: --max-frame-size]
+        /// Largest message, from --max-frame-size to 1T (suffixes K, M, G, T): a longer message
+        /// than a frame is split into frames (spsc, broadcast) or passed through a message pool
+        /// (mpmc) and received whole [default: --max-frame-size]
         #[arg(long, value_parser = parse_size)]
         max_message_size: Option<u64>,
         /// Producers admitted at once (mpmc) [default: 16]
@@ -630,6 +630,15 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats, names: &mut Names) -> std:
         "repairs     {} dead participants repaired, {} frames redelivered, {} positions skipped",
         s.repairs, s.redelivered, s.skipped
     )?;
+    if s.pool_chunks > 0 {
+        writeln!(
+            out,
+            "pool        {} of {} chunks of {} hold messages",
+            s.pool_used,
+            s.pool_chunks,
+            bytes(u64::from(s.pool_chunk_bytes))
+        )?;
+    }
     writeln!(
         out,
         "participants {} of {} producers, {} of {} consumers",

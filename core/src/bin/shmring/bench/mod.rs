@@ -1029,13 +1029,15 @@ fn fanout(
     Ok(())
 }
 
-/// The ring of the messages runs: 1 MiB, in 64 KiB frames (broadcast: 16 slots).
+/// The ring of the messages runs: 1 MiB, in 64 KiB frames (broadcast, MPMC: 16 slots; MPMC
+/// messages go through its pool).
 const MESSAGE_RING: u64 = 1 << 20;
 
 /// Messages longer than the ring: the two-process copy floor (this process copies a message
 /// into a buffer both map, the peer copies it out, in turn), then shmring-spsc and
 /// shmring-broadcast (one subscriber) streaming messages of the same size through a 1 MiB ring,
-/// `send` and `recv` copying each, both sides busy-spinning.
+/// and shmring-mpmc passing them through its pool, `send` and `recv` copying each, both sides
+/// busy-spinning.
 fn messages(
     plan: &Plan,
     client: &Client,
@@ -1105,22 +1107,13 @@ fn messages(
             });
         };
         row("copy-floor", n as f64 / secs);
-        for (kind, name) in [
-            (Kind::Spsc, "shmring-spsc"),
-            (Kind::Broadcast, "shmring-broadcast"),
+        for (kind, code, name) in [
+            (Kind::Spsc, 0, "shmring-spsc"),
+            (Kind::Broadcast, 1, "shmring-broadcast"),
+            (Kind::Mpmc, 2, "shmring-mpmc"),
         ] {
             let channel = transport::create_message_channel(client, kind, size)?;
-            talk.command(
-                [
-                    OP_MESSAGES,
-                    u64::from(kind == Kind::Broadcast),
-                    size as u64,
-                    0,
-                    0,
-                    0,
-                ],
-                true,
-            )?;
+            talk.command([OP_MESSAGES, code, size as u64, 0, 0, 0], true)?;
             let mut tx = client
                 .producer(&channel)
                 .map_err(|e| format!("opening {channel}: {e}"))?;

@@ -102,10 +102,10 @@ pub fn run(
                 })
             }
             OP_MESSAGES => {
-                let kind = if arg(2) == 1 {
-                    Kind::Broadcast
-                } else {
-                    Kind::Spsc
+                let kind = match arg(2) {
+                    1 => Kind::Broadcast,
+                    2 => Kind::Mpmc,
+                    _ => Kind::Spsc,
                 };
                 let channel = super::transport::message_channel(kind, payload);
                 client

@@ -172,8 +172,9 @@ pub fn message_channel(kind: Kind, size: usize) -> String {
     format!("{kind}-messages-{size}")
 }
 
-/// Creates the channel of the messages runs of `kind` (SPSC, or broadcast with one subscriber)
-/// for messages of `size` bytes: a 1 MiB ring of 64 KiB frames. Returns its name.
+/// Creates the channel of the messages runs of `kind` (SPSC, broadcast with one subscriber, or
+/// MPMC with one producer and one consumer) for messages of `size` bytes: a 1 MiB ring of 64 KiB
+/// frames. Returns its name.
 pub fn create_message_channel(client: &Client, kind: Kind, size: usize) -> Res<String> {
     let ring = super::MESSAGE_RING;
     let cfg = ChannelConfig::new(kind)
