@@ -1092,11 +1092,20 @@ impl Drop for MpmcRelease<'_> {
             return; // the batch was released slot by slot; the caller wakes
         }
         while self.next < self.end {
+            // The message in the pool of each slot given back undelivered is freed too: nothing
+            // would reference its chunks any more.
+            let pooled = self
+                .pooled
+                .take()
+                .or_else(|| match self.core.slot(self.mem, self.next) {
+                    Ok(mpmc::Slot::Pooled { reference, .. }) => Some(reference),
+                    _ => None,
+                });
             self.core.release(self.mem, self.next);
+            if let Some(r) = pooled {
+                mpmc::free_pooled(self.mem, &r);
+            }
             self.next += 1;
-        }
-        if let Some(r) = self.pooled.take() {
-            mpmc::free_pooled(self.mem, &r);
         }
         wait::notify(self.mem.consumer_line(), self.light);
     }

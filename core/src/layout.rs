@@ -173,8 +173,9 @@ pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
 /// Bumped on any change to the bytes described in this module (3: broadcast channels, the
 /// header's `overflow` and `history`, the participant's `missed`; 4: the state word's
 /// `FINISHED` and its count of finishes; 5: the header's `max_message_size`, the record types
-/// `FIRST` and `PART` of a message split over several records).
-pub const LAYOUT_VERSION: u32 = 5;
+/// `FIRST` and `PART` of a message split over several records; 6: the MPMC message pool, its
+/// `POOL` record, the consumer line's `frees`, the participant's `pool_tag`).
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -937,7 +938,7 @@ impl Geometry {
     ///
     /// `max_message_size` is zero (meaning `max_frame_size`) or from `max_frame_size` to
     /// [`MAX_MESSAGE_SIZE`]; an MPMC channel with a larger one than `max_frame_size` gets a
-    /// message pool (`with_pool`).
+    /// message pool (`with_pool`), which must fit the limit of a data region as the slots do.
     pub fn new(cfg: &ChannelConfig) -> Result<Geometry, Error> {
         let mut g = Geometry::shape(cfg)?;
         g.max_message_size = message_size(cfg.max_frame_size, cfg.max_message_size)?;
@@ -1148,8 +1149,8 @@ impl Geometry {
     }
 
     /// Adds the message pool of an MPMC channel whose messages may be longer than a frame:
-    /// chunks of `max_message_size / 128` (a power of two, 4 KiB to 1 MiB) holding two of the
-    /// largest messages, after the slots. A slot holds a frame, or a reference to a message in
+    /// chunks of `max_message_size / 128` (a power of two, 4 KiB to 1 MiB), as many as two of
+    /// the largest messages take, after the slots. A slot holds a frame, or a reference to a message in
     /// the pool (`MPMC_POOL_REF` bytes, so such a channel's frames are at least that long).
     fn with_pool(mut self) -> Result<Geometry, Error> {
         use crate::units::format_size_exact as size;
@@ -1165,11 +1166,11 @@ impl Geometry {
             )));
         }
         let chunk = (self.max_message_size.next_power_of_two() / 128).clamp(4 << 10, 1 << 20);
-        let chunks = (2 * self.max_message_size).div_ceil(chunk);
+        let chunks = 2 * self.max_message_size.div_ceil(chunk);
         let words = align_up(self.data_len as u64, 64);
         let pool = align_up(words + 8 * chunks, DATA_ALIGN as u64);
         let data_len = pool + chunks * chunk;
-        if data_len > 2 * MAX_DATA_LEN {
+        if data_len > 2 * MAX_DATA_LEN + 2 * MAX_MESSAGE_SIZE {
             return Err(invalid(format!(
                 "a message pool for messages up to {} is too large",
                 size(self.max_message_size)

@@ -364,6 +364,10 @@ impl ProducerCore {
                 // Release: as in `free_pooled`.
                 let _ = word(i).compare_exchange(tag, 0, Release, Relaxed);
             }
+            if taken > start {
+                // Release: as in `free_pooled`; a producer that found them taken looks again.
+                mem.consumer_line().frees.fetch_add(1, Release);
+            }
             looked += taken + 1 - start;
             start = taken + 1;
         }

@@ -323,9 +323,12 @@ impl Producer {
         r.map_err(|e| self.full(e))
     }
 
-    /// A full ring of a deleted channel is `Closed`: nobody will make room.
+    /// A full ring of a deleted channel is `Closed`: nobody will make room. Whatever failed,
+    /// it was not the search for chunks of the pool (`try_alloc` sets that after): a wait
+    /// watches the ring again.
     #[cold]
-    fn full(&self, e: Error) -> Error {
+    fn full(&mut self, e: Error) -> Error {
+        self.pool_wait = None;
         if matches!(e, Error::WouldBlock(_)) && self.mem.deleted() {
             crate::consumer::deleted(&self.mem)
         } else {
@@ -714,7 +717,11 @@ impl Producer {
             _ => unreachable!("only MPMC channels have a pool"),
         };
         let r = self.send_tagged(msg, timeout, tag);
-        self.pool_wait = None;
+        if r.is_ok() {
+            self.pool_wait = None;
+        }
+        // (A `WouldBlock` leaves `pool_wait` as the failed step set it: a pollable descriptor
+        // armed now watches what the send waits for.)
         if let Ring::Mpmc(core) = &mut self.ring {
             core.end_pooled(&self.mem);
         }
@@ -769,8 +776,9 @@ impl Producer {
             .load(crate::sync::Ordering::Acquire);
         match core.try_alloc(&self.mem, len, tag) {
             Err(e @ Error::WouldBlock(_)) => {
+                let e = self.full(e);
                 self.pool_wait = Some(seen);
-                Err(self.full(e))
+                Err(e)
             }
             r => {
                 self.pool_wait = None;

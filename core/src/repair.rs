@@ -19,6 +19,7 @@
 //! | broadcast producer | at most one slot marked being written (`seq == 2p + 1`) | nothing: subscribers read it as empty; a successor resumes at the first uncommitted position and writes it |
 //! | broadcast subscriber | its cursor (`released`), which holds a `Block` producer back | `released` set to `GONE`, so the producer's next scan ignores it; the watch of a producer waiting on it fires |
 //! | anyone parked | one count in a cursor line's `waiters` | taken back |
+//! | MPMC participant, with a message pool | chunks no slot references (a message it was writing, or one whose slot it released before freeing its chunks) | freed by the pool's collection (`pool_gc`), after the rest of the repair |
 //!
 //! The order of the loads matters where live participants run concurrently. A position is
 //! *stuck* when the cursor (loaded with Acquire) is past it and its `seq` still says that the

@@ -535,3 +535,70 @@ fn mpmc_messages_go_whole_to_exactly_one_consumer() {
     let mut tx = seg.producer().unwrap();
     tx.try_send(&vec![1u8; 1 << 20]).unwrap();
 }
+
+/// Review of the pool: a drain whose callback panics gives back the rest of its batch
+/// undelivered, as for frames, and now frees the chunks of the messages among them (before, they
+/// stayed taken with nothing referencing them, until a death's repair).
+#[test]
+fn a_drain_cut_short_gives_the_pool_back() {
+    let _dog = watchdog("a_drain_cut_short_gives_the_pool_back", 60);
+    let seg = Segment::anonymous(&mpmc()).unwrap();
+    let (mut tx, mut rx) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    for i in 0..3 {
+        tx.send(&indexed(i, 5000)).unwrap();
+    }
+    assert_eq!(
+        seg.stats().pool_used,
+        3,
+        "three messages of one 8 KiB chunk"
+    );
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = rx.try_drain(3, |_, _| panic!("the application fails"));
+    }));
+    assert!(r.is_err());
+    assert_eq!(seg.stats().pool_used, 0, "every chunk back");
+    assert!(matches!(
+        rx.try_recv(&mut [0u8; 64]),
+        Err(Error::WouldBlock(_))
+    ));
+}
+
+/// Review of the pool: a producer whose message found the pool full waits on the pool's frees,
+/// also through its descriptor: the descriptor stays quiet while the pool is full (slots free),
+/// and turns readable when a consumer frees chunks. Before, it watched the ring, was readable at
+/// once, and an event loop spun.
+#[test]
+fn a_descriptor_of_a_producer_waiting_for_the_pool_waits_for_it() {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::BorrowedFd;
+    let _dog = watchdog("a_descriptor_of_a_producer_waiting_for_the_pool", 60);
+    shmring::set_fd_recheck_interval(Duration::from_secs(60));
+    let readable = |fd, ms: u16| {
+        // SAFETY: the producer owning `fd` outlives the call.
+        let mut fds = [PollFd::new(
+            unsafe { BorrowedFd::borrow_raw(fd) },
+            PollFlags::POLLIN,
+        )];
+        poll(&mut fds, PollTimeout::from(ms)).expect("poll");
+        fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+    };
+    let seg = Segment::anonymous(&mpmc()).unwrap();
+    let (mut tx, mut rx) = (seg.producer().unwrap(), seg.consumer().unwrap());
+    let fd = tx.fd().unwrap();
+    // Fill the pool (1 MiB messages; it holds two), slots to spare.
+    while tx.try_send(&vec![3u8; 1 << 20]).is_ok() {}
+    assert!(matches!(
+        tx.try_send(&vec![3u8; 1 << 20]),
+        Err(Error::WouldBlock(_))
+    ));
+    assert!(!readable(fd, 200), "readable while the pool is still full");
+    let mut buf = vec![0u8; 1 << 20];
+    assert_eq!(rx.try_recv(&mut buf).unwrap().len, 1 << 20);
+    assert!(
+        readable(fd, 10_000),
+        "a free of the pool did not wake the descriptor"
+    );
+    tx.try_send(&vec![4u8; 1 << 20]).unwrap();
+}

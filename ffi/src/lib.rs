@@ -103,8 +103,8 @@ pub struct shmring_channel_config {
     /// The largest message, in bytes (0, the default: `max_frame_size`). SPSC and broadcast:
     /// `shmring_send` splits a message longer than `max_frame_size` into records, however
     /// small the ring, and `shmring_recv` returns it whole. MPMC: such a message goes whole
-    /// to one consumer through the channel's message pool (two of the largest messages, beside
-    /// the slots; `max_frame_size` at least 24). See `shmring_send`.
+    /// to one consumer through the channel's message pool (as many chunks as two of the largest
+    /// messages take, beside the slots; `max_frame_size` at least 24). See `shmring_send`.
     pub max_message_size: u64,
 }
 

@@ -1454,3 +1454,104 @@ fn wait_until_vacant_but(client: &Client, channel: &str, pid: u32) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// A producer SIGKILLed in the middle of a message longer than the ring (SPSC: streaming it;
+/// broadcast: a slot at a time), while the consumer holds the first part of it: the consumer
+/// never delivers that part. It drops it when the next producer's message begins, counts it
+/// in `missed` (SPSC: one message; broadcast: the slots it took of it), and delivers the next
+/// message whole. The same with the next message begun by a whole frame.
+#[test]
+fn a_producer_killed_midway_through_a_message_leaves_no_part_of_it() {
+    let _serial = serial();
+    let dog = Watchdog::new(
+        "producer killed midway through a message",
+        Duration::from_secs(120),
+    );
+    let place = Place::new("msgkill");
+    let coord = place.coordinator();
+    let client = place.client();
+    for (kind, missed_per_message) in [(Kind::Spsc, None), (Kind::Broadcast, Some(()))] {
+        let cfg = match kind {
+            Kind::Spsc => ChannelConfig::spsc()
+                .capacity(64 << 10)
+                .max_frame_size(1024)
+                .max_message_size(1 << 20),
+            _ => ChannelConfig::broadcast()
+                .capacity(16 * 4096)
+                .max_frame_size(4096)
+                .max_consumers(1)
+                .max_message_size(1 << 20),
+        };
+        let name = format!("{kind}-m");
+        client.create(&name, &cfg).unwrap();
+        let mut rx = client.consumer(&name).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut missed = 0;
+        for (round, next) in [(0u8, 300_000usize), (1, 5)] {
+            // A message of 1 MiB, four times the ring and more: the producer blocks midway.
+            let mut big = spawn_role(&dog, &place, &["send-one", &name, "1048576", "7"]);
+            big.expect_line("sending");
+            // The producer fills the ring and waits for room: take what came of it (the first
+            // part), once. It can write at most another ring's worth before it waits again.
+            let deadline = Instant::now() + T;
+            // (Depth: bytes for SPSC, slots behind for a broadcast subscriber.)
+            let full = if kind == Kind::Spsc { 32 << 10 } else { 8 };
+            while client.stats(&name).unwrap().info.depth < full {
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind}: the producer wrote nothing"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            match rx.try_recv(&mut buf) {
+                Err(Error::WouldBlock(_)) => {}
+                other => panic!("{kind} round {round}: part of a message delivered: {other:?}"),
+            }
+            big.kill().expect("the producer was still sending");
+            wait_until_producers(&client, &name, 0);
+            // The next producer: a message (round 0) or a whole frame (round 1).
+            let byte = 9 + round;
+            let mut after = spawn_role(
+                &dog,
+                &place,
+                &["send-one", &name, &next.to_string(), &byte.to_string()],
+            );
+            after.expect_line("sending");
+            let got = rx.recv_timeout(&mut buf, T).unwrap();
+            assert_eq!(got.len, next, "{kind} round {round}");
+            assert!(
+                buf[..next].iter().all(|&b| b == byte),
+                "{kind} round {round}: not whole"
+            );
+            after.expect_line("sent");
+            after.kill().unwrap();
+            wait_until_producers(&client, &name, 0);
+            assert!(
+                rx.missed() > missed,
+                "{kind} round {round}: the dropped message counts"
+            );
+            if missed_per_message.is_none() {
+                assert_eq!(rx.missed(), missed + 1, "{kind} round {round}");
+            }
+            missed = rx.missed();
+        }
+        drop(rx);
+        client.delete(&name).unwrap();
+    }
+    drop(client);
+    coord.stop();
+    dog.check();
+}
+
+/// Waits until the coordinator counts `n` producers of `channel` (the dead repaired).
+fn wait_until_producers(client: &Client, channel: &str, n: u32) {
+    let deadline = Instant::now() + T;
+    while client.stats(channel).unwrap().info.producers != n {
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: still not {n} producers"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1439,8 +1439,19 @@ fn repair_channel(name: &str, ch: &mut Channel, all: bool, held: &[(Role, u32, u
         return;
     }
     let mem = std::sync::Arc::clone(&ch.seg.mem);
-    let known: Vec<(Role, u32)> = ch.dead.iter().map(|d| (d.role, d.index)).collect();
-    let is_dead = |role: Role, i: u32| known.contains(&(role, i));
+    // Dead is the entry *as the dead one left it*: once a repair frees an entry, a process that
+    // takes it again (directly, `Segment::producer`) is live, even within this pass.
+    let known: Vec<(Role, u32, u64)> = ch.dead.iter().map(|d| (d.role, d.index, d.owner)).collect();
+    let is_dead = |role: Role, i: u32| {
+        known.iter().any(|&(r, idx, owner)| {
+            // Acquire: as the owner loads of the repair (`repair::covered`).
+            r == role
+                && idx == i
+                && mem
+                    .participant(role, i)
+                    .is_some_and(|e| e.owner.load(crate::sync::Ordering::Acquire) == owner)
+        })
+    };
     let now = Instant::now();
     let mut progress = false;
     if ch.claim_pending {

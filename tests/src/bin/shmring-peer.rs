@@ -48,6 +48,9 @@ fn usage() -> ! {
   hold-claim SOCKET CHANNEL                claim a slot, print held, wait to be killed
   hold-frame SOCKET CHANNEL                print opened, read a frame, print it, wait to be
                                            killed
+  send-one SOCKET CHANNEL LEN BYTE         open a producer, print sending, send one message of
+                                           LEN bytes BYTE (waiting as long as it takes), print
+                                           sent, wait to be killed
   park SOCKET CHANNEL                      wait for a frame, parked, to be killed
   armed-then-blocked SOCKET CHANNEL        open a consumer and its pollable descriptor (armed),
                                            then wait 50 ms in a blocking receive (parked),
@@ -135,6 +138,7 @@ fn main() {
         Some("client-flood") => coordinated::flood(&args),
         Some("hold-claim") => coordinated::hold_claim(&args),
         Some("hold-frame") => coordinated::hold_frame(&args),
+        Some("send-one") => coordinated::send_one(&args),
         Some("park") => coordinated::park(&args),
         Some("armed-then-blocked") => coordinated::armed_then_blocked(&args),
         Some("as-user") => coordinated::as_user(&args),
@@ -878,6 +882,21 @@ mod coordinated {
         let _ = std::io::stdout().flush();
         let f = rx.read_timeout(OP_TIMEOUT).unwrap_or_else(|e| fail(e));
         println!("held {}", String::from_utf8_lossy(&f));
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(600));
+        fail("was not killed");
+    }
+
+    pub(super) fn send_one(args: &[String]) {
+        let (socket, channel, len, byte): (String, String, usize, u8) =
+            (arg(args, 1), arg(args, 2), arg(args, 3), arg(args, 4));
+        let c = client(&socket);
+        let mut tx = admitted(&channel, || c.producer(&channel));
+        println!("sending");
+        let _ = std::io::stdout().flush();
+        tx.send(&vec![byte; len])
+            .unwrap_or_else(|e| fail(format!("send: {e}")));
+        println!("sent");
         let _ = std::io::stdout().flush();
         std::thread::sleep(Duration::from_secs(600));
         fail("was not killed");
