@@ -32,9 +32,10 @@
  * Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
  * A program built against one ABI version needs a library of the same. Version 2 added
  * broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`;
- * version 3 its `max_message_size` field.
+ * version 3 its `max_message_size` field; version 4 the `resizes`, `draining_generation` and
+ * `draining_depth` fields of `shmring_stats`.
  */
-#define SHMRING_ABI_VERSION 3
+#define SHMRING_ABI_VERSION 4
 
 /**
  * `shmring_frame.flags` bit: the frame was handed to a consumer that died before releasing
@@ -195,6 +196,19 @@ typedef struct shmring_stats {
      * The largest message (`max_frame_size` unless the channel splits longer ones).
      */
     uint64_t max_message_size;
+    /**
+     * Times the channel was resized (`shmring_channel_resize`).
+     */
+    uint64_t resizes;
+    /**
+     * While a resize is under way: the generation of the segment being drained (its producers
+     * have not all sent since, or its consumers not taken what is left in it); 0 otherwise.
+     */
+    uint64_t draining_generation;
+    /**
+     * What is left in that segment (as `depth` counts it).
+     */
+    uint64_t draining_depth;
 } shmring_stats;
 
 /**
@@ -449,6 +463,21 @@ shmring_status shmring_channel_create(struct shmring_client *client,
  * consumers drain what is left and then get `SHMRING_CLOSED`. Any thread.
  */
 shmring_status shmring_channel_delete(struct shmring_client *client, const char *name);
+
+/**
+ * Gives a live channel a new capacity, in bytes (as `shmring_channel_config`'s `capacity`),
+ * while its producers and consumers keep running: no frame is lost or delivered twice, order
+ * is kept, and nobody re-opens a handle. A new segment of that capacity replaces the
+ * channel's: each producer moves to it on its next send, each consumer once it has taken
+ * everything left in the old one. It grows or shrinks (what is queued stays in the old segment
+ * until taken, so it need not fit). Its owner or root only (`SHMRING_PERMISSION_DENIED`).
+ * SPSC and broadcast channels: `SHMRING_INVALID_ARGUMENT` for MPMC, and for a capacity that
+ * cannot hold the channel's frames. `SHMRING_BUSY` while the previous resize is still under
+ * way (`draining_generation` of `shmring_stats` is not 0): try again later. Any thread.
+ */
+shmring_status shmring_channel_resize(struct shmring_client *client,
+                                      const char *name,
+                                      uint64_t capacity);
 
 /**
  * Reads a channel's counters into `*out` (needs read permission). Any thread.

@@ -300,6 +300,12 @@ class Client {
     }
     /// Deletes a channel ("delete" is a C++ keyword).
     void remove(const std::string &name) { detail::check(shmring_channel_delete(c_, name.c_str())); }
+    /// Gives a live SPSC or broadcast channel a new capacity in bytes while its producers and
+    /// consumers keep running (shmring_channel_resize); throws shmring::Error with
+    /// SHMRING_BUSY while the previous resize is still under way.
+    void resize(const std::string &name, uint64_t capacity) {
+        detail::check(shmring_channel_resize(c_, name.c_str(), capacity));
+    }
     shmring_stats stats(const std::string &name) {
         shmring_stats s{};
         detail::check(shmring_channel_stats(c_, name.c_str(), &s));

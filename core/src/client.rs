@@ -487,6 +487,66 @@ impl Lease for Registration {
             owner,
         });
     }
+
+    fn follow(&self, role: Role, index: u32, owner: u64) -> Result<Option<(Segment, u32, u64)>> {
+        let (reply, fd) = self.shared.request(&Request::Follow {
+            name: self.channel.clone(),
+            generation: self.generation,
+            role,
+            index,
+            owner,
+        })?;
+        if reply == Reply::Done {
+            // Not replaced: the word was overwritten, and the coordinator cleared it.
+            return Ok(None);
+        }
+        attach(&self.shared, &self.channel, role, reply, fd).map(Some)
+    }
+}
+
+/// Maps the segment of an admission (`Reply::Opened` and its descriptor), leased so that the
+/// handle made of it tells the coordinator when it closes. An admission that cannot be used is
+/// given back.
+fn attach(
+    shared: &Arc<Shared>,
+    name: &str,
+    role: Role,
+    reply: Reply,
+    fd: Option<OwnedFd>,
+) -> Result<(Segment, u32, u64)> {
+    let (index, owner, generation) = match reply {
+        Reply::Opened {
+            index,
+            owner,
+            generation,
+        } => (index, owner, generation),
+        other => return Err(unexpected(other)),
+    };
+    let unleased = || Registration {
+        shared: Arc::clone(shared),
+        channel: name.to_string(),
+        generation,
+        _held: None,
+    };
+    let Some(fd) = fd else {
+        unleased().closed(role, index, owner);
+        return Err(Error::Incompatible(
+            "the coordinator admitted us but sent no segment descriptor".into(),
+        ));
+    };
+    match Segment::attach(&fd, name, crate::DEFAULT_OPEN_TIMEOUT) {
+        Ok(seg) => {
+            let lease: Arc<dyn Lease> = Arc::new(Registration {
+                _held: Some(shared.keep(name, generation, fd)),
+                ..unleased()
+            });
+            Ok((seg.leased(name, lease), index, owner))
+        }
+        Err(e) => {
+            unleased().closed(role, index, owner);
+            Err(e)
+        }
+    }
 }
 
 fn unexpected(reply: Reply) -> Error {
@@ -598,38 +658,28 @@ impl Client {
             name: name.to_string(),
             role,
         })?;
-        let (index, owner, generation) = match reply {
-            Reply::Opened {
-                index,
-                owner,
-                generation,
-            } => (index, owner, generation),
-            other => return Err(unexpected(other)),
-        };
-        let unleased = || Registration {
-            shared: Arc::clone(&self.shared),
-            channel: name.to_string(),
-            generation,
-            _held: None,
-        };
-        let Some(fd) = fd else {
-            unleased().closed(role, index, owner);
-            return Err(Error::Incompatible(
-                "the coordinator admitted us but sent no segment descriptor".into(),
-            ));
-        };
-        match Segment::attach(&fd, name, crate::DEFAULT_OPEN_TIMEOUT) {
-            Ok(seg) => {
-                let lease: Arc<dyn Lease> = Arc::new(Registration {
-                    _held: Some(self.shared.keep(name, generation, fd)),
-                    ..unleased()
-                });
-                Ok((seg.leased(name, lease), index, owner))
-            }
-            Err(e) => {
-                unleased().closed(role, index, owner);
-                Err(e)
-            }
+        attach(&self.shared, name, role, reply, fd)
+    }
+
+    /// Gives channel `name` a new capacity (as [`ChannelConfig::capacity`] means it) while
+    /// its producers and consumers keep running: a new segment of that capacity replaces the
+    /// channel's, and every frame sent before goes out first, none lost, none twice, in
+    /// order. Producers move to it on their next send; consumers once they have taken
+    /// everything in the old one. Nobody re-opens a handle. Grows or shrinks (the old ring's
+    /// frames stay where they are until taken, so what is queued does not need to fit).
+    ///
+    /// Its owner or root only (`PermissionDenied`). SPSC and broadcast channels
+    /// (`InvalidArgument` for MPMC, and for a capacity that does not hold the channel's
+    /// frames); `Busy` while the previous resize is still under way (a producer has not sent
+    /// since, or a consumer not drained the old ring: [`ChannelStats::draining_generation`]).
+    /// Returns the channel as it is now.
+    pub fn resize(&self, name: &str, capacity: u64) -> Result<ChannelInfo> {
+        match self.shared.request(&Request::Resize {
+            name: name.to_string(),
+            capacity,
+        })? {
+            (Reply::Channel(info), _) => Ok(info),
+            (other, _) => Err(unexpected(other)),
         }
     }
 

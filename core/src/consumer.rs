@@ -133,6 +133,8 @@ pub struct Consumer {
     missed_base: u64,
     /// A split message being put back together (SPSC, broadcast).
     asm: Assembly,
+    /// Broadcast: what the segments this consumer left after resizes counted as missed.
+    missed_before: u64,
     /// The pollable descriptor, once [`Consumer::fd`] made it.
     pollable: Option<Box<Pollable>>,
 }
@@ -185,6 +187,7 @@ impl Consumer {
         let light = wait::light_waker();
         Ok(Consumer {
             missed_base,
+            missed_before: 0,
             asm: Assembly::new(mem.geometry().kind == crate::Kind::Broadcast, light),
             light,
             mem,
@@ -308,7 +311,9 @@ impl Consumer {
             Ring::Broadcast(core) => core.missed(),
             _ => 0,
         };
-        lapped.wrapping_add(self.asm.missed())
+        lapped
+            .wrapping_add(self.missed_before)
+            .wrapping_add(self.asm.missed())
     }
 
     /// Frames published and not yet received by this consumer, as far as it can tell without
@@ -480,6 +485,14 @@ impl Consumer {
         if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
+        if !self.mem.deleted() && crate::segment::followable(&self.mem) {
+            // Resized, and every producer left this segment: what is left is taken, then the
+            // consumer follows them (the caller's retry reads the new segment).
+            return match self.follow() {
+                Ok(()) => Error::WouldBlock(what),
+                Err(e) => e,
+            };
+        }
         if self.mem.ending() {
             let e = self.ended(what);
             if matches!(e, Error::Closed(_)) && self.asm.active() {
@@ -491,6 +504,71 @@ impl Consumer {
         } else {
             Error::WouldBlock(what)
         }
+    }
+
+    /// Moves this consumer to the segment that replaced its own in a resize, once the ring was
+    /// found empty with every producer gone from it (`segment::followable`, whose Acquire makes
+    /// their last frames visible to the look at the ring here). The entry there was taken for
+    /// it by the coordinator; everything taken here is released as a close would, and a message
+    /// left unfinished here is dropped (its producer died or timed out midway: nothing more of
+    /// it will come). A stream that was finished here stays finished there until a producer
+    /// attaches.
+    #[cold]
+    #[inline(never)]
+    fn follow(&mut self) -> Result<()> {
+        if !self.membership.held_here() || self.watch().ready() {
+            // A forked child's handle is its parent's; or a frame is there after all.
+            return Ok(());
+        }
+        // Acquire: as in `ended`.
+        let finished = state_of(self.mem.state().load(Acquire)) == STATE_FINISHED;
+        let Some((mem, membership)) = self.membership.follow(&self.mem)? else {
+            return Ok(()); // not replaced after all (the word was damage, now cleared)
+        };
+        let ring = match &self.ring {
+            Ring::Spsc(_) => spsc::ConsumerCore::attach(&mem).map(Ring::Spsc),
+            Ring::Broadcast(_) => {
+                broadcast::ConsumerCore::attach(&mem, membership.index()).map(Ring::Broadcast)
+            }
+            Ring::Mpmc { .. } => {
+                membership.leave(&mem);
+                return Err(Error::Corrupted(
+                    "an MPMC segment says it was replaced by a resize, which no coordinator \
+                     does to MPMC channels"
+                        .into(),
+                ));
+            }
+        };
+        let ring = match ring {
+            Ok(r) => r,
+            Err(e) => {
+                membership.leave(&mem);
+                return Err(e);
+            }
+        };
+        if let Some(p) = &mut self.pollable {
+            p.retarget(&mem, &membership)?;
+        }
+        match &mut self.ring {
+            Ring::Spsc(core) => core.release_all(&self.mem),
+            Ring::Broadcast(core) => {
+                self.missed_before = self.missed_before.wrapping_add(core.missed());
+                core.close(&self.mem);
+            }
+            Ring::Mpmc { .. } => {}
+        }
+        self.asm.abandon();
+        let old_mem = std::mem::replace(&mut self.mem, mem);
+        let old = std::mem::replace(&mut self.membership, membership);
+        self.ring = ring;
+        old.leave(&old_mem);
+        wait::notify(old_mem.consumer_line(), self.light);
+        if finished {
+            crate::segment::finish_stream(&self.mem);
+        }
+        // The counters continue in the new entry.
+        self.finish();
+        Ok(())
     }
 
     /// `settle_empty` of a handle with a pollable descriptor: `WouldBlock` arms it (and, if a
@@ -623,13 +701,20 @@ impl Consumer {
             timeout,
             (self.membership.role(), self.membership.index()),
         );
+        let mut at = Arc::as_ptr(&self.mem);
         loop {
             let woke = {
                 let watch = self.watch();
                 waiter.wait_until(&self.mem, Line::Producer, || watch.ready())?
             };
             let r = op(self);
-            match self.settle_quiet(r) {
+            let r = self.settle_quiet(r);
+            if Arc::as_ptr(&self.mem) != at {
+                // Followed a resize to the channel's new segment (`follow`).
+                at = Arc::as_ptr(&self.mem);
+                waiter.moved((self.membership.role(), self.membership.index()));
+            }
+            match r {
                 Err(Error::WouldBlock(_)) if woke == Woke::Recheck => self.check_ring()?,
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,

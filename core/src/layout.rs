@@ -174,8 +174,9 @@ pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
 /// header's `overflow` and `history`, the participant's `missed`; 4: the state word's
 /// `FINISHED` and its count of finishes; 5: the header's `max_message_size`, the record types
 /// `FIRST` and `PART` of a message split over several records; 6: the MPMC message pool, its
-/// `POOL` record, the consumer line's `frees`, the participant's `pool_tag`).
-pub const LAYOUT_VERSION: u32 = 6;
+/// `POOL` record, the consumer line's `frees`, the participant's `pool_tag`; 7: the producer
+/// line's `moved`, set when a resize replaced the segment).
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -447,6 +448,11 @@ pub struct CursorLine {
     /// Consumer line of an MPMC channel with a message pool: bumped each time chunks are freed
     /// (what a producer waiting for pool space watches); otherwise zero.
     pub frees: AtomicU64,
+    /// Producer line: the generation of the segment that replaced this one when the
+    /// coordinator resized the channel (zero: not replaced). Written once, by the coordinator;
+    /// producers look at it on every send and move there, consumers when the ring is empty
+    /// (see ARCHITECTURE.md, "Online resize"). Zero on the other lines.
+    pub moved: AtomicU64,
 }
 
 /// One admitted producer or consumer. See the module docs.
@@ -506,6 +512,7 @@ const _: () = {
     assert!(offset_of!(CursorLine, waiters) == 8);
     assert!(offset_of!(CursorLine, futex) == 12);
     assert!(offset_of!(CursorLine, frees) == 16);
+    assert!(offset_of!(CursorLine, moved) == 24);
     assert!(size_of::<Participant>() == LINE && align_of::<Participant>() == LINE);
     assert!(offset_of!(Participant, owner) == 0);
     assert!(offset_of!(Participant, claim) == 8);

@@ -156,6 +156,8 @@ pub(crate) struct Pollable {
     pid: u32,
     /// Counted in the line's `waiters`.
     counted: bool,
+    /// The segment watched before the last `retarget`.
+    _prev_mem: Option<Arc<Memory>>,
 }
 
 #[derive(Debug)]
@@ -218,6 +220,7 @@ impl Pollable {
             who,
             pid: sys::pid(),
             counted: false,
+            _prev_mem: None,
             backend,
         })
     }
@@ -228,6 +231,42 @@ impl Pollable {
             Backend::Uring { ring, .. } => ring.fd(),
             Backend::Thread(slot) => slot.efd.as_raw_fd(),
         }
+    }
+
+    /// The handle moved to the segment that replaced its own in a resize, where it holds
+    /// `membership`'s entry: the descriptor, the same for the event loop, now watches that
+    /// segment's line. It is counted out of the old one and made readable (the handle's next
+    /// operation arms it on the new one).
+    pub(crate) fn retarget(&mut self, mem: &Arc<Memory>, membership: &Membership) -> Result<()> {
+        if !self.here() {
+            return Ok(());
+        }
+        if self.counted {
+            self.count_out();
+        }
+        match &mut self.backend {
+            Backend::Uring { ring, wait_out, .. } => {
+                if *wait_out {
+                    // Its completion, when the cancellation lands, is one spurious readiness.
+                    ring.push_cancel(WAIT);
+                    if ring.submit().is_err() {
+                        tracing::debug!("could not submit the cancellation of a futex wait");
+                    }
+                    *wait_out = false;
+                }
+            }
+            Backend::Thread(slot) => {
+                let next = Slot::register_with(mem, self.line, Arc::clone(&slot.efd))?;
+                slot.unregister();
+                *slot = next;
+            }
+        }
+        // The old memory stays mapped while a wait queued on it may not have been cancelled
+        // yet (see `sys::Uring::push`).
+        self._prev_mem = Some(std::mem::replace(&mut self.mem, Arc::clone(mem)));
+        self.who = (membership.role(), membership.index());
+        self.signal();
+        Ok(())
     }
 
     /// Whether this process made the descriptor (not a child forked since).
@@ -420,7 +459,9 @@ struct Slot {
     waker: &'static Waker,
     mem: Arc<Memory>,
     line: Line,
-    efd: OwnedFd,
+    /// Shared with the slots that replace this one when the handle moves to a resized
+    /// channel's new segment: the descriptor an event loop registered stays the same.
+    efd: Arc<OwnedFd>,
     /// The futex word's value when the descriptor was armed: the thread fires when it differs.
     expected: AtomicU32,
     /// 1 while armed.
@@ -517,13 +558,18 @@ fn start_waker() -> std::result::Result<&'static Waker, String> {
 
 impl Slot {
     fn register(mem: &Arc<Memory>, line: Line) -> Result<Arc<Slot>> {
+        let efd = sys::eventfd().map_err(|e| Error::os("making a pollable descriptor", e))?;
+        Slot::register_with(mem, line, Arc::new(efd))
+    }
+
+    /// A slot watching `line` of `mem` that writes `efd`.
+    fn register_with(mem: &Arc<Memory>, line: Line, efd: Arc<OwnedFd>) -> Result<Arc<Slot>> {
         let w = waker().map_err(|e| {
             Error::os(
                 "making a pollable descriptor",
                 std::io::Error::new(std::io::ErrorKind::Unsupported, e),
             )
         })?;
-        let efd = sys::eventfd().map_err(|e| Error::os("making a pollable descriptor", e))?;
         let slot = Arc::new(Slot {
             waker: w,
             mem: Arc::clone(mem),

@@ -296,6 +296,9 @@ impl Producer {
 
     #[inline(always)]
     fn try_claim_token(&mut self, len: usize) -> Result<Token> {
+        if self.mem.moved_to() != 0 {
+            self.move_on()?;
+        }
         let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
             Ring::Mpmc(core) => {
@@ -321,6 +324,52 @@ impl Producer {
                 .map(|(pos, payload)| Token::Broadcast { pos, payload }),
         };
         r.map_err(|e| self.full(e))
+    }
+
+    /// The channel was resized (`Memory::moved_to`): moves this producer to the segment that
+    /// replaced its own, before its next frame. Everything it sent is published in the old
+    /// segment first; then it leaves its entry there, which tells the consumers, once they
+    /// have taken what is left, to follow (`segment::followable`). A frame is never split
+    /// between the two, nor a message. Fails with what the coordinator answered (the producer
+    /// stays where it is, and the next send tries again).
+    #[cold]
+    #[inline(never)]
+    fn move_on(&mut self) -> Result<()> {
+        if !self.membership.held_here() || self.left || matches!(self.ring, Ring::Mpmc(_)) {
+            // A forked child's handle is its parent's, which moves it; MPMC channels are not
+            // resized.
+            return Ok(());
+        }
+        let Some((mem, membership)) = self.membership.follow(&self.mem)? else {
+            return Ok(()); // not replaced after all (the word was damage, now cleared)
+        };
+        let ring = match self.ring {
+            Ring::Spsc(_) => spsc::ProducerCore::attach(&mem).map(Ring::Spsc),
+            Ring::Broadcast(_) => broadcast::ProducerCore::attach(&mem).map(Ring::Broadcast),
+            Ring::Mpmc(_) => unreachable!("see above"),
+        };
+        let ring = match ring {
+            Ok(r) => r,
+            Err(e) => {
+                membership.leave(&mem);
+                return Err(e);
+            }
+        };
+        if let Some(p) = &mut self.pollable {
+            p.retarget(&mem, &membership)?;
+        }
+        // What is staged becomes visible where it was written, before the entry is let go
+        // (whose Release makes it visible to a consumer that sees the entry free).
+        self.publish();
+        let old_mem = std::mem::replace(&mut self.mem, mem);
+        let old = std::mem::replace(&mut self.membership, membership);
+        self.ring = ring;
+        old.leave(&old_mem);
+        // Consumers asleep on the old segment look again: they can follow now.
+        wait::wake_consumers(&old_mem);
+        // The counters continue in the new entry.
+        self.dirty = true;
+        Ok(())
     }
 
     /// A full ring of a deleted channel is `Closed`: nobody will make room. Whatever failed,
@@ -488,12 +537,19 @@ impl Producer {
             timeout,
             (self.membership.role(), self.membership.index()),
         );
+        let mut at = Arc::as_ptr(&self.mem);
         loop {
             let woke = {
                 let watch = self.watch();
                 waiter.wait_until(&self.mem, Line::Consumer, || watch.ready())?
             };
-            match op(self) {
+            let r = op(self);
+            if Arc::as_ptr(&self.mem) != at {
+                // Moved to a resized channel's new segment (`move_on`).
+                at = Arc::as_ptr(&self.mem);
+                waiter.moved((self.membership.role(), self.membership.index()));
+            }
+            match r {
                 Err(Error::WouldBlock(_)) if woke == Woke::Recheck => self.check_ring()?,
                 Err(Error::WouldBlock(_)) => {}
                 other => return other,
@@ -528,6 +584,9 @@ impl Producer {
 
     #[inline(always)]
     fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
+        if self.mem.moved_to() != 0 {
+            self.move_on()?;
+        }
         let r = match &mut self.ring {
             Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching),
             Ring::Mpmc(core) => {
@@ -622,6 +681,10 @@ impl Producer {
     #[cold]
     #[inline(never)]
     fn send_message(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
+        if self.mem.moved_to() != 0 {
+            // Between messages: a message is written whole into one segment.
+            self.move_on()?;
+        }
         let geo = *self.mem.geometry();
         if msg.len() as u64 > geo.max_message_size {
             return Err(Error::FrameTooLarge {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this library speaks. Bumped on any incompatible change to
 /// [`Request`] or [`Reply`]; the hello format never changes.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The first eight bytes of both hellos.
 pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
@@ -128,6 +128,35 @@ pub enum Request {
     },
     /// The coordinator's limits and the caller's use of them; answered with [`Reply::Limits`].
     Limits,
+    /// Give a live channel a new capacity (its owner or root only): a new segment generation
+    /// replaces the current one, which its producers leave on their next send and its
+    /// consumers once they have drained it. Answered with [`Reply::Channel`] (the new
+    /// generation), or `Busy` while the previous resize is still under way.
+    Resize {
+        /// Channel name.
+        name: String,
+        /// The new capacity, as `ChannelConfig::capacity` means it.
+        capacity: u64,
+    },
+    /// The caller holds entry `index` of `role` (owner word `owner`) in generation
+    /// `generation` of channel `name`, which a resize replaced: admit it to the generation
+    /// that replaced it. Answered with [`Reply::Opened`] and that generation's descriptor. A
+    /// consumer gets the entry the coordinator took for it when the new generation was made
+    /// (or when it was admitted to the old one since); a producer a free entry. Answered with
+    /// [`Reply::Done`] if `generation` is the channel's current one: nothing replaced it (its
+    /// `moved` word was overwritten; the coordinator clears it).
+    Follow {
+        /// Channel name.
+        name: String,
+        /// The generation the caller holds the entry in.
+        generation: u64,
+        /// The entry's role.
+        role: Role,
+        /// Its index.
+        index: u32,
+        /// Its owner word.
+        owner: u64,
+    },
 }
 
 /// The coordinator's answer to one [`Request`].
@@ -357,6 +386,15 @@ pub struct ChannelStats {
     pub pool_used: u64,
     /// Bytes of a chunk of the pool.
     pub pool_chunk_bytes: u32,
+    /// Times the channel was resized.
+    pub resizes: u64,
+    /// While a resize is under way: the generation being drained (its producers and consumers
+    /// have not all moved on yet), zero otherwise.
+    pub draining_generation: u64,
+    /// Its capacity (`capacity_bytes` of the old generation).
+    pub draining_capacity_bytes: u64,
+    /// What is left in it (`depth` of the old generation).
+    pub draining_depth: u64,
 }
 
 /// Prefixes `payload` with its length.

@@ -273,6 +273,17 @@ mod mapped {
             )
         }
 
+        /// The generation of the segment that replaced this one in a resize, zero if none.
+        /// Relaxed: a flag, looked at by producers before each send and by consumers on an
+        /// empty ring; what they then rely on is ordered by the coordinator's reply and by the
+        /// entries of the producers that left (`segment::producers_attached`).
+        #[inline(always)]
+        pub(crate) fn moved_to(&self) -> u64 {
+            self.producer_line()
+                .moved
+                .load(crate::sync::Ordering::Relaxed)
+        }
+
         /// The producer cursor line.
         #[inline(always)]
         pub(crate) fn producer_line(&self) -> &CursorLine {
@@ -448,6 +459,7 @@ mod heap {
             waiters: AtomicU32::new(0),
             futex: AtomicU32::new(0),
             frees: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         }
     }
 

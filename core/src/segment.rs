@@ -79,6 +79,12 @@ pub struct Segment {
 pub(crate) trait Lease: Send + Sync {
     /// The handle holding entry `index` of `role`, admitted with owner word `owner`, closed.
     fn closed(&self, role: Role, index: u32, owner: u64);
+
+    /// The channel was resized (`Memory::moved_to`): the entry of the handle holding entry
+    /// `index` of `role` (owner word `owner`) in the segment that replaced this one, with that
+    /// segment, leased in turn. `None` if the coordinator did not replace it: the word was
+    /// overwritten, and the coordinator put it right.
+    fn follow(&self, role: Role, index: u32, owner: u64) -> Result<Option<(Segment, u32, u64)>>;
 }
 
 impl std::fmt::Debug for Segment {
@@ -590,15 +596,49 @@ pub(crate) fn take_entry(
     };
     let mut holders = Vec::new();
     for index in 0..n {
-        let p = mem
-            .participant(role, index)
-            .expect("index below the table size");
+        match take_entry_at(mem, role, index, pid, start_time)? {
+            Ok(owner) => return Ok((index, owner)),
+            Err(Some(holder)) => holders.push(holder),
+            Err(None) => {}
+        }
+    }
+    if let Some(bogus) = holders.iter().find(|&&pid| pid > PID_MAX_LIMIT) {
+        // No process can have that pid: the owner word was overwritten. A coordinator frees
+        // such entries by itself; without one, the channel must be recreated.
+        return Err(Error::Corrupted(format!(
+            "a {role} entry of this {} channel names pid {bogus} as its owner, which no \
+             process can have: its owner word was overwritten",
+            geo.kind
+        )));
+    }
+    holders.truncate(8);
+    Err(Error::Busy(format!(
+        "every {role} entry of this {} channel is taken (by pids {holders:?})",
+        geo.kind
+    )))
+}
+
+/// Takes entry `index` of `role`'s table for process `pid` (as `take_entry` does), if it is
+/// free: `Ok(owner)` with its owner word; `Err(Some(holder))` if it is held, `Err(None)` if
+/// another process took it first or the table has no such entry. Fails if a broadcast
+/// subscriber cannot join (the entry is freed again).
+pub(crate) fn take_entry_at(
+    mem: &Memory,
+    role: Role,
+    index: u32,
+    pid: u32,
+    start_time: u64,
+) -> Result<std::result::Result<u64, Option<u32>>> {
+    let geo = mem.geometry();
+    let Some(p) = mem.participant(role, index) else {
+        return Ok(Err(None));
+    };
+    {
         // Relaxed: a guess, confirmed by the CAS.
         let cur = p.owner.load(Relaxed);
         let (holder, incarnation) = decode_owner(cur);
         if holder != 0 {
-            holders.push(holder);
-            continue;
+            return Ok(Err(Some(holder)));
         }
         let owner = encode_owner(pid, incarnation.wrapping_add(1));
         // Acquire: pairs with the Release in `free_entry`, so a predecessor's writes to the ring
@@ -629,23 +669,10 @@ pub(crate) fn take_entry(
                     return Err(e);
                 }
             }
-            return Ok((index, owner));
+            return Ok(Ok(owner));
         }
     }
-    if let Some(bogus) = holders.iter().find(|&&pid| pid > PID_MAX_LIMIT) {
-        // No process can have that pid: the owner word was overwritten. A coordinator frees
-        // such entries by itself; without one, the channel must be recreated.
-        return Err(Error::Corrupted(format!(
-            "a {role} entry of this {} channel names pid {bogus} as its owner, which no \
-             process can have: its owner word was overwritten",
-            geo.kind
-        )));
-    }
-    holders.truncate(8);
-    Err(Error::Busy(format!(
-        "every {role} entry of this {} channel is taken (by pids {holders:?})",
-        geo.kind
-    )))
+    Ok(Err(None))
 }
 
 /// A producer was just admitted (its entry taken): if the stream was finished, it continues.
@@ -682,6 +709,15 @@ pub(crate) fn producers_attached(mem: &Memory) -> u32 {
             })
         })
         .count() as u32
+}
+
+/// Whether a consumer of this segment finding its ring empty moves on to the segment that
+/// replaced it (a resize): the coordinator marked it replaced, and no producer holds an entry
+/// of it any more (each producer leaves after its last frame here, before its first there), so
+/// nothing more will be written to it. The consumer still looks at the ring once more after
+/// this says yes: the Acquire of the producer entries makes their last frames visible.
+pub(crate) fn followable(mem: &Memory) -> bool {
+    mem.moved_to() != 0 && producers_attached(mem) == 0
 }
 
 /// Ends the stream, if no producer holds an entry (the caller has left its own): marks the
@@ -809,6 +845,34 @@ impl Membership {
 
     pub(crate) fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The channel was resized (`mem`'s `moved` word says so): this entry's successor in the
+    /// segment that replaced this one (taken for this process by the coordinator), with that
+    /// segment's memory. The caller leaves this entry once it is done with this segment.
+    /// `None` if the segment was not replaced: the word was overwritten (shared memory is
+    /// untrusted), and is put right, by the coordinator that says so, or here for a segment
+    /// that no coordinator serves (only a coordinator resizes). `Unavailable` when the
+    /// coordinator cannot be reached.
+    pub(crate) fn follow(&self, mem: &Memory) -> Result<Option<(Arc<Memory>, Membership)>> {
+        let Some(lease) = &self.lease else {
+            let seen = mem.moved_to();
+            // Relaxed: a flag (see `Memory::moved_to`); from exactly the value seen.
+            let _ = mem
+                .producer_line()
+                .moved
+                .compare_exchange(seen, 0, Relaxed, Relaxed);
+            tracing::warn!(
+                moved = seen,
+                "damage: a segment no coordinator serves says it was replaced by a resize; word cleared"
+            );
+            return Ok(None);
+        };
+        let Some((seg, index, owner)) = lease.follow(self.role, self.index, self.owner)? else {
+            return Ok(None);
+        };
+        let m = Membership::adopt(&seg.mem, self.role, index, owner, seg.lease.clone())?;
+        Ok(Some((Arc::clone(&seg.mem), m)))
     }
 
     pub(crate) fn incarnation(&self) -> u32 {

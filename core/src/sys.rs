@@ -826,6 +826,15 @@ impl Uring {
         self.push(&sqe)
     }
 
+    /// Queues the cancellation of the requests queued with `user_data`. False if the queue was
+    /// full.
+    pub(crate) fn push_cancel(&mut self, user_data: u64) -> bool {
+        let sqe = io_uring::opcode::AsyncCancel::new(user_data)
+            .build()
+            .user_data(user_data);
+        self.push(&sqe)
+    }
+
     /// Queues a request that completes at once (the descriptor becomes readable). False if the
     /// queue was full.
     pub(crate) fn push_nop(&mut self, user_data: u64) -> bool {

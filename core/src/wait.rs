@@ -186,13 +186,15 @@ pub(crate) enum Line {
 
 impl Line {
     /// Whether a waiter on this line must retry for what the state word says: consumers
-    /// (waiting on the producer line) for a deleted channel or a finished stream, producers for
-    /// a deleted channel (a finish does not concern them).
+    /// (waiting on the producer line) for a deleted channel, a finished stream, or a resize
+    /// they can follow now (every producer left this segment); producers for a deleted channel
+    /// or a resize (a finish does not concern them).
     #[inline(always)]
     pub(crate) fn ending(self, mem: &Memory) -> bool {
         match self {
-            Line::Producer => mem.ending(),
-            Line::Consumer => mem.deleted(),
+            Line::Producer => mem.ending() || crate::segment::followable(mem),
+            // A producer moves on its next send once the channel was resized.
+            Line::Consumer => mem.deleted() || mem.moved_to() != 0,
         }
     }
 
@@ -450,15 +452,30 @@ impl Parked {
     }
 }
 
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        if let Some(p) = &self.parked {
+impl Waiter {
+    /// The waiting handle moved to the segment that replaced its own in a resize, where it
+    /// holds entry `who`: a waiter counted on the old segment leaves it, and the next round
+    /// announces itself on the new one.
+    pub(crate) fn moved(&mut self, who: (Role, u32)) {
+        self.unpark();
+        self.who = who;
+        self.backoff = Backoff::new();
+    }
+
+    fn unpark(&mut self) {
+        if let Some(p) = self.parked.take() {
             // Relaxed: as in `park`.
             if let Some(e) = p.entry(self.who) {
                 e.parked.store(PARKED_NONE, Relaxed);
             }
             leave(&p.line.of(&p.mem).waiters);
         }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.unpark();
     }
 }
 

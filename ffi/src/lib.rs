@@ -36,8 +36,9 @@ pub const SHMRING_VERSION_PATCH: u32 = 0;
 /// Version of the ABI described by this header; `shmring_abi_version()` returns the library's.
 /// A program built against one ABI version needs a library of the same. Version 2 added
 /// broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`;
-/// version 3 its `max_message_size` field.
-pub const SHMRING_ABI_VERSION: u32 = 3;
+/// version 3 its `max_message_size` field; version 4 the `resizes`, `draining_generation` and
+/// `draining_depth` fields of `shmring_stats`.
+pub const SHMRING_ABI_VERSION: u32 = 4;
 
 /// A channel kind: `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
 pub type shmring_kind = u32;
@@ -156,6 +157,13 @@ pub struct shmring_stats {
     pub skipped: u64,
     /// The largest message (`max_frame_size` unless the channel splits longer ones).
     pub max_message_size: u64,
+    /// Times the channel was resized (`shmring_channel_resize`).
+    pub resizes: u64,
+    /// While a resize is under way: the generation of the segment being drained (its producers
+    /// have not all sent since, or its consumers not taken what is left in it); 0 otherwise.
+    pub draining_generation: u64,
+    /// What is left in that segment (as `depth` counts it).
+    pub draining_depth: u64,
 }
 
 /// A coordinator running on a thread of this process (opaque).
@@ -694,6 +702,28 @@ pub unsafe extern "C" fn shmring_channel_delete(
     })
 }
 
+/// Gives a live channel a new capacity, in bytes (as `shmring_channel_config`'s `capacity`),
+/// while its producers and consumers keep running: no frame is lost or delivered twice, order
+/// is kept, and nobody re-opens a handle. A new segment of that capacity replaces the
+/// channel's: each producer moves to it on its next send, each consumer once it has taken
+/// everything left in the old one. It grows or shrinks (what is queued stays in the old segment
+/// until taken, so it need not fit). Its owner or root only (`SHMRING_PERMISSION_DENIED`).
+/// SPSC and broadcast channels: `SHMRING_INVALID_ARGUMENT` for MPMC, and for a capacity that
+/// cannot hold the channel's frames. `SHMRING_BUSY` while the previous resize is still under
+/// way (`draining_generation` of `shmring_stats` is not 0): try again later. Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_channel_resize(
+    client: *mut shmring_client,
+    name: *const c_char,
+    capacity: u64,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name) = unsafe { (self::client(client)?, text(name, "name")?) };
+        c.resize(name, capacity).map(drop)
+    })
+}
+
 /// Reads a channel's counters into `*out` (needs read permission). Any thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_channel_stats(
@@ -724,6 +754,9 @@ pub unsafe extern "C" fn shmring_channel_stats(
             redelivered: s.redelivered,
             skipped: s.skipped,
             max_message_size: s.info.max_message_size,
+            resizes: s.resizes,
+            draining_generation: s.draining_generation,
+            draining_depth: s.draining_depth,
         };
         // SAFETY: checked non-NULL; writable (the header's contract).
         unsafe { put(out, value, "out") }

@@ -82,7 +82,7 @@ SPSC, MPMC, BROADCAST = 1, 2, 3
 _KINDS = {"spsc": SPSC, "mpmc": MPMC, "broadcast": BROADCAST}
 OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST = 0, 1
 _OVERFLOWS = {"block": OVERFLOW_BLOCK, "drop-oldest": OVERFLOW_DROP_OLDEST}
-ABI_VERSION = 3  # SHMRING_ABI_VERSION of the header these declarations follow
+ABI_VERSION = 4  # SHMRING_ABI_VERSION of the header these declarations follow
 _WAITS = {"spin": 0, "yield": 1, "park": 2}
 REDELIVERED = 1  # shmring_frame.flags bit
 
@@ -125,6 +125,8 @@ class _Stats(ctypes.Structure):
         ("producers", ctypes.c_uint32), ("consumers", ctypes.c_uint32),
         ("repairs", ctypes.c_uint64), ("redelivered", ctypes.c_uint64),
         ("skipped", ctypes.c_uint64), ("max_message_size", ctypes.c_uint64),
+        ("resizes", ctypes.c_uint64), ("draining_generation", ctypes.c_uint64),
+        ("draining_depth", ctypes.c_uint64),
     ]
 
 
@@ -148,6 +150,7 @@ _client_connect = _fn("shmring_client_connect", _S, ctypes.c_char_p, ctypes.POIN
 _client_close = _fn("shmring_client_close", None, _P)
 _channel_create = _fn("shmring_channel_create", _S, _P, ctypes.c_char_p, ctypes.POINTER(_Config))
 _channel_delete = _fn("shmring_channel_delete", _S, _P, ctypes.c_char_p)
+_channel_resize = _fn("shmring_channel_resize", _S, _P, ctypes.c_char_p, ctypes.c_uint64)
 _channel_stats = _fn("shmring_channel_stats", _S, _P, ctypes.c_char_p, ctypes.POINTER(_Stats))
 _producer_open = _fn("shmring_producer_open", _S, _P, ctypes.c_char_p, ctypes.POINTER(_P))
 _producer_set_wait = _fn("shmring_producer_set_wait", _S, _P, ctypes.c_uint32)
@@ -417,6 +420,13 @@ class Client:
 
     def delete(self, name):
         _check(_channel_delete(self._h, name.encode()))
+
+    def resize(self, name, capacity):
+        """Gives a live SPSC or broadcast channel a new capacity in bytes while its producers
+        and consumers keep running: nothing is lost or repeated, order is kept, no handle is
+        reopened. Raises Error with status "SHMRING_BUSY" while the previous resize is still
+        under way (stats()["draining_generation"] is not 0)."""
+        _check(_channel_resize(self._h, name.encode(), capacity))
 
     def stats(self, name):
         """A dict of the channel's counters."""

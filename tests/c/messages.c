@@ -5,6 +5,7 @@
  *   messages create CHANNEL spsc|mpmc|broadcast CAPACITY MAX_FRAME MAX_MESSAGE
  *   messages produce CHANNEL COUNT MAX_LEN
  *   messages consume CHANNEL [any]
+ *   messages resize CHANNEL PAUSE_MS CAPACITY...
  *
  * Message i is 1 to MAX_LEN bytes, its length drawn log-uniformly from i (so every order of
  * magnitude is as common as any other), its bytes a xorshift stream seeded by i; the first 8
@@ -22,6 +23,10 @@
  * message must be the next one, every byte as produced. Prints "consumed=N bytes=B
  * checksum=C sum=S missed=M", C and S as the producer's, over what was received.
  *
+ * resize: resizes the channel to each CAPACITY in turn, PAUSE_MS after the previous step
+ * (retrying while the previous resize is still under way: SHMRING_BUSY); prints
+ * "resized=CAPACITY" after each, then "resizes=N" from the channel's statistics.
+ *
  * consume ... any: for consumers that compete for the messages (MPMC): each message of 8 bytes
  * or more is checked against its index, which it carries, rather than against the next one
  * expected; the shorter ones count in S only.
@@ -33,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void check(shmring_status s, const char *what) {
     if (s != SHMRING_OK) {
@@ -211,6 +217,34 @@ static int consume(const char *name, int any) {
     return 0;
 }
 
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int resize(const char *name, long pause_ms, int n, char **capacities) {
+    shmring_client *client = NULL;
+    check(shmring_client_connect(NULL, &client), "connect");
+    for (int k = 0; k < n; k++) {
+        uint64_t capacity = strtoull(capacities[k], NULL, 10);
+        sleep_ms(pause_ms);
+        shmring_status s;
+        while ((s = shmring_channel_resize(client, name, capacity)) == SHMRING_BUSY) sleep_ms(1);
+        check(s, "resize");
+        struct shmring_stats st;
+        check(shmring_channel_stats(client, name, &st), "stats");
+        /* (Broadcast slots also hold their headers: a little more storage than asked.) */
+        if (st.capacity < capacity || st.capacity > capacity + capacity / 8)
+            fail("the capacity after a resize is not the one asked for", capacity);
+        printf("resized=%" PRIu64 "\n", capacity);
+    }
+    struct shmring_stats st;
+    check(shmring_channel_stats(client, name, &st), "stats");
+    printf("resizes=%" PRIu64 "\n", st.resizes);
+    shmring_client_close(client);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 7 && strcmp(argv[1], "create") == 0) return create(argv[2], argv[3], argv[4], argv[5], argv[6]);
@@ -219,8 +253,11 @@ int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "consume") == 0) return consume(argv[2], 0);
     if (argc == 4 && strcmp(argv[1], "consume") == 0 && strcmp(argv[3], "any") == 0)
         return consume(argv[2], 1);
+    if (argc >= 5 && strcmp(argv[1], "resize") == 0)
+        return resize(argv[2], strtol(argv[3], NULL, 10), argc - 4, argv + 4);
     fprintf(stderr, "usage: messages create CHANNEL spsc|mpmc|broadcast CAPACITY MAX_FRAME MAX_MESSAGE\n"
                     "       messages produce CHANNEL COUNT MAX_LEN\n"
-                    "       messages consume CHANNEL [any]\n");
+                    "       messages consume CHANNEL [any]\n"
+                    "       messages resize CHANNEL PAUSE_MS CAPACITY...\n");
     return 2;
 }

@@ -573,6 +573,36 @@ fn torture(cfg: ChannelConfig) {
 
 /// [`torture`], killing consumers too if `consumers_die` (else producers only).
 fn torture_killing(cfg: ChannelConfig, consumers_die: bool) {
+    torture_resizing(cfg, consumers_die, None)
+}
+
+/// Resizes channel `t` back and forth between the two capacities of `sizes` until `stop`, a
+/// few milliseconds apart (a resize refused while the last one is under way is tried again);
+/// returns how many it made.
+fn resizer(
+    client: &Client,
+    sizes: [u64; 2],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let client = client.clone();
+    std::thread::spawn(move || {
+        let mut rng = Rng::new(0x7e51);
+        let mut made = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_micros(2000 + rng.below(8000)));
+            match client.resize("t", sizes[(made % 2) as usize]) {
+                Ok(_) => made += 1,
+                Err(Error::Busy(_)) => {}
+                Err(e) => panic!("resize: {e}"),
+            }
+        }
+        made
+    })
+}
+
+/// [`torture_killing`], resizing the channel between the two capacities of `resize`
+/// meanwhile, if given.
+fn torture_resizing(cfg: ChannelConfig, consumers_die: bool, resize: Option<[u64; 2]>) {
     let (kind, producers, consumers) = (
         cfg.kind,
         cfg.max_producers as usize,
@@ -632,6 +662,8 @@ fn torture_killing(cfg: ChannelConfig, consumers_die: bool) {
     for l in &mut lanes {
         l.helper = Some(spawn(l.producer));
     }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resizing = resize.map(|sizes| resizer(&client, sizes, stop.clone()));
     let mut rng = Rng::new(0x5eed);
     let started = Instant::now();
     for _ in 0..kills_wanted {
@@ -651,6 +683,8 @@ fn torture_killing(cfg: ChannelConfig, consumers_die: bool) {
         l.helper = Some(spawn(l.producer));
     }
     let tortured = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let resizes = resizing.map(|r| r.join().expect("the resizer"));
     for l in &mut lanes {
         if let Err(out) = l.helper.take().unwrap().kill() {
             panic!("a helper ended by itself ({}):\n{}", out.status, out.stderr);
@@ -665,6 +699,11 @@ fn torture_killing(cfg: ChannelConfig, consumers_die: bool) {
     delivered.extend(drain(&client, "t"));
     let s = client.stats("t").unwrap();
     assert_eq!(s.info.depth, 0, "the channel drains to empty");
+    assert_eq!(s.draining_depth, 0, "the generation a resize replaced too");
+    if let Some(n) = resizes {
+        println!("torture {kind}: {n} resizes, {} counted", s.resizes);
+        assert!(n > 0 && s.resizes == n, "resized meanwhile");
+    }
     assert_eq!(
         s.pool_used, 0,
         "every chunk of the message pool is back (of {})",
@@ -729,6 +768,32 @@ fn kill_torture_mpmc_messages() {
 #[test]
 fn kill_torture_spsc() {
     torture(ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64));
+}
+
+/// Kill torture while the channel is resized between 8 KiB and 64 KiB every few milliseconds:
+/// producers killed before, during and after moving to a new ring, consumers killed in the
+/// old one, in the new one, and between the two. Nothing committed is lost, there are no gaps
+/// in any producer's sequence, and duplicates are flagged.
+#[test]
+fn kill_torture_spsc_resized() {
+    torture_resizing(
+        ChannelConfig::spsc().capacity(8 << 10).max_frame_size(64),
+        true,
+        Some([64 << 10, 8 << 10]),
+    );
+}
+
+/// The same with messages of up to 6 000 bytes (each split into records of 64-byte frames).
+#[test]
+fn kill_torture_spsc_messages_resized() {
+    torture_resizing(
+        ChannelConfig::spsc()
+            .capacity(8 << 10)
+            .max_frame_size(64)
+            .max_message_size(6000),
+        true,
+        Some([64 << 10, 8 << 10]),
+    );
 }
 
 /// Messages of up to 6 000 bytes through an 8 KiB SPSC ring of 64-byte frames: each split

@@ -45,8 +45,9 @@ fn hex(text: &str, key: &str) -> u64 {
 /// `count` messages of 1 byte to 8 MiB through a 1 MiB channel of `kind` with `consumers`
 /// consumer processes: SPSC and broadcast, each must receive all of them, whole and in order;
 /// MPMC, each message goes whole to one of them (their counts, bytes and order-independent
-/// sums of checksums add up to the producer's).
-fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) {
+/// sums of checksums add up to the producer's). With `resized`, a fourth process resizes the
+/// channel meanwhile, from 1 MiB to 64 MiB and back to 4 MiB.
+fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize, resized: bool) {
     let _serial = serial();
     let dog = Watchdog::new(
         &format!("{kind} messages through a 1 MiB ring"),
@@ -76,13 +77,27 @@ fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) 
         })
         .collect();
     let start = Instant::now();
-    let produced = dog
-        .spawn(
+    let producer =
+        dog.spawn(
             place
                 .command(&exe)
                 .args(["produce", "big", &count.to_string(), &max_len]),
-        )
-        .success();
+        );
+    let resizer = resized.then(|| {
+        dog.spawn(place.command(&exe).args([
+            "resize",
+            "big",
+            "300",
+            &(64u64 << 20).to_string(),
+            &(4u64 << 20).to_string(),
+        ]))
+    });
+    let produced = producer.success();
+    if let Some(r) = resizer {
+        let said = r.success();
+        assert!(said.contains("resized=67108864") && said.contains("resized=4194304"));
+        assert_eq!(number(&said, "resizes"), 2, "{said}");
+    }
     assert_eq!(number(&produced, "produced"), count);
     let bytes = number(&produced, "bytes");
     let (mut all, mut all_bytes, mut all_sum) = (0, 0, 0u64);
@@ -120,28 +135,29 @@ fn through_a_small_ring(kind: &str, build: Build, count: u64, consumers: usize) 
 }
 
 /// Done when: a C program sends 10 000 messages of 1 byte to 8 MiB through a 1 MiB SPSC ring;
-/// every one arrives whole, checksummed, in order.
+/// every one arrives whole, checksummed, in order, while the channel is resized from 1 MiB to
+/// 64 MiB and back to 4 MiB.
 #[test]
 fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_spsc_ring() {
-    through_a_small_ring("spsc", Build::Plain, 10_000, 1);
+    through_a_small_ring("spsc", Build::Plain, 10_000, 1, true);
 }
 
 /// The same through a broadcast ring of 16 slots of 64 KiB, to two subscribers.
 #[test]
 fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_broadcast_ring() {
-    through_a_small_ring("broadcast", Build::Plain, 10_000, 2);
+    through_a_small_ring("broadcast", Build::Plain, 10_000, 2, true);
 }
 
 /// The same through an MPMC ring of 16 slots of 64 KiB, shared by two consumers: every message
 /// goes through the pool, whole to one of them.
 #[test]
 fn ten_thousand_messages_up_to_8_mib_through_a_1_mib_mpmc_ring() {
-    through_a_small_ring("mpmc", Build::Plain, 10_000, 2);
+    through_a_small_ring("mpmc", Build::Plain, 10_000, 2, false);
 }
 
 /// Fewer, under AddressSanitizer and UndefinedBehaviorSanitizer: the C side's buffers and
 /// the lent copies of messages.
 #[test]
 fn messages_under_the_sanitizers() {
-    through_a_small_ring("spsc", Build::Sanitized, 300, 1);
+    through_a_small_ring("spsc", Build::Sanitized, 300, 1, true);
 }

@@ -83,6 +83,77 @@ struct Channel {
     /// Its segment was found truncated and that was logged (a sealed segment cannot shrink:
     /// the SIGBUS guard's mark is looked at as defence in depth).
     damage_logged: bool,
+    /// Times the channel was resized.
+    resizes: u64,
+    /// The generation this one replaced in a resize, while it is drained: its producers leave
+    /// it on their next send, its consumers once it is empty and every producer left (see
+    /// ARCHITECTURE.md, "Online resize"). Retired (`retire_drained`) when nobody holds an
+    /// entry of it and nothing is left in it for a consumer.
+    prev: Option<Box<Channel>>,
+    /// The consumer entries taken in this generation for the holders of `prev`'s consumer
+    /// entries, by `prev`'s `(index, owner)`: handed over when they follow (`follow`), so that a
+    /// broadcast subscriber is counted here, from the first frame written here, before it
+    /// arrives.
+    heirs: HashMap<(u32, u64), (u32, u64)>,
+    /// `prev`'s repair counters (repairs, redelivered, skipped) when they were copied here at
+    /// the resize: what it counts beyond them is added here when it is retired.
+    carried: [u64; 3],
+}
+
+impl Channel {
+    /// A channel of one generation, with nothing to repair yet.
+    fn new(object: String, seg: Segment, fd: OwnedFd) -> Channel {
+        let stats = seg.stats();
+        Channel {
+            object,
+            seg,
+            fd,
+            dead: Vec::new(),
+            claim_pending: false,
+            damage_logged: false,
+            rate: Rate {
+                at: Instant::now(),
+                frames_in: stats.frames_in,
+                frames_out: stats.frames_out,
+                per_s_in: 0.0,
+                per_s_out: 0.0,
+            },
+            resizes: 0,
+            prev: None,
+            heirs: HashMap::new(),
+            carried: [0; 3],
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.seg.origin().generation
+    }
+
+    /// This generation of the channel, or the one it replaced, by number.
+    fn generation_mut(&mut self, generation: u64) -> Option<&mut Channel> {
+        if self.generation() == generation {
+            return Some(self);
+        }
+        self.prev
+            .as_deref_mut()
+            .filter(|p| p.generation() == generation)
+    }
+
+    /// Runs `f` on the generation this one replaced, if any, then on this one.
+    fn each_generation(&mut self, mut f: impl FnMut(&mut Channel)) {
+        if let Some(p) = self.prev.as_deref_mut() {
+            f(p);
+        }
+        f(self);
+    }
+
+    /// This generation and the one it replaced, if any.
+    fn generations(&self) -> impl Iterator<Item = &Channel> {
+        self.prev
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(self))
+    }
 }
 
 /// Who holds which entries of which channel generation, by the coordinator's books:
@@ -610,25 +681,10 @@ impl Registry {
             wait::notify(mem.producer_line(), false);
             wait::notify(mem.consumer_line(), false);
         }
-        let stats = seg.stats();
-        self.channels.insert(
-            name.to_string(),
-            Channel {
-                object,
-                fd: slot.take().expect("checked above"),
-                dead,
-                claim_pending: finished.pending,
-                rate: Rate {
-                    at: Instant::now(),
-                    frames_in: stats.frames_in,
-                    frames_out: stats.frames_out,
-                    per_s_in: 0.0,
-                    per_s_out: 0.0,
-                },
-                damage_logged: false,
-                seg,
-            },
-        );
+        let mut ch = Channel::new(object, seg, slot.take().expect("checked above"));
+        ch.dead = dead;
+        ch.claim_pending = finished.pending;
+        self.channels.insert(name.to_string(), ch);
         self.pending.remove(name);
         if finished.pending {
             // Retried with the repair passes until a live producer's claim no longer covers it.
@@ -650,10 +706,12 @@ impl Registry {
         let channels = std::mem::take(&mut self.channels);
         let books = books(&self.procs);
         for (name, mut ch) in channels {
-            // What dead producers left is skipped first, so consumers can drain past it.
-            let held = held(&books, &name, &ch);
-            repair_channel(&name, &mut ch, true, &held);
-            ch.seg.mark_deleted();
+            ch.each_generation(|g| {
+                // What dead producers left is skipped first, so consumers can drain past it.
+                let held = held(&books, &name, g);
+                repair_channel(&name, g, true, &held);
+                g.seg.mark_deleted();
+            });
         }
         // Every channel is deleted, those never shown again since the start included.
         self.pending.clear();
@@ -731,12 +789,13 @@ impl Registry {
         let _ = epoll.delete(&p.pidfd);
         self.dead_pids.push(pid);
         for a in p.admissions {
-            let Some(ch) = self.channels.get_mut(&a.channel) else {
+            let Some(ch) = self
+                .channels
+                .get_mut(&a.channel)
+                .and_then(|c| c.generation_mut(a.generation))
+            else {
                 continue;
             };
-            if ch.seg.origin().generation != a.generation {
-                continue;
-            }
             tracing::info!(channel = %a.channel, role = %a.role, index = a.index, pid, "participant died");
             ch.dead.push(Dead::new(a.role, a.index, a.owner, pid));
         }
@@ -764,6 +823,7 @@ impl Registry {
     pub(super) fn next_retry(&self) -> Option<Instant> {
         self.channels
             .values()
+            .flat_map(Channel::generations)
             .flat_map(|c| {
                 let claim = c.claim_pending.then(Instant::now);
                 claim.into_iter().chain(c.dead.iter().map(|d| d.next_try))
@@ -776,17 +836,21 @@ impl Registry {
         if !self
             .channels
             .values()
+            .flat_map(Channel::generations)
             .any(|ch| !ch.dead.is_empty() || ch.claim_pending)
         {
             return;
         }
         let books = books(&self.procs);
         for (name, ch) in &mut self.channels {
-            if !ch.dead.is_empty() || ch.claim_pending {
-                let held = held(&books, name, ch);
-                repair_channel(name, ch, false, &held);
-            }
+            ch.each_generation(|g| {
+                if !g.dead.is_empty() || g.claim_pending {
+                    let held = held(&books, name, g);
+                    repair_channel(name, g, false, &held);
+                }
+            });
         }
+        self.retire_drained();
     }
 
     /// Frees the entries of channel `name` whose owner word names no process this coordinator
@@ -798,6 +862,13 @@ impl Registry {
         let Some(ch) = self.channels.get(name) else {
             return 0;
         };
+        ch.generations()
+            .map(|g| Self::reclaim_strays_in(books, name, g))
+            .sum()
+    }
+
+    /// [`Registry::reclaim_strays`] in one generation of a channel.
+    fn reclaim_strays_in(books: &Books<'_>, name: &str, ch: &Channel) -> usize {
         if ch.seg.check().is_err() {
             return 0;
         }
@@ -872,12 +943,22 @@ impl Registry {
         self.reclaim_all_strays();
         let now = Instant::now();
         for (name, ch) in &mut self.channels {
+            if let Some(p) = ch.prev.as_deref_mut()
+                && let Err(e) = p.seg.check()
+                && !p.damage_logged
+            {
+                tracing::error!(channel = %name, generation = p.generation(), error = %e, "damage: the segment of the generation being drained was truncated");
+                p.damage_logged = true;
+            }
             if let Err(e) = ch.seg.check() {
                 if !ch.damage_logged {
                     tracing::error!(channel = %name, error = %e, "damage: the channel's segment was truncated");
                     ch.damage_logged = true;
                 }
                 continue;
+            }
+            if ch.seg.mem.moved_to() != 0 {
+                clear_moved(name, ch);
             }
             let s = ch.seg.stats();
             let dt = now.duration_since(ch.rate.at).as_secs_f64();
@@ -891,6 +972,7 @@ impl Registry {
                 };
             }
         }
+        self.retire_drained();
     }
 
     /// Answers a request. A reply may carry a descriptor to send with it, and an admission to
@@ -944,6 +1026,27 @@ impl Registry {
             )),
             // The connection figures are the server's: it fills them in.
             Request::Limits => Ok(plain(Reply::Limits(self.limits_of(peer.uid)))),
+            Request::Resize { name, capacity } => self
+                .resize(peer, &name, capacity)
+                .map(|info| plain(Reply::Channel(info))),
+            Request::Follow {
+                name,
+                generation,
+                role,
+                index,
+                owner,
+            } => validate_channel_name(&name).and_then(|()| {
+                self.follow(
+                    peer,
+                    Admission {
+                        channel: name,
+                        generation,
+                        role,
+                        index,
+                        owner,
+                    },
+                )
+            }),
         };
         r.unwrap_or_else(|e| {
             let (code, message) = crate::protocol::ErrorCode::of(&e);
@@ -1045,27 +1148,10 @@ impl Registry {
             .repair_line()
             .owner
             .store(u64::from(sys::pid()), Relaxed);
-        let stats = seg.stats();
         let info = info(name, &seg);
         tracing::info!(channel = %name, kind = %config.kind, generation, uid = peer.uid, mode = format_args!("{:o}", config.mode), memfd = %object, "created");
-        self.channels.insert(
-            name.to_string(),
-            Channel {
-                object,
-                seg,
-                fd,
-                dead: Vec::new(),
-                claim_pending: false,
-                damage_logged: false,
-                rate: Rate {
-                    at: Instant::now(),
-                    frames_in: stats.frames_in,
-                    frames_out: stats.frames_out,
-                    per_s_in: 0.0,
-                    per_s_out: 0.0,
-                },
-            },
-        );
+        self.channels
+            .insert(name.to_string(), Channel::new(object, seg, fd));
         if let Err(e) = self.persist() {
             // Not recorded, the channel could not be adopted after a restart: not created.
             if let Some(ch) = self.channels.remove(name) {
@@ -1085,7 +1171,6 @@ impl Registry {
                 origin.owner_uid, origin.owner_gid, origin.mode, peer.uid, peer.gid
             )));
         }
-        let generation = origin.generation;
         let Some(start_time) = self.procs.get(&peer.pid).map(|p| p.start_time) else {
             // Every connected client is watched; admitting an unwatched one would leave its
             // entry unrepaired when it dies.
@@ -1094,7 +1179,28 @@ impl Registry {
                 peer.pid
             )));
         };
-        let mem = std::sync::Arc::clone(&ch.seg.mem);
+        // While a resize is under way, a consumer starts in the old generation (what is left
+        // there comes first), with its entry in the new one taken at once (see `resize`); a
+        // producer goes to the new one, unless the channel admits one producer and the old
+        // generation's still holds its entry.
+        let into_prev = role == Role::Consumer && ch.prev.is_some();
+        if let Some(prev) = &ch.prev
+            && role == Role::Producer
+            && ch.seg.geometry().max_producers == 1
+            && holders(&prev.seg.mem).0 != 0
+        {
+            return Err(Error::Busy(format!(
+                "channel {name:?} admits one producer, and the one it has is still moving to \
+                 the channel's new capacity (it moves on its next send)"
+            )));
+        }
+        let target = if into_prev {
+            ch.prev.as_deref().expect("checked above")
+        } else {
+            ch
+        };
+        let generation = target.generation();
+        let mem = std::sync::Arc::clone(&target.seg.mem);
         let taken = match take_entry(&mem, role, peer.pid, start_time) {
             Err(Error::Busy(_) | Error::Corrupted(_)) => {
                 // A holder may have died a moment ago, its pidfd event not yet handled; an
@@ -1127,15 +1233,37 @@ impl Registry {
             index,
             owner,
         };
-        let fd = match self.channels[name].fd.try_clone() {
-            Ok(fd) => fd,
-            Err(e) => {
+        let ch = self.channels.get_mut(name).expect("looked up above");
+        let fd = match ch.generation_mut(generation).map(|g| g.fd.try_clone()) {
+            Some(Ok(fd)) => fd,
+            Some(Err(e)) => {
                 free_entry(&mem, role, index, owner);
                 return Err(Error::os("duplicating a segment descriptor", e));
             }
+            None => unreachable!("the generation admitted to is the channel's"),
         };
+        let mut heir_adm = None;
+        if into_prev {
+            match take_heir(&ch.seg.mem, role, index, peer.pid, start_time) {
+                Ok(heir) => {
+                    ch.heirs.insert((index, owner), heir);
+                    heir_adm = Some(Admission {
+                        channel: name.to_string(),
+                        generation: ch.generation(),
+                        role,
+                        index: heir.0,
+                        owner: heir.1,
+                    });
+                }
+                Err(e) => {
+                    free_entry(&mem, role, index, owner);
+                    return Err(e);
+                }
+            }
+        }
         if let Some(p) = self.procs.get_mut(&peer.pid) {
             p.admissions.push(adm.clone());
+            p.admissions.extend(heir_adm);
         }
         tracing::debug!(channel = %name, role = %role, index, pid = peer.pid, "admitted");
         Ok(Answer {
@@ -1178,13 +1306,36 @@ impl Registry {
         let before = p.admissions.len();
         p.admissions.retain(|a| a != adm);
         if p.admissions.len() != before
-            && let Some(ch) = self.channels.get(&adm.channel)
-            && ch.seg.origin().generation == adm.generation
+            && let Some(ch) = self.channels.get_mut(&adm.channel)
         {
-            free_entry(&ch.seg.mem, adm.role, adm.index, adm.owner);
+            // A consumer of the generation being drained that closes without having followed:
+            // the entry taken for it in the new one goes too.
+            let heir = if ch.prev.as_ref().map(|p| p.generation()) == Some(adm.generation)
+                && adm.role == Role::Consumer
+            {
+                ch.heirs.remove(&(adm.index, adm.owner))
+            } else {
+                None
+            };
+            let current = ch.generation();
+            if let Some(g) = ch.generation_mut(adm.generation) {
+                free_entry(&g.seg.mem, adm.role, adm.index, adm.owner);
+            }
+            if let Some((index, owner)) = heir {
+                free_entry(&ch.seg.mem, Role::Consumer, index, owner);
+                let heir_adm = Admission {
+                    channel: adm.channel.clone(),
+                    generation: current,
+                    role: Role::Consumer,
+                    index,
+                    owner,
+                };
+                p.admissions.retain(|a| *a != heir_adm);
+            }
         }
         self.forget_if_idle(epoll, pid);
         self.release_deleted();
+        self.retire_drained();
     }
 
     fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {
@@ -1211,34 +1362,295 @@ impl Registry {
             )));
         }
         let mut ch = self.channels.remove(name).expect("looked up above");
-        // What dead producers left is skipped first, so consumers can drain past it.
-        let held = held(&books(&self.procs), name, &ch);
-        repair_channel(name, &mut ch, true, &held);
-        // The memory goes when the last process using the channel closes it. Until then it
-        // stays charged to the owner (found in review of step 5: deleting channels one still
-        // held freed the quota while the memory stayed): the holders' admissions stay in the
-        // books, and the generation is released when the last of them closes or dies.
-        // Then, with no admitted holder left, its memory is freed (`free_deleted`): no process
-        // keeps it alive past the charge by a descriptor or a mapping it kept.
-        ch.seg.mark_deleted();
-        let key = (name.to_string(), origin.generation);
-        let len = ch.seg.geometry().total_size;
-        if books(&self.procs).contains_key(&(name, origin.generation)) {
-            let deleted = Deleted {
-                uid: origin.owner_uid,
-                bytes: len as u64,
-                fd: ch.fd,
-                len,
-            };
-            self.deleted.insert(key, deleted);
-        } else {
-            free_deleted(name, origin.generation, &ch.fd, len);
+        let prev = ch.prev.take();
+        for mut g in prev.map(|p| *p).into_iter().chain(std::iter::once(ch)) {
+            // What dead producers left is skipped first, so consumers can drain past it.
+            let held = held(&books(&self.procs), name, &g);
+            repair_channel(name, &mut g, true, &held);
+            g.seg.mark_deleted();
+            tracing::info!(channel = %name, generation = g.generation(), memfd = %g.object, "deleted");
+            self.let_go(name, g, origin.owner_uid);
         }
-        tracing::info!(channel = %name, generation = origin.generation, memfd = %ch.object, "deleted");
         // Out of the record: this generation can never be adopted again, whatever a holder
         // writes into it.
         self.persist_or_log("a delete");
         Ok(())
+    }
+
+    /// Gives up a generation of channel `name` marked deleted (or retired): its memory goes
+    /// when the last process admitted to it closes it. Until then it stays charged to the
+    /// owner `uid` (found in review of step 5: deleting channels one still held freed the
+    /// quota while the memory stayed): the holders' admissions stay in the books, and the
+    /// generation is released when the last of them closes or dies. Then, with no admitted
+    /// holder left, its memory is freed (`free_deleted`): no process keeps it alive past the
+    /// charge by a descriptor or a mapping it kept.
+    fn let_go(&mut self, name: &str, g: Channel, uid: u32) {
+        let generation = g.generation();
+        let len = g.seg.geometry().total_size;
+        if books(&self.procs).contains_key(&(name, generation)) {
+            let deleted = Deleted {
+                uid,
+                bytes: len as u64,
+                fd: g.fd,
+                len,
+            };
+            self.deleted.insert((name.to_string(), generation), deleted);
+        } else {
+            free_deleted(name, generation, &g.fd, len);
+        }
+    }
+
+    /// Retires the generations that resizes replaced and that are drained: nobody holds an
+    /// entry of one (its producers moved on, its consumers followed or closed), no repair of
+    /// it is under way, and nothing is left in it that a consumer could still take (a broadcast
+    /// channel's frames are for the subscribers that were there; an SPSC or MPMC ring with
+    /// frames left waits for a consumer, which is admitted to it first).
+    fn retire_drained(&mut self) {
+        let done: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.prev.as_deref().is_some_and(drained))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in done {
+            let Some(ch) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            let Some(prev) = ch.prev.take() else {
+                continue;
+            };
+            // A consumer entry taken for a holder that is gone without a close (its entry in
+            // the old generation was freed by its own handle, or repaired): freed too.
+            for (_, (index, owner)) in ch.heirs.drain() {
+                free_entry(&ch.seg.mem, Role::Consumer, index, owner);
+            }
+            if prev.seg.check().is_ok() && ch.seg.check().is_ok() {
+                let (old, new) = (prev.seg.mem.repair_line(), ch.seg.mem.repair_line());
+                for (k, (from, to)) in [
+                    (&old.repairs, &new.repairs),
+                    (&old.redelivered, &new.redelivered),
+                    (&old.skipped, &new.skipped),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    // Relaxed: statistics.
+                    to.fetch_add(from.load(Relaxed).wrapping_sub(ch.carried[k]), Relaxed);
+                }
+            }
+            let uid = ch.seg.origin().owner_uid;
+            // Stragglers that map it (none holds an entry) read it as deleted.
+            prev.seg.mark_deleted();
+            tracing::info!(channel = %name, generation = prev.generation(), now = ch.generation(), "resize complete: the old generation is drained and retired");
+            self.let_go(&name, *prev, uid);
+        }
+    }
+
+    /// Gives channel `name` a new capacity: a new generation of the segment, of the same shape
+    /// but for its capacity, replaces the current one, which stays until it is drained (see
+    /// ARCHITECTURE.md, "Online resize").
+    fn resize(&mut self, peer: &Peer, name: &str, capacity: u64) -> Result<ChannelInfo> {
+        let ch = self.sound_channel(name)?;
+        let origin = ch.seg.origin();
+        if peer.uid != 0 && peer.uid != origin.owner_uid {
+            return Err(Error::PermissionDenied(format!(
+                "channel {name:?} belongs to uid {}; only its owner or root may resize it",
+                origin.owner_uid
+            )));
+        }
+        let geo = *ch.seg.geometry();
+        let old_mem = std::sync::Arc::clone(&ch.seg.mem);
+        if geo.kind == Kind::Mpmc {
+            return Err(Error::InvalidArgument(format!(
+                "channel {name:?} is MPMC: only SPSC and broadcast channels can be resized (an \
+                 MPMC channel's consumers cannot tell when its last frame was taken); create a \
+                 new channel of the capacity wanted"
+            )));
+        }
+        if let Some(prev) = &ch.prev {
+            let (producers, consumers) = holders(&prev.seg.mem);
+            return Err(Error::Busy(format!(
+                "channel {name:?} is still moving from generation {} to {} (resized before): \
+                 {producers} producer(s) have not sent since and {consumers} consumer(s) have \
+                 not drained it yet; try again once it is drained (`shmring stat {name}`)",
+                prev.generation(),
+                ch.generation()
+            )));
+        }
+        let config = ChannelConfig {
+            kind: geo.kind,
+            capacity,
+            max_frame_size: geo.max_frame_size,
+            max_producers: geo.max_producers,
+            max_consumers: geo.max_consumers,
+            mode: origin.mode,
+            overflow: geo.overflow,
+            history: geo.history,
+            max_message_size: geo.max_message_size,
+        };
+        let new_geo = Geometry::new(&config)?;
+        if new_geo.data_len as u64 > self.max_channel_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "a capacity of {} takes {} of frame storage, over this coordinator's limit of \
+                 {} per channel (shmringd --max-channel-bytes)",
+                format_size_exact(capacity),
+                format_size_exact(new_geo.data_len as u64),
+                format_size_exact(self.max_channel_bytes)
+            )));
+        }
+        // Both generations are charged while the old one is drained (the quota's count of
+        // channels is not: it is the same channel).
+        self.check_bytes_quota(origin.owner_uid, new_geo.total_size as u64)?;
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.saturating_add(1);
+        let object = format!("{}{generation}.{name}", self.prefix);
+        let label = CString::new(object.clone()).expect("validated names hold no NUL");
+        let (mut seg, fd) = Segment::create_sealed(
+            &label,
+            &config,
+            generation,
+            (origin.owner_uid, origin.owner_gid),
+        )?;
+        seg.set_authority(origin.owner_uid, origin.owner_gid, origin.mode);
+        // Relaxed: information only.
+        seg.mem
+            .repair_line()
+            .owner
+            .store(u64::from(sys::pid()), Relaxed);
+        let mut next = Channel::new(object, seg, fd);
+        next.carried = carry_counters(&old_mem, &next.seg.mem);
+        // Every consumer of the old generation gets its entry in the new one now: a
+        // broadcast subscriber is then counted from the first frame written there (with
+        // overflow `block`, the producer waits for it), and no consumer is turned away when
+        // it follows.
+        let old_gen = origin.generation;
+        let mut taken = Vec::new();
+        for (pid, p) in &self.procs {
+            for a in &p.admissions {
+                if a.channel == name && a.generation == old_gen && a.role == Role::Consumer {
+                    taken.push((*pid, p.start_time, a.index, a.owner));
+                }
+            }
+        }
+        for (pid, start_time, index, owner) in taken {
+            let heir = match take_heir(&next.seg.mem, Role::Consumer, index, pid, start_time) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Cannot happen with the same table size, but nothing is half done.
+                    next.seg.mark_deleted();
+                    free_deleted(name, generation, &next.fd, next.seg.geometry().total_size);
+                    return Err(e);
+                }
+            };
+            next.heirs.insert((index, owner), heir);
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.admissions.push(Admission {
+                    channel: name.to_string(),
+                    generation,
+                    role: Role::Consumer,
+                    index: heir.0,
+                    owner: heir.1,
+                });
+            }
+        }
+        let info = info(name, &next.seg);
+        let mut old = self.channels.remove(name).expect("looked up above");
+        next.resizes = old.resizes.saturating_add(1);
+        next.rate = old.rate;
+        // Release: pairs with nothing in particular (a flag, see `Memory::moved_to`); the
+        // wake below makes sleepers look at it.
+        old.seg.mem.producer_line().moved.store(generation, Release);
+        wait::wake_all(&old.seg.mem);
+        old.heirs.clear();
+        next.prev = Some(Box::new(old));
+        self.channels.insert(name.to_string(), next);
+        tracing::info!(channel = %name, from = old_gen, to = generation, capacity = %format_size_exact(capacity), "resized");
+        // The record names the new generation: a coordinator started after this one adopts
+        // it, not the old one.
+        self.persist_or_log("a resize");
+        Ok(info)
+    }
+
+    /// Admits a holder of an entry of a generation that a resize replaced to the generation
+    /// that replaced it (see [`Request::Follow`]).
+    fn follow(&mut self, peer: &Peer, adm: Admission) -> Result<Answer> {
+        let name = adm.channel.clone();
+        let ch = self.channel(&name)?;
+        if ch.generation() == adm.generation {
+            // Not replaced: the `moved` word the caller saw was overwritten.
+            clear_moved(&name, ch);
+            return Ok(Answer {
+                reply: Reply::Done,
+                fd: None,
+                admitted: None,
+            });
+        }
+        if ch.prev.as_ref().map(|p| p.generation()) != Some(adm.generation) {
+            return Err(Error::NotFound(format!(
+                "generation {} of channel {name:?} is not being drained (the channel was \
+                 deleted, or this coordinator restarted since); open the channel again",
+                adm.generation
+            )));
+        }
+        let Some(proc) = self.procs.get(&peer.pid) else {
+            return Err(Error::Unavailable(format!(
+                "pid {} is not being watched",
+                peer.pid
+            )));
+        };
+        if !proc.admissions.contains(&adm) {
+            return Err(Error::PermissionDenied(format!(
+                "pid {} holds no {} entry {} of generation {} of channel {name:?}",
+                peer.pid, adm.role, adm.index, adm.generation
+            )));
+        }
+        let start_time = proc.start_time;
+        let generation = ch.generation();
+        let ch = self.channels.get_mut(&name).expect("looked up above");
+        let heir = match adm.role {
+            Role::Consumer => ch.heirs.remove(&(adm.index, adm.owner)),
+            Role::Producer => None,
+        };
+        let (index, owner) = match heir {
+            Some(h) => h,
+            None => take_heir(&ch.seg.mem, adm.role, adm.index, peer.pid, start_time)?,
+        };
+        let fd = match ch.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let Some(h) = heir {
+                    ch.heirs.insert((adm.index, adm.owner), h);
+                } else {
+                    free_entry(&ch.seg.mem, adm.role, index, owner);
+                }
+                return Err(Error::os("duplicating a segment descriptor", e));
+            }
+        };
+        let new_adm = Admission {
+            channel: name.clone(),
+            generation,
+            role: adm.role,
+            index,
+            owner,
+        };
+        if let Some(p) = self.procs.get_mut(&peer.pid)
+            && heir.is_none()
+        {
+            p.admissions.push(new_adm.clone());
+        }
+        tracing::debug!(channel = %name, role = %adm.role, from = adm.generation, to = generation, index, pid = peer.pid, "followed a resize");
+        Ok(Answer {
+            reply: Reply::Opened {
+                index,
+                owner,
+                generation,
+            },
+            fd: Some(fd),
+            admitted: Some(Admitted {
+                pid: peer.pid,
+                adm: new_adm,
+            }),
+        })
     }
 
     fn stats(&self, peer: &Peer, name: &str) -> Result<ChannelStats> {
@@ -1280,7 +1692,115 @@ impl Registry {
             pool_chunks: s.pool_chunks,
             pool_used: s.pool_used,
             pool_chunk_bytes: ch.seg.geometry().pool_chunk,
+            resizes: ch.resizes,
+            draining_generation: ch.prev.as_ref().map_or(0, |p| p.generation()),
+            draining_capacity_bytes: ch
+                .prev
+                .as_ref()
+                .map_or(0, |p| info(name, &p.seg).capacity_bytes),
+            draining_depth: ch.prev.as_ref().map_or(0, |p| p.seg.stats().depth),
         })
+    }
+}
+
+/// Takes an entry of `role` in `mem` for process `pid`: entry `index` if it is free (a
+/// participant that moves keeps its place, and with it the counters carried over), else the
+/// first free one.
+fn take_heir(
+    mem: &crate::region::Memory,
+    role: Role,
+    index: u32,
+    pid: u32,
+    start_time: u64,
+) -> Result<(u32, u64)> {
+    match crate::segment::take_entry_at(mem, role, index, pid, start_time)? {
+        Ok(owner) => Ok((index, owner)),
+        Err(_) => take_entry(mem, role, pid, start_time),
+    }
+}
+
+/// Copies the counters of every entry of `from` (frames, bytes, missed) to the entry of the same
+/// index of `to`, a new generation nobody holds yet, and its repair counters, so that the
+/// channel's totals go on across a resize (a participant that moves continues its own counters
+/// in its entry there). Returns the repair counters copied.
+fn carry_counters(from: &crate::region::Memory, to: &crate::region::Memory) -> [u64; 3] {
+    let geo = from.geometry();
+    for (role, n) in [
+        (Role::Producer, geo.max_producers),
+        (Role::Consumer, geo.max_consumers),
+    ] {
+        for index in 0..n {
+            if let (Some(a), Some(b)) = (from.participant(role, index), to.participant(role, index))
+            {
+                // Relaxed: statistics; the new segment is published to its users later.
+                b.frames.store(a.frames.load(Relaxed), Relaxed);
+                b.bytes.store(a.bytes.load(Relaxed), Relaxed);
+                b.missed.store(a.missed.load(Relaxed), Relaxed);
+            }
+        }
+    }
+    let (a, b) = (from.repair_line(), to.repair_line());
+    // Relaxed: statistics.
+    let carried = [
+        a.repairs.load(Relaxed),
+        a.redelivered.load(Relaxed),
+        a.skipped.load(Relaxed),
+    ];
+    b.repairs.store(carried[0], Relaxed);
+    b.redelivered.store(carried[1], Relaxed);
+    b.skipped.store(carried[2], Relaxed);
+    carried
+}
+
+/// Clears the `moved` word of a channel's current generation, which no resize replaced: it was
+/// overwritten (handles would otherwise keep asking to follow it).
+fn clear_moved(name: &str, ch: &Channel) {
+    if ch.seg.check().is_err() {
+        return;
+    }
+    // Relaxed: a flag (see `Memory::moved_to`).
+    let word = ch.seg.mem.producer_line().moved.swap(0, Relaxed);
+    if word != 0 {
+        tracing::warn!(channel = %name, word, "damage: the channel's segment says it was replaced by a resize, which it was not; word cleared");
+    }
+}
+
+/// How many entries of each table of `mem` are held: (producers, consumers).
+fn holders(mem: &crate::region::Memory) -> (u32, u32) {
+    let geo = mem.geometry();
+    let count = |role: Role, n: u32| {
+        (0..n)
+            .filter(|&i| {
+                // Relaxed: a count for the coordinator's decisions, which the owners' frees
+                // (Release) only make smaller.
+                mem.participant(role, i)
+                    .is_some_and(|p| decode_owner(p.owner.load(Relaxed)).0 != 0)
+            })
+            .count() as u32
+    };
+    (
+        count(Role::Producer, geo.max_producers),
+        count(Role::Consumer, geo.max_consumers),
+    )
+}
+
+/// Whether a generation that a resize replaced can go: nobody holds an entry of it, nothing
+/// of it is being repaired, and (SPSC) no frame is left in it for a consumer to take.
+fn drained(g: &Channel) -> bool {
+    if !g.dead.is_empty() || g.claim_pending {
+        return false;
+    }
+    if g.seg.check().is_err() {
+        return true; // its memory is gone: nothing in it can be taken
+    }
+    if holders(&g.seg.mem) != (0, 0) {
+        return false;
+    }
+    match g.seg.kind() {
+        Kind::Spsc => crate::spsc::depth_bytes(&g.seg.mem) == 0,
+        // A subscriber's frames are the subscriber's: without one, nobody will read them.
+        Kind::Broadcast => true,
+        Kind::Mpmc => g.seg.stats().depth == 0,
     }
 }
 
@@ -1378,7 +1898,10 @@ impl Registry {
             .filter(|c| c.seg.origin().owner_uid == uid)
             .fold(Usage::default(), |u, c| Usage {
                 channels: u.channels + 1,
-                bytes: u.bytes.saturating_add(c.seg.geometry().total_size as u64),
+                // A generation being drained after a resize counts too.
+                bytes: c.generations().fold(u.bytes, |b, g| {
+                    b.saturating_add(g.seg.geometry().total_size as u64)
+                }),
                 deleted_bytes: 0,
             });
         let deleted = self
@@ -1404,6 +1927,13 @@ impl Registry {
                 used.channels, self.namespace, q.channels_per_uid
             )));
         }
+        self.check_bytes_quota(uid, bytes)
+    }
+
+    /// Refuses `bytes` more to `uid` if they would pass its limit of bytes.
+    fn check_bytes_quota(&self, uid: u32, bytes: u64) -> Result<()> {
+        let used = self.usage(uid);
+        let q = self.quotas;
         if used.bytes.saturating_add(bytes) > q.bytes_per_uid {
             let held = if used.deleted_bytes > 0 {
                 format!(

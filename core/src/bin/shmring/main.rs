@@ -107,6 +107,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give a live channel a new capacity while its producers and consumers keep running
+    /// (spsc and broadcast; its owner or root only): nothing is lost or repeated, order is
+    /// kept, nobody re-opens a handle
+    Resize {
+        /// Channel name
+        channel: String,
+        /// The new capacity: bytes of frame storage (suffixes K, M, G, T: powers of 1024),
+        /// rounded up to a power of two, as `create --capacity`
+        #[arg(long, value_parser = parse_size)]
+        capacity: u64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a channel (its owner or root only)
     Delete {
         /// Channel name
@@ -237,6 +251,7 @@ impl Command {
             | Command::Stat { json, .. }
             | Command::Watch { json, .. }
             | Command::Create { json, .. }
+            | Command::Resize { json, .. }
             | Command::Delete { json, .. } => *json,
             Command::Bench(_) | Command::BenchPeer { .. } => false,
         }
@@ -427,6 +442,26 @@ fn manage(args: &Args) -> shmring::Result<()> {
                 .map_err(w)?;
             }
         }
+        Command::Resize {
+            channel,
+            capacity,
+            json,
+        } => {
+            let info = client.resize(channel, *capacity)?;
+            if *json {
+                writeln!(out, "{}", info_json(&info, names)).map_err(w)?;
+            } else {
+                writeln!(
+                    out,
+                    "resized {}: {} (generation {}); producers move on their next send, \
+                     consumers once they have drained the old ring",
+                    info.name,
+                    capacity_text(&info),
+                    info.generation
+                )
+                .map_err(w)?;
+            }
+        }
         Command::Delete { channel, json } => {
             client.delete(channel)?;
             if *json {
@@ -611,6 +646,22 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats, names: &mut Names) -> std:
         )?;
     }
     writeln!(out, "depth       {}", depth(i))?;
+    if s.resizes > 0 || s.draining_generation != 0 {
+        write!(out, "resizes     {}", s.resizes)?;
+        if s.draining_generation != 0 {
+            write!(
+                out,
+                "; moving from generation {} ({} of storage, {} left in it)",
+                s.draining_generation,
+                bytes(s.draining_capacity_bytes),
+                match i.kind {
+                    Kind::Spsc => bytes(s.draining_depth),
+                    _ => format!("{} frames", s.draining_depth),
+                }
+            )?;
+        }
+        writeln!(out)?;
+    }
     writeln!(
         out,
         "in          {} frames, {}  ({})",

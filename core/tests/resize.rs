@@ -1,0 +1,342 @@
+//! Online resize: a live channel gets a new capacity while its producer and consumers keep
+//! running; every frame arrives once, in order, and nobody re-opens a handle.
+
+#![cfg(not(loom))]
+
+use shmring::{
+    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Overflow, WaitStrategy,
+};
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod common;
+use common::watchdog;
+
+/// Removes a test's socket directory and what the coordinator keeps of its namespace.
+struct RemoveDir(PathBuf, String);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        for ext in ["lock", "channels"] {
+            let _ = std::fs::remove_file(shmring::default_socket_path(&self.1).with_extension(ext));
+        }
+    }
+}
+
+/// A coordinator of a namespace of its own, a client of it, and the guard (dropped last).
+fn setup(tag: &str) -> (Client, Coordinator, RemoveDir) {
+    let ns = format!("rs{}-{tag}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("coordinator.sock");
+    let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(&sock)).unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    (client, coord, RemoveDir(dir, ns))
+}
+
+/// Frame `i`: its number, then `len - 8` bytes that depend on it.
+fn frame(i: u64, len: usize) -> Vec<u8> {
+    let mut f = i.to_le_bytes().to_vec();
+    f.extend((8..len.max(8)).map(|j| (i as usize ^ j) as u8));
+    f
+}
+
+fn number(f: &[u8]) -> u64 {
+    u64::from_le_bytes(f[..8].try_into().unwrap())
+}
+
+/// Sends `n` frames of varying length from one thread while another receives them, resizing
+/// the channel through `sizes` meanwhile; checks every frame once, whole, in order.
+fn resized_under_load(config: ChannelConfig, tag: &str, sizes: &[u64], n: u64) {
+    let (client, _coord, _dir) = setup(tag);
+    client.create("c", &config).unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    let mut tx = client.producer("c").unwrap();
+    let max = config.max_frame_size as usize;
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            tx.send(&frame(i, 8 + (i as usize * 37) % (max - 8)))
+                .unwrap();
+        }
+        tx
+    });
+    let resizer = {
+        let client = client.clone();
+        let sizes = sizes.to_vec();
+        std::thread::spawn(move || {
+            let mut done = 0;
+            for &size in &sizes {
+                // Spread over the run.
+                std::thread::sleep(Duration::from_millis(20));
+                // The previous resize must be complete before the next: Busy until then.
+                loop {
+                    match client.resize("c", size) {
+                        Ok(info) => {
+                            assert!(info.capacity_bytes >= size.min(info.capacity_bytes));
+                            done += 1;
+                            break;
+                        }
+                        Err(Error::Busy(_)) => std::thread::sleep(Duration::from_millis(2)),
+                        Err(e) => panic!("resize to {size}: {e}"),
+                    }
+                }
+            }
+            done
+        })
+    };
+    let mut buf = vec![0u8; max];
+    for i in 0..n {
+        let got = rx.recv(&mut buf).unwrap();
+        let f = &buf[..got.len];
+        assert_eq!(number(f), i, "frame {i} arrives {i}th");
+        assert_eq!(f, &frame(i, got.len)[..], "frame {i} whole");
+    }
+    let tx = sender.join().unwrap();
+    assert_eq!(resizer.join().unwrap(), sizes.len());
+    let stats = client.stats("c").unwrap();
+    assert_eq!(stats.resizes, sizes.len() as u64);
+    // The counters go on across the resizes.
+    assert_eq!((stats.frames_in, stats.frames_out), (n, n));
+    drop(tx);
+    assert!(
+        matches!(rx.try_recv(&mut buf), Err(Error::WouldBlock(_))),
+        "nothing more"
+    );
+}
+
+#[test]
+fn an_spsc_channel_grows_and_shrinks_under_load() {
+    let _dog = watchdog("an_spsc_channel_grows_and_shrinks_under_load", 120);
+    resized_under_load(
+        ChannelConfig::spsc()
+            .capacity(64 << 10)
+            .max_frame_size(1024),
+        "spsc",
+        &[4 << 20, 128 << 10, 1 << 20],
+        200_000,
+    );
+}
+
+#[test]
+fn a_broadcast_channel_grows_and_shrinks_under_load() {
+    let _dog = watchdog("a_broadcast_channel_grows_and_shrinks_under_load", 120);
+    resized_under_load(
+        ChannelConfig::broadcast()
+            .capacity(64 << 10)
+            .max_frame_size(1024),
+        "bcast",
+        &[4 << 20, 128 << 10, 1 << 20],
+        200_000,
+    );
+}
+
+#[test]
+fn a_producer_blocked_on_a_full_ring_moves_to_the_grown_one() {
+    let _dog = watchdog(
+        "a_producer_blocked_on_a_full_ring_moves_to_the_grown_one",
+        60,
+    );
+    let (client, _coord, _dir) = setup("blocked");
+    client
+        .create(
+            "c",
+            &ChannelConfig::spsc().capacity(4096).max_frame_size(256),
+        )
+        .unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    let mut tx = client.producer("c").unwrap();
+    let sender = std::thread::spawn(move || {
+        // Far more than the ring holds: blocks until the resize gives it room.
+        for i in 0..1000u64 {
+            tx.send(&frame(i, 100)).unwrap();
+        }
+        tx
+    });
+    while client.stats("c").unwrap().info.depth < 3000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let info = client.resize("c", 1 << 20).unwrap();
+    assert_eq!(info.capacity_bytes, 1 << 20);
+    // The producer finishes without the consumer taking anything.
+    let tx = sender.join().unwrap();
+    let stats = client.stats("c").unwrap();
+    assert!(stats.draining_generation != 0, "the old ring is still full");
+    assert!(stats.info.depth > 0 && stats.draining_depth > 0);
+    let mut buf = [0u8; 256];
+    for i in 0..1000u64 {
+        let got = rx.recv(&mut buf).unwrap();
+        assert_eq!(number(&buf[..got.len]), i);
+    }
+    drop((tx, rx));
+    // Drained and left: the old generation is retired.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.stats("c").unwrap().draining_generation != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old generation retired"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_second_resize_waits_for_the_first_and_mpmc_is_refused() {
+    let _dog = watchdog(
+        "a_second_resize_waits_for_the_first_and_mpmc_is_refused",
+        60,
+    );
+    let (client, _coord, _dir) = setup("busy");
+    client.create("c", &ChannelConfig::spsc()).unwrap();
+    let rx = client.consumer("c").unwrap();
+    let mut tx = client.producer("c").unwrap();
+    tx.send(b"before").unwrap();
+    client.resize("c", 4 << 20).unwrap();
+    match client.resize("c", 2 << 20) {
+        Err(Error::Busy(m)) => assert!(m.contains("still moving"), "{m}"),
+        other => panic!("second resize while the first is under way: {other:?}"),
+    }
+    drop((rx, tx));
+    // Nobody left: the first one completes, after the frame left in the old ring is taken.
+    let mut rx = client.consumer("c").unwrap();
+    assert_eq!(&*rx.read().unwrap(), b"before");
+    let mut tx = client.producer("c").unwrap();
+    tx.send(b"after").unwrap();
+    assert_eq!(&*rx.read().unwrap(), b"after");
+    drop((rx, tx));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.resize("c", 2 << 20) {
+            Ok(info) => {
+                assert_eq!(info.capacity_bytes, 2 << 20);
+                break;
+            }
+            Err(Error::Busy(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    client.create("m", &ChannelConfig::mpmc()).unwrap();
+    match client.resize("m", 4 << 20) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("MPMC"), "{m}"),
+        other => panic!("MPMC resize: {other:?}"),
+    }
+}
+
+#[test]
+fn a_finished_stream_stays_finished_across_a_resize() {
+    let _dog = watchdog("a_finished_stream_stays_finished_across_a_resize", 60);
+    let (client, _coord, _dir) = setup("finish");
+    client
+        .create("c", &ChannelConfig::broadcast().overflow(Overflow::Block))
+        .unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    rx.set_wait_strategy(WaitStrategy::Park);
+    let mut tx = client.producer("c").unwrap();
+    tx.send(b"one").unwrap();
+    client.resize("c", 4 << 20).unwrap();
+    tx.send(b"two").unwrap(); // in the new ring
+    tx.finish().unwrap();
+    assert_eq!(&*rx.read().unwrap(), b"one");
+    assert_eq!(&*rx.read().unwrap(), b"two");
+    assert!(matches!(rx.read(), Err(Error::Closed(_))));
+}
+
+/// An event loop polling the consumer's descriptor keeps receiving across resizes, and one
+/// polling the producer's keeps sending: the same descriptors, now watching the new segment.
+/// With either backend, and the recheck stretched to a minute (a lost wake-up hangs the
+/// watchdog rather than pass for a slow one).
+#[test]
+fn polled_handles_follow_with_the_same_descriptors() {
+    let _dog = watchdog("polled_handles_follow_with_the_same_descriptors", 120);
+    shmring::set_fd_recheck_interval(Duration::from_secs(60));
+    for backend in [shmring::FdBackend::Uring, shmring::FdBackend::Thread] {
+        shmring::set_fd_backend(backend);
+        polled_across_resizes(&format!("{backend:?}"));
+    }
+}
+
+/// Waits until `fd` is readable.
+fn wait_readable(fd: std::os::fd::RawFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the handle owns the descriptor and outlives this borrow.
+    let mut fds = [PollFd::new(
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        PollFlags::POLLIN,
+    )];
+    poll(&mut fds, PollTimeout::NONE).unwrap();
+}
+
+fn polled_across_resizes(tag: &str) {
+    let (client, _coord, _dir) = setup(&format!("poll{tag}"));
+    client
+        .create(
+            "c",
+            &ChannelConfig::spsc().capacity(4096).max_frame_size(256),
+        )
+        .unwrap();
+    let mut rx = client.consumer("c").unwrap();
+    let rx_fd = match rx.fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            println!("{tag}: no pollable descriptor here ({e}); skipped");
+            return;
+        }
+    };
+    let mut tx = client.producer("c").unwrap();
+    const N: u64 = 20_000;
+    let sender = std::thread::spawn(move || {
+        let fd = tx.fd().unwrap();
+        let mut i = 0;
+        while i < N {
+            match tx.try_send(&frame(i, 64)) {
+                Ok(()) => i += 1,
+                Err(Error::WouldBlock(_)) => {
+                    assert_eq!(tx.fd().unwrap(), fd, "the same descriptor");
+                    wait_readable(fd);
+                }
+                Err(e) => panic!("{e}"),
+            }
+            if i % 1000 == 999 {
+                // Let the ring run dry now and then: the consumer waits in poll.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        tx
+    });
+    let resizer = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            for size in [1 << 20, 8192, 64 << 10] {
+                std::thread::sleep(Duration::from_millis(5));
+                while let Err(Error::Busy(_)) = client.resize("c", size) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let mut buf = [0u8; 256];
+    let mut i = 0;
+    while i < N {
+        match rx.try_recv(&mut buf) {
+            Ok(got) => {
+                assert_eq!(number(&buf[..got.len]), i, "{tag}");
+                i += 1;
+                if i % 3000 == 0 {
+                    // A full ring now and then: the producer waits in poll.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            Err(Error::WouldBlock(_)) => {
+                assert_eq!(rx.fd().unwrap(), rx_fd, "the same descriptor");
+                wait_readable(rx_fd);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    resizer.join().unwrap();
+    drop(sender.join().unwrap());
+    assert_eq!(client.stats("c").unwrap().resizes, 3, "{tag}");
+}
