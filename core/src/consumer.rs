@@ -530,14 +530,10 @@ impl Consumer {
             Ring::Broadcast(_) => {
                 broadcast::ConsumerCore::attach(&mem, membership.index()).map(Ring::Broadcast)
             }
-            Ring::Mpmc { .. } => {
-                membership.leave(&mem);
-                return Err(Error::Corrupted(
-                    "an MPMC segment says it was replaced by a resize, which no coordinator \
-                     does to MPMC channels"
-                        .into(),
-                ));
-            }
+            Ring::Mpmc { .. } => Ok(Ring::Mpmc {
+                core: mpmc::ConsumerCore::new(membership.index()),
+                outstanding: None,
+            }),
         };
         let ring = match ring {
             Ok(r) => r,
@@ -555,6 +551,8 @@ impl Consumer {
                 self.missed_before = self.missed_before.wrapping_add(core.missed());
                 core.close(&self.mem);
             }
+            // (Nothing is outstanding: `take` released a leaked frame's slot before it found
+            // the ring empty, and `followable` saw every slot released.)
             Ring::Mpmc { .. } => {}
         }
         self.asm.abandon();
@@ -1205,6 +1203,12 @@ fn give_back(core: &mut mpmc::ConsumerCore, mem: &Memory, pos: u64, held: Held) 
     core.release(mem, pos);
     if let Held::Pool(r) = held {
         mpmc::free_pooled(mem, &r);
+    }
+    // Relaxed: the copy of the producer line's flag on the line consumers write anyway.
+    if mem.consumer_line().moved.load(Relaxed) != 0 {
+        // Resized: a consumer waiting for the last held slot to be released before it
+        // follows (`mpmc::drained_for_good`) looks again.
+        wait::wake_consumers(mem);
     }
 }
 

@@ -448,10 +448,12 @@ pub struct CursorLine {
     /// Consumer line of an MPMC channel with a message pool: bumped each time chunks are freed
     /// (what a producer waiting for pool space watches); otherwise zero.
     pub frees: AtomicU64,
-    /// Producer line: the generation of the segment that replaced this one when the
-    /// coordinator resized the channel (zero: not replaced). Written once, by the coordinator;
-    /// producers look at it on every send and move there, consumers when the ring is empty
-    /// (see ARCHITECTURE.md, "Online resize"). Zero on the other lines.
+    /// The generation of the segment that replaced this one when the coordinator resized the
+    /// channel (zero: not replaced), on both lines. Written once, by the coordinator;
+    /// producers look at the producer line's before each send (and MPMC producers again after
+    /// each claim) and move there, consumers at it when the ring is empty; MPMC consumers
+    /// look at the consumer line's copy when they release a slot (see ARCHITECTURE.md,
+    /// "Online resize").
     pub moved: AtomicU64,
 }
 

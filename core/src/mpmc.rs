@@ -37,7 +37,7 @@ use crate::layout::{
 };
 use crate::region::{DataRange, Memory, Until, Watch};
 use crate::sync::AtomicU64;
-use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 /// A try_ call gives up with `WouldBlock("contended")` after this many lost CAS races (each one
 /// means another participant made progress). Keeps a hostile writer that keeps moving the cursor
@@ -159,7 +159,9 @@ fn take_loop(
             me.claim.store(encode_claim(pos, n), Release);
             *wrote_claim = true;
             // Release on success: a coordinator that Acquire-loads the cursor sees the claim.
-            match cursor.compare_exchange_weak(pos, pos + n, Release, Relaxed) {
+            // SeqCst: a producer's claim is also one side of the resize handshake (see
+            // `ProducerCore::try_claim`); a read-modify-write costs the same on x86.
+            match cursor.compare_exchange_weak(pos, pos + n, SeqCst, Relaxed) {
                 Ok(_) => return Ok((pos, n)),
                 Err(now) => pos = now,
             }
@@ -416,6 +418,18 @@ impl ProducerCore {
         }
         let cursor = &mem.producer_line().position;
         let (first, count) = take(mem, cursor, self.me(mem), Turn::Produce, max, None)?;
+        // SeqCst: pairs with the coordinator's store of `moved` and with the load in
+        // `drained_for_good`: either this load sees the segment replaced (and the positions
+        // just taken are handed on as skips: nothing is written here any more), or the
+        // consumers' later look at the cursor sees this claim, and none of them leaves before
+        // it is taken (see "Online resize" in ARCHITECTURE.md).
+        crate::sync::seqcst_order();
+        if mem.producer_line().moved.load(SeqCst) != 0 {
+            for pos in first..first + count {
+                self.abort(mem, pos);
+            }
+            return Err(Error::WouldBlock(MOVED));
+        }
         Ok(Claimed { first, count })
     }
 
@@ -666,6 +680,58 @@ fn bad_slot(mem: &Memory, pos: u64, word: u64) -> Error {
 
 /// Frames committed and not yet taken, as a statistic: the cursors are read without
 /// synchronisation and the difference clamped to `[0, slots]`.
+/// The `WouldBlock` of a claim in a segment a resize replaced: the producer moves on to the new
+/// one and tries again there.
+pub(crate) const MOVED: &str = "moved";
+
+/// Whether nothing will ever again be taken from this segment, which a resize replaced: a
+/// consumer may leave it for the new one. Every position claimed was taken (the cursors are
+/// equal), every slot taken was released (none held by a consumer, live or dead, whose repair
+/// could deliver it again here), and this was seen after the replacement: a producer that
+/// claims a position after its `moved` load read zero is seen by the look at the cursor here
+/// (the SeqCst handshake of `ProducerCore::try_claim`); one that claims later hands it on as a
+/// skip. The caller checked `moved` is set (a cheap filter).
+pub(crate) fn drained_for_good(mem: &Memory) -> bool {
+    let slots = mem.geometry().capacity;
+    // SeqCst: pairs with the producers' claim CAS and load in `ProducerCore::try_claim`.
+    if mem.producer_line().moved.load(SeqCst) == 0 {
+        return false;
+    }
+    crate::sync::seqcst_order();
+    // Acquire: pairs with the consumers' Release CAS of the dequeue position.
+    let head = mem.consumer_line().position.load(Acquire);
+    // SeqCst: the other load of the handshake.
+    if mem.producer_line().position.load(SeqCst) != head || head >= MAX_POSITION {
+        return false;
+    }
+    // Every slot of the last lap released: its `seq` is its position plus the slot count
+    // (Acquire: pairs with the Release of `release_slot`; a repair's redelivery enqueues its
+    // copy before it releases the held slot, so seeing the slot released, the cursor loaded
+    // below shows the copy).
+    let released =
+        (head.saturating_sub(slots)..head).all(|p| mem.slot_seq(p).load(Acquire) == p + slots);
+    // SeqCst: as above.
+    released && mem.producer_line().position.load(SeqCst) == head
+}
+
+/// Whether every position left between the cursors is a committed skip: what producers that
+/// found the segment replaced after their claim leave behind (`ProducerCore::try_claim`), once
+/// every consumer has left for the new segment. Nothing there is for anyone.
+pub(crate) fn only_skips_left(mem: &Memory) -> bool {
+    // Acquire (both): pairs with the cursors' Release CASes.
+    let head = mem.consumer_line().position.load(Acquire);
+    let tail = mem.producer_line().position.load(Acquire);
+    if tail < head || tail - head > mem.geometry().capacity || tail >= MAX_POSITION {
+        return false;
+    }
+    (head..tail).all(|p| {
+        // Acquire: pairs with the Release of `commit_slot`; the header is read after it.
+        mem.slot_seq(p).load(Acquire) == p + 1
+            // Relaxed: ordered by the Acquire above.
+            && decode_header(mem.slot_header(p).load(Relaxed)).ty == Some(RecordType::Skip)
+    })
+}
+
 pub(crate) fn depth_slots(mem: &Memory) -> u64 {
     let deq = mem.consumer_line().position.load(Relaxed);
     let enq = mem.producer_line().position.load(Relaxed);
@@ -737,6 +803,39 @@ mod loom_tests {
     type Shared<T> = std::sync::Arc<Mutex<T>>;
 
     use model::{memory, try_send as send};
+
+    /// A resize replaces the segment (the coordinator stores `moved`) while a producer claims a
+    /// position and a consumer asks whether it may leave for the new segment
+    /// (`drained_for_good`): it never may while a frame sent here is still to come. Both
+    /// sides of the race are reached: the frame sent and the consumer staying for it, and the
+    /// consumer leaving with the producer's claim handed on as a skip (the producer moves).
+    #[test]
+    fn a_consumer_never_leaves_a_replaced_ring_that_a_frame_still_comes_to() {
+        let outcomes = Shared::new(Mutex::new(HashSet::new()));
+        let outcomes2 = outcomes.clone();
+        loom::model(move || {
+            let mem = memory(2, 1, 1);
+            let m = mem.clone();
+            let producer = loom::thread::spawn(move || send(&mut ProducerCore::new(0), &m, 7));
+            let m = mem.clone();
+            let coord = loom::thread::spawn(move || {
+                // SeqCst: as the coordinator's store in `Registry::resize`.
+                m.producer_line().moved.store(2, SeqCst);
+            });
+            let m = mem.clone();
+            let consumer = loom::thread::spawn(move || drained_for_good(&m));
+            let sent = producer.join().unwrap();
+            coord.join().unwrap();
+            let left = consumer.join().unwrap();
+            assert!(!(sent && left), "the consumer left a frame behind");
+            outcomes2.lock().unwrap().insert((sent, left));
+        });
+        let seen = outcomes.lock().unwrap();
+        assert!(
+            seen.contains(&(true, false)) && seen.contains(&(false, true)),
+            "{seen:?}"
+        );
+    }
 
     /// A producer sends a message through the pool and a consumer takes it and gives it back,
     /// while a repair's collection of the pool (`repair::pool_gc`) runs with nobody dead: it

@@ -335,9 +335,8 @@ impl Producer {
     #[cold]
     #[inline(never)]
     fn move_on(&mut self) -> Result<()> {
-        if !self.membership.held_here() || self.left || matches!(self.ring, Ring::Mpmc(_)) {
-            // A forked child's handle is its parent's, which moves it; MPMC channels are not
-            // resized.
+        if !self.membership.held_here() || self.left {
+            // A forked child's handle is its parent's, which moves it.
             return Ok(());
         }
         let Some((mem, membership)) = self.membership.follow(&self.mem)? else {
@@ -346,7 +345,10 @@ impl Producer {
         let ring = match self.ring {
             Ring::Spsc(_) => spsc::ProducerCore::attach(&mem).map(Ring::Spsc),
             Ring::Broadcast(_) => broadcast::ProducerCore::attach(&mem).map(Ring::Broadcast),
-            Ring::Mpmc(_) => unreachable!("see above"),
+            Ring::Mpmc(_) => Ok(Ring::Mpmc(
+                mpmc::ProducerCore::new(membership.index())
+                    .with_incarnation(membership.incarnation()),
+            )),
         };
         let ring = match ring {
             Ok(r) => r,
@@ -359,7 +361,10 @@ impl Producer {
             p.retarget(&mem, &membership)?;
         }
         // What is staged becomes visible where it was written, before the entry is let go
-        // (whose Release makes it visible to a consumer that sees the entry free).
+        // (whose Release makes it visible to a consumer that sees the entry free); a leaked
+        // MPMC claim is handed on.
+        self.abort_leaked();
+        self.pool_wait = None;
         self.publish();
         let old_mem = std::mem::replace(&mut self.mem, mem);
         let old = std::mem::replace(&mut self.membership, membership);
@@ -775,27 +780,46 @@ impl Producer {
     /// consumer takes the slot. `timeout` covers both waits (for chunks, then for a slot); a
     /// send that fails after taking chunks frees them.
     fn send_pooled(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
-        let tag = match &mut self.ring {
-            Ring::Mpmc(core) => core.begin_pooled(&self.mem),
-            _ => unreachable!("only MPMC channels have a pool"),
-        };
-        let r = self.send_tagged(msg, timeout, tag);
-        if r.is_ok() {
-            self.pool_wait = None;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let tag = match &mut self.ring {
+                Ring::Mpmc(core) => core.begin_pooled(&self.mem),
+                _ => unreachable!("only MPMC channels have a pool"),
+            };
+            let left = match (timeout, deadline) {
+                (Some(Duration::ZERO), _) => Some(Duration::ZERO),
+                (_, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+                (t, None) => t,
+            };
+            let r = self.send_tagged(msg, left, tag);
+            if matches!(r, Ok(true)) {
+                self.pool_wait = None;
+            }
+            // (A `WouldBlock` leaves `pool_wait` as the failed step set it: a pollable
+            // descriptor armed now watches what the send waits for.)
+            if let Ring::Mpmc(core) = &mut self.ring {
+                core.end_pooled(&self.mem);
+            }
+            match r {
+                Ok(true) => return Ok(()),
+                // The channel was resized meanwhile: what this send took of the old segment's
+                // pool is freed; the message goes whole into the new one.
+                Ok(false) => self.move_on()?,
+                Err(e) => return Err(e),
+            }
         }
-        // (A `WouldBlock` leaves `pool_wait` as the failed step set it: a pollable descriptor
-        // armed now watches what the send waits for.)
-        if let Ring::Mpmc(core) = &mut self.ring {
-            core.end_pooled(&self.mem);
-        }
-        r
     }
 
-    fn send_tagged(&mut self, msg: &[u8], timeout: Option<Duration>, tag: u64) -> Result<()> {
+    /// One try of `send_pooled`: `Ok(false)` if the channel was resized before the message was
+    /// enqueued (nothing of it is left in the old segment).
+    fn send_tagged(&mut self, msg: &[u8], timeout: Option<Duration>, tag: u64) -> Result<bool> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let chunks = match timeout {
             Some(Duration::ZERO) => self.try_alloc(msg.len(), tag)?,
             t => blocking!(self, t, |p| p.try_alloc(msg.len(), tag))?,
+        };
+        let Some(chunks) = chunks else {
+            return Ok(false);
         };
         self.pool_wait = None;
         let sent = chunks.bytes(&self.mem).and_then(|bytes| {
@@ -808,11 +832,11 @@ impl Producer {
                 }
             }
         });
-        if let Err(e) = sent {
+        if !matches!(sent, Ok(true)) {
             if mpmc::free_pooled(&self.mem, &chunks) > 0 {
                 wait::notify(self.mem.consumer_line(), self.light);
             }
-            return Err(e);
+            return sent;
         }
         // Wrapping: as in `try_send_inner`.
         self.frames = self.frames.wrapping_add(1);
@@ -821,12 +845,16 @@ impl Producer {
         if !self.batching {
             self.announce();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Takes chunks of the pool for a message of `len` bytes under `tag`; on `WouldBlock`,
-    /// what to wait for is the next free of chunks (`watch`).
-    fn try_alloc(&mut self, len: usize, tag: u64) -> Result<mpmc::PoolRef> {
+    /// what to wait for is the next free of chunks (`watch`). `Ok(None)` if the channel was
+    /// resized: the message goes to the new segment's pool.
+    fn try_alloc(&mut self, len: usize, tag: u64) -> Result<Option<mpmc::PoolRef>> {
+        if self.mem.moved_to() != 0 {
+            return Ok(None);
+        }
         let Ring::Mpmc(core) = &mut self.ring else {
             unreachable!("only MPMC channels have a pool")
         };
@@ -845,18 +873,25 @@ impl Producer {
             }
             r => {
                 self.pool_wait = None;
-                r
+                r.map(Some)
             }
         }
     }
 
-    /// Enqueues the reference to a message in the pool (one slot).
-    fn try_send_ref(&mut self, r: &mpmc::PoolRef) -> Result<()> {
+    /// Enqueues the reference to a message in the pool (one slot). `Ok(false)` if the channel
+    /// was resized (nothing was enqueued).
+    fn try_send_ref(&mut self, r: &mpmc::PoolRef) -> Result<bool> {
+        if self.mem.moved_to() != 0 {
+            return Ok(false);
+        }
         let Ring::Mpmc(core) = &mut self.ring else {
             unreachable!("only MPMC channels have a pool")
         };
-        let sent = core.try_send_ref(&self.mem, r);
-        sent.map_err(|e| self.full(e))
+        match core.try_send_ref(&self.mem, r) {
+            Ok(()) => Ok(true),
+            Err(Error::WouldBlock(mpmc::MOVED)) => Ok(false),
+            Err(e) => Err(self.full(e)),
+        }
     }
 
     /// Whether the ring has room now for `need` (SPSC: bytes; broadcast: slots):

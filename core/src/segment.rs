@@ -716,8 +716,18 @@ pub(crate) fn producers_attached(mem: &Memory) -> u32 {
 /// of it any more (each producer leaves after its last frame here, before its first there), so
 /// nothing more will be written to it. The consumer still looks at the ring once more after
 /// this says yes: the Acquire of the producer entries makes their last frames visible.
+///
+/// MPMC producers come and go independently, and one that sends nothing would keep its
+/// consumers here for good: an MPMC consumer leaves once nothing will ever again be taken from
+/// the segment (`mpmc::drained_for_good`), producers still attached or not.
 pub(crate) fn followable(mem: &Memory) -> bool {
-    mem.moved_to() != 0 && producers_attached(mem) == 0
+    if mem.moved_to() == 0 {
+        return false;
+    }
+    match mem.geometry().kind {
+        Kind::Mpmc => mpmc::drained_for_good(mem),
+        Kind::Spsc | Kind::Broadcast => producers_attached(mem) == 0,
+    }
 }
 
 /// Ends the stream, if no producer holds an entry (the caller has left its own): marks the

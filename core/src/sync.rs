@@ -19,6 +19,19 @@ use std::sync::atomic as imp;
 
 pub(crate) use imp::{Ordering, fence};
 
+/// Marks a point between SeqCst accesses whose single total order a protocol relies on (the
+/// MPMC resize handshake, `mpmc::drained_for_good`). In the C++ memory model, which Rust's
+/// atomics follow, the SeqCst accesses give that order by themselves, at no cost on x86 (a
+/// SeqCst load is a plain load there; the store and the compare-and-swap are locked anyway),
+/// so this is nothing. Loom regards SeqCst loads and stores as AcqRel (tokio-rs/loom#180) and
+/// models only SeqCst fences: under loom it is a SeqCst fence, which gives the models the
+/// order the code has.
+#[inline(always)]
+pub(crate) fn seqcst_order() {
+    #[cfg(loom)]
+    imp::fence(Ordering::SeqCst);
+}
+
 macro_rules! atomic {
     ($name:ident, $int:ty) => {
         #[doc = concat!("A `", stringify!($int), "` accessed atomically; see the module docs.")]

@@ -748,6 +748,38 @@ fn kill_torture_mpmc() {
     );
 }
 
+/// [`kill_torture_mpmc`] while the channel is resized between 32 and 256 slots every few
+/// milliseconds: producers killed with positions claimed in a ring being replaced, consumers
+/// killed holding frames there (whose redelivery the others wait for before they follow).
+#[test]
+fn kill_torture_mpmc_resized() {
+    torture_resizing(
+        ChannelConfig::mpmc()
+            .capacity(32 * 64)
+            .max_frame_size(64)
+            .max_producers(2)
+            .max_consumers(2),
+        true,
+        Some([256 * 64, 32 * 64]),
+    );
+}
+
+/// The same with messages of up to 16 KiB through the pool, which each new ring has its own
+/// of.
+#[test]
+fn kill_torture_mpmc_messages_resized() {
+    torture_resizing(
+        ChannelConfig::mpmc()
+            .capacity(32 * 64)
+            .max_frame_size(64)
+            .max_producers(2)
+            .max_consumers(2)
+            .max_message_size(16 << 10),
+        true,
+        Some([256 * 64, 32 * 64]),
+    );
+}
+
 /// Messages of up to 16 KiB on an MPMC channel of 64-byte frames: each goes through the pool
 /// (eight 4 KiB chunks), its reference through a slot. Producers killed between taking chunks
 /// and enqueuing them, consumers killed holding a message or between releasing its slot and

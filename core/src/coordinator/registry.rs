@@ -10,7 +10,7 @@ use crate::protocol::{
 };
 use crate::repair::{self, Repaired};
 use crate::segment::{Segment, free_entry, take_entry};
-use crate::sync::Ordering::{Relaxed, Release};
+use crate::sync::Ordering::{Relaxed, Release, SeqCst};
 use crate::units::format_size_exact;
 use crate::{sys, wait};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
@@ -1450,6 +1450,9 @@ impl Registry {
     /// but for its capacity, replaces the current one, which stays until it is drained (see
     /// ARCHITECTURE.md, "Online resize").
     fn resize(&mut self, peer: &Peer, name: &str, capacity: u64) -> Result<ChannelInfo> {
+        // A previous resize whose old generation was drained just now (its last holder's
+        // close is in) is complete.
+        self.retire_drained();
         let ch = self.sound_channel(name)?;
         let origin = ch.seg.origin();
         if peer.uid != 0 && peer.uid != origin.owner_uid {
@@ -1460,23 +1463,6 @@ impl Registry {
         }
         let geo = *ch.seg.geometry();
         let old_mem = std::sync::Arc::clone(&ch.seg.mem);
-        if geo.kind == Kind::Mpmc {
-            return Err(Error::InvalidArgument(format!(
-                "channel {name:?} is MPMC: only SPSC and broadcast channels can be resized (an \
-                 MPMC channel's consumers cannot tell when its last frame was taken); create a \
-                 new channel of the capacity wanted"
-            )));
-        }
-        if let Some(prev) = &ch.prev {
-            let (producers, consumers) = holders(&prev.seg.mem);
-            return Err(Error::Busy(format!(
-                "channel {name:?} is still moving from generation {} to {} (resized before): \
-                 {producers} producer(s) have not sent since and {consumers} consumer(s) have \
-                 not drained it yet; try again once it is drained (`shmring stat {name}`)",
-                prev.generation(),
-                ch.generation()
-            )));
-        }
         let config = ChannelConfig {
             kind: geo.kind,
             capacity,
@@ -1488,7 +1474,13 @@ impl Registry {
             history: geo.history,
             max_message_size: geo.max_message_size,
         };
-        let new_geo = Geometry::new(&config)?;
+        let new_geo = Geometry::new(&config).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!(
+                "channel {name:?} cannot have a capacity of {}: {m}",
+                format_size_exact(capacity)
+            )),
+            e => e,
+        })?;
         if new_geo.data_len as u64 > self.max_channel_bytes {
             return Err(Error::InvalidArgument(format!(
                 "a capacity of {} takes {} of frame storage, over this coordinator's limit of \
@@ -1496,6 +1488,29 @@ impl Registry {
                 format_size_exact(capacity),
                 format_size_exact(new_geo.data_len as u64),
                 format_size_exact(self.max_channel_bytes)
+            )));
+        }
+        if let Some(prev) = &ch.prev {
+            let (producers, consumers) = holders(&prev.seg.mem);
+            let left = prev.seg.stats().depth;
+            let what = match (producers, consumers) {
+                (0, 0) if left > 0 => format!(
+                    "it still holds {} for a consumer to take",
+                    match geo.kind {
+                        Kind::Spsc => format_size_exact(left),
+                        _ => format!("{left} frames"),
+                    }
+                ),
+                (p, c) => format!(
+                    "{p} producer(s) have not sent since and {c} consumer(s) have not drained \
+                     it yet"
+                ),
+            };
+            return Err(Error::Busy(format!(
+                "channel {name:?} is still moving from generation {} to {} (resized before): \
+                 {what}; try again once it is drained (`shmring stat {name}`)",
+                prev.generation(),
+                ch.generation()
             )));
         }
         // Both generations are charged while the old one is drained (the quota's count of
@@ -1557,9 +1572,13 @@ impl Registry {
         let mut old = self.channels.remove(name).expect("looked up above");
         next.resizes = old.resizes.saturating_add(1);
         next.rate = old.rate;
-        // Release: pairs with nothing in particular (a flag, see `Memory::moved_to`); the
-        // wake below makes sleepers look at it.
-        old.seg.mem.producer_line().moved.store(generation, Release);
+        // SeqCst: pairs with the MPMC producers' claim and load of it, and the consumers' load
+        // (`mpmc::drained_for_good`); for the other kinds a flag (see `Memory::moved_to`). The
+        // consumer line's copy tells MPMC consumers, on the line they write anyway, to wake
+        // those waiting to follow when they release a slot. The wake below makes sleepers
+        // look at it.
+        old.seg.mem.producer_line().moved.store(generation, SeqCst);
+        old.seg.mem.consumer_line().moved.store(generation, SeqCst);
         wait::wake_all(&old.seg.mem);
         old.heirs.clear();
         next.prev = Some(Box::new(old));
@@ -1759,6 +1778,8 @@ fn clear_moved(name: &str, ch: &Channel) {
         return;
     }
     // Relaxed: a flag (see `Memory::moved_to`).
+    ch.seg.mem.consumer_line().moved.store(0, Relaxed);
+    // Relaxed: as above.
     let word = ch.seg.mem.producer_line().moved.swap(0, Relaxed);
     if word != 0 {
         tracing::warn!(channel = %name, word, "damage: the channel's segment says it was replaced by a resize, which it was not; word cleared");
@@ -1800,7 +1821,9 @@ fn drained(g: &Channel) -> bool {
         Kind::Spsc => crate::spsc::depth_bytes(&g.seg.mem) == 0,
         // A subscriber's frames are the subscriber's: without one, nobody will read them.
         Kind::Broadcast => true,
-        Kind::Mpmc => g.seg.stats().depth == 0,
+        // Its consumers left once every position claimed was taken; what producers claimed
+        // after that they handed on as skips, for nobody.
+        Kind::Mpmc => crate::mpmc::only_skips_left(&g.seg.mem),
     }
 }
 
