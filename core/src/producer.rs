@@ -294,13 +294,23 @@ impl Producer {
         self.membership.index()
     }
 
+    /// The ring's `try_claim`. A resize is noticed before it (SPSC, broadcast: a look at the
+    /// `moved` word) or by it (MPMC: the claim's own look, `mpmc::ProducerCore::try_claim`,
+    /// which hands the position on), and the claim is made in the new segment
+    /// (`claim_moved`).
     #[inline(always)]
     fn try_claim_token(&mut self, len: usize) -> Result<Token> {
-        if self.mem.moved_to() != 0 {
-            self.move_on()?;
-        }
+        self.try_claim_at::<true>(len)
+    }
+
+    /// `try_claim_token`; without `NOTICE`, in the segment the producer is in, resized or not
+    /// (after a move: a frame there is taken before its consumers follow, see `move_on`).
+    #[inline(always)]
+    fn try_claim_at<const NOTICE: bool>(&mut self, len: usize) -> Result<Token> {
         let r = match &mut self.ring {
-            Ring::Spsc(core) => core.try_claim(&self.mem, len).map(Token::Spsc),
+            Ring::Spsc(core) if !NOTICE || self.mem.moved_to() == 0 => {
+                core.try_claim(&self.mem, len).map(Token::Spsc)
+            }
             Ring::Mpmc(core) => {
                 if let Some(pos) = self.mpmc_claimed.take() {
                     leaked(core, &self.mem, pos, self.light);
@@ -319,11 +329,33 @@ impl Producer {
                     }
                 })
             }
-            Ring::Broadcast(core) => core
+            Ring::Broadcast(core) if !NOTICE || self.mem.moved_to() == 0 => core
                 .try_claim(&self.mem, len)
                 .map(|(pos, payload)| Token::Broadcast { pos, payload }),
+            _ => return self.claim_moved(len),
         };
-        r.map_err(|e| self.full(e))
+        match r {
+            Err(Error::WouldBlock(mpmc::MOVED)) if NOTICE => self.claim_moved(len),
+            r => r.map_err(|e| self.full(e)),
+        }
+    }
+
+    /// `try_claim_token` in a segment a resize replaced: moves, then claims there (once: a
+    /// producer that could not move, a forked child's, claims where it is).
+    #[cold]
+    #[inline(never)]
+    fn claim_moved(&mut self, len: usize) -> Result<Token> {
+        self.move_on()?;
+        self.try_claim_at::<false>(len)
+    }
+
+    /// `try_send_inner` in a segment a resize replaced: moves, then sends there (once, as
+    /// `claim_moved`).
+    #[cold]
+    #[inline(never)]
+    fn send_moved(&mut self, frame: &[u8]) -> Result<()> {
+        self.move_on()?;
+        self.try_send_at::<false>(frame)
     }
 
     /// The channel was resized (`Memory::moved_to`): moves this producer to the segment that
@@ -335,8 +367,15 @@ impl Producer {
     #[cold]
     #[inline(never)]
     fn move_on(&mut self) -> Result<()> {
-        if !self.membership.held_here() || self.left {
-            // A forked child's handle is its parent's, which moves it.
+        if !self.membership.held_here() {
+            // The entries are the parent's, which moves them; a child cannot follow for it.
+            return Err(Error::InvalidArgument(
+                "this producer was opened by another process (inherited across fork), and its \
+                 channel was resized: only that process can move it; open a producer of your own"
+                    .into(),
+            ));
+        }
+        if self.left {
             return Ok(());
         }
         let Some((mem, membership)) = self.membership.follow(&self.mem)? else {
@@ -587,13 +626,19 @@ impl Producer {
         }
     }
 
+    /// The ring's `try_send`; a resize is noticed as in `try_claim_token`.
     #[inline(always)]
     fn try_send_inner(&mut self, frame: &[u8]) -> Result<()> {
-        if self.mem.moved_to() != 0 {
-            self.move_on()?;
-        }
+        self.try_send_at::<true>(frame)
+    }
+
+    /// `try_send_inner`; without `NOTICE`, as `try_claim_at`.
+    #[inline(always)]
+    fn try_send_at<const NOTICE: bool>(&mut self, frame: &[u8]) -> Result<()> {
         let r = match &mut self.ring {
-            Ring::Spsc(core) => core.try_send(&self.mem, frame, !self.batching),
+            Ring::Spsc(core) if !NOTICE || self.mem.moved_to() == 0 => {
+                core.try_send(&self.mem, frame, !self.batching)
+            }
             Ring::Mpmc(core) => {
                 if let Some(pos) = self.mpmc_claimed.take() {
                     leaked(core, &self.mem, pos, self.light);
@@ -605,9 +650,15 @@ impl Producer {
                 }
                 r
             }
-            Ring::Broadcast(core) => core.try_send(&self.mem, frame),
+            Ring::Broadcast(core) if !NOTICE || self.mem.moved_to() == 0 => {
+                core.try_send(&self.mem, frame)
+            }
+            _ => return self.send_moved(frame),
         };
         if let Err(e) = r {
+            if NOTICE && matches!(e, Error::WouldBlock(mpmc::MOVED)) {
+                return self.send_moved(frame);
+            }
             return Err(self.full(e));
         }
         // Wrapping: the counters continue a predecessor's, read from shared memory.

@@ -650,9 +650,37 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
             "memcpy_bytes_per_s",
             "messages",
             "pingpong",
+            "resize",
             "throughput"
         ]
     );
+    // Round trips while the channels are resized, against the same pair left alone.
+    assert!(
+        stdout.contains("every round trip got its echo: no frame lost or repeated"),
+        "{stdout}"
+    );
+    let resize = report["resize"].as_array().unwrap();
+    assert_eq!(resize.len(), 2 * 3, "{resize:?}");
+    for row in resize {
+        assert_eq!(
+            keys(row),
+            [
+                "cell",
+                "payload",
+                "resizes",
+                "rtt_ns",
+                "samples",
+                "transport"
+            ]
+        );
+        let resizes = row["resizes"].as_u64().unwrap();
+        match row["cell"].as_str().unwrap() {
+            "steady" => assert_eq!(resizes, 0, "{row}"),
+            "resizing" | "moving" => assert!(resizes > 0, "{row}"),
+            other => panic!("cell {other}"),
+        }
+        assert!(row["samples"].as_u64().unwrap() > 0, "{row}");
+    }
     // Messages longer than the ring, 1 MiB and 16 MiB, each against the copy floor.
     assert!(stdout.contains("messages longer than the ring"), "{stdout}");
     let messages = report["messages"].as_array().unwrap();

@@ -1,8 +1,8 @@
 // shmring from C++ (include/shmring.hpp): a coordinator embedded in this process, an SPSC
 // channel streaming the frames.h pattern from a producer thread to a consumer that waits in
 // poll() on its descriptor, copied and in place, an MPMC channel shared by two consumer
-// threads, and messages longer than the ring (max_message_size) received whole by recv(). Prints
-// what arrived.
+// threads, and messages longer than the ring (max_message_size) received whole by recv(), with
+// the channel resized halfway while they stream. Prints what arrived.
 //
 //   g++ -std=c++17 -Iinclude examples/cpp/example.cpp -Ltarget/release -lshmring -pthread
 //       -Wl,-rpath,$PWD/target/release -o example && ./example
@@ -108,19 +108,26 @@ int main() {
     });
     {
         auto rx = client.consumer("images");
-        for (std::size_t k = 1; k <= 8; k++)
+        for (std::size_t k = 1; k <= 8; k++) {
             images_ok += rx.recv() == std::string(k * 100000, static_cast<char>('a' + k));
+            // Halfway, the ring grows to 4 MiB while the painter streams: nothing is lost,
+            // nobody reopens anything.
+            if (k == 4) client.resize("images", 4 << 20);
+        }
     }
     painter.join();
-    std::printf("messages: %zu of 8 whole, up to %zu bytes through a 64 KiB ring\n", images_ok,
-                static_cast<std::size_t>(800000));
+    shmring_stats images = client.stats("images");
+    std::printf("messages: %zu of 8 whole, up to %zu bytes through a 64 KiB ring, then a %" PRIu64
+                " KiB one (%" PRIu64 " resize)\n",
+                images_ok, static_cast<std::size_t>(800000), images.capacity >> 10, images.resizes);
 
     try {
         client.producer("no-such-channel");
     } catch (const shmring::Error &e) {
         std::printf("as expected: %s\n", e.what());
     }
-    bool ok = received == count && sum == sent_sum && frames == 1000 && total == 500500 && images_ok == 8;
+    bool ok = received == count && sum == sent_sum && frames == 1000 && total == 500500 && images_ok == 8 &&
+              images.resizes == 1 && images.capacity == 4 << 20;
     std::puts(ok ? "ok" : "MISMATCH");
     return ok ? 0 : 1;
 }

@@ -440,6 +440,21 @@ with shmring.Client() as client:
         with rx.read(timeout=5) as view:
             assert bytes(view) == big
         assert rx.missed() == 0
+        # A live resize: the frame sent before comes first, the producer moves on its next
+        # send, the consumer follows once it drained the old ring; a second resize while the
+        # first is under way is refused as busy.
+        tx.send(small)
+        client.resize("big", 1 << 20)
+        try:
+            client.resize("big", 256 << 10)
+            raise AssertionError("a second resize under way was accepted")
+        except shmring.Error as e:
+            assert e.status == "SHMRING_BUSY", e
+        tx.send(big, timeout=5)
+        assert rx.recv(timeout=5) == small
+        assert rx.recv(timeout=5) == big
+        st = client.stats("big")
+        assert st["capacity"] == 1 << 20 and st["resizes"] == 1, st
 print("created")
 "#;
     let out = run(

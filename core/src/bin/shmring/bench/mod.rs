@@ -77,6 +77,9 @@ pub enum Mode {
     /// Messages longer than the ring (`--message-size`) through a 1 MiB ring, against the
     /// two-process copy floor.
     Messages,
+    /// Round trips of 64-byte frames (shmring-spsc-spin, shmring-mpmc-spin) while the two
+    /// channels are resized back and forth, against the same without resizes.
+    Resize,
 }
 
 /// `shmring bench` options.
@@ -195,7 +198,12 @@ impl Plan {
                 "--duration {duration} must be a positive number of seconds"
             ));
         }
-        if a.svg.is_some() && matches!(a.mode, Mode::Throughput | Mode::Fanout | Mode::Messages) {
+        if a.svg.is_some()
+            && matches!(
+                a.mode,
+                Mode::Throughput | Mode::Fanout | Mode::Messages | Mode::Resize
+            )
+        {
             return Err("--svg plots round trips: run `pingpong` or `all` with it".into());
         }
         let allowed = machine::allowed_cpus();
@@ -248,6 +256,21 @@ struct Report {
     memcpy_bytes_per_s: f64,
     /// Messages longer than the ring, against the two-process copy floor.
     messages: Vec<MessageRow>,
+    /// Round trips while the channels are resized, and without.
+    resize: Vec<ResizeRow>,
+}
+
+#[derive(Serialize)]
+struct ResizeRow {
+    transport: &'static str,
+    payload: usize,
+    /// `steady` (no resize), `moving` (the first round trips after each resize, which carry
+    /// the moves) or `resizing` (the others of the runs with resizes).
+    cell: &'static str,
+    samples: u64,
+    /// Resizes made during the cell (each of both channels counts one).
+    resizes: u64,
+    rtt_ns: Rtt,
 }
 
 #[derive(Serialize)]
@@ -519,6 +542,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         throughput: Vec::new(),
         memcpy_bytes_per_s: 0.0,
         messages: Vec::new(),
+        resize: Vec::new(),
     };
     let mut plots: BTreeMap<usize, Vec<(Transport, Histogram<u64>)>> = BTreeMap::new();
 
@@ -697,6 +721,9 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     if matches!(plan.mode, Mode::All | Mode::Messages) {
         messages(&plan, &client, &dir, ctl, &mut talk, &mut report)?;
     }
+    if matches!(plan.mode, Mode::All | Mode::Resize) {
+        resize(&plan, &client, &mut ends, ctl, &mut talk, &mut report)?;
+    }
     if matches!(plan.mode, Mode::All | Mode::Throughput | Mode::Fanout) {
         let second_pid = start_peer(&mut cleanup, 1, plan.fanout_cpu)?;
         let (cmd, ack) = ctl.lines(1);
@@ -750,6 +777,139 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         say!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// Round trips of 64-byte frames while both channels of the pair are resized between 64 KiB
+/// and 1 MiB, against the same pair left alone (`steady`), cells interleaved over the rounds.
+/// A cell is `RESIZE_CHUNKS` runs of round trips; in a resizing cell, one of the two channels
+/// is resized before each run (the resize itself is not timed), and the run's first
+/// `MOVING` round trips, which carry the producer's and the consumer's moves to the new
+/// segment, are counted apart (`moving`) from the rest (`resizing`). Every round trip must get
+/// its echo: a frame lost or repeated would stall the ping-pong or desynchronise it (the
+/// receive times out).
+fn resize(
+    plan: &Plan,
+    client: &Client,
+    ends: &mut Ends,
+    ctl: &shared::Control,
+    talk: &mut Conversation<'_>,
+    report: &mut Report,
+) -> Res<()> {
+    const RESIZE_CHUNKS: u64 = 8;
+    const MOVING: u64 = 4;
+    const PAYLOAD: usize = 64;
+    let chunk = (plan.iterations / RESIZE_CHUNKS).max(MOVING + 1);
+    say!(
+        "\nresize: round trips of {PAYLOAD}-byte frames; one of the pair's two channels resized (64 KiB <-> 1 MiB) \
+         before every\n{chunk} round trips: `moving`, the first {MOVING} after each resize (they carry the \
+         moves to the new segment), `resizing`,\nthe rest; `steady`: the same runs without resizes; {} rounds, \
+         cells interleaved",
+        plan.rounds
+    );
+    say!(
+        "{:<18} {:<9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "transport",
+        "cell",
+        "samples",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "resizes",
+        "p99.9 x"
+    );
+    for t in [Transport::ShmringSpscSpin, Transport::ShmringMpmcSpin] {
+        let Some((kind, _)) = t.shmring() else {
+            continue;
+        };
+        let names = [
+            transport::channel_name(kind, PAYLOAD, "ping"),
+            transport::channel_name(kind, PAYLOAD, "pong"),
+        ];
+        let (mut steady, mut resizing, mut moving) = (histogram(), histogram(), histogram());
+        let mut made = [0u64; 2];
+        for _ in 0..plan.rounds {
+            for busy in [false, true] {
+                for c in 0..RESIZE_CHUNKS {
+                    if busy {
+                        let which = (c % 2) as usize;
+                        let capacity = if made[which] % 2 == 0 {
+                            1 << 20
+                        } else {
+                            64 << 10
+                        };
+                        match client.resize(&names[which], capacity) {
+                            Ok(_) => made[which] += 1,
+                            // The last one is still under way (cannot be, after a run of
+                            // round trips: counted out of `resizes` if it does).
+                            Err(shmring::Error::Busy(_)) => {}
+                            Err(e) => return Err(format!("resizing {}: {e}", names[which])),
+                        }
+                    }
+                    for (n, first) in [(MOVING, true), (chunk - MOVING, false)] {
+                        let into = match (busy, first) {
+                            (false, _) => &mut steady,
+                            (true, true) => &mut moving,
+                            (true, false) => &mut resizing,
+                        };
+                        talk.command([OP_PINGPONG, t.id(), PAYLOAD as u64, n, 0, 0], false)?;
+                        ends.prepare(t, PAYLOAD, 0)?;
+                        talk.wait(0)?;
+                        let mut h = histogram();
+                        ends.ping(ctl, t, PAYLOAD, n, Duration::ZERO, 0, &mut h)
+                            .map_err(|e| talk.explain(e))?;
+                        talk.wait(1)?;
+                        into.add(&h)
+                            .map_err(|e| format!("merging histograms: {e:?}"))?;
+                    }
+                }
+            }
+        }
+        let made = made[0] + made[1];
+        let p999 = steady.value_at_quantile(0.999).max(1) as f64;
+        for (cell, h, n) in [
+            ("steady", &steady, 0),
+            ("resizing", &resizing, made),
+            ("moving", &moving, made),
+        ] {
+            say!(
+                "{:<18} {:<9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.2}x",
+                t.name(),
+                cell,
+                h.len(),
+                ns(h.value_at_quantile(0.5)),
+                ns(h.value_at_quantile(0.99)),
+                ns(h.value_at_quantile(0.999)),
+                ns(h.max()),
+                n,
+                h.value_at_quantile(0.999) as f64 / p999
+            );
+            report.resize.push(ResizeRow {
+                transport: t.name(),
+                payload: PAYLOAD,
+                cell,
+                samples: h.len(),
+                resizes: n,
+                rtt_ns: Rtt {
+                    p50: h.value_at_quantile(0.5),
+                    p90: h.value_at_quantile(0.9),
+                    p99: h.value_at_quantile(0.99),
+                    p999: h.value_at_quantile(0.999),
+                    max: h.max(),
+                },
+            });
+        }
+    }
+    say!(
+        "every round trip got its echo: no frame lost or repeated across {} resizes",
+        report
+            .resize
+            .iter()
+            .filter(|r| r.cell == "resizing")
+            .map(|r| r.resizes)
+            .sum::<u64>()
+    );
     Ok(())
 }
 

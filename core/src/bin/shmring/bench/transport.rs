@@ -104,7 +104,7 @@ impl Transport {
     }
 
     /// The shmring channel kind and wait strategy, for the shmring transports.
-    fn shmring(self) -> Option<(Kind, WaitStrategy)> {
+    pub fn shmring(self) -> Option<(Kind, WaitStrategy)> {
         match self {
             Transport::ShmringSpscSpin => Some((Kind::Spsc, WaitStrategy::Spin)),
             Transport::ShmringSpscPark => Some((Kind::Spsc, WaitStrategy::Park)),
@@ -128,6 +128,12 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 /// The channel names for `kind` and `payload`: the parent sends on ping and receives on pong.
 fn channel(kind: Kind, payload: usize, dir: &str) -> String {
     format!("{kind}-{payload}-{dir}")
+}
+
+/// The name of the ping-pong channel of `kind` for `payload`-byte frames, `dir` "ping" (the
+/// parent's sends) or "pong" (the echoes).
+pub fn channel_name(kind: Kind, payload: usize, dir: &str) -> String {
+    channel(kind, payload, dir)
 }
 
 /// The slotted (MPMC, broadcast) channel of `kind` for frames of `payload` bytes: slots for
