@@ -516,9 +516,17 @@ impl Consumer {
     #[cold]
     #[inline(never)]
     fn follow(&mut self) -> Result<()> {
-        if !self.membership.held_here() || self.watch().ready() {
-            // A forked child's handle is its parent's; or a frame is there after all.
-            return Ok(());
+        if !self.membership.held_here() {
+            // The entries are the parent's, which moves them; a child cannot follow for it.
+            return Err(Error::InvalidArgument(
+                "this consumer was opened by another process (inherited across fork), and its \
+                 channel was resized: only that process can move it; open a consumer of your \
+                 own"
+                .into(),
+            ));
+        }
+        if self.watch().ready() {
+            return Ok(()); // a frame is there after all
         }
         // Acquire: as in `ended`.
         let finished = state_of(self.mem.state().load(Acquire)) == STATE_FINISHED;
@@ -542,8 +550,11 @@ impl Consumer {
                 return Err(e);
             }
         };
-        if let Some(p) = &mut self.pollable {
-            p.retarget(&mem, &membership)?;
+        if let Some(p) = &mut self.pollable
+            && let Err(e) = p.retarget(&mem, &membership)
+        {
+            membership.leave(&mem);
+            return Err(e);
         }
         match &mut self.ring {
             Ring::Spsc(core) => core.release_all(&self.mem),

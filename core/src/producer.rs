@@ -88,6 +88,22 @@ pub struct Producer {
     /// MPMC: waiting for room in the message pool, last seen at this count of frees (what
     /// `watch` watches then, instead of the ring).
     pool_wait: Option<u64>,
+    /// A message is streaming through the ring: its waits do not stop for a resize (it is
+    /// finished in the segment it was begun in).
+    streaming: bool,
+}
+
+/// Most moves one send makes before it gives up: resizes are one at a time, so more means a
+/// `moved` word that keeps being rewritten.
+const MAX_MOVES: usize = 8;
+
+/// The error of a send that kept finding its segment replaced.
+#[cold]
+fn moved_for_good() -> Error {
+    Error::Corrupted(format!(
+        "the channel's segment said it was replaced {MAX_MOVES} times during one send: its \
+         `moved` word keeps being overwritten"
+    ))
 }
 
 /// Tries `$op` (an expression over `$p`, the handle) once, inline; while it returns
@@ -151,6 +167,7 @@ impl Producer {
             left: false,
             pollable: None,
             pool_wait: None,
+            streaming: false,
         })
     }
 
@@ -241,6 +258,10 @@ impl Producer {
         }
         if self.mem.truncated() {
             return Err(crate::consumer::deleted(&self.mem));
+        }
+        if self.mem.moved_to() != 0 && !self.mem.deleted() {
+            // The stream ends where its consumers are, or will be: in the new segment.
+            self.move_on()?;
         }
         self.leave();
         crate::segment::finish_stream(&self.mem);
@@ -335,7 +356,10 @@ impl Producer {
             _ => return self.claim_moved(len),
         };
         match r {
-            Err(Error::WouldBlock(mpmc::MOVED)) if NOTICE => self.claim_moved(len),
+            // As in `try_send_at`.
+            Err(Error::WouldBlock(_)) if NOTICE && self.mem.moved_to() != 0 => {
+                self.claim_moved(len)
+            }
             r => r.map_err(|e| self.full(e)),
         }
     }
@@ -378,6 +402,10 @@ impl Producer {
         if self.left {
             return Ok(());
         }
+        if self.mem.deleted() {
+            // Both generations were deleted: nothing to move to.
+            return Err(crate::consumer::deleted(&self.mem));
+        }
         let Some((mem, membership)) = self.membership.follow(&self.mem)? else {
             return Ok(()); // not replaced after all (the word was damage, now cleared)
         };
@@ -396,8 +424,11 @@ impl Producer {
                 return Err(e);
             }
         };
-        if let Some(p) = &mut self.pollable {
-            p.retarget(&mem, &membership)?;
+        if let Some(p) = &mut self.pollable
+            && let Err(e) = p.retarget(&mem, &membership)
+        {
+            membership.leave(&mem);
+            return Err(e);
         }
         // What is staged becomes visible where it was written, before the entry is let go
         // (whose Release makes it visible to a consumer that sees the entry free); a leaked
@@ -581,6 +612,9 @@ impl Producer {
             timeout,
             (self.membership.role(), self.membership.index()),
         );
+        if self.streaming {
+            waiter.ignore_moves();
+        }
         let mut at = Arc::as_ptr(&self.mem);
         loop {
             let woke = {
@@ -656,7 +690,9 @@ impl Producer {
             _ => return self.send_moved(frame),
         };
         if let Err(e) = r {
-            if NOTICE && matches!(e, Error::WouldBlock(mpmc::MOVED)) {
+            // A full ring, or a claim handed on, in a segment a resize replaced: the send goes
+            // to the new one (nothing was taken here).
+            if NOTICE && matches!(e, Error::WouldBlock(_)) && self.mem.moved_to() != 0 {
                 return self.send_moved(frame);
             }
             return Err(self.full(e));
@@ -737,10 +773,30 @@ impl Producer {
     #[cold]
     #[inline(never)]
     fn send_message(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
-        if self.mem.moved_to() != 0 {
-            // Between messages: a message is written whole into one segment.
-            self.move_on()?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // A message is written whole into one segment: a resize noticed before any of it was
+        // written moves the producer, and the message goes to the new segment (a few times
+        // at most: resizes are one at a time, and a `moved` word that keeps coming back is
+        // damage).
+        for _ in 0..MAX_MOVES {
+            if self.mem.moved_to() != 0 {
+                self.move_on()?;
+            }
+            let left = match (timeout, deadline) {
+                (Some(Duration::ZERO), _) => Some(Duration::ZERO),
+                (_, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+                (t, None) => t,
+            };
+            if self.send_message_here(msg, left)? {
+                return Ok(());
+            }
         }
+        Err(moved_for_good())
+    }
+
+    /// One try of `send_message` in the producer's segment: `Ok(false)` if the segment was
+    /// found replaced before any of the message was written (the caller moves and tries again).
+    fn send_message_here(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<bool> {
         let geo = *self.mem.geometry();
         if msg.len() as u64 > geo.max_message_size {
             return Err(Error::FrameTooLarge {
@@ -756,7 +812,7 @@ impl Producer {
         // Otherwise each record is published as it is written and the message streams through
         // the ring; a call that does not wait sends it only if all of its room is free now.
         if let Ring::Mpmc(_) = self.ring {
-            return self.send_pooled(msg, timeout);
+            return self.send_pooled(msg, timeout).map(|()| true);
         }
         let (start, need, fits) = match &self.ring {
             Ring::Spsc(core) => {
@@ -783,12 +839,20 @@ impl Producer {
                 )));
             }
             Some(Duration::ZERO) => self.try_room(need)?,
-            t if staged => blocking!(self, t, |p| p.try_room(need))?,
+            t if staged => {
+                let roomy = blocking!(self, t, |p| p.try_room_here(need))?;
+                if !roomy {
+                    return Ok(false);
+                }
+            }
             _ => {}
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut total = Some(msg.len() as u64);
         let mut off = 0;
+        // A message that streams is finished where it was begun, resize or not: its waits for
+        // room look past the `moved` word (`Waiter::ignore_moves`).
+        self.streaming = !staged;
         while off < msg.len() {
             let room = geo.max_fragment as usize - if total.is_some() { MESSAGE_PREFIX } else { 0 };
             let piece = &msg[off..msg.len().min(off + room)];
@@ -799,6 +863,7 @@ impl Producer {
                 blocking!(self, left, |p| p.try_fragment(total, piece))
             };
             if let Err(e) = r {
+                self.streaming = false;
                 if let (true, Ring::Spsc(core)) = (staged, &mut self.ring) {
                     core.unstage(&self.mem, start);
                 }
@@ -815,6 +880,7 @@ impl Producer {
                 self.publish();
             }
         }
+        self.streaming = false;
         // Wrapping: as in `try_send_inner`.
         self.frames = self.frames.wrapping_add(1);
         self.bytes = self.bytes.wrapping_add(msg.len() as u64);
@@ -822,7 +888,16 @@ impl Producer {
         if !self.batching {
             self.publish();
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// `try_room`, or `Ok(false)` once the segment was found replaced (nothing of the message
+    /// is written yet: it goes to the new segment).
+    fn try_room_here(&mut self, need: u64) -> Result<bool> {
+        if self.mem.moved_to() != 0 {
+            return Ok(false);
+        }
+        self.try_room(need).map(|()| true)
     }
 
     /// Sends `msg`, longer than a frame, through an MPMC channel's message pool: takes
@@ -832,7 +907,7 @@ impl Producer {
     /// send that fails after taking chunks frees them.
     fn send_pooled(&mut self, msg: &[u8], timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
+        for _ in 0..MAX_MOVES {
             let tag = match &mut self.ring {
                 Ring::Mpmc(core) => core.begin_pooled(&self.mem),
                 _ => unreachable!("only MPMC channels have a pool"),
@@ -859,6 +934,7 @@ impl Producer {
                 Err(e) => return Err(e),
             }
         }
+        Err(moved_for_good())
     }
 
     /// One try of `send_pooled`: `Ok(false)` if the channel was resized before the message was

@@ -250,6 +250,8 @@ pub(crate) struct Waiter {
     rounds: u32,
     /// [`WaitStrategy::Yield`]: when the next [`Woke::Recheck`] is due (set on the first yield).
     recheck_at: Option<Instant>,
+    /// See [`Waiter::ignore_moves`].
+    ignore_moves: bool,
 }
 
 impl Waiter {
@@ -264,6 +266,7 @@ impl Waiter {
             parked: None,
             rounds: 0,
             recheck_at: None,
+            ignore_moves: false,
         }
     }
 
@@ -301,7 +304,7 @@ impl Waiter {
                         }
                         spin_hint();
                     }
-                    if line.ending(mem) {
+                    if self.ending(line, mem) {
                         return Ok(Woke::Ready); // the caller's retry reports it
                     }
                     self.check_deadline()?;
@@ -309,7 +312,7 @@ impl Waiter {
                 Ok(Woke::Recheck)
             }
             WaitStrategy::Yield => loop {
-                if ready() || line.ending(mem) {
+                if ready() || self.ending(line, mem) {
                     return Ok(Woke::Ready);
                 }
                 self.backoff.snooze();
@@ -319,7 +322,7 @@ impl Waiter {
                 }
             },
             WaitStrategy::Park => loop {
-                if ready() || line.ending(mem) {
+                if ready() || self.ending(line, mem) {
                     return Ok(Woke::Ready);
                 }
                 if self.backoff.is_completed() {
@@ -454,12 +457,30 @@ impl Parked {
 
 impl Waiter {
     /// The waiting handle moved to the segment that replaced its own in a resize, where it
-    /// holds entry `who`: a waiter counted on the old segment leaves it, and the next round
-    /// announces itself on the new one.
+    /// holds entry `who`: a waiter counted on the old segment leaves its count (the entry
+    /// there is given up already, maybe someone else's now: its `parked` is left alone, and
+    /// an admission clears it), and the next round announces itself on the new one.
     pub(crate) fn moved(&mut self, who: (Role, u32)) {
-        self.unpark();
+        if let Some(p) = self.parked.take() {
+            leave(&p.line.of(&p.mem).waiters);
+        }
         self.who = who;
         self.backoff = Backoff::new();
+    }
+
+    /// This wait does not end for a resize (a producer finishing a message in the segment it
+    /// began it in): only for a deleted channel, as before resizes existed.
+    pub(crate) fn ignore_moves(&mut self) {
+        self.ignore_moves = true;
+    }
+
+    /// `line.ending(mem)`, unless this wait ignores resizes.
+    #[inline(always)]
+    fn ending(&self, line: Line, mem: &Memory) -> bool {
+        if self.ignore_moves && line == Line::Consumer {
+            return mem.deleted();
+        }
+        line.ending(mem)
     }
 
     fn unpark(&mut self) {

@@ -619,6 +619,10 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         "{stdout}"
     );
     assert!(
+        stdout.contains("shmring-mpmc-pool-spin / shmring-mpmc-spin, p50:"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("idle: a consumer waiting in poll on its descriptor"),
         "{stdout}"
     );
@@ -633,6 +637,7 @@ fn bench_quick_writes_the_report_schema_and_the_plot() {
         "atomic-floor",
         "shmring-spsc-spin",
         "shmring-mpmc-spin",
+        "shmring-mpmc-pool-spin",
         "shmring-broadcast-spin",
         "futex-floor",
         "shmring-spsc-park",

@@ -90,11 +90,12 @@ struct Channel {
     /// ARCHITECTURE.md, "Online resize"). Retired (`retire_drained`) when nobody holds an
     /// entry of it and nothing is left in it for a consumer.
     prev: Option<Box<Channel>>,
-    /// The consumer entries taken in this generation for the holders of `prev`'s consumer
-    /// entries, by `prev`'s `(index, owner)`: handed over when they follow (`follow`), so that a
-    /// broadcast subscriber is counted here, from the first frame written here, before it
-    /// arrives.
-    heirs: HashMap<(u32, u64), (u32, u64)>,
+    /// The entries taken in this generation for the holders of `prev`'s entries, by `prev`'s
+    /// `(role, index, owner)`: handed over when they follow (`follow`). So a broadcast
+    /// subscriber is counted here from the first frame written here, before it arrives; a
+    /// producer that has not moved yet still counts as attached here (an end of stream waits
+    /// for it) and keeps its place (no producer opened meanwhile takes it).
+    heirs: HashMap<Entry, (u32, u64)>,
     /// `prev`'s repair counters (repairs, redelivered, skipped) when they were copied here at
     /// the resize: what it counts beyond them is added here when it is retired.
     carried: [u64; 3],
@@ -155,6 +156,9 @@ impl Channel {
             .chain(std::iter::once(self))
     }
 }
+
+/// An entry of a participant table: role, index, owner word.
+type Entry = (Role, u32, u64);
 
 /// Who holds which entries of which channel generation, by the coordinator's books:
 /// `(role, index, owner word)` per `(channel, generation)`.
@@ -960,6 +964,19 @@ impl Registry {
             if ch.seg.mem.moved_to() != 0 {
                 clear_moved(name, ch);
             }
+            // The generation being drained says which one replaced it, whatever was written
+            // there since (producers left in it must find their way).
+            let current = ch.generation();
+            if let Some(p) = ch.prev.as_deref()
+                && p.seg.check().is_ok()
+                && p.seg.mem.moved_to() != current
+            {
+                tracing::warn!(channel = %name, generation = p.generation(), "damage: the drained generation's moved word was overwritten; restored");
+                // SeqCst: as in `resize`.
+                p.seg.mem.producer_line().moved.store(current, SeqCst);
+                p.seg.mem.consumer_line().moved.store(current, SeqCst);
+                wait::wake_all(&p.seg.mem);
+            }
             let s = ch.seg.stats();
             let dt = now.duration_since(ch.rate.at).as_secs_f64();
             if dt > 0.0 {
@@ -1246,7 +1263,7 @@ impl Registry {
         if into_prev {
             match take_heir(&ch.seg.mem, role, index, peer.pid, start_time) {
                 Ok(heir) => {
-                    ch.heirs.insert((index, owner), heir);
+                    ch.heirs.insert((role, index, owner), heir);
                     heir_adm = Some(Admission {
                         channel: name.to_string(),
                         generation: ch.generation(),
@@ -1308,12 +1325,10 @@ impl Registry {
         if p.admissions.len() != before
             && let Some(ch) = self.channels.get_mut(&adm.channel)
         {
-            // A consumer of the generation being drained that closes without having followed:
-            // the entry taken for it in the new one goes too.
-            let heir = if ch.prev.as_ref().map(|p| p.generation()) == Some(adm.generation)
-                && adm.role == Role::Consumer
-            {
-                ch.heirs.remove(&(adm.index, adm.owner))
+            // A holder of an entry of the generation being drained that closes without having
+            // followed: the entry taken for it in the new one goes too.
+            let heir = if ch.prev.as_ref().map(|p| p.generation()) == Some(adm.generation) {
+                ch.heirs.remove(&(adm.role, adm.index, adm.owner))
             } else {
                 None
             };
@@ -1322,11 +1337,11 @@ impl Registry {
                 free_entry(&g.seg.mem, adm.role, adm.index, adm.owner);
             }
             if let Some((index, owner)) = heir {
-                free_entry(&ch.seg.mem, Role::Consumer, index, owner);
+                free_entry(&ch.seg.mem, adm.role, index, owner);
                 let heir_adm = Admission {
                     channel: adm.channel.clone(),
                     generation: current,
-                    role: Role::Consumer,
+                    role: adm.role,
                     index,
                     owner,
                 };
@@ -1362,6 +1377,10 @@ impl Registry {
             )));
         }
         let mut ch = self.channels.remove(name).expect("looked up above");
+        // Entries taken for holders of the generation being drained, which nobody will follow
+        // now: out of the books (their holders' closes name the old generation).
+        let heirs: Vec<_> = ch.heirs.drain().collect();
+        forget_admissions(&mut self.procs, name, ch.generation(), &heirs);
         let prev = ch.prev.take();
         for mut g in prev.map(|p| *p).into_iter().chain(std::iter::once(ch)) {
             // What dead producers left is skipped first, so consumers can drain past it.
@@ -1419,11 +1438,15 @@ impl Registry {
             let Some(prev) = ch.prev.take() else {
                 continue;
             };
-            // A consumer entry taken for a holder that is gone without a close (its entry in
-            // the old generation was freed by its own handle, or repaired): freed too.
-            for (_, (index, owner)) in ch.heirs.drain() {
-                free_entry(&ch.seg.mem, Role::Consumer, index, owner);
+            // An entry taken for a holder that left the old generation without a close seen
+            // yet (its handle freed its entry there, the close is on its way): freed, and out
+            // of the books, as that close would have done.
+            let heirs: Vec<_> = ch.heirs.drain().collect();
+            let current = ch.generation();
+            for ((role, _, _), (index, owner)) in heirs.iter().copied() {
+                free_entry(&ch.seg.mem, role, index, owner);
             }
+            forget_admissions(&mut self.procs, &name, current, &heirs);
             if prev.seg.check().is_ok() && ch.seg.check().is_ok() {
                 let (old, new) = (prev.seg.mem.repair_line(), ch.seg.mem.repair_line());
                 for (k, (from, to)) in [
@@ -1534,21 +1557,22 @@ impl Registry {
             .store(u64::from(sys::pid()), Relaxed);
         let mut next = Channel::new(object, seg, fd);
         next.carried = carry_counters(&old_mem, &next.seg.mem);
-        // Every consumer of the old generation gets its entry in the new one now: a
+        // Every participant of the old generation gets its entry in the new one now: a
         // broadcast subscriber is then counted from the first frame written there (with
-        // overflow `block`, the producer waits for it), and no consumer is turned away when
-        // it follows.
+        // overflow `block`, the producer waits for it), a producer that has not moved yet is
+        // attached there (an end of stream waits for it), and nobody is turned away when it
+        // follows.
         let old_gen = origin.generation;
         let mut taken = Vec::new();
         for (pid, p) in &self.procs {
             for a in &p.admissions {
-                if a.channel == name && a.generation == old_gen && a.role == Role::Consumer {
-                    taken.push((*pid, p.start_time, a.index, a.owner));
+                if a.channel == name && a.generation == old_gen {
+                    taken.push((*pid, p.start_time, a.role, a.index, a.owner));
                 }
             }
         }
-        for (pid, start_time, index, owner) in taken {
-            let heir = match take_heir(&next.seg.mem, Role::Consumer, index, pid, start_time) {
+        for (pid, start_time, role, index, owner) in taken {
+            let heir = match take_heir(&next.seg.mem, role, index, pid, start_time) {
                 Ok(h) => h,
                 Err(e) => {
                     // Cannot happen with the same table size, but nothing is half done.
@@ -1557,12 +1581,12 @@ impl Registry {
                     return Err(e);
                 }
             };
-            next.heirs.insert((index, owner), heir);
+            next.heirs.insert((role, index, owner), heir);
             if let Some(p) = self.procs.get_mut(&pid) {
                 p.admissions.push(Admission {
                     channel: name.to_string(),
                     generation,
-                    role: Role::Consumer,
+                    role,
                     index: heir.0,
                     owner: heir.1,
                 });
@@ -1626,10 +1650,7 @@ impl Registry {
         let start_time = proc.start_time;
         let generation = ch.generation();
         let ch = self.channels.get_mut(&name).expect("looked up above");
-        let heir = match adm.role {
-            Role::Consumer => ch.heirs.remove(&(adm.index, adm.owner)),
-            Role::Producer => None,
-        };
+        let heir = ch.heirs.remove(&(adm.role, adm.index, adm.owner));
         let (index, owner) = match heir {
             Some(h) => h,
             None => take_heir(&ch.seg.mem, adm.role, adm.index, peer.pid, start_time)?,
@@ -1638,7 +1659,7 @@ impl Registry {
             Ok(fd) => fd,
             Err(e) => {
                 if let Some(h) = heir {
-                    ch.heirs.insert((adm.index, adm.owner), h);
+                    ch.heirs.insert((adm.role, adm.index, adm.owner), h);
                 } else {
                     free_entry(&ch.seg.mem, adm.role, index, owner);
                 }
@@ -1719,6 +1740,28 @@ impl Registry {
                 .map_or(0, |p| info(name, &p.seg).capacity_bytes),
             draining_depth: ch.prev.as_ref().map_or(0, |p| p.seg.stats().depth),
         })
+    }
+}
+
+/// Removes from the books the admissions to generation `generation` of channel `name` that
+/// `heirs` (as `Channel::heirs` holds them) name.
+fn forget_admissions(
+    procs: &mut HashMap<u32, Proc>,
+    name: &str,
+    generation: u64,
+    heirs: &[(Entry, (u32, u64))],
+) {
+    if heirs.is_empty() {
+        return;
+    }
+    for p in procs.values_mut() {
+        p.admissions.retain(|a| {
+            !(a.channel == name
+                && a.generation == generation
+                && heirs.iter().any(|&((role, _, _), (index, owner))| {
+                    a.role == role && a.index == index && a.owner == owner
+                }))
+        });
     }
 }
 

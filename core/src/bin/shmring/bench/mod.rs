@@ -1389,6 +1389,19 @@ fn print_pingpong(
             rounds.join(", ")
         );
     }
+    // What a message pool beside the slots costs small frames, round by round as above.
+    if let (Some(p), Some(m)) = (
+        at(Transport::ShmringMpmcPoolSpin),
+        at(Transport::ShmringMpmcSpin),
+    ) {
+        let ratios: Vec<f64> = p50s[p].iter().zip(&p50s[m]).map(|(a, b)| a / b).collect();
+        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        say!(
+            "shmring-mpmc-pool-spin / shmring-mpmc-spin, p50: {:.2}x (median of the rounds: {})",
+            median(ratios.clone()),
+            rounds.join(", ")
+        );
+    }
 }
 
 /// `shmring bench-peer` (started by `shmring bench`).

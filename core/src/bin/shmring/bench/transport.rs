@@ -30,6 +30,10 @@ pub enum Transport {
     /// Two MPMC channels, both sides busy-spinning.
     #[value(name = "shmring-mpmc-spin")]
     ShmringMpmcSpin,
+    /// The same over MPMC channels that also carry messages up to 1 MiB (a message pool
+    /// beside the slots; frames of at least 24 bytes): what the pool costs small frames.
+    #[value(name = "shmring-mpmc-pool-spin")]
+    ShmringMpmcPoolSpin,
     /// Two broadcast channels (overflow `block`), one subscriber each, both sides
     /// busy-spinning.
     #[value(name = "shmring-broadcast-spin")]
@@ -58,10 +62,11 @@ pub enum Transport {
 
 impl Transport {
     /// Every transport, in the order they are run and shown.
-    pub const ALL: [Transport; 10] = [
+    pub const ALL: [Transport; 11] = [
         Transport::AtomicFloor,
         Transport::ShmringSpscSpin,
         Transport::ShmringMpmcSpin,
+        Transport::ShmringMpmcPoolSpin,
         Transport::ShmringBroadcastSpin,
         Transport::FutexFloor,
         Transport::ShmringSpscPark,
@@ -76,6 +81,7 @@ impl Transport {
             Transport::AtomicFloor => "atomic-floor",
             Transport::ShmringSpscSpin => "shmring-spsc-spin",
             Transport::ShmringMpmcSpin => "shmring-mpmc-spin",
+            Transport::ShmringMpmcPoolSpin => "shmring-mpmc-pool-spin",
             Transport::ShmringBroadcastSpin => "shmring-broadcast-spin",
             Transport::FutexFloor => "futex-floor",
             Transport::ShmringSpscPark => "shmring-spsc-park",
@@ -108,10 +114,19 @@ impl Transport {
         match self {
             Transport::ShmringSpscSpin => Some((Kind::Spsc, WaitStrategy::Spin)),
             Transport::ShmringSpscPark => Some((Kind::Spsc, WaitStrategy::Park)),
-            Transport::ShmringMpmcSpin => Some((Kind::Mpmc, WaitStrategy::Spin)),
+            Transport::ShmringMpmcSpin | Transport::ShmringMpmcPoolSpin => {
+                Some((Kind::Mpmc, WaitStrategy::Spin))
+            }
             Transport::ShmringBroadcastSpin => Some((Kind::Broadcast, WaitStrategy::Spin)),
             _ => None,
         }
+    }
+}
+
+impl Transport {
+    /// Whether its channels have a message pool (`ShmringMpmcPoolSpin`).
+    pub fn pooled(self) -> bool {
+        self == Transport::ShmringMpmcPoolSpin
     }
 }
 
@@ -128,6 +143,12 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 /// The channel names for `kind` and `payload`: the parent sends on ping and receives on pong.
 fn channel(kind: Kind, payload: usize, dir: &str) -> String {
     format!("{kind}-{payload}-{dir}")
+}
+
+/// The channel of `channel`, or (`pooled`) its twin with a message pool.
+fn channel_of(kind: Kind, payload: usize, dir: &str, pooled: bool) -> String {
+    let name = channel(kind, payload, dir);
+    if pooled { name + "-pool" } else { name }
 }
 
 /// The name of the ping-pong channel of `kind` for `payload`-byte frames, `dir` "ping" (the
@@ -163,6 +184,16 @@ pub fn create_channels(client: &Client, kind: Kind, payload: usize) -> Res<()> {
         client
             .create(&channel(kind, payload, dir), &cfg)
             .map_err(err("creating a channel"))?;
+        if kind == Kind::Mpmc {
+            // shmring-mpmc-pool-spin's: the same slots (a pool reference takes 24 bytes,
+            // within the same 64-byte stride as an 8-byte frame), and messages up to 1 MiB.
+            let pooled = cfg
+                .max_frame_size((payload as u32).max(24))
+                .max_message_size(1 << 20);
+            client
+                .create(&channel_of(kind, payload, dir, true), &pooled)
+                .map_err(err("creating a channel"))?;
+        }
         if kind == Kind::Spsc {
             // shmring-spsc-fd's own: the spin and park rows keep handles without descriptors.
             client
@@ -245,7 +276,7 @@ pub struct Ends {
     client: Client,
     dir: PathBuf,
     /// (kind, payload) -> (send end, receive end).
-    shmring: HashMap<(Kind, usize), (Producer, Consumer)>,
+    shmring: HashMap<(Kind, usize, bool), (Producer, Consumer)>,
     /// payload -> shmring-spsc-fd's send end, receive end, and the receive end's descriptor.
     fd: HashMap<usize, (Producer, Consumer, RawFd)>,
     /// The fan-out runs' broadcast producer (parent) or subscriber (peers), by channel.
@@ -323,7 +354,18 @@ impl Ends {
         payload: usize,
         wait: WaitStrategy,
     ) -> Res<&mut (Producer, Consumer)> {
-        if !self.shmring.contains_key(&(kind, payload)) {
+        self.channels_of(kind, payload, wait, false)
+    }
+
+    /// [`Ends::channels`], or (`pooled`) the ends of its twin with a message pool.
+    pub fn channels_of(
+        &mut self,
+        kind: Kind,
+        payload: usize,
+        wait: WaitStrategy,
+        pooled: bool,
+    ) -> Res<&mut (Producer, Consumer)> {
+        if !self.shmring.contains_key(&(kind, payload, pooled)) {
             let (out, inn) = if self.parent {
                 ("ping", "pong")
             } else {
@@ -331,17 +373,17 @@ impl Ends {
             };
             let tx = self
                 .client
-                .producer(&channel(kind, payload, out))
+                .producer(&channel_of(kind, payload, out, pooled))
                 .map_err(err("opening a channel"))?;
             let rx = self
                 .client
-                .consumer(&channel(kind, payload, inn))
+                .consumer(&channel_of(kind, payload, inn, pooled))
                 .map_err(err("opening a channel"))?;
-            self.shmring.insert((kind, payload), (tx, rx));
+            self.shmring.insert((kind, payload, pooled), (tx, rx));
         }
         let ends = self
             .shmring
-            .get_mut(&(kind, payload))
+            .get_mut(&(kind, payload, pooled))
             .expect("inserted above");
         ends.0.set_wait_strategy(wait);
         ends.1.set_wait_strategy(wait);
@@ -532,7 +574,7 @@ impl Ends {
             }
             _ => {
                 if let Some((kind, wait)) = t.shmring() {
-                    let (tx, rx) = self.channels(kind, payload, wait)?;
+                    let (tx, rx) = self.channels_of(kind, payload, wait, t.pooled())?;
                     for _ in 0..n {
                         pause();
                         let t0 = Instant::now();
@@ -561,7 +603,7 @@ impl Ends {
             Transport::AtomicFloor | Transport::FutexFloor => Ok(()),
             Transport::ShmringSpscFd => self.fd_channels(payload).map(drop),
             _ => match t.shmring() {
-                Some((kind, wait)) => self.channels(kind, payload, wait).map(drop),
+                Some((kind, wait)) => self.channels_of(kind, payload, wait, t.pooled()).map(drop),
                 None => self.stream(t, port).map(drop),
             },
         }
@@ -613,7 +655,7 @@ impl Ends {
             }
             _ => {
                 if let Some((kind, wait)) = t.shmring() {
-                    let (tx, rx) = self.channels(kind, payload, wait)?;
+                    let (tx, rx) = self.channels_of(kind, payload, wait, t.pooled())?;
                     for _ in 0..n {
                         let f = rx.read_timeout(PATIENCE).map_err(err("reading"))?;
                         tx.send_timeout(&f, PATIENCE).map_err(err("echoing"))?;
