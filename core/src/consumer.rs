@@ -632,6 +632,9 @@ impl Consumer {
     /// empty means that nothing arrives until a producer attaches: after a
     /// [`finish`](crate::Producer::finish) receives return `Closed`, but a producer that died
     /// or was dropped does not finish the stream, and this tells a consumer that it is alone.
+    /// While a resize is under way it counts the producers of the ring this consumer still
+    /// reads, zero once they all moved to the new one; the next receive follows them, and the
+    /// count is theirs again.
     pub fn producers(&self) -> u32 {
         crate::segment::producers_attached(&self.mem)
     }

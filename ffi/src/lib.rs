@@ -1191,8 +1191,10 @@ pub unsafe extern "C" fn shmring_consumer_missed(c: *const shmring_consumer) -> 
 /// the death). 0 with the ring empty means that nothing arrives until a producer opens the
 /// channel: a finished stream (`shmring_producer_finish`) makes receives return
 /// `SHMRING_CLOSED`, but a producer that crashed or was closed without finishing does not, and
-/// this count is how a consumer learns that it is alone. 0 also for a `c` that is not a
-/// consumer (then `shmring_last_error()` says why). The consumer's thread.
+/// this count is how a consumer learns that it is alone. While a resize is under way it counts
+/// the producers of the ring the consumer still reads, 0 once they all moved to the new one;
+/// the consumer's next receive follows them (and the count is theirs again). 0 also for a `c`
+/// that is not a consumer (then `shmring_last_error()` says why). The consumer's thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn shmring_consumer_producers(c: *const shmring_consumer) -> u32 {
     let mut n = 0;

@@ -96,6 +96,9 @@ struct Channel {
     /// producer that has not moved yet still counts as attached here (an end of stream waits
     /// for it) and keeps its place (no producer opened meanwhile takes it).
     heirs: HashMap<Entry, (u32, u64)>,
+    /// The entries handed to followers, by the follower's pid and its entry in `prev`: a
+    /// follow asked again (its reply was lost, the client gave up waiting) gets the same one.
+    followed: HashMap<(u32, Entry), (u32, u64)>,
     /// `prev`'s repair counters (repairs, redelivered, skipped) when they were copied here at
     /// the resize: what it counts beyond them is added here when it is retired.
     carried: [u64; 3],
@@ -122,6 +125,7 @@ impl Channel {
             resizes: 0,
             prev: None,
             heirs: HashMap::new(),
+            followed: HashMap::new(),
             carried: [0; 3],
         }
     }
@@ -1328,6 +1332,7 @@ impl Registry {
             // A holder of an entry of the generation being drained that closes without having
             // followed: the entry taken for it in the new one goes too.
             let heir = if ch.prev.as_ref().map(|p| p.generation()) == Some(adm.generation) {
+                ch.followed.remove(&(pid, (adm.role, adm.index, adm.owner)));
                 ch.heirs.remove(&(adm.role, adm.index, adm.owner))
             } else {
                 None
@@ -1442,6 +1447,7 @@ impl Registry {
             // yet (its handle freed its entry there, the close is on its way): freed, and out
             // of the books, as that close would have done.
             let heirs: Vec<_> = ch.heirs.drain().collect();
+            ch.followed.clear();
             let current = ch.generation();
             for ((role, _, _), (index, owner)) in heirs.iter().copied() {
                 free_entry(&ch.seg.mem, role, index, owner);
@@ -1650,6 +1656,30 @@ impl Registry {
         let start_time = proc.start_time;
         let generation = ch.generation();
         let ch = self.channels.get_mut(&name).expect("looked up above");
+        let key = (peer.pid, (adm.role, adm.index, adm.owner));
+        if let Some(&(index, owner)) = ch.followed.get(&key)
+            && ch
+                .seg
+                .mem
+                .participant(adm.role, index)
+                // Relaxed: the coordinator's own word, unless someone scribbled on it.
+                .is_some_and(|p| p.owner.load(Relaxed) == owner)
+        {
+            // Asked again: the entry handed out before, still this process's.
+            let fd = ch
+                .fd
+                .try_clone()
+                .map_err(|e| Error::os("duplicating a segment descriptor", e))?;
+            return Ok(Answer {
+                reply: Reply::Opened {
+                    index,
+                    owner,
+                    generation,
+                },
+                fd: Some(fd),
+                admitted: None,
+            });
+        }
         let heir = ch.heirs.remove(&(adm.role, adm.index, adm.owner));
         let (index, owner) = match heir {
             Some(h) => h,
@@ -1673,6 +1703,7 @@ impl Registry {
             index,
             owner,
         };
+        ch.followed.insert(key, (index, owner));
         if let Some(p) = self.procs.get_mut(&peer.pid)
             && heir.is_none()
         {
@@ -2211,5 +2242,84 @@ mod tests {
         assert!(!permits(&peer(2000, 100, vec![]), &origin, 6));
         assert!(permits(&peer(2000, 7, vec![100]), &origin, 4));
         assert!(!permits(&peer(2000, 7, vec![]), &origin, 4));
+    }
+
+    /// A follow asked twice for the same entry (the first reply lost: the client gave up
+    /// waiting and asks again) gets the same entry in the new generation, not a second one.
+    /// (Found in review: an SPSC channel then had its one producer entry taken twice.)
+    #[test]
+    fn a_follow_asked_again_gets_the_same_entry() {
+        let dir = std::env::temp_dir().join(format!("shmring-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut reg = Registry::new("follow-test", 1 << 30, dir.join("record"));
+        let epoll = Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let pid = std::process::id();
+        reg.connected(&epoll, pid, sys::pidfd_open(pid).unwrap())
+            .unwrap();
+        let peer = Peer {
+            pid,
+            uid: sys::euid(),
+            gid: 0,
+            groups: Vec::new(),
+        };
+        let ok = |a: Answer| match a.reply {
+            Reply::Error { message, .. } => panic!("{message}"),
+            r => r,
+        };
+        ok(reg.handle(
+            &epoll,
+            &peer,
+            Request::Create {
+                name: "c".into(),
+                config: ChannelConfig::spsc(),
+            },
+        ));
+        let opened = |reg: &mut Registry, role| match ok(reg.handle(
+            &epoll,
+            &peer,
+            Request::Open {
+                name: "c".into(),
+                role,
+            },
+        )) {
+            Reply::Opened {
+                index,
+                owner,
+                generation,
+            } => (index, owner, generation),
+            r => panic!("{r:?}"),
+        };
+        let producer = opened(&mut reg, Role::Producer);
+        let consumer = opened(&mut reg, Role::Consumer);
+        ok(reg.handle(
+            &epoll,
+            &peer,
+            Request::Resize {
+                name: "c".into(),
+                capacity: 4 << 20,
+            },
+        ));
+        for (role, (index, owner, generation)) in
+            [(Role::Producer, producer), (Role::Consumer, consumer)]
+        {
+            let follow = |reg: &mut Registry| {
+                ok(reg.handle(
+                    &epoll,
+                    &peer,
+                    Request::Follow {
+                        name: "c".into(),
+                        generation,
+                        role,
+                        index,
+                        owner,
+                    },
+                ))
+            };
+            let first = follow(&mut reg);
+            assert!(matches!(first, Reply::Opened { generation: g, .. } if g > generation));
+            assert_eq!(follow(&mut reg), first, "{role}: the same entry");
+        }
+        reg.remove_all();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
