@@ -1553,7 +1553,7 @@ fn wait_until_vacant_but(client: &Client, channel: &str, pid: u32) {
 }
 
 /// A producer SIGKILLed in the middle of a message longer than the ring (SPSC: streaming it;
-/// broadcast: a slot at a time), while the consumer holds the first part of it: the consumer
+/// broadcast: a slot at a time), and the consumer takes the first part of it: the consumer
 /// never delivers that part. It drops it when the next producer's message begins, counts it
 /// in `missed` (SPSC: one message; broadcast: the slots it took of it), and delivers the next
 /// message whole. The same with the next message begun by a whole frame.
@@ -1588,8 +1588,10 @@ fn a_producer_killed_midway_through_a_message_leaves_no_part_of_it() {
             // A message of 1 MiB, four times the ring and more: the producer blocks midway.
             let mut big = spawn_role(&dog, &place, &["send-one", &name, "1048576", "7"]);
             big.expect_line("sending");
-            // The producer fills the ring and waits for room: take what came of it (the first
-            // part), once. It can write at most another ring's worth before it waits again.
+            // The producer fills the ring and waits for room; it is killed there, and the
+            // consumer takes what came of the message (the first part). (Taken before the kill,
+            // the first part can turn into the whole message: each receive releases room, and a
+            // producer quick enough keeps the receive going to the end.)
             let deadline = Instant::now() + T;
             // (Depth: bytes for SPSC, slots behind for a broadcast subscriber.)
             let full = if kind == Kind::Spsc { 32 << 10 } else { 8 };
@@ -1601,12 +1603,12 @@ fn a_producer_killed_midway_through_a_message_leaves_no_part_of_it() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             std::thread::sleep(Duration::from_millis(20));
+            big.kill().expect("the producer was still sending");
+            wait_until_producers(&client, &name, 0);
             match rx.try_recv(&mut buf) {
                 Err(Error::WouldBlock(_)) => {}
                 other => panic!("{kind} round {round}: part of a message delivered: {other:?}"),
             }
-            big.kill().expect("the producer was still sending");
-            wait_until_producers(&client, &name, 0);
             // The next producer: a message (round 0) or a whole frame (round 1).
             let byte = 9 + round;
             let mut after = spawn_role(
