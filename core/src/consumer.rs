@@ -543,19 +543,7 @@ impl Consumer {
                 outstanding: None,
             }),
         };
-        let ring = match ring {
-            Ok(r) => r,
-            Err(e) => {
-                membership.leave(&mem);
-                return Err(e);
-            }
-        };
-        if let Some(p) = &mut self.pollable
-            && let Err(e) = p.retarget(&mem, &membership)
-        {
-            membership.leave(&mem);
-            return Err(e);
-        }
+        let ring = membership.settle_in(&mem, ring, self.pollable.as_deref_mut())?;
         match &mut self.ring {
             Ring::Spsc(core) => core.release_all(&self.mem),
             Ring::Broadcast(core) => {

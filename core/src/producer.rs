@@ -417,19 +417,7 @@ impl Producer {
                     .with_incarnation(membership.incarnation()),
             )),
         };
-        let ring = match ring {
-            Ok(r) => r,
-            Err(e) => {
-                membership.leave(&mem);
-                return Err(e);
-            }
-        };
-        if let Some(p) = &mut self.pollable
-            && let Err(e) = p.retarget(&mem, &membership)
-        {
-            membership.leave(&mem);
-            return Err(e);
-        }
+        let ring = membership.settle_in(&mem, ring, self.pollable.as_deref_mut())?;
         // What is staged becomes visible where it was written, before the entry is let go
         // (whose Release makes it visible to a consumer that sees the entry free); a leaked
         // MPMC claim is handed on.

@@ -857,6 +857,25 @@ impl Membership {
         self.index
     }
 
+    /// The last steps of a handle's move to the segment `mem` that replaced its own, where it
+    /// holds this entry (`follow`): its ring core made there (`ring`), and its pollable
+    /// descriptor, if any, watching there. If either fails, the entry is given back.
+    pub(crate) fn settle_in<R>(
+        &self,
+        mem: &Arc<Memory>,
+        ring: Result<R>,
+        pollable: Option<&mut crate::pollable::Pollable>,
+    ) -> Result<R> {
+        let done = ring.and_then(|r| match pollable {
+            Some(p) => p.retarget(mem, self).map(|()| r),
+            None => Ok(r),
+        });
+        if done.is_err() {
+            self.leave(mem);
+        }
+        done
+    }
+
     /// The channel was resized (`mem`'s `moved` word says so): this entry's successor in the
     /// segment that replaced this one (taken for this process by the coordinator), with that
     /// segment's memory. The caller leaves this entry once it is done with this segment.

@@ -12,20 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod common;
-use common::watchdog;
-
-/// Removes a test's socket directory when the test ends, and what the coordinator keeps of its
-/// namespace in the user's runtime directory (its lock and its record of the channels).
-struct RemoveDir(PathBuf, String);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        for ext in ["lock", "channels"] {
-            let _ = std::fs::remove_file(shmring::default_socket_path(&self.1).with_extension(ext));
-        }
-    }
-}
+use common::{RemoveDir, watchdog};
 
 /// A namespace and socket no other test uses, and the guard that removes the socket's
 /// directory (declare it first, so that it drops last).

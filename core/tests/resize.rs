@@ -6,23 +6,10 @@
 use shmring::{
     ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Overflow, WaitStrategy,
 };
-use std::path::PathBuf;
 use std::time::Duration;
 
 mod common;
-use common::watchdog;
-
-/// Removes a test's socket directory and what the coordinator keeps of its namespace.
-struct RemoveDir(PathBuf, String);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        for ext in ["lock", "channels"] {
-            let _ = std::fs::remove_file(shmring::default_socket_path(&self.1).with_extension(ext));
-        }
-    }
-}
+use common::{RemoveDir, watchdog};
 
 /// A coordinator of a namespace of its own, a client of it, and the guard (dropped last).
 fn setup(tag: &str) -> (Client, Coordinator, RemoveDir) {

@@ -21,3 +21,17 @@ pub fn watchdog(what: &'static str, secs: u64) -> Watchdog {
     });
     Watchdog { _disarm: tx }
 }
+
+/// Removes a test's socket directory when the test ends, and what the coordinator keeps of its
+/// namespace in the user's runtime directory (its lock and its record of the channels).
+#[allow(dead_code)] // not every test that shares this module starts a coordinator
+pub struct RemoveDir(pub std::path::PathBuf, pub String);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        for ext in ["lock", "channels"] {
+            let _ = std::fs::remove_file(shmring::default_socket_path(&self.1).with_extension(ext));
+        }
+    }
+}

@@ -308,6 +308,19 @@ struct Rtt {
     max: u64,
 }
 
+impl Rtt {
+    /// The percentiles of `h`.
+    fn of(h: &Histogram<u64>) -> Rtt {
+        Rtt {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ThroughputRow {
     transport: &'static str,
@@ -615,13 +628,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
                     transport: t.name(),
                     payload,
                     samples: h.len(),
-                    rtt_ns: Rtt {
-                        p50: h.value_at_quantile(0.5),
-                        p90: h.value_at_quantile(0.9),
-                        p99: h.value_at_quantile(0.99),
-                        p999: h.value_at_quantile(0.999),
-                        max: h.max(),
-                    },
+                    rtt_ns: Rtt::of(h),
                 });
             }
             plots.insert(payload, all);
@@ -891,13 +898,7 @@ fn resize(
                 cell,
                 samples: h.len(),
                 resizes: n,
-                rtt_ns: Rtt {
-                    p50: h.value_at_quantile(0.5),
-                    p90: h.value_at_quantile(0.9),
-                    p99: h.value_at_quantile(0.99),
-                    p999: h.value_at_quantile(0.999),
-                    max: h.max(),
-                },
+                rtt_ns: Rtt::of(h),
             });
         }
     }
@@ -1375,29 +1376,23 @@ fn print_pingpong(
     for (t, r) in slower_than_uds {
         say!("{}", slower_than_uds_note(t, r, plan.think, futex_p50));
     }
-    // A broadcast channel with one subscriber against SPSC, round by round as above.
+    // Two shmring transports against each other, round by round as above: a broadcast
+    // channel with one subscriber against SPSC, and what a message pool beside the slots costs
+    // small frames.
     let at = |t| plan.transports.iter().position(|&x| x == t);
-    if let (Some(b), Some(s)) = (
-        at(Transport::ShmringBroadcastSpin),
-        at(Transport::ShmringSpscSpin),
-    ) {
-        let ratios: Vec<f64> = p50s[b].iter().zip(&p50s[s]).map(|(a, b)| a / b).collect();
+    for (a, b) in [
+        (Transport::ShmringBroadcastSpin, Transport::ShmringSpscSpin),
+        (Transport::ShmringMpmcPoolSpin, Transport::ShmringMpmcSpin),
+    ] {
+        let (Some(i), Some(j)) = (at(a), at(b)) else {
+            continue;
+        };
+        let ratios: Vec<f64> = p50s[i].iter().zip(&p50s[j]).map(|(x, y)| x / y).collect();
         let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         say!(
-            "shmring-broadcast-spin / shmring-spsc-spin, p50: {:.2}x (median of the rounds: {})",
-            median(ratios.clone()),
-            rounds.join(", ")
-        );
-    }
-    // What a message pool beside the slots costs small frames, round by round as above.
-    if let (Some(p), Some(m)) = (
-        at(Transport::ShmringMpmcPoolSpin),
-        at(Transport::ShmringMpmcSpin),
-    ) {
-        let ratios: Vec<f64> = p50s[p].iter().zip(&p50s[m]).map(|(a, b)| a / b).collect();
-        let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        say!(
-            "shmring-mpmc-pool-spin / shmring-mpmc-spin, p50: {:.2}x (median of the rounds: {})",
+            "{} / {}, p50: {:.2}x (median of the rounds: {})",
+            a.name(),
+            b.name(),
             median(ratios.clone()),
             rounds.join(", ")
         );
