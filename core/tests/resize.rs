@@ -226,6 +226,8 @@ fn a_second_resize_waits_for_the_first_and_a_bad_capacity_is_refused() {
     let mut tx = client.producer("c").unwrap();
     tx.send(b"before").unwrap();
     client.resize("c", 4 << 20).unwrap();
+    // The producer that has not moved yet keeps its place in the new ring: one at a time.
+    assert!(matches!(client.producer("c"), Err(Error::Busy(_))));
     match client.resize("c", 2 << 20) {
         Err(Error::Busy(m)) => assert!(m.contains("still moving"), "{m}"),
         other => panic!("second resize while the first is under way: {other:?}"),

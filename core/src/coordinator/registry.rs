@@ -1202,19 +1202,9 @@ impl Registry {
         };
         // While a resize is under way, a consumer starts in the old generation (what is left
         // there comes first), with its entry in the new one taken at once (see `resize`); a
-        // producer goes to the new one, unless the channel admits one producer and the old
-        // generation's still holds its entry.
+        // producer goes to the new one, where the entries of the producers that have not moved
+        // yet are theirs already (an SPSC channel's one producer entry among them).
         let into_prev = role == Role::Consumer && ch.prev.is_some();
-        if let Some(prev) = &ch.prev
-            && role == Role::Producer
-            && ch.seg.geometry().max_producers == 1
-            && holders(&prev.seg.mem).0 != 0
-        {
-            return Err(Error::Busy(format!(
-                "channel {name:?} admits one producer, and the one it has is still moving to \
-                 the channel's new capacity (it moves on its next send)"
-            )));
-        }
         let target = if into_prev {
             ch.prev.as_deref().expect("checked above")
         } else {

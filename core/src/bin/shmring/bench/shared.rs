@@ -53,6 +53,45 @@ impl Control {
 #[repr(C, align(128))]
 pub struct FutexLine(pub AtomicU32);
 
+/// Maps the first `len` bytes of `path` shared, read-write; with `create`, creates the file
+/// (afresh: never another's, readable by this user only) and sizes it, zeroed. A file shorter
+/// than `len` is refused.
+fn map_file(path: &Path, len: usize, create: bool) -> std::io::Result<*mut u8> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create)
+        .mode(0o600)
+        .open(path)?;
+    if create {
+        file.set_len(len as u64)?;
+    }
+    if file.metadata()?.len() < len as u64 {
+        return Err(std::io::Error::other(format!(
+            "{} is shorter than {len} bytes",
+            path.display()
+        )));
+    }
+    // SAFETY: a fresh shared mapping of a file we hold open and checked to be at least `len`
+    // bytes, checked for failure below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
 /// A shared mapping of the control file.
 pub struct Shared {
     ptr: *mut Control,
@@ -61,34 +100,7 @@ pub struct Shared {
 impl Shared {
     /// Maps `path`, creating it (zeroed; it must not exist) with `create`.
     pub fn map(path: &Path, create: bool) -> std::io::Result<Shared> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Created afresh (never another's file), readable by this user only.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create)
-            .mode(0o600)
-            .open(path)?;
-        let len = std::mem::size_of::<Control>();
-        if create {
-            file.set_len(len as u64)?;
-        }
-        // SAFETY: a fresh shared mapping of a file we hold open, checked for failure below; the
-        // file is at least `len` bytes (sized by the creator before the peer is started).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        let p = map_file(path, std::mem::size_of::<Control>(), create)?;
         Ok(Shared { ptr: p.cast() })
     }
 
@@ -217,38 +229,10 @@ pub struct Bulk {
 impl Bulk {
     /// Maps `path` (`len` bytes), creating it (it must not exist) with `create`.
     pub fn map(path: &Path, len: usize, create: bool) -> std::io::Result<Bulk> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(create)
-            .mode(0o600)
-            .open(path)?;
-        if create {
-            file.set_len(len as u64)?;
-        }
-        if file.metadata()?.len() < len as u64 {
-            return Err(std::io::Error::other(
-                "the copy floor's buffer is too short",
-            ));
-        }
-        // SAFETY: a fresh shared mapping of a file we hold open and checked to be at least
-        // `len` bytes, checked for failure below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Bulk { ptr: p.cast(), len })
+        Ok(Bulk {
+            ptr: map_file(path, len, create)?,
+            len,
+        })
     }
 
     /// Copies `src` to the start of the buffer.
