@@ -35,7 +35,7 @@
  * version 3 its `max_message_size` field; version 4 the `resizes`, `draining_generation` and
  * `draining_depth` fields of `shmring_stats`.
  */
-#define SHMRING_ABI_VERSION 4
+#define SHMRING_ABI_VERSION 5
 
 /**
  * `shmring_frame.flags` bit: the frame was handed to a consumer that died before releasing
@@ -129,6 +129,17 @@ typedef struct shmring_channel_config {
      * messages take, beside the slots; `max_frame_size` at least 24). See `shmring_send`.
      */
     uint64_t max_message_size;
+    /**
+     * Partitions (0 or 1: not partitioned; SPSC only). A partitioned channel is this many
+     * SPSC rings of this shape: `shmring_send_keyed` puts a frame in the partition of its key
+     * (`shmring_partition_of`), and a consumer group reads it (`shmring_consumer_open_group`).
+     */
+    uint32_t partitions;
+    /**
+     * A partitioned channel: bytes of state a checkpoint of each partition holds (0: 64 KiB);
+     * other channels: 0. See `shmring_checkpoint_commit`.
+     */
+    uint32_t checkpoint_size;
 } shmring_channel_config;
 
 /**
@@ -233,6 +244,10 @@ typedef struct shmring_frame {
      * `SHMRING_FRAME_*` bits.
      */
     uint32_t flags;
+    /**
+     * The partition it came from (a consumer-group member's frames); 0 otherwise.
+     */
+    uint32_t partition;
 } shmring_frame;
 
 /**
@@ -540,6 +555,28 @@ shmring_status shmring_send(struct shmring_producer *p,
                             int64_t timeout_ns);
 
 /**
+ * Sends `data` (`len` bytes) on a partitioned channel, to the partition of `key` (`key_len`
+ * bytes; `shmring_partition_of(key, key_len, partitions)`), waiting up to `timeout_ns` as
+ * `shmring_send` does. Frames of one key go to one partition, in the order they were sent.
+ * `SHMRING_INVALID_ARGUMENT` if the channel is not partitioned. The producer's thread.
+ */
+shmring_status shmring_send_keyed(struct shmring_producer *p,
+                                  const void *key,
+                                  size_t key_len,
+                                  const void *data,
+                                  size_t len,
+                                  int64_t timeout_ns);
+
+/**
+ * The partition of `key` (`key_len` bytes) among `partitions`: FNV-1a 64 of the key's bytes
+ * (start `h = 0xcbf29ce484222325`; for each byte `b`: `h = (h ^ b) * 0x100000001b3` modulo
+ * 2^64), modulo `partitions`; 0 when `partitions` is 0 or 1 (or `key` is NULL with `key_len`
+ * above 0). Stable across versions and languages: any program can tell where a key goes.
+ * Any thread.
+ */
+uint32_t shmring_partition_of(const void *key, size_t key_len, uint32_t partitions);
+
+/**
  * Reserves `len` bytes in the ring for a frame written in place (zero-copy), waiting up to
  * `timeout_ns` as `shmring_send` does. On success `*out_buf` points to the `len` writable
  * bytes, in shared memory; write the frame there, then publish it with `shmring_commit` or give
@@ -745,6 +782,74 @@ shmring_status shmring_release(struct shmring_consumer *c);
  * the handle's memory (the channel is the parent's).
  */
 void shmring_consumer_close(struct shmring_consumer *c);
+
+/**
+ * Joins consumer group `group` of partitioned channel `name` as a new member. On success
+ * `*out` is the member, a consumer to be closed with `shmring_consumer_close` (which leaves
+ * the group). The coordinator assigns each partition to exactly one live member and moves
+ * partitions when members join, leave or die; the member receives from all of its partitions
+ * through `shmring_recv` and `shmring_read` (the frame's `partition` says which). A partition
+ * taken from a dead member starts with the frames it had not released, flagged
+ * `SHMRING_FRAME_REDELIVERED`, then continues in order. A partitioned channel is read by one
+ * group, the first to join it: `SHMRING_BUSY` for another group's name. Blocking receives
+ * wait on the partitions' descriptors (at most 10 ms at a time, to look at the assignment).
+ * Statuses otherwise as for `shmring_consumer_open`. Any thread; the member is used by one
+ * thread at a time.
+ */
+shmring_status shmring_consumer_open_group(struct shmring_client *client,
+                                           const char *name,
+                                           const char *group,
+                                           struct shmring_consumer **out);
+
+/**
+ * Exactly-once mode for a group member (`on` nonzero): its receives take frames without
+ * releasing them, and `shmring_checkpoint_commit` releases a partition's frames together with
+ * a checkpoint of the state that includes them; whoever takes the partition over (after a
+ * crash or a rebalance) starts from that checkpoint and receives exactly the frames it does
+ * not include. Set it before the first receive. Commit often enough: uncommitted frames keep
+ * their room in the ring, and the producer waits for it. The member's thread.
+ */
+shmring_status shmring_consumer_set_checkpointed(struct shmring_consumer *c, int on);
+
+/**
+ * Commits `state` (`len` bytes, at most the channel's checkpoint_size) as the checkpoint of
+ * partition `partition`, covering every frame received from it so far, then releases those
+ * frames. `SHMRING_NOT_FOUND` if the partition is no longer this member's (it went to another
+ * member, which starts from the previous commit: drop the state kept for it). The member's
+ * thread.
+ */
+shmring_status shmring_checkpoint_commit(struct shmring_consumer *c,
+                                         uint32_t partition,
+                                         const void *state,
+                                         size_t len);
+
+/**
+ * Copies the state of partition `partition`'s last checkpoint, as found when this member took
+ * the partition (or last committed it), into `buf` (`cap` bytes); `*out_len` receives its
+ * length. `SHMRING_NOT_FOUND` if no checkpoint was committed (start from empty state) or the
+ * partition is not this member's; `SHMRING_BUFFER_TOO_SMALL` with the length needed. The
+ * member's thread.
+ */
+shmring_status shmring_checkpoint_read(struct shmring_consumer *c,
+                                       uint32_t partition,
+                                       void *buf,
+                                       size_t cap,
+                                       size_t *out_len);
+
+/**
+ * The partitions this member holds now, written to `out` (up to `cap` of them, in order);
+ * returns how many it holds (may exceed `cap`), or -1 if `c` is not a group member. The
+ * member's thread.
+ */
+int64_t shmring_group_partitions(struct shmring_consumer *c, uint32_t *out, size_t cap);
+
+/**
+ * The partitions this member gave up since the last call (another member took them), written
+ * to `out` (up to `cap`; the rest are reported by the next call); returns how many were
+ * written, or -1 if `c` is not a group member. State kept for them is stale, and so are the
+ * frames received from them and not committed. The member's thread.
+ */
+int64_t shmring_group_revoked(struct shmring_consumer *c, uint32_t *out, size_t cap);
 
 #ifdef __cplusplus
 }  // extern "C"

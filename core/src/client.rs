@@ -5,6 +5,7 @@ use crate::consumer::Consumer;
 use crate::coordinator::{DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path};
 use crate::error::{Error, Result};
 use crate::layout::{ChannelConfig, Role};
+use crate::partition::{GroupConsumer, KeyedProducer};
 use crate::producer::Producer;
 use crate::protocol::{
     self, ChannelInfo, ChannelStats, FrameReader, HELLO_ACCEPTED, HELLO_BUSY, HELLO_INCOMPATIBLE,
@@ -638,7 +639,7 @@ impl Client {
         match self.shared.request(&Request::Stats {
             name: name.to_string(),
         })? {
-            (Reply::Stats(s), _) => Ok(s),
+            (Reply::Stats(s), _) => Ok(*s),
             (other, _) => Err(unexpected(other)),
         }
     }
@@ -658,7 +659,100 @@ impl Client {
             name: name.to_string(),
             role,
         })?;
+        if let Reply::Partitioned { partitions } = reply {
+            return Err(Error::InvalidArgument(format!(
+                "channel {name:?} is partitioned ({partitions} partitions): open it with \
+                 Client::keyed_producer (C: shmring_producer_open, then shmring_send_keyed)"
+            )));
+        }
         attach(&self.shared, name, role, reply, fd)
+    }
+
+    /// A request whose reply carries no descriptor.
+    pub(crate) fn request(&self, req: &Request) -> Result<Reply> {
+        self.shared.request(req).map(|(reply, _)| reply)
+    }
+
+    /// Asks to be admitted to partition `partition` of `channel` (as its producer, or as the
+    /// consumer of group member `member`).
+    pub(crate) fn open_partition(
+        &self,
+        channel: &str,
+        partition: u32,
+        role: Role,
+        member: Option<u64>,
+    ) -> Result<(Segment, u32, u64)> {
+        let (reply, fd) = self.shared.request(&Request::OpenPartition {
+            channel: channel.to_string(),
+            partition,
+            role,
+            member,
+        })?;
+        let name = crate::partition::partition_name(channel, partition);
+        attach(&self.shared, &name, role, reply, fd)
+    }
+
+    /// Opens partitioned channel `name` as its producer: every partition's (a partitioned
+    /// channel has one producer). `InvalidArgument` if the channel is not partitioned.
+    pub fn keyed_producer(&self, name: &str) -> Result<KeyedProducer> {
+        let (reply, _) = self.shared.request(&Request::Open {
+            name: name.to_string(),
+            role: Role::Producer,
+        })?;
+        let partitions = match reply {
+            Reply::Partitioned { partitions } => partitions,
+            Reply::Opened {
+                index,
+                owner,
+                generation,
+            } => {
+                // Admitted to a plain channel: give the entry back.
+                self.shared.tell(Request::Close {
+                    name: name.to_string(),
+                    generation,
+                    role: Role::Producer,
+                    index,
+                    owner,
+                });
+                return Err(Error::InvalidArgument(format!(
+                    "channel {name:?} is not partitioned: open it with Client::producer"
+                )));
+            }
+            other => return Err(unexpected(other)),
+        };
+        let parts = (0..partitions)
+            .map(|p| {
+                let (seg, index, owner) = self.open_partition(name, p, Role::Producer, None)?;
+                seg.adopt_producer(index, owner)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KeyedProducer::new(parts))
+    }
+
+    /// Opens `name` as a producer, or as a [`KeyedProducer`] if it is partitioned (for
+    /// bindings that hand out one kind of producer handle).
+    #[doc(hidden)]
+    pub fn open_producer(
+        &self,
+        name: &str,
+    ) -> Result<std::result::Result<Producer, KeyedProducer>> {
+        let (reply, fd) = self.shared.request(&Request::Open {
+            name: name.to_string(),
+            role: Role::Producer,
+        })?;
+        if let Reply::Partitioned { .. } = reply {
+            return self.keyed_producer(name).map(Err);
+        }
+        let (seg, index, owner) = attach(&self.shared, name, Role::Producer, reply, fd)?;
+        seg.adopt_producer(index, owner).map(Ok)
+    }
+
+    /// Joins consumer group `group` of partitioned channel `name`: the coordinator assigns the
+    /// member some of the channel's partitions (all of them, if it is the only member) and
+    /// moves them as members come and go. A partitioned channel is read by one group, the
+    /// first to join it (`Busy` for another name).
+    pub fn group_consumer(&self, name: &str, group: &str) -> Result<GroupConsumer> {
+        GroupConsumer::join(self, name, group)
     }
 
     /// Gives channel `name` a new capacity (as [`ChannelConfig::capacity`] means it) while
@@ -683,7 +777,7 @@ impl Client {
         }
     }
 
-    /// Opens `name` as a producer. `Busy` when the channel admits no more producers (an SPSC
+    /// Opens `name` as a producer (a partitioned channel: [`Client::keyed_producer`]). `Busy` when the channel admits no more producers (an SPSC
     /// channel admits one at a time), `PermissionDenied` when its mode excludes this user.
     pub fn producer(&self, name: &str) -> Result<Producer> {
         let (seg, index, owner) = self.open(name, Role::Producer)?;

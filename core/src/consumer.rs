@@ -53,6 +53,9 @@ pub struct Received {
     pub len: usize,
     /// The frame's flags.
     pub flags: FrameFlags,
+    /// The partition it came from: a [`GroupConsumer`](crate::GroupConsumer)'s receives say
+    /// which of the member's partitions; zero for a channel that is not partitioned.
+    pub partition: u32,
 }
 
 #[derive(Debug)]
@@ -767,6 +770,7 @@ impl Consumer {
         Ok(Received {
             len,
             flags: FrameFlags::from_bits(flags),
+            partition: 0,
         })
     }
 
@@ -1211,6 +1215,93 @@ fn give_back(core: &mut mpmc::ConsumerCore, mem: &Memory, pos: u64, held: Held) 
         // Resized: a consumer waiting for the last held slot to be released before it
         // follows (`mpmc::drained_for_good`) looks again.
         wait::wake_consumers(mem);
+    }
+}
+
+/// What a consumer-group member (`partition.rs`) does with the consumer of one of its
+/// partitions (an SPSC ring with a checkpoint area).
+impl Consumer {
+    fn partition_core(&mut self) -> Result<&mut spsc::ConsumerCore> {
+        match &mut self.ring {
+            Ring::Spsc(core) => Ok(core),
+            _ => Err(Error::InvalidArgument(
+                "not a partition of a partitioned channel".into(),
+            )),
+        }
+    }
+
+    /// The segment this consumer reads.
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.mem
+    }
+
+    /// The group's assignment epoch as the coordinator last stored it in this partition.
+    pub(crate) fn group_epoch(&self) -> u64 {
+        // Acquire: pairs with the coordinator's Release store (`publish_epoch`).
+        self.mem.repair_line().group_epoch.load(Acquire)
+    }
+
+    /// Copies the next frame into `buf` and takes it without releasing it (see
+    /// `spsc::ConsumerCore::try_take_copy`); `commit_held` releases it.
+    pub(crate) fn try_recv_held(&mut self, buf: &mut [u8]) -> Result<Received> {
+        let Ring::Spsc(core) = &mut self.ring else {
+            return Err(Error::InvalidArgument(
+                "not a partition of a partitioned channel".into(),
+            ));
+        };
+        let r = core.try_take_copy(&self.mem, buf).map(|(len, flags)| {
+            // Wrapping: the counters continue a predecessor's, read from shared memory.
+            self.frames = self.frames.wrapping_add(1);
+            self.bytes = self.bytes.wrapping_add(len as u64);
+            Received {
+                len,
+                flags: FrameFlags::from_bits(flags),
+                partition: 0,
+            }
+        });
+        self.settle(r)
+    }
+
+    /// Commits `state` (if any) as the partition's checkpoint at the position after the last
+    /// frame taken, then releases every frame taken: in that order (see `checkpoint.rs`).
+    pub(crate) fn commit_held(&mut self, state: Option<&[u8]>) -> Result<()> {
+        let pos = self.partition_core()?.read_position();
+        if let Some(state) = state {
+            crate::checkpoint::write(&self.mem, pos, state)?;
+        }
+        let Ring::Spsc(core) = &mut self.ring else {
+            unreachable!("checked by partition_core")
+        };
+        core.release(&self.mem);
+        self.finish();
+        Ok(())
+    }
+
+    /// Hands every frame taken and not released back to the ring (for the partition's next
+    /// consumer): called before a partition given to another member is closed.
+    pub(crate) fn abandon_held(&mut self) {
+        if let Ring::Spsc(core) = &mut self.ring {
+            core.rewind(&self.mem);
+        }
+    }
+
+    /// Resumes from the partition's last checkpoint: passes over the frames it covers that were
+    /// not released yet, and returns its state (`None`: no checkpoint was committed).
+    pub(crate) fn resume_from_checkpoint(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some((pos, state)) = crate::checkpoint::read(&self.mem)? else {
+            return Ok(None);
+        };
+        let Ring::Spsc(core) = &mut self.ring else {
+            return Err(Error::InvalidArgument(
+                "not a partition of a partitioned channel".into(),
+            ));
+        };
+        let passed = core.resume_at(&self.mem, pos)?;
+        if passed > 0 {
+            tracing::debug!(passed, pos, "frames covered by the checkpoint passed over");
+            wait::notify(self.mem.consumer_line(), self.light);
+        }
+        Ok(Some(state))
     }
 }
 

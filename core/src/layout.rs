@@ -23,6 +23,8 @@
 //!  data   | data region                                    | data_len
 //!         |   SPSC: byte ring of variable-length records   |
 //!         |   MPMC, broadcast: `slots` fixed-size slots    |
+//!         |   (then an MPMC message pool, or a partition's |
+//!         |   checkpoint area)                             |
 //!         +-----------------------------------------------+  total_size
 //! ```
 //!
@@ -89,6 +91,15 @@
 //! message in it; then the chunks (4096-aligned), `pool_chunk` bytes each. Sizes and offsets
 //! are derived from the header's (`Geometry::with_pool`).
 //!
+//! # Checkpoint area (an SPSC partition of a partitioned channel)
+//!
+//! After the ring (data-region offset `capacity`, 64-aligned): a `u64` count of checkpoints
+//! committed on its own 64-byte line, then two buffers of `align_up(16 + checkpoint_size, 64)`
+//! bytes, each `[position u64][length u64][state bytes]`. Checkpoint `n` (counted from 1) is in
+//! buffer `n % 2`; the count is stored (Release) after the buffer is written, so a reader that
+//! loads it (Acquire) finds that buffer whole. Written by the partition's consumer alone; see
+//! `checkpoint.rs` and ARCHITECTURE.md, "Exactly-once processing".
+//!
 //! # Participant (128 bytes, one per admitted producer or consumer)
 //!
 //! ```text
@@ -139,9 +150,11 @@
 //! ```text
 //!   0        8        16       24          32        40                                128
 //!  +--------+--------+--------+-----------+---------+----------------------------------+
-//!  | owner  | claim  |repairs |redelivered| skipped |          (unused, zero)          |
-//!  +--------+--------+--------+-----------+---------+----------------------------------+
+//!  | owner  | claim  |repairs |redelivered| skipped |group epoch|   (unused, zero)     |
+//!  +--------+--------+--------+-----------+---------+-----------+----------------------+
 //! ```
+//! `group epoch` is a partition's: the coordinator bumps it in every partition of a partitioned
+//! channel when its consumer group's assignment changes (`partition.rs`).
 //! The coordinator's own entry. `owner` is the pid of the coordinator that adopted the segment.
 //! `claim` is an MPMC claim record (as a producer's) of the position the coordinator is taking
 //! to deliver a dead consumer's frame again; a coordinator that adopts the segment finishes
@@ -175,8 +188,9 @@ pub const MAGIC: u64 = u64::from_ne_bytes(*b"shmring\0");
 /// `FINISHED` and its count of finishes; 5: the header's `max_message_size`, the record types
 /// `FIRST` and `PART` of a message split over several records; 6: the MPMC message pool, its
 /// `POOL` record, the consumer line's `frees`, the participant's `pool_tag`; 7: the producer
-/// line's `moved`, set when a resize replaced the segment).
-pub const LAYOUT_VERSION: u32 = 7;
+/// line's `moved`, set when a resize replaced the segment; 8: the header's
+/// `checkpoint_size`, the checkpoint area after an SPSC ring, the repair line's `group_epoch`).
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Size of the segment header block.
 pub const HEADER_SIZE: usize = 256;
@@ -349,10 +363,13 @@ pub struct SegmentHeader {
     pub history: u64,
     /// Largest message payload, bytes (at least `max_frame_size`).
     pub max_message_size: u64,
-    /// FNV-1a 64 of the fields above, with `state` counted as zero.
+    /// FNV-1a 64 of the fields above and `checkpoint_size`, with `state` counted as zero.
     pub checksum: u64,
+    /// Bytes of consumer state each of the checkpoint area's two buffers holds (an SPSC
+    /// partition of a partitioned channel; zero: no checkpoint area).
+    pub checkpoint_size: u64,
     /// Zero.
-    pub reserved: [u64; 13],
+    pub reserved: [u64; 12],
 }
 
 /// Offset of `SegmentHeader::state` (the only header field accessed atomically).
@@ -383,6 +400,7 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, history) == 128);
     assert!(offset_of!(SegmentHeader, max_message_size) == 136);
     assert!(offset_of!(SegmentHeader, checksum) == 144);
+    assert!(offset_of!(SegmentHeader, checkpoint_size) == 152);
 };
 
 impl SegmentHeader {
@@ -413,6 +431,7 @@ impl SegmentHeader {
         h.u32(self.owner_gid);
         h.u64(self.history);
         h.u64(self.max_message_size);
+        h.u64(self.checkpoint_size);
         h.0
     }
 }
@@ -504,6 +523,10 @@ pub struct RepairLine {
     pub redelivered: AtomicU64,
     /// Positions a dead producer took and never committed, turned into skip records.
     pub skipped: AtomicU64,
+    /// A partition of a partitioned channel: bumped (by the coordinator, in every partition of
+    /// the channel) each time the consumer group's assignment of partitions changes; members
+    /// look at it between receives and ask the coordinator for their partitions when it moved.
+    pub group_epoch: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -531,6 +554,7 @@ const _: () = {
     assert!(offset_of!(RepairLine, repairs) == 16);
     assert!(offset_of!(RepairLine, redelivered) == 24);
     assert!(offset_of!(RepairLine, skipped) == 32);
+    assert!(offset_of!(RepairLine, group_epoch) == 40);
     assert!(REPAIR_LINE + LINE == PARTICIPANTS);
 };
 
@@ -710,6 +734,13 @@ pub struct ChannelConfig {
     /// broadcast: split into records; MPMC: through the channel's message pool) and `recv`
     /// returns it whole. Zero means `max_frame_size`.
     pub max_message_size: u64,
+    /// Partitions (0 or 1: not partitioned). A partitioned channel is this many SPSC rings of
+    /// this shape, one per partition; frames go to one by their key (`send_keyed`) and a
+    /// consumer group reads them (see `partition.rs`). SPSC only.
+    pub partitions: u32,
+    /// A partitioned channel: bytes of consumer state a checkpoint of each partition holds
+    /// (zero: [`DEFAULT_CHECKPOINT_SIZE`]); other channels: zero.
+    pub checkpoint_size: u32,
 }
 
 impl ChannelConfig {
@@ -725,6 +756,8 @@ impl ChannelConfig {
             overflow: Overflow::Block,
             history: 0,
             max_message_size: 0,
+            partitions: 0,
+            checkpoint_size: 0,
         }
     }
 
@@ -741,6 +774,8 @@ impl ChannelConfig {
             overflow: Overflow::Block,
             history: 0,
             max_message_size: 0,
+            partitions: 0,
+            checkpoint_size: 0,
         }
     }
 
@@ -757,6 +792,8 @@ impl ChannelConfig {
             overflow: Overflow::Block,
             history: 0,
             max_message_size: 0,
+            partitions: 0,
+            checkpoint_size: 0,
         }
     }
 
@@ -816,7 +853,88 @@ impl ChannelConfig {
         self.mode = mode;
         self
     }
+
+    /// Sets [`ChannelConfig::partitions`].
+    pub const fn partitions(mut self, n: u32) -> ChannelConfig {
+        self.partitions = n;
+        self
+    }
+
+    /// Sets [`ChannelConfig::checkpoint_size`].
+    pub const fn checkpoint_size(mut self, bytes: u32) -> ChannelConfig {
+        self.checkpoint_size = bytes;
+        self
+    }
+
+    /// Whether the channel is partitioned (more than one partition).
+    pub const fn is_partitioned(&self) -> bool {
+        self.partitions > 1
+    }
+
+    /// Checks what a partitioned channel asks of its partitions; the shape of each is checked
+    /// by [`Geometry::new`].
+    pub fn check_partitions(&self) -> Result<(), Error> {
+        if !self.is_partitioned() {
+            if self.checkpoint_size != 0 {
+                return Err(invalid(format!(
+                    "checkpoint_size {} applies to partitioned channels only (set partitions)",
+                    self.checkpoint_size
+                )));
+            }
+            return Ok(());
+        }
+        if self.partitions > MAX_PARTITIONS {
+            return Err(invalid(format!(
+                "partitions {} must be at most {MAX_PARTITIONS}",
+                self.partitions
+            )));
+        }
+        if self.kind != Kind::Spsc {
+            return Err(invalid(format!(
+                "a partitioned channel is made of SPSC rings (one per partition, read in order by \
+                 one member of a consumer group): its kind must be spsc, not {}",
+                self.kind
+            )));
+        }
+        if self.max_message_size > u64::from(self.max_frame_size) {
+            return Err(invalid(
+                "a partitioned channel carries frames up to max_frame_size: messages longer than \
+                 a frame are not split on it (leave max_message_size 0)"
+                    .to_string(),
+            ));
+        }
+        if self.checkpoint_size > MAX_CHECKPOINT_SIZE {
+            return Err(invalid(format!(
+                "checkpoint_size {} must be at most {MAX_CHECKPOINT_SIZE}",
+                self.checkpoint_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shape of each partition's ring: this config, unpartitioned, with its checkpoint
+    /// area's size settled.
+    pub fn partition_config(&self) -> ChannelConfig {
+        let mut c = *self;
+        c.partitions = 0;
+        c.checkpoint_size = match self.checkpoint_size {
+            0 => DEFAULT_CHECKPOINT_SIZE,
+            n => n,
+        };
+        c
+    }
 }
+
+/// Most partitions of a channel.
+pub const MAX_PARTITIONS: u32 = 256;
+/// Bytes of consumer state a partition's checkpoint holds unless the channel asks otherwise.
+pub const DEFAULT_CHECKPOINT_SIZE: u32 = 64 << 10;
+/// Most bytes of consumer state a partition's checkpoint holds.
+pub const MAX_CHECKPOINT_SIZE: u32 = 64 << 20;
+/// Bytes before a checkpoint area's first buffer (the count of checkpoints, on its own line).
+pub const CHECKPOINT_HEAD: usize = 64;
+/// Bytes before the state in a checkpoint buffer (position and length, two `u64`s).
+pub const CHECKPOINT_PREFIX: usize = 16;
 
 /// Who made a segment, when, and for whom: the header fields that are not its shape.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -882,6 +1000,10 @@ pub struct Geometry {
     pub pool_words: usize,
     /// Data-region offset of the pool's chunks.
     pub pool_data: usize,
+    /// SPSC partition: bytes of state each checkpoint buffer holds (zero: no checkpoint area).
+    pub checkpoint_size: u32,
+    /// Data-region offset of the checkpoint area (zero: none).
+    pub checkpoint: usize,
     /// MPMC and broadcast bytes per slot; zero for SPSC.
     pub slot_stride: u32,
     /// Producer table entries.
@@ -952,7 +1074,7 @@ impl Geometry {
         let mut g = Geometry::shape(cfg)?;
         g.max_message_size = message_size(cfg.max_frame_size, cfg.max_message_size)?;
         g.check_fragments()?;
-        g.with_pool()
+        g.with_pool()?.with_checkpoint(cfg.checkpoint_size)
     }
 
     /// [`Geometry::new`] but for `max_message_size`.
@@ -1132,6 +1254,8 @@ impl Geometry {
             pool_chunks: 0,
             pool_words: 0,
             pool_data: 0,
+            checkpoint_size: 0,
+            checkpoint: 0,
             slot_stride,
             max_producers,
             max_consumers,
@@ -1198,6 +1322,39 @@ impl Geometry {
         Ok(self)
     }
 
+    /// Adds the checkpoint area of an SPSC partition (`checkpoint_size` bytes of state per
+    /// buffer; zero: none) after the ring.
+    fn with_checkpoint(mut self, checkpoint_size: u32) -> Result<Geometry, Error> {
+        if checkpoint_size == 0 {
+            return Ok(self);
+        }
+        if self.kind != Kind::Spsc || checkpoint_size > MAX_CHECKPOINT_SIZE {
+            return Err(invalid(format!(
+                "a checkpoint area of {checkpoint_size} bytes: only SPSC partitions have one, of at most {MAX_CHECKPOINT_SIZE} bytes"
+            )));
+        }
+        let area = self.data_len;
+        let len = CHECKPOINT_HEAD + 2 * self.checkpoint_buffer_len_of(checkpoint_size);
+        self.checkpoint_size = checkpoint_size;
+        self.checkpoint = area;
+        self.data_len = area + len;
+        self.total_size = self.data + self.data_len;
+        Ok(self)
+    }
+
+    fn checkpoint_buffer_len_of(&self, checkpoint_size: u32) -> usize {
+        align_up((CHECKPOINT_PREFIX + checkpoint_size as usize) as u64, 64) as usize
+    }
+
+    /// Data-region offset of checkpoint buffer `i` (0 or 1); `None` without a checkpoint area.
+    pub fn checkpoint_buffer(&self, i: u64) -> Option<usize> {
+        (self.checkpoint_size > 0).then(|| {
+            self.checkpoint
+                + CHECKPOINT_HEAD
+                + (i & 1) as usize * self.checkpoint_buffer_len_of(self.checkpoint_size)
+        })
+    }
+
     /// `capacity - 1`: masks a position to its offset (SPSC) or slot index (MPMC, broadcast).
     #[inline(always)]
     pub fn mask(&self) -> u64 {
@@ -1242,7 +1399,8 @@ impl Geometry {
             history: u64::from(self.history),
             max_message_size: self.max_message_size,
             checksum: 0,
-            reserved: [0; 13],
+            checkpoint_size: u64::from(self.checkpoint_size),
+            reserved: [0; 12],
         };
         h.checksum = h.compute_checksum();
         h
@@ -1297,6 +1455,13 @@ impl Geometry {
                     overflow,
                     history,
                     max_message_size: h.max_message_size,
+                    partitions: 0,
+                    checkpoint_size: u32::try_from(h.checkpoint_size).map_err(|_| {
+                        Error::Corrupted(format!(
+                            "checkpoint size {} out of range",
+                            h.checkpoint_size
+                        ))
+                    })?,
                 };
                 Geometry::new(&cfg)
             }
@@ -1317,6 +1482,7 @@ impl Geometry {
                     || (kind == Kind::Broadcast && h.max_producers != 1)
                     || u64::from(history) >= h.capacity
                     || (kind != Kind::Broadcast && (overflow != Overflow::Block || history != 0))
+                    || h.checkpoint_size != 0
                 {
                     return Err(Error::Corrupted(format!(
                         "{kind} sizes out of range (slots {}, max_frame_size {}, producers {}, consumers {}, overflow {overflow}, history {history})",

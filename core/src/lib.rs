@@ -51,6 +51,7 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod broadcast;
+mod checkpoint;
 mod error;
 pub mod layout;
 mod message;
@@ -69,6 +70,8 @@ mod consumer;
 mod coordinator;
 #[cfg(not(loom))]
 mod guard;
+#[cfg(not(loom))]
+mod partition;
 #[cfg(not(loom))]
 mod pollable;
 #[cfg(not(loom))]
@@ -107,6 +110,8 @@ pub use coordinator::{
     DEFAULT_MAX_CHANNELS_PER_UID, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
     DEFAULT_MESSAGE_TIMEOUT, DEFAULT_NAMESPACE, SOCKET_ENV, default_socket_path,
 };
+#[cfg(not(loom))]
+pub use partition::{GroupConsumer, KeyedProducer, partition_of};
 #[cfg(not(loom))]
 pub use pollable::{FD_RECHECK_INTERVAL, FdBackend, set_fd_backend, set_fd_recheck_interval};
 #[cfg(not(loom))]

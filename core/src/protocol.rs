@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this library speaks. Bumped on any incompatible change to
 /// [`Request`] or [`Reply`]; the hello format never changes.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The first eight bytes of both hellos.
 pub const HELLO_MAGIC: [u8; 8] = *b"shmring\0";
@@ -157,6 +157,42 @@ pub enum Request {
         /// Its owner word.
         owner: u64,
     },
+    /// Admit the caller to partition `partition` of partitioned channel `channel`: as its
+    /// producer, or (`member` given) as the consumer of a consumer-group member the partition
+    /// is assigned to. Answered with [`Reply::Opened`] and the partition's descriptor.
+    OpenPartition {
+        /// The partitioned channel.
+        channel: String,
+        /// The partition.
+        partition: u32,
+        /// The role asked for.
+        role: Role,
+        /// A consumer: the group member it is opened for.
+        member: Option<u64>,
+    },
+    /// Join the consumer group `group` of partitioned channel `channel`; answered with
+    /// [`Reply::Joined`]. The coordinator rebalances the partitions over the members.
+    JoinGroup {
+        /// The partitioned channel.
+        channel: String,
+        /// The group's name.
+        group: String,
+    },
+    /// The partitions assigned to group member `member` now; answered with
+    /// [`Reply::Assignment`].
+    GroupSync {
+        /// The partitioned channel.
+        channel: String,
+        /// The member.
+        member: u64,
+    },
+    /// Leave the group (the member's handle closed); answered with [`Reply::Done`].
+    LeaveGroup {
+        /// The partitioned channel.
+        channel: String,
+        /// The member.
+        member: u64,
+    },
 }
 
 /// The coordinator's answer to one [`Request`].
@@ -178,7 +214,7 @@ pub enum Reply {
     /// Every channel.
     Channels(Vec<ChannelInfo>),
     /// One channel's counters.
-    Stats(ChannelStats),
+    Stats(Box<ChannelStats>),
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -188,6 +224,48 @@ pub enum Reply {
     },
     /// The coordinator's limits, and how much of them the caller's user takes.
     Limits(Limits),
+    /// The channel opened is partitioned: open its partitions ([`Request::OpenPartition`]).
+    Partitioned {
+        /// How many.
+        partitions: u32,
+    },
+    /// Joined a consumer group.
+    Joined {
+        /// The member's number (unique in the coordinator's life).
+        member: u64,
+        /// The channel's partitions.
+        partitions: u32,
+        /// The assignment's epoch and this member's partitions.
+        assignment: Assignment,
+    },
+    /// A group member's partitions.
+    Assignment(Assignment),
+}
+
+/// The partitions the coordinator assigned to one consumer-group member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Bumped at each change of the group's assignment (the partitions' `group_epoch`).
+    pub epoch: u64,
+    /// The member's partitions, in order.
+    pub partitions: Vec<u32>,
+}
+
+/// One partition of a partitioned channel, as `stat` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// The partition.
+    pub index: u32,
+    /// Bytes waiting in its ring.
+    pub depth: u64,
+    /// Frames sent into it.
+    pub frames_in: u64,
+    /// Frames received from it.
+    pub frames_out: u64,
+    /// The group member it is assigned to, and that member's pid.
+    pub owner: Option<(u64, u32)>,
+    /// Checkpoints committed in it.
+    pub checkpoints: u64,
 }
 
 /// A coordinator's limits, and the asking user's use of them (`shmring list` and `stat` show
@@ -334,6 +412,9 @@ pub struct ChannelInfo {
     /// Frames waiting (MPMC), bytes waiting, headers and padding included (SPSC), or the
     /// largest lag of a subscriber (broadcast).
     pub depth: u64,
+    /// A partitioned channel: its partitions (the rest describes each of them, with depth and
+    /// participants summed); zero otherwise.
+    pub partitions: u32,
 }
 
 /// One admitted participant, as `stat` shows it.
@@ -395,6 +476,11 @@ pub struct ChannelStats {
     pub draining_capacity_bytes: u64,
     /// What is left in it (`depth` of the old generation).
     pub draining_depth: u64,
+    /// A partitioned channel: its partitions (empty otherwise).
+    pub partitions: Vec<PartitionInfo>,
+    /// A partitioned channel: the consumer group that reads it, and its members (member
+    /// number, pid).
+    pub group: Option<(String, Vec<(u64, u32)>)>,
 }
 
 /// Prefixes `payload` with its length.

@@ -350,6 +350,16 @@ mod mapped {
             slot_offset(&self.geo, pos)
         }
 
+        /// The 8-byte word at data-region offset `off`; `None` unless it is 8-aligned and inside
+        /// the data region.
+        pub(crate) fn data_word(&self, off: usize) -> Option<&AtomicU64> {
+            (off.is_multiple_of(8) && off < self.geo.data_len).then(|| {
+                // SAFETY: 8-aligned (the data region is 4096-aligned) and inside the data
+                // region, checked just above.
+                unsafe { self.at(self.geo.data + off) }
+            })
+        }
+
         /// Checks that `[off, off + len)` lies inside the data region.
         #[inline(always)]
         pub(crate) fn range(&self, off: usize, len: usize) -> Option<DataRange> {
@@ -477,6 +487,7 @@ mod heap {
                     repairs: AtomicU64::new(0),
                     redelivered: AtomicU64::new(0),
                     skipped: AtomicU64::new(0),
+                    group_epoch: AtomicU64::new(0),
                 },
                 participants: (0..n)
                     .map(|_| Participant {
@@ -541,6 +552,9 @@ mod heap {
         pub(crate) fn range(&self, off: usize, len: usize) -> Option<DataRange> {
             (off <= self.geo.data_len && len <= self.geo.data_len - off)
                 .then_some(DataRange { off, len })
+        }
+        pub(crate) fn data_word(&self, off: usize) -> Option<&AtomicU64> {
+            (off.is_multiple_of(8) && off < self.geo.data_len).then(|| &self.words[off / 8])
         }
         /// Payloads start 8-aligned and own their last word, so whole-word stores are exact.
         pub(crate) fn copy_in(&self, r: DataRange, src: &[u8]) {

@@ -672,6 +672,70 @@ impl ConsumerCore {
 }
 
 impl ConsumerCore {
+    /// A partition's receive (`partition.rs`): copies the next frame into `buf` and takes it
+    /// without releasing it. Frames taken so far are released together by `release`, once a
+    /// checkpoint that includes them is committed, or handed back by `rewind`. A partition
+    /// carries whole frames only; any other record is corruption.
+    pub(crate) fn try_take_copy(&mut self, mem: &Memory, buf: &mut [u8]) -> Result<(usize, u8)> {
+        let peeked = self.try_peek(mem)?;
+        if !peeked.is_whole() {
+            return Err(corrupted(
+                "a record of a split message in a partition (partitions carry whole frames)",
+            ));
+        }
+        let len = peeked.payload.len();
+        if len > buf.len() {
+            return Err(Error::BufferTooSmall {
+                needed: len,
+                cap: buf.len(),
+            });
+        }
+        self.take(mem, &peeked);
+        mem.copy_out(peeked.payload, buf);
+        Ok((len, peeked.flags))
+    }
+
+    /// Where the next frame will be read: the end of every frame taken so far.
+    pub(crate) fn read_position(&self) -> u64 {
+        self.read_pos
+    }
+
+    /// Hands back every frame taken and not released: the next receive (or a successor) starts
+    /// again at the released position. The frames stay flagged redelivered (they were handed
+    /// out).
+    pub(crate) fn rewind(&mut self, mem: &Memory) {
+        // Relaxed: our own entry.
+        let released = me(mem).released.load(Relaxed).max(self.head);
+        if released <= self.read_pos {
+            self.read_pos = released;
+        }
+        self.redeliver_below = self.delivered;
+        self.in_flight = false;
+    }
+
+    /// Moves the read position forward to `pos`, a checkpoint's position: the frames between
+    /// the released position and `pos` were taken by a predecessor and are included in the
+    /// checkpoint's state, so they are released without being received again. `pos` must be a
+    /// record boundary at or below the delivered mark (anything else is a corrupted checkpoint).
+    /// Returns how many frames were passed over.
+    pub(crate) fn resume_at(&mut self, mem: &Memory, pos: u64) -> Result<u64> {
+        if pos <= self.read_pos {
+            return Ok(0);
+        }
+        if pos > self.delivered {
+            return Err(corrupted(format!(
+                "checkpoint position {pos} is past the delivered mark {}: no consumer took those frames",
+                self.delivered
+            )));
+        }
+        let n = count_frames(mem, self.read_pos, pos)?;
+        self.read_pos = pos;
+        self.release_all(mem);
+        Ok(n)
+    }
+}
+
+impl ConsumerCore {
     /// Receives the split message that starts (or continues) at the read position, into `dst`
     /// (a caller's buffer; `None`: the handle's, `asm`'s). `BufferTooSmall` (nothing taken) if
     /// the message does not fit `dst`; `WouldBlock` if its next record has not arrived (what
@@ -862,6 +926,11 @@ pub(crate) fn count_frames(mem: &Memory, from: u64, to: u64) -> Result<u64> {
             .filter(|&p| p - from <= mem.geometry().capacity)
             .ok_or_else(|| corrupted("delivered records span more than the ring"))?;
         n += u64::from(decode_header(word).ty == Some(RecordType::Data));
+    }
+    if pos != to {
+        return Err(corrupted(format!(
+            "position {to} is not the end of a record (the records from {from} end at {pos})"
+        )));
     }
     Ok(n)
 }

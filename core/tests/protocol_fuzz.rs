@@ -59,7 +59,7 @@ fn random_request(r: &mut Rng) -> Request {
     } else {
         Role::Consumer
     };
-    match r.below(7) {
+    match r.below(11) {
         0 => Request::Create {
             name: r.name(),
             config: ChannelConfig {
@@ -76,6 +76,8 @@ fn random_request(r: &mut Rng) -> Request {
                 },
                 history: r.wild() as u32,
                 max_message_size: r.wild(),
+                partitions: r.below(6) as u32,
+                checkpoint_size: r.wild() as u32,
             },
         },
         1 => Request::Open {
@@ -95,6 +97,24 @@ fn random_request(r: &mut Rng) -> Request {
         5 => Request::Adopt {
             name: r.name(),
             generation: r.wild(),
+        },
+        7 => Request::OpenPartition {
+            channel: r.name(),
+            partition: r.wild() as u32,
+            role,
+            member: (r.below(2) == 0).then(|| r.wild()),
+        },
+        8 => Request::JoinGroup {
+            channel: r.name(),
+            group: r.name(),
+        },
+        9 => Request::GroupSync {
+            channel: r.name(),
+            member: r.wild(),
+        },
+        10 => Request::LeaveGroup {
+            channel: r.name(),
+            member: r.wild(),
         },
         _ => Request::Stats { name: r.name() },
     }
@@ -136,7 +156,7 @@ fn the_coordinator_survives_hostile_clients() {
         let mut s = UnixStream::connect(&sock).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut msg = Vec::new();
-        match r.below(7) {
+        match r.below(11) {
             0 => {
                 let n = r.below(300) as usize;
                 msg = r.bytes(n);

@@ -20,7 +20,7 @@ pub use status::*;
 
 use shmring_core::{
     ChannelConfig, Client, Consumer, Coordinator, CoordinatorConfig, DetachedClaim, DetachedFrame,
-    Error, Kind, Overflow, Producer, WaitStrategy,
+    Error, GroupConsumer, KeyedProducer, Kind, Overflow, Producer, WaitStrategy,
 };
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ pub const SHMRING_VERSION_PATCH: u32 = 0;
 /// broadcast channels and the `overflow` and `history` fields of `shmring_channel_config`;
 /// version 3 its `max_message_size` field; version 4 the `resizes`, `draining_generation` and
 /// `draining_depth` fields of `shmring_stats`.
-pub const SHMRING_ABI_VERSION: u32 = 4;
+pub const SHMRING_ABI_VERSION: u32 = 5;
 
 /// A channel kind: `SHMRING_SPSC`, `SHMRING_MPMC` or `SHMRING_BROADCAST`.
 pub type shmring_kind = u32;
@@ -107,6 +107,13 @@ pub struct shmring_channel_config {
     /// to one consumer through the channel's message pool (as many chunks as two of the largest
     /// messages take, beside the slots; `max_frame_size` at least 24). See `shmring_send`.
     pub max_message_size: u64,
+    /// Partitions (0 or 1: not partitioned; SPSC only). A partitioned channel is this many
+    /// SPSC rings of this shape: `shmring_send_keyed` puts a frame in the partition of its key
+    /// (`shmring_partition_of`), and a consumer group reads it (`shmring_consumer_open_group`).
+    pub partitions: u32,
+    /// A partitioned channel: bytes of state a checkpoint of each partition holds (0: 64 KiB);
+    /// other channels: 0. See `shmring_checkpoint_commit`.
+    pub checkpoint_size: u32,
 }
 
 /// A frame lent by `shmring_read`: `len` bytes at `data` (in shared memory, read-only), valid
@@ -120,6 +127,8 @@ pub struct shmring_frame {
     pub len: usize,
     /// `SHMRING_FRAME_*` bits.
     pub flags: u32,
+    /// The partition it came from (a consumer-group member's frames); 0 otherwise.
+    pub partition: u32,
 }
 
 /// A channel's counters, as `shmring_channel_stats` reads them.
@@ -223,6 +232,8 @@ struct ProducerState {
     /// The claim handed to C and not yet committed or aborted: while it is open the producer
     /// must do nothing else (`Producer::claim_detached`'s contract), which every call checks.
     claim: Option<DetachedClaim>,
+    /// A partitioned channel's producer (then `producer` is `None`), until finished.
+    keyed: Option<KeyedProducer>,
 }
 
 #[repr(C)]
@@ -235,7 +246,10 @@ struct ConsumerHandle {
 }
 
 struct ConsumerState {
-    consumer: Consumer,
+    /// A plain consumer (`None` for a group member).
+    consumer: Option<Consumer>,
+    /// A consumer-group member (`shmring_consumer_open_group`).
+    group: Option<Box<Member>>,
     /// The frame lent to C and not yet released: while it is held the consumer must receive
     /// nothing else (`Consumer::read_detached`'s contract), which every call checks.
     frame: Option<DetachedFrame>,
@@ -503,6 +517,8 @@ pub unsafe extern "C" fn shmring_channel_config_default(
             overflow: d.overflow as shmring_overflow,
             history: d.history,
             max_message_size: d.max_message_size,
+            partitions: 0,
+            checkpoint_size: 0,
         };
         // SAFETY: NULL or writable (the header's contract).
         let _ = unsafe { put(cfg, value, "cfg") };
@@ -683,6 +699,8 @@ pub unsafe extern "C" fn shmring_channel_create(
             overflow: overflow_of(cfg.overflow)?,
             history: cfg.history,
             max_message_size: cfg.max_message_size,
+            partitions: cfg.partitions,
+            checkpoint_size: cfg.checkpoint_size,
         };
         c.create(name, &config).map(drop)
     })
@@ -786,15 +804,19 @@ pub unsafe extern "C" fn shmring_producer_open(
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
-        let producer = c.producer(name)?;
+        let (producer, keyed) = match c.open_producer(name)? {
+            Ok(p) => (Some(p), None),
+            Err(k) => (None, Some(k)),
+        };
         let h = into_handle(ProducerHandle {
             tag: PRODUCER_TAG,
             busy: InUse::default(),
             pid: std::process::id(),
             state: ProducerState {
-                producer: Some(producer),
+                producer,
                 finished: None,
                 claim: None,
+                keyed,
             },
         });
         // SAFETY: checked non-NULL; writable (the header's contract).
@@ -825,9 +847,19 @@ impl ProducerState {
     fn live(&mut self) -> Result<&mut Producer, Error> {
         match &mut self.producer {
             Some(p) => Ok(p),
+            None if self.keyed.is_some() => Err(partitioned()),
             None => Err(finished()),
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn partitioned() -> Error {
+    invalid(
+        "this producer's channel is partitioned: send with shmring_send_keyed (the key picks \
+         the partition)",
+    )
 }
 
 #[cold]
@@ -923,6 +955,74 @@ pub unsafe extern "C" fn shmring_send(
             }
         })
     })
+}
+
+/// Sends `data` (`len` bytes) on a partitioned channel, to the partition of `key` (`key_len`
+/// bytes; `shmring_partition_of(key, key_len, partitions)`), waiting up to `timeout_ns` as
+/// `shmring_send` does. Frames of one key go to one partition, in the order they were sent.
+/// `SHMRING_INVALID_ARGUMENT` if the channel is not partitioned. The producer's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_send_keyed(
+    p: *mut shmring_producer,
+    key: *const c_void,
+    key_len: usize,
+    data: *const c_void,
+    len: usize,
+    timeout_ns: i64,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: readable for their lengths (the header's contract); copied before return.
+        let (key, frame) = unsafe { (bytes(key, key_len, "key")?, bytes(data, len, "data")?) };
+        // SAFETY: the header's contract for `p`.
+        exclusive(unsafe { producer(p) }?, |h| {
+            let Some(k) = h.keyed.as_mut() else {
+                return Err(match h.producer {
+                    Some(_) => invalid(
+                        "this producer's channel is not partitioned: send with shmring_send",
+                    ),
+                    None => finished(),
+                });
+            };
+            match timeout(timeout_ns) {
+                Some(Duration::ZERO) => k.try_send_keyed(key, frame),
+                Some(t) => k.send_keyed_timeout(key, frame, t),
+                None => k.send_keyed(key, frame),
+            }
+        })
+    })
+}
+
+/// The partition of `key` (`key_len` bytes) among `partitions`: FNV-1a 64 of the key's bytes
+/// (start `h = 0xcbf29ce484222325`; for each byte `b`: `h = (h ^ b) * 0x100000001b3` modulo
+/// 2^64), modulo `partitions`; 0 when `partitions` is 0 or 1 (or `key` is NULL with `key_len`
+/// above 0). Stable across versions and languages: any program can tell where a key goes.
+/// Any thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_partition_of(
+    key: *const c_void,
+    key_len: usize,
+    partitions: u32,
+) -> u32 {
+    // SAFETY: readable for `key_len` bytes (the header's contract).
+    match unsafe { bytes(key, key_len, "key") } {
+        Ok(k) => shmring_core::partition_of(k, partitions),
+        Err(_) => 0,
+    }
+}
+
+/// A byte argument: `len` bytes at `ptr` (NULL allowed for none).
+///
+/// # Safety
+/// `ptr` must be NULL or readable for `len` bytes, unchanged until the slice is dropped.
+unsafe fn bytes<'a>(ptr: *const c_void, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        Ok(&[])
+    } else if ptr.is_null() {
+        Err(invalid(format!("{what} is NULL")))
+    } else {
+        // SAFETY: the caller's promise.
+        Ok(unsafe { std::slice::from_raw_parts(ptr.cast(), len) })
+    }
 }
 
 /// Reserves `len` bytes in the ring for a frame written in place (zero-copy), waiting up to
@@ -1054,6 +1154,9 @@ pub unsafe extern "C" fn shmring_producer_finish(p: *mut shmring_producer) -> sh
             ));
         }
         exclusive(h, |h| {
+            if let Some(k) = h.keyed.take() {
+                return k.finish();
+            }
             h.idle()?.live()?;
             let mut done = h.producer.take().expect("checked live above");
             // SAFETY: `done` is only kept for its descriptor (`shmring_producer_fd`) and
@@ -1121,7 +1224,8 @@ pub unsafe extern "C" fn shmring_consumer_open(
             busy: InUse::default(),
             pid: std::process::id(),
             state: ConsumerState {
-                consumer,
+                consumer: Some(consumer),
+                group: None,
                 frame: None,
             },
         });
@@ -1137,10 +1241,34 @@ unsafe fn consumer<'a>(c: *mut shmring_consumer) -> Result<&'a mut ConsumerHandl
     unsafe { handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG, "consumer") }
 }
 
+/// A consumer-group member as C holds it: `shmring_read` lends a copy of the frame from
+/// `scratch`.
+struct Member {
+    group: GroupConsumer,
+    scratch: Vec<u8>,
+    lent: bool,
+}
+
 impl ConsumerState {
+    /// The plain consumer; a group member has none.
+    #[inline(always)]
+    fn plain(&mut self) -> Result<&mut Consumer, Error> {
+        match &mut self.consumer {
+            Some(c) => Ok(c),
+            None => Err(not_for_groups()),
+        }
+    }
+
+    /// The group member; `InvalidArgument` for a plain consumer.
+    fn member(&mut self) -> Result<&mut Member, Error> {
+        self.group.as_deref_mut().ok_or_else(|| {
+            invalid("this consumer is not a group member (shmring_consumer_open_group)")
+        })
+    }
+
     /// Refuses while a frame is held.
     fn idle(&mut self) -> Result<&mut Self, Error> {
-        if self.frame.is_some() {
+        if self.frame.is_some() || self.group.as_ref().is_some_and(|m| m.lent) {
             return Err(invalid(
                 "a frame is held by this consumer: shmring_release it first",
             ));
@@ -1160,7 +1288,11 @@ pub unsafe extern "C" fn shmring_consumer_set_wait(
         let wait = wait_of(wait)?;
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
-            h.consumer.set_wait_strategy(wait);
+            match (&mut h.consumer, &mut h.group) {
+                (Some(c), _) => c.set_wait_strategy(wait),
+                (None, Some(m)) => m.group.set_wait_strategy(wait),
+                (None, None) => {}
+            }
             Ok(())
         })
     })
@@ -1179,7 +1311,7 @@ pub unsafe extern "C" fn shmring_consumer_missed(c: *const shmring_consumer) -> 
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`; the handle is only read.
         exclusive(unsafe { consumer(c.cast_mut()) }?, |h| {
-            n = h.consumer.missed();
+            n = h.consumer.as_ref().map_or(0, Consumer::missed);
             Ok(())
         })
     });
@@ -1201,7 +1333,7 @@ pub unsafe extern "C" fn shmring_consumer_producers(c: *const shmring_consumer) 
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`; the handle is only read.
         exclusive(unsafe { consumer(c.cast_mut()) }?, |h| {
-            n = h.consumer.producers();
+            n = h.plain()?.producers();
             Ok(())
         })
     });
@@ -1247,7 +1379,7 @@ pub unsafe extern "C" fn shmring_consumer_fd(c: *mut shmring_consumer) -> c_int 
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
-            fd = h.consumer.fd()?;
+            fd = h.plain()?.fd()?;
             Ok(())
         })
     });
@@ -1262,7 +1394,12 @@ pub unsafe extern "C" fn shmring_consumer_max_frame_size(c: *mut shmring_consume
     let mut n = 0;
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`.
-        n = unsafe { consumer(c) }?.state.consumer.max_frame_size();
+        let h = &mut unsafe { consumer(c) }?.state;
+        n = match (&h.consumer, &h.group) {
+            (Some(c), _) => c.max_frame_size(),
+            (None, Some(m)) => m.group.max_frame_size(),
+            (None, None) => 0,
+        };
         Ok(())
     });
     n
@@ -1275,7 +1412,12 @@ pub unsafe extern "C" fn shmring_consumer_max_message_size(c: *mut shmring_consu
     let mut n = 0;
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`.
-        n = unsafe { consumer(c) }?.state.consumer.max_message_size();
+        let h = &mut unsafe { consumer(c) }?.state;
+        n = match (&h.consumer, &h.group) {
+            (Some(c), _) => c.max_message_size(),
+            (None, Some(m)) => m.group.max_frame_size(),
+            (None, None) => 0,
+        };
         Ok(())
     });
     n
@@ -1316,10 +1458,18 @@ pub unsafe extern "C" fn shmring_recv(
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
             let h = h.idle()?;
-            let r = match timeout(timeout_ns) {
-                Some(Duration::ZERO) => h.consumer.try_recv(buf),
-                Some(t) => h.consumer.recv_timeout(buf, t),
-                None => h.consumer.recv(buf),
+            let r = match (&mut h.consumer, &mut h.group) {
+                (Some(c), _) => match timeout(timeout_ns) {
+                    Some(Duration::ZERO) => c.try_recv(buf),
+                    Some(t) => c.recv_timeout(buf, t),
+                    None => c.recv(buf),
+                },
+                (None, Some(m)) => match timeout(timeout_ns) {
+                    Some(Duration::ZERO) => m.group.try_recv(buf),
+                    Some(t) => m.group.recv_timeout(buf, t),
+                    None => m.group.recv(buf),
+                },
+                (None, None) => Err(invalid("this consumer holds no channel")),
             };
             let len = match &r {
                 Ok(got) => got.len,
@@ -1356,13 +1506,33 @@ pub unsafe extern "C" fn shmring_read(
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
             let h = h.idle()?;
+            if let Some(m) = h.group.as_deref_mut() {
+                let mut scratch = std::mem::take(&mut m.scratch);
+                let r = match timeout(timeout_ns) {
+                    Some(Duration::ZERO) => m.group.try_recv(&mut scratch),
+                    Some(t) => m.group.recv_timeout(&mut scratch, t),
+                    None => m.group.recv(&mut scratch),
+                };
+                m.scratch = scratch;
+                let got = r?;
+                m.lent = true;
+                let value = shmring_frame {
+                    data: m.scratch.as_ptr().cast(),
+                    len: got.len,
+                    flags: got.flags.bits(),
+                    partition: got.partition,
+                };
+                // SAFETY: checked non-NULL; writable (the header's contract).
+                return unsafe { put(out, value, "out") };
+            }
             // SAFETY: no frame is held (checked above) and this handle refuses every other
             // receive until the frame is released, which is the contract of read_detached.
-            let frame = unsafe { h.consumer.read_detached(timeout(timeout_ns)) }?;
+            let frame = unsafe { h.plain()?.read_detached(timeout(timeout_ns)) }?;
             let value = shmring_frame {
                 data: frame.as_ptr().cast(),
                 len: frame.len(),
                 flags: frame.flags().bits(),
+                partition: 0,
             };
             h.frame = Some(frame);
             // SAFETY: checked non-NULL; writable (the header's contract).
@@ -1378,13 +1548,19 @@ pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_st
     guard(|| {
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
+            if let Some(m) = h.group.as_deref_mut() {
+                if !std::mem::take(&mut m.lent) {
+                    return Err(invalid("no frame is held: shmring_read first"));
+                }
+                return Ok(());
+            }
             let frame = h
                 .frame
                 .take()
                 .ok_or_else(|| invalid("no frame is held: shmring_read first"))?;
             // SAFETY: the frame came from this consumer's read_detached and nothing was
             // received since (every other receive refuses while a frame is held).
-            unsafe { h.consumer.release_detached(frame) };
+            unsafe { h.plain()?.release_detached(frame) };
             Ok(())
         })
     })
@@ -1411,12 +1587,224 @@ pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
         if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
             && h.pid == std::process::id()
             && let Some(frame) = h.state.frame.take()
+            && let Some(c) = h.state.consumer.as_mut()
         {
             // SAFETY: as in shmring_release.
-            unsafe { h.state.consumer.release_detached(frame) };
+            unsafe { c.release_detached(frame) };
         }
         Ok(())
     });
+}
+
+#[cold]
+#[inline(never)]
+fn not_for_groups() -> Error {
+    invalid(
+        "this consumer is a group member (shmring_consumer_open_group): it has no pollable \
+         descriptor or producer count of its own; its partitions change as members come and go",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumer groups
+
+/// Joins consumer group `group` of partitioned channel `name` as a new member. On success
+/// `*out` is the member, a consumer to be closed with `shmring_consumer_close` (which leaves
+/// the group). The coordinator assigns each partition to exactly one live member and moves
+/// partitions when members join, leave or die; the member receives from all of its partitions
+/// through `shmring_recv` and `shmring_read` (the frame's `partition` says which). A partition
+/// taken from a dead member starts with the frames it had not released, flagged
+/// `SHMRING_FRAME_REDELIVERED`, then continues in order. A partitioned channel is read by one
+/// group, the first to join it: `SHMRING_BUSY` for another group's name. Blocking receives
+/// wait on the partitions' descriptors (at most 10 ms at a time, to look at the assignment).
+/// Statuses otherwise as for `shmring_consumer_open`. Any thread; the member is used by one
+/// thread at a time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_open_group(
+    client: *mut shmring_client,
+    name: *const c_char,
+    group: *const c_char,
+    out: *mut *mut shmring_consumer,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for each argument.
+        let (c, name, group) = unsafe {
+            (
+                self::client(client)?,
+                text(name, "name")?,
+                text(group, "group")?,
+            )
+        };
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let g = c.group_consumer(name, group)?;
+        let scratch = vec![0u8; g.max_frame_size()];
+        let h = into_handle(ConsumerHandle {
+            tag: CONSUMER_TAG,
+            busy: InUse::default(),
+            pid: std::process::id(),
+            state: ConsumerState {
+                consumer: None,
+                group: Some(Box::new(Member {
+                    group: g,
+                    scratch,
+                    lent: false,
+                })),
+                frame: None,
+            },
+        });
+        // SAFETY: checked non-NULL; writable (the header's contract).
+        unsafe { put(out, h, "out") }
+    })
+}
+
+/// Exactly-once mode for a group member (`on` nonzero): its receives take frames without
+/// releasing them, and `shmring_checkpoint_commit` releases a partition's frames together with
+/// a checkpoint of the state that includes them; whoever takes the partition over (after a
+/// crash or a rebalance) starts from that checkpoint and receives exactly the frames it does
+/// not include. Set it before the first receive. Commit often enough: uncommitted frames keep
+/// their room in the ring, and the producer waits for it. The member's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_consumer_set_checkpointed(
+    c: *mut shmring_consumer,
+    on: c_int,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            h.member()?.group.set_checkpointed(on != 0);
+            Ok(())
+        })
+    })
+}
+
+/// Commits `state` (`len` bytes, at most the channel's checkpoint_size) as the checkpoint of
+/// partition `partition`, covering every frame received from it so far, then releases those
+/// frames. `SHMRING_NOT_FOUND` if the partition is no longer this member's (it went to another
+/// member, which starts from the previous commit: drop the state kept for it). The member's
+/// thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_checkpoint_commit(
+    c: *mut shmring_consumer,
+    partition: u32,
+    state: *const c_void,
+    len: usize,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: readable for `len` bytes (the header's contract).
+        let state = unsafe { bytes(state, len, "state") }?;
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            h.idle()?.member()?.group.commit(partition, state)
+        })
+    })
+}
+
+/// Copies the state of partition `partition`'s last checkpoint, as found when this member took
+/// the partition (or last committed it), into `buf` (`cap` bytes); `*out_len` receives its
+/// length. `SHMRING_NOT_FOUND` if no checkpoint was committed (start from empty state) or the
+/// partition is not this member's; `SHMRING_BUFFER_TOO_SMALL` with the length needed. The
+/// member's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_checkpoint_read(
+    c: *mut shmring_consumer,
+    partition: u32,
+    buf: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> shmring_status {
+    guard(|| {
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            let m = h.member()?;
+            let Some(state) = m.group.checkpoint(partition) else {
+                // SAFETY: NULL or writable (the header's contract).
+                let _ = unsafe { put(out_len, 0, "out_len") };
+                return Err(Error::NotFound(format!(
+                    "partition {partition} has no checkpoint this member holds"
+                )));
+            };
+            // SAFETY: NULL or writable (the header's contract).
+            unsafe { put(out_len, state.len(), "out_len") }?;
+            if state.len() > cap {
+                return Err(Error::BufferTooSmall {
+                    needed: state.len(),
+                    cap,
+                });
+            }
+            if !state.is_empty() {
+                if buf.is_null() {
+                    return Err(invalid("buf is NULL"));
+                }
+                // SAFETY: writable for `cap >= state.len()` bytes (the header's contract).
+                unsafe { std::ptr::copy_nonoverlapping(state.as_ptr(), buf.cast(), state.len()) };
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The partitions this member holds now, written to `out` (up to `cap` of them, in order);
+/// returns how many it holds (may exceed `cap`), or -1 if `c` is not a group member. The
+/// member's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_group_partitions(
+    c: *mut shmring_consumer,
+    out: *mut u32,
+    cap: usize,
+) -> i64 {
+    let mut n = -1;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            let parts = h.member()?.group.partitions();
+            // SAFETY: writable for `cap` entries (the header's contract).
+            unsafe { copy_u32s(&parts, out, cap) };
+            n = parts.len() as i64;
+            Ok(())
+        })
+    });
+    n
+}
+
+/// The partitions this member gave up since the last call (another member took them), written
+/// to `out` (up to `cap`; the rest are reported by the next call); returns how many were
+/// written, or -1 if `c` is not a group member. State kept for them is stale, and so are the
+/// frames received from them and not committed. The member's thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmring_group_revoked(
+    c: *mut shmring_consumer,
+    out: *mut u32,
+    cap: usize,
+) -> i64 {
+    let mut n = -1;
+    let _ = guard(|| {
+        // SAFETY: the header's contract for `c`.
+        exclusive(unsafe { consumer(c) }?, |h| {
+            let g = &mut h.member()?.group;
+            let mut revoked = g.revoked();
+            let rest = revoked.split_off(revoked.len().min(cap));
+            g.unrevoke(rest);
+            // SAFETY: writable for `cap` entries (the header's contract).
+            unsafe { copy_u32s(&revoked, out, cap) };
+            n = revoked.len() as i64;
+            Ok(())
+        })
+    });
+    n
+}
+
+/// Copies up to `cap` of `v` to `out` (NULL: none).
+///
+/// # Safety
+/// `out` must be NULL or writable for `cap` `u32`s.
+unsafe fn copy_u32s(v: &[u32], out: *mut u32, cap: usize) {
+    let n = v.len().min(cap);
+    if n > 0 && !out.is_null() {
+        // SAFETY: the caller's promise; `n <= cap`.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, n) };
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! is `server.rs`.
 
 use super::record;
+use partitions::Partitioned;
+
+mod partitions;
 use crate::error::{Error, Result};
 use crate::layout::{ChannelConfig, Geometry, Kind, Origin, Role, decode_owner, encode_owner};
 use crate::protocol::{
@@ -209,6 +212,10 @@ pub(super) struct Registry {
     /// or dies (the holders' admissions stay in the books meanwhile); then it is freed
     /// (`free_deleted`).
     deleted: HashMap<(String, u64), Deleted>,
+    /// Partitioned channels by name (their partitions are in `channels`; `partitions.rs`).
+    partitioned: BTreeMap<String, Partitioned>,
+    /// The number the next consumer-group member gets.
+    next_member: u64,
 }
 
 /// A deleted channel generation that admitted processes still hold.
@@ -317,6 +324,8 @@ impl Registry {
             record,
             pending: BTreeMap::new(),
             deleted: HashMap::new(),
+            partitioned: BTreeMap::new(),
+            next_member: 1,
         }
     }
 
@@ -809,6 +818,7 @@ impl Registry {
         }
         self.release_deleted();
         self.repair_pending();
+        self.members_exited(pid);
     }
 
     /// Stops charging deleted generations nobody holds any more, and frees their memory.
@@ -1005,8 +1015,13 @@ impl Registry {
             admitted: None,
         };
         let r = match req {
-            Request::Create { name, config } => self
-                .create(peer, &name, &config)
+            Request::Create { name, config } if config.is_partitioned() => self
+                .create_partitioned(peer, &name, &config)
+                .map(|info| plain(Reply::Channel(info))),
+            Request::Create { name, config } => config
+                .check_partitions()
+                .and_then(|()| self.refuse_partition(&name, "create"))
+                .and_then(|()| self.create(peer, &name, &config))
                 .map(|info| plain(Reply::Channel(info))),
             Request::Open { name, role } => self.open(epoll, peer, &name, role),
             Request::Close {
@@ -1023,23 +1038,42 @@ impl Registry {
                     index,
                     owner,
                 };
+                let freed = adm.role == Role::Consumer;
                 self.close(epoll, peer.pid, &adm);
+                if freed {
+                    self.partition_freed(&adm.channel);
+                }
                 Ok(plain(Reply::Done))
             }
-            Request::Delete { name } => self.delete(peer, &name).map(|()| plain(Reply::Done)),
+            Request::Delete { name } if self.partitioned.contains_key(&name) => self
+                .delete_partitioned(peer, &name)
+                .map(|()| plain(Reply::Done)),
+            Request::Delete { name } => self
+                .refuse_partition(&name, "delete")
+                .and_then(|()| self.delete(peer, &name))
+                .map(|()| plain(Reply::Done)),
             Request::List => {
                 self.reclaim_all_strays();
-                Ok(plain(Reply::Channels(
-                    self.channels
-                        .iter()
-                        .map(|(name, ch)| info(name, &ch.seg))
-                        .collect(),
-                )))
+                let mut all: Vec<ChannelInfo> = self
+                    .channels
+                    .iter()
+                    .map(|(name, ch)| info(name, &ch.seg))
+                    .collect();
+                all.extend(
+                    self.partitioned
+                        .keys()
+                        .filter_map(|name| self.partitioned_info(name).ok()),
+                );
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(plain(Reply::Channels(all)))
             }
+            Request::Stats { name } if self.partitioned.contains_key(&name) => self
+                .partitioned_stats(peer, &name)
+                .map(|s| plain(Reply::Stats(Box::new(s)))),
             Request::Stats { name } => {
                 let books = books(&self.procs);
                 self.reclaim_strays(&books, &name);
-                self.stats(peer, &name).map(|s| plain(Reply::Stats(s)))
+                self.stats(peer, &name).map(|s| plain(Reply::Stats(Box::new(s))))
             }
             // Served by `handed_back`, which the server calls with the descriptor.
             Request::Adopt { .. } => Err(Error::InvalidArgument(
@@ -1047,9 +1081,34 @@ impl Registry {
             )),
             // The connection figures are the server's: it fills them in.
             Request::Limits => Ok(plain(Reply::Limits(self.limits_of(peer.uid)))),
+            Request::Resize { name, .. }
+                if self.partitioned.contains_key(&name) || self.parent_of(&name).is_some() =>
+            {
+                Err(Error::InvalidArgument(format!(
+                    "channel {name:?} is partitioned (or a partition): partitioned channels are \
+                     not resized (their checkpoints name positions in the rings); create a \
+                     larger channel instead"
+                )))
+            }
             Request::Resize { name, capacity } => self
                 .resize(peer, &name, capacity)
                 .map(|info| plain(Reply::Channel(info))),
+            Request::OpenPartition {
+                channel,
+                partition,
+                role,
+                member,
+            } => self.open_partition(epoll, peer, &channel, partition, role, member),
+            Request::JoinGroup { channel, group } => {
+                self.join_group(peer, &channel, &group).map(plain)
+            }
+            Request::GroupSync { channel, member } => {
+                self.group_sync(peer, &channel, member).map(plain)
+            }
+            Request::LeaveGroup { channel, member } => {
+                self.leave_group(peer, &channel, member);
+                Ok(plain(Reply::Done))
+            }
             Request::Follow {
                 name,
                 generation,
@@ -1184,6 +1243,40 @@ impl Registry {
     }
 
     fn open(&mut self, epoll: &Epoll, peer: &Peer, name: &str, role: Role) -> Result<Answer> {
+        if let Some(p) = self.partitioned.get(name) {
+            return match role {
+                Role::Producer => {
+                    // The permission is checked when the partitions are opened.
+                    Ok(Answer {
+                        reply: Reply::Partitioned {
+                            partitions: p.partitions,
+                        },
+                        fd: None,
+                        admitted: None,
+                    })
+                }
+                Role::Consumer => Err(Error::InvalidArgument(format!(
+                    "channel {name:?} is partitioned: read it as a member of a consumer group \
+                     (Client::group_consumer, shmring_consumer_open_group)"
+                ))),
+            };
+        }
+        self.refuse_partition(name, "open")?;
+        self.open_entry(epoll, peer, name, role)
+    }
+
+    /// Refuses to `what` a partition of a partitioned channel directly.
+    fn refuse_partition(&self, name: &str, what: &str) -> Result<()> {
+        match self.parent_of(name) {
+            Some(parent) => Err(Error::InvalidArgument(format!(
+                "channel {name:?} is a partition of {parent:?}: {what} {parent:?} instead (its \
+                 partitions are opened through it)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn open_entry(&mut self, epoll: &Epoll, peer: &Peer, name: &str, role: Role) -> Result<Answer> {
         let ch = self.sound_channel(name)?;
         let origin = ch.seg.origin();
         if !permits(peer, &origin, 6) {
@@ -1492,6 +1585,8 @@ impl Registry {
             overflow: geo.overflow,
             history: geo.history,
             max_message_size: geo.max_message_size,
+            partitions: 0,
+            checkpoint_size: 0,
         };
         let new_geo = Geometry::new(&config).map_err(|e| match e {
             Error::InvalidArgument(m) => Error::InvalidArgument(format!(
@@ -1760,6 +1855,8 @@ impl Registry {
                 .as_ref()
                 .map_or(0, |p| info(name, &p.seg).capacity_bytes),
             draining_depth: ch.prev.as_ref().map_or(0, |p| p.seg.stats().depth),
+            partitions: Vec::new(),
+            group: None,
         })
     }
 }
@@ -2187,7 +2284,12 @@ fn info(name: &str, seg: &Segment) -> ChannelInfo {
         kind: geo.kind,
         overflow: geo.overflow,
         history: geo.history,
-        capacity_bytes: geo.data_len as u64,
+        // A partition's checkpoint area is not frame storage.
+        capacity_bytes: if geo.checkpoint_size > 0 {
+            geo.checkpoint as u64
+        } else {
+            geo.data_len as u64
+        },
         slots: if geo.kind != Kind::Spsc {
             geo.capacity
         } else {
@@ -2205,6 +2307,7 @@ fn info(name: &str, seg: &Segment) -> ChannelInfo {
         producers: s.producers.len() as u32,
         consumers: s.consumers.len() as u32,
         depth: s.depth,
+        partitions: 0,
     }
 }
 
