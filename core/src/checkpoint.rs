@@ -119,3 +119,133 @@ pub(crate) fn write(mem: &Memory, pos: u64, state: &[u8]) -> Result<()> {
     count.store(n, Release);
     Ok(())
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The checkpoint-then-release step, with the member killed after any number of its steps
+    //! (a take, a checkpoint's write, a release) while the producer keeps sending, and a
+    //! successor that starts from what it left: the successor's state must count every frame
+    //! exactly once. As in `spsc.rs`'s models, every role is a spawned thread; the main thread
+    //! only spawns and joins.
+    use super::*;
+    use crate::layout::{ChannelConfig, Geometry, Role};
+    use crate::spsc::{ConsumerCore, ProducerCore, publish_released};
+    use loom::sync::Arc;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    const FRAMES: u64 = 3;
+
+    fn memory() -> Arc<Memory> {
+        let cfg = ChannelConfig::spsc()
+            .capacity(64)
+            .max_frame_size(8)
+            .checkpoint_size(16);
+        Arc::new(Memory::new(Geometry::new(&cfg).unwrap()))
+    }
+
+    fn encode(count: u64, sum: u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&count.to_ne_bytes());
+        b[8..].copy_from_slice(&sum.to_ne_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> (u64, u64) {
+        (
+            u64::from_ne_bytes(b[..8].try_into().unwrap()),
+            u64::from_ne_bytes(b[8..16].try_into().unwrap()),
+        )
+    }
+
+    /// Takes the next frame (its value), or `None` if the ring is empty.
+    fn take(c: &mut ConsumerCore, mem: &Memory) -> Option<(u64, bool)> {
+        let mut buf = [0u8; 8];
+        match c.try_take_copy(mem, &mut buf) {
+            Ok((8, flags)) => Some((u64::from_ne_bytes(buf), flags != 0)),
+            Ok((n, _)) => panic!("a frame of {n} bytes"),
+            Err(Error::WouldBlock(_)) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Folds frames into (count, sum), committing after each; stops after `steps` steps
+    /// (`None`: until every frame is in the state). Returns whether frames were passed over on
+    /// resuming.
+    fn member(mem: &Memory, steps: Option<u32>) -> bool {
+        let mut c = ConsumerCore::attach(mem).unwrap();
+        let (mut count, mut sum) = read(mem).unwrap().map_or((0, 0), |(_, s)| decode(&s));
+        let passed = match read(mem).unwrap() {
+            Some((pos, _)) => c.resume_at(mem, pos).unwrap() > 0,
+            None => false,
+        };
+        let mut left = steps.unwrap_or(u32::MAX);
+        let mut step = || {
+            left = left.saturating_sub(1);
+            left > 0
+        };
+        while count < FRAMES {
+            let Some((v, _)) = take(&mut c, mem) else {
+                loom::thread::yield_now();
+                continue;
+            };
+            count += 1;
+            sum += v;
+            if !step() {
+                return passed;
+            }
+            write(mem, c.read_position(), &encode(count, sum)).unwrap();
+            if !step() {
+                return passed;
+            }
+            c.release(mem);
+            if !step() {
+                return passed;
+            }
+        }
+        if steps.is_none() {
+            assert_eq!((count, sum), (FRAMES, FRAMES * (FRAMES + 1) / 2));
+        }
+        passed
+    }
+
+    #[test]
+    fn a_successor_counts_every_frame_once_wherever_its_predecessor_died() {
+        let passed_over = std::sync::Arc::new(Mutex::new(HashSet::new()));
+        for steps in 1..=(3 * FRAMES as u32) {
+            let passed_over = passed_over.clone();
+            loom::model(move || {
+                let mem = memory();
+                let (m1, m2, m3) = (mem.clone(), mem.clone(), mem.clone());
+                let p = loom::thread::spawn(move || {
+                    let mut p = ProducerCore::attach(&m1).unwrap();
+                    for v in 1..=FRAMES {
+                        loop {
+                            match p.try_send(&m1, &v.to_ne_bytes(), true) {
+                                Ok(()) => break,
+                                Err(Error::WouldBlock(_)) => loom::thread::yield_now(),
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                });
+                let first = loom::thread::spawn(move || member(&m2, Some(steps)));
+                first.join().unwrap();
+                let passed_over = passed_over.clone();
+                let next = loom::thread::spawn(move || {
+                    // The coordinator's repair of the dead member, then its successor.
+                    publish_released(&m3, m3.participant(Role::Consumer, 0).unwrap()).unwrap();
+                    let passed = member(&m3, None);
+                    passed_over.lock().unwrap().insert(passed);
+                });
+                next.join().unwrap();
+                p.join().unwrap();
+            });
+        }
+        let seen = passed_over.lock().unwrap();
+        assert!(
+            seen.contains(&true) && seen.contains(&false),
+            "a successor that passed over frames covered by a checkpoint, and one that did not, were both reached: {seen:?}"
+        );
+    }
+}

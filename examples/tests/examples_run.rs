@@ -113,3 +113,37 @@ fn broadcast_reaches_both_subscribers() {
     }
     let _ = std::fs::remove_dir_all(&runtime);
 }
+
+/// The stream-processing demo as the README runs it, shorter: processors (one in Python) are
+/// killed every 300 ms and replaced, and every window and anomaly must still be exactly those
+/// of a single-process run over the same ticks.
+#[test]
+fn the_stream_demo_with_kills_matches_its_reference() {
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_stream")).args([
+            "--ticks",
+            "300000",
+            "--rate",
+            "150000",
+            "--kill-every",
+            "300ms",
+            "--python",
+            "--quiet",
+        ]),
+        Duration::from_secs(240),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("identical to the reference"), "{stdout}");
+    let kills: u32 = stdout
+        .split(" processors killed")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(kills >= 2, "the demo killed {kills} processors: {stdout}");
+}

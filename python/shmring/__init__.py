@@ -35,7 +35,7 @@ import ctypes.util
 import os
 import pathlib
 
-__all__ = ["Client", "Coordinator", "Producer", "Consumer", "Error", "Closed", "REDELIVERED",
+__all__ = ["Client", "Coordinator", "Producer", "Consumer", "GroupConsumer", "partition_of", "Error", "Closed", "REDELIVERED",
            "ABI_VERSION"]
 
 
@@ -78,11 +78,12 @@ _STATUS_NAMES = [
 ]
 _OK, _WOULD_BLOCK, _TIMED_OUT, _CLOSED = 0, 1, 2, 3
 _BUFFER_TOO_SMALL = _STATUS_NAMES.index("SHMRING_BUFFER_TOO_SMALL")
+_NOT_FOUND = _STATUS_NAMES.index("SHMRING_NOT_FOUND")
 SPSC, MPMC, BROADCAST = 1, 2, 3
 _KINDS = {"spsc": SPSC, "mpmc": MPMC, "broadcast": BROADCAST}
 OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST = 0, 1
 _OVERFLOWS = {"block": OVERFLOW_BLOCK, "drop-oldest": OVERFLOW_DROP_OLDEST}
-ABI_VERSION = 4  # SHMRING_ABI_VERSION of the header these declarations follow
+ABI_VERSION = 5  # SHMRING_ABI_VERSION of the header these declarations follow
 _WAITS = {"spin": 0, "yield": 1, "park": 2}
 REDELIVERED = 1  # shmring_frame.flags bit
 
@@ -109,11 +110,13 @@ class _Config(ctypes.Structure):
         ("max_producers", ctypes.c_uint32), ("max_consumers", ctypes.c_uint32),
         ("overflow", ctypes.c_uint32), ("history", ctypes.c_uint32),
         ("max_message_size", ctypes.c_uint64),
+        ("partitions", ctypes.c_uint32), ("checkpoint_size", ctypes.c_uint32),
     ]
 
 
 class _Frame(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("len", ctypes.c_size_t), ("flags", ctypes.c_uint32)]
+    _fields_ = [("data", ctypes.c_void_p), ("len", ctypes.c_size_t), ("flags", ctypes.c_uint32),
+                ("partition", ctypes.c_uint32)]
 
 
 class _Stats(ctypes.Structure):
@@ -171,6 +174,14 @@ _recv = _fn("shmring_recv", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.POI
 _read = _fn("shmring_read", _S, _P, ctypes.POINTER(_Frame), ctypes.c_int64)
 _release = _fn("shmring_release", _S, _P)
 _consumer_close = _fn("shmring_consumer_close", None, _P)
+_send_keyed = _fn("shmring_send_keyed", _S, _P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
+_partition_of = _fn("shmring_partition_of", ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32)
+_open_group = _fn("shmring_consumer_open_group", _S, _P, ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_P))
+_set_checkpointed = _fn("shmring_consumer_set_checkpointed", _S, _P, ctypes.c_int)
+_checkpoint_commit = _fn("shmring_checkpoint_commit", _S, _P, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t)
+_checkpoint_read = _fn("shmring_checkpoint_read", _S, _P, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t))
+_group_partitions = _fn("shmring_group_partitions", ctypes.c_int64, _P, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t)
+_group_revoked = _fn("shmring_group_revoked", ctypes.c_int64, _P, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t)
 
 if _abi_version() != ABI_VERSION:
     raise ImportError(
@@ -249,6 +260,12 @@ class Producer:
         """The longest message send takes (split into frames above max_frame_size)."""
         return _producer_max_message(self._h)
 
+    def send_keyed(self, key, data, timeout=None):
+        """Sends `data` on a partitioned channel to the partition of `key` (bytes):
+        partition_of(key, partitions). True once sent; False if the partition's ring stayed
+        full for `timeout` seconds (None: wait as long as it takes)."""
+        return _done(_send_keyed(self._h, key, len(key), data, len(data), _ns(timeout)))
+
     def send(self, data, timeout=None):
         """Sends a copy of `data` (bytes-like); False if the ring stayed full for `timeout`.
         Up to max_message_size bytes: a longer message than max_frame_size is split into frames
@@ -296,6 +313,7 @@ class Consumer:
         self._h = handle
         self._buf = ctypes.create_string_buffer(max(1, _consumer_max(handle)))
         self.last_redelivered = False
+        self.last_partition = 0
 
     def set_wait(self, wait):
         _check(_consumer_set_wait(self._h, _WAITS[wait]))
@@ -367,6 +385,7 @@ class Consumer:
             yield None
             return
         self.last_redelivered = bool(f.flags & REDELIVERED)
+        self.last_partition = f.partition
         view = memoryview((ctypes.c_char * f.len).from_address(f.data or 0)).toreadonly() if f.len else memoryview(b"")
         try:
             yield view
@@ -388,6 +407,58 @@ class Consumer:
         self.close()
 
 
+def partition_of(key, partitions):
+    """The partition frames of `key` (bytes) go to: FNV-1a 64 of the key modulo
+    `partitions`, as shmring_partition_of and the Rust partition_of compute it."""
+    return _partition_of(key, len(key), partitions)
+
+
+class GroupConsumer(Consumer):
+    """A member of a partitioned channel's consumer group (Client.group_consumer): receives
+    from the partitions the coordinator assigns it, which change as members come and go
+    (read() sets last_partition). With checkpointed(True), frames stay unreleased until
+    commit(partition, state) saves the member's state for that partition and releases them
+    together; whoever takes the partition over starts from checkpoint(partition)."""
+
+    def checkpointed(self, on=True):
+        _check(_set_checkpointed(self._h, 1 if on else 0))
+
+    def commit(self, partition, state):
+        """Saves `state` (bytes) as the partition's checkpoint and releases the frames
+        received from it. False if the partition is no longer this member's."""
+        status = _checkpoint_commit(self._h, partition, state, len(state))
+        if status == _NOT_FOUND:
+            return False
+        _check(status)
+        return True
+
+    def checkpoint(self, partition):
+        """The partition's last checkpoint (bytes) as found when this member took it; None if
+        none was committed."""
+        n = ctypes.c_size_t()
+        status = _checkpoint_read(self._h, partition, None, 0, ctypes.byref(n))
+        if status == _NOT_FOUND:
+            return None
+        if status == _BUFFER_TOO_SMALL or (status == _OK and n.value > 0):
+            buf = ctypes.create_string_buffer(n.value)
+            _check(_checkpoint_read(self._h, partition, buf, n.value, ctypes.byref(n)))
+            return buf.raw[: n.value]
+        _check(status)
+        return b""
+
+    def partitions(self):
+        """The partitions this member holds now."""
+        out = (ctypes.c_uint32 * 256)()
+        n = _group_partitions(self._h, out, 256)
+        return list(out[: min(n, 256)])
+
+    def revoked(self):
+        """Partitions given to another member since the last call: drop their state."""
+        out = (ctypes.c_uint32 * 256)()
+        n = _group_revoked(self._h, out, 256)
+        return list(out[: max(n, 0)])
+
+
 class Client:
     """A connection to a coordinator: $SHMRING_SOCKET or the default socket unless given."""
 
@@ -399,7 +470,7 @@ class Client:
 
     def create(self, name, kind="spsc", capacity=None, max_frame_size=None, mode=0o600,
                max_producers=None, max_consumers=None, overflow=None, history=None,
-               max_message_size=None):
+               max_message_size=None, partitions=None, checkpoint_size=None):
         """Creates a channel owned by this user; kind is "spsc", "mpmc" or "broadcast".
         Broadcast only: overflow is "block" (the default: the producer waits for the slowest
         subscriber) or "drop-oldest" (it never waits); history is how many of the most recent
@@ -412,7 +483,8 @@ class Client:
             cfg.overflow = _OVERFLOWS[overflow]
         for field, value in (("capacity", capacity), ("max_frame_size", max_frame_size),
                              ("max_producers", max_producers), ("max_consumers", max_consumers),
-                             ("history", history), ("max_message_size", max_message_size)):
+                             ("history", history), ("max_message_size", max_message_size),
+                             ("partitions", partitions), ("checkpoint_size", checkpoint_size)):
             if value is not None:
                 setattr(cfg, field, value)
         cfg.mode = mode
@@ -443,6 +515,12 @@ class Client:
         h = _P()
         _check(_consumer_open(self._h, name.encode(), ctypes.byref(h)))
         return Consumer(h)
+
+    def group_consumer(self, name, group):
+        """Joins consumer group `group` of partitioned channel `name` (see GroupConsumer)."""
+        h = _P()
+        _check(_open_group(self._h, name.encode(), group.encode(), ctypes.byref(h)))
+        return GroupConsumer(h)
 
     def close(self):
         h, self._h = self._h, None

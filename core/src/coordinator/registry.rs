@@ -1073,7 +1073,8 @@ impl Registry {
             Request::Stats { name } => {
                 let books = books(&self.procs);
                 self.reclaim_strays(&books, &name);
-                self.stats(peer, &name).map(|s| plain(Reply::Stats(Box::new(s))))
+                self.stats(peer, &name)
+                    .map(|s| plain(Reply::Stats(Box::new(s))))
             }
             // Served by `handed_back`, which the server calls with the descriptor.
             Request::Adopt { .. } => Err(Error::InvalidArgument(

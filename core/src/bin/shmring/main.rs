@@ -94,6 +94,14 @@ enum Command {
         /// (mpmc) and received whole [default: --max-frame-size]
         #[arg(long, value_parser = parse_size)]
         max_message_size: Option<u64>,
+        /// Partitions (spsc): a partitioned channel of this many rings, written by key
+        /// (send_keyed) and read by one consumer group [default: not partitioned]
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Bytes of state a checkpoint of each partition holds (suffixes K, M)
+        /// [default: 64K with --partitions]
+        #[arg(long, value_parser = parse_size)]
+        checkpoint_size: Option<u64>,
         /// Producers admitted at once (mpmc) [default: 16]
         #[arg(long)]
         max_producers: Option<u32>,
@@ -198,6 +206,13 @@ fn depth(info: &ChannelInfo) -> String {
 
 fn capacity_text(info: &ChannelInfo) -> String {
     match info.kind {
+        Kind::Spsc if info.partitions > 1 => {
+            format!(
+                "{} partitions of {}",
+                info.partitions,
+                bytes(info.capacity_bytes)
+            )
+        }
         Kind::Spsc => bytes(info.capacity_bytes),
         Kind::Mpmc | Kind::Broadcast => format!("{} slots", info.slots),
     }
@@ -377,6 +392,8 @@ fn manage(args: &Args) -> shmring::Result<()> {
             capacity,
             max_frame_size,
             max_message_size,
+            partitions,
+            checkpoint_size,
             max_producers,
             max_consumers,
             overflow,
@@ -412,6 +429,17 @@ fn manage(args: &Args) -> shmring::Result<()> {
             }
             if let Some(m) = max_message_size {
                 cfg = cfg.max_message_size(*m);
+            }
+            if let Some(n) = partitions {
+                cfg = cfg.partitions(*n);
+            }
+            if let Some(c) = checkpoint_size {
+                cfg = cfg.checkpoint_size(u32::try_from(*c).map_err(|_| {
+                    shmring::Error::InvalidArgument(format!(
+                        "--checkpoint-size {} is too large",
+                        bytes(*c)
+                    ))
+                })?);
             }
             if let Some(n) = max_producers {
                 cfg = cfg.max_producers(*n);
@@ -646,6 +674,35 @@ fn print_stat(out: &mut impl Write, s: &ChannelStats, names: &mut Names) -> std:
         )?;
     }
     writeln!(out, "depth       {}", depth(i))?;
+    if !s.partitions.is_empty() {
+        match &s.group {
+            Some((g, members)) => writeln!(
+                out,
+                "group       {g}: {} member{} ({})",
+                members.len(),
+                if members.len() == 1 { "" } else { "s" },
+                members
+                    .iter()
+                    .map(|(m, pid)| format!("#{m} pid {pid}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?,
+            None => writeln!(out, "group       none has joined")?,
+        }
+        for p in &s.partitions {
+            writeln!(
+                out,
+                "partition {:<3} depth {:>10}  in {:>12}  out {:>12}  checkpoints {:>8}  owner {}",
+                p.index,
+                bytes(p.depth),
+                p.frames_in,
+                p.frames_out,
+                p.checkpoints,
+                p.owner
+                    .map_or("-".to_string(), |(m, pid)| format!("#{m} (pid {pid})"))
+            )?;
+        }
+    }
     if s.resizes > 0 || s.draining_generation != 0 {
         write!(out, "resizes     {}", s.resizes)?;
         if s.draining_generation != 0 {
