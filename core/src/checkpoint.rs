@@ -194,7 +194,8 @@ mod loom_tests {
             if !step() {
                 return passed;
             }
-            write(mem, c.read_position(), &encode(count, sum)).unwrap();
+            let pos = c.checkpoint_position(mem);
+            write(mem, pos, &encode(count, sum)).unwrap();
             if !step() {
                 return passed;
             }

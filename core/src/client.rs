@@ -668,6 +668,11 @@ impl Client {
         attach(&self.shared, name, role, reply, fd)
     }
 
+    /// A request whose reply nobody waits for (see `Shared::tell`).
+    pub(crate) fn tell(&self, req: Request) {
+        self.shared.tell(req);
+    }
+
     /// A request whose reply carries no descriptor.
     pub(crate) fn request(&self, req: &Request) -> Result<Reply> {
         self.shared.request(req).map(|(reply, _)| reply)

@@ -1221,15 +1221,6 @@ fn give_back(core: &mut mpmc::ConsumerCore, mem: &Memory, pos: u64, held: Held) 
 /// What a consumer-group member (`partition.rs`) does with the consumer of one of its
 /// partitions (an SPSC ring with a checkpoint area).
 impl Consumer {
-    fn partition_core(&mut self) -> Result<&mut spsc::ConsumerCore> {
-        match &mut self.ring {
-            Ring::Spsc(core) => Ok(core),
-            _ => Err(Error::InvalidArgument(
-                "not a partition of a partitioned channel".into(),
-            )),
-        }
-    }
-
     /// The segment this consumer reads.
     pub(crate) fn memory(&self) -> &Memory {
         &self.mem
@@ -1241,15 +1232,31 @@ impl Consumer {
         self.mem.repair_line().group_epoch.load(Acquire)
     }
 
+    /// `try_recv` without what follows an empty ring (`settle`): a group member looks at
+    /// every partition this way first, and settles only when all of them were empty
+    /// (`settle_empty_now`).
+    #[inline]
+    pub(crate) fn try_recv_unsettled(&mut self, buf: &mut [u8]) -> Result<Received> {
+        self.try_recv_inner(buf)
+    }
+
+    /// What `try_recv` returns for an empty ring: `WouldBlock` (arming the pollable
+    /// descriptor, waking a producer that waits for the room given back), or `Closed` for a
+    /// finished stream or deleted channel.
+    pub(crate) fn settle_empty_now(&mut self) -> Error {
+        self.settle_empty("empty")
+    }
+
     /// Copies the next frame into `buf` and takes it without releasing it (see
-    /// `spsc::ConsumerCore::try_take_copy`); `commit_held` releases it.
+    /// `spsc::ConsumerCore::try_take_copy`); `commit_held` releases it. Not settled (see
+    /// `try_recv_unsettled`).
     pub(crate) fn try_recv_held(&mut self, buf: &mut [u8]) -> Result<Received> {
         let Ring::Spsc(core) = &mut self.ring else {
             return Err(Error::InvalidArgument(
                 "not a partition of a partitioned channel".into(),
             ));
         };
-        let r = core.try_take_copy(&self.mem, buf).map(|(len, flags)| {
+        core.try_take_copy(&self.mem, buf).map(|(len, flags)| {
             // Wrapping: the counters continue a predecessor's, read from shared memory.
             self.frames = self.frames.wrapping_add(1);
             self.bytes = self.bytes.wrapping_add(len as u64);
@@ -1258,23 +1265,35 @@ impl Consumer {
                 flags: FrameFlags::from_bits(flags),
                 partition: 0,
             }
-        });
-        self.settle(r)
+        })
     }
 
     /// Commits `state` (if any) as the partition's checkpoint at the position after the last
     /// frame taken, then releases every frame taken: in that order (see `checkpoint.rs`).
     pub(crate) fn commit_held(&mut self, state: Option<&[u8]>) -> Result<()> {
-        let pos = self.partition_core()?.read_position();
         if let Some(state) = state {
-            crate::checkpoint::write(&self.mem, pos, state)?;
+            self.checkpoint_held(state)?;
         }
         let Ring::Spsc(core) = &mut self.ring else {
-            unreachable!("checked by partition_core")
+            return Err(Error::InvalidArgument(
+                "not a partition of a partitioned channel".into(),
+            ));
         };
         core.release(&self.mem);
         self.finish();
         Ok(())
+    }
+
+    /// The first step of `commit_held`: the checkpoint of `state` at the read position,
+    /// nothing released yet.
+    pub(crate) fn checkpoint_held(&mut self, state: &[u8]) -> Result<()> {
+        let Ring::Spsc(core) = &mut self.ring else {
+            return Err(Error::InvalidArgument(
+                "not a partition of a partitioned channel".into(),
+            ));
+        };
+        let pos = core.checkpoint_position(&self.mem);
+        crate::checkpoint::write(&self.mem, pos, state)
     }
 
     /// Hands every frame taken and not released back to the ring (for the partition's next

@@ -163,6 +163,11 @@ pub struct GroupConsumer {
     next: usize,
     run: u32,
     checkpointed: bool,
+    /// Whether a frame was received (the mode is fixed from then on).
+    received: bool,
+    /// Partitions whose admission failed with an error a retry does not cure (a damaged
+    /// segment): not retried until the assignment changes.
+    failed: Vec<u32>,
     wait: WaitStrategy,
     last_sync: Instant,
     max_frame_size: usize,
@@ -170,8 +175,10 @@ pub struct GroupConsumer {
 
 /// Frames taken from one partition before the next is looked at.
 const RUN: u32 = 64;
-/// How often a member with partitions still to take (or none at all) asks the coordinator.
+/// How often a member with partitions still to take asks the coordinator.
 const RETRY: Duration = Duration::from_millis(2);
+/// How often a member with no partitions at all asks.
+const IDLE_RETRY: Duration = Duration::from_millis(10);
 /// Longest sleep of a blocked receive between two looks at the assignment.
 const IDLE_SLICE: Duration = Duration::from_millis(10);
 
@@ -204,6 +211,8 @@ impl GroupConsumer {
             next: 0,
             run: 0,
             checkpointed: false,
+            received: false,
+            failed: Vec::new(),
             wait: WaitStrategy::default(),
             last_sync: Instant::now(),
             max_frame_size,
@@ -262,17 +271,30 @@ impl GroupConsumer {
     }
 
     /// Exactly-once mode: receives take frames without releasing them; [`commit`] releases
-    /// them with a checkpoint of the state that includes them. Set before the first receive.
+    /// them with a checkpoint of the state that includes them. Set before the first receive
+    /// (`InvalidArgument` after it: frames taken in one mode would be released by the other).
     /// Commit often enough: frames not released keep their room in the ring, and a producer
     /// waits for it.
     ///
     /// [`commit`]: GroupConsumer::commit
-    pub fn set_checkpointed(&mut self, on: bool) {
+    pub fn set_checkpointed(&mut self, on: bool) -> Result<()> {
+        if self.received && on != self.checkpointed {
+            return Err(Error::InvalidArgument(
+                "set_checkpointed after the first receive: set it once, before receiving".into(),
+            ));
+        }
         self.checkpointed = on;
+        Ok(())
+    }
+
+    /// Whether receives leave frames for [`commit`](GroupConsumer::commit) to release.
+    pub fn is_checkpointed(&self) -> bool {
+        self.checkpointed
     }
 
     /// The state of partition `p`'s last checkpoint, as found when this member took the
-    /// partition (`None`: none was committed, or `p` is not this member's).
+    /// partition (`None`: none was committed, or `p` is not this member's). What the member
+    /// committed since is its own state.
     pub fn checkpoint(&self, p: u32) -> Option<&[u8]> {
         self.part(p)?.checkpoint.as_deref()
     }
@@ -291,7 +313,23 @@ impl GroupConsumer {
     /// Saves `state` as partition `p`'s checkpoint, covering every frame received from `p`
     /// so far, then releases those frames. `NotFound` if `p` is no longer this member's (its
     /// frames since the last commit go to the next holder, which starts from that commit).
+    ///
+    /// Also `NotFound` while `p` is listed by [`revoked`](GroupConsumer::revoked) (given up
+    /// and taken again since): the state kept for it may include frames handed back; drain
+    /// `revoked()` and start again from [`checkpoint`](GroupConsumer::checkpoint).
     pub fn commit(&mut self, p: u32, state: &[u8]) -> Result<()> {
+        if self.revoked.contains(&p) {
+            return Err(Error::NotFound(format!(
+                "partition {p} of {:?} was given up since the state was built (see revoked())",
+                self.channel
+            )));
+        }
+        self.release_partition(p, Some(state))
+    }
+
+    /// Releases the frames taken from partition `p` (with a checkpoint of `state`, if any).
+    #[doc(hidden)]
+    pub fn release_partition(&mut self, p: u32, state: Option<&[u8]>) -> Result<()> {
         let part = self
             .owned
             .iter_mut()
@@ -302,53 +340,64 @@ impl GroupConsumer {
                     self.channel
                 ))
             })?;
-        part.consumer.commit_held(Some(state))?;
-        part.checkpoint = Some(state.to_vec());
-        Ok(())
+        part.consumer.commit_held(state)
     }
 
     /// Receives the next frame from any of this member's partitions, without waiting:
     /// `WouldBlock` when they are all empty (or the member has none), `Closed` once the
     /// stream of every partition it holds ended and it waits for none.
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Received> {
+        let held = self.checkpointed;
+        self.try_recv_as(buf, held)
+    }
+
+    /// `try_recv`, the frame taken without releasing it if `held` (then `release_partition`
+    /// or `commit` releases it).
+    #[doc(hidden)]
+    pub fn try_recv_as(&mut self, buf: &mut [u8], held: bool) -> Result<Received> {
         self.maintain()?;
         let n = self.owned.len();
-        let mut closed = 0;
+        // First every partition as it is (an empty one costs a load); only when all were
+        // empty, what an empty ring means (a finished stream, the pollable descriptor armed).
         for k in 0..n {
             let i = (self.next + k) % n;
             let part = &mut self.owned[i];
-            if part.closed {
-                closed += 1;
-                continue;
-            }
-            let r = if self.checkpointed {
+            let r = if held {
                 part.consumer.try_recv_held(buf)
             } else {
-                part.consumer.try_recv(buf)
+                part.consumer.try_recv_unsettled(buf)
             };
             match r {
                 Ok(mut r) => {
                     r.partition = part.index;
-                    if k == 0 {
-                        self.run += 1;
-                    } else {
-                        self.run = 1;
-                    }
-                    self.next = if self.run >= RUN { (i + 1) % n } else { i };
+                    part.closed = false;
+                    self.received = true;
+                    self.run = if k == 0 { self.run + 1 } else { 1 };
+                    // A partition that keeps delivering is left after `RUN` frames, so that
+                    // the others are not starved.
                     if self.run >= RUN {
+                        self.next = (i + 1) % n;
                         self.run = 0;
+                    } else {
+                        self.next = i;
                     }
                     return Ok(r);
                 }
                 Err(Error::WouldBlock(_)) => {}
-                Err(Error::Closed(_)) => {
-                    part.closed = true;
-                    closed += 1;
-                }
                 Err(e) => return Err(e),
             }
         }
-        self.next = (self.next + 1) % n.max(1);
+        // Looked at again each time: a producer that attaches after a finish continues the
+        // stream.
+        let mut closed = 0;
+        for part in &mut self.owned {
+            part.closed = match part.consumer.settle_empty_now() {
+                Error::WouldBlock(_) => false,
+                Error::Closed(_) => true,
+                e => return Err(e),
+            };
+            closed += usize::from(part.closed);
+        }
         self.run = 0;
         if n > 0 && closed == n && self.pending.is_empty() {
             return Err(Error::Closed(
@@ -401,6 +450,17 @@ impl GroupConsumer {
         }
     }
 
+    /// Waits up to `slice` for a frame in one of the partitions (after a receive found none),
+    /// as a blocking receive does between its attempts.
+    #[doc(hidden)]
+    pub fn wait_for_frames(&mut self, slice: Duration) -> Result<()> {
+        if self.wait == WaitStrategy::Spin {
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        self.idle(slice)
+    }
+
     /// Sleeps until a partition may have a frame, or `slice` passed.
     fn idle(&mut self, slice: Duration) -> Result<()> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -444,8 +504,8 @@ impl GroupConsumer {
             Some(p) => p.consumer.group_epoch() != self.epoch,
             None => true,
         };
-        let due = (!self.pending.is_empty() || self.owned.is_empty())
-            && self.last_sync.elapsed() >= RETRY;
+        let due = (!self.pending.is_empty() && self.last_sync.elapsed() >= RETRY)
+            || (self.owned.is_empty() && self.last_sync.elapsed() >= IDLE_RETRY);
         if (moved && !self.owned.is_empty()) || due {
             self.sync()?;
         }
@@ -469,6 +529,10 @@ impl GroupConsumer {
     /// Gives up the partitions no longer assigned to this member and takes the new ones.
     fn apply(&mut self, a: Assignment) -> Result<()> {
         self.last_sync = Instant::now();
+        let moved_since = a.epoch != self.epoch;
+        if moved_since {
+            self.failed.clear();
+        }
         self.epoch = a.epoch;
         let mut i = 0;
         while i < self.owned.len() {
@@ -490,14 +554,34 @@ impl GroupConsumer {
             }
         }
         let pending = std::mem::take(&mut self.pending);
+        let mut first_err = None;
         for p in pending {
+            if self.failed.contains(&p) && !moved_since {
+                self.pending.push(p);
+                continue;
+            }
             match self.take(p) {
-                Ok(part) => self.owned.push(part),
+                Ok(part) => {
+                    self.failed.retain(|&f| f != p);
+                    self.owned.push(part);
+                }
                 // The previous holder has not let go yet, or is being repaired.
                 Err(Error::Busy(_)) => self.pending.push(p),
-                Err(e) => {
+                // This member is not in the group any more (it left, or the coordinator
+                // restarted): nothing else will work either.
+                Err(e @ Error::NotFound(_)) => {
                     self.pending.push(p);
                     return Err(e);
+                }
+                // A damaged partition: the others are received all the same, and this one is
+                // tried again when the assignment changes.
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, member = self.member, partition = p, error = %e, "cannot take a partition");
+                    if !self.failed.contains(&p) {
+                        self.failed.push(p);
+                        first_err.get_or_insert(e);
+                    }
+                    self.pending.push(p);
                 }
             }
         }
@@ -505,7 +589,8 @@ impl GroupConsumer {
         if self.next >= self.owned.len() {
             self.next = 0;
         }
-        Ok(())
+        // Reported once; the partitions this member could take are received meanwhile.
+        first_err.map_or(Ok(()), Err)
     }
 
     fn take(&mut self, p: u32) -> Result<Part> {
@@ -531,7 +616,9 @@ impl Drop for GroupConsumer {
             part.consumer.abandon_held();
         }
         self.owned.clear();
-        let _ = self.client.request(&Request::LeaveGroup {
+        // Queued if the connection is busy, sent with the client's next request; a process that
+        // exits leaves the group anyway (the coordinator watches it).
+        self.client.tell(Request::LeaveGroup {
             channel: self.channel.clone(),
             member: self.member,
         });

@@ -847,3 +847,46 @@ fn a_broadcast_channel_of_tiny_frames_cannot_split_messages() {
         .max_message_size(100);
     assert!(Segment::anonymous(&ok).is_ok());
 }
+
+/// Found in review of step 10: a partition's consumer that stepped over padding (the ring
+/// wrapped) and then found the next frame too long for its buffer had its read position past
+/// its delivered mark; a checkpoint committed there, and a death before the release, left a
+/// checkpoint past the delivered mark, which every successor refused as corrupted: the
+/// partition could never be read again. The checkpoint now raises the delivered mark to it.
+#[test]
+fn a_checkpoint_after_padding_is_accepted_by_the_successor() {
+    let seg = Segment::anonymous(
+        &ChannelConfig::spsc()
+            .capacity(64)
+            .max_frame_size(24)
+            .checkpoint_size(16),
+    )
+    .unwrap();
+    let mut tx = seg.producer().unwrap();
+    let mut c1 = seg.consumer().unwrap();
+    let mut buf = [0u8; 24];
+    // Two records of 24 bytes at 0 and 24, taken and committed.
+    for i in 0..2u8 {
+        tx.try_send(&[i; 16]).unwrap();
+        assert_eq!(c1.try_recv_held(&mut buf).unwrap().len, 16);
+    }
+    c1.commit_held(Some(b"two")).unwrap();
+    // The third (a 32-byte record) does not fit in the 16 bytes left: padding, then offset 0.
+    tx.try_send(&[2; 24]).unwrap();
+    let mut small = [0u8; 8];
+    assert!(matches!(
+        c1.try_recv_held(&mut small),
+        Err(Error::BufferTooSmall { needed: 24, .. })
+    ));
+    // Killed between the checkpoint and the release.
+    c1.checkpoint_held(b"two, again").unwrap();
+    std::mem::forget(c1);
+    evict(&seg, Role::Consumer, 0);
+    crate::spsc::publish_released(&seg.mem, seg.mem.participant(Role::Consumer, 0).unwrap())
+        .unwrap();
+    let mut c2 = seg.consumer().unwrap();
+    let state = c2.resume_from_checkpoint().unwrap();
+    assert_eq!(state.as_deref(), Some(&b"two, again"[..]));
+    let got = c2.try_recv_held(&mut buf).unwrap();
+    assert_eq!((got.len, &buf[..24]), (24, &[2u8; 24][..]));
+}

@@ -695,8 +695,16 @@ impl ConsumerCore {
         Ok((len, peeked.flags))
     }
 
-    /// Where the next frame will be read: the end of every frame taken so far.
-    pub(crate) fn read_position(&self) -> u64 {
+    /// The read position, made a position a successor accepts in a checkpoint: the delivered
+    /// mark is raised to it if padding or skip records were stepped over past the last frame
+    /// taken (`try_peek` moves the read position over them without taking anything), since a
+    /// checkpoint past the delivered mark is refused as corrupted (`resume_at`).
+    pub(crate) fn checkpoint_position(&mut self, mem: &Memory) -> u64 {
+        if self.read_pos > self.delivered {
+            self.delivered = self.read_pos;
+            // Relaxed: read only by a successor after this process is gone (as in `take`).
+            me(mem).claim.store(self.read_pos, Relaxed);
+        }
         self.read_pos
     }
 

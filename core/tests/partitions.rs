@@ -229,7 +229,7 @@ fn a_successor_resumes_from_the_checkpoint_and_the_state_counts_each_frame_once(
     // Three members in turn; each stops after some frames, the last committed a while before.
     for (round, stop) in [(0, 1000usize), (1, 1200), (2, usize::MAX)] {
         let mut g = client.group_consumer("t", "g").unwrap();
-        g.set_checkpointed(true);
+        g.set_checkpointed(true).unwrap();
         sums.clear();
         for p in g.partitions() {
             sums.insert(p, state_of(&g, p));

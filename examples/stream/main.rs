@@ -5,6 +5,7 @@
 //!
 //!     cargo run --release --bin stream -- [--ticks N] [--symbols S] [--rate TICKS_PER_S]
 //!         [--processors P] [--kill-every 2s] [--python] [--seed N] [--quiet]
+//!     cargo run --release --bin stream -- bench [--ticks N] [--kills K]
 //!
 //! Runs a coordinator on a thread of this process (no daemon needed) and, as processes of
 //! their own: a tick generator (`stream generate ...`), P processors (`stream process ...`)
@@ -13,6 +14,7 @@
 //! collects; an output produced again by a processor's successor (the work after the last
 //! checkpoint of a killed one is redone) is the same output, and is counted once.
 
+mod bench;
 mod logic;
 
 use logic::{Generator, Output, PARTITIONS, State, Tick};
@@ -97,6 +99,9 @@ fn main() -> std::process::ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("generate") => generate(&args[1..]),
         Some("process") => process(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("bench-produce") => bench::produce(&args[1..]),
+        Some("bench-member") => bench::member(),
         _ => match options(&args) {
             Ok(o) => supervise(o),
             Err(e) => {
@@ -143,7 +148,7 @@ fn generate(args: &[String]) -> Res<bool> {
 fn process() -> Res<bool> {
     let client = Client::connect(None)?;
     let mut group = client.group_consumer(TICKS, GROUP)?;
-    group.set_checkpointed(true);
+    group.set_checkpointed(true)?;
     let mut out = client.producer(RESULTS)?;
     let mut states: HashMap<u32, State> = HashMap::new();
     let mut dirty: HashMap<u32, u32> = HashMap::new();

@@ -1246,7 +1246,8 @@ unsafe fn consumer<'a>(c: *mut shmring_consumer) -> Result<&'a mut ConsumerHandl
 struct Member {
     group: GroupConsumer,
     scratch: Vec<u8>,
-    lent: bool,
+    /// The partition of the frame `shmring_read` lent, until `shmring_release`.
+    lent: Option<u32>,
 }
 
 impl ConsumerState {
@@ -1268,7 +1269,7 @@ impl ConsumerState {
 
     /// Refuses while a frame is held.
     fn idle(&mut self) -> Result<&mut Self, Error> {
-        if self.frame.is_some() || self.group.as_ref().is_some_and(|m| m.lent) {
+        if self.frame.is_some() || self.group.as_ref().is_some_and(|m| m.lent.is_some()) {
             return Err(invalid(
                 "a frame is held by this consumer: shmring_release it first",
             ));
@@ -1507,15 +1508,14 @@ pub unsafe extern "C" fn shmring_read(
         exclusive(unsafe { consumer(c) }?, |h| {
             let h = h.idle()?;
             if let Some(m) = h.group.as_deref_mut() {
+                // Taken without releasing it, as a plain consumer's lent frame is: released
+                // by shmring_release (or, checkpointed, by shmring_checkpoint_commit), so a
+                // member that dies holding it leaves it to its successor.
                 let mut scratch = std::mem::take(&mut m.scratch);
-                let r = match timeout(timeout_ns) {
-                    Some(Duration::ZERO) => m.group.try_recv(&mut scratch),
-                    Some(t) => m.group.recv_timeout(&mut scratch, t),
-                    None => m.group.recv(&mut scratch),
-                };
+                let r = group_read(&mut m.group, &mut scratch, timeout(timeout_ns));
                 m.scratch = scratch;
                 let got = r?;
-                m.lent = true;
+                m.lent = Some(got.partition);
                 let value = shmring_frame {
                     data: m.scratch.as_ptr().cast(),
                     len: got.len,
@@ -1549,8 +1549,16 @@ pub unsafe extern "C" fn shmring_release(c: *mut shmring_consumer) -> shmring_st
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
             if let Some(m) = h.group.as_deref_mut() {
-                if !std::mem::take(&mut m.lent) {
-                    return Err(invalid("no frame is held: shmring_read first"));
+                let p = m
+                    .lent
+                    .take()
+                    .ok_or_else(|| invalid("no frame is held: shmring_read first"))?;
+                if !m.group.is_checkpointed() {
+                    return match m.group.release_partition(p, None) {
+                        // Given to another member meanwhile: handed back, it is theirs.
+                        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+                        Err(e) => Err(e),
+                    };
                 }
                 return Ok(());
             }
@@ -1594,6 +1602,38 @@ pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
         }
         Ok(())
     });
+}
+
+/// A group member's receive for `shmring_read`: the frame taken and not released.
+fn group_read(
+    g: &mut GroupConsumer,
+    buf: &mut [u8],
+    timeout: Option<Duration>,
+) -> Result<shmring_core::Received, Error> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        match g.try_recv_as(buf, true) {
+            Err(Error::WouldBlock(w)) => match deadline {
+                Some(d) if std::time::Instant::now() >= d => {
+                    return Err(if timeout == Some(Duration::ZERO) {
+                        Error::WouldBlock(w)
+                    } else {
+                        Error::TimedOut(timeout.unwrap_or_default())
+                    });
+                }
+                _ => {
+                    // The member's own blocking receive waits on the partitions'
+                    // descriptors; a short wait through it, then the held receive again.
+                    let slice = deadline.map_or(Duration::from_millis(10), |d| {
+                        d.saturating_duration_since(std::time::Instant::now())
+                            .min(Duration::from_millis(10))
+                    });
+                    g.wait_for_frames(slice)?;
+                }
+            },
+            other => return other,
+        }
+    }
 }
 
 #[cold]
@@ -1649,7 +1689,7 @@ pub unsafe extern "C" fn shmring_consumer_open_group(
                 group: Some(Box::new(Member {
                     group: g,
                     scratch,
-                    lent: false,
+                    lent: None,
                 })),
                 frame: None,
             },
@@ -1673,8 +1713,7 @@ pub unsafe extern "C" fn shmring_consumer_set_checkpointed(
     guard(|| {
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
-            h.member()?.group.set_checkpointed(on != 0);
-            Ok(())
+            h.idle()?.member()?.group.set_checkpointed(on != 0)
         })
     })
 }
@@ -1782,6 +1821,7 @@ pub unsafe extern "C" fn shmring_group_revoked(
     let _ = guard(|| {
         // SAFETY: the header's contract for `c`.
         exclusive(unsafe { consumer(c) }?, |h| {
+            let cap = if out.is_null() { 0 } else { cap };
             let g = &mut h.member()?.group;
             let mut revoked = g.revoked();
             let rest = revoked.split_off(revoked.len().min(cap));

@@ -16,7 +16,10 @@
 //! shmring-channels 1
 //! next <next generation>
 //! channel <generation> <owner uid> <owner gid> <mode, octal> <dev> <ino> <name>
+//! partitioned <partitions> <name>
 //! ```
+//! A `partitioned` line names a partitioned channel, whose partitions are the `channel` lines
+//! `<name>.p0` ... (`registry/partitions.rs`).
 
 use crate::error::{Error, Result};
 use crate::protocol::validate_channel_name;
@@ -46,6 +49,8 @@ pub(super) struct Contents {
     pub next_generation: u64,
     /// Live channels by name.
     pub channels: BTreeMap<String, Entry>,
+    /// Partitioned channels, by name, with their partition counts.
+    pub partitioned: BTreeMap<String, u32>,
 }
 
 /// Where the record of `namespace` lives in runtime directory `dir`.
@@ -94,6 +99,12 @@ fn parse(text: &str) -> Option<Contents> {
                 };
                 c.channels.insert(name.to_string(), e);
             }
+            "partitioned" => {
+                let n = w.next()?.parse().ok()?;
+                let name = w.next()?;
+                validate_channel_name(name).ok()?;
+                c.partitioned.insert(name.to_string(), n);
+            }
             _ => return None,
         }
         if w.next().is_some() {
@@ -110,6 +121,9 @@ fn format(c: &Contents) -> String {
             "channel {} {} {} {:o} {} {} {name}\n",
             e.generation, e.owner_uid, e.owner_gid, e.mode, e.dev, e.ino
         ));
+    }
+    for (name, n) in &c.partitioned {
+        s.push_str(&format!("partitioned {n} {name}\n"));
     }
     s
 }
@@ -184,6 +198,7 @@ mod tests {
                 ino: 12345,
             },
         );
+        c.partitioned.insert("ticks".into(), 4);
         assert_eq!(parse(&format(&c)), Some(c));
         assert_eq!(parse("shmring-channels 1\nnext 3 4\n"), None);
         assert_eq!(parse("something else\n"), None);

@@ -335,6 +335,11 @@ impl Registry {
         let mut c = record::Contents {
             next_generation: self.next_generation,
             channels: self.pending.clone(),
+            partitioned: self
+                .partitioned
+                .iter()
+                .map(|(name, p)| (name.clone(), p.partitions))
+                .collect(),
         };
         for (name, ch) in &self.channels {
             let id = sys::file_id(&ch.fd)?;
@@ -420,6 +425,22 @@ impl Registry {
         };
         self.next_generation = self.next_generation.max(contents.next_generation);
         self.pending = contents.channels;
+        // Their groups are not recorded: members join again (their next request is refused
+        // with NotFound, which says so).
+        self.partitioned = contents
+            .partitioned
+            .into_iter()
+            .filter(|(_, n)| (2..=crate::layout::MAX_PARTITIONS).contains(n))
+            .map(|(name, partitions)| {
+                (
+                    name,
+                    Partitioned {
+                        partitions,
+                        group: None,
+                    },
+                )
+            })
+            .collect();
         for (name, candidates) in found {
             for (generation, fd) in candidates {
                 if self.pending.get(&name).map(|e| e.generation) != Some(generation) {
@@ -795,6 +816,9 @@ impl Registry {
         {
             let _ = epoll.delete(&p.pidfd);
             self.procs.remove(&pid);
+            // Unwatched, its death would go unseen: its group memberships end here (with no
+            // connection it cannot ask for its partitions anyway).
+            self.members_exited(pid);
         }
     }
 
@@ -1038,9 +1062,7 @@ impl Registry {
                     index,
                     owner,
                 };
-                let freed = adm.role == Role::Consumer;
-                self.close(epoll, peer.pid, &adm);
-                if freed {
+                if self.close(epoll, peer.pid, &adm) && adm.role == Role::Consumer {
                     self.partition_freed(&adm.channel);
                 }
                 Ok(plain(Reply::Done))
@@ -1404,15 +1426,15 @@ impl Registry {
     /// Forgets process `pid`'s admission `adm` (its handle closed), freeing the entry if the
     /// handle could not. Only the admission of that generation of the channel, of that
     /// process, with that owner word: a stale close never touches anyone else's entry.
-    fn close(&mut self, epoll: &Epoll, pid: u32, adm: &Admission) {
+    /// Returns whether `adm` was an admission of `pid`'s (and is freed now).
+    fn close(&mut self, epoll: &Epoll, pid: u32, adm: &Admission) -> bool {
         let Some(p) = self.procs.get_mut(&pid) else {
-            return;
+            return false;
         };
         let before = p.admissions.len();
         p.admissions.retain(|a| a != adm);
-        if p.admissions.len() != before
-            && let Some(ch) = self.channels.get_mut(&adm.channel)
-        {
+        let freed = p.admissions.len() != before;
+        if freed && let Some(ch) = self.channels.get_mut(&adm.channel) {
             // A holder of an entry of the generation being drained that closes without having
             // followed: the entry taken for it in the new one goes too.
             let heir = if ch.prev.as_ref().map(|p| p.generation()) == Some(adm.generation) {
@@ -1440,6 +1462,7 @@ impl Registry {
         self.forget_if_idle(epoll, pid);
         self.release_deleted();
         self.retire_drained();
+        freed
     }
 
     fn delete(&mut self, peer: &Peer, name: &str) -> Result<()> {

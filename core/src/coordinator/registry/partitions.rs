@@ -11,12 +11,16 @@
 //! up to its fair share (`N / members`, the first `N % members` members by number one more),
 //! and the rest go to members below their share. Every change bumps the group's epoch, stored
 //! in every partition's repair line, which members look at between receives: a member whose
-//! partition was given to another closes it (handing its unreleased frames back), and the new
-//! owner's admission waits (`Busy`) until it has, or until the coordinator repaired it after
-//! the old owner's death.
+//! partition was given to another closes it (handing its unreleased frames back; the close
+//! bumps the epoch again), and the new owner's admission waits (`Busy`) until it has, or until
+//! the coordinator repaired it after the old owner's death (the new owner asks again every
+//! 2 ms meanwhile).
 
 use super::*;
 use crate::protocol::{Assignment, PartitionInfo};
+
+/// Most members of one group: each costs the coordinator a rebalance on every change.
+const MAX_MEMBERS: usize = 1024;
 
 /// A partitioned channel.
 pub(super) struct Partitioned {
@@ -160,13 +164,13 @@ impl Registry {
                 origin.owner_uid
             )));
         }
-        self.partitioned.remove(name);
         for i in 0..n {
             let p = partition_name(name, i);
-            if self.channels.contains_key(&p) {
+            if self.channels.contains_key(&p) || self.pending.contains_key(&p) {
                 self.delete(peer, &p)?;
             }
         }
+        self.partitioned.remove(name);
         self.persist_or_log("a partitioned channel's delete");
         Ok(())
     }
@@ -345,6 +349,11 @@ impl Registry {
                  checkpoints in it are that group's); join {:?}, or create another channel for \
                  another group",
                 g.name, g.name
+            )));
+        }
+        if g.members.len() >= MAX_MEMBERS {
+            return Err(Error::Busy(format!(
+                "the group of channel {channel:?} has {MAX_MEMBERS} members, the most one group takes"
             )));
         }
         let member = self.next_member;
