@@ -279,3 +279,96 @@ fn a_successor_resumes_from_the_checkpoint_and_the_state_counts_each_frame_once(
             .all(|p| p.depth == 0 && p.checkpoints > 0)
     );
 }
+
+/// Found in review of step 10: a restarted coordinator forgot partitioned channels (only plain
+/// channels were in its record): the partitions came back as plain channels that anyone could
+/// open as a consumer (releasing frames no checkpoint covered), and the channel's name was
+/// unknown. Now the record lists them, and the partitions stay the channel's.
+#[test]
+fn a_restarted_coordinator_still_knows_a_partitioned_channel() {
+    let _w = watchdog("restart", 60);
+    let ns = format!("pt{}-restart", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _guard = RemoveDir(dir.clone(), ns.clone());
+    let sock = dir.join("coordinator.sock");
+    let config = CoordinatorConfig::new(&ns)
+        .socket(&sock)
+        .keep_channels(true);
+    let coord = Coordinator::start(config.clone()).unwrap();
+    let client = Client::connect(Some(&sock)).unwrap();
+    client.create("t", &self::config(2)).unwrap();
+    let mut tx = client.keyed_producer("t").unwrap();
+    tx.send_keyed(b"a", &[1; 12]).unwrap();
+    coord.stop();
+    let coord = Coordinator::start(config).unwrap();
+    // The client hands the segments it holds back with its next request.
+    let s = client.stats("t").unwrap();
+    assert_eq!(s.partitions.len(), 2);
+    let e = client.consumer("t.p0").unwrap_err().to_string();
+    assert!(e.contains("partition of"), "{e}");
+    tx.send_keyed(b"a", &[2; 12]).unwrap();
+    let mut g = client.group_consumer("t", "g").unwrap();
+    let mut buf = [0u8; 256];
+    for want in [1u8, 2] {
+        let r = g.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        assert_eq!(buf[..r.len], [want; 12]);
+    }
+    drop((g, tx));
+    client.delete("t").unwrap();
+    coord.stop();
+}
+
+/// Found in review of step 10: a member that had seen the end of a partition's stream kept
+/// answering `Closed` after a producer attached again and continued the stream.
+#[test]
+fn a_stream_continued_after_its_finish_is_received() {
+    let _w = watchdog("continued", 60);
+    let (client, _coord, _dir) = setup("again");
+    client.create("t", &config(2)).unwrap();
+    let mut g = client.group_consumer("t", "g").unwrap();
+    let tx = client.keyed_producer("t").unwrap();
+    tx.finish().unwrap();
+    let mut buf = [0u8; 256];
+    assert!(matches!(g.try_recv(&mut buf), Err(Error::Closed(_))));
+    let mut tx = client.keyed_producer("t").unwrap();
+    tx.send_keyed(b"k", &[7; 12]).unwrap();
+    let r = g.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+    assert_eq!(buf[..r.len], [7; 12]);
+}
+
+/// Found in review of step 10: the mode could change with frames taken and not released (a
+/// plain receive would then release them with no checkpoint), and a partition given up and
+/// taken back could be committed with state built before (including frames handed back).
+#[test]
+fn the_mode_is_fixed_once_receiving_and_a_revoked_partition_is_not_committed() {
+    let _w = watchdog("mode", 60);
+    let (client, _coord, _dir) = setup("mode");
+    client.create("t", &config(2)).unwrap();
+    let mut tx = client.keyed_producer("t").unwrap();
+    let mut g = client.group_consumer("t", "g").unwrap();
+    g.set_checkpointed(true).unwrap();
+    tx.send_keyed(b"k", &[1; 12]).unwrap();
+    let mut buf = [0u8; 256];
+    let r = g.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+    assert!(matches!(
+        g.set_checkpointed(false),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A second member takes one partition; the first gives it up on its next receive.
+    let h = client.group_consumer("t", "g").unwrap();
+    // (Assigned to it, not taken yet: the first has not let go.)
+    let given = h.pending().to_vec();
+    assert_eq!(given.len(), 1);
+    let _ = g.try_recv(&mut buf);
+    assert_eq!(g.revoked(), given);
+    // Gone: the commit says so.
+    if given.contains(&r.partition) {
+        assert!(matches!(
+            g.commit(r.partition, b"s"),
+            Err(Error::NotFound(_))
+        ));
+    } else {
+        g.commit(r.partition, b"s").unwrap();
+    }
+}
