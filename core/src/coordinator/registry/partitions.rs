@@ -445,6 +445,8 @@ impl Registry {
                 // Release: a member that sees the new epoch and asks finds the new assignment
                 // (it asks over the socket, which orders it anyway); the store is what it polls.
                 ch.seg.mem.repair_line().group_epoch.store(epoch, Release);
+                // A member asleep on the partition (waiting for frames) looks at once.
+                crate::wait::wake_consumers(&ch.seg.mem);
             }
         }
     }
