@@ -269,15 +269,29 @@ pub fn run(args: &[String]) -> Res<bool> {
     println!(
         "keyed throughput: 64-byte ticks of {KEYS} keys over 4 partitions, a producer process and a member process"
     );
-    let shm = keyed_throughput(&me, ticks)?;
+    // Interleaved, round by round, so that each ratio compares two runs minutes apart at most
+    // (the vCPUs' placement, and so the figures, change from minute to minute on a VM).
+    let rounds = 3;
+    let mut keyed = Vec::new();
+    let mut plain = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let k = keyed_throughput(&me, ticks / rounds)?;
+        let p = plain_throughput(&me, ticks / rounds)?;
+        keyed.push(k);
+        plain.push(p);
+        ratios.push(k / p);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (shm, plain, ratio) = (median(&mut keyed), median(&mut plain), median(&mut ratios));
     println!(
-        "  shmring send_keyed -> group member      {:>12.0} ticks/s",
-        shm
+        "  shmring send_keyed -> group member      {shm:>12.0} ticks/s   (median of {rounds} rounds)"
     );
-    let plain = plain_throughput(&me, ticks)?;
     println!(
-        "  one plain SPSC channel, send -> recv    {plain:>12.0} frames/s  (partitioned: {:.2}x of it)",
-        shm / plain
+        "  one plain SPSC channel, send -> recv    {plain:>12.0} frames/s  (partitioned: {ratio:.2}x of it, median of the rounds' ratios)"
     );
     let py_ticks = (ticks / 40).clamp(10_000, 500_000);
     match mpqueue(py_ticks) {
