@@ -825,7 +825,7 @@ shmring_status shmring_checkpoint_commit(struct shmring_consumer *c,
 
 /**
  * Copies the state of partition `partition`'s last checkpoint, as found when this member took
- * the partition (or last committed it), into `buf` (`cap` bytes); `*out_len` receives its
+ * the partition (its own commits since are its own state), into `buf` (`cap` bytes); `*out_len` receives its
  * length. `SHMRING_NOT_FOUND` if no checkpoint was committed (start from empty state) or the
  * partition is not this member's; `SHMRING_BUFFER_TOO_SMALL` with the length needed. The
  * member's thread.

@@ -165,9 +165,9 @@ pub struct GroupConsumer {
     checkpointed: bool,
     /// Whether a frame was received (the mode is fixed from then on).
     received: bool,
-    /// Partitions whose admission failed with an error a retry does not cure (a damaged
-    /// segment): not retried until the assignment changes.
-    failed: Vec<u32>,
+    /// Partitions whose admission failed with an error a quick retry does not cure (a
+    /// damaged partition), and when: tried again after `FAILED_RETRY`.
+    failed: Vec<(u32, Instant)>,
     wait: WaitStrategy,
     last_sync: Instant,
     max_frame_size: usize,
@@ -177,6 +177,8 @@ pub struct GroupConsumer {
 const RUN: u32 = 64;
 /// How often a member with partitions still to take asks the coordinator.
 const RETRY: Duration = Duration::from_millis(2);
+/// How long a partition that could not be taken (damaged) waits before it is tried again.
+const FAILED_RETRY: Duration = Duration::from_secs(1);
 /// How often a member with no partitions at all asks.
 const IDLE_RETRY: Duration = Duration::from_millis(10);
 /// Longest sleep of a blocked receive between two looks at the assignment.
@@ -529,11 +531,9 @@ impl GroupConsumer {
     /// Gives up the partitions no longer assigned to this member and takes the new ones.
     fn apply(&mut self, a: Assignment) -> Result<()> {
         self.last_sync = Instant::now();
-        let moved_since = a.epoch != self.epoch;
-        if moved_since {
-            self.failed.clear();
-        }
         self.epoch = a.epoch;
+        self.failed
+            .retain(|(p, at)| a.partitions.contains(p) && at.elapsed() < FAILED_RETRY);
         let mut i = 0;
         while i < self.owned.len() {
             if a.partitions.contains(&self.owned[i].index) {
@@ -556,15 +556,12 @@ impl GroupConsumer {
         let pending = std::mem::take(&mut self.pending);
         let mut first_err = None;
         for p in pending {
-            if self.failed.contains(&p) && !moved_since {
+            if self.failed.iter().any(|&(f, _)| f == p) {
                 self.pending.push(p);
                 continue;
             }
             match self.take(p) {
-                Ok(part) => {
-                    self.failed.retain(|&f| f != p);
-                    self.owned.push(part);
-                }
+                Ok(part) => self.owned.push(part),
                 // The previous holder has not let go yet, or is being repaired.
                 Err(Error::Busy(_)) => self.pending.push(p),
                 // This member is not in the group any more (it left, or the coordinator
@@ -574,13 +571,17 @@ impl GroupConsumer {
                     return Err(e);
                 }
                 // A damaged partition: the others are received all the same, and this one is
-                // tried again when the assignment changes.
-                Err(e) => {
+                // tried again after a while (reported each time it fails).
+                Err(e @ (Error::Corrupted(_) | Error::Incompatible(_))) => {
                     tracing::warn!(channel = %self.channel, member = self.member, partition = p, error = %e, "cannot take a partition");
-                    if !self.failed.contains(&p) {
-                        self.failed.push(p);
-                        first_err.get_or_insert(e);
-                    }
+                    self.failed.push((p, Instant::now()));
+                    first_err.get_or_insert(e);
+                    self.pending.push(p);
+                }
+                // Anything else (the coordinator slow to answer, a connection lost): tried again
+                // with the other pending partitions.
+                Err(e) => {
+                    tracing::debug!(channel = %self.channel, member = self.member, partition = p, error = %e, "partition not taken yet");
                     self.pending.push(p);
                 }
             }

@@ -1592,9 +1592,21 @@ pub unsafe extern "C" fn shmring_consumer_close(c: *mut shmring_consumer) {
             return Err(concurrent("consumer"));
         }
         // SAFETY: NULL or a handle from shmring_consumer_open (the header's contract).
-        if let Some(mut h) = unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }
-            && h.pid == std::process::id()
-            && let Some(frame) = h.state.frame.take()
+        let Some(mut h) = (unsafe { take_handle::<ConsumerHandle>(c.cast(), CONSUMER_TAG) }) else {
+            return Ok(());
+        };
+        if h.pid != std::process::id() {
+            return Ok(());
+        }
+        if let Some(m) = h.state.group.as_deref_mut()
+            && let Some(p) = m.lent.take()
+            && !m.group.is_checkpointed()
+        {
+            // Released, as a plain consumer's lent frame is at its close (not handed back to
+            // be delivered again).
+            let _ = m.group.release_partition(p, None);
+        }
+        if let Some(frame) = h.state.frame.take()
             && let Some(c) = h.state.consumer.as_mut()
         {
             // SAFETY: as in shmring_release.
@@ -1741,7 +1753,7 @@ pub unsafe extern "C" fn shmring_checkpoint_commit(
 }
 
 /// Copies the state of partition `partition`'s last checkpoint, as found when this member took
-/// the partition (or last committed it), into `buf` (`cap` bytes); `*out_len` receives its
+/// the partition (its own commits since are its own state), into `buf` (`cap` bytes); `*out_len` receives its
 /// length. `SHMRING_NOT_FOUND` if no checkpoint was committed (start from empty state) or the
 /// partition is not this member's; `SHMRING_BUFFER_TOO_SMALL` with the length needed. The
 /// member's thread.

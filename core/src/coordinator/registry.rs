@@ -325,7 +325,9 @@ impl Registry {
             pending: BTreeMap::new(),
             deleted: HashMap::new(),
             partitioned: BTreeMap::new(),
-            next_member: 1,
+            // Member numbers are not reused by a restarted coordinator (a member of the old one
+            // leaving must not take a new member of the same process with it).
+            next_member: sys::now_unix_ns().max(1),
         }
     }
 
@@ -535,6 +537,10 @@ impl Registry {
                 )));
             }
             self.adopt_fd(epoll, name, generation, &mut fd)?;
+            if let Some(parent) = self.parent_of(name).map(str::to_string) {
+                // The epoch in it may be an earlier coordinator's.
+                self.publish_epoch(&parent);
+            }
             self.next_generation = self.next_generation.max(generation.saturating_add(1));
             tracing::info!(channel = %name, generation, pid = peer.pid, uid = peer.uid, "adopted a segment handed back");
             self.repair_pending();
@@ -813,12 +819,12 @@ impl Registry {
         if let Some(p) = self.procs.get(&pid)
             && p.conns == 0
             && p.admissions.is_empty()
+            // A group member stays watched (its death must end its membership), also while
+            // its client reconnects.
+            && !self.is_member(pid)
         {
             let _ = epoll.delete(&p.pidfd);
             self.procs.remove(&pid);
-            // Unwatched, its death would go unseen: its group memberships end here (with no
-            // connection it cannot ask for its partitions anyway).
-            self.members_exited(pid);
         }
     }
 
@@ -1193,6 +1199,11 @@ impl Registry {
 
     fn create(&mut self, peer: &Peer, name: &str, config: &ChannelConfig) -> Result<ChannelInfo> {
         validate_channel_name(name)?;
+        if self.partitioned.contains_key(name) {
+            return Err(Error::AlreadyExists(format!(
+                "channel {name:?} exists (partitioned); delete it first to change its shape"
+            )));
+        }
         if let Some(ch) = self.channels.get(name) {
             return Err(Error::AlreadyExists(format!(
                 "channel {name:?} exists (generation {}); delete it first to change its shape",

@@ -156,12 +156,20 @@ impl Registry {
     /// Deletes partitioned channel `name` and its partitions.
     pub(super) fn delete_partitioned(&mut self, peer: &Peer, name: &str) -> Result<()> {
         let n = self.partitioned[name].partitions;
-        let first = self.channel(&partition_name(name, 0))?;
-        let origin = first.seg.origin();
-        if peer.uid != 0 && peer.uid != origin.owner_uid {
+        // The owner, from any partition still there, served or awaiting its users.
+        let owner = (0..n).find_map(|i| {
+            let p = partition_name(name, i);
+            self.channels
+                .get(&p)
+                .map(|c| c.seg.origin().owner_uid)
+                .or_else(|| self.pending.get(&p).map(|e| e.owner_uid))
+        });
+        if let Some(owner) = owner
+            && peer.uid != 0
+            && peer.uid != owner
+        {
             return Err(Error::PermissionDenied(format!(
-                "channel {name:?} belongs to uid {}; only its owner or root may delete it",
-                origin.owner_uid
+                "channel {name:?} belongs to uid {owner}; only its owner or root may delete it"
             )));
         }
         for i in 0..n {
@@ -336,11 +344,20 @@ impl Registry {
             )));
         };
         let n = part.partitions;
+        // Above any epoch a group of an earlier coordinator stored in the partitions: a member
+        // of that group must see the epoch move.
+        let stored = (0..n)
+            .filter_map(|i| self.channels.get(&partition_name(channel, i)))
+            // Relaxed: only compared, and stored again below with Release.
+            .map(|c| c.seg.mem.repair_line().group_epoch.load(Relaxed))
+            .max()
+            .unwrap_or(0);
+        let part = self.partitioned.get_mut(channel).expect("looked up above");
         let g = part.group.get_or_insert_with(|| Group {
             name: group.to_string(),
             members: BTreeMap::new(),
             target: vec![None; n as usize],
-            epoch: 0,
+            epoch: stored,
         });
         if g.name != group {
             return Err(Error::Busy(format!(
@@ -434,12 +451,24 @@ impl Registry {
         }
     }
 
+    /// Whether process `pid` is a member of a consumer group.
+    pub(super) fn is_member(&self, pid: u32) -> bool {
+        self.partitioned
+            .values()
+            .filter_map(|p| p.group.as_ref())
+            .any(|g| g.members.values().any(|&m| m == pid))
+    }
+
     /// Stores the group's epoch in every partition of `channel`.
-    fn publish_epoch(&self, channel: &str) {
+    pub(super) fn publish_epoch(&self, channel: &str) {
         let Some(p) = self.partitioned(channel) else {
             return;
         };
-        let epoch = p.group.as_ref().map_or(0, |g| g.epoch);
+        let Some(epoch) = p.group.as_ref().map(|g| g.epoch) else {
+            // No group yet: whatever an earlier coordinator's group stored stays, and the
+            // first group's epochs start above it.
+            return;
+        };
         for i in 0..p.partitions {
             if let Some(ch) = self.channels.get(&partition_name(channel, i)) {
                 // Release: a member that sees the new epoch and asks finds the new assignment
