@@ -11,13 +11,7 @@ mod common;
 use common::{RemoveDir, watchdog};
 
 fn setup(tag: &str) -> (Client, Coordinator, RemoveDir) {
-    let ns = format!("pt{}-{tag}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("coordinator.sock");
-    let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(&sock)).unwrap();
-    let client = Client::connect(Some(&sock)).unwrap();
-    (client, coord, RemoveDir(dir, ns))
+    common::coordinator("pt", tag)
 }
 
 fn config(partitions: u32) -> ChannelConfig {

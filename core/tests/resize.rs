@@ -3,9 +3,7 @@
 
 #![cfg(not(loom))]
 
-use shmring::{
-    ChannelConfig, Client, Coordinator, CoordinatorConfig, Error, Overflow, WaitStrategy,
-};
+use shmring::{ChannelConfig, Client, Coordinator, Error, Overflow, WaitStrategy};
 use std::time::Duration;
 
 mod common;
@@ -13,13 +11,7 @@ use common::{RemoveDir, watchdog};
 
 /// A coordinator of a namespace of its own, a client of it, and the guard (dropped last).
 fn setup(tag: &str) -> (Client, Coordinator, RemoveDir) {
-    let ns = format!("rs{}-{tag}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("coordinator.sock");
-    let coord = Coordinator::start(CoordinatorConfig::new(&ns).socket(&sock)).unwrap();
-    let client = Client::connect(Some(&sock)).unwrap();
-    (client, coord, RemoveDir(dir, ns))
+    common::coordinator("rs", tag)
 }
 
 /// Frame `i`: its number, then `len - 8` bytes that depend on it.

@@ -85,20 +85,15 @@ fn start(tag: &str) -> Res<(Coordinator, std::path::PathBuf, Client)> {
     Ok((coordinator, socket, client))
 }
 
-fn keyed_throughput(me: &Path, ticks: u64) -> Res<f64> {
-    let (coordinator, socket, client) = start("tp")?;
-    let mut g = client.group_consumer("bench", "bench")?;
-    g.set_wait_strategy(shmring::WaitStrategy::Spin);
-    let mut producer = Command::new(me)
-        .args(["bench-produce", &ticks.to_string()])
-        .env("SHMRING_SOCKET", &socket)
-        .stdin(Stdio::null())
-        .spawn()?;
+/// Receives with `recv` until the stream ends; how many frames, and the seconds from the first.
+fn receive_all(
+    mut recv: impl FnMut(&mut [u8]) -> shmring::Result<shmring::Received>,
+) -> Res<(u64, f64)> {
     let mut buf = [0u8; 64];
     let mut got = 0u64;
     let mut first = None;
     loop {
-        match g.try_recv(&mut buf) {
+        match recv(&mut buf) {
             Ok(_) => {
                 first.get_or_insert_with(Instant::now);
                 got += 1;
@@ -108,7 +103,19 @@ fn keyed_throughput(me: &Path, ticks: u64) -> Res<f64> {
             Err(e) => return Err(e.into()),
         }
     }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    Ok((got, first.map_or(0.0, |f| f.elapsed().as_secs_f64())))
+}
+
+fn keyed_throughput(me: &Path, ticks: u64) -> Res<f64> {
+    let (coordinator, socket, client) = start("tp")?;
+    let mut g = client.group_consumer("bench", "bench")?;
+    g.set_wait_strategy(shmring::WaitStrategy::Spin);
+    let mut producer = Command::new(me)
+        .args(["bench-produce", &ticks.to_string()])
+        .env("SHMRING_SOCKET", &socket)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let (got, secs) = receive_all(|buf| g.try_recv(buf))?;
     producer.wait()?;
     drop(g);
     coordinator.stop();
@@ -133,21 +140,7 @@ fn plain_throughput(me: &Path, ticks: u64) -> Res<f64> {
         .env("SHMRING_SOCKET", &socket)
         .stdin(Stdio::null())
         .spawn()?;
-    let mut buf = [0u8; 64];
-    let mut got = 0u64;
-    let mut first = None;
-    loop {
-        match rx.try_recv(&mut buf) {
-            Ok(_) => {
-                first.get_or_insert_with(Instant::now);
-                got += 1;
-            }
-            Err(Error::WouldBlock(_)) => std::hint::spin_loop(),
-            Err(Error::Closed(_)) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let (got, secs) = receive_all(|buf| rx.try_recv(buf))?;
     producer.wait()?;
     drop(rx);
     coordinator.stop();

@@ -35,3 +35,17 @@ impl Drop for RemoveDir {
         }
     }
 }
+
+/// A coordinator of a namespace of its own (`<prefix><pid>-<tag>`), a client of it, and the
+/// guard that removes what it leaves (drop it last).
+#[allow(dead_code)] // not every test that shares this module starts a coordinator
+pub fn coordinator(prefix: &str, tag: &str) -> (shmring::Client, shmring::Coordinator, RemoveDir) {
+    let ns = format!("{prefix}{}-{tag}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("shmring-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("coordinator.sock");
+    let coord =
+        shmring::Coordinator::start(shmring::CoordinatorConfig::new(&ns).socket(&sock)).unwrap();
+    let client = shmring::Client::connect(Some(&sock)).unwrap();
+    (client, coord, RemoveDir(dir, ns))
+}
