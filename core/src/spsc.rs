@@ -657,6 +657,15 @@ impl ConsumerCore {
                 Assembled::Whole => peeked = self.try_peek(mem)?,
             }
         }
+        let r = self.take_copy(mem, &peeked, buf)?;
+        self.release(mem);
+        Ok(r)
+    }
+
+    /// Takes the frame `peeked` and copies it into `buf` (nothing taken, `BufferTooSmall`, if
+    /// it is longer); returns its length and flags.
+    #[inline(always)]
+    fn take_copy(&mut self, mem: &Memory, peeked: &Peeked, buf: &mut [u8]) -> Result<(usize, u8)> {
         let len = peeked.payload.len();
         if len > buf.len() {
             return Err(Error::BufferTooSmall {
@@ -664,9 +673,8 @@ impl ConsumerCore {
                 cap: buf.len(),
             });
         }
-        self.take(mem, &peeked);
+        self.take(mem, peeked);
         mem.copy_out(peeked.payload, buf);
-        self.release(mem);
         Ok((len, peeked.flags))
     }
 }
@@ -683,16 +691,7 @@ impl ConsumerCore {
                 "a record of a split message in a partition (partitions carry whole frames)",
             ));
         }
-        let len = peeked.payload.len();
-        if len > buf.len() {
-            return Err(Error::BufferTooSmall {
-                needed: len,
-                cap: buf.len(),
-            });
-        }
-        self.take(mem, &peeked);
-        mem.copy_out(peeked.payload, buf);
-        Ok((len, peeked.flags))
+        self.take_copy(mem, &peeked, buf)
     }
 
     /// The read position, made a position a successor accepts in a checkpoint: the delivered
