@@ -234,8 +234,8 @@ impl ProducerCore {
 
     /// Commits the claimed position `pos` as a frame of `len` bytes.
     #[inline(always)]
-    pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize) {
-        self.commit_as(mem, pos, len, RecordType::Data);
+    pub(crate) fn commit(&mut self, mem: &Memory, pos: u64, len: usize, flags: u8) {
+        self.commit_as(mem, pos, len, RecordType::Data, flags);
     }
 
     /// Whether the next `slots` positions may be written now (scanning the subscribers if the
@@ -273,17 +273,17 @@ impl ProducerCore {
             None => (RecordType::Part, bytes),
         };
         mem.copy_in(rest, data);
-        self.commit_as(mem, pos, len, ty);
+        self.commit_as(mem, pos, len, ty, 0);
         Ok(())
     }
 
     /// Commits the claimed position `pos` as a record of type `ty`, `len` bytes.
     #[inline(always)]
-    fn commit_as(&mut self, mem: &Memory, pos: u64, len: usize, ty: RecordType) {
+    fn commit_as(&mut self, mem: &Memory, pos: u64, len: usize, ty: RecordType, flags: u8) {
         debug_assert!(pos == self.tail && len <= mem.geometry().max_frame_size as usize);
         // Relaxed: published by the Release below.
         mem.slot_header(pos)
-            .store(encode_header(len as u32, ty, 0, 0), Relaxed);
+            .store(encode_header(len as u32, ty, flags, 0), Relaxed);
         // Release: pairs with the subscriber's Acquire of `seq`.
         mem.slot_seq(pos).store(committed(pos), Release);
         self.tail = pos + 1;
@@ -297,7 +297,7 @@ impl ProducerCore {
     pub(crate) fn try_send(&mut self, mem: &Memory, frame: &[u8]) -> Result<()> {
         let (pos, bytes) = self.try_claim(mem, frame.len())?;
         mem.copy_in(bytes, frame);
-        self.commit(mem, pos, frame.len());
+        self.commit(mem, pos, frame.len(), 0);
         Ok(())
     }
 

@@ -46,6 +46,11 @@ impl FrameFlags {
     }
 }
 
+/// A position in an SPSC ring after a frame taken by [`Consumer::try_recv_held`]: what
+/// [`Consumer::release_held`] releases up to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeldPosition(u64);
+
 /// What [`Consumer::recv`] copied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Received {
@@ -140,6 +145,9 @@ pub struct Consumer {
     missed_before: u64,
     /// The pollable descriptor, once [`Consumer::fd`] made it.
     pollable: Option<Box<Pollable>>,
+    /// Frames were held through [`Consumer::try_recv_held`]: on drop, those not released are
+    /// handed back to the ring, not released with the rest.
+    hands_back: bool,
 }
 
 /// Tries `$op` (an expression over `$c`, the handle) once, inline; while it returns
@@ -200,6 +208,7 @@ impl Consumer {
             frames,
             bytes,
             pollable: None,
+            hands_back: false,
         })
     }
 
@@ -488,7 +497,9 @@ impl Consumer {
         if freed {
             wait::notify(self.mem.consumer_line(), self.light);
         }
-        if !self.mem.deleted() && crate::segment::followable(&self.mem) {
+        let holds = matches!(&self.ring, Ring::Spsc(core) if core.holds());
+        // Frames held (`try_recv_held`) stay in this segment until released: follow after.
+        if !holds && !self.mem.deleted() && crate::segment::followable(&self.mem) {
             // Resized, and every producer left this segment: what is left is taken, then the
             // consumer follows them (the caller's retry reads the new segment).
             return match self.follow() {
@@ -1247,13 +1258,13 @@ impl Consumer {
         self.settle_empty("empty")
     }
 
-    /// Copies the next frame into `buf` and takes it without releasing it (see
-    /// `spsc::ConsumerCore::try_take_copy`); `commit_held` releases it. Not settled (see
-    /// `try_recv_unsettled`).
-    pub(crate) fn try_recv_held(&mut self, buf: &mut [u8]) -> Result<Received> {
+    /// `try_recv_held` without settling an empty ring (see `try_recv_unsettled`).
+    pub(crate) fn try_take_held(&mut self, buf: &mut [u8]) -> Result<Received> {
         let Ring::Spsc(core) = &mut self.ring else {
             return Err(Error::InvalidArgument(
-                "not a partition of a partitioned channel".into(),
+                "frames can be held only on an SPSC channel or a partition (this channel's \
+                 frames are released as they are received)"
+                    .into(),
             ));
         };
         core.try_take_copy(&self.mem, buf).map(|(len, flags)| {
@@ -1266,6 +1277,75 @@ impl Consumer {
                 partition: 0,
             }
         })
+    }
+
+    /// Whether a receive would find something now: a frame, or the end of the stream. One load
+    /// from shared memory, no system call, nothing taken: for a waiting loop of one's own
+    /// (spinning before sleeping on [`fd`](Consumer::fd), say).
+    pub fn ready(&self) -> bool {
+        self.watch().ready() || self.mem.ending()
+    }
+
+    /// Copies the next frame into `buf` and takes it **without releasing it**: it stays in the
+    /// ring, and if this process dies before releasing it, the channel's next consumer receives
+    /// it again, flagged redelivered. Frames held this way are released in order with
+    /// [`release_held`](Consumer::release_held), up to a [`held_position`](Consumer::held_position)
+    /// taken after any of them, or handed back to this consumer with
+    /// [`rewind_held`](Consumer::rewind_held). This is how a forwarder (the bridge to other
+    /// hosts) keeps what it sent until the far side acknowledges it.
+    ///
+    /// Dropping the consumer hands the frames still held back to the ring, as a crash would:
+    /// the next consumer receives them, flagged redelivered.
+    ///
+    /// SPSC channels only (`InvalidArgument` for the others, whose frames are released as they
+    /// are received); whole frames only (`InvalidArgument` for a channel that carries messages
+    /// longer than a frame). Frames held take room in the ring: a producer waits once held
+    /// and unread frames fill it. Returns as [`try_recv`](Consumer::try_recv) does.
+    pub fn try_recv_held(&mut self, buf: &mut [u8]) -> Result<Received> {
+        if self.max_message_size() > self.max_frame_size() {
+            return Err(Error::InvalidArgument(
+                "frames cannot be held on a channel that carries messages longer than a frame"
+                    .into(),
+            ));
+        }
+        self.hands_back = true;
+        let r = self.try_take_held(buf);
+        match r {
+            Err(Error::WouldBlock(what)) => Err(self.settle_empty(what)),
+            r => r,
+        }
+    }
+
+    /// The position after the last frame taken by [`try_recv_held`](Consumer::try_recv_held):
+    /// [`release_held`](Consumer::release_held) with it releases every frame taken so far.
+    pub fn held_position(&self) -> HeldPosition {
+        match &self.ring {
+            Ring::Spsc(core) => HeldPosition(core.read_position()),
+            _ => HeldPosition(0),
+        }
+    }
+
+    /// Releases, in order, the frames held below `position` (from
+    /// [`held_position`](Consumer::held_position)); those taken after it stay held.
+    /// `InvalidArgument` for a position already released, or past the frames taken (one from
+    /// before a [`rewind_held`](Consumer::rewind_held) whose frames were not taken again).
+    pub fn release_held(&mut self, position: HeldPosition) -> Result<()> {
+        let Ring::Spsc(core) = &mut self.ring else {
+            return Err(Error::InvalidArgument(
+                "frames can be held only on an SPSC channel".into(),
+            ));
+        };
+        core.release_through(&self.mem, position.0)?;
+        self.finish();
+        Ok(())
+    }
+
+    /// Hands every frame held and not released back to this consumer: the next receive starts
+    /// again at the first of them, which keep the flags they were received with.
+    pub fn rewind_held(&mut self) {
+        if let Ring::Spsc(core) = &mut self.ring {
+            core.rewind_to_released(&self.mem);
+        }
     }
 
     /// Commits `state` (if any) as the partition's checkpoint at the position after the last
@@ -1339,6 +1419,11 @@ impl Drop for Consumer {
             // Gives back all space consumed, including frames read through a leaked `Frame`
             // (they were delivered).
             Ring::Spsc(core) => {
+                if self.hands_back {
+                    // Frames held and not released stay for the next consumer (flagged
+                    // redelivered: they were handed out).
+                    core.rewind(&self.mem);
+                }
                 core.release_all(&self.mem);
                 wait::notify(self.mem.consumer_line(), self.light);
             }

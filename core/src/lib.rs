@@ -103,7 +103,9 @@ pub use layout::{ChannelConfig, Geometry, Kind, Origin, Overflow, Role};
 #[cfg(not(loom))]
 pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
 #[cfg(not(loom))]
-pub use consumer::{Consumer, DetachedFrame, Frame, FrameFlags, Frames, OwnedFrame, Received};
+pub use consumer::{
+    Consumer, DetachedFrame, Frame, FrameFlags, Frames, HeldPosition, OwnedFrame, Received,
+};
 #[cfg(not(loom))]
 pub use coordinator::{
     Coordinator, CoordinatorConfig, DEFAULT_MAX_BYTES_PER_UID, DEFAULT_MAX_CHANNEL_BYTES,

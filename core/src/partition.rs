@@ -365,7 +365,7 @@ impl GroupConsumer {
             let i = (self.next + k) % n;
             let part = &mut self.owned[i];
             let r = if held {
-                part.consumer.try_recv_held(buf)
+                part.consumer.try_take_held(buf)
             } else {
                 part.consumer.try_recv_unsettled(buf)
             };

@@ -1,7 +1,8 @@
 //! The producer handle: copy and zero-copy sends, batches, blocking variants.
 
+use crate::consumer::FrameFlags;
 use crate::error::{Error, Result};
-use crate::layout::MESSAGE_PREFIX;
+use crate::layout::{FLAG_REDELIVERED, MESSAGE_PREFIX};
 use crate::message;
 use crate::pollable::Pollable;
 use crate::region::{DataRange, Memory, Watch};
@@ -498,13 +499,15 @@ impl Producer {
     }
 
     #[inline(always)]
-    fn commit_token(&mut self, token: Token, len: usize) {
+    fn commit_token(&mut self, token: Token, len: usize, flags: u8) {
         self.mpmc_claimed = None;
         match (&mut self.ring, token) {
-            (Ring::Spsc(core), Token::Spsc(c)) => core.commit(&self.mem, c, len, !self.batching),
-            (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, 0),
+            (Ring::Spsc(core), Token::Spsc(c)) => {
+                core.commit(&self.mem, c, len, flags, !self.batching)
+            }
+            (Ring::Mpmc(core), Token::Mpmc { pos, .. }) => core.commit(&self.mem, pos, len, flags),
             (Ring::Broadcast(core), Token::Broadcast { pos, .. }) => {
-                core.commit(&self.mem, pos, len)
+                core.commit(&self.mem, pos, len, flags)
             }
             _ => unreachable!("a token always comes from this producer's ring"),
         }
@@ -1114,7 +1117,7 @@ impl Producer {
                 claim.len
             )));
         }
-        self.commit_token(claim.token, len);
+        self.commit_token(claim.token, len, 0);
         Ok(())
     }
 
@@ -1239,7 +1242,29 @@ impl<'a> Claim<'a> {
     pub fn commit(mut self) {
         self.done = true;
         let len = self.token.payload().len();
-        self.producer.commit_token(self.token, len);
+        self.producer.commit_token(self.token, len, 0);
+    }
+
+    /// Publishes the first `len` bytes as one frame carrying `flags`: a frame committed with
+    /// [`FrameFlags::REDELIVERED`] is received flagged redelivered, as one a dead consumer had
+    /// been handed (a bridge's importer uses it to carry the flag from another host). A larger
+    /// `len` than the claim is an `InvalidArgument` error and the claim is aborted.
+    #[inline]
+    pub fn commit_flagged(mut self, len: usize, flags: FrameFlags) -> Result<()> {
+        let claimed = self.token.payload().len();
+        if len > claimed {
+            return Err(Error::InvalidArgument(format!(
+                "cannot commit {len} bytes of a {claimed}-byte claim"
+            )));
+        }
+        self.done = true;
+        // Only the bits a frame carries (`FrameFlags::from_bits` masks them on receipt too).
+        self.producer.commit_token(
+            self.token,
+            len,
+            (flags.bits() & u32::from(FLAG_REDELIVERED)) as u8,
+        );
+        Ok(())
     }
 
     /// Publishes the first `len` bytes as one frame. `len` may be smaller than the claim (a
@@ -1254,7 +1279,7 @@ impl<'a> Claim<'a> {
             )));
         }
         self.done = true;
-        self.producer.commit_token(self.token, len);
+        self.producer.commit_token(self.token, len, 0);
         Ok(())
     }
 

@@ -681,7 +681,7 @@ fn broadcast_block_joiner_lapped_in_its_history_keeps_the_frames_after_its_join(
     crate::broadcast::join_from(mem, entry, p0).unwrap();
     let mut c = ConsumerCore::attach(mem, 0).unwrap();
     mem.copy_in(bytes, &[2; 16]);
-    p.commit(mem, pos, 16);
+    p.commit(mem, pos, 16, 0);
     send(&mut p, 3).unwrap();
     assert!(
         matches!(send(&mut p, 4), Err(Error::WouldBlock(_))),
@@ -868,14 +868,14 @@ fn a_checkpoint_after_padding_is_accepted_by_the_successor() {
     // Two records of 24 bytes at 0 and 24, taken and committed.
     for i in 0..2u8 {
         tx.try_send(&[i; 16]).unwrap();
-        assert_eq!(c1.try_recv_held(&mut buf).unwrap().len, 16);
+        assert_eq!(c1.try_take_held(&mut buf).unwrap().len, 16);
     }
     c1.commit_held(Some(b"two")).unwrap();
     // The third (a 32-byte record) does not fit in the 16 bytes left: padding, then offset 0.
     tx.try_send(&[2; 24]).unwrap();
     let mut small = [0u8; 8];
     assert!(matches!(
-        c1.try_recv_held(&mut small),
+        c1.try_take_held(&mut small),
         Err(Error::BufferTooSmall { needed: 24, .. })
     ));
     // Killed between the checkpoint and the release.
@@ -887,6 +887,6 @@ fn a_checkpoint_after_padding_is_accepted_by_the_successor() {
     let mut c2 = seg.consumer().unwrap();
     let state = c2.resume_from_checkpoint().unwrap();
     assert_eq!(state.as_deref(), Some(&b"two, again"[..]));
-    let got = c2.try_recv_held(&mut buf).unwrap();
+    let got = c2.try_take_held(&mut buf).unwrap();
     assert_eq!((got.len, &buf[..24]), (24, &[2u8; 24][..]));
 }

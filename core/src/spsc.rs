@@ -193,15 +193,22 @@ impl ProducerCore {
         Ok(())
     }
 
-    /// Commits the first `len` bytes (at most the claimed length) of `claim` as one frame,
-    /// published at once if `publish` (see `put`).
+    /// Commits the first `len` bytes (at most the claimed length) of `claim` as one frame
+    /// carrying the `FLAG_*` bits `flags`, published at once if `publish` (see `put`).
     #[inline]
-    pub(crate) fn commit(&mut self, mem: &Memory, claim: Claimed, len: usize, publish: bool) {
+    pub(crate) fn commit(
+        &mut self,
+        mem: &Memory,
+        claim: Claimed,
+        len: usize,
+        flags: u8,
+        publish: bool,
+    ) {
         debug_assert!(len <= claim.payload.len() && claim.pos == self.tail);
         let word = encode_header(
             len as u32,
             RecordType::Data,
-            0,
+            flags,
             lap_tag(claim.pos, mem.geometry().capacity_log2),
         );
         let end = claim.pos + record_size(len) as u64;
@@ -512,10 +519,12 @@ impl ConsumerCore {
                 let payload = mem
                     .range(off, h.len as usize)
                     .ok_or_else(|| corrupted("record outside the data region"))?;
+                // Redelivered: handed to a predecessor that died before releasing it, or sent
+                // flagged (a bridge's importer carrying the flag from another host).
                 let flags = if pos < self.redeliver_below {
                     FLAG_REDELIVERED
                 } else {
-                    0
+                    h.flags & FLAG_REDELIVERED
                 };
                 return Ok(Peeked {
                     end: pos + size as u64,
@@ -717,6 +726,55 @@ impl ConsumerCore {
             self.read_pos = released;
         }
         self.redeliver_below = self.delivered;
+        self.in_flight = false;
+    }
+
+    /// Whether frames were taken and not released.
+    pub(crate) fn holds(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The position after the last frame taken (what `release_through` takes).
+    pub(crate) fn read_position(&self) -> u64 {
+        self.read_pos
+    }
+
+    /// Releases the frames taken below `pos`, a position `read_position` returned since the
+    /// last release or rewind (a record boundary); the frames taken past it stay out.
+    /// `InvalidArgument` for a position outside `[released, read position]`.
+    pub(crate) fn release_through(&mut self, mem: &Memory, pos: u64) -> Result<()> {
+        // Relaxed: our own entry.
+        let released = me(mem).released.load(Relaxed).max(self.head);
+        if pos < released || pos > self.read_pos {
+            return Err(Error::InvalidArgument(format!(
+                "held position {pos} is outside the frames held, [{released}, {}]",
+                self.read_pos
+            )));
+        }
+        if pos == self.read_pos {
+            self.release(mem);
+            return Ok(());
+        }
+        // Relaxed: read only by a successor after this process is gone (as in `release`).
+        me(mem).released.store(pos, Relaxed);
+        if pos - self.head >= self.release_batch {
+            self.head = pos;
+            // Release: pairs with the Acquire head loads in `ProducerCore::{try_claim, attach}`.
+            mem.consumer_line().position.store(pos, Release);
+            self.freed = true;
+        }
+        Ok(())
+    }
+
+    /// Hands back the frames taken and not released to this consumer itself: the next receive
+    /// starts again at the first of them. Unlike `rewind`, they keep the flags they had (a
+    /// successor after a crash still flags them, from the delivered mark).
+    pub(crate) fn rewind_to_released(&mut self, mem: &Memory) {
+        // Relaxed: our own entry.
+        let released = me(mem).released.load(Relaxed).max(self.head);
+        if released <= self.read_pos {
+            self.read_pos = released;
+        }
         self.in_flight = false;
     }
 
@@ -988,7 +1046,7 @@ mod loom_tests {
         match p.try_claim(mem, data.len()) {
             Ok(c) => {
                 mem.copy_in(c.payload(), data);
-                p.commit(mem, c, data.len(), true);
+                p.commit(mem, c, data.len(), 0, true);
                 true
             }
             Err(Error::WouldBlock(_)) => false,
@@ -1151,7 +1209,7 @@ mod loom_tests {
                 for i in 0..2u8 {
                     let c = p.try_claim(&m1, 8).unwrap();
                     m1.copy_in(c.payload(), &frame(i, 8));
-                    p.commit(&m1, c, 8, false);
+                    p.commit(&m1, c, 8, 0, false);
                 }
                 p.publish(&m1);
             });
