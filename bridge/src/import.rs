@@ -37,21 +37,26 @@ pub struct ImportOptions {
     pub channel: String,
     /// Create the channel with this shape if it does not exist (else it must exist).
     pub create: Option<ChannelConfig>,
-    /// Acknowledge after this many frames at the latest.
+    /// Acknowledge after this many frames at the latest...
     pub ack_frames: u64,
+    /// ...or this many bytes (an exporter holds what is not acknowledged in its ring, which
+    /// must not fill up between two acknowledgements).
+    pub ack_bytes: u64,
     /// Samples Zenoh queues for the importer; when full, Zenoh stops reading the connection,
     /// and the exporter's publications wait: the back-pressure across hosts.
     pub queue: usize,
 }
 
 impl ImportOptions {
-    /// Defaults: acknowledgements every 256 frames, a queue of 1024 samples, no creation.
+    /// Defaults: acknowledgements every 256 frames or 256 KiB, a queue of 1024 samples, no
+    /// creation.
     pub fn new(key: &str, channel: &str) -> ImportOptions {
         ImportOptions {
             key: key.into(),
             channel: channel.into(),
             create: None,
             ack_frames: 256,
+            ack_bytes: 256 << 10,
             queue: 1024,
         }
     }
@@ -85,6 +90,7 @@ struct StreamState {
     /// first-time frame arrives, they are produced flagged redelivered.
     suspect: bool,
     unacked: u64,
+    unacked_bytes: u64,
     last_resend: Option<Instant>,
     heard: Instant,
 }
@@ -151,6 +157,7 @@ pub fn import(
             if let Some(next) = s.next {
                 send(Kind::Ack, stream, next)?;
                 s.unacked = 0;
+                s.unacked_bytes = 0;
             }
         }
         Ok::<(), Error>(())
@@ -171,6 +178,7 @@ pub fn import(
                     if let (Some(next), true) = (s.next, s.unacked > 0) {
                         send(Kind::Ack, stream, next)?;
                         s.unacked = 0;
+                        s.unacked_bytes = 0;
                     }
                 }
                 match sub.recv_timeout(Duration::from_millis(50)) {
@@ -203,6 +211,7 @@ pub fn import(
             next: None,
             suspect: true,
             unacked: 0,
+            unacked_bytes: 0,
             last_resend: None,
             heard: Instant::now(),
         });
@@ -293,12 +302,14 @@ pub fn import(
         let s = streams.get_mut(&h.stream).expect("inserted above");
         s.next = Some(h.seq + 1);
         s.unacked += 1;
+        s.unacked_bytes += frame.len() as u64;
         st.frames += 1;
         st.bytes += frame.len() as u64;
         st.redelivered += u64::from(redelivered);
-        if s.unacked >= opts.ack_frames {
+        if s.unacked >= opts.ack_frames || s.unacked_bytes >= opts.ack_bytes {
             send(Kind::Ack, h.stream, h.seq + 1)?;
             s.unacked = 0;
+            s.unacked_bytes = 0;
         }
     }
 }

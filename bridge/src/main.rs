@@ -59,6 +59,14 @@ enum Command {
         /// Most bytes sent and not yet acknowledged (suffixes K, M, G)
         #[arg(long, default_value = "16M", value_parser = parse_size)]
         window_bytes: u64,
+        /// Microseconds to spin on an empty channel before sleeping: lower latency for a frame
+        /// that comes meanwhile, a core busy while spinning (0 where cores are scarce)
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
+        /// Publish every frame at once, never batched by Zenoh: lower latency for frames sent
+        /// one at a time, less throughput for small ones
+        #[arg(long)]
+        express: bool,
         #[command(flatten)]
         net: Net,
     },
@@ -170,6 +178,8 @@ fn run(args: Args) -> Result<(), Error> {
             group,
             window_frames,
             window_bytes,
+            spin_us,
+            express,
             net,
         } => {
             let client = connect()?;
@@ -178,6 +188,8 @@ fn run(args: Args) -> Result<(), Error> {
             opts.group = group;
             opts.window_frames = window_frames.max(1);
             opts.window_bytes = window_bytes;
+            opts.spin = Duration::from_micros(spin_us);
+            opts.express = express;
             let st = shmring_bridge::export(&client, &session, &opts, &stop)?;
             tracing::info!(
                 frames = st.frames,

@@ -12,6 +12,28 @@ pub const ADDR_A: &str = "169.254.77.1";
 /// The second host's.
 pub const ADDR_B: &str = "169.254.77.2";
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Relaxed: looked at in `Hosts::wait`'s loop (async-signal-safe: one store).
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM interrupt `Hosts::wait` (which then fails), so that the hosts are
+/// dropped, and removed, before the program exits.
+pub fn clean_up_on_signals() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
 /// Two namespaces, their processes, and a scratch directory.
 pub struct Hosts {
     /// The first host's namespace.
@@ -141,6 +163,10 @@ impl Hosts {
                 let _ = c.kill();
                 let _ = c.wait();
                 return Err(format!("{label} still ran after {limit:?}: killed"));
+            }
+            // Relaxed: as in `on_interrupt`.
+            if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("interrupted".into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -7,7 +7,7 @@
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use shmring::units::parse_size;
-use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, FrameFlags, WaitStrategy};
+use shmring::{ChannelConfig, Client, Coordinator, CoordinatorConfig, FrameFlags};
 use shmring_bridge::testbed::{self, ADDR_A, Hosts};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +36,12 @@ enum Cmd {
         /// Rounds: each scenario runs this many times, interleaved; medians are reported
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Run only the throughput or only the round-trip part
+        #[arg(long)]
+        only: Option<String>,
+        /// Arguments added to every exporter's (e.g. "--spin-us 0")
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        export_args: String,
     },
     /// One process of a scenario (started by `run` and by the tests)
     #[command(subcommand)]
@@ -68,6 +74,10 @@ enum Role {
         /// Create the channel (SPSC) with this capacity if it does not exist
         #[arg(long, value_parser = parse_size)]
         capacity: Option<u64>,
+        /// Only the sequence number changes from frame to frame (a throughput run: filling
+        /// each frame's bytes would be most of the cost)
+        #[arg(long)]
+        plain: bool,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -89,6 +99,9 @@ enum Role {
         /// Frames received so far, rewritten every 10 000
         #[arg(long)]
         progress: Option<PathBuf>,
+        /// Check the sequence numbers only (frames sent with `produce --plain`)
+        #[arg(long)]
+        plain: bool,
         #[arg(long)]
         report: Option<PathBuf>,
     },
@@ -166,7 +179,9 @@ fn main() -> ExitCode {
             frames,
             round_trips,
             rounds,
-        } => run(frames, round_trips, rounds),
+            only,
+            export_args,
+        } => run(frames, round_trips, rounds, only.as_deref(), &export_args),
         Cmd::Role(role) => play(role),
     };
     match r {
@@ -239,6 +254,7 @@ fn play(role: Role) -> Result<(), String> {
             min,
             max,
             capacity,
+            plain,
             report,
         } => {
             let client = Client::connect(Some(&socket)).map_err(err)?;
@@ -252,12 +268,15 @@ fn play(role: Role) -> Result<(), String> {
                 }
             }
             let mut p = client.producer(&channel).map_err(err)?;
-            p.set_wait_strategy(WaitStrategy::Spin);
             let mut buf = vec![0u8; max.max(8) as usize];
             let (mut max_wait, start) = (Duration::ZERO, Instant::now());
             for seq in 0..count {
                 let len = frame_len(seed, seq, min.max(8), max.max(8));
-                fill(&mut buf[..len], seed, seq);
+                if plain {
+                    buf[..8].copy_from_slice(&seq.to_le_bytes());
+                } else {
+                    fill(&mut buf[..len], seed, seq);
+                }
                 let t = Instant::now();
                 p.send(&buf[..len]).map_err(err)?;
                 max_wait = max_wait.max(t.elapsed());
@@ -284,6 +303,7 @@ fn play(role: Role) -> Result<(), String> {
             pause_after,
             pause_ms,
             progress,
+            plain,
             report,
         } => {
             let client = Client::connect(Some(&socket)).map_err(err)?;
@@ -313,7 +333,11 @@ fn play(role: Role) -> Result<(), String> {
                 received += 1;
                 let redelivered = r.flags.contains(FrameFlags::REDELIVERED);
                 flagged += u64::from(redelivered);
-                let seq = check(&buf[..r.len], seed, count)?;
+                let seq = if plain {
+                    check(&buf[..r.len.min(8)], seed, count)?
+                } else {
+                    check(&buf[..r.len], seed, count)?
+                };
                 if seq == expected {
                     expected += 1;
                 } else if seq < expected && redelivered {
@@ -483,7 +507,6 @@ fn play(role: Role) -> Result<(), String> {
                         Err(e) => return Err(e.to_string()),
                     }
                 };
-                rx.set_wait_strategy(WaitStrategy::Spin);
                 let mut back = vec![0u8; size.max(64) as usize];
                 for i in 0..count + warmup {
                     let t = Instant::now();
@@ -543,7 +566,6 @@ fn play(role: Role) -> Result<(), String> {
                     Err(e) => return Err(e.to_string()),
                 }
             };
-            rx.set_wait_strategy(WaitStrategy::Spin);
             let mut tx = client.producer(&out_).map_err(err)?;
             let mut buf = vec![0u8; rx.max_message_size()];
             let _ = count;
@@ -572,7 +594,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The benchmark.
-fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
+fn run(
+    frames: u64,
+    round_trips: u64,
+    rounds: usize,
+    only: Option<&str>,
+    export_args: &str,
+) -> Result<(), String> {
+    let extra: Vec<&str> = export_args.split_whitespace().collect();
     if let Some(why) = testbed::unavailable() {
         return Err(format!("{why}: run the benchmark as root"));
     }
@@ -584,6 +613,7 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
             bridge.display()
         ));
     }
+    testbed::clean_up_on_signals();
     let mut hosts = Hosts::new("bench")?;
     let (sock_a, sock_b) = (hosts.path("a.sock"), hosts.path("b.sock"));
     let (a, b) = (hosts.a.clone(), hosts.b.clone());
@@ -625,7 +655,12 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
     );
     println!();
     println!("throughput, host a -> host b:");
-    for size in [64u64, 64 << 10] {
+    let sizes: &[u64] = if only == Some("latency") {
+        &[]
+    } else {
+        &[64, 64 << 10]
+    };
+    for &size in sizes {
         let n = if size > 64 { frames / 16 } else { frames };
         let (mut zenoh_rates, mut bridge_rates) = (vec![], vec![]);
         for round in 0..rounds {
@@ -701,22 +736,20 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
             );
             // The channel exists once the producer created it.
             std::thread::sleep(Duration::from_millis(300));
-            let exp = hosts.spawn(
-                &a,
+            let sock_a_s = s(&sock_a);
+            let mut args = vec![
+                "--socket",
+                &sock_a_s,
                 "export",
-                &bridge,
-                &[
-                    "--socket",
-                    &s(&sock_a),
-                    "export",
-                    "--channel",
-                    &channel,
-                    "--key",
-                    &key,
-                    "--listen",
-                    &listen,
-                ],
-            );
+                "--channel",
+                &channel,
+                "--key",
+                &key,
+                "--listen",
+                &listen,
+            ];
+            args.extend(&extra);
+            let exp = hosts.spawn(&a, "export", &bridge, &args);
             let imp = hosts.spawn(
                 &b,
                 "import",
@@ -786,6 +819,9 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
                 .collect::<Vec<_>>(),
         );
     }
+    if only == Some("throughput") {
+        return Ok(());
+    }
     println!();
     println!("round trip, 64 B, host a -> host b -> host a ({round_trips} round trips):");
     let (mut z50, mut z99, mut b50, mut b99) = (vec![], vec![], vec![], vec![]);
@@ -844,6 +880,9 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
         // back to a's pong-in.
         port += 1;
         let listen = format!("tcp/{ADDR_A}:{port}");
+        // Zenoh peers do not route between other peers: each exporter listens, its importer
+        // connects to it.
+        let listen_b = format!("tcp/{}:{port}", testbed::ADDR_B);
         let report = hosts.path(&format!("ping-{round}.json"));
         let c = |x: &str| format!("r{round}-{x}");
         let client_a = Client::connect(Some(&sock_a)).map_err(|e| e.to_string())?;
@@ -898,8 +937,8 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
                     &pong_c,
                     "--key",
                     &pong_k,
-                    "--connect",
-                    &listen,
+                    "--listen",
+                    &listen_b,
                 ],
             ),
             (
@@ -913,12 +952,15 @@ fn run(frames: u64, round_trips: u64, rounds: usize) -> Result<(), String> {
                     "--channel",
                     &pong_c,
                     "--connect",
-                    &listen,
+                    &listen_b,
                 ],
             ),
         ] {
             let mut all: Vec<&str> = vec!["--socket", sock];
             all.extend(args);
+            if what == "export" {
+                all.extend(&extra);
+            }
             procs.push(hosts.spawn(ns, what, &bridge, &all));
         }
         let po = hosts.spawn(
